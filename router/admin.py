@@ -1,0 +1,239 @@
+"""Operational and admin endpoints.
+
+Open (for probes and scrapers): ``GET /healthz`` (the process is alive), ``GET /readyz``
+(champion reachable and capture healthy; 503 with the failing check otherwise), ``GET /metrics``
+(Prometheus text, merged across workers).
+
+Token-protected (``Authorization: Bearer <token>``, token from the env var named by
+``admin.token_env``, compared in constant time; 401 JSON error otherwise; 503 when no token is
+configured, so an unconfigured admin API is closed, not open):
+
+- ``GET  <prefix>/state``: live experiment state, guard state and counters.
+- ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
+  "challenger": {...}, "note": str}`` (any subset); applied on every worker within a second.
+- ``POST /outcomes``: outcome rows (see :mod:`router.outcomes`); accepts the admin token or the
+  separate outcomes token (``admin.outcomes_token_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from router.control import UpstreamPin
+from router.metrics import merge_snapshots, render_prometheus
+from router.outcomes import parse_outcomes
+from router.proxy import json_error
+
+if TYPE_CHECKING:
+    from router.app import RouterApp
+
+log = logging.getLogger("router.admin")
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        content_type="application/json",
+    )
+
+
+def _tokens(app: RouterApp, outcomes: bool) -> list[str]:
+    names = [app.cfg.admin.token_env]
+    if outcomes and app.cfg.admin.outcomes_token_env:
+        names.append(app.cfg.admin.outcomes_token_env)
+    return [t for t in (os.environ.get(n, "") for n in names) if t]
+
+
+def check_token(
+    app: RouterApp, request: web.BaseRequest, outcomes: bool = False
+) -> web.Response | None:
+    """None when authorised, else the error response to send."""
+    tokens = _tokens(app, outcomes)
+    if not tokens:
+        return json_error(
+            503, "admin API disabled: no token configured", env=app.cfg.admin.token_env
+        )
+    auth = request.headers.get("Authorization", "")
+    scheme, _, given = auth.partition(" ")
+    ok = False
+    for t in tokens:  # compare against every token so timing does not reveal which one
+        ok |= hmac.compare_digest(given.strip().encode(), t.encode())
+    if scheme.lower() != "bearer" or not ok:
+        return json_error(401, "missing or invalid bearer token")
+    return None
+
+
+async def _tcp_ok(host: str, port: int, timeout: float = 0.5) -> str | None:
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    w.close()
+    return None
+
+
+async def handle_ops(app: RouterApp, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
+        return json_error(405, "method not allowed")
+    if path == "/healthz":
+        return _json({"status": "ok", "pid": os.getpid()})
+    if path == "/metrics":
+        merged = merge_snapshots(app.snapshots.read_all(live=app.metrics))
+        return web.Response(
+            body=render_prometheus(merged), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
+        )
+    checks: dict[str, Any] = {}
+    ok = True
+    for variant in ("champion", "challenger"):
+        pin: UpstreamPin = getattr(app.state, variant)
+        parts = urlsplit(pin.url)
+        err = await _tcp_ok(parts.hostname or "127.0.0.1", parts.port or 80)
+        needed = variant == "champion" or app.state.split > 0
+        checks[variant] = {"ok": err is None, "required": needed, "error": err}
+        ok &= err is None or not needed
+    if app.writer is not None:
+        healthy = app.writer.healthy and await app.writer.ping()
+        checks["capture"] = {
+            "ok": healthy,
+            "queue": len(app.writer.queue),
+            "error": None if healthy else app.writer.last_error or "redis ping failed",
+        }
+        ok &= healthy
+    else:
+        checks["capture"] = {"ok": True, "enabled": False}
+    return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+
+def state_view(app: RouterApp) -> dict[str, Any]:
+    m = app.metrics
+    g = app.guard.last
+    return {
+        "experiment": app.cfg.experiment.name,
+        "state": app.state.to_json(),
+        "guard": {
+            "throttled": g.throttled,
+            "reason": g.reason,
+            "window_requests": g.requests,
+            "error_rate": g.error_rate,
+            "p99_ms": g.p99_ms,
+            "effective_mirror": app.mirror_threshold / 10000,
+        },
+        "worker": {"pid": os.getpid(), "uptime_s": round(time.time() - app.started_at, 3)},
+        "counters": {
+            "requests": m.counter_value("router_requests"),
+            "assignment_fallbacks": m.counter_value("router_assignment_fallbacks"),
+            "challenger_fallbacks": m.counter_value("router_challenger_fallbacks"),
+            "shadow_dispatched": m.counter_value("router_shadow_dispatched"),
+            "shadow_dropped": m.counter_value("router_shadow_dropped"),
+            "shadow_failed": m.counter_value("router_shadow_failed"),
+            "shadow_throttled": m.counter_value("router_shadow_throttled"),
+            "capture_written": m.counter_value("router_capture_written"),
+            "capture_dropped": m.counter_value("router_capture_dropped"),
+        },
+        "counters_scope": "this worker; /metrics has the sum over workers",
+    }
+
+
+def _fraction(body: dict[str, Any], key: str) -> float | None:
+    if key not in body:
+        return None
+    v = body[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+        raise ValueError(f"{key}: must be a number within [0, 1]")
+    return float(v)
+
+
+def _pin(body: dict[str, Any], key: str) -> UpstreamPin | None:
+    if key not in body:
+        return None
+    v = body[key]
+    if not isinstance(v, dict) or set(v) - {"url", "version"} or not v.get("version"):
+        raise ValueError(f"{key}: must be {{'url': 'http://…', 'version': '…'}}")
+    url = str(v.get("url", ""))
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{key}.url: must be an http:// URL")
+    return UpstreamPin(url.rstrip("/"), str(v["version"]))
+
+
+async def handle_admin(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+    path = request.raw_path.split("?", 1)[0]
+    if path == "/outcomes":
+        denied = check_token(app, request, outcomes=True)
+        if denied is not None:
+            return denied
+        if request.method != "POST":
+            return json_error(405, "method not allowed")
+        return await handle_outcomes(app, request)
+    denied = check_token(app, request)
+    if denied is not None:
+        return denied
+    sub = path[len(app.admin_prefix) :]
+    if sub == "/state" and request.method == "GET":
+        return _json(state_view(app))
+    if sub == "/experiment" and request.method == "POST":
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            unknown = set(body) - {"split", "mirror", "champion", "challenger", "note"}
+            if unknown:
+                raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
+            changes: dict[str, Any] = {}
+            for key in ("split", "mirror"):
+                f = _fraction(body, key)
+                if f is not None:
+                    changes[key] = f
+            for key in ("champion", "challenger"):
+                p = _pin(body, key)
+                if p is not None:
+                    changes[key] = p
+            note = str(body.get("note", ""))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            return json_error(400, "invalid change", detail=str(exc))
+        if not changes:
+            return json_error(400, "invalid change", detail="nothing to change")
+        new = app.control.update(by=f"admin@{request.remote}", note=note, **changes)
+        app.apply_state(new)
+        log.warning("admin change v%d: %s", new.version, {k: str(v) for k, v in changes.items()})
+        return _json(state_view(app))
+    return json_error(404, "no such admin endpoint", path=path)
+
+
+async def handle_outcomes(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+    if app.writer is None:
+        return json_error(503, "capture is disabled; outcomes cannot be stored")
+    raw = await request.read()
+    accepted, rejected = parse_outcomes(raw, default_experiment=app.cfg.experiment.name)
+    from router.capture import outcomes_key
+
+    stored = 0
+    for row in accepted:
+        if app.writer.submit(outcomes_key(row["experiment"]), row):
+            stored += 1
+    m = app.metrics
+    m.inc("router_outcomes", ("accepted",), stored)
+    m.inc("router_outcomes", ("rejected",), len(rejected))
+    dropped = len(accepted) - stored
+    if dropped:
+        m.inc("router_outcomes", ("dropped",), dropped)
+    body = {
+        "accepted": stored,
+        "rejected": len(rejected),
+        "dropped": dropped,
+        "errors": [{"line": line, "reason": reason} for line, reason in rejected],
+    }
+    status = 400 if not accepted else (503 if dropped == len(accepted) else 200)
+    return _json(body, status)

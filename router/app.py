@@ -1,0 +1,244 @@
+"""One worker's router: upstream pools, shadow dispatcher, capture writer, guard, live state.
+
+:class:`RouterApp` owns the per-process parts and the background tasks (live-state polling,
+guard evaluation, metrics snapshots); :mod:`router.proxy` is the hot path and
+:mod:`router.admin` the operational endpoints. :mod:`router.server` runs one or more of these in
+processes that share the listening socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from router import admin
+from router.assign import threshold
+from router.capture import CaptureWriter
+from router.config import RouterConfig
+from router.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
+from router.guard import ShadowGuard
+from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
+from router.proxy import call_upstream, handle_proxy, json_error
+from router.records import FinalizeOptions, PendingRecord
+from router.shadow import ShadowDispatcher
+from router.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+
+log = logging.getLogger("router")
+
+
+def initial_state(cfg: RouterConfig) -> LiveState:
+    return LiveState(
+        version=1,
+        split=cfg.experiment.split,
+        mirror=cfg.experiment.mirror,
+        champion=UpstreamPin(cfg.champion.url, cfg.champion.version),
+        challenger=UpstreamPin(cfg.challenger.url, cfg.challenger.version),
+    )
+
+
+class RouterApp:
+    def __init__(self, cfg: RouterConfig, run_dir: str | Path, redis_url: str | None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.metrics = Metrics()
+        declare_defaults(self.metrics)
+        self.snapshots = SnapshotStore(self.run_dir / "metrics")
+        self.control = ControlFile(self.run_dir)
+        exp = cfg.experiment
+        self.salt = exp.salt
+        self.mirror_salt = exp.effective_mirror_salt
+        self.unit_header = exp.unit.header
+        self.unit_path = exp.unit.json_path
+        self.body_segments = any(s.json_path for s in exp.segments)
+        self.fallback_to_champion = exp.fallback == "champion"
+        name, value = exp.shadow_header_pair
+        self.shadow_header = (name.encode(), value.encode())
+        self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
+        self.admin_prefix = cfg.admin.prefix
+        self.guard = ShadowGuard(cfg.guard)
+        self.state = initial_state(cfg)
+        self.split_threshold = threshold(self.state.split)
+        self.mirror_threshold_raw = threshold(self.state.mirror)
+        self.mirror_threshold = self.mirror_threshold_raw
+        self.pools: dict[str, UpstreamPool] = {}
+        self.shadow_pools: dict[str, UpstreamPool] = {}
+        self._base_paths: dict[str, bytes] = {}
+        self.redis_url = redis_url
+        self.writer: CaptureWriter | None = None
+        self.shadow = ShadowDispatcher(
+            self.metrics,
+            self.capture_submit,
+            cfg.limits.shadow_queue,
+            cfg.limits.shadow_concurrency,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    # ---- upstreams ----------------------------------------------------------------------
+    def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
+        ucfg = self.cfg.champion if variant == "champion" else self.cfg.challenger
+        parts = urlsplit(pin.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        old = [p for p in (self.pools.get(variant), self.shadow_pools.get(variant)) if p]
+        self.pools[variant] = UpstreamPool(
+            host, port, pool_size=ucfg.pool_size, connect_timeout=ucfg.connect_timeout,
+            timeout=ucfg.timeout,
+        )  # fmt: skip
+        self.shadow_pools[variant] = UpstreamPool(
+            host, port, pool_size=max(1, min(ucfg.pool_size, self.cfg.limits.shadow_concurrency)),
+            connect_timeout=ucfg.connect_timeout, timeout=ucfg.timeout,
+        )  # fmt: skip
+        self._base_paths[variant] = parts.path.rstrip("/").encode()
+        if old:
+            asyncio.get_running_loop().create_task(self._close_later(old, ucfg.timeout + 1.0))
+
+    @staticmethod
+    async def _close_later(pools: list[UpstreamPool], delay: float) -> None:
+        """Close replaced pools once requests already on them have finished."""
+        await asyncio.sleep(delay)
+        for p in pools:
+            await p.close()
+
+    def version_of(self, variant: str) -> str:
+        pin = self.state.champion if variant == "champion" else self.state.challenger
+        return pin.version
+
+    def timeout_of(self, variant: str) -> float:
+        return (self.cfg.champion if variant == "champion" else self.cfg.challenger).timeout
+
+    def target_for(self, variant: str, target: bytes) -> bytes:
+        base = self._base_paths.get(variant, b"")
+        return base + target if base else target
+
+    async def call(
+        self,
+        variant: str,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        rec: PendingRecord,
+    ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
+        return await call_upstream(self, variant, method, target, headers, body, rec)
+
+    # ---- capture --------------------------------------------------------------------------
+    def capture_submit(self, rec: PendingRecord) -> bool:
+        if self.writer is None:
+            return False
+        return self.writer.submit_record(rec)
+
+    # ---- live state -----------------------------------------------------------------------
+    def apply_state(self, state: LiveState) -> None:
+        old = self.state
+        self.state = state
+        self.split_threshold = threshold(state.split)
+        self.mirror_threshold_raw = threshold(state.mirror)
+        self._apply_guard()
+        for variant in ("champion", "challenger"):
+            if getattr(old, variant).url != getattr(state, variant).url:
+                self._make_pools(variant, getattr(state, variant))
+        if state.version != old.version:
+            self.metrics.inc("router_control_changes")
+            log.info(
+                "live state v%d applied: split=%g mirror=%g champion=%s@%s challenger=%s@%s "
+                "(by %s%s)", state.version, state.split, state.mirror, state.champion.version,
+                state.champion.url, state.challenger.version, state.challenger.url,
+                state.updated_by, f": {state.note}" if state.note else "",
+            )  # fmt: skip
+
+    def _apply_guard(self) -> None:
+        factor = self.guard.mirror_factor()
+        self.mirror_threshold = int(self.mirror_threshold_raw * factor)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self, *, initialise_control: bool) -> None:
+        if initialise_control:
+            self.control.initialise(self.state)
+        current = self.control.read()
+        if current is not None:
+            self.state = current
+            self.split_threshold = threshold(current.split)
+            self.mirror_threshold_raw = threshold(current.mirror)
+            self._apply_guard()
+        self.control.changed()
+        for variant in ("champion", "challenger"):
+            self._make_pools(variant, getattr(self.state, variant))
+        if self.cfg.capture.enabled and self.redis_url:
+            self.writer = CaptureWriter(
+                self.cfg.capture,
+                self.redis_url,
+                self.metrics,
+                FinalizeOptions(
+                    prediction_path=self.cfg.experiment.prediction_path,
+                    fields=tuple(self.cfg.capture.fields),
+                    hash_fields=tuple(self.cfg.capture.hash_fields),
+                    hash_salt=self.cfg.experiment.salt,
+                ),
+                self.cfg.limits.capture_queue,
+            )
+            await self.writer.start()
+        self.shadow.start()
+        self._tasks = [
+            asyncio.create_task(self._poll_control(), name="control-poll"),
+            asyncio.create_task(self._guard_loop(), name="shadow-guard"),
+            asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
+        ]
+
+    async def _poll_control(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self.control.changed():
+                state = self.control.read()
+                if state is not None and state.version != self.state.version:
+                    self.apply_state(state)
+
+    async def _guard_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            change = self.guard.evaluate(time.time())
+            if change is not None:
+                self._apply_guard()
+                label = "throttled" if change.throttled else "restored"
+                self.metrics.inc("router_shadow_guard_changes", (label,))
+                self.metrics.set("router_shadow_guard_active", 1.0 if change.throttled else 0.0)
+                log.warning("shadow guard: mirroring %s (%s)", label, change.reason)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            self.metrics.set("router_shadow_queue_depth", float(self.shadow.queue.qsize()))
+            self.snapshots.write(self.metrics)
+
+    async def stop(self) -> None:
+        """After the server stopped accepting and in-flight requests completed."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.shadow.stop(self.cfg.limits.drain_timeout_s)
+        if self.writer is not None:
+            await self.writer.stop(self.cfg.limits.drain_timeout_s)
+        for pool in [*self.pools.values(), *self.shadow_pools.values()]:
+            await pool.close()
+        self.snapshots.write(self.metrics)
+
+    # ---- request entry point ----------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path
+        if path.startswith(self.admin_prefix) or path.split("?", 1)[0] == "/outcomes":
+            return await admin.handle_admin(self, request)
+        if path in ("/metrics", "/healthz", "/readyz"):
+            return await admin.handle_ops(self, request, path)
+        try:
+            return await handle_proxy(self, request)
+        except Exception as exc:  # pragma: no cover - last line of defence, logged loudly
+            log.exception("unexpected error while proxying")
+            self.metrics.inc("router_rejected_requests", ("internal_error",))
+            return json_error(500, "internal router error", detail=type(exc).__name__)

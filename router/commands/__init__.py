@@ -1,0 +1,1 @@
+"""One module per ``router`` subcommand; see :mod:`router.cli`."""

@@ -1,0 +1,256 @@
+"""Router configuration: the YAML contract of DESIGN.md, validated with pydantic.
+
+Every model forbids unknown keys, so a typo fails loudly. ``load_config`` turns any
+validation problem into a :class:`ConfigError` whose message is one line naming the file,
+the dotted key and the problem, e.g.::
+
+    configs/router.yaml: experiment.split: Input should be less than or equal to 1
+
+The reference with every key, its default and an example lives in README.md
+("Configuration reference") and ``configs/router.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``str(err)`` is a single line naming file, key and problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+class UpstreamConfig(_Strict):
+    """One model server (champion or challenger)."""
+
+    url: str
+    version: str = Field(min_length=1, description="pinned model version label, never an alias")
+    connect_timeout: float = Field(default=1.0, gt=0, description="seconds")
+    timeout: float = Field(default=5.0, gt=0, description="seconds for the whole exchange")
+    pool_size: int = Field(default=64, ge=1, le=4096, description="max keep-alive connections")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "http":
+            raise ValueError(f"must be an http:// URL (got {v!r})")
+        if not parts.hostname:
+            raise ValueError(f"has no host (got {v!r})")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"has a bad port (got {v!r})") from exc
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+    @property
+    def base_path(self) -> str:
+        return urlsplit(self.url).path.rstrip("/")
+
+
+class UnitSource(_Strict):
+    """Where the experiment unit (user, account) comes from: a header, else a JSON body path."""
+
+    header: str | None = "X-User-Id"
+    json_path: str | None = None
+
+
+class SegmentField(_Strict):
+    """A segment dimension recorded with each request (header first, then JSON body path)."""
+
+    name: str = Field(min_length=1)
+    header: str | None = None
+    json_path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SegmentField:
+        if not self.header and not self.json_path:
+            raise ValueError("needs a header or a json_path")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    salt: str = Field(min_length=1)
+    mirror_salt: str | None = Field(
+        default=None, description="salt of the mirror decision; default '<salt>:mirror'"
+    )
+    unit: UnitSource = Field(default_factory=UnitSource)
+    split: float = Field(default=0.0, ge=0.0, le=1.0)
+    mirror: float = Field(default=0.0, ge=0.0, le=1.0)
+    fallback: Literal["champion", "none"] = "champion"
+    shadow_header: str = "X-Shadow-Request: 1"
+    prediction_path: str | None = "score"
+    prediction_kind: Literal["score", "class", "vector", "value"] = "score"
+    segments: list[SegmentField] = Field(default_factory=list)
+
+    @field_validator("shadow_header")
+    @classmethod
+    def _check_shadow_header(cls, v: str) -> str:
+        name, sep, value = v.partition(":")
+        if not sep or not name.strip() or name.strip().lower() == "host":
+            raise ValueError("must look like 'Name: value' and may not be Host")
+        return f"{name.strip()}: {value.strip()}"
+
+    @property
+    def effective_mirror_salt(self) -> str:
+        return self.mirror_salt or f"{self.salt}:mirror"
+
+    @property
+    def shadow_header_pair(self) -> tuple[str, str]:
+        name, _, value = self.shadow_header.partition(":")
+        return name.strip(), value.strip()
+
+
+class CaptureConfig(_Strict):
+    enabled: bool = True
+    redis: str = Field(
+        default="embedded",
+        description="'embedded', redis://, rediss://, unix://, or redis+cluster://host:port",
+    )
+    data_dir: str = Field(default=".router-data", description="embedded Redis data and spool root")
+    stream_maxlen: int | None = Field(default=1_000_000, ge=1)
+    retention_s: float | None = Field(default=None, gt=0, description="trim by age (MINID)")
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    batch_interval_ms: float = Field(default=50.0, gt=0)
+    spool_dir: str | None = None
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    fsync: Literal["always", "batch", "never"] = "batch"
+    fields: list[str] = Field(default_factory=list, description="JSON body paths to keep")
+    hash_fields: list[str] = Field(default_factory=list, description="paths kept only hashed")
+
+    @field_validator("redis")
+    @classmethod
+    def _check_redis(cls, v: str) -> str:
+        if v == "embedded":
+            return v
+        scheme = urlsplit(v).scheme
+        if scheme not in {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}:
+            raise ValueError(
+                f"must be 'embedded' or a redis://, rediss://, unix:// URL (got {v!r})"
+            )
+        return v
+
+
+class AdminConfig(_Strict):
+    prefix: str = Field(default="/_router", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$")
+    token_env: str = "ROUTER_ADMIN_TOKEN"
+    outcomes_token_env: str | None = "ROUTER_OUTCOMES_TOKEN"
+
+
+class LimitsConfig(_Strict):
+    max_body: int = Field(default=1024 * 1024, ge=1, description="bytes; larger gets 413")
+    mirror_max_body: int = Field(default=256 * 1024, ge=0, description="larger is not mirrored")
+    capture_queue: int = Field(default=20_000, ge=1)
+    shadow_queue: int = Field(default=2_000, ge=1)
+    shadow_concurrency: int = Field(default=64, ge=1)
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class GuardConfig(_Strict):
+    """Shadow guard: throttle mirroring while the champion is unhealthy."""
+
+    enabled: bool = True
+    window_s: float = Field(default=10.0, gt=0)
+    min_requests: int = Field(default=50, ge=1)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    max_error_rate: float | None = Field(default=0.05, ge=0, le=1)
+    throttled_mirror: float = Field(default=0.0, ge=0, le=1, description="mirror multiplier")
+    recover_after_s: float = Field(default=5.0, ge=0)
+
+
+class RouterConfig(_Strict):
+    listen: str = "127.0.0.1:8080"
+    champion: UpstreamConfig
+    challenger: UpstreamConfig
+    experiment: ExperimentConfig
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def listen_host(self) -> str:
+        return _parse_hostport(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _parse_hostport(self.listen)[1]
+
+
+def _loc_to_key(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = _loc_to_key(tuple(first["loc"]))
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {msg}{suffix}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> RouterConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys")
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> RouterConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "?"
+        raise ConfigError(f"{p}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, str(p))

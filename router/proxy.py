@@ -1,0 +1,302 @@
+"""The hot path: forward one request to the served model and answer the client.
+
+Per request: read the body (bounded), find the unit (header, else JSON body path, else the
+request id, counted), hash it into a bucket, pick the served variant, forward with hop-by-hop
+headers removed and ``X-Forwarded-*`` added, answer with the upstream's status, headers and body
+plus ``X-Request-Id`` and ``X-Router-Variant``. Mirroring, capture and metrics export are handed
+off to background tasks; the only await on this path is the served model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from router.assign import bucket
+from router.records import PendingRecord, Side, get_path
+from router.shadow import ShadowJob, error_kind
+from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from router.app import RouterApp
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",  # recomputed from the body we forward
+    }
+)
+_RESP_DROP = frozenset({s.decode() for s in HOP_BY_HOP})
+
+_ID_PREFIX = os.urandom(5).hex()
+_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique across processes and restarts: random per-process prefix + counter."""
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+def json_error(status: int, error: str, **extra: object) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": error, **extra}),
+        content_type="application/json",
+    )
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def forward_headers(
+    request: web.BaseRequest, request_id: str, had_id: bool
+) -> list[tuple[bytes, bytes]]:
+    """Request headers for the upstream: hop-by-hop removed, X-Forwarded-* and id added."""
+    out: list[tuple[bytes, bytes]] = []
+    extra_hop: set[bytes] = set()
+    xff: bytes | None = None
+    has_proto = False
+    has_host = False
+    for k, v in request.raw_headers:
+        lk = k.lower()
+        if lk in HOP_BY_HOP:
+            if lk == b"connection":
+                extra_hop.update(t.strip().lower() for t in v.split(b","))
+            continue
+        if lk == b"x-forwarded-for":
+            xff = v if xff is None else xff + b", " + v
+            continue
+        if lk == b"x-forwarded-proto":
+            has_proto = True
+        elif lk == b"host":
+            has_host = True
+        out.append((k, v))
+    if extra_hop:
+        out = [(k, v) for k, v in out if k.lower() not in extra_hop]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ip = (peer[0] if isinstance(peer, tuple) else "unix").encode()
+    out.append((b"X-Forwarded-For", xff + b", " + ip if xff else ip))
+    if not has_proto:
+        out.append((b"X-Forwarded-Proto", b"http"))
+    if not had_id:
+        out.append((b"X-Request-Id", request_id.encode()))
+    if not has_host:
+        out.append((b"Host", request.host.encode()))
+    return out
+
+
+def client_response(
+    resp: UpstreamResponse, request_id: str, variant: str, head: bool, fallback: str | None
+) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for k, v in resp.headers:
+        name = k.decode("latin-1")
+        if name.lower() in _RESP_DROP:
+            continue
+        headers.add(name, v.decode("latin-1"))
+    headers["X-Request-Id"] = request_id
+    headers["X-Router-Variant"] = variant
+    if fallback:
+        headers["X-Router-Fallback"] = fallback
+    out = web.Response(
+        status=resp.status, reason=resp.reason.decode("latin-1") or None, headers=headers
+    )
+    if head:
+        # keep the upstream's Content-Length for HEAD; no body is sent
+        for k, v in resp.headers:
+            if k.lower() == b"content-length":
+                out.headers["Content-Length"] = v.decode("latin-1")
+    elif resp.body or (resp.status not in (204, 304) and resp.status >= 200):
+        out.body = resp.body
+    return out
+
+
+async def handle_proxy(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+    t0 = time.perf_counter()
+    m = app.metrics
+    exp = app.cfg.experiment
+    limits = app.cfg.limits
+
+    length = request.content_length
+    if length is not None and length > limits.max_body:
+        m.inc("router_rejected_requests", ("body_too_large",))
+        return json_error(413, "request body too large", limit_bytes=limits.max_body)
+    try:
+        body = await request.read() if request.body_exists else b""
+    except web.HTTPRequestEntityTooLarge:
+        m.inc("router_rejected_requests", ("body_too_large",))
+        return json_error(413, "request body too large", limit_bytes=limits.max_body)
+
+    hdrs = request.headers
+    given_id = hdrs.get("X-Request-Id")
+    request_id = given_id or new_request_id()
+
+    # --- unit and segments --------------------------------------------------------------------
+    unit: str | None = hdrs.get(app.unit_header) if app.unit_header else None
+    doc: object = None
+    if body and ((unit is None and app.unit_path) or app.body_segments):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+    if unit is None and app.unit_path and doc is not None:
+        v = get_path(doc, app.unit_path)
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            unit = str(v)
+    if not unit:
+        unit = request_id
+        m.inc("router_assignment_fallbacks", ("no_unit",))
+    segment: dict[str, str] = {}
+    for seg in exp.segments:
+        val = hdrs.get(seg.header) if seg.header else None
+        if val is None and seg.json_path and doc is not None:
+            v = get_path(doc, seg.json_path)
+            if isinstance(v, (str, int, float, bool)):
+                val = str(v)
+        if val is not None:
+            segment[seg.name] = val
+
+    # --- assignment ------------------------------------------------------------------------
+    b = bucket(app.salt, unit)
+    served = "challenger" if b < app.split_threshold else "champion"
+    mirrored = False
+    if app.mirror_threshold_raw:
+        mb = bucket(app.mirror_salt, unit)
+        if mb < app.mirror_threshold_raw:
+            if mb >= app.mirror_threshold:  # the shadow guard throttled this unit's mirroring
+                m.inc("router_shadow_throttled")
+            elif len(body) > limits.mirror_max_body:
+                m.inc("router_shadow_dropped", ("body_too_large",))
+            else:
+                mirrored = True
+
+    fwd = forward_headers(request, request_id, given_id is not None)
+    method = request.method.encode()
+    target = request.raw_path.encode()
+    head = request.method == "HEAD"
+
+    rec = PendingRecord(
+        experiment=exp.name,
+        request_id=request_id,
+        ts=time.time(),
+        unit=unit,
+        bucket=b,
+        served=served,
+        mirrored=False,
+        segment=segment,
+        request_body=body if app.keep_body else None,
+    )
+
+    # --- the served call ---------------------------------------------------------------------
+    m.add("router_in_flight_requests", 1.0)
+    fallback: str | None = None
+    answered_by = served
+    try:
+        resp, err = await app.call(served, method, target, fwd, body, rec)
+        if served == "challenger" and app.fallback_to_champion:
+            reason = None
+            if err is not None:
+                reason = error_kind(err)
+            elif resp is not None and resp.status >= 500:
+                reason = "5xx"
+            if reason is not None:
+                m.inc("router_challenger_fallbacks", (reason,))
+                fallback = f"challenger-{reason}"
+                answered_by = "champion"
+                mirrored = False  # both models were called on the live path already
+                resp, err = await app.call("champion", method, target, fwd, body, rec)
+        if err is not None or resp is None:
+            rec.mirrored = False
+            app.capture_submit(rec)
+            m.inc("router_requests", (answered_by, "5xx"))
+            if isinstance(err, UpstreamTimeout):
+                out: web.StreamResponse = json_error(
+                    504, "upstream timed out", upstream=answered_by, detail=str(err)
+                )
+            else:
+                out = json_error(502, "upstream unavailable", upstream=answered_by, detail=str(err))
+            out.headers["X-Request-Id"] = request_id
+            out.headers["X-Router-Variant"] = answered_by
+            return out
+
+        out = client_response(resp, request_id, answered_by, head, fallback)
+        m.inc("router_requests", (answered_by, _status_class(resp.status)))
+
+        # --- shadow, off the hot path --------------------------------------------------------
+        if mirrored:
+            other = "champion" if served == "challenger" else "challenger"
+            setattr(rec, other, Side(version=app.version_of(other)))
+            rec.mirrored = True
+            job = ShadowJob(
+                record=rec,
+                variant=other,
+                pool=app.shadow_pools[other],
+                method=method,
+                target=app.target_for(other, target),
+                headers=[*fwd, app.shadow_header],
+                body=body,
+                timeout=app.timeout_of(other),
+            )
+            if not app.shadow.offer(job):
+                setattr(rec, other, None)
+                rec.mirrored = False
+                app.capture_submit(rec)
+        else:
+            app.capture_submit(rec)
+        return out
+    finally:
+        m.add("router_in_flight_requests", -1.0)
+        m.observe("router_request_duration_seconds", time.perf_counter() - t0)
+
+
+async def call_upstream(
+    app: RouterApp,
+    variant: str,
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    rec: PendingRecord,
+) -> tuple[UpstreamResponse | None, UpstreamError | None]:
+    """Call ``variant`` on the served pool, fill its side of ``rec``, feed the guard."""
+    side = Side(version=app.version_of(variant))
+    setattr(rec, variant, side)
+    m = app.metrics
+    t0 = time.perf_counter()
+    try:
+        resp = await app.pools[variant].request(
+            method, app.target_for(variant, target), headers, body
+        )
+    except UpstreamError as exc:
+        elapsed = time.perf_counter() - t0
+        kind = error_kind(exc)
+        side.latency_ms = elapsed * 1000.0
+        side.error = f"{kind}: {exc}"[:300]
+        m.inc("router_upstream_errors", (variant, "served", kind))
+        if variant == "champion":
+            app.guard.observe(time.time(), elapsed, True)
+        return None, exc
+    elapsed = time.perf_counter() - t0
+    side.latency_ms = elapsed * 1000.0
+    side.status = resp.status
+    side.body = resp.body
+    m.observe("router_upstream_latency_seconds", elapsed, (variant, "served"))
+    if variant == "champion":
+        app.guard.observe(time.time(), elapsed, resp.status >= 500)
+    return resp, None

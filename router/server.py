@@ -1,0 +1,239 @@
+"""Processes: run the router in one or several worker processes sharing one listening socket.
+
+``router serve --workers N`` binds the socket once in the parent, initialises the shared live
+state, starts the embedded Redis when configured, and forks N workers that each run an event loop
+(uvloop) with an aiohttp low-level server on the inherited socket. The parent forwards SIGTERM /
+SIGINT, restarts a worker that dies unexpectedly, and exits 0 once every worker stopped cleanly.
+
+A worker's clean stop: stop accepting, let in-flight requests finish (bounded), wait for shadow
+calls (bounded), flush the capture queue to Redis, write its final metrics snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+
+from router.app import RouterApp
+from router.config import RouterConfig
+from router.redisproc import RedisProcess
+
+log = logging.getLogger("router.server")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_redis(cfg: RouterConfig) -> tuple[str | None, RedisProcess | None]:
+    """The capture Redis URL, starting the embedded redis-server when configured."""
+    if not cfg.capture.enabled:
+        return None, None
+    if cfg.capture.redis != "embedded":
+        return cfg.capture.redis, None
+    proc = RedisProcess(Path(cfg.capture.data_dir) / "redis", appendonly=True)
+    proc.start()
+    log.info("embedded redis-server (%s) at %s, data in %s", proc.binary, proc.url, proc.data_dir)
+    return proc.url, proc
+
+
+class RunningRouter:
+    """One worker's server inside an existing event loop (also used by tests and the demo)."""
+
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        run_dir: str | Path,
+        redis_url: str | None,
+        *,
+        initialise_control: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.app = RouterApp(cfg, run_dir, redis_url)
+        self.initialise_control = initialise_control
+        self.server: web.Server | None = None
+        self.listener: asyncio.AbstractServer | None = None
+        self.port: int | None = None
+
+    def _request_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
+        limit = self.cfg.limits.max_body
+
+        def factory(
+            message: RawRequestMessage, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=limit
+            )
+
+        return factory
+
+    async def start(self, sock: socket.socket | None = None) -> int:
+        await self.app.start(initialise_control=self.initialise_control)
+        loop = asyncio.get_running_loop()
+        self.server = web.Server(
+            self.app.handle, request_factory=self._request_factory(loop), access_log=None
+        )
+        if sock is None:
+            sock = bind_socket(self.cfg.listen_host, self.cfg.listen_port)
+        self.listener = await loop.create_server(self.server, sock=sock, backlog=2048)
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        drain = self.cfg.limits.drain_timeout_s
+        if self.listener is not None:
+            self.listener.close()  # stop accepting
+        if self.server is not None:
+            await self.server.shutdown(drain)  # in-flight requests complete, bounded
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.listener.wait_closed(), 1.0)
+        await self.app.stop()
+
+
+async def _worker_main(
+    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, init: bool
+) -> None:
+    router = RunningRouter(cfg, run_dir, redis_url, initialise_control=init)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await router.start(sock)
+    log.info("worker ready on %s (pid %d)", cfg.listen, os.getpid())
+    await stop.wait()
+    log.info("worker stopping: draining in-flight, shadow and capture")
+    await router.stop()
+    log.info("worker stopped cleanly")
+
+
+def run_worker(
+    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, init: bool
+) -> None:
+    install_uvloop()
+    asyncio.run(_worker_main(cfg, sock, run_dir, redis_url, init))
+
+
+def _child(
+    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, level: str
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops us
+    setup_logging(level)
+    run_worker(cfg, sock, run_dir, redis_url, False)
+
+
+@dataclass
+class _Supervisor:
+    cfg: RouterConfig
+    sock: socket.socket
+    run_dir: str
+    redis_url: str | None
+    level: str
+    stopping: bool = False
+
+    def spawn(self) -> multiprocessing.process.BaseProcess:
+        ctx = multiprocessing.get_context("fork")
+        p = ctx.Process(
+            target=_child,
+            args=(self.cfg, self.sock, self.run_dir, self.redis_url, self.level),
+            daemon=False,
+        )
+        p.start()
+        return p
+
+    def run(self, workers: int) -> int:
+        procs = [self.spawn() for _ in range(workers)]
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            if not self.stopping:
+                log.info("received %s: stopping %d workers", signal.Signals(signum).name, workers)
+            self.stopping = True
+            for p in procs:
+                if p.is_alive() and p.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        codes: dict[int, int] = {}
+        while True:
+            alive = False
+            for i, p in enumerate(procs):
+                p.join(timeout=0.1)
+                if p.exitcode is None:
+                    alive = True
+                    continue
+                if self.stopping:
+                    codes[i] = p.exitcode
+                    continue
+                log.error("worker pid %s exited with %s; restarting it", p.pid, p.exitcode)
+                time.sleep(0.5)
+                procs[i] = self.spawn()
+                alive = True
+            if not alive:
+                break
+        bad = {i: c for i, c in codes.items() if c != 0}
+        if bad:
+            log.error("workers exited uncleanly: %s", bad)
+            return 1
+        return 0
+
+
+def serve(cfg: RouterConfig, workers: int = 1, log_level: str = "INFO") -> int:
+    setup_logging(log_level)
+    run_dir = tempfile.mkdtemp(prefix="shadow-router-")
+    redis_url, redis_proc = start_redis(cfg)
+    try:
+        sock = bind_socket(cfg.listen_host, cfg.listen_port)
+        from router.app import initial_state
+        from router.control import ControlFile
+
+        ControlFile(run_dir).initialise(initial_state(cfg))
+        log.info(
+            "shadow-router listening on %s with %d worker(s); champion %s@%s, challenger %s@%s, "
+            "split=%g mirror=%g", cfg.listen, workers, cfg.champion.version, cfg.champion.url,
+            cfg.challenger.version, cfg.challenger.url, cfg.experiment.split,
+            cfg.experiment.mirror,
+        )  # fmt: skip
+        if workers <= 1:
+            run_worker(cfg, sock, run_dir, redis_url, False)
+            return 0
+        return _Supervisor(cfg, sock, run_dir, redis_url, log_level).run(workers)
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
