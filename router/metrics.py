@@ -2,7 +2,7 @@
 
 The hot path only bumps plain Python dict entries and histogram bucket lists (no locks, no mmap
 writes). Each worker writes a snapshot of its values to ``<metrics_dir>/worker-<pid>.json`` every
-``SNAPSHOT_INTERVAL`` seconds (and on exit). ``GET /metrics`` on any worker merges every worker's
+``SNAPSHOT_INTERVAL`` seconds (and on exit), so another worker's values lag by at most that. ``GET /metrics`` on any worker merges every worker's
 snapshot (its own taken live) through a ``prometheus_client`` collector and renders the standard
 text format, so the numbers are the whole router's, not one worker's. Counters of exited workers
 are kept (so totals stay monotonic); gauges of exited workers are dropped.
@@ -32,7 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-SNAPSHOT_INTERVAL = 0.5
+SNAPSHOT_INTERVAL = 0.25
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
@@ -100,7 +100,9 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_capture_replayed": MetricDef("counter", "Spooled records replayed to Redis"),
     "router_capture_queue_depth": MetricDef("gauge", "Records waiting in the capture queue"),
     "router_capture_spool_bytes": MetricDef("gauge", "Bytes in the local spool"),
-    "router_capture_healthy": MetricDef("gauge", "1 when the last Redis write succeeded"),
+    "router_capture_healthy": MetricDef(
+        "gauge", "Workers whose last Redis write succeeded (per worker 0 or 1, summed)"
+    ),
     "router_control_changes": MetricDef("counter", "Live split/mirror changes applied", ()),
     "router_outcomes": MetricDef("counter", "Outcome rows received", ("result",)),
 }

@@ -47,6 +47,16 @@ _ID_PREFIX = os.urandom(5).hex()
 _ids = itertools.count(1)
 
 
+def _reseed_ids() -> None:
+    """Forked workers must not share the parent's prefix (their ids would collide)."""
+    global _ID_PREFIX, _ids
+    _ID_PREFIX = os.urandom(5).hex()
+    _ids = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_request_id() -> str:
     """Unique across processes and restarts: random per-process prefix + counter."""
     return f"{_ID_PREFIX}{next(_ids):08x}"

@@ -93,3 +93,31 @@ def test_kubernetes_sidecar_matches_the_router() -> None:
     sts, redis_svc = _docs(K8S / "redis.yaml")
     assert sts["kind"] == "StatefulSet"
     assert f"//{redis_svc['metadata']['name']}:" in cfg.capture.redis
+
+
+def _exported_names() -> set[str]:
+    from router.metrics import CATALOGUE
+
+    names: set[str] = set()
+    for name, d in CATALOGUE.items():
+        if d.kind == "counter":
+            names.add(f"{name}_total")
+        elif d.kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def test_dashboard_and_alerts_use_real_metric_names() -> None:
+    import json
+
+    exported = _exported_names()
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dash = json.loads((ROOT / "deploy" / "grafana" / "shadow-router.json").read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\brouter_[a-z_]+", e)}
+    assert used, "no metrics referenced"
+    assert used <= exported, used - exported
+    assert all(r.get("annotations", {}).get("summary") for g in rules["groups"] for r in g["rules"])

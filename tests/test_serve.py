@@ -20,6 +20,7 @@ from tests.helpers import (
     parse_metrics,
     read_stream,
     start_app,
+    wait_for,
 )
 
 
@@ -89,10 +90,17 @@ async def test_live_change_reaches_all_workers_within_a_second(
             assert r.status == 200
         await asyncio.sleep(1.0)
         assert set((await _variants(router.url, units)).values()) == {"challenger"}
-        async with aiohttp.ClientSession() as s, s.get(f"{router.url}/metrics") as r:
-            m = parse_metrics(await r.text())
         # the metrics are the sum over both workers: every request of this test is counted
-        assert metric_sum(m, "router_requests_total") == 80
+        # (another worker's values lag by at most one snapshot interval)
+        m: dict[str, float] = {}
+
+        async def all_counted() -> bool:
+            nonlocal m
+            async with aiohttp.ClientSession() as s, s.get(f"{router.url}/metrics") as r:
+                m = parse_metrics(await r.text())
+            return metric_sum(m, "router_requests_total") == 80
+
+        assert await wait_for(all_counted, timeout=3.0), m
         assert metric_sum(m, "router_control_changes_total") >= 2  # applied by both workers
     finally:
         assert router.stop() == 0
