@@ -143,12 +143,12 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(port: int, duration: float, lua: Path, conns: int) -> tuple[float, float, float, int]:
-    cmd = pinned("1", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua),
+    cmd = pinned("1", ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(lua),
                        f"http://127.0.0.1:{port}/predict"])  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
@@ -243,6 +243,8 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
         return 2
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})  # the fixed-rate client shares core 1 with wrk and stubs
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     lua = tmp / "post.lua"
     lua.write_text(LUA)
@@ -282,7 +284,7 @@ def main() -> int:
         for _, p in stubs:
             wait_port(p)
         wanted = set(args.only or [])
-        print(f"saturation: wrk -t1 -c{args.connections} -d{args.duration}s, proxy on core 0")
+        print(f"saturation: wrk -t1 -c{args.connections} -d{round(args.duration)}s, proxy on core 0")
         for name, cmd, port in scenarios(champ, chall):
             if wanted and name not in wanted:
                 continue

@@ -29,8 +29,7 @@ class StubProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             import socket

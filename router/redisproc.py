@@ -60,7 +60,7 @@ class RedisProcess:
         prefer_path: bool = False,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs to --dir
         self.port = port if port is not None else (0 if unix_socket else free_port())
         self.unix_socket = unix_socket
         self.appendonly = appendonly
