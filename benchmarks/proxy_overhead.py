@@ -106,7 +106,9 @@ def pinned(core: str, cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def running(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # noqa: E501
+def running(
+    cmd: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
         start_new_session=True,
@@ -143,7 +145,8 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(port: int, duration: float, lua: Path, conns: int) -> tuple[float, float, float, int]:
-    cmd = pinned("1", ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(lua),
+    secs = f"-d{max(1, round(duration))}s"
+    cmd = pinned("1", ["wrk", "-t1", f"-c{conns}", secs, "--latency", "-s", str(lua),
                        f"http://127.0.0.1:{port}/predict"])  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -204,9 +207,7 @@ def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, spl
 def nginx_conf(tmp: Path, port: int, champ: int, chall: int, mirror: bool) -> Path:
     d = tmp / f"nginx-{port}"
     d.mkdir()
-    mirror_cfg = (
-        "mirror /__mirror; mirror_request_body on;" if mirror else ""
-    )
+    mirror_cfg = "mirror /__mirror; mirror_request_body on;" if mirror else ""
     conf = f"""
 worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -231,7 +232,9 @@ http {{
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # noqa: E501
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rate", type=float, default=1000.0)
@@ -258,7 +261,12 @@ def main() -> int:
     champ_slow, chall_slow = free_port(), free_port()
     stubs = [
         (pinned("1", [py, str(HERE / "stub_upstream.py"), str(p), str(d)]), p)
-        for p, d in ((champ, 0), (chall, 0), (champ_slow, args.model_ms), (chall_slow, args.model_ms))
+        for p, d in (
+            (champ, 0),
+            (chall, 0),
+            (champ_slow, args.model_ms),
+            (chall_slow, args.model_ms),
+        )
     ]
 
     def scenarios(c: int, h: int) -> list[tuple[str, list[str] | None, int]]:
@@ -268,7 +276,13 @@ def main() -> int:
             p = free_port()
             out.append((name, pinned("0", router_cmd(tmp, p, c, h, redis.url, split, mirror)), p))
         p = free_port()
-        out.append(("naive", pinned("0", [py, str(HERE / "naive_proxy.py"), str(p), f"http://127.0.0.1:{c}"]), p))  # noqa: E501
+        out.append(
+            (
+                "naive",
+                pinned("0", [py, str(HERE / "naive_proxy.py"), str(p), f"http://127.0.0.1:{c}"]),
+                p,
+            )
+        )
         p = free_port()
         out.append(("naive-mirror100", pinned("0", [py, str(HERE / "naive_proxy.py"), str(p),
                     f"http://127.0.0.1:{c}", f"http://127.0.0.1:{h}"]), p))  # fmt: skip
@@ -276,15 +290,21 @@ def main() -> int:
             for name, mirror in (("nginx", False), ("nginx-mirror100", True)):
                 p = free_port()
                 conf = nginx_conf(tmp, p, c, h, mirror)
-                out.append((name, pinned("0", ["nginx", "-p", str(conf.parent), "-c", str(conf)]), p))  # noqa: E501
+                out.append(
+                    (name, pinned("0", ["nginx", "-p", str(conf.parent), "-c", str(conf)]), p)
+                )
         return out
 
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd, _ in stubs]  # noqa: E501
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for cmd, _ in stubs
+    ]
     try:
         for _, p in stubs:
             wait_port(p)
         wanted = set(args.only or [])
-        print(f"saturation: wrk -t1 -c{args.connections} -d{round(args.duration)}s, proxy on core 0")
+        secs = round(args.duration)
+        print(f"saturation: wrk -t1 -c{args.connections} -d{secs}s, proxy on core 0")
         for name, cmd, port in scenarios(champ, chall):
             if wanted and name not in wanted:
                 continue

@@ -81,28 +81,80 @@ def start_stack(scenario: str, tmp: Path) -> str:
     py = sys.executable
     champ, chall, router = _free_port(), _free_port(), _free_port()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT}
-    _procs.append(subprocess.Popen([py, "-m", "router.demo_models", "--version", "champ",
-                                    "--host", "127.0.0.1", "--port", str(champ)], **quiet))  # type: ignore[call-overload]
+    _procs.append(
+        subprocess.Popen(
+            [
+                py,
+                "-m",
+                "router.demo_models",
+                "--version",
+                "champ",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(champ),
+            ],
+            **quiet,
+        )
+    )  # type: ignore[call-overload]
     if spec["challenger"] != "dead":
         latency = "1500" if spec["challenger"] == "slow" else "0"
-        _procs.append(subprocess.Popen([py, "-m", "router.demo_models", "--version", "chall",
-                                        "--weights", "challenger", "--host", "127.0.0.1",
-                                        "--port", str(chall), "--latency-ms", latency], **quiet))  # type: ignore[call-overload]
+        _procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "router.demo_models",
+                    "--version",
+                    "chall",
+                    "--weights",
+                    "challenger",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(chall),
+                    "--latency-ms",
+                    latency,
+                ],
+                **quiet,
+            )
+        )  # type: ignore[call-overload]
     cfg = {
         "listen": f"127.0.0.1:{router}",
         "champion": {"url": f"http://127.0.0.1:{champ}", "version": "champ"},
         "challenger": {"url": f"http://127.0.0.1:{chall}", "version": "chall", "timeout": 3.0},
-        "experiment": {"name": f"load-{scenario}", "salt": "load", "split": spec["split"],
-                       "mirror": spec["mirror"], "unit": {"header": "X-User-Id",
-                                                          "json_path": "user.id"}},
+        "experiment": {
+            "name": f"load-{scenario}",
+            "salt": "load",
+            "split": spec["split"],
+            "mirror": spec["mirror"],
+            "unit": {"header": "X-User-Id", "json_path": "user.id"},
+        },
         "capture": {"redis": "embedded", "data_dir": str(tmp / "data")},
         "guard": {"enabled": False},
     }
     path = tmp / "router.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = open(tmp / "router.log", "wb")  # noqa: SIM115
-    _procs.append(subprocess.Popen([py, "-m", "router", "serve", "-c", str(path), "--workers", "1",
-                                    "--log-level", "WARNING"], stdout=log, stderr=log, cwd=ROOT))
+    _procs.append(
+        subprocess.Popen(
+            [
+                py,
+                "-m",
+                "router",
+                "serve",
+                "-c",
+                str(path),
+                "--workers",
+                "1",
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+    )
     for port in (champ, router) + ((chall,) if spec["challenger"] != "dead" else ()):
         _wait(port)
     return f"http://127.0.0.1:{router}"
@@ -127,8 +179,12 @@ COUNTRIES = ("de", "fr", "us", "br", "in")
 
 @events.init_command_line_parser.add_listener
 def _args(parser: Any) -> None:
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=None,
-                        help="start models + router for this scenario (else use --host)")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default=None,
+        help="start models + router for this scenario (else use --host)",
+    )
     parser.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
 
 
@@ -154,14 +210,23 @@ def check_slos(stats: Any, slo: dict[str, float], duration_s: float) -> list[str
     p99 = total.get_response_time_percentile(0.99)
     err = total.num_failures / total.num_requests
     rps = total.num_requests / max(duration_s, 1e-9)
-    if "p95_ms" in slo and p95 > slo["p95_ms"]:
-        breaches.append(f"p95 latency {p95:.1f} ms > SLO {slo['p95_ms']} ms (by {p95 - slo['p95_ms']:.1f} ms)")
-    if "p99_ms" in slo and p99 > slo["p99_ms"]:
-        breaches.append(f"p99 latency {p99:.1f} ms > SLO {slo['p99_ms']} ms (by {p99 - slo['p99_ms']:.1f} ms)")
-    if "max_error_rate" in slo and err > slo["max_error_rate"]:
-        breaches.append(f"error rate {err:.4f} > SLO {slo['max_error_rate']} (by {err - slo['max_error_rate']:.4f})")
-    if "min_rps" in slo and rps < slo["min_rps"]:
-        breaches.append(f"throughput {rps:.1f} req/s < SLO {slo['min_rps']} req/s (short by {slo['min_rps'] - rps:.1f})")
+    checks = (
+        ("p95 latency", p95, slo.get("p95_ms"), "ms", True),
+        ("p99 latency", p99, slo.get("p99_ms"), "ms", True),
+        ("error rate", err, slo.get("max_error_rate"), "", True),
+        ("throughput", rps, slo.get("min_rps"), "req/s", False),
+    )
+    for name, value, limit, unit, upper in checks:
+        if limit is None:
+            continue
+        if upper and value > limit:
+            breaches.append(
+                f"{name} {value:.4g} {unit} > SLO {limit} {unit} (by {value - limit:.4g})"
+            )
+        elif not upper and value < limit:
+            breaches.append(
+                f"{name} {value:.4g} {unit} < SLO {limit} {unit} (short by {limit - value:.4g})"
+            )
     return breaches
 
 
@@ -193,10 +258,17 @@ class ModelClient(HttpUser):
     @task
     def predict(self) -> None:
         user = ZIPF.draw(self.rng)
-        payload = {"user": {"id": f"user-{user}", "country": COUNTRIES[user % 5]},
-                   "features": [round(self.rng.gauss(0, 1), 3) for _ in range(4)]}
-        with self.client.post("/predict", json=payload, name="/predict",
-                              headers={"X-User-Id": f"user-{user}"}, catch_response=True) as r:
+        payload = {
+            "user": {"id": f"user-{user}", "country": COUNTRIES[user % 5]},
+            "features": [round(self.rng.gauss(0, 1), 3) for _ in range(4)],
+        }
+        with self.client.post(
+            "/predict",
+            json=payload,
+            name="/predict",
+            headers={"X-User-Id": f"user-{user}"},
+            catch_response=True,
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"status {r.status_code}")
             elif "X-Router-Variant" not in r.headers:

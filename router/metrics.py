@@ -2,7 +2,8 @@
 
 The hot path only bumps plain Python dict entries and histogram bucket lists (no locks, no mmap
 writes). Each worker writes a snapshot of its values to ``<metrics_dir>/worker-<pid>.json`` every
-``SNAPSHOT_INTERVAL`` seconds (and on exit), so another worker's values lag by at most that. ``GET /metrics`` on any worker merges every worker's
+``SNAPSHOT_INTERVAL`` seconds (and on exit), so another worker's values lag by at most that.
+``GET /metrics`` on any worker merges every worker's
 snapshot (its own taken live) through a ``prometheus_client`` collector and renders the standard
 text format, so the numbers are the whole router's, not one worker's. Counters of exited workers
 are kept (so totals stay monotonic); gauges of exited workers are dropped.

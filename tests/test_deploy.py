@@ -31,7 +31,8 @@ def test_dockerfile_is_slim_non_root_with_healthcheck() -> None:
     entry = re.search(r"^ENTRYPOINT (.*)$", text, re.M)
     assert entry and "router serve -c" in entry.group(1) and "--workers" in entry.group(1)
     # the command the image runs exists in our CLI
-    ns = build_parser().parse_args(["serve", "-c", "/etc/shadow-router/router.yaml", "--workers", "2"])
+    argv = ["serve", "-c", "/etc/shadow-router/router.yaml", "--workers", "2"]
+    ns = build_parser().parse_args(argv)
     assert ns.command == "serve"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and ".venv" in ignored

@@ -183,7 +183,8 @@ def test_outcome_validation_table() -> None:
 
 def test_control_file_versions_and_change_detection(tmp_path: Path) -> None:
     cf = ControlFile(tmp_path)
-    cf.initialise(LiveState(1, 0.0, 0.5, UpstreamPin("http://a", "1"), UpstreamPin("http://b", "2")))
+    pins = UpstreamPin("http://a", "1"), UpstreamPin("http://b", "2")
+    cf.initialise(LiveState(1, 0.0, 0.5, *pins))
     other = ControlFile(tmp_path)
     assert other.changed() is True and other.changed() is False
     new = cf.update(by="test", split=0.25)
