@@ -1,9 +1,10 @@
 """Client-side cost of one upstream exchange: ``UpstreamPool`` vs ``aiohttp.ClientSession``.
 
-Starts ``benchmarks/stub_upstream.py`` (uvloop + httptools, a few µs per answer) in a separate
-process, then, on uvloop in this process, runs ``--requests`` POSTs at ``--concurrency`` for each
-client and reports CPU µs per request (``time.process_time()`` of this process only) and req/s.
-With two or more CPUs the client and the stub are pinned to different CPUs.
+Starts a stub upstream (uvloop + httptools, a few µs per answer; this file with ``--serve``) in
+a separate process, then, on uvloop in this process, runs ``--requests`` POSTs at
+``--concurrency`` for each client and reports CPU µs per request (``time.process_time()`` of
+this process only, user + system) and req/s. With two or more CPUs the client and the stub are
+pinned to different CPUs.
 
     python benchmarks/upstream_client.py [--requests 40000] [--concurrency 64] [--rounds 3]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import httptools
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +48,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+RESPONSE_BODY = b'{"score": 0.4231, "label": 0, "model": "stub"}'
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(RESPONSE_BODY),
+    RESPONSE_BODY,
+)
+
+
+class StubProtocol(asyncio.Protocol):
+    """Near-free upstream: httptools request parser, canned answer per request."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_complete(self) -> None:
+        if self.transport is not None:
+            self.transport.write(RESPONSE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(StubProtocol, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
 def start_stub(port: int, cpu: int | None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "stub_upstream.py"), str(port)]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     if cpu is not None:
         os.sched_setaffinity(proc.pid, {cpu})
     deadline = time.monotonic() + 10.0
@@ -61,8 +105,11 @@ def start_stub(port: int, cpu: int | None) -> subprocess.Popen[bytes]:
     raise RuntimeError("stub upstream did not start")
 
 
-async def drive(call: Call, total: int, concurrency: int) -> tuple[float, float]:
-    """Run ``total`` calls on ``concurrency`` workers; (cpu_seconds, wall_seconds)."""
+Round = tuple[float, float, float]  # (process_time seconds, of which kernel seconds, wall seconds)
+
+
+async def drive(call: Call, total: int, concurrency: int) -> Round:
+    """Run ``total`` calls on ``concurrency`` workers."""
     left = total
 
     async def worker() -> None:
@@ -73,12 +120,14 @@ async def drive(call: Call, total: int, concurrency: int) -> tuple[float, float]
             if not body:
                 raise RuntimeError("empty answer")
 
+    sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.process_time() - cpu0, time.perf_counter() - wall0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return cpu, resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0, wall
 
 
-async def bench_pool(port: int, n: int, conc: int, rounds: int) -> list[tuple[float, float]]:
+async def bench_pool(port: int, n: int, conc: int, rounds: int) -> list[Round]:
     pool = UpstreamPool("127.0.0.1", port, pool_size=conc, timeout=10.0)
 
     async def call() -> bytes:
@@ -93,7 +142,7 @@ async def bench_pool(port: int, n: int, conc: int, rounds: int) -> list[tuple[fl
     return out
 
 
-async def bench_aiohttp(port: int, n: int, conc: int, rounds: int) -> list[tuple[float, float]]:
+async def bench_aiohttp(port: int, n: int, conc: int, rounds: int) -> list[Round]:
     url = f"http://127.0.0.1:{port}/predict?v=1"
     headers = {k.decode(): v.decode() for k, v in HEADERS if k != b"Host"}
     connector = aiohttp.TCPConnector(limit=conc)
@@ -110,11 +159,16 @@ async def bench_aiohttp(port: int, n: int, conc: int, rounds: int) -> list[tuple
         return [await drive(call, n, conc) for _ in range(rounds)]
 
 
-def report(name: str, n: int, results: list[tuple[float, float]]) -> tuple[float, float]:
-    cpu_us = statistics.median(cpu / n * 1e6 for cpu, _ in results)
-    rps = statistics.median(n / wall for _, wall in results)
-    rounds = ", ".join(f"{cpu / n * 1e6:.1f}" for cpu, _ in results)
-    print(f"{name:<22} {cpu_us:8.1f} µs CPU/req  {rps:10.0f} req/s   (rounds µs: {rounds})")
+def report(name: str, n: int, results: list[Round]) -> tuple[float, float]:
+    cpu_us = statistics.median(cpu / n * 1e6 for cpu, _, _ in results)
+    sys_us = statistics.median(ks / n * 1e6 for _, ks, _ in results)
+    rps = statistics.median(n / wall for _, _, wall in results)
+    best = min(cpu for cpu, _, _ in results) / n * 1e6
+    rounds = ", ".join(f"{cpu / n * 1e6:.1f}" for cpu, _, _ in results)
+    print(
+        f"{name:<22} {cpu_us:7.1f} µs CPU/req (kernel {sys_us:.1f}, best {best:.1f})"
+        f"  {rps:8.0f} req/s   rounds µs: {rounds}"
+    )
     return cpu_us, rps
 
 
@@ -125,7 +179,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-aiohttp", action="store_true")
+    ap.add_argument("--serve", type=int, metavar="PORT", help="internal: run the stub upstream")
     args = ap.parse_args()
+    if args.serve:
+        uvloop.run(serve(args.serve))
+        return
 
     cpus = sorted(os.sched_getaffinity(0))
     client_cpu, stub_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)

@@ -22,6 +22,7 @@ import atexit
 import bisect
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ SCENARIOS = {
     "mirror-dead": {"split": 0.0, "mirror": 1.0, "challenger": "dead"},
 }
 _procs: list[subprocess.Popen[bytes]] = []
+_tmp_dirs: list[Path] = []
 
 
 def _free_port() -> int:
@@ -73,6 +75,9 @@ def _stop_stack() -> None:
         except subprocess.TimeoutExpired:
             p.kill()
     _procs.clear()
+    for d in _tmp_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _tmp_dirs.clear()
 
 
 def start_stack(scenario: str, tmp: Path) -> str:
@@ -194,6 +199,7 @@ def _init(environment: Any, **_: Any) -> None:
     if opts is None or not getattr(opts, "scenario", None):
         return
     tmp = Path(tempfile.mkdtemp(prefix="locust-router-"))
+    _tmp_dirs.append(tmp)
     environment.host = start_stack(opts.scenario, tmp)
     opts.host = environment.host
     atexit.register(_stop_stack)

@@ -11,6 +11,9 @@ configured, so an unconfigured admin API is closed, not open):
 - ``GET  <prefix>/state``: live experiment state, guard state and counters.
 - ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
   "challenger": {...}, "note": str}`` (any subset); applied on every worker within a second.
+- ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
+  report over the captured streams, computed by ``router analyze`` in a separate, niced process
+  so a large analysis never holds this worker's event loop or GIL.
 - ``POST /outcomes``: outcome rows (see :mod:`router.outcomes`); accepts the admin token or the
   separate outcomes token (``admin.outcomes_token_env``).
 """
@@ -21,6 +24,8 @@ import asyncio
 import hmac
 import logging
 import os
+import re
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -183,6 +188,8 @@ async def handle_admin(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
     sub = path[len(app.admin_prefix) :]
     if sub == "/state" and request.method == "GET":
         return _json(state_view(app))
+    if sub == "/report" and request.method == "GET":
+        return await handle_report(app, request)
     if sub == "/experiment" and request.method == "POST":
         try:
             body = orjson.loads(await request.read())
@@ -237,3 +244,51 @@ async def handle_outcomes(app: RouterApp, request: web.BaseRequest) -> web.Strea
     }
     status = 400 if not accepted else (503 if dropped == len(accepted) else 200)
     return _json(body, status)
+
+
+_REPORT_TYPES = {
+    "json": "application/json",
+    "md": "text/markdown; charset=utf-8",
+    "html": "text/html; charset=utf-8",
+}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TIME = re.compile(r"^[0-9T:.+\-Z ]{1,40}$")
+
+
+async def handle_report(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+    q = request.query
+    experiment = q.get("experiment", app.cfg.experiment.name)
+    fmt = q.get("format", "json")
+    if fmt not in _REPORT_TYPES:
+        return json_error(400, "format must be json, md or html", format=fmt)
+    if not _NAME.match(experiment):
+        return json_error(400, "invalid experiment name", experiment=experiment)
+    if app.redis_url is None:
+        return json_error(503, "capture is disabled; nothing to analyse")
+    args = [sys.executable, "-m", "router", "analyze", "--experiment", experiment,
+            "--redis", app.redis_url, "--format", fmt]  # fmt: skip
+    for key in ("since", "until"):
+        value = q.get(key)
+        if value is not None:
+            if not _TIME.match(value):
+                return json_error(400, f"invalid {key}", value=value)
+            args += [f"--{key}", value]
+    if app.cfg.admin.policy:
+        args += ["--policy", app.cfg.admin.policy]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: os.nice(10),  # the report never outranks live traffic
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), app.cfg.admin.report_timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return json_error(504, "report timed out", timeout_s=app.cfg.admin.report_timeout_s)
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()[-3:]
+        log.error("report for %s failed: %s", experiment, " | ".join(detail))
+        return json_error(500, "report failed", detail=detail)
+    return web.Response(body=out, headers={"Content-Type": _REPORT_TYPES[fmt]})

@@ -188,6 +188,7 @@ class RouterApp:
             asyncio.create_task(self._poll_control(), name="control-poll"),
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
+            asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
 
     async def _poll_control(self) -> None:
@@ -208,6 +209,16 @@ class RouterApp:
                 self.metrics.inc("router_shadow_guard_changes", (label,))
                 self.metrics.set("router_shadow_guard_active", 1.0 if change.throttled else 0.0)
                 log.warning("shadow guard: mirroring %s (%s)", label, change.reason)
+
+    async def _lag_loop(self, interval: float = 0.1) -> None:
+        """Event-loop lag: anything that blocks the loop delays every request by this much."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(interval)
+            lag = time.perf_counter() - t0 - interval
+            self.metrics.observe("router_event_loop_lag_seconds", max(0.0, lag))
+            if lag > 0.1:
+                log.warning("event loop was blocked for %.0f ms", lag * 1000)
 
     async def _snapshot_loop(self) -> None:
         while True:

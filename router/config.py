@@ -160,6 +160,10 @@ class AdminConfig(_Strict):
     prefix: str = Field(default="/_router", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$")
     token_env: str = "ROUTER_ADMIN_TOKEN"
     outcomes_token_env: str | None = "ROUTER_OUTCOMES_TOKEN"
+    policy: str | None = Field(
+        default=None, description="policy file used by <prefix>/report (default policy if unset)"
+    )
+    report_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class LimitsConfig(_Strict):

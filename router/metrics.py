@@ -61,6 +61,9 @@ CATALOGUE: dict[str, MetricDef] = {
         "histogram", "Upstream exchange latency by variant and role", ("variant", "role")
     ),
     "router_in_flight_requests": MetricDef("gauge", "Requests being handled right now"),
+    "router_event_loop_lag_seconds": MetricDef(
+        "histogram", "How late a 100 ms timer fires: time the event loop was blocked"
+    ),
     "router_upstream_errors": MetricDef(
         "counter",
         "Failed upstream exchanges by variant, role and kind",

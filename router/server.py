@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -47,6 +48,18 @@ def install_uvloop() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Keep cyclic-GC pauses off the latency tail.
+
+    Everything allocated during start-up (modules, config, pools) is moved to the permanent
+    generation (``gc.freeze``) so full collections no longer traverse it, and generation 0 is
+    collected less often: per-request garbage is freed by reference counting anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -134,6 +147,7 @@ async def _worker_main(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await router.start(sock)
+    tune_gc()
     log.info("worker ready on %s (pid %d)", cfg.listen, os.getpid())
     await stop.wait()
     log.info("worker stopping: draining in-flight, shadow and capture")

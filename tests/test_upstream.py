@@ -570,6 +570,28 @@ def test_slow_server_times_out_and_frees_the_slot(run: Callable[..., None]) -> N
             assert (await busy).body == b"late"
             assert (pool.in_use, pool.idle) == (0, 1)
             await pool.close()
+            # deadlines out of start order: a short per-call timeout behind a long one, and
+            # several exchanges expiring from the same deadline queue
+            pool = UpstreamPool("127.0.0.1", port, pool_size=4, timeout=2.0)
+            long = asyncio.ensure_future(pool.request(b"GET", b"/slow?s=0.3", H))
+            await asyncio.sleep(0.02)
+            t0 = loop.time()
+            with pytest.raises(UpstreamTimeout):
+                await pool.request(b"GET", b"/slow?s=5", H, timeout=0.1)
+            assert loop.time() - t0 < 0.25
+            assert (await long).body == b"late"
+            # (the queue's timer is still armed for the finished long exchange's deadline)
+            t0 = loop.time()
+            results = await asyncio.gather(
+                *(pool.request(b"GET", b"/slow?s=5", H, timeout=0.1) for _ in range(3)),
+                pool.request(b"GET", b"/slow?s=0.01", H, timeout=0.5),
+                return_exceptions=True,
+            )
+            assert [type(r) for r in results[:3]] == [UpstreamTimeout] * 3
+            assert loop.time() - t0 < 0.4
+            assert isinstance(results[3], UpstreamResponse) and results[3].body == b"late"
+            assert pool.in_use == 0
+            await pool.close()
 
     run(main())
 
