@@ -24,9 +24,25 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.register(sub)
+        try:
+            module = importlib.import_module(f"{commands.__name__}.{info.name}")
+            module.register(sub)
+        except Exception as exc:  # one broken command must not break the others
+            _register_broken(sub, info.name, exc)
     return parser
+
+
+def _register_broken(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                     exc: Exception) -> None:  # fmt: skip
+    message = f"router {name}: unavailable in this installation: {type(exc).__name__}: {exc}"
+
+    def fail(_args: argparse.Namespace) -> int:
+        print(message, file=sys.stderr)
+        return 3
+
+    p = sub.add_parser(name, help=f"(unavailable: {type(exc).__name__})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=fail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
