@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiohttp import web
 
 from router.control import UpstreamPin
+from router.httpserver import Request, Response, json_response
 from router.metrics import merge_snapshots, render_prometheus
 from router.outcomes import parse_outcomes
 from router.proxy import json_error
@@ -46,12 +46,8 @@ log = logging.getLogger("router.admin")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
-        content_type="application/json",
-    )
+def _json(data: Any, status: int = 200) -> Response:
+    return json_response(data, status)
 
 
 def _tokens(app: RouterApp, outcomes: bool) -> list[str]:
@@ -61,16 +57,14 @@ def _tokens(app: RouterApp, outcomes: bool) -> list[str]:
     return [t for t in (os.environ.get(n, "") for n in names) if t]
 
 
-def check_token(
-    app: RouterApp, request: web.BaseRequest, outcomes: bool = False
-) -> web.Response | None:
+def check_token(app: RouterApp, request: Request, outcomes: bool = False) -> Response | None:
     """None when authorised, else the error response to send."""
     tokens = _tokens(app, outcomes)
     if not tokens:
         return json_error(
             503, "admin API disabled: no token configured", env=app.cfg.admin.token_env
         )
-    auth = request.headers.get("Authorization", "")
+    auth = request.headers.get("authorization", "")
     scheme, _, given = auth.partition(" ")
     ok = False
     for t in tokens:  # compare against every token so timing does not reveal which one
@@ -89,15 +83,15 @@ async def _tcp_ok(host: str, port: int, timeout: float = 0.5) -> str | None:
     return None
 
 
-async def handle_ops(app: RouterApp, request: web.BaseRequest, path: str) -> web.StreamResponse:
+async def handle_ops(app: RouterApp, request: Request, path: str) -> Response:
     if request.method not in ("GET", "HEAD"):
         return json_error(405, "method not allowed")
     if path == "/healthz":
         return _json({"status": "ok", "pid": os.getpid()})
     if path == "/metrics":
         merged = merge_snapshots(app.snapshots.read_all(live=app.metrics))
-        return web.Response(
-            body=render_prometheus(merged), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
+        return Response(
+            200, render_prometheus(merged), [(b"Content-Type", PROMETHEUS_CONTENT_TYPE.encode())]
         )
     checks: dict[str, Any] = {}
     ok = True
@@ -173,7 +167,7 @@ def _pin(body: dict[str, Any], key: str) -> UpstreamPin | None:
     return UpstreamPin(url.rstrip("/"), str(v["version"]))
 
 
-async def handle_admin(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+async def handle_admin(app: RouterApp, request: Request) -> Response:
     path = request.raw_path.split("?", 1)[0]
     if path == "/outcomes":
         denied = check_token(app, request, outcomes=True)
@@ -192,7 +186,7 @@ async def handle_admin(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
         return await handle_report(app, request)
     if sub == "/experiment" and request.method == "POST":
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(request.body)
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
             unknown = set(body) - {"split", "mirror", "champion", "challenger", "note"}
@@ -212,17 +206,17 @@ async def handle_admin(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
             return json_error(400, "invalid change", detail=str(exc))
         if not changes:
             return json_error(400, "invalid change", detail="nothing to change")
-        new = app.control.update(by=f"admin@{request.remote}", note=note, **changes)
+        new = app.control.update(by=f"admin@{request.peer}", note=note, **changes)
         app.apply_state(new)
         log.warning("admin change v%d: %s", new.version, {k: str(v) for k, v in changes.items()})
         return _json(state_view(app))
     return json_error(404, "no such admin endpoint", path=path)
 
 
-async def handle_outcomes(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+async def handle_outcomes(app: RouterApp, request: Request) -> Response:
     if app.writer is None:
         return json_error(503, "capture is disabled; outcomes cannot be stored")
-    raw = await request.read()
+    raw = request.body
     accepted, rejected = parse_outcomes(raw, default_experiment=app.cfg.experiment.name)
     from router.capture import outcomes_key
 
@@ -255,7 +249,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TIME = re.compile(r"^[0-9T:.+\-Z ]{1,40}$")
 
 
-async def handle_report(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+async def handle_report(app: RouterApp, request: Request) -> Response:
     q = request.query
     experiment = q.get("experiment", app.cfg.experiment.name)
     fmt = q.get("format", "json")
@@ -291,4 +285,4 @@ async def handle_report(app: RouterApp, request: web.BaseRequest) -> web.StreamR
         detail = err.decode(errors="replace").strip().splitlines()[-3:]
         log.error("report for %s failed: %s", experiment, " | ".join(detail))
         return json_error(500, "report failed", detail=detail)
-    return web.Response(body=out, headers={"Content-Type": _REPORT_TYPES[fmt]})
+    return Response(200, out, [(b"Content-Type", _REPORT_TYPES[fmt].encode())])

@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from router import admin
 from router.assign import threshold
 from router.capture import CaptureWriter
 from router.config import RouterConfig
 from router.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
 from router.guard import ShadowGuard
+from router.httpserver import Request, Response
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
 from router.proxy import call_upstream, handle_proxy, json_error
 from router.records import FinalizeOptions, PendingRecord
@@ -53,7 +52,7 @@ class RouterApp:
         exp = cfg.experiment
         self.salt = exp.salt
         self.mirror_salt = exp.effective_mirror_salt
-        self.unit_header = exp.unit.header
+        self.unit_header = exp.unit.header.lower() if exp.unit.header else None
         self.unit_path = exp.unit.json_path
         self.body_segments = any(s.json_path for s in exp.segments)
         self.fallback_to_champion = exp.fallback == "champion"
@@ -241,7 +240,12 @@ class RouterApp:
         self.snapshots.write(self.metrics)
 
     # ---- request entry point ----------------------------------------------------------------
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def on_refused(self, status: int) -> None:
+        """Counted when the HTTP server refuses a request itself (413, malformed)."""
+        reason = "body_too_large" if status == 413 else "malformed_request"
+        self.metrics.inc("router_rejected_requests", (reason,))
+
+    async def handle(self, request: Request) -> Response:
         path = request.raw_path
         if path.startswith(self.admin_prefix) or path.split("?", 1)[0] == "/outcomes":
             return await admin.handle_admin(self, request)

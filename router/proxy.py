@@ -15,10 +15,9 @@ import time
 from typing import TYPE_CHECKING
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from router.assign import bucket
+from router.httpserver import Request, Response, json_response
 from router.records import PendingRecord, Side, get_path
 from router.shadow import ShadowJob, error_kind
 from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -41,7 +40,6 @@ HOP_BY_HOP = frozenset(
         b"content-length",  # recomputed from the body we forward
     }
 )
-_RESP_DROP = frozenset({s.decode() for s in HOP_BY_HOP})
 
 _ID_PREFIX = os.urandom(5).hex()
 _ids = itertools.count(1)
@@ -62,21 +60,15 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
-def json_error(status: int, error: str, **extra: object) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": error, **extra}),
-        content_type="application/json",
-    )
+def json_error(status: int, error: str, **extra: object) -> Response:
+    return json_response({"error": error, **extra}, status)
 
 
 def _status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def forward_headers(
-    request: web.BaseRequest, request_id: str, had_id: bool
-) -> list[tuple[bytes, bytes]]:
+def forward_headers(request: Request, request_id: str, had_id: bool) -> list[tuple[bytes, bytes]]:
     """Request headers for the upstream: hop-by-hop removed, X-Forwarded-* and id added."""
     out: list[tuple[bytes, bytes]] = []
     extra_hop: set[bytes] = set()
@@ -99,62 +91,40 @@ def forward_headers(
         out.append((k, v))
     if extra_hop:
         out = [(k, v) for k, v in out if k.lower() not in extra_hop]
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    ip = (peer[0] if isinstance(peer, tuple) else "unix").encode()
+    ip = request.peer.encode()
     out.append((b"X-Forwarded-For", xff + b", " + ip if xff else ip))
     if not has_proto:
         out.append((b"X-Forwarded-Proto", b"http"))
     if not had_id:
         out.append((b"X-Request-Id", request_id.encode()))
     if not has_host:
-        out.append((b"Host", request.host.encode()))
+        out.append((b"Host", b"localhost"))
     return out
+
+
+_RESP_HOP = HOP_BY_HOP - {b"content-length"}  # the server frames the body itself
 
 
 def client_response(
-    resp: UpstreamResponse, request_id: str, variant: str, head: bool, fallback: str | None
-) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for k, v in resp.headers:
-        name = k.decode("latin-1")
-        if name.lower() in _RESP_DROP:
-            continue
-        headers.add(name, v.decode("latin-1"))
-    headers["X-Request-Id"] = request_id
-    headers["X-Router-Variant"] = variant
+    resp: UpstreamResponse, request_id: str, variant: str, fallback: str | None
+) -> Response:
+    """The upstream's answer, unchanged but for hop-by-hop headers, plus our two headers."""
+    headers = [(k, v) for k, v in resp.headers if k.lower() not in _RESP_HOP]
+    headers.append((b"X-Request-Id", request_id.encode()))
+    headers.append((b"X-Router-Variant", variant.encode()))
     if fallback:
-        headers["X-Router-Fallback"] = fallback
-    out = web.Response(
-        status=resp.status, reason=resp.reason.decode("latin-1") or None, headers=headers
-    )
-    if head:
-        # keep the upstream's Content-Length for HEAD; no body is sent
-        for k, v in resp.headers:
-            if k.lower() == b"content-length":
-                out.headers["Content-Length"] = v.decode("latin-1")
-    elif resp.body or (resp.status not in (204, 304) and resp.status >= 200):
-        out.body = resp.body
-    return out
+        headers.append((b"X-Router-Fallback", fallback.encode()))
+    return Response(resp.status, resp.body, headers, resp.reason or None)
 
 
-async def handle_proxy(app: RouterApp, request: web.BaseRequest) -> web.StreamResponse:
+async def handle_proxy(app: RouterApp, request: Request) -> Response:
     t0 = time.perf_counter()
     m = app.metrics
     exp = app.cfg.experiment
     limits = app.cfg.limits
-
-    length = request.content_length
-    if length is not None and length > limits.max_body:
-        m.inc("router_rejected_requests", ("body_too_large",))
-        return json_error(413, "request body too large", limit_bytes=limits.max_body)
-    try:
-        body = await request.read() if request.body_exists else b""
-    except web.HTTPRequestEntityTooLarge:
-        m.inc("router_rejected_requests", ("body_too_large",))
-        return json_error(413, "request body too large", limit_bytes=limits.max_body)
-
-    hdrs = request.headers
-    given_id = hdrs.get("X-Request-Id")
+    body = request.body  # the server already refused bodies over limits.max_body (413)
+    hdrs = request.headers  # lower-case names
+    given_id = hdrs.get("x-request-id")
     request_id = given_id or new_request_id()
 
     # --- unit and segments --------------------------------------------------------------------
@@ -174,7 +144,7 @@ async def handle_proxy(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
         m.inc("router_assignment_fallbacks", ("no_unit",))
     segment: dict[str, str] = {}
     for seg in exp.segments:
-        val = hdrs.get(seg.header) if seg.header else None
+        val = hdrs.get(seg.header.lower()) if seg.header else None
         if val is None and seg.json_path and doc is not None:
             v = get_path(doc, seg.json_path)
             if isinstance(v, (str, int, float, bool)):
@@ -198,8 +168,7 @@ async def handle_proxy(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
 
     fwd = forward_headers(request, request_id, given_id is not None)
     method = request.method.encode()
-    target = request.raw_path.encode()
-    head = request.method == "HEAD"
+    target = request.raw_path.encode("latin-1")
 
     rec = PendingRecord(
         experiment=exp.name,
@@ -236,16 +205,14 @@ async def handle_proxy(app: RouterApp, request: web.BaseRequest) -> web.StreamRe
             app.capture_submit(rec)
             m.inc("router_requests", (answered_by, "5xx"))
             if isinstance(err, UpstreamTimeout):
-                out: web.StreamResponse = json_error(
-                    504, "upstream timed out", upstream=answered_by, detail=str(err)
-                )
+                out = json_error(504, "upstream timed out", upstream=answered_by, detail=str(err))
             else:
                 out = json_error(502, "upstream unavailable", upstream=answered_by, detail=str(err))
-            out.headers["X-Request-Id"] = request_id
-            out.headers["X-Router-Variant"] = answered_by
+            out.headers.append((b"X-Request-Id", request_id.encode()))
+            out.headers.append((b"X-Router-Variant", answered_by.encode()))
             return out
 
-        out = client_response(resp, request_id, answered_by, head, fallback)
+        out = client_response(resp, request_id, answered_by, fallback)
         m.inc("router_requests", (answered_by, _status_class(resp.status)))
 
         # --- shadow, off the hot path --------------------------------------------------------

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from aiohttp.http_parser import RawRequestMessage
-
 from router.app import RouterApp
 from router.config import RouterConfig
+from router.httpserver import HttpServer
 from router.redisproc import RedisProcess
 
 log = logging.getLogger("router.server")
@@ -98,43 +96,22 @@ class RunningRouter:
         self.cfg = cfg
         self.app = RouterApp(cfg, run_dir, redis_url)
         self.initialise_control = initialise_control
-        self.server: web.Server | None = None
-        self.listener: asyncio.AbstractServer | None = None
+        self.http = HttpServer(
+            self.app.handle, max_body=cfg.limits.max_body, on_refused=self.app.on_refused
+        )
         self.port: int | None = None
-
-    def _request_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
-        limit = self.cfg.limits.max_body
-
-        def factory(
-            message: RawRequestMessage, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message, payload, protocol, writer, task, loop, client_max_size=limit
-            )
-
-        return factory
 
     async def start(self, sock: socket.socket | None = None) -> int:
         await self.app.start(initialise_control=self.initialise_control)
-        loop = asyncio.get_running_loop()
-        self.server = web.Server(
-            self.app.handle, request_factory=self._request_factory(loop), access_log=None
-        )
         if sock is None:
             sock = bind_socket(self.cfg.listen_host, self.cfg.listen_port)
-        self.listener = await loop.create_server(self.server, sock=sock, backlog=2048)
+        await self.http.start(sock)
         self.port = int(sock.getsockname()[1])
         return self.port
 
     async def stop(self) -> None:
-        drain = self.cfg.limits.drain_timeout_s
-        if self.listener is not None:
-            self.listener.close()  # stop accepting
-        if self.server is not None:
-            await self.server.shutdown(drain)  # in-flight requests complete, bounded
-        if self.listener is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.listener.wait_closed(), 1.0)
+        """Stop accepting, let in-flight requests finish (bounded), then drain shadow/capture."""
+        await self.http.stop(self.cfg.limits.drain_timeout_s)
         await self.app.stop()
 
 
