@@ -24,16 +24,16 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from locust import HttpUser, between, events, task
+
+from router.netutil import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,23 +46,6 @@ SCENARIOS = {
 }
 _procs: list[subprocess.Popen[bytes]] = []
 _tmp_dirs: list[Path] = []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port}")
 
 
 def _stop_stack() -> None:
@@ -84,7 +67,7 @@ def start_stack(scenario: str, tmp: Path) -> str:
     """Start two model servers and a router for ``scenario``; return the router URL."""
     spec = SCENARIOS[scenario]
     py = sys.executable
-    champ, chall, router = _free_port(), _free_port(), _free_port()
+    champ, chall, router = free_port(), free_port(), free_port()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT}
     _procs.append(
         subprocess.Popen(
@@ -161,7 +144,7 @@ def start_stack(scenario: str, tmp: Path) -> str:
         )
     )
     for port in (champ, router) + ((chall,) if spec["challenger"] != "dead" else ()):
-        _wait(port)
+        wait_port(port)
     return f"http://127.0.0.1:{router}"
 
 

@@ -23,10 +23,10 @@ from router.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
 from router.guard import ShadowGuard
 from router.httpserver import Request, Response
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.proxy import call_upstream, handle_proxy, json_error
+from router.proxy import handle_proxy, json_error
 from router.records import FinalizeOptions, PendingRecord
 from router.shadow import ShadowDispatcher
-from router.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from router.upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
@@ -114,17 +114,6 @@ class RouterApp:
     def target_for(self, variant: str, target: bytes) -> bytes:
         base = self._base_paths.get(variant, b"")
         return base + target if base else target
-
-    async def call(
-        self,
-        variant: str,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        rec: PendingRecord,
-    ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
-        return await call_upstream(self, variant, method, target, headers, body, rec)
 
     # ---- capture --------------------------------------------------------------------------
     def capture_submit(self, rec: PendingRecord) -> bool:

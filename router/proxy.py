@@ -187,7 +187,7 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
     fallback: str | None = None
     answered_by = served
     try:
-        resp, err = await app.call(served, method, target, fwd, body, rec)
+        resp, err = await call_upstream(app, served, method, target, fwd, body, rec)
         if served == "challenger" and app.fallback_to_champion:
             reason = None
             if err is not None:
@@ -199,7 +199,7 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
                 fallback = f"challenger-{reason}"
                 answered_by = "champion"
                 mirrored = False  # both models were called on the live path already
-                resp, err = await app.call("champion", method, target, fwd, body, rec)
+                resp, err = await call_upstream(app, "champion", method, target, fwd, body, rec)
         if err is not None or resp is None:
             rec.mirrored = False
             app.capture_submit(rec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +34,15 @@ def redis_url(redis_server: RedisProcess) -> Iterator[str]:
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+async def echo_pair() -> AsyncIterator[tuple[str, str]]:
+    """Two real echo upstreams (champion, challenger) that answer with what they received."""
+    from tests.helpers import echo_app, start_app
+
+    r1, champ = await start_app(echo_app("champion"))
+    r2, chall = await start_app(echo_app("challenger"))
+    yield champ, chall
+    await r1.cleanup()
+    await r2.cleanup()

@@ -20,16 +20,11 @@ import yaml
 from aiohttp import web
 
 from router.config import RouterConfig, parse_config
+from router.netutil import free_port
 from router.server import RunningRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_dict(

@@ -29,15 +29,6 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-async def echo_pair() -> Any:
-    r1, champ = await start_app(echo_app("champion"))
-    r2, chall = await start_app(echo_app("challenger"))
-    yield champ, chall
-    await r1.cleanup()
-    await r2.cleanup()
-
-
 async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     async with session.get(f"{url}/metrics") as r:
         assert r.status == 200

@@ -8,29 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from router.assign import assign
 from tests.helpers import (
     TOKEN,
     ServeProcess,
     config_dict,
-    echo_app,
     metric_sum,
     parse_metrics,
     read_stream,
-    start_app,
     wait_for,
 )
-
-
-@pytest.fixture
-async def echo_pair() -> Any:
-    r1, champ = await start_app(echo_app("champion"))
-    r2, chall = await start_app(echo_app("challenger"))
-    yield champ, chall
-    await r1.cleanup()
-    await r2.cleanup()
 
 
 async def _variants(url: str, units: list[str]) -> dict[str, str]:
