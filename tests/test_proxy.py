@@ -430,3 +430,24 @@ async def test_outcomes_endpoint(echo_pair: Any, tmp_path: Path, redis_url: str)
         assert await wait_for(lambda: len(read_stream(redis_url, "t:outcomes")) == 2)
     rows = read_stream(redis_url, "t:outcomes")
     assert rows[0]["request_id"] == "r1" and rows[1]["unit"] == "u1" and rows[1]["ts"] == 1700000000
+
+
+async def test_dead_redis_is_survived_counted_and_reported(echo_pair: Any, tmp_path: Path) -> None:
+    champ, chall = echo_pair
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = make_config(config_dict(champ, chall, dead_redis, tmp=tmp_path, mirror=1.0))
+    async with (
+        InProcessRouter(cfg, tmp_path / "run", dead_redis) as router,
+        aiohttp.ClientSession() as s,
+    ):
+        for i in range(20):
+            async with s.post(f"{router.url}/p", headers={"X-User-Id": f"u{i}"}) as r:
+                assert r.status == 200  # the hot path never depends on Redis
+        assert await wait_for(lambda: not router.app.writer.healthy, timeout=3)
+        async with s.get(f"{router.url}/readyz") as r:
+            assert r.status == 503
+            capture = (await r.json())["checks"]["capture"]
+            assert capture["ok"] is False and capture["error"]
+        m = await _metrics(s, router.url)
+        assert metric_sum(m, "router_capture_errors_total") >= 1
+        assert metric_sum(m, "router_capture_healthy") == 0
