@@ -1,0 +1,21 @@
+"""Promotion: canary ramps with automated rollback, human approval, tamper-evident audit and
+webhooks, driven through the routers' admin API.
+
+Layout (pure core, thin I/O shells):
+
+- :mod:`.config`: the ``promotion:`` configuration (pydantic, unknown keys are errors).
+- :mod:`.machine`: the pure state machine (stages, verdicts, approvals, router target).
+- :mod:`.guardrails`: pure error-rate / latency checks over captured records.
+- :mod:`.audit`: hash-chained audit records and their verification (pure) plus the Redis/JSONL log.
+- :mod:`.approval`: questionnaire validation and the rubber-stamp flag (pure).
+- :mod:`.webhooks`: HMAC signatures (pure) and the background sender.
+- :mod:`.lease`: the Redis lease that keeps a single controller per experiment.
+- :mod:`.store`: controller state in Redis, committed atomically with its audit records.
+- :mod:`.routers`: idempotent reconciliation of router replicas through the admin API.
+- :mod:`.reader`: a minimal XRANGE reader for a step's window.
+- :mod:`.controller`: the loop tying these together.
+"""
+
+from router.promotion.config import PromotionConfig, load_promotion_config
+
+__all__ = ["PromotionConfig", "load_promotion_config"]

@@ -1,0 +1,496 @@
+"""The canary controller: one loop per experiment, safe to kill and restart.
+
+Each tick (every ``check_interval_s``):
+
+1. read the current step's window of ``<exp>:pairs`` and run the guardrails (pure); a breach
+   rolls back at once;
+2. when the step has been held for ``min_duration_s`` and ``analysis_interval_s`` passed since the
+   last analysis, run the analyzer on the window (in a thread) and apply its decision;
+3. reconcile every router to the state's target (compare before set, so a no-op when in sync).
+
+Transitions go through :meth:`PromotionStore.update` (atomic with their audit records, fenced by
+the lease), then the routers are reconciled and webhooks queued. A restarted controller loads the
+state from Redis, re-applies the target (no change if already applied) and continues the same
+step from its original start time: nothing is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from router.promotion import machine
+from router.promotion.config import PromotionConfig
+from router.promotion.guardrails import check_guardrails
+from router.promotion.lease import Lease
+from router.promotion.machine import State, Transition
+from router.promotion.reader import read_window
+from router.promotion.routers import Applied, RouterFleet
+from router.promotion.store import LeaseLost, PromotionStore
+from router.promotion.webhooks import WebhookSender, event_payload
+
+log = logging.getLogger("router.promotion.controller")
+
+WEBHOOK_EVENTS = frozenset(
+    {
+        "step_changed",
+        "rollback",
+        "hold",
+        "resumed",
+        "approval_requested",
+        "approved",
+        "rejected",
+        "promoted",
+    }
+)
+
+
+class Analyse(Protocol):
+    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts``."""
+
+    def __call__(
+        self,
+        pairs: list[dict[str, Any]],
+        outcomes: list[dict[str, Any]],
+        *,
+        experiment: str,
+        split: float,
+        since: float,
+        until: float,
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+
+def analyzer_from_policy(policy_path: str | None) -> Analyse:
+    """The default :class:`Analyse`: ``router.analysis.build_report`` with the loaded policy."""
+    from router import analysis  # type: ignore[attr-defined,unused-ignore]
+
+    policy = analysis.load_policy(policy_path) if policy_path else None
+
+    def analyse(
+        pairs: list[dict[str, Any]],
+        outcomes: list[dict[str, Any]],
+        *,
+        experiment: str,
+        split: float,
+        since: float,
+        until: float,
+    ) -> dict[str, Any]:
+        report: dict[str, Any] = analysis.build_report(
+            pairs,
+            outcomes,
+            experiment=experiment,
+            policy=policy,
+            split=split,
+            since=since,
+            until=until,
+        )
+        return report
+
+    return analyse
+
+
+def verdict_from_report(report: dict[str, Any], since: float, until: float) -> dict[str, Any]:
+    decision = report.get("decision") or {}
+    return {
+        "action": decision.get("action"),
+        "reasons": list(decision.get("reasons", [])),
+        "gates": [
+            {k: g.get(k) for k in ("name", "passed", "value", "threshold", "reason")}
+            for g in report.get("gates", [])
+        ],
+        "counts": report.get("counts", {}),
+        "window": {"since": since, "until": until},
+    }
+
+
+async def commit_and_apply(
+    store: PromotionStore,
+    fn: Callable[[State | None], Transition | None],
+    *,
+    fleet: RouterFleet | None,
+    sender: WebhookSender | None,
+    lease_token: str | None = None,
+    note: str = "",
+) -> tuple[Transition, list[dict[str, Any]], list[Applied]] | None:
+    """Commit a transition, reconcile the routers to the new target, queue webhooks.
+
+    Used by the controller and by the CLI commands (rollback, approve, reject), so a manual
+    action takes effect on the routers at once even when no controller is running."""
+    done = await store.update(fn, lease_token=lease_token)
+    if done is None:
+        return None
+    t, records = done
+    applied: list[Applied] = []
+    if fleet is not None:
+        applied = await fleet.reconcile(machine.desired(t.state), note=note or _note(records))
+        for a in applied:
+            if a.result == "error":
+                log.error("router %s not reconciled: %s", a.url, a.error)
+    for rec in records:
+        if rec["event"] == "rollback":
+            await store.count("rollbacks")
+        if sender is not None and rec["event"] in WEBHOOK_EVENTS:
+            sender.submit(webhook_event(rec))
+    return t, records, applied
+
+
+def _note(records: list[dict[str, Any]]) -> str:
+    return "; ".join(f"promotion {r['event']} (audit seq {r['seq']})" for r in records)[:500]
+
+
+def webhook_event(rec: dict[str, Any]) -> dict[str, Any]:
+    data = dict(rec.get("data") or {})
+    data.update(
+        stage_from=rec.get("stage_from"),
+        stage_to=rec.get("stage_to"),
+        step=rec.get("step"),
+        split=rec.get("split"),
+        versions=rec.get("versions"),
+        audit_seq=rec["seq"],
+        audit_hash=rec["hash"],
+    )
+    return event_payload(
+        {
+            "id": f"{rec['experiment']}:{rec['seq']}",
+            "event": rec["event"],
+            "experiment": rec["experiment"],
+            "ts": rec["ts"],
+            "data": data,
+        }
+    )
+
+
+def make_sender(cfg: PromotionConfig, store: PromotionStore) -> WebhookSender | None:
+    if not cfg.webhooks.urls:
+        return None
+    secret = os.environ.get(cfg.webhooks.secret_env, "")
+    if not secret:
+        log.warning(
+            "webhooks: %s is not set; signing with an empty secret", cfg.webhooks.secret_env
+        )
+
+    def spawn(coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        sender.callback_tasks.add(task)
+        task.add_done_callback(sender.callback_tasks.discard)
+
+    def on_count(name: str, n: int) -> None:
+        spawn(store.count(f"webhooks_{name}", n))
+
+    def on_done(payload: dict[str, Any]) -> None:
+        seq = payload.get("data", {}).get("audit_seq")
+        if isinstance(seq, int):
+            spawn(store.mark_webhook_done(seq))
+
+    w = cfg.webhooks
+    sender = WebhookSender(
+        w.urls,
+        secret,
+        queue_size=w.queue_size,
+        timeout_s=w.timeout_s,
+        max_attempts=w.max_attempts,
+        backoff_initial_s=w.backoff_initial_s,
+        backoff_max_s=w.backoff_max_s,
+        on_count=on_count,
+        on_done=on_done,
+    )
+    return sender
+
+
+@dataclass
+class ControllerOptions:
+    experiment: str
+    redis_url: str
+    cfg: PromotionConfig
+    routers: list[str]
+    policy: str | None = None
+    token: str | None = None  # admin token; default: env var named by cfg.routers.token_env
+    lease_wait_s: float = 0.0
+    actor: str = "controller"
+    new_run: bool = False  # start a new ramp when the stored one is promoted or rolled back
+
+
+class Controller:
+    def __init__(
+        self,
+        opts: ControllerOptions,
+        analyse: Analyse | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.opts = opts
+        self.cfg = opts.cfg
+        self.exp = opts.experiment
+        self.clock = clock
+        self._analyse = analyse
+        self.redis: Any = None
+        self.store: PromotionStore | None = None
+        self.lease: Lease | None = None
+        self.fleet: RouterFleet | None = None
+        self.sender: WebhookSender | None = None
+        self.state: State | None = None
+        self._stop = asyncio.Event()
+        self.ticks = 0
+        self.tick_errors = 0
+
+    @property
+    def analyse(self) -> Analyse:
+        if self._analyse is None:
+            self._analyse = analyzer_from_policy(self.opts.policy)
+        return self._analyse
+
+    def stop(self) -> None:
+        """Graceful stop: finish the tick, release the lease."""
+        self._stop.set()
+
+    async def run(self) -> State:
+        """Run until the experiment is promoted or rolled back (or :meth:`stop`)."""
+        _ = self.analyse  # fail fast (before taking the lease) when the analyzer is unavailable
+        self.redis = aioredis.Redis.from_url(self.opts.redis_url)
+        self.store = PromotionStore(self.redis, self.exp, self.cfg.audit.dir)
+        self.lease = Lease(self.redis, self.exp, self.cfg.lease.ttl_s)
+        try:
+            await self.lease.acquire(self.opts.lease_wait_s)
+        except BaseException:
+            await self.redis.aclose()
+            raise
+        renewer = asyncio.create_task(self._renew(), name="lease-renew")
+        clean = False
+        try:
+            state = await self._setup()
+            while not self._stop.is_set():
+                try:
+                    state = await self.tick()
+                except (LeaseLost, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    # a Redis blip, an unreachable router or an analyzer crash must not end the
+                    # ramp: log, count and retry on the next tick (guardrails keep running)
+                    log.exception(
+                        "%s: tick failed; retrying in %.1fs", self.exp, self.cfg.check_interval_s
+                    )
+                    self.tick_errors += 1
+                    with contextlib.suppress(Exception):
+                        await self.store.count("tick_errors")
+                if state.stage in machine.TERMINAL:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.cfg.check_interval_s)
+            clean = True
+            return state
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self._teardown(release=clean)
+
+    async def _setup(self) -> State:
+        assert self.store is not None and self.lease is not None
+        token = self.opts.token or os.environ.get(self.cfg.routers.token_env, "")
+        state = await self.store.load()
+        urls = list(state.routers) if state is not None else self.opts.routers
+        if state is not None and self.opts.routers and list(self.opts.routers) != urls:
+            log.warning(
+                "resuming with the stored router list %s (ignoring %s)", urls, self.opts.routers
+            )
+        r = self.cfg.routers
+        self.fleet = RouterFleet(
+            urls, token, prefix=r.admin_prefix, timeout_s=r.timeout_s, retries=r.retries
+        )
+        await self.fleet.__aenter__()
+        self.sender = make_sender(self.cfg, self.store)
+        if self.sender is not None:
+            await self.sender.start()
+            for rec in await self.store.webhooks_pending(WEBHOOK_EVENTS):
+                log.info(
+                    "%s: re-sending webhook %s (audit seq %d)", self.exp, rec["event"], rec["seq"]
+                )
+                self.sender.submit(webhook_event(rec))
+        await self.store.sync_mirror()
+        if state is None or (self.opts.new_run and state.stage in machine.TERMINAL):
+            previous = state
+            champion, challenger = await self.fleet.current_pins()
+            done = await commit_and_apply(
+                self.store,
+                lambda cur: (
+                    None
+                    if cur is not None and (previous is None or cur != previous)
+                    else machine.start(
+                        experiment=self.exp,
+                        cfg=self.cfg,
+                        champion=champion,
+                        challenger=challenger,
+                        routers=urls,
+                        policy=self.opts.policy,
+                        actor=self.opts.actor,
+                        now=self.clock(),
+                        previous=previous.outcome if previous is not None else None,
+                    )
+                ),
+                fleet=self.fleet,
+                sender=self.sender,
+                lease_token=self.lease.token,
+            )
+            state = done[0].state if done else await self.store.load()
+            if state is None:
+                raise RuntimeError("controller state vanished during start")
+        else:
+            if state.stage in machine.TERMINAL:
+                log.info("%s: already %s (--new-run starts a new ramp)", self.exp, state.stage)
+            else:
+                log.info("%s: resuming at stage %s step %d", self.exp, state.stage, state.step)
+            await self._reconcile(state)
+        self.state = state
+        return state
+
+    async def _teardown(self, release: bool) -> None:
+        if self.sender is not None:
+            await self.sender.stop(timeout=self.cfg.webhooks.timeout_s)
+        if self.fleet is not None:
+            await self.fleet.__aexit__(None, None, None)
+        if self.lease is not None and release:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def _renew(self) -> None:
+        assert self.lease is not None
+        interval = self.cfg.lease.ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ok = await self.lease.renew()
+            except Exception as exc:
+                log.error("lease renew failed: %s", exc)
+                ok = self.lease.valid
+            if not ok:
+                log.error("%s: lease lost; stopping", self.exp)
+                self._stop.set()
+                return
+
+    async def _reconcile(self, state: State) -> list[Applied]:
+        assert self.fleet is not None and self.lease is not None
+        if not self.lease.valid:
+            raise LeaseLost("lease expired; not touching the routers")
+        return await self.fleet.reconcile(
+            machine.desired(state), note=f"promotion {state.stage} step {state.step}"
+        )
+
+    async def _commit(self, fn: Callable[[State | None], Transition | None]) -> State:
+        assert self.store is not None and self.lease is not None
+        done = await commit_and_apply(
+            self.store, fn, fleet=self.fleet, sender=self.sender, lease_token=self.lease.token
+        )
+        if done is not None:
+            t, records, _ = done
+            for rec in records:
+                log.warning(
+                    "%s: %s %s -> %s (%s)",
+                    self.exp,
+                    rec["event"],
+                    rec["stage_from"],
+                    rec["stage_to"],
+                    "; ".join(rec["data"].get("reasons", [])),
+                )
+            return t.state
+        state = await self.store.load()
+        assert state is not None
+        return state
+
+    async def _run_analysis(
+        self,
+        pairs: list[dict[str, Any]],
+        outcomes: list[dict[str, Any]],
+        *,
+        split: float,
+        since: float,
+        until: float,
+    ) -> dict[str, Any]:
+        """Run the analyzer off the event loop (it is CPU-bound), so lease renewal continues."""
+        fn = self.analyse
+        kwargs: dict[str, Any] = {
+            "experiment": self.exp,
+            "split": split,
+            "since": since,
+            "until": until,
+        }
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(pairs, outcomes, **kwargs)
+        else:
+            result = await asyncio.to_thread(lambda: fn(pairs, outcomes, **kwargs))
+            if inspect.isawaitable(result):
+                result = await result
+        if not isinstance(result, dict):
+            raise TypeError(f"analyser returned {type(result).__name__}, expected a report dict")
+        return result
+
+    async def tick(self) -> State:
+        """One control step; returns the (possibly new) state."""
+        assert self.store is not None and self.lease is not None
+        self.ticks += 1
+        state = await self.store.load()
+        if state is None:
+            raise RuntimeError(f"{self.exp}: no controller state")
+        await self.store.sync_mirror()  # picks up records committed by CLI commands
+        if state.stage in machine.TERMINAL:
+            await self._reconcile(state)
+            self.state = state
+            return state
+        now = self.clock()
+        since, key = state.step_started_at, (state.stage, state.step, state.step_started_at)
+        recent = max(since, now - self.cfg.guardrails.window_s)
+        pairs = await read_window(self.redis, f"{self.exp}:pairs", recent, now)
+
+        def same_step(cur: State | None) -> bool:
+            return cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
+
+        guard = check_guardrails(pairs, self.cfg.guardrails)
+        if guard.breached:
+            result = {
+                "breached": True,
+                "reasons": guard.reasons,
+                "checks": [c.to_json() for c in guard.checks],
+                "counts": {
+                    "records": len(pairs),
+                    "champion_calls": guard.champion.calls,
+                    "challenger_calls": guard.challenger.calls,
+                    "champion_errors": guard.champion.errors,
+                    "challenger_errors": guard.challenger.errors,
+                },
+                "window": {"since": recent, "until": now},
+            }
+            state = await self._commit(
+                lambda cur: (
+                    machine.on_guardrails(cur, result, now=now)
+                    if cur is not None and same_step(cur)
+                    else None
+                )
+            )
+        elif machine.analysis_due(state, now, self.cfg.analysis_interval_s):
+            if recent > since:
+                pairs = await read_window(self.redis, f"{self.exp}:pairs", since, now)
+            outcomes = await read_window(self.redis, f"{self.exp}:outcomes", since, now)
+            split = state.current_step.split
+            report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
+            verdict = verdict_from_report(report, since, now)
+            state = await self._commit(
+                lambda cur: (
+                    machine.on_verdict(cur, verdict, now=now)
+                    if cur is not None
+                    and same_step(cur)
+                    and cur.last_analysis_at == state.last_analysis_at
+                    else None
+                )
+            )
+        await self._reconcile(state)
+        self.state = state
+        return state

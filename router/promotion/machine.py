@@ -1,0 +1,516 @@
+"""The promotion state machine (pure: plain data in, plain data out, no I/O, no clock).
+
+Stages::
+
+    shadow ──► canary (step 1..n) ──► awaiting_approval ──► promoted
+       │            │                        │
+       └────────────┴────────────────────────┴──► rolled_back   (verdict, guardrail, by hand,
+                                                                 or a rejected approval)
+
+Each step is held for its ``min_duration_s`` and until the analyzer's verdict on that step's window
+is ``promote``. ``continue`` waits (past ``max_duration_s`` it becomes a hold); ``hold`` pauses the
+ramp until ``router canary resume``; ``rollback`` (or a guardrail breach) rolls back at once.
+
+Every function returns a :class:`Transition`: the new state plus the events to audit (and to
+send as webhooks). The routers' desired configuration is a function of the state
+(:func:`desired`), so applying it is idempotent and a restarted controller just re-applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from router.promotion.approval import Questionnaire, is_rubber_stamp
+from router.promotion.config import PromotionConfig
+
+SHADOW = "shadow"
+CANARY = "canary"
+AWAITING = "awaiting_approval"
+PROMOTED = "promoted"
+ROLLED_BACK = "rolled_back"
+ACTIVE = (SHADOW, CANARY, AWAITING)
+TERMINAL = (PROMOTED, ROLLED_BACK)
+
+
+class TransitionError(Exception):
+    """The requested action is not allowed in the current state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    url: str
+    version: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"url": self.url, "version": self.version}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Pin:
+        return cls(url=str(d["url"]), version=str(d["version"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    split: float
+    mirror: float
+    min_duration_s: float
+    max_duration_s: float | None = None
+
+    @property
+    def stage(self) -> str:
+        return SHADOW if self.split == 0.0 else CANARY
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What every router should be set to."""
+
+    split: float
+    mirror: float
+    champion: Pin
+    challenger: Pin
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event: str  # started, step_changed, hold, resumed, rollback, approval_requested, approved,
+    #             rejected, promoted
+    actor: str
+    stage_from: str | None
+    stage_to: str | None
+    step: int
+    split: float | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    experiment: str
+    stage: str
+    step: int
+    step_started_at: float
+    steps: tuple[Step, ...]
+    champion: Pin
+    challenger: Pin
+    routers: tuple[str, ...]
+    rollback_mirror: float
+    approvals_required: int
+    rubber_stamp_s: float
+    created_at: float
+    updated_at: float
+    policy: str | None = None
+    held: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
+    rollback_target: Pin | None = None
+    outcome: dict[str, Any] | None = None
+    last_analysis_at: float | None = None
+    last_verdict: dict[str, Any] | None = None
+    history: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def current_step(self) -> Step:
+        return self.steps[min(self.step, len(self.steps) - 1)]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = [asdict(s) for s in self.steps]
+        d["routers"] = list(self.routers)
+        d["history"] = list(self.history)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> State:
+        rt = d.get("rollback_target")
+        return cls(
+            experiment=d["experiment"],
+            stage=d["stage"],
+            step=int(d["step"]),
+            step_started_at=float(d["step_started_at"]),
+            steps=tuple(Step(**s) for s in d["steps"]),
+            champion=Pin.from_json(d["champion"]),
+            challenger=Pin.from_json(d["challenger"]),
+            routers=tuple(d["routers"]),
+            rollback_mirror=float(d["rollback_mirror"]),
+            approvals_required=int(d["approvals_required"]),
+            rubber_stamp_s=float(d["rubber_stamp_s"]),
+            created_at=float(d["created_at"]),
+            updated_at=float(d["updated_at"]),
+            policy=d.get("policy"),
+            held=d.get("held"),
+            approval=d.get("approval"),
+            rollback_target=Pin.from_json(rt) if rt else None,
+            outcome=d.get("outcome"),
+            last_analysis_at=d.get("last_analysis_at"),
+            last_verdict=d.get("last_verdict"),
+            history=tuple(d.get("history", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    state: State
+    events: tuple[Event, ...] = ()
+
+
+def steps_from_config(cfg: PromotionConfig) -> tuple[Step, ...]:
+    return tuple(
+        Step(s.label(i), s.split, s.mirror, s.min_duration_s, s.max_duration_s)
+        for i, s in enumerate(cfg.steps)
+    )
+
+
+def _moved(state: State, to: str, *, now: float, event: str, **changes: Any) -> State:
+    entry = {
+        "at": now,
+        "event": event,
+        "from": state.stage,
+        "to": to,
+        "step": changes.get("step", state.step),
+    }
+    return replace(state, stage=to, updated_at=now, history=(*state.history, entry), **changes)
+
+
+def start(
+    *,
+    experiment: str,
+    cfg: PromotionConfig,
+    champion: Pin,
+    challenger: Pin,
+    routers: list[str],
+    policy: str | None,
+    actor: str,
+    now: float,
+    previous: dict[str, Any] | None = None,
+) -> Transition:
+    """A new ramp from step 0. ``previous``: the outcome of the run it replaces, if any."""
+    steps = steps_from_config(cfg)
+    first = steps[0]
+    state = State(
+        experiment=experiment,
+        stage=first.stage,
+        step=0,
+        step_started_at=now,
+        steps=steps,
+        champion=champion,
+        challenger=challenger,
+        routers=tuple(routers),
+        rollback_mirror=cfg.rollback_mirror,
+        approvals_required=cfg.approval.required,
+        rubber_stamp_s=cfg.approval.rubber_stamp_s,
+        created_at=now,
+        updated_at=now,
+        policy=policy,
+        history=({"at": now, "event": "started", "from": None, "to": first.stage, "step": 0},),
+    )
+    ev = Event(
+        "step_changed",
+        actor,
+        None,
+        first.stage,
+        0,
+        first.split,
+        {
+            "step_name": first.name,
+            "mirror": first.mirror,
+            "routers": list(routers),
+            "policy": policy,
+            "steps": [asdict(s) for s in steps],
+            "reasons": ["canary started"],
+            "previous_run": previous,
+        },
+    )
+    return Transition(state, (ev,))
+
+
+def desired(state: State) -> Target:
+    """The router configuration implied by ``state`` (applied idempotently)."""
+    if state.stage in (SHADOW, CANARY, AWAITING):
+        step = state.current_step
+        return Target(step.split, step.mirror, state.champion, state.challenger)
+    if state.stage == PROMOTED:
+        return Target(0.0, 0.0, state.champion, state.challenger)
+    return Target(0.0, state.rollback_mirror, state.champion, state.challenger)
+
+
+def analysis_due(state: State, now: float, interval_s: float) -> bool:
+    """A full analysis is due: active ramp stage, step held long enough, interval elapsed."""
+    if state.stage not in (SHADOW, CANARY):
+        return False
+    if now - state.step_started_at < state.current_step.min_duration_s:
+        return False
+    return state.last_analysis_at is None or now - state.last_analysis_at >= interval_s
+
+
+def rollback(
+    state: State, *, actor: str, reasons: list[str], now: float, data: dict[str, Any] | None = None
+) -> Transition:
+    """Roll back: split 0 and the rollback mirror on every router. After a promotion, also
+    restores the rollback target as champion."""
+    if state.stage == ROLLED_BACK:
+        raise TransitionError("already rolled back")
+    payload = dict(data or {}, reasons=list(reasons))
+    changes: dict[str, Any] = {
+        "held": None,
+        "outcome": {"result": ROLLED_BACK, "reasons": reasons, "at": now, "by": actor},
+    }
+    if state.stage == PROMOTED:
+        if state.rollback_target is None:
+            raise TransitionError("promoted without a rollback target")
+        changes["champion"] = state.rollback_target
+        changes["challenger"] = state.champion
+        changes["rollback_target"] = None
+        payload["restored_champion"] = state.rollback_target.to_json()
+    new = _moved(state, ROLLED_BACK, now=now, event="rollback", **changes)
+    payload["target"] = asdict(desired(new))
+    ev = Event("rollback", actor, state.stage, ROLLED_BACK, state.step, 0.0, payload)
+    return Transition(new, (ev,))
+
+
+def on_guardrails(state: State, result: dict[str, Any], *, now: float) -> Transition | None:
+    """``result``: ``{"breached": bool, "reasons": [...], "checks": [...], "counts": {...}}``."""
+    if state.stage not in ACTIVE or not result.get("breached"):
+        return None
+    return rollback(
+        state,
+        actor="controller:guardrail",
+        reasons=[f"guardrail: {r}" for r in result.get("reasons", [])],
+        now=now,
+        data={
+            "source": "guardrail",
+            "gates": result.get("checks", []),
+            "counts": result.get("counts", {}),
+            "window": result.get("window"),
+        },
+    )
+
+
+def _verdict_summary(verdict: dict[str, Any], now: float) -> dict[str, Any]:
+    return {
+        "at": now,
+        "action": verdict.get("action"),
+        "reasons": list(verdict.get("reasons", [])),
+        "gates": list(verdict.get("gates", [])),
+        "counts": verdict.get("counts", {}),
+        "window": verdict.get("window"),
+    }
+
+
+def on_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transition:
+    """Apply the analyzer's decision for the current step's window.
+
+    ``verdict``: ``{"action", "reasons", "gates", "counts", "window"}`` (from the report)."""
+    if state.stage not in (SHADOW, CANARY):
+        raise TransitionError(f"no analysis in stage {state.stage}")
+    action = verdict.get("action")
+    summary = _verdict_summary(verdict, now)
+    base = replace(state, last_analysis_at=now, last_verdict=summary, updated_at=now)
+    step = state.current_step
+    data = {
+        "step_name": step.name,
+        "gates": summary["gates"],
+        "reasons": summary["reasons"],
+        "counts": summary["counts"],
+        "window": summary["window"],
+        "action": action,
+    }
+    if action == "rollback":
+        return rollback(
+            base,
+            actor="controller:analysis",
+            reasons=summary["reasons"] or ["analyzer decided rollback"],
+            now=now,
+            data=dict(data, source="analysis"),
+        )
+    if action == "hold":
+        return _hold(base, summary["reasons"] or ["analyzer decided hold"], now, data)
+    if action == "continue":
+        if step.max_duration_s is not None and now - state.step_started_at >= step.max_duration_s:
+            reason = (
+                f"step '{step.name}' reached max_duration_s={step.max_duration_s:g} "
+                "without a verdict"
+            )
+            return _hold(base, [reason, *summary["reasons"]], now, data)
+        return Transition(base)
+    if action != "promote":
+        raise TransitionError(f"unknown analyzer action {action!r}")
+    if state.held:
+        return Transition(base)  # a hold needs a human to resume; keep analysing meanwhile
+    nxt = state.step + 1
+    if nxt < len(state.steps):
+        ns = state.steps[nxt]
+        new = _moved(
+            base,
+            ns.stage,
+            now=now,
+            event="step_changed",
+            step=nxt,
+            step_started_at=now,
+            last_analysis_at=None,
+        )
+        ev = Event(
+            "step_changed",
+            "controller:analysis",
+            state.stage,
+            ns.stage,
+            nxt,
+            ns.split,
+            dict(data, step_name=ns.name, mirror=ns.mirror, completed_step=step.name),
+        )
+        return Transition(new, (ev,))
+    approval = {
+        "requested_at": now,
+        "required": state.approvals_required,
+        "approvals": [],
+        "gates": summary["gates"],
+        "reasons": summary["reasons"],
+        "counts": summary["counts"],
+        "window": summary["window"],
+    }
+    new = _moved(base, AWAITING, now=now, event="approval_requested", approval=approval)
+    ev = Event(
+        "approval_requested",
+        "controller:analysis",
+        state.stage,
+        AWAITING,
+        state.step,
+        step.split,
+        dict(data, required_reviewers=state.approvals_required),
+    )
+    return Transition(new, (ev,))
+
+
+def _hold(state: State, reasons: list[str], now: float, data: dict[str, Any]) -> Transition:
+    if state.held:
+        return Transition(state)  # already held: no repeated alert
+    new = replace(state, held={"at": now, "reasons": reasons}, updated_at=now)
+    ev = Event(
+        "hold",
+        "controller:analysis",
+        state.stage,
+        state.stage,
+        state.step,
+        state.current_step.split,
+        dict(data, reasons=reasons),
+    )
+    return Transition(new, (ev,))
+
+
+def resume(state: State, *, actor: str, now: float) -> Transition:
+    if not state.held:
+        raise TransitionError("not on hold")
+    new = replace(state, held=None, updated_at=now, last_analysis_at=None)
+    ev = Event(
+        "resumed",
+        actor,
+        state.stage,
+        state.stage,
+        state.step,
+        state.current_step.split,
+        {"reasons": [f"resumed by {actor}"], "held": state.held},
+    )
+    return Transition(new, (ev,))
+
+
+def approve(state: State, *, reviewer: str, answers: Questionnaire, now: float) -> Transition:
+    """Record one approval; with enough distinct reviewers, promote in the same transition."""
+    if state.stage != AWAITING or state.approval is None:
+        raise TransitionError(f"no approval pending (stage {state.stage})")
+    prior = state.approval["approvals"]
+    if any(a["reviewer"] == reviewer for a in prior):
+        raise TransitionError(
+            f"reviewer {reviewer!r} already approved; a distinct reviewer is required"
+        )
+    requested_at = float(state.approval["requested_at"])
+    flagged = is_rubber_stamp(requested_at, now, state.rubber_stamp_s)
+    entry = {
+        "reviewer": reviewer,
+        "at": now,
+        "answers": answers.model_dump(),
+        "seconds_after_request": round(now - requested_at, 3),
+        "possible_rubber_stamp": flagged,
+    }
+    approval = dict(state.approval, approvals=[*prior, entry])
+    base = replace(state, approval=approval, updated_at=now)
+    step = state.current_step
+    reasons = [f"approved by {reviewer} ({len(prior) + 1}/{state.approvals_required})"]
+    if flagged:
+        reasons.append(
+            f"possible rubber stamp: approved {now - requested_at:.1f} s after the request "
+            f"(< {state.rubber_stamp_s:g} s)"
+        )
+    ev_ok = Event(
+        "approved",
+        f"reviewer:{reviewer}",
+        AWAITING,
+        AWAITING,
+        state.step,
+        step.split,
+        dict(entry, reasons=reasons, gates=state.approval.get("gates", [])),
+    )
+    if len(prior) + 1 < state.approvals_required:
+        return Transition(base, (ev_ok,))
+    reviewers = [a["reviewer"] for a in approval["approvals"]]
+    new = _moved(
+        base,
+        PROMOTED,
+        now=now,
+        event="promoted",
+        champion=state.challenger,
+        challenger=state.champion,
+        rollback_target=state.champion,
+        outcome={"result": PROMOTED, "at": now, "reviewers": reviewers},
+    )
+    ev_p = Event(
+        "promoted",
+        "controller",
+        AWAITING,
+        PROMOTED,
+        state.step,
+        0.0,
+        {
+            "reviewers": reviewers,
+            "new_champion": state.challenger.to_json(),
+            "rollback_target": state.champion.to_json(),
+            "target": asdict(desired(new)),
+            "reasons": [
+                f"challenger {state.challenger.version} promoted; rollback target "
+                f"{state.champion.version}"
+            ],
+        },
+    )
+    return Transition(new, (ev_ok, ev_p))
+
+
+def reject(state: State, *, reviewer: str, reason: str, now: float) -> Transition:
+    if state.stage not in ACTIVE:
+        raise TransitionError(f"nothing to reject in stage {state.stage}")
+    if not reason.strip():
+        raise TransitionError("a reason is required")
+    t = rollback(
+        state,
+        actor=f"reviewer:{reviewer}",
+        reasons=[f"rejected: {reason}"],
+        now=now,
+        data={"source": "rejected"},
+    )
+    rb = t.events[0]
+    ev = Event(
+        "rejected",
+        f"reviewer:{reviewer}",
+        state.stage,
+        ROLLED_BACK,
+        state.step,
+        0.0,
+        {
+            "reviewer": reviewer,
+            "reason": reason,
+            "reasons": [f"rejected: {reason}"],
+            "target": rb.data["target"],
+        },
+    )
+    return Transition(t.state, (ev, rb))
