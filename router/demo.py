@@ -224,15 +224,13 @@ def _print_capture(pairs: list[dict[str, Any]], outcomes: list[dict[str, Any]]) 
 def _analyse(
     pairs: list[dict[str, Any]], outcomes: list[dict[str, Any]], opts: DemoOptions
 ) -> None:
-    try:
-        from router.analysis import build_report, render
-    except ImportError:
-        print("\n(analyzer not installed in this build: raw capture summary only)")
-        return
+    from router.analysis import build_report
+    from router.analysis.render import to_html, to_markdown
+
     report = build_report(pairs, outcomes, experiment="demo", split=0.5)
-    opts.report.write_text(render(report, "html"), encoding="utf-8")
+    opts.report.write_text(to_html(report), encoding="utf-8")
     print()
-    print(render(report, "md"))
+    print(to_markdown(report))
     print(f"decision: {report['decision']['action'].upper()}")
     for reason in report["decision"]["reasons"]:
         print(f"  - {reason}")

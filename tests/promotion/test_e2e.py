@@ -73,8 +73,11 @@ def count_rule(
     }
 
 
+E2E_POLICY = str(Path(__file__).with_name("e2e_policy.yaml"))
+
+
 def analyser() -> Analyse:
-    return analyzer_from_policy(None) if HAVE_ANALYZER else count_rule
+    return analyzer_from_policy(E2E_POLICY) if HAVE_ANALYZER else count_rule
 
 
 async def cli(*args: str) -> tuple[int, str]:
@@ -388,8 +391,11 @@ async def test_cli_controller_sigkilled_resumes_and_reject_ends_it(
             "--log-level",
             "WARNING",
         ]
-        if not HAVE_ANALYZER:
-            argv += ["--analyzer", "tests.promotion.test_e2e:count_rule"]
+        argv += (
+            ["--policy", E2E_POLICY]
+            if HAVE_ANALYZER
+            else ["--analyzer", "tests.promotion.test_e2e:count_rule"]
+        )
         log = (fleet.tmp / "ctl.log").open("wb")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         p1 = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=log, stderr=log, env=env)

@@ -1,0 +1,143 @@
+"""The promotion policy (policy as code): which metrics matter, gates and their thresholds.
+
+Loaded from YAML (``configs/policy.yaml``, top-level key ``policy``) and validated like the
+router config: an unknown key or a bad value is a :class:`~router.config.ConfigError` naming the
+file and the key. Every field has a documented default, so ``Policy()`` is a usable policy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.config import ConfigError, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricSpec(_Strict):
+    """How one outcome metric is analysed."""
+
+    type: Literal["proportion", "mean"] = "mean"
+    per: Literal["unit", "request"] = Field(
+        default="unit", description="analysis unit: the randomisation unit or each request"
+    )
+    agg: Literal["max", "sum", "mean"] | None = Field(
+        default=None, description="per-unit reduction; default max for proportions, sum for means"
+    )
+    missing: Literal["zero", "exclude"] | None = Field(
+        default=None, description="exposed without outcome; default zero unless agg is mean"
+    )
+    higher_is_better: bool = True
+
+    @property
+    def reduce(self) -> str:
+        return self.agg or ("max" if self.type == "proportion" else "sum")
+
+    @property
+    def missing_as_zero(self) -> bool:
+        if self.missing is not None:
+            return self.missing == "zero"
+        return self.reduce != "mean"
+
+
+class PrimaryMetric(_Strict):
+    name: str
+    min_uplift: float = Field(default=0.0, description="required lower bound of the uplift")
+    relative: bool = Field(default=False, description="min_uplift is relative (0.02 = +2%)")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    mde: float | None = Field(
+        default=None, gt=0, description="effect to size the test for (same scale as min_uplift)"
+    )
+
+
+class SRMPolicy(_Strict):
+    alpha: float = Field(default=0.001, gt=0, lt=1)
+    min_share_diff: float = Field(default=0.001, ge=0, lt=1)
+
+
+class Guardrails(_Strict):
+    max_latency_p95_ms: float | None = Field(default=None, gt=0)
+    max_latency_regression_ms: float | None = Field(default=50.0, ge=0)
+    max_error_rate_delta: float | None = Field(default=0.01, ge=0)
+    max_psi: float | None = Field(default=0.25, gt=0)
+    max_input_psi: float | None = Field(default=None, gt=0)
+    max_segment_gap: float | None = Field(default=0.1, gt=0)
+    min_disparity_ratio: float | None = Field(default=0.8, gt=0, le=1)
+    max_contract_break_share: float | None = Field(default=0.01, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(
+        default=0.02, ge=0, le=1, description="label-joined accuracy, challenger vs champion"
+    )
+    max_rmse_increase: float | None = Field(
+        default=0.05, ge=0, description="relative, for value predictions"
+    )
+
+
+class DivergencePolicy(_Strict):
+    thresholds: list[float] = Field(default_factory=lambda: [0.5])
+    psi_bins: int = Field(default=10, ge=2, le=100)
+    sample_size: int = Field(default=50_000, ge=100, description="hash sample for KS, AUC, ...")
+    contract_noise_share: float = Field(default=0.0003, ge=0, le=1)
+    positive_class: str | None = None
+
+
+class SequentialPolicy(_Strict):
+    tau: float = Field(
+        default=0.1,
+        gt=0,
+        description="mixture SD as a fraction of the metric's pooled SD (mSPRT tuning)",
+    )
+
+
+class SegmentPolicy(_Strict):
+    min_n: int = Field(default=100, ge=1, description="units or pairs for a segment to count")
+    max_values: int = Field(default=50, ge=1, description="values kept per field; rest 'other'")
+
+
+class Policy(_Strict):
+    min_samples: int = Field(default=1000, ge=1, description="per arm: pairs or units")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    power: float = Field(default=0.8, gt=0, lt=1)
+    srm: SRMPolicy = Field(default_factory=SRMPolicy)
+    primary_metric: PrimaryMetric | None = None
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+    label_metric: str = "label"
+    prediction_kind: Literal["score", "class", "vector", "value"] | None = None
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    divergence: DivergencePolicy = Field(default_factory=DivergencePolicy)
+    sequential: SequentialPolicy = Field(default_factory=SequentialPolicy)
+    segments: SegmentPolicy = Field(default_factory=SegmentPolicy)
+    bootstrap_resamples: int = Field(default=400, ge=0)
+    seed: int = 20261122
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> Policy:
+    if data is None:
+        return Policy()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys")
+    if set(data) == {"policy"}:
+        data = data["policy"] or {}
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_policy(path: str | os.PathLike[str] | None) -> Policy:
+    if path is None:
+        return Policy()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_policy(data, str(p))

@@ -1,0 +1,457 @@
+"""Render a report as Markdown, or as one self-contained HTML page with plots.
+
+The HTML embeds its plots as base64 PNGs drawn with matplotlib (Agg backend), so it opens
+offline. Plots: prediction distributions of both models on the same requests, latency CDFs,
+uplift over time with the confidence-sequence band, per-segment bars.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router.analysis.accumulate import Accumulator
+
+ACTION_COLOUR = {
+    "promote": "#1a7f37",
+    "continue": "#0969da",
+    "hold": "#9a6700",
+    "rollback": "#cf222e",
+}
+
+
+def _n(x: Any, nd: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}"
+    return str(x)
+
+
+def _ci(ci: list[Any] | None) -> str:
+    if not ci or ci[0] is None:
+        return "–"
+    return f"[{_n(ci[0])}, {_n(ci[1])}]"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += [
+        "| " + " | ".join(_n(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows
+    ]
+    return out
+
+
+def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The report as (title, markdown lines) sections; shared by Markdown and HTML."""
+    out: list[tuple[str, list[str]]] = []
+    d = r["decision"]
+    out.append(("Decision", [f"**{d['action'].upper()}**", ""] + [f"- {x}" for x in d["reasons"]]))
+    out.append(
+        (
+            "Gates",
+            _table(
+                ["gate", "passed", "value", "threshold", "reason"],
+                [
+                    [
+                        g["name"],
+                        "✅" if g["passed"] else ("❌ significant" if g["significant"] else "❌"),
+                        g["value"],
+                        g["threshold"],
+                        g["reason"],
+                    ]
+                    for g in r["gates"]
+                ],
+            ),
+        )
+    )
+    c, w = r["counts"], r["window"]
+    lines = [
+        f"- records: {c['records']} (champion {c['per_variant']['champion']}, challenger "
+        f"{c['per_variant']['challenger']}); mirrored pairs {c['mirrored_pairs']} "
+        f"({c['comparable_pairs']} comparable)",
+        f"- units: champion {c['units']['champion']}, challenger {c['units']['challenger']}, "
+        f"in both {c['units']['both_variants']}",
+        f"- outcomes: {c['outcomes']['valid']} valid, {c['outcomes']['joined']} joined, "
+        f"{c['outcomes']['unjoined']} unjoined, {c['outcomes']['invalid']} invalid, "
+        f"{c['outcomes']['duplicates']} duplicates",
+        f"- skipped: {c['duplicates_skipped']} duplicate records, {c['invalid_records']} invalid",
+        f"- window: {_n(w['first_record_ts'], 12)} .. {_n(w['last_record_ts'], 12)} "
+        f"({_n(w['duration_s'])} s)"
+        + (
+            f" — **stream trimmed: earliest available {_n(w['earliest_available'], 12)}**"
+            if w["trimmed"]
+            else ""
+        ),
+    ]
+    out.append(("Counts", lines))
+    s = r["srm"]
+    out.append(
+        (
+            "Sample ratio",
+            [
+                f"- {s['state']}: {s['reason']}; observed {s['observed']}, "
+                f"split {_n(s['split'])}, chi-square {_n(s['statistic'])}, "
+                f"p = {_n(s['p_value'])} (alert below {s['alpha']} and share deviation "
+                f"> {s['min_share_diff']})"
+            ],
+        )
+    )
+    lat = r["latency"]
+    rows = []
+    for v, d_ in lat["per_variant"].items():
+        rows.append([v + " (served)", d_["n"], d_["p50"], d_["p95"], _ci(d_["p95_ci"]), d_["p99"]])
+    q = lat["paired"]["quantiles"]
+    rows.append(
+        [
+            "paired Δ (same requests)",
+            lat["paired"]["n"],
+            q["p50"]["delta_ms"],
+            q["p95"]["delta_ms"],
+            f"[{_n(q['p95']['delta_lower_ms'])}, {_n(q['p95']['delta_upper_ms'])}]",
+            q["p99"]["delta_ms"],
+        ]
+    )
+    out.append(
+        (
+            "Latency (ms)",
+            [
+                *_table(["", "n", "p50", "p95", "p95 CI", "p99"], rows),
+                "",
+                f"Mean paired difference {_n(lat['paired']['mean_diff_ms'])} ms "
+                f"{_ci(lat['paired']['mean_diff_ci'])} (p = {_n(lat['paired']['p_value'])}).",
+            ],
+        )
+    )
+    e = r["errors"]
+    rows = [[v, x["n"], x["errors"], x["rate"], _ci(x["ci"])] for v, x in e["per_variant"].items()]
+    p = e["paired"]
+    extra = []
+    if p.get("delta") is not None:
+        extra = [
+            "",
+            f"Paired (mirrored): challenger − champion error rate {_n(p['delta'])} "
+            f"{_ci(p['ci'])}, McNemar p = {_n(p['p_value'])}.",
+        ]
+    out.append(("Errors", _table(["variant", "n", "errors", "rate", "95% CI"], rows) + extra))
+    dv = r["divergence"]
+    keys = [
+        k
+        for k in (
+            "n",
+            "mean_abs_diff",
+            "rmse",
+            "pearson",
+            "spearman",
+            "psi",
+            "psi_band",
+            "js_distance",
+            "wasserstein_normalised",
+            "agreement",
+            "cohen_kappa",
+            "argmax_agreement",
+            "mean_js_distance",
+        )
+        if k in dv
+    ]
+    lines = [f"- {k}: {_n(dv[k])}" for k in keys]
+    if "ks" in dv:
+        lines.append(f"- KS: D = {_n(dv['ks']['statistic'])}, p = {_n(dv['ks']['p_value'])}")
+    if "flip_rate" in dv:
+        lines.append(f"- decision flip rate: {dv['flip_rate']}")
+    for pth in dv["contract"]["paths"][:10]:
+        lines.append(f"- contract: `{pth['path']}` {pth['change']} in {pth['share']:.2%} of pairs")
+    out.append((f"Divergence ({dv['kind']}, mirrored pairs)", lines or ["- no comparable pairs"]))
+    qu = r["quality"]
+    if qu.get("state") == "ok":
+        m = qu["models"]
+        names = sorted(set(m["champion"]) | set(m["challenger"]))
+        lines = _table(
+            ["metric", "champion", "challenger"],
+            [[k, m["champion"].get(k), m["challenger"].get(k)] for k in names],
+        )
+        for k, t in qu["tests"].items():
+            lines.append(
+                f"- {k}: Δ {_n(t.get('delta'))} {_ci(t.get('ci'))} "
+                f"p = {_n(t.get('p_value'))} ({t.get('method')})"
+            )
+        out.append((f"Quality on labelled pairs (n = {qu['n']})", lines))
+    else:
+        out.append(
+            ("Quality on labelled pairs", [f"- no labels joined (metric `{qu['label_metric']}`)"])
+        )
+    rows = []
+    for name, mt in r["metrics"].items():
+        up = mt["uplift"]
+        rows.append(
+            [
+                name,
+                mt["type"],
+                mt["variants"]["champion"]["n"],
+                mt["variants"]["champion"]["mean"],
+                mt["variants"]["challenger"]["n"],
+                mt["variants"]["challenger"]["mean"],
+                up["absolute"],
+                _ci(up["ci"]),
+                up["relative"],
+                up["p_value"],
+                up["p_value_holm"],
+                up["sequential_p_value"],
+                _ci(up["sequential_ci"]),
+                mt["mde"],
+                mt["sample_size_per_arm"],
+                mt["eta_s"],
+            ]
+        )
+    out.append(
+        (
+            "Outcome metrics (live split)",
+            _table(
+                [
+                    "metric",
+                    "type",
+                    "n ch",
+                    "mean ch",
+                    "n cl",
+                    "mean cl",
+                    "Δ",
+                    "95% CI",
+                    "rel.",
+                    "p",
+                    "p Holm",
+                    "seq. p",
+                    "seq. CI",
+                    "MDE",
+                    "n/arm",
+                    "ETA s",
+                ],
+                rows,
+            )
+            if rows
+            else ["- no outcomes"],
+        )
+    )
+    sg = r["segments"]
+    lines = [
+        f"- largest gap: {_n(sg['gap'].get('value'))} ({sg['gap'].get('metric')}, "
+        f"{sg['gap'].get('segment', '–')})",
+        f"- disparity ratio: {_n(sg['disparity'].get('value'))} "
+        f"({sg['disparity'].get('field', '–')})",
+    ]
+    for fname, rows_ in sg["fields"].items():
+        lines.append("")
+        lines += _table(
+            [
+                fname,
+                "requests ch/cl",
+                "error rate cl",
+                "agreement",
+                "positive rate ch/cl",
+                "accuracy ch/cl",
+            ],
+            [
+                [
+                    x["value"],
+                    f"{x['requests'][0]}/{x['requests'][1]}",
+                    x["error_rate"][1],
+                    x["agreement"],
+                    f"{_n(x['positive_rate'][0])}/{_n(x['positive_rate'][1])}",
+                    f"{_n(x['accuracy'][0])}/{_n(x['accuracy'][1])}",
+                ]
+                for x in rows_
+            ],
+        )
+    out.append(("Segments and fairness", lines))
+    dr = r["drift"]
+    if dr.get("fields"):
+        out.append(
+            (
+                "Input drift",
+                [
+                    *_table(
+                        ["field", "PSI", "band", "JS"],
+                        [
+                            [k, x["psi"], x["band"], x["js_distance"]]
+                            for k, x in dr["fields"].items()
+                        ],
+                    ),
+                    "",
+                    "PSI < 0.1 stable, 0.1–0.25 moderate shift, ≥ 0.25 major shift.",
+                ],
+            )
+        )
+    meta = r["meta"]
+    out.append(
+        (
+            "Method notes",
+            [
+                f"- {meta['multiple_testing']}",
+                f"- {meta['sequential']}",
+                f"- alpha {meta['alpha']}, power {meta['power']}",
+            ],
+        )
+    )
+    return out
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# Shadow report: {r['experiment']}", ""]
+    for title, body in sections(r):
+        lines += [f"## {title}", "", *body, ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ HTML
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(r: dict[str, Any], acc: Accumulator | None) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: list[tuple[str, str]] = []
+    if acc is not None and acc.sample.rows.size:
+        items = acc.sample.items()
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.hist(items[:, 0], bins=40, alpha=0.55, label="champion", density=True)
+        ax.hist(items[:, 1], bins=40, alpha=0.55, label="challenger", density=True)
+        ax.set_xlabel("prediction")
+        ax.set_title("Predictions on the same (mirrored) requests")
+        ax.legend()
+        out.append(("Prediction distributions", _png(fig)))
+    if acc is not None and any(h.n for h in acc.latency):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for v, name in ((0, "champion"), (1, "challenger")):
+            x, y = acc.latency[v].cdf_points()
+            if x.size:
+                ax.step(x, y, where="post", label=f"{name} (served)")
+            x, y = acc.pair_latency[v].cdf_points()
+            if x.size:
+                ax.step(x, y, where="post", linestyle="--", label=f"{name} (mirrored pairs)")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("CDF")
+        ax.legend(fontsize=7)
+        ax.set_title("Latency CDFs")
+        out.append(("Latency", _png(fig)))
+    for name, m in r["metrics"].items():
+        ser = m.get("series") or []
+        if len(ser) < 2:
+            continue
+        t0 = ser[0]["ts"] or 0.0
+        xs = [((p["ts"] or 0.0) - t0) / 60 for p in ser]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot(xs, [p["absolute"] for p in ser], marker="o", label="uplift (absolute)")
+        lo = [p["sequential_ci"][0] for p in ser]
+        hi = [p["sequential_ci"][1] for p in ser]
+        if all(v is not None for v in lo + hi):
+            ax.fill_between(xs, lo, hi, alpha=0.25, label="confidence sequence")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("minutes since first exposure")
+        ax.set_title(f"{name}: uplift over time")
+        ax.legend(fontsize=7)
+        out.append((f"Uplift over time: {name}", _png(fig)))
+    for fname, rows in r["segments"]["fields"].items():
+        vals = [x["value"] for x in rows][:20]
+        if not vals:
+            continue
+        use_acc = any(x["accuracy"][1] is not None for x in rows)
+        key, label = ("accuracy", "accuracy") if use_acc else ("positive_rate", "positive rate")
+        ch = [x[key][0] or 0.0 for x in rows][:20]
+        cl = [x[key][1] or 0.0 for x in rows][:20]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        idx = list(range(len(vals)))
+        ax.bar([i - 0.2 for i in idx], ch, width=0.4, label="champion")
+        ax.bar([i + 0.2 for i in idx], cl, width=0.4, label="challenger")
+        ax.set_xticks(idx, vals, rotation=30, fontsize=8)
+        ax.set_title(f"{label} by {fname}")
+        ax.legend(fontsize=7)
+        out.append((f"Segments: {fname}", _png(fig)))
+    return out
+
+
+def _md_to_html(lines: list[str]) -> str:
+    """Just enough Markdown for our own sections: tables, bullets, bold, code."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        parts = s.split("**")
+        s = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+        parts = s.split("`")
+        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+    def flush() -> None:
+        if table:
+            head, *body = [r for r in table if not set("".join(r)) <= set("-")]
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                + "</tr>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body
+                )
+                + "</table>"
+            )
+            table.clear()
+
+    for raw in lines:
+        for ln in raw.split("\n"):
+            if ln.startswith("|"):
+                table.append([c.strip() for c in ln.strip("|").split("|")])
+                continue
+            flush()
+            if ln.startswith("- "):
+                out.append(f"<li>{inline(ln[2:])}</li>")
+            elif ln.strip():
+                out.append(f"<p>{inline(ln)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def to_html(r: dict[str, Any], acc: Accumulator | None = None) -> str:
+    action = r["decision"]["action"]
+    colour = ACTION_COLOUR.get(action, "#333")
+    body = [
+        f"<h1>Shadow report: {html.escape(r['experiment'])}</h1>",
+        f"<div class='decision' style='border-color:{colour}'><span style='color:{colour}'>"
+        f"{action.upper()}</span></div>",
+    ]
+    for title, lines in sections(r):
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        body.append(_md_to_html(lines))
+    figs = plots(r, acc)
+    if figs:
+        body.append("<h2>Plots</h2>")
+        for title, uri in figs:
+            body.append(
+                f"<figure><img src='{uri}' alt='{html.escape(title)}'>"
+                f"<figcaption>{html.escape(title)}</figcaption></figure>"
+            )
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+        ".decision{border:3px solid;padding:.5em 1em;font-size:1.6em;font-weight:bold;"
+        "display:inline-block}figure{display:inline-block;margin:.5em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Shadow report "
+        f"{html.escape(r['experiment'])}</title><style>{css}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>"
+    )

@@ -1,0 +1,170 @@
+"""Mergeable summaries: ``merge(summary(A), summary(B)) == summary(A ∪ B)``.
+
+* :class:`Moments`: count, sum and sum of squares (mean and variance, exactly).
+* :class:`LogHistogram`: fixed log-spaced bins (2% wide) for latencies: quantiles within 1%,
+  merged by adding counts.
+* :class:`HashSample`: bottom-k sample by a stable hash of the request id. The k smallest hashes
+  of a union are the k smallest of the two samples' hashes, so it merges exactly, and the same
+  requests are sampled on every shard and in every process (no RNG state to share).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.analysis.stats import quantile_interval_ranks
+
+
+@dataclass(slots=True)
+class Moments:
+    n: float = 0.0
+    s: float = 0.0
+    ss: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.s += x
+        self.ss += x * x
+
+    def add_array(self, x: np.ndarray) -> None:
+        if x.size:
+            self.n += float(x.size)
+            self.s += float(x.sum())
+            self.ss += float(np.dot(x, x))
+
+    def merge(self, o: Moments) -> None:
+        self.n += o.n
+        self.s += o.s
+        self.ss += o.ss
+
+    @property
+    def mean(self) -> float | None:
+        return self.s / self.n if self.n else None
+
+    @property
+    def var(self) -> float | None:
+        """Sample variance (ddof=1); None below two observations."""
+        if self.n < 2:
+            return None
+        m = self.s / self.n
+        return max((self.ss - self.n * m * m) / (self.n - 1), 0.0)
+
+
+LAT_MIN_MS = 0.01
+LAT_GROWTH = 1.02
+LAT_BINS = math.ceil(math.log(1e7 / LAT_MIN_MS) / math.log(LAT_GROWTH)) + 1
+_LOG_G = math.log(LAT_GROWTH)
+
+
+def lat_bin(ms: np.ndarray) -> np.ndarray:
+    x = np.maximum(ms, LAT_MIN_MS)
+    return np.minimum((np.log(x / LAT_MIN_MS) / _LOG_G).astype(np.int64), LAT_BINS - 1)
+
+
+def lat_value(idx: int) -> float:
+    """Representative value of a bin: its geometric midpoint."""
+    return LAT_MIN_MS * LAT_GROWTH ** (idx + 0.5)
+
+
+@dataclass(slots=True)
+class LogHistogram:
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(LAT_BINS, dtype=np.int64))
+
+    def add_array(self, ms: np.ndarray) -> None:
+        if ms.size:
+            self.counts += np.bincount(lat_bin(ms), minlength=LAT_BINS)
+
+    def merge(self, o: LogHistogram) -> None:
+        self.counts += o.counts
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def _at_rank(self, rank: int) -> float:
+        cum = np.cumsum(self.counts)
+        return lat_value(int(np.searchsorted(cum, rank + 1)))
+
+    def quantile(self, q: float) -> float | None:
+        n = self.n
+        if n == 0:
+            return None
+        return self._at_rank(min(math.ceil(q * n) - 1, n - 1) if q > 0 else 0)
+
+    def quantile_ci(self, q: float, alpha: float = 0.05) -> tuple[float | None, float | None]:
+        ranks = quantile_interval_ranks(self.n, q, alpha)
+        if ranks is None:
+            return None, None
+        return self._at_rank(ranks[0]), self._at_rank(ranks[1])
+
+    def cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
+        nz = np.nonzero(self.counts)[0]
+        if nz.size == 0:
+            return np.zeros(0), np.zeros(0)
+        cum = np.cumsum(self.counts)[nz] / self.n
+        return LAT_MIN_MS * LAT_GROWTH ** (nz + 1.0), cum
+
+
+def stable_hash(key: str) -> int:
+    """A hash of ``key`` that is the same in every process (CRC-32; Python's ``hash`` is salted
+    per process). Ties are broken by the key itself, so the sample order is total."""
+    return zlib.crc32(key.encode())
+
+
+class HashSample:
+    """Bottom-k sample of numeric rows keyed by a stable hash of their request id.
+
+    Rows are kept in numpy arrays; a batch is offered at once, so the cost per row is one CRC.
+    The order is total (hash, then the row's values), so ``merge`` is exact and deterministic.
+    """
+
+    def __init__(self, k: int, width: int) -> None:
+        self.k = k
+        self.width = width
+        self.hashes = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros((0, width), dtype=float)
+        self.seen = 0
+
+    def add_batch(self, keys: list[str], rows: np.ndarray) -> None:
+        self.seen += len(keys)
+        if not keys:
+            return
+        h = np.fromiter((stable_hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        self._offer(h, rows.reshape(len(keys), self.width))
+
+    def _offer(self, h: np.ndarray, rows: np.ndarray) -> None:
+        if self.hashes.size >= self.k:
+            keep = h <= self.hashes.max()
+            h, rows = h[keep], rows[keep]
+        if not h.size:
+            return
+        self.hashes = np.concatenate([self.hashes, h])
+        self.rows = np.concatenate([self.rows, rows])
+        if self.hashes.size > 2 * self.k:  # trim lazily: amortised O(1) sorts per row
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.hashes.size > self.k:
+            order = self._order()[: self.k]
+            self.hashes, self.rows = self.hashes[order], self.rows[order]
+
+    def _order(self) -> np.ndarray:
+        keys = [self.rows[:, j] for j in range(self.width - 1, -1, -1)] + [self.hashes]
+        return np.lexsort(keys)
+
+    def merge(self, o: HashSample) -> None:
+        self._offer(o.hashes, o.rows)
+        self.seen += o.seen
+
+    def items(self) -> np.ndarray:
+        """Sampled rows in their total order (deterministic)."""
+        self._trim()
+        return self.rows[self._order()]
+
+    @property
+    def complete(self) -> bool:
+        return self.seen <= self.k

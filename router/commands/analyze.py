@@ -1,0 +1,247 @@
+"""``router analyze``: the shadow / champion-challenger report and the promotion decision.
+
+Reads ``<experiment>:pairs`` and ``<experiment>:outcomes`` from Redis (``--redis``) or JSONL
+exports (``--pairs``/``--outcomes``), or generates a seeded synthetic data set
+(``--synthetic N``). Exit codes: 0 report written, 2 bad arguments or policy, 3 data source
+unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import datetime
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds, or an ISO-8601 timestamp (UTC when no offset is given)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        from datetime import UTC
+
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _time_arg(text: str) -> float:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected unix seconds or ISO-8601, got {text!r}"
+        ) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("analyze", help="analyse captured pairs and outcomes; decide promotion")
+    p.add_argument("--experiment", required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--redis", help="Redis URL (default $REDIS_URL)")
+    src.add_argument("--pairs", help="records JSONL (from `router export`), .gz allowed")
+    src.add_argument("--synthetic", type=int, metavar="N", help="analyse N synthetic records")
+    p.add_argument("--outcomes", help="outcomes JSONL (with --pairs)")
+    p.add_argument("--policy", help="policy YAML (default: built-in defaults)")
+    p.add_argument("--since", type=_time_arg, help="window start (unix s or ISO-8601)")
+    p.add_argument("--until", type=_time_arg, help="window end (unix s or ISO-8601)")
+    p.add_argument("--split", type=_fraction, help="configured live split, for the SRM check")
+    p.add_argument(
+        "--kind",
+        choices=["score", "class", "vector", "value"],
+        help="prediction kind (default: the policy's, else score)",
+    )
+    p.add_argument("--reference-since", type=_time_arg, help="reference window for input drift")
+    p.add_argument("--reference-until", type=_time_arg)
+    p.add_argument("--reference-stats", help="reference statistics JSON for input drift")
+    p.add_argument(
+        "--write-reference-stats",
+        metavar="FILE",
+        help="also write this window's field statistics as a reference file",
+    )
+    p.add_argument("--format", choices=["json", "md", "html"], default="md")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes for JSONL input (records are sharded by request id)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import orjson
+
+    from router.analysis.policy import load_policy
+    from router.config import ConfigError
+
+    try:
+        policy = load_policy(args.policy)
+    except ConfigError as exc:
+        print(f"router: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    if args.outcomes and not args.pairs:
+        print("router: --outcomes needs --pairs", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("router: --workers must be at least 1", file=sys.stderr)
+        return 2
+    kind = args.kind or policy.prediction_kind or "score"
+    reference = None
+    if args.reference_stats:
+        try:
+            reference = orjson.loads(open(args.reference_stats, "rb").read())  # noqa: SIM115
+        except (OSError, orjson.JSONDecodeError) as exc:
+            print(f"router: cannot read --reference-stats: {exc}", file=sys.stderr)
+            return 2
+
+    from router.analysis.report import reference_stats, report_from
+    from router.analysis.run import Source, accumulate, earliest_available
+
+    tmp = None
+    if args.synthetic:
+        tmp = _synthetic_files(args.experiment, args.synthetic, args.seed)
+        src = Source(
+            args.experiment,
+            pairs_file=tmp[0],
+            outcomes_file=tmp[1],
+            since=args.since,
+            until=args.until,
+        )
+    elif args.pairs:
+        src = Source(
+            args.experiment,
+            pairs_file=args.pairs,
+            outcomes_file=args.outcomes,
+            since=args.since,
+            until=args.until,
+        )
+    else:
+        url = args.redis or os.environ.get("REDIS_URL")
+        if not url:
+            print(
+                "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE "
+                "or --synthetic N",
+                file=sys.stderr,
+            )
+            return 2
+        src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
+    progress, close = _progress(args.progress)
+    try:
+        track = (
+            reference is not None
+            or bool(args.write_reference_stats)
+            or (args.reference_since is not None or args.reference_until is not None)
+        )
+        acc = accumulate(
+            src, policy, kind=kind, workers=args.workers, track_fields=track, progress=progress
+        )
+        if args.reference_since is not None or args.reference_until is not None:
+            from router.analysis.outcomes_index import OutcomeIndex
+
+            ref_src = Source(
+                args.experiment,
+                pairs_file=src.pairs_file,
+                redis_url=src.redis_url,
+                since=args.reference_since,
+                until=args.reference_until,
+            )
+            reference = reference_stats(
+                accumulate(
+                    ref_src, policy, kind=kind, workers=args.workers, outcomes=OutcomeIndex()
+                )
+            )
+        report = report_from(
+            acc,
+            experiment=args.experiment,
+            split=args.split,
+            earliest_available=earliest_available(src),
+            reference=reference,
+        )
+    except OSError as exc:
+        print(f"router: cannot read data: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError):
+            print(f"router: Redis unreachable: {exc}", file=sys.stderr)
+            return 3
+        raise
+    finally:
+        close()
+        if tmp:
+            for path in tmp:
+                os.unlink(path)
+    if args.write_reference_stats:
+        with open(args.write_reference_stats, "wb") as fh:
+            fh.write(orjson.dumps(reference_stats(acc), option=orjson.OPT_INDENT_2))
+    if args.format == "json":
+        out = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    elif args.format == "md":
+        from router.analysis.render import to_markdown
+
+        out = to_markdown(report).encode()
+    else:
+        from router.analysis.render import to_html
+
+        out = to_html(report, acc).encode()
+    if args.output:
+        with open(args.output, "wb") as fh:
+            fh.write(out)
+        print(f"{report['decision']['action']}: report written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(out + b"\n")
+    return 0
+
+
+def _progress(enabled: bool) -> tuple[Callable[[int], object] | None, Callable[[], object]]:
+    if not enabled or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit=" records", unit_scale=True, file=sys.stderr)
+    return bar.update, bar.close
+
+
+def _synthetic_files(experiment: str, n: int, seed: int) -> tuple[str, str]:
+    import tempfile
+
+    import orjson
+
+    from router.analysis.synth import SynthSpec, generate
+
+    fd1, pairs = tempfile.mkstemp(suffix=".pairs.jsonl")
+    fd2, outs = tempfile.mkstemp(suffix=".outcomes.jsonl")
+    with open(fd1, "wb") as fp, open(fd2, "wb") as fo:
+        for rec, rows in generate(
+            SynthSpec(
+                experiment=experiment,
+                n=n,
+                seed=seed,
+                units=max(n // 20, 10),
+                conversion_uplift=0.01,
+            )
+        ):
+            fp.write(orjson.dumps(rec) + b"\n")
+            for o in rows:
+                fo.write(orjson.dumps(o) + b"\n")
+    return pairs, outs
