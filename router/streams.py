@@ -31,10 +31,15 @@ def iter_entries(
     since: float | None = None,
     until: float | None = None,
     count: int = PAGE,
+    *,
+    until_exclusive: bool = False,
 ) -> Iterator[list[bytes]]:
-    """Pages of raw ``r`` payloads of ``key`` with IDs in ``[since, until]`` (unix seconds)."""
+    """Pages of raw ``r`` payloads of ``key`` with IDs in ``[since, until]`` (unix seconds;
+    ``[since, until)`` with ``until_exclusive``)."""
     start = _id_bound(since, "-")
     end = _id_bound(until, "+")
+    if until_exclusive and until is not None:
+        end = "(" + end
     while True:
         page = client.xrange(key, min=start, max=end, count=count)
         if not page:
@@ -58,6 +63,12 @@ def earliest_ts(client: Any, key: str) -> float | None:
     """Timestamp (unix seconds) of the first entry still in the stream, or None if empty."""
     first = client.xrange(key, min="-", max="+", count=1)
     return _id_ms(first[0][0]) / 1000.0 if first else None
+
+
+def latest_ts(client: Any, key: str) -> float | None:
+    """Timestamp (unix seconds) of the last entry of the stream, or None if empty."""
+    last = client.xrevrange(key, max="+", min="-", count=1)
+    return _id_ms(last[0][0]) / 1000.0 if last else None
 
 
 def sync_client(url: str) -> Any:

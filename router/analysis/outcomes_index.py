@@ -12,6 +12,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+
+class OutcomeRow(msgspec.Struct, gc=False):
+    metric: str
+    value: float
+    request_id: str | None = None
+    unit: str | None = None
+    ts: float | None = None
+    experiment: str | None = None
+    v: int = 1
+
+
+_decoder = msgspec.json.Decoder(OutcomeRow)
+
 
 def outcome_problem(o: Any) -> str | None:
     """Why an outcome row is invalid, or None when it is valid."""
@@ -67,15 +82,68 @@ class OutcomeIndex:
         if outcome_problem(o) is not None:
             self.invalid += 1
             return
-        if experiment and o.get("experiment") not in (None, experiment):
+        self._insert(
+            o.get("request_id"),
+            o.get("unit"),
+            o["metric"],
+            float(o["value"]),
+            float(o.get("ts") or 0.0),
+            o.get("experiment"),
+            experiment,
+            since,
+            until,
+        )
+
+    def add_raw(
+        self,
+        pages: Iterable[list[bytes]],
+        experiment: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Outcome rows as raw JSON (from JSONL or a stream), decoded and validated in C."""
+        dec = _decoder
+        for page in pages:
+            for raw in page:
+                self.total += 1
+                try:
+                    o = dec.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.invalid += 1
+                    continue
+                if not o.metric or not math.isfinite(o.value) or not (o.request_id or o.unit):
+                    self.invalid += 1
+                    continue
+                self._insert(
+                    o.request_id,
+                    o.unit,
+                    o.metric,
+                    o.value,
+                    o.ts or 0.0,
+                    o.experiment,
+                    experiment,
+                    since,
+                    until,
+                )
+
+    def _insert(
+        self,
+        rid: str | None,
+        unit: str | None,
+        metric: str,
+        value: float,
+        ts: float,
+        row_experiment: str | None,
+        experiment: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> None:
+        if experiment and row_experiment not in (None, experiment):
             self.invalid += 1
             return
-        ts = float(o.get("ts") or 0.0)
         if (since is not None and ts and ts < since) or (until is not None and ts > until):
             self.outside_window += 1
             return
-        metric, value = o["metric"], float(o["value"])
-        rid, unit = o.get("request_id"), o.get("unit")
         key = (rid or "", unit or "", metric, ts, value)
         if key in self._seen:
             self.duplicates += 1

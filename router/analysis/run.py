@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import gzip
+import itertools
+import logging
 import multiprocessing
 import os
 import zlib
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from router.analysis.accumulate import Accumulator
@@ -29,6 +32,7 @@ from router.analysis.schema import Record, decode_record
 from router.analysis.schema import list_decoder as _list_decoder
 
 BATCH = 10_000
+log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
@@ -80,15 +84,6 @@ def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
         return out, bad
 
 
-def _outcome_rows(pages: Iterable[list[bytes]]) -> Iterator[Any]:
-    for page in pages:
-        for raw in page:
-            try:
-                yield orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield None  # counted as invalid by the index
-
-
 def load_outcomes(src: Source) -> OutcomeIndex:
     oi = OutcomeIndex()
     if src.redis_url:
@@ -97,21 +92,12 @@ def load_outcomes(src: Source) -> OutcomeIndex:
         client = sync_client(src.redis_url)
         try:
             # outcomes arrive after their requests: read from the window start to now
-            oi.add_all(
-                _outcome_rows(
-                    iter_entries(
-                        client,
-                        _key(src, "outcomes"),
-                        src.since,
-                        None,
-                    )
-                ),
-                src.experiment,
-            )
+            pages = iter_entries(client, _key(src, "outcomes"), src.since, None)
+            oi.add_raw(pages, src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:
-        oi.add_all(_outcome_rows(iter_lines(src.outcomes_file)), src.experiment)
+        oi.add_raw(iter_lines(src.outcomes_file), src.experiment)
     return oi
 
 
@@ -150,26 +136,40 @@ def earliest_available(src: Source) -> float | None:
         client.close()
 
 
-def _rid_shard(line: bytes, workers: int) -> int:
-    """The worker of a JSON line, from a CRC of its request id (found without parsing)."""
-    i = line.find(b'"request_id":')
-    if i < 0:
-        return 0
-    j = line.find(b'"', i + 13)
-    k = line.find(b'"', j + 1)
-    return zlib.crc32(line[j + 1 : k]) % workers
+def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iterator[list[bytes]]:
+    """Lines of ``path`` that *start* in the byte range ``[start, end)``, in batches."""
+    with open(path, "rb") as fh:
+        if start > 0:
+            fh.seek(start - 1)
+            fh.readline()  # finish the line that straddles the boundary (it belongs before)
+        buf: list[bytes] = []
+        while fh.tell() < end:
+            line = fh.readline()
+            if not line:
+                break
+            line = line.strip()
+            if line:
+                buf.append(line)
+                if len(buf) >= batch:
+                    yield buf
+                    buf = []
+        if buf:
+            yield buf
 
 
-def fold(
-    acc: Accumulator,
-    pages: Iterable[list[bytes]],
-    shard: tuple[int, int] | None = None,
-    progress: Progress | None = None,
-) -> None:
+def _rid_hashes(seen: set[str]) -> np.ndarray:
+    """Sorted 64-bit fingerprints of request ids (CRC-32 and Adler-32 side by side)."""
+    out = np.fromiter(
+        ((zlib.crc32(b := r.encode()) << 32) | zlib.adler32(b) for r in seen),
+        dtype=np.uint64,
+        count=len(seen),
+    )
+    out.sort()
+    return out
+
+
+def fold(acc: Accumulator, pages: Iterable[list[bytes]], progress: Progress | None = None) -> None:
     for page in pages:
-        if shard is not None:
-            w, n = shard
-            page = [ln for ln in page if _rid_shard(ln, n) == w]
         recs, bad = decode_records(page)
         acc.invalid += bad
         acc.add(recs)
@@ -181,8 +181,9 @@ def fold(
 _CTX: dict[str, Any] = {}
 
 
-def _worker(w: int) -> Accumulator:
+def _worker(w: int) -> tuple[Accumulator, np.ndarray]:
     src: Source = _CTX["src"]
+    lo, hi = _CTX["ranges"][w]
     acc = Accumulator(
         _CTX["policy"],
         _CTX["outcomes"],
@@ -192,8 +193,77 @@ def _worker(w: int) -> Accumulator:
         experiment=src.experiment,
         track_fields=_CTX["track_fields"],
     )
-    fold(acc, _record_pages(src), (w, _CTX["workers"]))
-    acc.seen = set()  # deduplication is complete within the shard; do not ship it back
+    if src.pairs_file is not None:
+        fold(acc, iter_line_range(src.pairs_file, int(lo), int(hi)))
+    else:
+        from router.streams import iter_entries, sync_client
+
+        assert src.redis_url is not None
+        client = sync_client(src.redis_url)  # a new connection: never share one across fork
+        last = w == len(_CTX["ranges"]) - 1
+        try:
+            fold(acc, iter_entries(client, _key(src, "pairs"), lo, hi, until_exclusive=not last))
+        finally:
+            client.close()
+    hashes = _rid_hashes(acc.seen)
+    acc.seen = set()  # shipped back as fingerprints only
+    acc.outcomes = OutcomeIndex()  # the parent has it; do not pickle it back
+    return acc, hashes
+
+
+def _ranges(src: Source, workers: int) -> list[tuple[float, float]] | None:
+    """Byte ranges of a file, or time ranges of a stream, one per worker."""
+    if src.pairs_file is not None:
+        if src.pairs_file.endswith(".gz"):
+            return None
+        size = os.path.getsize(src.pairs_file)
+        return [(size * w // workers, size * (w + 1) // workers) for w in range(workers)]
+    from router.streams import earliest_ts, latest_ts, sync_client
+
+    assert src.redis_url is not None
+    client = sync_client(src.redis_url)
+    try:
+        key = _key(src, "pairs")
+        first, last = earliest_ts(client, key), latest_ts(client, key)
+    finally:
+        client.close()
+    if first is None or last is None:
+        return None
+    lo = max(first, src.since) if src.since is not None else first
+    hi = min(last, src.until) if src.until is not None else last
+    if hi - lo < 0.01 * workers:
+        return None
+    cuts = [round(lo + (hi - lo) * w / workers, 3) for w in range(workers + 1)]
+    cuts[-1] = hi
+    return list(itertools.pairwise(cuts))
+
+
+def _parallel(
+    src: Source, policy: Policy, oi: OutcomeIndex, kind: str, workers: int, track_fields: bool
+) -> Accumulator | None:
+    """Ranges of the source folded by forked workers and merged; None when the source cannot
+    be split or a request id appears in two ranges (the caller then reads serially, so
+    deduplication stays exact)."""
+    ranges = _ranges(src, workers)
+    if ranges is None:
+        return None
+    _CTX.update(
+        src=src, policy=policy, outcomes=oi, kind=kind, ranges=ranges, track_fields=track_fields
+    )
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_worker, range(workers))
+    finally:
+        _CTX.clear()
+    for i in range(len(parts)):
+        for j in range(i + 1, len(parts)):
+            if np.intersect1d(parts[i][1], parts[j][1], assume_unique=True).size:
+                log.warning("request ids repeat across ranges; reading serially")
+                return None
+    acc = parts[0][0]
+    acc.outcomes = oi
+    for p, _h in parts[1:]:
+        acc.merge(p)
     return acc
 
 
@@ -212,26 +282,12 @@ def accumulate(
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
         oi = outcomes if outcomes is not None else load_outcomes(src)
-        if workers > 1 and src.pairs_file and hasattr(os, "fork"):
-            _CTX.update(
-                src=src,
-                policy=policy,
-                outcomes=oi,
-                kind=kind,
-                workers=workers,
-                track_fields=track_fields,
-            )
-            try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
-                    parts = pool.map(_worker, range(workers))
-            finally:
-                _CTX.clear()
-            acc = parts[0]
-            for p in parts[1:]:
-                acc.merge(p)
-            if progress is not None:
-                progress(acc.records + acc.invalid + acc.duplicates + acc.outside_window)
-            return acc
+        if workers > 1 and hasattr(os, "fork"):
+            merged = _parallel(src, policy, oi, kind, workers, track_fields)
+            if merged is not None:
+                if progress is not None:
+                    progress(merged.records + merged.invalid + merged.duplicates)
+                return merged
         acc = Accumulator(
             policy,
             oi,
@@ -241,7 +297,7 @@ def accumulate(
             experiment=src.experiment,
             track_fields=track_fields,
         )
-        fold(acc, _record_pages(src), None, progress)
+        fold(acc, _record_pages(src), progress)
         return acc
     finally:
         if gc_was:

@@ -340,6 +340,13 @@ def test_cli_from_redis_with_window_and_formats(redis_url: str, tmp_path: Path) 
     rep = strict_json(json.loads(out.read_text()))
     assert rep["counts"]["records"] == 1000
     assert rep["window"]["earliest_available"] == pytest.approx(recs[0]["ts"], abs=1e-3)
+    # two processes over two time ranges of the stream: the same report
+    p2 = _cli("--experiment", "synth", "--redis", redis_url, "--since", str(since), "--until",
+              str(until), "--format", "json", "--workers", "2")
+    assert p2.returncode == 0, p2.stderr
+    rep2 = without_time(json.loads(p2.stdout))
+    for key in ("counts", "metrics", "divergence", "quality", "latency", "errors", "gates"):
+        assert_close(rep2[key], without_time(rep)[key], key)
     md = _cli("--experiment", "synth", "--redis", redis_url, "--format", "md")
     assert md.returncode == 0 and "## Gates" in md.stdout and "## Decision" in md.stdout
     html_out = tmp_path / "r.html"

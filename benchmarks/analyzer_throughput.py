@@ -1,0 +1,149 @@
+"""Analyzer throughput: ``router analyze`` end to end over N synthetic records with outcomes.
+
+Generates a seeded synthetic experiment (``router.analysis.synth``: 100% mirrored pairs, a live
+50% split, Zipf units, labels and conversions), writes it as JSONL and loads it into a throwaway
+redis-server, then times ``router analyze --format json`` as a subprocess from each source,
+sampling the resident memory of its whole process tree every 20 ms.
+
+Usage::
+
+    python benchmarks/analyzer_throughput.py                      # 1,000,000 records
+    python benchmarks/analyzer_throughput.py --records 200000 --json out.json
+
+Targets (issue 4): >= 250,000 records/s from JSONL, >= 100,000 records/s from Redis, peak
+memory <= 512 MB independent of the record count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from router.analysis.synth import SynthSpec, generate  # noqa: E402
+from router.redisproc import RedisProcess  # noqa: E402
+
+
+def write_data(tmp: Path, n: int, units: int) -> tuple[Path, Path, int]:
+    pairs, outs = tmp / "pairs.jsonl", tmp / "outcomes.jsonl"
+    n_out = 0
+    spec = SynthSpec(experiment="bench", n=n, units=units, conversion_uplift=0.01, seed=7)
+    with pairs.open("wb") as fp, outs.open("wb") as fo:
+        for rec, rows in generate(spec):
+            fp.write(orjson.dumps(rec) + b"\n")
+            for o in rows:
+                fo.write(orjson.dumps(o) + b"\n")
+                n_out += 1
+    return pairs, outs, n_out
+
+
+def load_redis(url: str, pairs: Path, outs: Path) -> None:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    for key, path in (("bench:pairs", pairs), ("bench:outcomes", outs)):
+        pipe = r.pipeline(transaction=False)
+        last_ms, seq, k = -1, 0, 0
+        with path.open("rb") as fh:
+            for line in fh:
+                ts = orjson.loads(line)["ts"]
+                ms = int(ts * 1000)
+                if ms <= last_ms:
+                    ms, seq = last_ms, seq + 1
+                else:
+                    seq = 0
+                last_ms = ms
+                pipe.xadd(key, {"r": line.rstrip(b"\n")}, id=f"{ms}-{seq}")
+                k += 1
+                if k % 5000 == 0:
+                    pipe.execute()
+        pipe.execute()
+
+
+def run_analyze(args: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "router", "analyze", "--experiment", "bench", "--split", "0.5",
+           "--format", "json", "-o", os.devnull, *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+    ps = psutil.Process(proc.pid)
+    peak = peak_one = 0
+    while proc.poll() is None:
+        try:
+            procs = [ps, *ps.children(recursive=True)]
+            rss = [p.memory_info().rss for p in procs]
+            peak, peak_one = max(peak, sum(rss)), max(peak_one, max(rss))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"analyze failed: {err}")
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "peak_rss_one_process_mb":
+            peak_one / 2**20, "decision": err.strip().split(":")[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--units", type=int, default=200_000)
+    ap.add_argument("--workers", type=int, default=2, help="JSONL worker processes")
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--skip-redis", action="store_true")
+    a = ap.parse_args()
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "records": a.records,
+    }
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        t = time.perf_counter()
+        pairs, outs, n_out = write_data(tmp, a.records, a.units)
+        results["outcomes"] = n_out
+        print(f"generated {a.records} records, {n_out} outcomes in "
+              f"{time.perf_counter() - t:.1f} s ({pairs.stat().st_size / 2**20:.0f} MB JSONL)")
+        rows = []
+        for workers in sorted({1, a.workers}):
+            r = run_analyze(["--pairs", str(pairs), "--outcomes", str(outs),
+                             "--workers", str(workers)])
+            r |= {"source": f"jsonl, {workers} process{'es' if workers > 1 else ''}",
+                  "records_per_s": a.records / r["wall_s"]}
+            rows.append(r)
+        if not a.skip_redis:
+            rp = RedisProcess(tmp / "redis", appendonly=False, prefer_path=True).start()
+            try:
+                t = time.perf_counter()
+                load_redis(rp.url, pairs, outs)
+                print(f"loaded Redis in {time.perf_counter() - t:.1f} s")
+                r = run_analyze(["--redis", rp.url])
+                r |= {"source": "redis", "records_per_s": a.records / r["wall_s"]}
+                rows.append(r)
+            finally:
+                rp.stop()
+        results["runs"] = rows
+    print(f"\n{'source':<22} {'records/s':>12} {'wall s':>8} {'peak RSS MB':>12} "
+          f"{'max 1 proc MB':>14}")
+    for r in rows:
+        print(f"{r['source']:<22} {r['records_per_s']:>12,.0f} {r['wall_s']:>8.1f} "
+              f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_one_process_mb']:>14.0f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
