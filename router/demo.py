@@ -11,14 +11,12 @@ the analysis, and writes the HTML report. Every process it starts is stopped at 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 import redis
+from tqdm import tqdm
 
 from router.config import RouterConfig, parse_config
 from router.demo_models import (
@@ -46,8 +45,8 @@ COUNTRIES = ("de", "fr", "us", "br", "in")
 
 @dataclass
 class DemoOptions:
-    shadow_requests: int = 3000
-    split_requests: int = 6000
+    shadow_requests: int = 4000
+    split_requests: int = 14000
     users: int = 2000
     concurrency: int = 16
     seed: int = 7
@@ -75,20 +74,14 @@ class Zipf:
         return min(bisect_left(self.cum, self.rng.random()), len(self.cum) - 1)
 
 
-def _features(user: int) -> list[float]:
-    r = random.Random(user * 7919)
-    return [round(r.gauss(0, 1), 4) for _ in range(len(TRUE_WEIGHTS))]
+def _features(rng: random.Random) -> list[float]:
+    """Request context: drawn per request, so every user is sometimes a good prospect."""
+    return [round(rng.gauss(0, 1), 4) for _ in range(len(TRUE_WEIGHTS))]
 
 
-def _progress(label: str, done: int, total: int, quiet: bool) -> None:
-    if quiet or not sys.stdout.isatty():
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stdout.write(f"\r  {label:<14} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+def _bar(label: str, total: int, quiet: bool) -> Any:
+    return tqdm(total=total, desc=f"  {label:<16}", unit=" req", leave=True, file=sys.stdout,
+                disable=quiet or not sys.stdout.isatty(), ncols=90)  # fmt: skip
 
 
 async def _traffic(
@@ -97,14 +90,14 @@ async def _traffic(
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
-    done = 0
+    rng = random.Random(opts.seed + len(sent) + n)
+    bar = _bar(label, n, opts.quiet)
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal done
         while not queue.empty():
             queue.get_nowait()
             user = zipf.draw()
-            feats = _features(user)
+            feats = _features(rng)
             body = orjson.dumps(
                 {"user": {"id": f"user-{user}", "country": COUNTRIES[user % 5]}, "features": feats}
             )
@@ -119,35 +112,46 @@ async def _traffic(
                         "status": r.status,
                     }
                 )
-            done += 1
-            if done % 100 == 0 or done == n:
-                _progress(label, done, n, opts.quiet)
+            bar.update(1)
 
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(opts.concurrency)))
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(worker(session) for _ in range(opts.concurrency)))
+    finally:
+        bar.close()
 
 
-async def _post_outcomes(url: str, sent: list[dict[str, Any]], rng: random.Random) -> int:
-    """The application side: did the user convert? Drawn from the true model, lifted when the
-    model that served the user ranks the user well (a better model earns more conversions)."""
+def _outcome_rows(sent: list[dict[str, Any]], rng: random.Random, live: bool) -> list[bytes]:
+    """The application side. ``label``: did this user really want the offer (drawn from the
+    true model)? ``conversion`` (live split only): the offer is shown when the model that
+    served the request scores it >= 0.5, and converts when the user wanted it; so the model
+    closer to the truth earns more conversions."""
     rows = []
     for s in sent:
-        true_p = sigmoid(
-            TRUE_BIAS + sum(w * x for w, x in zip(TRUE_WEIGHTS, s["features"], strict=True))
-        )
-        weights = CHALLENGER_WEIGHTS if s["variant"] == "challenger" else CHAMPION_WEIGHTS
-        served_p = sigmoid(
-            TRUE_BIAS + sum(w * x for w, x in zip(weights, s["features"], strict=True))
-        )
-        p = min(0.99, max(0.01, 0.15 + 0.5 * true_p * (1 - abs(served_p - true_p))))
-        rows.append({"request_id": s["request_id"], "metric": "conversion",
-                     "value": 1.0 if rng.random() < p else 0.0})  # fmt: skip
+        x = s["features"]
+        true_p = sigmoid(TRUE_BIAS + sum(w * v for w, v in zip(TRUE_WEIGHTS, x, strict=True)))
+        wanted = rng.random() < true_p
+        rows.append(orjson.dumps({"v": 1, "experiment": "demo", "request_id": s["request_id"],
+                                  "metric": "label", "value": float(wanted)}))
+        if live:
+            weights = CHALLENGER_WEIGHTS if s["variant"] == "challenger" else CHAMPION_WEIGHTS
+            shown = sigmoid(TRUE_BIAS + sum(w * v for w, v in zip(weights, x, strict=True))) >= 0.5
+            rows.append(orjson.dumps({"v": 1, "experiment": "demo", "request_id": s["request_id"],
+                                      "unit": f"user-{s['user']}", "metric": "conversion",
+                                      "value": float(shown and wanted)}))
+    return rows  # fmt: skip
+
+
+async def _post_outcomes(url: str, rows: list[bytes], opts: DemoOptions) -> int:
     accepted = 0
+    bar = _bar("outcomes", len(rows), opts.quiet)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
         for i in range(0, len(rows), 1000):
-            chunk = b"\n".join(orjson.dumps(r) for r in rows[i : i + 1000])
+            chunk = b"\n".join(rows[i : i + 1000])
             async with session.post(f"{url}/outcomes", data=chunk) as r:
                 accepted += int((await r.json())["accepted"])
+            bar.update(min(1000, len(rows) - i))
+    bar.close()
     return accepted
 
 
@@ -181,64 +185,70 @@ def _config(champ: str, chall: str, redis_url: str, data_dir: Path) -> RouterCon
     )
 
 
-def _summarise(redis_url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        pairs = [orjson.loads(f[b"r"]) for _i, f in client.xrange("demo:pairs")]  # type: ignore[union-attr, index]
-        outcomes = [orjson.loads(f[b"r"]) for _i, f in client.xrange("demo:outcomes")]  # type: ignore[union-attr, index]
-    finally:
-        client.close()
-    return pairs, outcomes
+DEMO_POLICY = {
+    "min_samples": 300,
+    "primary_metric": {"name": "conversion", "min_uplift": 0.0},
+    # the demo's conversions are independent per request (features are drawn per request)
+    "metrics": {"conversion": {"type": "proportion", "per": "request"}},
+    "label_metric": "label",
+    # a retrained model's scores shift by design here; PSI stays in the report
+    "guardrails": {"max_psi": None},
+}
 
 
-def _print_capture(pairs: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> None:
-    served = Counter(p["served"] for p in pairs)
-    mirrored = [p for p in pairs if p["mirrored"]]
-    print(f"\ncaptured {len(pairs)} records ({len(mirrored)} mirrored pairs), "
-          f"{len(outcomes)} outcomes")  # fmt: skip
-    print(f"  served by champion: {served['champion']}, by challenger: {served['challenger']}")
-    if mirrored:
-        diffs = [
-            abs(p["champion"]["prediction"] - p["challenger"]["prediction"])
-            for p in mirrored
-            if p["champion"]["prediction"] is not None and p["challenger"]["prediction"] is not None
-        ]
-        lat_c = sorted(p["champion"]["latency_ms"] for p in mirrored)
-        lat_h = sorted(p["challenger"]["latency_ms"] or 0.0 for p in mirrored)
-        print(f"  shadow pairs: mean |score difference| {sum(diffs) / max(len(diffs), 1):.4f}; "
-              f"p50 latency champion {lat_c[len(lat_c) // 2]:.2f} ms, "
-              f"challenger {lat_h[len(lat_h) // 2]:.2f} ms")  # fmt: skip
-    conv: dict[str, list[float]] = {"champion": [], "challenger": []}
-    by_id = {p["request_id"]: p for p in pairs if not p["mirrored"]}
-    for o in outcomes:
-        p = by_id.get(o["request_id"])
-        if p is not None:
-            conv[p["served"]].append(o["value"])
-    for v, vals in conv.items():
-        if vals:
-            mean = sum(vals) / len(vals)
-            se = math.sqrt(mean * (1 - mean) / len(vals))
-            print(f"  split phase conversion, {v}: {mean:.4f} ± {1.96 * se:.4f} (n={len(vals)})")
+def _report(redis_url: str, since: float, until: float, split: float) -> tuple[Any, Any]:
+    from router.analysis import parse_policy
+    from router.analysis.report import report_from
+    from router.analysis.run import Source, accumulate
+
+    policy = parse_policy(DEMO_POLICY, "demo policy")
+    src = Source("demo", redis_url=redis_url, since=since, until=until)
+    acc = accumulate(src, policy)
+    return report_from(acc, experiment="demo", split=split), acc
 
 
-def _analyse(
-    pairs: list[dict[str, Any]], outcomes: list[dict[str, Any]], opts: DemoOptions
-) -> None:
-    from router.analysis import build_report
-    from router.analysis.render import to_html, to_markdown
-
-    report = build_report(pairs, outcomes, experiment="demo", split=0.5)
-    opts.report.write_text(to_html(report), encoding="utf-8")
-    print()
-    print(to_markdown(report))
-    print(f"decision: {report['decision']['action'].upper()}")
-    for reason in report["decision"]["reasons"]:
+def _summary(title: str, r: dict[str, Any]) -> None:
+    d = r["decision"]
+    c = r["counts"]
+    print(f"\n{title}: {d['action'].upper()}")
+    for reason in d["reasons"]:
         print(f"  - {reason}")
-    print(f"\nHTML report: {opts.report.resolve()}")
+    print(f"  records {c['records']} (champion {c['per_variant']['champion']}, challenger "
+          f"{c['per_variant']['challenger']}), mirrored pairs {c['mirrored_pairs']}, "
+          f"outcomes joined {c['outcomes']['joined']}")  # fmt: skip
+    dv = r["divergence"]
+    if dv.get("n"):
+        print(f"  divergence: mean |Δscore| {dv['mean_abs_diff']:.4f}, Spearman "
+              f"{dv['spearman']:.3f}, PSI {dv['psi']:.3f} ({dv['psi_band']}), decision flips "
+              f"{next(iter(dv['flip_rate'].values())):.1%}")  # fmt: skip
+    q = r["quality"]
+    if q.get("state") == "ok":
+        m = q["models"]
+        acc_t = q["tests"].get("accuracy", {})
+        print(f"  accuracy on {q['n']} labelled pairs: champion {m['champion']['accuracy']:.3f},"
+              f" challenger {m['challenger']['accuracy']:.3f} (McNemar p = "
+              f"{acc_t.get('p_value', float('nan')):.2g}); AUC {m['champion']['roc_auc']:.3f} vs"
+              f" {m['challenger']['roc_auc']:.3f}")  # fmt: skip
+    lat = r["latency"]["paired"]["quantiles"]["p95"]
+    if lat["delta_ms"] is not None:
+        print(f"  latency p95 on the same requests: champion {lat['champion']:.2f} ms, "
+              f"challenger {lat['challenger']:.2f} ms")  # fmt: skip
+    conv = r["metrics"].get("conversion")
+    if conv and conv["uplift"]["absolute"] is not None:
+        up = conv["uplift"]
+        lo, hi = up["sequential_ci"]
+        print(f"  conversion: champion {conv['variants']['champion']['mean']:.4f}, challenger "
+              f"{conv['variants']['challenger']['mean']:.4f}; uplift {up['absolute']:+.4f} "
+              f"(95% CI {up['ci'][0]:+.4f}..{up['ci'][1]:+.4f}; always-valid "
+              f"{lo:+.4f}..{hi:+.4f}, p = {up['sequential_p_value']:.2g})")  # fmt: skip
+    failed = [g["name"] for g in r["gates"] if not g["passed"]]
+    print(f"  gates: {len(r['gates']) - len(failed)}/{len(r['gates'])} pass"
+          + (f" (failing: {', '.join(failed)})" if failed else ""))  # fmt: skip
 
 
 async def run_demo(opts: DemoOptions) -> int:
     rng = random.Random(opts.seed)
+    t_start = time.perf_counter()
     install_note = os.environ.get("REDIS_URL")
     redis_proc: RedisProcess | None = None
     if install_note:
@@ -250,12 +260,22 @@ async def run_demo(opts: DemoOptions) -> int:
         redis_proc = RedisProcess(opts.data_dir / "redis", appendonly=True).start()
         redis_url = redis_proc.url
         print(f"embedded redis-server started ({redis_url}, data in {redis_proc.data_dir})")
+    try:
+        return await _story(opts, rng, redis_url, t_start)
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
+            print("embedded redis-server stopped")
+
+
+async def _story(opts: DemoOptions, rng: random.Random, redis_url: str, t_start: float) -> int:
     client = redis.Redis.from_url(redis_url)
     client.delete("demo:pairs", "demo:outcomes")
     client.close()
     champion = await ModelServer(ModelSpec("ctr-lr-2026.10", CHAMPION_WEIGHTS)).start()
     challenger = await ModelServer(ModelSpec("ctr-lr-2026.11", CHALLENGER_WEIGHTS, seed=1)).start()
-    print(f"champion model on {champion.url}, challenger model on {challenger.url}")
+    print(f"champion model (logistic regression ctr-lr-2026.10) on {champion.url}")
+    print(f"challenger model (retrained, ctr-lr-2026.11) on {challenger.url}")
     os.environ["ROUTER_DEMO_TOKEN"] = TOKEN
     run_dir = Path(tempfile.mkdtemp(prefix="shadow-router-demo-"))
     cfg = _config(champion.url, challenger.url, redis_url, opts.data_dir)
@@ -263,34 +283,40 @@ async def run_demo(opts: DemoOptions) -> int:
     try:
         port = await router.start()
         url = f"http://127.0.0.1:{port}"
-        print(f"router on {url}\n")
+        print(f"router on {url}: {opts.users} users with Zipf popularity\n")
         zipf = Zipf(opts.users, 1.1, rng)
-        t0 = time.perf_counter()
-        print("phase 1: shadow (every request served by the champion, mirrored to the challenger)")
+        print("phase 1 - shadow: the champion answers every request; each is mirrored to the "
+              "challenger off the hot path")  # fmt: skip
+        t1 = time.time()
         shadow_sent: list[dict[str, Any]] = []
-        await _traffic(url, opts.shadow_requests, opts, zipf, "shadow", shadow_sent)
-        print("phase 2: live split 50% (sticky per user), mirroring off")
-        await _set(url, split=0.5, mirror=0.0, note="demo: start split")
+        await _traffic(url, opts.shadow_requests, opts, zipf, "shadow traffic", shadow_sent)
+        await _post_outcomes(url, _outcome_rows(shadow_sent, rng, live=False), opts)
+        await asyncio.sleep(0.3)  # let the capture writer flush
+        t2 = time.time()
+        shadow_report, _ = await asyncio.to_thread(_report, redis_url, t1, t2, 0.0)
+        _summary("shadow stage verdict", shadow_report)
+        print("\nphase 2 - live split 50% (sticky per user), still mirroring every request")
+        await _set(url, split=0.5, mirror=1.0, note="demo: start split")
+        t3 = time.time()
         split_sent: list[dict[str, Any]] = []
-        await _traffic(url, opts.split_requests, opts, zipf, "split", split_sent)
-        elapsed = time.perf_counter() - t0
-        total = opts.shadow_requests + opts.split_requests
-        print(f"sent {total} requests in {elapsed:.1f}s ({total / elapsed:.0f} req/s)")
-        accepted = await _post_outcomes(url, shadow_sent + split_sent, rng)
-        print(f"application posted {accepted} outcomes")
+        await _traffic(url, opts.split_requests, opts, zipf, "split traffic", split_sent)
+        posted = await _post_outcomes(url, _outcome_rows(split_sent, rng, live=True), opts)
+        print(f"  the application posted {posted} outcome rows (labels and conversions)")
+        await asyncio.sleep(0.3)
+        t4 = time.time()
     finally:
         await router.stop()
         await champion.stop()
         await challenger.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
-    try:
-        pairs, outcomes = _summarise(redis_url)
-        _print_capture(pairs, outcomes)
-        _analyse(pairs, outcomes, opts)
-    finally:
-        if redis_proc is not None:
-            redis_proc.stop()
-            print("embedded redis-server stopped")
+    report, acc = await asyncio.to_thread(_report, redis_url, t3, t4, 0.5)
+    _summary("canary 50% verdict", report)
+    from router.analysis.render import to_html
+
+    opts.report.write_text(to_html(report, acc), encoding="utf-8")
+    print(f"\nHTML report: {opts.report.resolve()}")
+    print(f"(router analyze --experiment demo --redis URL gives the full report; demo took "
+          f"{time.perf_counter() - t_start:.0f} s)")  # fmt: skip
     return 0
 
 

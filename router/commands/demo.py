@@ -8,8 +8,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the whole story locally: Redis, models, router, report")
-    p.add_argument("--shadow-requests", type=int, default=3000)
-    p.add_argument("--split-requests", type=int, default=6000)
+    p.add_argument("--shadow-requests", type=int, default=4000)
+    p.add_argument("--split-requests", type=int, default=14000)
     p.add_argument("--users", type=int, default=2000, help="distinct users (Zipf popularity)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--data-dir", type=Path, default=Path(".router-data/demo"))
