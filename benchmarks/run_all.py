@@ -1,0 +1,158 @@
+"""Run every benchmark in one go and write a results table (Markdown and JSON).
+
+    python benchmarks/run_all.py                       # ~6 minutes on a 2-core machine
+    python benchmarks/run_all.py --quick               # shorter runs, smaller data sets
+    python benchmarks/run_all.py --only proxy,analyzer --out benchmarks/results
+
+Each benchmark runs as its own process (``proxy_overhead.py``, ``capture_throughput.py``,
+``analyzer_throughput.py``) and writes JSON; this script adds the machine's description and
+renders ``results.md`` (the table README.md shows) and ``results.json``. A benchmark that fails
+or is missing is reported as such in the table, not silently left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": mem,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "wrk": shutil.which("wrk") is not None, "nginx": shutil.which("nginx") is not None,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def run(name: str, argv: list[str], out: Path) -> dict[str, Any]:
+    script = HERE / argv[0]
+    if not script.exists():
+        return {"status": "missing", "detail": f"{argv[0]} not found"}
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, str(script), *argv[1:], "--json", str(out)],
+                       capture_output=True, text=True, cwd=HERE.parent)
+    (out.parent / f"{name}.log").write_text(p.stdout + p.stderr)
+    if p.returncode != 0 or not out.exists():
+        tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
+        return {"status": "failed", "detail": " | ".join(tail)}
+    data: dict[str, Any] = json.loads(out.read_text())
+    data["status"] = "ok"
+    data["seconds"] = round(time.perf_counter() - t, 1)
+    return data
+
+
+def _fmt(x: Any, spec: str = ",.0f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python "
+             f"{m['python']}, {m['platform']}; {m['date']}.", ""]
+    px = results.get("proxy", {})
+    if px.get("status") == "ok":
+        by = {r["scenario"]: r for r in px["saturation"]}
+        fixed = px.get("fixed_rate", {})
+        direct = fixed.get("direct", {})
+        lines += ["**Proxy** (`proxy_overhead.py`): saturation with wrk (proxy pinned to one "
+                  "core), added latency at a fixed 1,000 req/s", "",
+                  "| scenario | req/s | CPU µs/req | vs naive | vs nginx | p50 added | "
+                  "p99 added |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in by.items():
+            mirror = "mirror" in name
+            naive = by.get("naive-mirror100" if mirror else "naive")
+            ng = by.get("nginx-mirror100" if mirror else "nginx")
+            cpu = r.get("cpu_us_per_request")
+            vs_naive = (f"{naive['cpu_us_per_request'] / cpu:.1f}x leaner"
+                        if naive and cpu and naive.get("cpu_us_per_request") and
+                        name.startswith("router") else "")
+            vs_ng = (f"{cpu / ng['cpu_us_per_request']:.1f}x" if ng and cpu and
+                     ng.get("cpu_us_per_request") and name.startswith("router") else "")
+            f = fixed.get(name, {})
+            add50 = (f"+{f['p50_ms'] - direct['p50_ms']:.2f} ms" if f and direct and
+                     name != "direct" else "")
+            add99 = (f"+{f['p99_ms'] - direct['p99_ms']:.2f} ms" if f and direct and
+                     name != "direct" else "")
+            lines.append(f"| {name} | {_fmt(r['requests_per_s'])} | "
+                         f"{_fmt(cpu, '.0f') if cpu else '–'} | {vs_naive} | {vs_ng} | "
+                         f"{add50} | {add99} |")
+        lines.append("")
+    else:
+        lines += [f"**Proxy**: {px.get('status', 'not run')} {px.get('detail', '')}", ""]
+    cap = results.get("capture", {})
+    if cap.get("status") == "ok":
+        lines += ["**Capture** (`capture_throughput.py`)", "", "| measure | value |",
+                  "|---|---:|"]
+        for k, v in cap.items():
+            if isinstance(v, (int, float)) and k not in ("seconds",):
+                lines.append(f"| {k} | {_fmt(v, ',.1f')} |")
+        lines.append("")
+    else:
+        lines += [f"**Capture**: {cap.get('status', 'not run')} {cap.get('detail', '')}", ""]
+    an = results.get("analyzer", {})
+    if an.get("status") == "ok":
+        lines += [f"**Analyzer** (`analyzer_throughput.py`, {an['records']:,} records, "
+                  f"{an['outcomes']:,} outcomes, `router analyze` end to end)", "",
+                  "| source | records/s | wall s | peak RSS (all processes) | largest process |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in an["runs"]:
+            lines.append(f"| {r['source']} | {_fmt(r['records_per_s'])} | {r['wall_s']:.1f} | "
+                         f"{r['peak_rss_mb']:.0f} MB | {r['peak_rss_one_process_mb']:.0f} MB |")
+        lines.append("")
+    else:
+        lines += [f"**Analyzer**: {an.get('status', 'not run')} {an.get('detail', '')}", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--only", default="proxy,capture,analyzer")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    wanted = set(a.only.split(","))
+    results: dict[str, Any] = {"machine": machine()}
+    plan = {
+        "proxy": ["proxy_overhead.py", "--duration", "3" if a.quick else "6"],
+        "capture": ["capture_throughput.py", *(["--records", "50000"] if a.quick else [])],
+        "analyzer": ["analyzer_throughput.py", "--records", "200000" if a.quick else "1000000"],
+    }
+    for name, argv in plan.items():
+        if name in wanted:
+            print(f"running {name} ...", flush=True)
+            results[name] = run(name, argv, a.out / f"{name}.json")
+            print(f"  {results[name]['status']}", flush=True)
+    (a.out / "results.json").write_text(json.dumps(results, indent=2))
+    md = render(results)
+    (a.out / "results.md").write_text(md + "\n")
+    print("\n" + md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
