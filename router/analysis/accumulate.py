@@ -261,7 +261,7 @@ class Accumulator:
         fields_cols: dict[str, list[Any]] = {}
         contracts: list[dict[str, Any]] = []
         invalid = dup = outside = joined = 0
-        first, last = self.first_ts, self.last_ts
+        windowed = since is not None or until is not None
         for r in records:
             if type(r) is not Record:
                 r = record_from_dict(r)
@@ -278,11 +278,13 @@ class Accumulator:
             else:
                 invalid += 1
                 continue
-            if (
-                (since is not None and ts < since)
-                or (until is not None and ts > until)
-                or (exp and r.experiment is not None and r.experiment != exp)
+            if windowed and (
+                (since is not None and ts < since) or (until is not None and ts > until)
             ):
+                outside += 1
+                continue
+            rexp = r.experiment
+            if rexp is not None and exp and rexp != exp:
                 outside += 1
                 continue
             if rid in seen:
@@ -312,10 +314,6 @@ class Accumulator:
             if ci is None:
                 ci = combos[key] = len(combos)
             seen.add(rid)
-            if first is None or ts < first:
-                first = ts
-            if last is None or ts > last:
-                last = ts
             unit = r.unit
             us = None
             if unit is not None:
@@ -339,7 +337,7 @@ class Accumulator:
                         _unit_metric(us, metric, value, ts)
                 if want_request_metrics:
                     out_rows.append((v, outs))
-            rows.append((v, side.latency_ms, ce if v == 0 else he, side.status, ci, cp, hp))
+            rows.append((v, side.latency_ms, ce if v == 0 else he, side.status, ci, cp, hp, ts))
             if want_fields:
                 fields = r.fields
                 if fields:
@@ -356,12 +354,16 @@ class Accumulator:
         self.duplicates += dup
         self.outside_window += outside
         self.joined_by_request += joined
-        self.first_ts, self.last_ts = first, last
         n = len(rows)
         if not n:
             return
         self.records += n
-        V, LAT, ERR, STATUS, COMBO, CPRED, HPRED = (list(col) for col in zip(*rows, strict=True))
+        V, LAT, ERR, STATUS, COMBO, CPRED, HPRED, TS = (
+            list(col) for col in zip(*rows, strict=True)
+        )
+        lo, hi = min(TS), max(TS)
+        self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
+        self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
         seg_of = [[self._segment(item) for item in key] for key in combos]
         nc = len(combos)
         va = np.asarray(V, dtype=np.int64)
