@@ -260,7 +260,10 @@ async def handle_report(app: RouterApp, request: Request) -> Response:
     if app.redis_url is None:
         return json_error(503, "capture is disabled; nothing to analyse")
     args = [sys.executable, "-m", "router", "analyze", "--experiment", experiment,
-            "--redis", app.redis_url, "--format", fmt]  # fmt: skip
+            "--redis", app.redis_url, "--format", fmt,
+            "--kind", app.cfg.experiment.prediction_kind]  # fmt: skip
+    if experiment == app.cfg.experiment.name:  # the live split, for the sample-ratio check
+        args += ["--split", repr(app.state.split)]
     for key in ("since", "until"):
         value = q.get(key)
         if value is not None:
