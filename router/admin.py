@@ -11,6 +11,7 @@ configured, so an unconfigured admin API is closed, not open):
 - ``GET  <prefix>/state``: live experiment state, guard state and counters.
 - ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
   "challenger": {...}, "note": str}`` (any subset); applied on every worker within a second.
+- ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history.
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
   report over the captured streams, computed by ``router analyze`` in a separate, niced process
   so a large analysis never holds this worker's event loop or GIL.
@@ -184,6 +185,8 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
         return _json(state_view(app))
     if sub == "/report" and request.method == "GET":
         return await handle_report(app, request)
+    if sub == "/promotion" and request.method == "GET":
+        return await handle_promotion(app, request)
     if sub == "/experiment" and request.method == "POST":
         try:
             body = orjson.loads(request.body)
@@ -247,6 +250,24 @@ _REPORT_TYPES = {
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TIME = re.compile(r"^[0-9T:.+\-Z ]{1,40}$")
+
+
+async def handle_promotion(app: RouterApp, request: Request) -> Response:
+    """Stage, step, approvals, last verdict and history of the promotion controller (read from
+    the controller's state in Redis), as ``router canary status --json`` prints it."""
+    from router.promotion import actions
+
+    experiment = request.query.get("experiment", app.cfg.experiment.name)
+    if not _NAME.match(experiment):
+        return json_error(400, "invalid experiment name", experiment=experiment)
+    if app.redis_url is None:
+        return json_error(503, "capture is disabled; no promotion state")
+    try:
+        return _json(await actions.status(app.redis_url, experiment))
+    except actions.NoExperiment as exc:
+        return json_error(404, str(exc), experiment=experiment)
+    except Exception as exc:  # Redis down: report it, do not crash the worker
+        return json_error(503, "promotion state unavailable", detail=str(exc))
 
 
 async def handle_report(app: RouterApp, request: Request) -> Response:

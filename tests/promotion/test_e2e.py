@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -27,7 +28,7 @@ from router.promotion.guardrails import side_stats
 from router.promotion.lease import LeaseHeld
 from router.promotion.store import PromotionStore
 from router.promotion.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from tests.helpers import ROOT, start_app, wait_for
+from tests.helpers import ROOT, TOKEN, start_app, wait_for
 
 from .conftest import HAVE_ANALYZER, Fleet
 
@@ -216,6 +217,15 @@ async def test_good_challenger_ramps_waits_for_approval_then_promotes(
             assert (s["split"], s["mirror"]) == (0.0, 0.0)
         st = (await actions.status(fleet.redis_url, "t"))["state"]
         assert st["rollback_target"] == {"url": fleet.champion.url, "version": "champ-1"}
+        # the same view through every router's admin API
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as sess:
+            async with sess.get(f"{fleet.urls[0]}/_router/promotion?experiment=t") as r:
+                assert r.status == 200
+                view = await r.json()
+            async with sess.get(f"{fleet.urls[0]}/_router/promotion?experiment=nope") as r:
+                assert r.status == 404
+        assert view["state"]["stage"] == "promoted"
+        assert view["state"]["history"], "stage history is visible"
 
         recs = await audit(fleet.redis_url, fleet.tmp)
         events = [r["event"] for r in recs]
