@@ -207,7 +207,9 @@ class Accumulator:
         self.outside_window = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
-        self.seen: set[str] = set()
+        # request ids seen, as Python hashes (ints, 64-bit: a collision among 10^7 ids has odds
+        # of about 10^-6; forked workers share the hash seed, so the values agree across them)
+        self.seen: set[int] = set()
 
         self.requests = [0, 0]
         self.errors = [0, 0]
@@ -287,7 +289,8 @@ class Accumulator:
             if rexp is not None and exp and rexp != exp:
                 outside += 1
                 continue
-            if rid in seen:
+            hrid = hash(rid)
+            if hrid in seen:
                 dup += 1
                 continue
             c = r.champion
@@ -313,7 +316,7 @@ class Accumulator:
             ci = combos.get(key)
             if ci is None:
                 ci = combos[key] = len(combos)
-            seen.add(rid)
+            seen.add(hrid)
             unit = r.unit
             us = None
             if unit is not None:

@@ -59,7 +59,7 @@ class OutcomeIndex:
     duplicates: int = 0
     outside_window: int = 0
     by_request_total: int = 0
-    _seen: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
+    _seen: set[int] = field(default_factory=set, repr=False)  # hashes of row identities
 
     def add_all(
         self,
@@ -144,7 +144,7 @@ class OutcomeIndex:
         if (since is not None and ts and ts < since) or (until is not None and ts > until):
             self.outside_window += 1
             return
-        key = (rid or "", unit or "", metric, ts, value)
+        key = hash((rid or "", unit or "", metric, ts, value))
         if key in self._seen:
             self.duplicates += 1
             return

@@ -666,6 +666,16 @@ def _segments(acc: Accumulator, policy: Policy, metrics: dict[str, Any]) -> dict
                 if vals:
                     row["primary_mean"] = [f(np.mean(a)) if a else None for a in vals]
                     row["primary_units"] = [len(a) for a in vals]
+                    a0, a1 = np.asarray(vals[0]), np.asarray(vals[1])
+                    if a0.size >= 2 and a1.size >= 2:
+                        w = stats.welch(a0.mean(), a0.var(ddof=1), a0.size, a1.mean(),
+                                        a1.var(ddof=1), a1.size, policy.alpha)  # fmt: skip
+                        row["primary_uplift"] = {
+                            "absolute": f(w.estimate),
+                            "ci": _ci(w.ci),
+                            "p_value": f(w.pvalue),
+                            "state": w.state,
+                        }
     min_n = policy.segments.min_n
     gap = _segment_gap(acc, by_field, min_n, metrics)
     disparity = _disparity(by_field, min_n)

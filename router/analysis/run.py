@@ -15,7 +15,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +156,10 @@ def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iter
             yield buf
 
 
-def _rid_hashes(seen: set[str]) -> np.ndarray:
-    """Sorted 64-bit fingerprints of request ids (CRC-32 and Adler-32 side by side)."""
-    out = np.fromiter(
-        ((zlib.crc32(b := r.encode()) << 32) | zlib.adler32(b) for r in seen),
-        dtype=np.uint64,
-        count=len(seen),
-    )
+def _rid_hashes(seen: set[int]) -> np.ndarray:
+    """Sorted fingerprints of the request ids a worker saw (their hashes, equal across forked
+    workers, which share the parent's hash seed)."""
+    out = np.fromiter(seen, dtype=np.int64, count=len(seen))
     out.sort()
     return out
 
