@@ -253,6 +253,7 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 "agreement",
                 "positive rate ch/cl",
                 "accuracy ch/cl",
+                "primary Δ [CI]",
             ],
             [
                 [
@@ -262,6 +263,9 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
                     x["agreement"],
                     f"{_n(x['positive_rate'][0])}/{_n(x['positive_rate'][1])}",
                     f"{_n(x['accuracy'][0])}/{_n(x['accuracy'][1])}",
+                    f"{_n(x['primary_uplift']['absolute'])} {_ci(x['primary_uplift']['ci'])}"
+                    if "primary_uplift" in x
+                    else "–",
                 ]
                 for x in rows_
             ],
