@@ -14,8 +14,12 @@ from typing import Any
 
 import msgspec
 
+from router.outcomes import validate_outcome
 
-class OutcomeRow(msgspec.Struct, gc=False):
+
+class OutcomeRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """An outcome as :func:`router.outcomes.validate_outcome` accepts it, decoded in C."""
+
     metric: str
     value: float
     request_id: str | None = None
@@ -26,27 +30,6 @@ class OutcomeRow(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(OutcomeRow)
-
-
-def outcome_problem(o: Any) -> str | None:
-    """Why an outcome row is invalid, or None when it is valid."""
-    if not isinstance(o, dict):
-        return "not a JSON object"
-    metric = o.get("metric")
-    if not isinstance(metric, str) or not metric:
-        return "metric must be a non-empty string"
-    v = o.get("value")
-    if isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "value must be a finite number"
-    rid, unit = o.get("request_id"), o.get("unit")
-    if not (isinstance(rid, str) and rid) and not (isinstance(unit, str) and unit):
-        return "request_id or unit is required"
-    ts = o.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
-        return "ts must be a number"
-    return None
 
 
 @dataclass
@@ -79,16 +62,17 @@ class OutcomeIndex:
         until: float | None = None,
     ) -> None:
         self.total += 1
-        if outcome_problem(o) is not None:
+        row = validate_outcome(o, experiment or "", now=0.0)  # the POST /outcomes rules
+        if isinstance(row, str):
             self.invalid += 1
             return
         self._insert(
-            o.get("request_id"),
-            o.get("unit"),
-            o["metric"],
-            float(o["value"]),
-            float(o.get("ts") or 0.0),
-            o.get("experiment"),
+            row["request_id"],
+            row["unit"],
+            row["metric"],
+            row["value"],
+            row["ts"],
+            row["experiment"],
             experiment,
             since,
             until,

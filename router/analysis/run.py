@@ -52,19 +52,23 @@ def _open(path: str) -> IO[bytes] | gzip.GzipFile:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _batches(lines: Iterable[bytes], batch: int) -> Iterator[list[bytes]]:
+    buf: list[bytes] = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            buf.append(line)
+            if len(buf) >= batch:
+                yield buf
+                buf = []
+    if buf:
+        yield buf
+
+
 def iter_lines(path: str, batch: int = BATCH) -> Iterator[list[bytes]]:
     """Non-empty lines of a (possibly gzipped) JSONL file, in batches."""
     with _open(path) as fh:
-        buf: list[bytes] = []
-        for line in fh:
-            line = line.strip()
-            if line:
-                buf.append(line)
-                if len(buf) >= batch:
-                    yield buf
-                    buf = []
-        if buf:
-            yield buf
+        yield from _batches(fh, batch)
 
 
 def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
@@ -141,19 +145,15 @@ def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iter
         if start > 0:
             fh.seek(start - 1)
             fh.readline()  # finish the line that straddles the boundary (it belongs before)
-        buf: list[bytes] = []
-        while fh.tell() < end:
-            line = fh.readline()
-            if not line:
-                break
-            line = line.strip()
-            if line:
-                buf.append(line)
-                if len(buf) >= batch:
-                    yield buf
-                    buf = []
-        if buf:
-            yield buf
+
+        def lines() -> Iterator[bytes]:
+            while fh.tell() < end:
+                line = fh.readline()
+                if not line:
+                    return
+                yield line
+
+        yield from _batches(lines(), batch)
 
 
 def _rid_hashes(seen: set[int]) -> np.ndarray:
