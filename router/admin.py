@@ -1,7 +1,9 @@
 """Operational and admin endpoints.
 
 Open (for probes and scrapers): ``GET /healthz`` (the process is alive), ``GET /readyz``
-(champion reachable and capture healthy; 503 with the failing check otherwise), ``GET /metrics``
+(champion reachable and capture able to take records: Redis answers, or the local spool has room;
+503 with the failing check otherwise; ``checks.capture`` reports ``redis``, ``spooling`` and
+``spool_bytes``), ``GET /metrics``
 (Prometheus text, merged across workers).
 
 Token-protected (``Authorization: Bearer <token>``, token from the env var named by
@@ -104,13 +106,21 @@ async def handle_ops(app: RouterApp, request: Request, path: str) -> Response:
         checks[variant] = {"ok": err is None, "required": needed, "error": err}
         ok &= err is None or not needed
     if app.writer is not None:
-        healthy = app.writer.healthy and await app.writer.ping()
+        # Redis down is not a reason to take the router out of rotation while the spool takes
+        # the records: capture is ok when Redis answers, or when spooling with room left.
+        st = app.writer.status()
+        redis_ok = app.writer.healthy and await app.writer.ping()
+        spooling = st["spool_enabled"] and not st["spool_full"]
+        capture_ok = redis_ok or spooling
         checks["capture"] = {
-            "ok": healthy,
-            "queue": len(app.writer.queue),
-            "error": None if healthy else app.writer.last_error or "redis ping failed",
+            "ok": capture_ok,
+            "redis": redis_ok,
+            "spooling": not redis_ok and spooling,
+            "queue": st["queue"],
+            "spool_bytes": st["spool_bytes"],
+            "error": None if redis_ok else app.writer.last_error or "redis ping failed",
         }
-        ok &= healthy
+        ok &= capture_ok
     else:
         checks["capture"] = {"ok": True, "enabled": False}
     return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
@@ -131,6 +141,7 @@ def state_view(app: RouterApp) -> dict[str, Any]:
             "effective_mirror": app.mirror_threshold / 10000,
         },
         "worker": {"pid": os.getpid(), "uptime_s": round(time.time() - app.started_at, 3)},
+        "capture": app.writer.status() if app.writer is not None else {"enabled": False},
         "counters": {
             "requests": m.counter_value("router_requests"),
             "assignment_fallbacks": m.counter_value("router_assignment_fallbacks"),
@@ -141,6 +152,8 @@ def state_view(app: RouterApp) -> dict[str, Any]:
             "shadow_throttled": m.counter_value("router_shadow_throttled"),
             "capture_written": m.counter_value("router_capture_written"),
             "capture_dropped": m.counter_value("router_capture_dropped"),
+            "capture_spooled": m.counter_value("router_capture_spooled"),
+            "capture_replayed": m.counter_value("router_capture_replayed"),
         },
         "counters_scope": "this worker; /metrics has the sum over workers",
     }
@@ -221,11 +234,9 @@ async def handle_outcomes(app: RouterApp, request: Request) -> Response:
         return json_error(503, "capture is disabled; outcomes cannot be stored")
     raw = request.body
     accepted, rejected = parse_outcomes(raw, default_experiment=app.cfg.experiment.name)
-    from router.capture import outcomes_key
-
     stored = 0
-    for row in accepted:
-        if app.writer.submit(outcomes_key(row["experiment"]), row):
+    for row in accepted:  # same writer, batching, spool and exactly-once replay as records
+        if app.writer.submit_outcome(row):
             stored += 1
     m = app.metrics
     m.inc("router_outcomes", ("accepted",), stored)

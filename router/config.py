@@ -140,6 +140,15 @@ class CaptureConfig(_Strict):
     spool_dir: str | None = None
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     fsync: Literal["always", "batch", "never"] = "batch"
+    write_timeout_s: float = Field(
+        default=2.0, gt=0, description="a Redis write slower than this fails over to the spool"
+    )
+    dedupe_ttl_s: int = Field(
+        default=86_400, ge=60, description="lifetime of the per-batch replay de-duplication keys"
+    )
+    pair_shards: int = Field(
+        default=1, ge=1, le=256, description="pair streams per experiment (for a hot experiment)"
+    )
     fields: list[str] = Field(default_factory=list, description="JSON body paths to keep")
     hash_fields: list[str] = Field(default_factory=list, description="paths kept only hashed")
 

@@ -97,13 +97,27 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_capture_queued": MetricDef("counter", "Records queued for capture", ("stream",)),
     "router_capture_written": MetricDef("counter", "Records written to Redis", ("stream",)),
     "router_capture_dropped": MetricDef(
-        "counter", "Records dropped (queue full, spool full, unserialisable)", ("reason",)
+        "counter",
+        "Records dropped (queue_full, spool_full, spool_error, no_spool, unserialisable)",
+        ("reason",),
     ),
-    "router_capture_errors": MetricDef("counter", "Failed Redis writes", ("kind",)),
+    "router_capture_errors": MetricDef(
+        "counter", "Failed or timed-out Redis writes (the batch went to the spool)", ("kind",)
+    ),
     "router_capture_spooled": MetricDef("counter", "Records written to the local spool"),
     "router_capture_replayed": MetricDef("counter", "Spooled records replayed to Redis"),
+    "router_capture_replay_duplicates": MetricDef(
+        "counter", "Spooled records skipped at replay because their batch was already in Redis"
+    ),
     "router_capture_queue_depth": MetricDef("gauge", "Records waiting in the capture queue"),
     "router_capture_spool_bytes": MetricDef("gauge", "Bytes in the local spool"),
+    "router_capture_spool_segments": MetricDef("gauge", "Segment files in the local spool"),
+    "router_capture_spool_recovered": MetricDef(
+        "counter", "Spool segments taken over from an earlier or crashed writer process"
+    ),
+    "router_capture_spool_corrupt_bytes": MetricDef(
+        "counter", "Spool bytes skipped at replay (torn last frame after a crash, CRC mismatch)"
+    ),
     "router_capture_healthy": MetricDef(
         "gauge", "Workers whose last Redis write succeeded (per worker 0 or 1, summed)"
     ),
@@ -289,6 +303,9 @@ def declare_defaults(metrics: Metrics) -> None:
         metrics.inc("router_shadow_dropped", (reason,), 0.0)
     for reason in ("queue_full", "spool_full"):
         metrics.inc("router_capture_dropped", (reason,), 0.0)
+    for name in ("router_capture_spooled", "router_capture_replayed",
+                 "router_capture_replay_duplicates"):  # fmt: skip
+        metrics.inc(name, (), 0.0)
     metrics.inc("router_assignment_fallbacks", ("no_unit",), 0.0)
     for reason in ("connect", "timeout", "5xx", "protocol"):
         metrics.inc("router_challenger_fallbacks", (reason,), 0.0)
