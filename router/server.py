@@ -78,6 +78,7 @@ def start_redis(cfg: RouterConfig) -> tuple[str | None, RedisProcess | None]:
         return cfg.capture.redis, None
     proc = RedisProcess(Path(cfg.capture.data_dir) / "redis", appendonly=True)
     proc.start()
+    (proc.data_dir / "url").write_text(proc.url)  # for `router export -c CONFIG`
     log.info("embedded redis-server (%s) at %s, data in %s", proc.binary, proc.url, proc.data_dir)
     return proc.url, proc
 
