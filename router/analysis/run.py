@@ -31,6 +31,7 @@ from router.analysis.schema import Record, decode_record
 from router.analysis.schema import list_decoder as _list_decoder
 
 BATCH = 10_000
+REPLAY_SLACK_S = 3600.0
 log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
@@ -90,12 +91,14 @@ def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
 def load_outcomes(src: Source) -> OutcomeIndex:
     oi = OutcomeIndex()
     if src.redis_url:
+        from router.capture_reader import stream_keys
         from router.streams import iter_entries, sync_client
 
         client = sync_client(src.redis_url)
         try:
             # outcomes arrive after their requests: read from the window start to now
-            pages = iter_entries(client, _key(src, "outcomes"), src.since, None)
+            key = stream_keys(client, src.experiment, outcomes=True)[0]
+            pages = iter_entries(client, key, src.since, None)
             oi.add_raw(pages, src.experiment)
         finally:
             client.close()
@@ -104,39 +107,48 @@ def load_outcomes(src: Source) -> OutcomeIndex:
     return oi
 
 
-def _key(src: Source, kind: str) -> str:
-    """The stream key the capture writer uses (hash-tagged on Redis Cluster)."""
-    from router import capture
-
-    fn = capture.pairs_key if kind == "pairs" else capture.outcomes_key
-    if src.redis_url and "+cluster://" in src.redis_url:
-        return fn(src.experiment, cluster=True)  # type: ignore[call-arg,unused-ignore]
-    return fn(src.experiment)
+def _id_until(src: Source) -> float | None:
+    """Upper bound on stream ids for the window: records replayed from a router's spool after a
+    Redis outage are stored late (their id is the replay time, their ``ts`` the request's), so
+    ids are read up to ``REPLAY_SLACK_S`` past ``until`` and records are then kept by ``ts``."""
+    return None if src.until is None else src.until + REPLAY_SLACK_S
 
 
 def _record_pages(src: Source) -> Iterator[list[bytes]]:
     if src.redis_url:
+        from router.capture_reader import discover_pair_keys
         from router.streams import iter_entries, sync_client
 
         client = sync_client(src.redis_url)
         try:
-            yield from iter_entries(client, _key(src, "pairs"), src.since, src.until)
+            for key in discover_pair_keys(client, src.experiment):  # one, or the shards
+                yield from iter_entries(client, key, src.since, _id_until(src))
         finally:
             client.close()
     elif src.pairs_file:
         yield from iter_lines(src.pairs_file)
 
 
+def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
+    """The pairs stream keys and the first and last ids (unix s) over all of them."""
+    from router.capture_reader import discover_pair_keys
+    from router.streams import earliest_ts, latest_ts, sync_client
+
+    assert src.redis_url is not None
+    client = sync_client(src.redis_url)
+    try:
+        keys = discover_pair_keys(client, src.experiment)
+        firsts = [t for k in keys if (t := earliest_ts(client, k)) is not None]
+        lasts = [t for k in keys if (t := latest_ts(client, k)) is not None]
+    finally:
+        client.close()
+    return keys, min(firsts, default=None), max(lasts, default=None)
+
+
 def earliest_available(src: Source) -> float | None:
     if not src.redis_url:
         return None
-    from router.streams import earliest_ts, sync_client
-
-    client = sync_client(src.redis_url)
-    try:
-        return earliest_ts(client, _key(src, "pairs"))
-    finally:
-        client.close()
+    return _id_span(src)[1]
 
 
 def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iterator[list[bytes]]:
@@ -198,7 +210,8 @@ def _worker(w: int) -> tuple[Accumulator, np.ndarray]:
         client = sync_client(src.redis_url)  # a new connection: never share one across fork
         last = w == len(_CTX["ranges"]) - 1
         try:
-            fold(acc, iter_entries(client, _key(src, "pairs"), lo, hi, until_exclusive=not last))
+            for key in _CTX["keys"]:
+                fold(acc, iter_entries(client, key, lo, hi, until_exclusive=not last))
         finally:
             client.close()
     hashes = _rid_hashes(acc.seen)
@@ -214,19 +227,13 @@ def _ranges(src: Source, workers: int) -> list[tuple[float, float]] | None:
             return None
         size = os.path.getsize(src.pairs_file)
         return [(size * w // workers, size * (w + 1) // workers) for w in range(workers)]
-    from router.streams import earliest_ts, latest_ts, sync_client
-
-    assert src.redis_url is not None
-    client = sync_client(src.redis_url)
-    try:
-        key = _key(src, "pairs")
-        first, last = earliest_ts(client, key), latest_ts(client, key)
-    finally:
-        client.close()
+    keys, first, last = _id_span(src)
+    _CTX["keys"] = keys
     if first is None or last is None:
         return None
     lo = max(first, src.since) if src.since is not None else first
-    hi = min(last, src.until) if src.until is not None else last
+    id_until = _id_until(src)
+    hi = min(last, id_until) if id_until is not None else last
     if hi - lo < 0.01 * workers:
         return None
     cuts = [round(lo + (hi - lo) * w / workers, 3) for w in range(workers + 1)]
@@ -242,6 +249,7 @@ def _parallel(
     deduplication stays exact)."""
     ranges = _ranges(src, workers)
     if ranges is None:
+        _CTX.clear()
         return None
     _CTX.update(
         src=src, policy=policy, outcomes=oi, kind=kind, ranges=ranges, track_fields=track_fields

@@ -11,30 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from datetime import datetime
-
-
-def parse_time(text: str) -> float:
-    """Unix seconds, or an ISO-8601 timestamp (UTC when no offset is given)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        from datetime import UTC
-
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def _time_arg(text: str) -> float:
+    from router.capture_reader import parse_time
+
     try:
-        return parse_time(text)
+        value = parse_time(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected unix seconds or ISO-8601, got {text!r}"
-        ) from None
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected unix seconds or ISO-8601, got {text!r}")
+    return value
 
 
 def _fraction(text: str) -> float:

@@ -400,3 +400,19 @@ def test_values_are_finite_everywhere() -> None:
                 walk(v)
 
     walk(r)
+
+
+def test_cli_reads_every_shard_of_a_hot_experiment(redis_url: str) -> None:
+    """pair_shards: N writes <exp>:pairs:<i>; the analyzer reads them all (any order is fine:
+    aggregates do not depend on it)."""
+    import redis
+
+    recs, _ = dataset(SynthSpec(n=900, seed=20))
+    r = redis.Redis.from_url(redis_url)
+    for i in range(3):
+        xadd_records(r, f"synth:pairs:{i}", recs[i::3])
+    for workers in ("1", "2"):
+        p = _cli("--experiment", "synth", "--redis", redis_url, "--format", "json",
+                 "--workers", workers)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["counts"]["records"] == 900
