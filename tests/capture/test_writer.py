@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,108 @@ def test_embedded_redis_is_append_only_on_loopback(tmp_path: Path) -> None:
         c.close()
     finally:
         proc.stop()
+
+
+async def test_tls_rediss_url(tmp_path: Path) -> None:
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    from router.netutil import free_port
+    from router.redisproc import find_redis_server
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        import pytest
+
+        pytest.skip("openssl is not on PATH: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    port = free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "",
+            "--dir", str(tmp_path)]  # fmt: skip
+    binaries = [find_redis_server(prefer_path=True), find_redis_server(prefer_path=False)]
+    binaries += [str(Path(d) / "redis-server") for d in os.get_exec_path()]
+    proc = None
+    for binary in dict.fromkeys(b for b in binaries if Path(b).exists()):
+        p = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        if p.poll() is None:  # builds without TLS exit at once on --tls-port
+            proc = p
+            break
+    if proc is None:
+        import pytest
+
+        pytest.skip("no redis-server built with TLS on this machine")
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.5) as s, \
+                        ctx.wrap_socket(s, server_hostname="127.0.0.1"):  # fmt: skip
+                    return True
+            except OSError:
+                return False
+
+        assert await wait_for(up, timeout=10)
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        m = Metrics()
+        w = _writer(_cfg(url, tmp_path / "tls"), m)
+        await w.start()
+        w.submit_outcome(_row(7))
+        assert await wait_for(lambda: m.counter_value("router_capture_written") == 1, timeout=5)
+        await w.stop()
+        assert w.healthy and m.counter_value("router_capture_spooled") == 0
+        c = redis.Redis.from_url(url)
+        assert c.xlen("t:outcomes") == 1
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_slow_redis_times_out_to_the_spool_and_nothing_is_doubled(
+    tmp_path: Path, own_redis: OwnRedis
+) -> None:
+    """``DEBUG SLEEP`` freezes the real server: writes time out (but may still be applied once
+    it wakes up, from its socket buffer); the spooled copies must not be added a second time."""
+    import threading
+
+    own_redis.start()
+    cfg = _cfg(own_redis.url, tmp_path, write_timeout_s=0.3)
+    m = Metrics()
+    w = _writer(cfg, m)
+    await w.start()
+    for i in range(100):
+        w.submit_outcome(_row(i))
+    assert await wait_for(lambda: m.counter_value("router_capture_written") == 100, timeout=5)
+
+    def freeze() -> None:
+        with redis.Redis.from_url(own_redis.url, socket_timeout=10) as c:
+            c.execute_command("DEBUG", "SLEEP", "1.5")
+
+    t = threading.Thread(target=freeze)
+    t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    for i in range(100, 400):
+        w.submit_outcome(_row(i))
+        if i % 50 == 0:
+            await asyncio.sleep(0.05)
+    hot_path = time.monotonic() - t0
+    assert await wait_for(lambda: not w.healthy, timeout=3)
+    t.join()
+    assert await wait_for(lambda: len(_ids(own_redis.url, "t:outcomes")) >= 400, timeout=10)
+    assert await wait_for(lambda: w.spool is not None and not w.spool.pending, timeout=10)
+    await w.stop()
+    assert _ids(own_redis.url, "t:outcomes") == [f"r{i:05d}" for i in range(400)]
+    assert m.counter_value("router_capture_spooled") > 0
+    assert m.counter_value("router_capture_errors") >= 1
+    assert hot_path < 1.0  # submitting never waited for the frozen Redis
