@@ -233,7 +233,9 @@ async def handle_outcomes(app: RouterApp, request: Request) -> Response:
     if app.writer is None:
         return json_error(503, "capture is disabled; outcomes cannot be stored")
     raw = request.body
-    accepted, rejected = parse_outcomes(raw, default_experiment=app.cfg.experiment.name)
+    accepted, rejected = parse_outcomes(
+        raw, default_experiment=app.cfg.experiment.name, max_rows=app.cfg.admin.outcomes_max_rows
+    )
     stored = 0
     for row in accepted:  # same writer, batching, spool and exactly-once replay as records
         if app.writer.submit_outcome(row):

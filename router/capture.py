@@ -202,9 +202,15 @@ class CaptureWriter:
         self._script = self.client.register_script(WRITE_BATCH_LUA)
         if self.cfg.spool_max_bytes > 0:
             spool = Spool(self.spool_path, self.cfg.spool_max_bytes, self.cfg.fsync)
-            rec = await self._in_io(spool.open)
-            self.spool = spool
-            if rec.segments:
+            try:
+                rec = await self._in_io(spool.open)
+            except OSError as exc:  # the router still serves; capture just has no fallback
+                log.error("capture: cannot open the spool in %s (%s); records that Redis cannot "
+                          "take will be dropped and counted", self.spool_path, exc)  # fmt: skip
+                rec = None
+            else:
+                self.spool = spool
+            if rec is not None and rec.segments:
                 self.metrics.inc("router_capture_spool_recovered", (), rec.segments)
                 log.warning(
                     "capture: found %d spool segment(s), %d bytes, left by an earlier run in %s; "
@@ -463,36 +469,49 @@ class CaptureWriter:
     # ---- background -----------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            self.metrics.set("router_capture_queue_depth", float(len(self.queue)))
-            backlog = self.spool is not None and self.spool.pending
-            if backlog and self.healthy:
-                await self._replay_chunk()
-                if self.queue and self.spool is not None and self.spool.pending:
-                    await self._to_spool(self._next_batch())  # behind the backlog, in order
-                continue
-            if not self.queue:
-                if self._stopping:
-                    return
-                await self._idle()
-                continue
-            groups = self._next_batch()
-            if not groups:
-                continue
-            if backlog or not self.healthy:
-                await self._to_spool(groups)
-                if len(self.queue) < self.cfg.batch_size and not self._stopping:
-                    await asyncio.sleep(self._interval)
-                continue
             try:
-                results = await self._write(groups)
-            except WRITE_ERRORS as exc:
-                self._failed(exc)
-                await self._to_spool(groups)
-                continue
-            self._count_written(groups, results, replay=False)
-            self._succeeded()
+                if await self._step():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a disk or bug must never stop capture for good
+                log.exception("capture: writer step failed; continuing")
+                self.metrics.inc("router_capture_errors", (type(exc).__name__,))
+                await asyncio.sleep(max(self._interval, 0.1))
+
+    async def _step(self) -> bool:
+        """One round of the writer loop; True when the writer is done (stopping, all flushed)."""
+        self.metrics.set("router_capture_queue_depth", float(len(self.queue)))
+        backlog = self.spool is not None and self.spool.pending
+        if backlog and self.healthy:
+            await self._replay_chunk()
+            if self.queue and self.spool is not None and self.spool.pending:
+                await self._to_spool(self._next_batch())  # behind the backlog, in order
+            return False
+        if not self.queue:
+            if self._stopping:
+                return True
+            await self._idle()
+            return False
+        groups = self._next_batch()
+        if not groups:
+            return False
+        if backlog or not self.healthy:
+            await self._to_spool(groups)
             if len(self.queue) < self.cfg.batch_size and not self._stopping:
                 await asyncio.sleep(self._interval)
+            return False
+        try:
+            results = await self._write(groups)
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            await self._to_spool(groups)
+            return False
+        self._count_written(groups, results, replay=False)
+        self._succeeded()
+        if len(self.queue) < self.cfg.batch_size and not self._stopping:
+            await asyncio.sleep(self._interval)
+        return False
 
     async def _idle(self) -> None:
         spool = self.spool

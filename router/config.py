@@ -173,6 +173,9 @@ class AdminConfig(_Strict):
         default=None, description="policy file used by <prefix>/report (default policy if unset)"
     )
     report_timeout_s: float = Field(default=120.0, gt=0)
+    outcomes_max_rows: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="rows per POST /outcomes; more rejected"
+    )
 
 
 class LimitsConfig(_Strict):

@@ -112,6 +112,7 @@ async def test_outcomes_posted_while_redis_is_down_arrive_once(
 ) -> None:
     champ, chall = echo_pair
     d = _capture_cfg(config_dict(champ, chall, own_redis.url, tmp=tmp_path), tmp_path)
+    d["admin"]["outcomes_max_rows"] = 3
     lines = b"\n".join([
         b'{"request_id": "r1", "metric": "click", "value": 1}',
         b'{"unit": "u1", "metric": "revenue", "value": 9.5, "ts": 1700000000}',
@@ -134,12 +135,18 @@ async def test_outcomes_posted_while_redis_is_down_arrive_once(
         reasons = [e["reason"] for e in doc["errors"]]
         assert reasons[0].startswith("invalid JSON") and "request_id or unit" in reasons[1]
         assert reasons[2].startswith("value") and "unknown field" in reasons[3]
+        too_many = b"\n".join(b'{"request_id": "b%d", "metric": "m", "value": 1}' % i
+                               for i in range(4))  # fmt: skip
+        async with s.post(f"{router.url}/outcomes", data=too_many, headers=auth) as r:
+            doc = await r.json()
+        assert (r.status, doc["accepted"], doc["rejected"]) == (200, 3, 1)
+        assert doc["errors"] == [{"line": 4, "reason": "batch larger than 3 rows"}]
         assert await wait_for(lambda: router.app.writer.status()["spool_bytes"] > 0, timeout=5)
         own_redis.start()
-        assert await wait_for(lambda: _xlen(own_redis.url, "t:outcomes") == 3, timeout=10)
+        assert await wait_for(lambda: _xlen(own_redis.url, "t:outcomes") == 6, timeout=10)
     rows = _records(own_redis.url, "t:outcomes")
-    assert [(r["request_id"], r["unit"]) for r in rows] == [("r1", None), (None, "u1"),
-                                                            ("r4", None)]  # fmt: skip
+    assert [(r["request_id"], r["unit"]) for r in rows] == [
+        ("r1", None), (None, "u1"), ("r4", None), ("b0", None), ("b1", None), ("b2", None)]
 
 
 async def _fire(url: str, n: int, prefix: str) -> None:

@@ -275,3 +275,23 @@ async def test_slow_redis_times_out_to_the_spool_and_nothing_is_doubled(
     assert m.counter_value("router_capture_spooled") > 0
     assert m.counter_value("router_capture_errors") >= 1
     assert hot_path < 1.0  # submitting never waited for the frozen Redis
+
+
+async def test_unusable_spool_dir_degrades_to_counted_drops(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    dead = f"redis://127.0.0.1:{_free()}/0"
+    m = Metrics()
+    w = _writer(_cfg(dead, tmp_path, spool_dir=str(blocker / "spool")), m)
+    await w.start()  # the router still starts
+    assert w.spool is None and w.status()["spool_enabled"] is False
+    for i in range(10):
+        w.submit_outcome(_row(i))
+    assert await wait_for(lambda: m.counter_value("router_capture_dropped", ("no_spool",)) == 10)
+    await w.stop(timeout=1)
+
+
+def _free() -> int:
+    from router.netutil import free_port
+
+    return free_port()
