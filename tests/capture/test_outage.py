@@ -49,8 +49,12 @@ def _capture_cfg(d: dict[str, Any], tmp: Path, **kw: Any) -> dict[str, Any]:
     return d
 
 
-async def _client(s: aiohttp.ClientSession, url: str, cid: int, stop: asyncio.Event,
+async def _client(s: aiohttp.ClientSession | None, url: str, cid: int, stop: asyncio.Event,
                   rate: float, sent: list[str], statuses: list[int]) -> None:  # fmt: skip
+    if s is None:  # one keep-alive connection: this client's requests stay on one worker
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as own:
+            await _client(own, url, cid, stop, rate, sent, statuses)
+        return
     n = 0
     next_at = time.monotonic()
     while not stop.is_set():
@@ -208,3 +212,43 @@ async def test_router_sigkilled_with_a_spool_and_again_mid_replay_loses_and_repe
         log = third.log.read_text()
         assert "adopted" in log and "spool replay done" in log, log
     print(f"records in Redis when the replaying router was killed: {at_crash} of {n}")
+
+
+async def test_redis_killed_under_load_with_two_serve_workers(
+    echo_pair: Any, tmp_path: Path, own_redis: OwnRedis
+) -> None:
+    """The same through `router serve --workers 2`: two processes, two spools, one stream."""
+    champ, chall = echo_pair
+    own_redis.start()
+    d = _capture_cfg(config_dict(champ, chall, own_redis.url, tmp=tmp_path, mirror=0.5), tmp_path)
+    clients, rate = 6, 50.0
+    sent: list[list[str]] = [[] for _ in range(clients)]
+    statuses: list[int] = []
+    router = ServeProcess(d, tmp_path, workers=2).start()
+    try:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(_client(None, router.url, i, stop, rate, sent[i], statuses))
+                 for i in range(clients)]  # fmt: skip
+        await asyncio.sleep(1.5)
+        own_redis.kill()
+        await asyncio.sleep(2.5)
+        own_redis.start()
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        total = sum(len(x) for x in sent)
+        assert await wait_for(lambda: _xlen(own_redis.url) >= total, timeout=15)
+        async with aiohttp.ClientSession() as s, s.get(f"{router.url}/metrics") as r:
+            m = parse_metrics(await r.text())
+    finally:
+        assert router.stop() == 0
+    assert total >= 1400 and set(statuses) == {200}
+    assert metric_sum(m, "router_capture_spooled_total") > 0
+    assert metric_sum(m, "router_capture_replayed_total") > 0
+    recs = _records(own_redis.url)
+    ids = [r["request_id"] for r in recs]
+    assert len(ids) == len(set(ids)) == total
+    for cid in range(clients):
+        assert [i for i in ids if i.startswith(f"c{cid:02d}-")] == sent[cid]
+    assert len({r["request_id"] for r in recs}) == total
+    assert not list((tmp_path / "spool").glob("*.seg"))
