@@ -251,13 +251,14 @@ class Accumulator:
         """
         seen = self.seen
         units = self.units
-        by_request = self.outcomes.by_request
         label_metric = self.label_metric
         since, until, exp = self.since, self.until, self.experiment
         want_request_metrics = bool(self.request_metrics)
         combos: dict[tuple[Any, ...], int] = {}
         rows: list[tuple[Any, ...]] = []
         prow: list[tuple[Any, ...]] = []
+        hashes: list[int] = []
+        ustates: list[list[Any] | None] = []
         want_fields = self.track_fields
         out_rows: list[tuple[int, list[tuple[str, float, float]]]] = []
         fields_cols: dict[str, list[Any]] = {}
@@ -329,18 +330,9 @@ class Accumulator:
                         self.units_both += 1
                     if ts < us[1]:
                         us[1], us[2] = ts, key
-            outs = by_request.get(rid)
-            label = None
-            if outs is not None:
-                joined += len(outs)
-                for metric, value, _ots in outs:
-                    if metric == label_metric:
-                        label = value
-                    if us is not None:
-                        _unit_metric(us, metric, value, ts)
-                if want_request_metrics:
-                    out_rows.append((v, outs))
             rows.append((v, side.latency_ms, ce if v == 0 else he, side.status, ci, cp, hp, ts))
+            hashes.append(hrid)
+            ustates.append(us)
             if want_fields:
                 fields = r.fields
                 if fields:
@@ -350,13 +342,12 @@ class Accumulator:
                             col = fields_cols[fname] = []
                         col.append(x)
             if r.mirrored and c is not None and h is not None:
-                prow.append((len(rows) - 1, c.latency_ms, h.latency_ms, ce, he, rid, label))
+                prow.append((len(rows) - 1, c.latency_ms, h.latency_ms, ce, he, rid))
                 if not (ce or he) and r.contract:
                     contracts.append(r.contract)
         self.invalid += invalid
         self.duplicates += dup
         self.outside_window += outside
-        self.joined_by_request += joined
         n = len(rows)
         if not n:
             return
@@ -364,6 +355,33 @@ class Accumulator:
         V, LAT, ERR, STATUS, COMBO, CPRED, HPRED, TS = (
             list(col) for col in zip(*rows, strict=True)
         )
+        # join the outcomes of these requests (sorted arrays; Python only for the hits)
+        labels: list[Any] = [None] * n
+        left, right = self.outcomes.lookup(np.fromiter(hashes, dtype=np.int64, count=n))
+        hits = np.nonzero(right > left)[0]
+        if hits.size:
+            _h, o_met, o_val = self.outcomes.rows
+            names = self.outcomes.metric_names
+            for i in hits.tolist():
+                us = ustates[i]
+                ts = TS[i]
+                outs = [
+                    (names[m], x, ts)
+                    for m, x in zip(
+                        o_met[left[i] : right[i]].tolist(),
+                        o_val[left[i] : right[i]].tolist(),
+                        strict=True,
+                    )
+                ]
+                joined += len(outs)
+                for metric, value, _t in outs:
+                    if metric == label_metric:
+                        labels[i] = value
+                    if us is not None:
+                        _unit_metric(us, metric, value, ts)
+                if want_request_metrics:
+                    out_rows.append((V[i], outs))
+        self.joined_by_request += joined
         lo, hi = min(TS), max(TS)
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
         self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
@@ -422,9 +440,8 @@ class Accumulator:
         if fields_cols:
             self._add_fields(fields_cols)
         if prow:
-            P_ROW, P_CL, P_HL, P_CE, P_HE, P_RID, P_LABEL = (
-                list(col) for col in zip(*prow, strict=True)
-            )
+            P_ROW, P_CL, P_HL, P_CE, P_HE, P_RID = (list(col) for col in zip(*prow, strict=True))
+            P_LABEL = [labels[i] for i in P_ROW]
             self._add_pairs(
                 P_ROW,
                 P_CL,

@@ -90,7 +90,7 @@ def _counts(acc: Accumulator, joined_by_unit: int, pre_exposure: int) -> dict[st
             "rows": oi.total,
             "valid": oi.valid,
             "invalid": oi.invalid,
-            "duplicates": oi.duplicates,
+            "duplicates": oi.duplicate_rows,
             "joined": joined,
             "unjoined": max(oi.valid - joined - pre_exposure, 0),
             "before_exposure": pre_exposure,
