@@ -362,18 +362,19 @@ class Accumulator:
         if hits.size:
             _h, o_met, o_val = self.outcomes.rows
             names = self.outcomes.metric_names
-            for i in hits.tolist():
+            counts = (right - left)[hits]
+            # every hit's outcome rows with one gather: starts repeated, plus 0..count-1
+            starts = np.repeat(left[hits], counts)
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            idx = starts + offsets
+            mets = o_met[idx].tolist()
+            vals = o_val[idx].tolist()
+            k = 0
+            for i, cnt in zip(hits.tolist(), counts.tolist(), strict=True):
                 us = ustates[i]
                 ts = TS[i]
-                outs = [
-                    (names[m], x, ts)
-                    for m, x in zip(
-                        o_met[left[i] : right[i]].tolist(),
-                        o_val[left[i] : right[i]].tolist(),
-                        strict=True,
-                    )
-                ]
-                joined += len(outs)
+                outs = [(names[mets[j]], vals[j], ts) for j in range(k, k + cnt)]
+                k += cnt
                 for metric, value, _t in outs:
                     if metric == label_metric:
                         labels[i] = value
@@ -381,6 +382,7 @@ class Accumulator:
                         _unit_metric(us, metric, value, ts)
                 if want_request_metrics:
                     out_rows.append((V[i], outs))
+            joined += k
         self.joined_by_request += joined
         lo, hi = min(TS), max(TS)
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)

@@ -187,7 +187,13 @@ class OutcomeIndex:
         """For each request-id hash, the ``[left, right)`` slice of its outcomes in
         :attr:`rows` (empty when it has none)."""
         h = self._finalise()[0]
-        return np.searchsorted(h, rid_hashes, "left"), np.searchsorted(h, rid_hashes, "right")
+        order = np.argsort(rid_hashes)  # sorted queries walk the index cache-friendly
+        q = rid_hashes[order]
+        left = np.empty(q.size, dtype=np.int64)
+        right = np.empty(q.size, dtype=np.int64)
+        left[order] = np.searchsorted(h, q, "left")
+        right[order] = np.searchsorted(h, q, "right")
+        return left, right
 
     @property
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
