@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -61,7 +62,8 @@ async def drain(writer: CaptureWriter, metrics: Metrics, counter: str, n: int) -
     return time.perf_counter() - t0
 
 
-async def bench(n: int, batch_size: int) -> None:
+async def bench(n: int, batch_size: int) -> dict[str, float]:
+    out: dict[str, float] = {"records": n, "batch_size": batch_size}
     tmp = Path(tempfile.mkdtemp(prefix="capture-bench-"))
     server = RedisProcess(tmp / "redis", prefer_path=True, appendonly=True).start()
     url = server.url
@@ -79,6 +81,7 @@ async def bench(n: int, batch_size: int) -> None:
         took = await drain(w, m, "router_capture_written", n)
         await w.stop()
         print(f"writer -> Redis        : {n / took:>10,.0f} records/s  ({took:.2f} s)")
+        out["writer_to_redis_records_per_s"] = n / took
 
         # 2. plain XADD vs the exactly-once script, same payloads, same batch size
         client = aioredis.Redis.from_url(url)
@@ -101,6 +104,8 @@ async def bench(n: int, batch_size: int) -> None:
         await client.aclose()
         print(f"pipelined XADD         : {n / plain:>10,.0f} records/s")
         print(f"Lua batch (exactly once): {n / lua:>9,.0f} records/s")
+        out["pipelined_xadd_records_per_s"] = n / plain
+        out["lua_exactly_once_records_per_s"] = n / lua
 
         # 3. writer → spool while Redis is down
         dead = f"redis://127.0.0.1:{free_port()}/0"
@@ -115,6 +120,7 @@ async def bench(n: int, batch_size: int) -> None:
         await w.stop(timeout=1)
         print(f"writer -> spool        : {n / took:>10,.0f} records/s  ({took:.2f} s, "
               f"{spool_bytes / took / 1e6:.0f} MB/s, fsync=batch)")
+        out["writer_to_spool_records_per_s"] = n / took
 
         # 4. spool → Redis replay
         client = aioredis.Redis.from_url(url)
@@ -128,17 +134,22 @@ async def bench(n: int, batch_size: int) -> None:
         took = time.perf_counter() - t0
         await w.stop()
         print(f"spool -> Redis replay  : {n / took:>10,.0f} records/s  ({took:.2f} s)")
+        out["spool_replay_records_per_s"] = n / took
     finally:
         server.stop()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args()
     print("command: python benchmarks/capture_throughput.py " + " ".join(sys.argv[1:]))
-    asyncio.run(bench(a.records, a.batch_size))
+    out = asyncio.run(bench(a.records, a.batch_size))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
