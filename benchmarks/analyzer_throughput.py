@@ -129,9 +129,12 @@ def main() -> int:
                 t = time.perf_counter()
                 load_redis(rp.url, pairs, outs)
                 print(f"loaded Redis in {time.perf_counter() - t:.1f} s")
-                r = run_analyze(["--redis", rp.url])
-                r |= {"source": "redis", "records_per_s": a.records / r["wall_s"]}
-                rows.append(r)
+                for workers in sorted({1, a.workers}):
+                    r = run_analyze(["--redis", rp.url, "--workers", str(workers)])
+                    plural = "es" if workers > 1 else ""
+                    r |= {"source": f"redis, {workers} process{plural}",
+                          "records_per_s": a.records / r["wall_s"]}  # fmt: skip
+                    rows.append(r)
             finally:
                 rp.stop()
         results["runs"] = rows

@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py                       # ~6 minutes on a 2-core machine
     python benchmarks/run_all.py --quick               # shorter runs, smaller data sets
-    python benchmarks/run_all.py --only proxy,analyzer --out benchmarks/results
+    python benchmarks/run_all.py --only proxy,analyzer --out benchmarks/results  # keeps the rest
 
 Each benchmark runs as its own process (``proxy_overhead.py``, ``capture_throughput.py``,
 ``analyzer_throughput.py``) and writes JSON; this script adds the machine's description and
@@ -105,11 +105,18 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"**Proxy**: {px.get('status', 'not run')} {px.get('detail', '')}", ""]
     cap = results.get("capture", {})
     if cap.get("status") == "ok":
-        lines += ["**Capture** (`capture_throughput.py`)", "", "| measure | value |",
-                  "|---|---:|"]
-        for k, v in cap.items():
-            if isinstance(v, (int, float)) and k not in ("seconds",):
-                lines.append(f"| {k} | {_fmt(v, ',.1f')} |")
+        lines += [f"**Capture** (`capture_throughput.py`, {cap.get('records', 0):,} records, "
+                  f"batch {cap.get('batch_size')})", "", "| path | records/s |", "|---|---:|"]
+        labels = {
+            "writer_to_redis_records_per_s": "CaptureWriter → Redis (end to end)",
+            "pipelined_xadd_records_per_s": "plain pipelined XADD (no dedupe)",
+            "lua_exactly_once_records_per_s": "exactly-once Lua batch script",
+            "writer_to_spool_records_per_s": "CaptureWriter → spool (Redis down)",
+            "spool_replay_records_per_s": "spool → Redis replay",
+        }
+        for k, label in labels.items():
+            if k in cap:
+                lines.append(f"| {label} | {_fmt(cap[k])} |")
         lines.append("")
     else:
         lines += [f"**Capture**: {cap.get('status', 'not run')} {cap.get('detail', '')}", ""]
@@ -136,7 +143,10 @@ def main() -> int:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     wanted = set(a.only.split(","))
-    results: dict[str, Any] = {"machine": machine()}
+    previous = a.out / "results.json"
+    # with --only, the other benchmarks' last results are kept (and say when they ran)
+    results: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
+    results["machine"] = machine()
     plan = {
         "proxy": ["proxy_overhead.py", "--duration", "3" if a.quick else "6"],
         "capture": ["capture_throughput.py", *(["--records", "50000"] if a.quick else [])],
