@@ -69,11 +69,16 @@ class Analyse(Protocol):
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
 
-def analyzer_from_policy(policy_path: str | None) -> Analyse:
-    """The default :class:`Analyse`: ``router.analysis.build_report`` with the loaded policy."""
-    from router import analysis  # type: ignore[attr-defined,unused-ignore]
+def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) -> Analyse:
+    """The default :class:`Analyse`: the analyzer with the loaded policy.
 
-    policy = analysis.load_policy(policy_path) if policy_path else None
+    With ``redis_url`` it streams the step's window from Redis itself (bounded memory however
+    long the step; the ``pairs``/``outcomes`` arguments are then ignored and the controller
+    does not read them, see ``streaming``); without, it analyses the rows it is given."""
+    from router import analysis
+    from router.analysis.policy import Policy
+
+    policy = analysis.load_policy(policy_path) if policy_path else Policy()
 
     def analyse(
         pairs: list[dict[str, Any]],
@@ -84,6 +89,11 @@ def analyzer_from_policy(policy_path: str | None) -> Analyse:
         since: float,
         until: float,
     ) -> dict[str, Any]:
+        if redis_url is not None:
+            from router.analysis.run import Source, analyze
+
+            src = Source(experiment, redis_url=redis_url, since=since, until=until)
+            return analyze(src, policy, kind=policy.prediction_kind or "score", split=split)
         report: dict[str, Any] = analysis.build_report(
             pairs,
             outcomes,
@@ -95,6 +105,7 @@ def analyzer_from_policy(policy_path: str | None) -> Analyse:
         )
         return report
 
+    analyse.streaming = redis_url is not None  # type: ignore[attr-defined]
     return analyse
 
 
@@ -244,7 +255,7 @@ class Controller:
     @property
     def analyse(self) -> Analyse:
         if self._analyse is None:
-            self._analyse = analyzer_from_policy(self.opts.policy)
+            self._analyse = analyzer_from_policy(self.opts.policy, self.opts.redis_url)
         return self._analyse
 
     def stop(self) -> None:
@@ -476,9 +487,12 @@ class Controller:
                 )
             )
         elif machine.analysis_due(state, now, self.cfg.analysis_interval_s):
-            if recent > since:
-                pairs = await read_window(self.redis, f"{self.exp}:pairs", since, now)
-            outcomes = await read_window(self.redis, f"{self.exp}:outcomes", since, now)
+            if getattr(self.analyse, "streaming", False):
+                pairs, outcomes = [], []  # the analyzer streams the window from Redis itself
+            else:
+                if recent > since:
+                    pairs = await read_window(self.redis, f"{self.exp}:pairs", since, now)
+                outcomes = await read_window(self.redis, f"{self.exp}:outcomes", since, now)
             split = state.current_step.split
             report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
             verdict = verdict_from_report(report, since, now)
