@@ -1,9 +1,25 @@
 """The analyzer: captured records and outcomes in, a report and a promotion decision out.
 
 ``build_report`` analyses in-memory rows; :mod:`router.analysis.run` streams from files or Redis.
+The report (and with it scipy) is imported on first use, so processes that only fold records
+(the parallel readers) start fast.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from router.analysis.policy import Policy, load_policy, parse_policy
-from router.analysis.report import build_report, report_from
+
+if TYPE_CHECKING:
+    from router.analysis.report import build_report, report_from
 
 __all__ = ["Policy", "build_report", "load_policy", "parse_policy", "report_from"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("build_report", "report_from"):
+        from router.analysis import report
+
+        return getattr(report, name)
+    raise AttributeError(name)

@@ -26,9 +26,13 @@ import orjson
 from router.analysis.accumulate import Accumulator
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
-from router.analysis.report import report_from
-from router.analysis.schema import Record, decode_record
-from router.analysis.schema import list_decoder as _list_decoder
+from router.analysis.schema import (
+    DecodeError,
+    Record,
+    ValidationError,
+    decode_record,
+    record_decoder,
+)
 
 BATCH = 10_000
 REPLAY_SLACK_S = 3600.0
@@ -73,10 +77,12 @@ def iter_lines(path: str, batch: int = BATCH) -> Iterator[list[bytes]]:
 
 
 def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
-    """Records of a batch of JSON lines and the number of malformed lines."""
+    """Records of a batch of JSON lines and the number of malformed lines (one decode per line:
+    measured faster than joining the batch into one JSON array)."""
+    dec = record_decoder.decode
     try:
-        return _list_decoder.decode(b"[" + b",".join(lines) + b"]"), 0
-    except Exception:
+        return [dec(raw) for raw in lines], 0
+    except (DecodeError, ValidationError):
         out = []
         bad = 0
         for raw in lines:
@@ -256,7 +262,10 @@ def _parallel(
     )
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_worker, range(workers))
+            pending = pool.map_async(_worker, range(workers))
+            import router.analysis.report  # noqa: F401 - warm scipy while the workers fold
+
+            parts = pending.get()
     finally:
         _CTX.clear()
     for i in range(len(parts)):
@@ -329,6 +338,8 @@ def analyze(
             reference_src, policy, kind=kind, workers=workers, outcomes=OutcomeIndex()
         )
         reference = reference_stats(ref_acc)
+    from router.analysis.report import report_from
+
     return report_from(
         acc,
         experiment=src.experiment,

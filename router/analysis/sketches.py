@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.analysis.stats import quantile_interval_ranks
-
 
 @dataclass(slots=True)
 class Moments:
@@ -96,6 +94,8 @@ class LogHistogram:
         return self._at_rank(min(math.ceil(q * n) - 1, n - 1) if q > 0 else 0)
 
     def quantile_ci(self, q: float, alpha: float = 0.05) -> tuple[float | None, float | None]:
+        from router.analysis.stats import quantile_interval_ranks  # scipy: report time only
+
         ranks = quantile_interval_ranks(self.n, q, alpha)
         if ranks is None:
             return None, None

@@ -101,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"router: cannot read --reference-stats: {exc}", file=sys.stderr)
             return 2
 
-    from router.analysis.report import reference_stats, report_from
     from router.analysis.run import Source, accumulate, earliest_available
 
     tmp = None
@@ -139,9 +138,11 @@ def run(args: argparse.Namespace) -> int:
             or bool(args.write_reference_stats)
             or (args.reference_since is not None or args.reference_until is not None)
         )
-        acc = accumulate(
+        acc = accumulate(  # (scipy, for the report, is imported while workers fold)
             src, policy, kind=kind, workers=args.workers, track_fields=track, progress=progress
         )
+        from router.analysis.report import reference_stats, report_from
+
         if args.reference_since is not None or args.reference_until is not None:
             from router.analysis.outcomes_index import OutcomeIndex
 
