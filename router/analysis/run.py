@@ -36,6 +36,7 @@ from router.analysis.schema import (
 
 BATCH = 10_000
 REPLAY_SLACK_S = 3600.0
+READ_CHUNK = 4 << 20
 log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
@@ -163,13 +164,24 @@ def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iter
         if start > 0:
             fh.seek(start - 1)
             fh.readline()  # finish the line that straddles the boundary (it belongs before)
+        offset = fh.tell()  # where the next line starts
 
         def lines() -> Iterator[bytes]:
-            while fh.tell() < end:
-                line = fh.readline()
-                if not line:
+            nonlocal offset
+            carry = b""
+            while True:
+                chunk = fh.read(READ_CHUNK)
+                if not chunk:
+                    if carry and offset < end:
+                        yield carry
                     return
-                yield line
+                parts = (carry + chunk).split(b"\n")
+                carry = parts.pop()
+                for line in parts:
+                    if offset >= end:
+                        return
+                    offset += len(line) + 1
+                    yield line
 
         yield from _batches(lines(), batch)
 
