@@ -83,8 +83,9 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
             not srm["mismatch"],
             srm["p_value"],
             policy.srm.alpha,
-            f"{srm['state']}: {srm['reason']} (p={_fmt(srm['p_value'])}, max share "
-            f"deviation {_fmt(srm['max_share_diff'])})",
+            f"{srm['reason']}: units champion {srm['observed']['champion']}, challenger "
+            f"{srm['observed']['challenger']} for a split of {_fmt(srm['split'])} "
+            f"(p={_fmt(srm['p_value'])}, max share deviation {_fmt(srm['max_share_diff'])})",
         )
     )
 

@@ -103,6 +103,12 @@ class PromotionConfig(_Strict):
     check_interval_s: float = Field(default=5.0, gt=0.0)
     analysis_interval_s: float = Field(default=60.0, gt=0.0)
     rollback_mirror: float = Field(default=0.0, ge=0.0, le=1.0)
+    settle_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="records this soon after a step change are left out of the step's analysis "
+        "and guardrails (routers apply a change within about a second)",
+    )
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)

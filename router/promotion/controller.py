@@ -457,7 +457,10 @@ class Controller:
             self.state = state
             return state
         now = self.clock()
-        since, key = state.step_started_at, (state.stage, state.step, state.step_started_at)
+        key = (state.stage, state.step, state.step_started_at)
+        # the step's traffic starts once every router applied it: skip the settling time, or
+        # units first seen under the old split would count as a sample-ratio mismatch
+        since = state.step_started_at + self.cfg.settle_s
         recent = max(since, now - self.cfg.guardrails.window_s)
         pairs = await read_window(self.redis, f"{self.exp}:pairs", recent, now)
 
@@ -496,9 +499,10 @@ class Controller:
             split = state.current_step.split
             report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
             verdict = verdict_from_report(report, since, now)
+            decided = self.clock()  # a new step starts now, not when its analysis began
             state = await self._commit(
                 lambda cur: (
-                    machine.on_verdict(cur, verdict, now=now)
+                    machine.on_verdict(cur, verdict, now=decided)
                     if cur is not None
                     and same_step(cur)
                     and cur.last_analysis_at == state.last_analysis_at
