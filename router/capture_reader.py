@@ -5,6 +5,7 @@ record also carries its own ``ts`` (when the router saw the request). The two di
 replayed from the spool after an outage: they are stored late, with the id of their replay.
 
 - :func:`iter_stream` pages one stream with ``XRANGE`` (``COUNT`` per round trip).
+- :func:`iter_raw_pages` pages one stream's raw payloads, undecoded, for bulk decoders.
 - :func:`iter_merged` merges several streams (the shards of a hot experiment's pairs) into one
   sequence ordered by stream id, lazily (``heapq.merge`` over the paged streams).
 - :func:`earliest_available` is the oldest timestamp still in the streams, so a caller asking for
@@ -121,6 +122,33 @@ def iter_merged(
         yield e
 
 
+def iter_raw_pages(
+    client: Any, key: str, since: float | None = None, until: float | None = None,
+    count: int = 10_000, *, until_exclusive: bool = False,
+) -> Iterator[list[bytes]]:  # fmt: skip
+    """Pages of the raw ``r`` payloads of ``key`` stored within ``[since, until]`` (``[since,
+    until)`` with ``until_exclusive``), undecoded: for readers that decode in bulk (the
+    analyzer). One page is in memory at a time."""
+    start = _min_id(since)
+    end = _max_id(until)
+    if until_exclusive and until is not None:
+        end = f"({int(until * 1000)}-0"  # strictly before this millisecond
+    while True:
+        batch = client.xrange(key, min=start, max=end, count=count)
+        if not batch:
+            return
+        page = []
+        for _id, fields in batch:
+            raw = fields.get(b"r", fields.get("r"))
+            if raw is not None:
+                page.append(raw if isinstance(raw, bytes) else str(raw).encode())
+        if page:
+            yield page
+        if len(batch) < count:
+            return
+        start = "(" + _s(batch[-1][0])
+
+
 def is_cluster_client(client: Any) -> bool:
     from redis.cluster import RedisCluster
 
@@ -155,6 +183,16 @@ def earliest_available(client: Any, keys: list[str]) -> float | None:
         if head:
             firsts.append(Entry(_s(head[0][0]), k, {}).stored_at)
     return min(firsts) if firsts else None
+
+
+def latest_available(client: Any, keys: list[str]) -> float | None:
+    """Newest stream-id timestamp (unix s) over ``keys``; None when all are empty."""
+    lasts: list[float] = []
+    for k in keys:
+        tail = client.xrevrange(k, max="+", min="-", count=1)
+        if tail:
+            lasts.append(Entry(_s(tail[0][0]), k, {}).stored_at)
+    return max(lasts) if lasts else None
 
 
 def read_window(

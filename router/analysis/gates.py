@@ -244,35 +244,18 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
             _gate("response_contract", "schema", ok, share, g.max_contract_break_share, why, not ok)
         )
 
-    # ---- prediction and input drift
-    if g.max_psi is not None:
-        psi = div.get("psi")
-        gates.append(
-            _gate(
-                "prediction_psi",
-                "drift",
-                psi is None or psi <= g.max_psi,
-                psi,
-                g.max_psi,
-                "challenger vs champion predictions on the same requests"
-                if psi is not None
-                else "no score pairs to compare",
-            )
-        )
-    if g.max_input_psi is not None:
-        ip = report["drift"].get("max_psi")
-        gates.append(
-            _gate(
-                "input_psi",
-                "drift",
-                ip is None or ip <= g.max_input_psi,
-                ip,
-                g.max_input_psi,
-                "largest PSI of a captured input field vs reference"
-                if ip is not None
-                else "no reference for input drift",
-            )
-        )
+    # ---- prediction and input drift (a failure holds: the population needs a human)
+    drift = (
+        ("prediction_psi", div.get("psi"), g.max_psi,
+         "challenger vs champion predictions on the same requests", "no score pairs to compare"),
+        ("input_psi", report["drift"].get("max_psi"), g.max_input_psi,
+         "largest PSI of a captured input field vs reference", "no reference for input drift"),
+    )  # fmt: skip
+    for name, value, limit, why, missing in drift:
+        if limit is not None:
+            ok = value is None or value <= limit
+            reason = why if value is not None else missing
+            gates.append(_gate(name, "drift", ok, value, limit, reason))
 
     # ---- fairness
     seg = report["segments"]

@@ -98,14 +98,14 @@ def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
 def load_outcomes(src: Source) -> OutcomeIndex:
     oi = OutcomeIndex()
     if src.redis_url:
-        from router.capture_reader import stream_keys
-        from router.streams import iter_entries, sync_client
+        from router.capture import make_sync_client
+        from router.capture_reader import iter_raw_pages, stream_keys
 
-        client = sync_client(src.redis_url)
+        client = make_sync_client(src.redis_url)
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
-            pages = iter_entries(client, key, src.since, None)
+            pages = iter_raw_pages(client, key, src.since, None)
             oi.add_raw(pages, src.experiment)
         finally:
             client.close()
@@ -123,13 +123,13 @@ def _id_until(src: Source) -> float | None:
 
 def _record_pages(src: Source) -> Iterator[list[bytes]]:
     if src.redis_url:
-        from router.capture_reader import discover_pair_keys
-        from router.streams import iter_entries, sync_client
+        from router.capture import make_sync_client
+        from router.capture_reader import discover_pair_keys, iter_raw_pages
 
-        client = sync_client(src.redis_url)
+        client = make_sync_client(src.redis_url)
         try:
             for key in discover_pair_keys(client, src.experiment):  # one, or the shards
-                yield from iter_entries(client, key, src.since, _id_until(src))
+                yield from iter_raw_pages(client, key, src.since, _id_until(src))
         finally:
             client.close()
     elif src.pairs_file:
@@ -138,18 +138,16 @@ def _record_pages(src: Source) -> Iterator[list[bytes]]:
 
 def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
     """The pairs stream keys and the first and last ids (unix s) over all of them."""
-    from router.capture_reader import discover_pair_keys
-    from router.streams import earliest_ts, latest_ts, sync_client
+    from router.capture import make_sync_client
+    from router.capture_reader import discover_pair_keys, earliest_available, latest_available
 
     assert src.redis_url is not None
-    client = sync_client(src.redis_url)
+    client = make_sync_client(src.redis_url)
     try:
         keys = discover_pair_keys(client, src.experiment)
-        firsts = [t for k in keys if (t := earliest_ts(client, k)) is not None]
-        lasts = [t for k in keys if (t := latest_ts(client, k)) is not None]
+        return keys, earliest_available(client, keys), latest_available(client, keys)
     finally:
         client.close()
-    return keys, min(firsts, default=None), max(lasts, default=None)
 
 
 def earliest_available(src: Source) -> float | None:
@@ -222,14 +220,15 @@ def _worker(w: int) -> tuple[Accumulator, np.ndarray]:
     if src.pairs_file is not None:
         fold(acc, iter_line_range(src.pairs_file, int(lo), int(hi)))
     else:
-        from router.streams import iter_entries, sync_client
+        from router.capture import make_sync_client
+        from router.capture_reader import iter_raw_pages
 
         assert src.redis_url is not None
-        client = sync_client(src.redis_url)  # a new connection: never share one across fork
+        client = make_sync_client(src.redis_url)  # a new connection: never share across fork
         last = w == len(_CTX["ranges"]) - 1
         try:
             for key in _CTX["keys"]:
-                fold(acc, iter_entries(client, key, lo, hi, until_exclusive=not last))
+                fold(acc, iter_raw_pages(client, key, lo, hi, until_exclusive=not last))
         finally:
             client.close()
     hashes = _rid_hashes(acc.seen)
