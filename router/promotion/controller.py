@@ -33,7 +33,6 @@ from router.promotion.config import PromotionConfig
 from router.promotion.guardrails import check_guardrails
 from router.promotion.lease import Lease
 from router.promotion.machine import State, Transition
-from router.promotion.reader import read_window
 from router.promotion.routers import Applied, RouterFleet
 from router.promotion.store import LeaseLost, PromotionStore
 from router.promotion.webhooks import WebhookSender, event_payload
@@ -249,6 +248,7 @@ class Controller:
         self.sender: WebhookSender | None = None
         self.state: State | None = None
         self._stop = asyncio.Event()
+        self._reader: Any = None  # blocking Redis client of _read
         self.ticks = 0
         self.tick_errors = 0
 
@@ -372,6 +372,22 @@ class Controller:
                 await self.lease.release()
         if self.redis is not None:
             await self.redis.aclose()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    async def _read(self, since: float, until: float, outcomes: bool = False) -> list[Any]:
+        """Captured records (or outcomes) of the window, through the capture reader (every
+        shard), in a thread: the blocking client never stalls lease renewal."""
+        from router.capture import make_sync_client
+        from router.capture_reader import read_window
+
+        if self._reader is None:
+            self._reader = make_sync_client(self.opts.redis_url)
+        client = self._reader
+        return await asyncio.to_thread(
+            lambda: list(read_window(client, self.exp, outcomes=outcomes, since=since, until=until))
+        )
 
     async def _renew(self) -> None:
         assert self.lease is not None
@@ -462,7 +478,7 @@ class Controller:
         # units first seen under the old split would count as a sample-ratio mismatch
         since = state.step_started_at + self.cfg.settle_s
         recent = max(since, now - self.cfg.guardrails.window_s)
-        pairs = await read_window(self.redis, f"{self.exp}:pairs", recent, now)
+        pairs = await self._read(recent, now)
 
         def same_step(cur: State | None) -> bool:
             return cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
@@ -494,8 +510,8 @@ class Controller:
                 pairs, outcomes = [], []  # the analyzer streams the window from Redis itself
             else:
                 if recent > since:
-                    pairs = await read_window(self.redis, f"{self.exp}:pairs", since, now)
-                outcomes = await read_window(self.redis, f"{self.exp}:outcomes", since, now)
+                    pairs = await self._read(since, now)
+                outcomes = await self._read(since, now, outcomes=True)
             split = state.current_step.split
             report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
             verdict = verdict_from_report(report, since, now)
