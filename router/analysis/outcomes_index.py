@@ -4,57 +4,43 @@ Outcomes (DESIGN.md schema) are read before the records. Those with a ``request_
 to that request (and through it to its unit); the others to their unit's first exposure. Rows
 are deduplicated on ``(request_id, unit, metric, ts, value)`` so a replayed outcome counts once.
 
-Request-joined outcomes are kept in flat typed arrays (request-id hash, metric index, value:
-18 bytes a row instead of a few hundred as Python objects), sorted once, and joined to a batch
-of records with ``numpy.searchsorted``.
+Rows are kept as polars frames while loading. Request-joined rows end up in flat sorted arrays
+(request-id fingerprint, metric index, value: 18 bytes a row), joined to a page of records with
+``numpy.searchsorted``; unit-joined rows stay a small frame.
 """
 
 from __future__ import annotations
 
-import math
-from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import numpy as np
+import polars as pl
 
+from router.analysis.frames import HASH_SEED, OUTCOME_SCHEMA, parse_outcomes, rid_hash
 from router.outcomes import validate_outcome
 
-
-class OutcomeRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """An outcome as :func:`router.outcomes.validate_outcome` accepts it, decoded in C."""
-
-    metric: str
-    value: float
-    request_id: str | None = None
-    unit: str | None = None
-    ts: float | None = None
-    experiment: str | None = None
-    v: int = 1
+_COLS = ["request_id", "unit", "metric", "value", "ts"]
+UNIT_ROWS_SCHEMA: dict[str, pl.DataType] = {
+    "unit": pl.String(),
+    "metric": pl.String(),
+    "value": pl.Float64(),
+    "ts": pl.Float64(),
+}
 
 
-_decoder = msgspec.json.Decoder(OutcomeRow)
-
-
-@dataclass
 class OutcomeIndex:
-    by_unit: list[tuple[str, str, float, float]] = field(default_factory=list)
-    metric_names: list[str] = field(default_factory=list)
-    total: int = 0
-    invalid: int = 0
-    duplicates: int = 0
-    outside_window: int = 0
-    # request-joined rows while loading (typed arrays: no Python object per row)
-    _rid: array[int] = field(default_factory=lambda: array("q"), repr=False)
-    _metric: array[int] = field(default_factory=lambda: array("H"), repr=False)
-    _value: array[float] = field(default_factory=lambda: array("d"), repr=False)
-    _ident: array[int] = field(default_factory=lambda: array("q"), repr=False)
-    _unit_seen: set[int] = field(default_factory=set, repr=False)
-    _metric_ids: dict[str, int] = field(default_factory=dict, repr=False)
-    _final: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    _metrics: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
+    def __init__(self) -> None:
+        self.total = 0
+        self.invalid = 0
+        self.outside_window = 0
+        self._duplicates = 0
+        self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
+        self._req: list[pl.DataFrame] = []  # ident, h, m, v (26 bytes a row)
+        self._unit: list[pl.DataFrame] = []  # ident, unit, metric, value, ts
+        self._names: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._final: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     def add_all(
@@ -74,119 +60,122 @@ class OutcomeIndex:
         since: float | None = None,
         until: float | None = None,
     ) -> None:
+        """One outcome as posted to ``/outcomes`` (validated by the same rules)."""
         self.total += 1
-        row = validate_outcome(o, experiment or "", now=0.0)  # the POST /outcomes rules
-        if isinstance(row, str):
+        row = validate_outcome(o, experiment or "", now=0.0)
+        if isinstance(row, str) or (experiment and row["experiment"] != experiment):
             self.invalid += 1
             return
-        self._insert(
-            row["request_id"],
-            row["unit"],
-            row["metric"],
-            row["value"],
-            row["ts"],
-            row["experiment"],
-            experiment,
-            since,
-            until,
-        )
+        ts = row["ts"]
+        if (since is not None and ts and ts < since) or (until is not None and ts > until):
+            self.outside_window += 1
+            return
+        self._final = None
+        self._rows.append({k: row[k] for k in _COLS})
 
     def add_raw(
         self,
-        pages: Iterable[list[bytes]],
+        chunks: Iterable[bytes],
         experiment: str | None = None,
         since: float | None = None,
         until: float | None = None,
     ) -> None:
-        """Outcome rows as raw JSON (from JSONL or a stream), decoded and validated in C."""
-        dec = _decoder
-        for page in pages:
-            for raw in page:
-                self.total += 1
-                try:
-                    o = dec.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    self.invalid += 1
-                    continue
-                if not o.metric or not math.isfinite(o.value) or not (o.request_id or o.unit):
-                    self.invalid += 1
-                    continue
-                self._insert(
-                    o.request_id,
-                    o.unit,
-                    o.metric,
-                    o.value,
-                    o.ts or 0.0,
-                    o.experiment,
-                    experiment,
-                    since,
-                    until,
-                )
+        """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time."""
+        for chunk in chunks:
+            df, bad = parse_outcomes(chunk)
+            self.total += df.height + bad
+            self.invalid += bad
+            rid, unit = pl.col("request_id"), pl.col("unit")
+            valid = (
+                (pl.col("metric").str.len_bytes() > 0)
+                & pl.col("value").is_finite()
+                & ((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0))
+            ).fill_null(False)
+            if experiment:
+                exp = pl.col("experiment")
+                valid = valid & (exp.is_null() | (exp == experiment))
+            kept = df.filter(valid)
+            self.invalid += df.height - kept.height
+            kept = kept.with_columns(pl.col("ts").fill_null(0.0))
+            inside = pl.lit(True)
+            if since is not None:
+                inside = inside & ((pl.col("ts") == 0.0) | (pl.col("ts") >= since))
+            if until is not None:
+                inside = inside & (pl.col("ts") <= until)
+            win = kept.filter(inside)
+            self.outside_window += kept.height - win.height
+            self._ingest(win)
 
-    def _insert(
-        self,
-        rid: str | None,
-        unit: str | None,
-        metric: str,
-        value: float,
-        ts: float,
-        row_experiment: str | None,
-        experiment: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> None:
-        if experiment and row_experiment not in (None, experiment):
-            self.invalid += 1
+    def _ingest(self, df: pl.DataFrame) -> None:
+        """Compact valid rows: request-joined ones to fingerprints and metric ids."""
+        if not df.height:
             return
-        if (since is not None and ts and ts < since) or (until is not None and ts > until):
-            self.outside_window += 1
-            return
-        self._final = self._metrics = None
-        ident = hash((rid or "", unit or "", metric, ts, value))
-        if rid:
-            mid = self._metric_ids.get(metric)
-            if mid is None:
-                mid = self._metric_ids[metric] = len(self.metric_names)
-                self.metric_names.append(metric)
-            self._rid.append(hash(rid))
-            self._metric.append(mid)
-            self._value.append(value)
-            self._ident.append(ident)
-        else:
-            if ident in self._unit_seen:
-                self.duplicates += 1
-                return
-            self._unit_seen.add(ident)
-            self.by_unit.append((str(unit), metric, value, ts))
+        self._final = None
+        df = df.select(
+            pl.when(pl.col("request_id").str.len_bytes() > 0).then(pl.col("request_id")),
+            pl.when(pl.col("unit").str.len_bytes() > 0).then(pl.col("unit")),
+            "metric",
+            "value",
+            "ts",
+        )
+        ident = pl.struct(
+            pl.col("request_id").fill_null(""), pl.col("unit").fill_null(""), *_COLS[2:]
+        ).hash(HASH_SEED)
+        by_req = pl.col("request_id").is_not_null()
+        req = df.filter(by_req)
+        if req.height:
+            for name in req["metric"].unique(maintain_order=True).to_list():
+                if name not in self._ids:
+                    self._ids[name] = len(self._names)
+                    self._names.append(name)
+            self._req.append(
+                req.select(
+                    ident=ident,
+                    h=rid_hash(pl.col("request_id")),
+                    m=pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16),
+                    v=pl.col("value"),
+                )
+            )
+        units = df.filter(~by_req)
+        if units.height:
+            self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
 
     # ------------------------------------------------------------------ the index
-    def _finalise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Deduplicate and sort the request-joined rows (once; cached until the next insert)."""
+    def _finalise(self) -> dict[str, Any]:
+        """Deduplicate (first occurrence kept) and sort (once; cached until the next insert)."""
         if self._final is None:
-            ident = np.frombuffer(self._ident, dtype=np.int64) if self._ident else np.zeros(0)
-            _, first = np.unique(ident, return_index=True)
-            first.sort()  # keep the first occurrence, in arrival order
-            dups = len(self._ident) - first.size
-            rid = (
-                np.frombuffer(self._rid, dtype=np.int64)[first]
-                if first.size
-                else np.zeros(0, dtype=np.int64)
+            if self._rows:
+                schema = {k: OUTCOME_SCHEMA[k] for k in _COLS}
+                self._ingest(pl.DataFrame(self._rows, schema=schema))
+                self._rows = []
+            req = _dedupe(self._req, _REQ_SCHEMA)
+            units = _dedupe(self._unit, _UNIT_SCHEMA)
+            self._duplicates += sum(f.height for f in self._req) - req.height
+            self._duplicates += sum(f.height for f in self._unit) - units.height
+            self._req, self._unit = [req], [units]
+            srt = req.sort("h", maintain_order=True)
+            metrics: dict[str, dict[str, Any]] = {}
+            binary = pl.col("v").is_in([0.0, 1.0]).all()
+            for m, n, b in req.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
+                metrics[self._names[m]] = {"n": int(n), "binary": bool(b)}
+            kinds = units.group_by("metric", maintain_order=True).agg(
+                pl.len(), pl.col("value").is_in([0.0, 1.0]).all()
             )
-            met = (
-                np.frombuffer(self._metric, dtype=np.uint16)[first]
-                if first.size
-                else np.zeros(0, dtype=np.uint16)
-            )
-            val = np.frombuffer(self._value, dtype=float)[first] if first.size else np.zeros(0)
-            order = np.argsort(rid, kind="stable")
-            self._final = (rid[order], met[order], val[order])
-            self._dups = dups
+            for name, n, b in kinds.iter_rows():
+                info = metrics.setdefault(name, {"n": 0, "binary": True})
+                info["n"] += int(n)
+                info["binary"] = info["binary"] and bool(b)
+            self._final = {
+                "rows": (srt["h"].to_numpy(), srt["m"].to_numpy(), srt["v"].to_numpy()),
+                "by_unit": units.drop("ident"),
+                "metrics": metrics,
+            }
         return self._final
 
     def lookup(self, rid_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each request-id hash, the ``[left, right)`` slice of its outcomes in
+        """For each request-id fingerprint, the ``[left, right)`` slice of its outcomes in
         :attr:`rows` (empty when it has none)."""
-        h = self._finalise()[0]
+        h = self.rows[0]
         order = np.argsort(rid_hashes)  # sorted queries walk the index cache-friendly
         q = rid_hashes[order]
         left = np.empty(q.size, dtype=np.int64)
@@ -197,40 +186,58 @@ class OutcomeIndex:
 
     @property
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sorted (request-id hash, metric index, value) arrays."""
-        return self._finalise()
+        """Sorted (request-id fingerprint, metric index, value) arrays."""
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray] = self._finalise()["rows"]
+        return rows
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Metric of each index in :attr:`rows`."""
+        self._finalise()
+        return self._names
+
+    def metric_id(self, name: str | None) -> int | None:
+        self._finalise()
+        return None if name is None else self._ids.get(name)
+
+    @property
+    def by_unit(self) -> pl.DataFrame:
+        """Unit-joined rows: unit, metric, value, ts."""
+        df: pl.DataFrame = self._finalise()["by_unit"]
+        return df
 
     @property
     def by_request_total(self) -> int:
-        return int(self._finalise()[0].size)
-
-    @property
-    def request_duplicates(self) -> int:
-        self._finalise()
-        return int(self._dups)
+        return int(self.rows[0].size)
 
     @property
     def metrics(self) -> dict[str, dict[str, Any]]:
         """``{name: {"n": rows, "binary": all values 0 or 1}}`` over both kinds of rows."""
-        if self._metrics is None:
-            _, met, val = self._finalise()
-            out: dict[str, dict[str, Any]] = {}
-            for i, name in enumerate(self.metric_names):
-                v = val[met == i]
-                if v.size:
-                    out[name] = {"n": int(v.size), "binary": bool(np.isin(v, (0.0, 1.0)).all())}
-            for _unit, name, value, _ts in self.by_unit:
-                info = out.setdefault(name, {"n": 0, "binary": True})
-                info["n"] += 1
-                if value not in (0.0, 1.0):
-                    info["binary"] = False
-            self._metrics = out
-        return self._metrics
+        metrics: dict[str, dict[str, Any]] = self._finalise()["metrics"]
+        return metrics
 
     @property
     def valid(self) -> int:
-        return self.by_request_total + len(self.by_unit)
+        return self.by_request_total + self.by_unit.height
 
     @property
     def duplicate_rows(self) -> int:
-        return self.duplicates + self.request_duplicates
+        self._finalise()
+        return self._duplicates
+
+
+_REQ_SCHEMA: dict[str, pl.DataType] = {
+    "ident": pl.UInt64(),
+    "h": pl.Int64(),
+    "m": pl.UInt16(),
+    "v": pl.Float64(),
+}
+_UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
+
+
+def _dedupe(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows of ``parts`` in order, each identity's first occurrence only."""
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    df = pl.concat(parts) if len(parts) > 1 else parts[0]
+    return df.filter(pl.col("ident").is_first_distinct())

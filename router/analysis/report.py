@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import polars as pl
 from scipy import stats as st
 from scipy.spatial.distance import jensenshannon
 
@@ -67,10 +68,7 @@ def _duration(acc: Accumulator) -> float | None:
 
 
 def _unit_counts(acc: Accumulator) -> list[int]:
-    c = [0, 0, 0]
-    for st_ in acc.units.values():
-        c[st_[0]] += 1
-    return c
+    return acc.units.counts()
 
 
 def _counts(acc: Accumulator, joined_by_unit: int, pre_exposure: int) -> dict[str, Any]:
@@ -410,59 +408,63 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
     return out | {"state": "ok", "models": models, "tests": tests}
 
 
-def _unit_values(
-    acc: Accumulator,
-) -> tuple[dict[str, dict[str, list[float]]], int, int]:
-    """Per-unit outcome state with the unit-joined outcomes folded in (without mutating acc)."""
-    extra: dict[str, dict[str, list[float]]] = {}
-    joined = pre = 0
-    for unit, metric, value, ts in acc.outcomes.by_unit:
-        ust = acc.units.get(unit)
-        if ust is None:
-            continue
-        if ts and ts < ust[1]:
-            pre += 1
-            continue
-        joined += 1
-        cur = extra.setdefault(unit, {}).get(metric)
-        if cur is None:
-            extra[unit][metric] = [value, 1, value, ts]
-        else:
-            cur[0] += value
-            cur[1] += 1
-            cur[2] = max(cur[2], value)
-    return extra, joined, pre
+def _unit_values(acc: Accumulator) -> tuple[pl.DataFrame, int, int]:
+    """Unit-joined outcomes summed per (unit, metric name), those before the unit's first
+    exposure left out (and counted), without mutating acc."""
+    byu = acc.outcomes.by_unit
+    ex = acc.units.exposures()
+    empty = pl.DataFrame(schema={"unit": pl.String, "metric": pl.String, "s": pl.Float64,
+                                 "n": pl.Int64, "mx": pl.Float64})  # fmt: skip
+    if not byu.height or not ex.height:
+        return empty, 0, 0
+    j = byu.join(ex.select("unit", "first_ts"), on="unit", how="inner")
+    before = (pl.col("ts") != 0) & (pl.col("ts") < pl.col("first_ts"))
+    kept = j.filter(~before)
+    extra = kept.group_by("unit", "metric").agg(
+        s=pl.col("value").sum(), n=pl.len().cast(pl.Int64), mx=pl.col("value").max()
+    )
+    return extra, kept.height, j.height - kept.height
 
 
 def _unit_metric_arrays(
-    acc: Accumulator, metric: str, spec: MetricSpec, extra: dict[str, dict[str, list[float]]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(variant, first_ts, value) per unit in a single variant, units without outcome per
-    ``spec.missing``."""
-    variants, times, values = [], [], []
-    reduce = spec.reduce
-    zero = spec.missing_as_zero
-    for unit, ust in acc.units.items():
-        if ust[0] == 2:
-            continue
-        a = (ust[3] or {}).get(metric)
-        b = extra.get(unit, {}).get(metric) if extra else None
-        if a is None and b is None:
-            if not zero:
-                continue
-            x = 0.0
-        else:
-            s = (a[0] if a else 0.0) + (b[0] if b else 0.0)
-            n = (a[1] if a else 0) + (b[1] if b else 0)
-            mx = max(a[2] if a else -math.inf, b[2] if b else -math.inf)
-            x = mx if reduce == "max" else s if reduce == "sum" else s / n
-        variants.append(ust[0])
-        times.append(ust[1])
-        values.append(x)
+    acc: Accumulator, metric: str, spec: MetricSpec, extra: pl.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(variant, first_ts, value, segment combination) per unit served by a single variant,
+    in unit order; units without an outcome per ``spec.missing``."""
+    ex = acc.units.exposures().filter(~(pl.col("champion") & pl.col("challenger")))
+    parts = []
+    mid = acc.outcomes.metric_id(metric)
+    if mid is not None:
+        um = acc.units.metrics()
+        parts.append(um.filter(pl.col("metric") == mid).select("unit", "s", "n", "mx"))
+    if extra.height:
+        parts.append(extra.filter(pl.col("metric") == metric).select("unit", "s", "n", "mx"))
+    if parts:
+        vals = (
+            pl.concat(parts)
+            .group_by("unit")
+            .agg(pl.col("s").sum(), pl.col("n").sum(), pl.col("mx").max())
+        )
+    else:
+        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64,
+                                    "mx": pl.Float64})  # fmt: skip
+    df = ex.sort("unit").join(vals, on="unit", how="left", maintain_order="left")
+    if spec.reduce == "max":
+        x = pl.col("mx")
+    elif spec.reduce == "sum":
+        x = pl.col("s")
+    else:
+        x = pl.col("s") / pl.col("n")
+    df = df.with_columns(x=x)
+    if spec.missing_as_zero:
+        df = df.with_columns(pl.col("x").fill_null(0.0))
+    else:
+        df = df.filter(pl.col("n").is_not_null())
     return (
-        np.asarray(variants, dtype=np.int8),
-        np.asarray(times, dtype=float),
-        np.asarray(values, dtype=float),
+        df["challenger"].cast(pl.Int8).to_numpy(),
+        df["first_ts"].to_numpy(),
+        df["x"].cast(pl.Float64).to_numpy(),
+        df["combo"].to_numpy(),
     )
 
 
@@ -507,9 +509,7 @@ def _uplift(
     }
 
 
-def _metrics(
-    acc: Accumulator, policy: Policy, extra: dict[str, dict[str, list[float]]]
-) -> dict[str, Any]:
+def _metrics(acc: Accumulator, policy: Policy, extra: pl.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {}
     duration = _duration(acc) or 0.0
     for metric, (spec, inferred) in acc.specs.items():
@@ -528,7 +528,7 @@ def _metrics(
             var = (mm[0].var or 0.0, mm[1].var or 0.0)
             xs = (mm[0].s, mm[1].s)
         else:
-            v, t, x = _unit_metric_arrays(acc, metric, spec, extra)
+            v, t, x, _c = _unit_metric_arrays(acc, metric, spec, extra)
             sel = [x[v == i] for i in (0, 1)]
             n = (float(sel[0].size), float(sel[1].size))
             mean = tuple(float(s.mean()) if s.size else 0.0 for s in sel)  # type: ignore[assignment]
@@ -654,12 +654,10 @@ def _segments(acc: Accumulator, policy: Policy, metrics: dict[str, Any]) -> dict
         spec = acc.specs[pm.name][0]
         extra, _, _ = _unit_values(acc)
         per_seg: dict[tuple[str, str], list[list[float]]] = {}
-        v, _t, x = _unit_metric_arrays(acc, pm.name, spec, extra)
-        segs = [ust[2] for ust in acc.units.values() if ust[0] != 2]
-        if len(segs) == x.size:
-            for vi, xi, items in zip(v.tolist(), x.tolist(), segs, strict=True):
-                for item in items:
-                    per_seg.setdefault(item, [[], []])[vi].append(xi)
+        v, _t, x, combos = _unit_metric_arrays(acc, pm.name, spec, extra)
+        for vi, xi, c in zip(v.tolist(), x.tolist(), combos.tolist(), strict=True):
+            for item in acc.combo_keys[c]:
+                per_seg.setdefault(item, [[], []])[vi].append(xi)
         for rows_field, rows in by_field.items():
             for row in rows:
                 vals = per_seg.get((rows_field, row["value"]))

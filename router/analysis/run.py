@@ -1,42 +1,37 @@
 """Stream records and outcomes from JSONL files or Redis into an analysis (the I/O shell).
 
-Outcomes are read first (they are indexed for the join), then records are decoded and folded
-into an :class:`~router.analysis.accumulate.Accumulator` page by page, so memory does not grow
-with the number of records beyond the per-unit and per-request-id state. JSONL input can be
-split across worker processes: each takes the records whose request id hashes to it (so
-deduplication stays exact), and the accumulators are merged.
+Outcomes are read first (they are indexed for the join), then records are read a page at a
+time (8 MiB of a file, or a page of stream entries), parsed by polars into columns and folded
+into an :class:`~router.analysis.accumulate.Accumulator`, so memory does not grow with the
+number of records beyond the per-unit and per-request-id state. Reading and parsing run in a
+background thread (polars parses without holding the GIL) while the main thread folds the
+previous page; ``workers`` pages are parsed at once.
 """
 
 from __future__ import annotations
 
 import gc
 import gzip
-import itertools
 import logging
-import multiprocessing
-import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import orjson
+import polars as pl
+from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator
+from router.analysis.frames import prepare_records, record_schema
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
-from router.analysis.schema import (
-    DecodeError,
-    Record,
-    ValidationError,
-    decode_record,
-    record_decoder,
-)
 
-BATCH = 10_000
+CHUNK = 8 << 20
 REPLAY_SLACK_S = 3600.0
-READ_CHUNK = 4 << 20
 log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
@@ -58,41 +53,26 @@ def _open(path: str) -> IO[bytes] | gzip.GzipFile:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def _batches(lines: Iterable[bytes], batch: int) -> Iterator[list[bytes]]:
-    buf: list[bytes] = []
-    for line in lines:
-        line = line.strip()
-        if line:
-            buf.append(line)
-            if len(buf) >= batch:
-                yield buf
-                buf = []
-    if buf:
-        yield buf
-
-
-def iter_lines(path: str, batch: int = BATCH) -> Iterator[list[bytes]]:
-    """Non-empty lines of a (possibly gzipped) JSONL file, in batches."""
+def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
+    """A (possibly gzipped) JSONL file in chunks of whole lines of about ``size`` bytes."""
     with _open(path) as fh:
-        yield from _batches(fh, batch)
+        carry = b""
+        while True:
+            block = fh.read(size)
+            if not block:
+                if carry.strip():
+                    yield carry
+                return
+            block = carry + block if carry else block
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut:
+                yield block[:cut]
 
 
-def decode_records(lines: list[bytes]) -> tuple[list[Record], int]:
-    """Records of a batch of JSON lines and the number of malformed lines (one decode per line:
-    measured faster than joining the batch into one JSON array)."""
-    dec = record_decoder.decode
-    try:
-        return [dec(raw) for raw in lines], 0
-    except (DecodeError, ValidationError):
-        out = []
-        bad = 0
-        for raw in lines:
-            rec = decode_record(raw)
-            if rec is None:
-                bad += 1
-            else:
-                out.append(rec)
-        return out, bad
+def _joined(pages: Iterable[list[bytes]]) -> Iterator[bytes]:
+    for page in pages:
+        yield b"\n".join(page)
 
 
 def load_outcomes(src: Source) -> OutcomeIndex:
@@ -106,11 +86,11 @@ def load_outcomes(src: Source) -> OutcomeIndex:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
             pages = iter_raw_pages(client, key, src.since, None)
-            oi.add_raw(pages, src.experiment)
+            oi.add_raw(_joined(pages), src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:
-        oi.add_raw(iter_lines(src.outcomes_file), src.experiment)
+        oi.add_raw(iter_chunks(src.outcomes_file), src.experiment)
     return oi
 
 
@@ -121,7 +101,7 @@ def _id_until(src: Source) -> float | None:
     return None if src.until is None else src.until + REPLAY_SLACK_S
 
 
-def _record_pages(src: Source) -> Iterator[list[bytes]]:
+def _record_chunks(src: Source) -> Iterator[bytes]:
     if src.redis_url:
         from router.capture import make_sync_client
         from router.capture_reader import discover_pair_keys, iter_raw_pages
@@ -129,11 +109,11 @@ def _record_pages(src: Source) -> Iterator[list[bytes]]:
         client = make_sync_client(src.redis_url)
         try:
             for key in discover_pair_keys(client, src.experiment):  # one, or the shards
-                yield from iter_raw_pages(client, key, src.since, _id_until(src))
+                yield from _joined(iter_raw_pages(client, key, src.since, _id_until(src)))
         finally:
             client.close()
     elif src.pairs_file:
-        yield from iter_lines(src.pairs_file)
+        yield from iter_chunks(src.pairs_file)
 
 
 def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
@@ -156,139 +136,76 @@ def earliest_available(src: Source) -> float | None:
     return _id_span(src)[1]
 
 
-def iter_line_range(path: str, start: int, end: int, batch: int = BATCH) -> Iterator[list[bytes]]:
-    """Lines of ``path`` that *start* in the byte range ``[start, end)``, in batches."""
-    with open(path, "rb") as fh:
-        if start > 0:
-            fh.seek(start - 1)
-            fh.readline()  # finish the line that straddles the boundary (it belongs before)
-        offset = fh.tell()  # where the next line starts
+class Pages:
+    """Chunks of JSON lines read and parsed into record frames on a background thread
+    (``workers`` chunks parsed at once, ``ahead`` frames kept ready), from the moment it is
+    made: the outcomes can load meanwhile. Iterate to get ``(frame, invalid lines)`` in
+    order; :meth:`close` stops the reader."""
 
-        def lines() -> Iterator[bytes]:
-            nonlocal offset
-            carry = b""
-            while True:
-                chunk = fh.read(READ_CHUNK)
-                if not chunk:
-                    if carry and offset < end:
-                        yield carry
-                    return
-                parts = (carry + chunk).split(b"\n")
-                carry = parts.pop()
-                for line in parts:
-                    if offset >= end:
-                        return
-                    offset += len(line) + 1
-                    yield line
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        schema: dict[str, pl.DataType],
+        workers: int = 1,
+        ahead: int = 3,
+    ) -> None:
+        self._q: queue.Queue[Future[tuple[pl.DataFrame, int]] | BaseException | None] = (
+            queue.Queue(maxsize=max(ahead, workers + 1))
+        )
+        self._stop = threading.Event()
+        self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
+        self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
+        self._reader.start()
 
-        yield from _batches(lines(), batch)
+    def _put(self, item: Future[tuple[pl.DataFrame, int]] | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-
-def _rid_hashes(seen: set[int]) -> np.ndarray:
-    """Sorted fingerprints of the request ids a worker saw (their hashes, equal across forked
-    workers, which share the parent's hash seed)."""
-    out = np.fromiter(seen, dtype=np.int64, count=len(seen))
-    out.sort()
-    return out
-
-
-def fold(acc: Accumulator, pages: Iterable[list[bytes]], progress: Progress | None = None) -> None:
-    for page in pages:
-        recs, bad = decode_records(page)
-        acc.invalid += bad
-        acc.add(recs)
-        if progress is not None:
-            progress(len(page))
-
-
-# ---- parallel JSONL: forked workers inherit the outcome index (no pickling of it)
-_CTX: dict[str, Any] = {}
-
-
-def _worker(w: int) -> tuple[Accumulator, np.ndarray]:
-    src: Source = _CTX["src"]
-    lo, hi = _CTX["ranges"][w]
-    acc = Accumulator(
-        _CTX["policy"],
-        _CTX["outcomes"],
-        kind=_CTX["kind"],
-        since=src.since,
-        until=src.until,
-        experiment=src.experiment,
-        track_fields=_CTX["track_fields"],
-    )
-    if src.pairs_file is not None:
-        fold(acc, iter_line_range(src.pairs_file, int(lo), int(hi)))
-    else:
-        from router.capture import make_sync_client
-        from router.capture_reader import iter_raw_pages
-
-        assert src.redis_url is not None
-        client = make_sync_client(src.redis_url)  # a new connection: never share across fork
-        last = w == len(_CTX["ranges"]) - 1
+    def _produce(self) -> None:
         try:
-            for key in _CTX["keys"]:
-                fold(acc, iter_raw_pages(client, key, lo, hi, until_exclusive=not last))
-        finally:
-            client.close()
-    hashes = _rid_hashes(acc.seen)
-    acc.seen = set()  # shipped back as fingerprints only
-    acc.outcomes = OutcomeIndex()  # the parent has it; do not pickle it back
-    return acc, hashes
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="analyze-parse") as pool:
+                for chunk in self._chunks:
+                    if not self._put(pool.submit(prepare_records, chunk, self._schema)):
+                        return
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            self._put(exc)
+            return
+        self._put(None)
+
+    def __iter__(self) -> Iterator[tuple[pl.DataFrame, int]]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=5)
 
 
-def _ranges(src: Source, workers: int) -> list[tuple[float, float]] | None:
-    """Byte ranges of a file, or time ranges of a stream, one per worker."""
-    if src.pairs_file is not None:
-        if src.pairs_file.endswith(".gz"):
-            return None
-        size = os.path.getsize(src.pairs_file)
-        return [(size * w // workers, size * (w + 1) // workers) for w in range(workers)]
-    keys, first, last = _id_span(src)
-    _CTX["keys"] = keys
-    if first is None or last is None:
-        return None
-    lo = max(first, src.since) if src.since is not None else first
-    id_until = _id_until(src)
-    hi = min(last, id_until) if id_until is not None else last
-    if hi - lo < 0.01 * workers:
-        return None
-    cuts = [round(lo + (hi - lo) * w / workers, 3) for w in range(workers + 1)]
-    cuts[-1] = hi
-    return list(itertools.pairwise(cuts))
+def fold(acc: Accumulator, pages: Iterable[tuple[pl.DataFrame, int]],
+         progress: Progress | None = None) -> None:  # fmt: skip
+    """Fold parsed pages into ``acc`` in order."""
+    for df, bad in pages:
+        acc.invalid += bad
+        acc.add_frame(df)
+        if progress is not None:
+            progress(df.height + bad)
 
 
-def _parallel(
-    src: Source, policy: Policy, oi: OutcomeIndex, kind: str, workers: int, track_fields: bool
-) -> Accumulator | None:
-    """Ranges of the source folded by forked workers and merged; None when the source cannot
-    be split or a request id appears in two ranges (the caller then reads serially, so
-    deduplication stays exact)."""
-    ranges = _ranges(src, workers)
-    if ranges is None:
-        _CTX.clear()
-        return None
-    _CTX.update(
-        src=src, policy=policy, outcomes=oi, kind=kind, ranges=ranges, track_fields=track_fields
-    )
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pending = pool.map_async(_worker, range(workers))
-            import router.analysis.report  # noqa: F401 - warm scipy while the workers fold
-
-            parts = pending.get()
-    finally:
-        _CTX.clear()
-    for i in range(len(parts)):
-        for j in range(i + 1, len(parts)):
-            if np.intersect1d(parts[i][1], parts[j][1], assume_unique=True).size:
-                log.warning("request ids repeat across ranges; reading serially")
-                return None
-    acc = parts[0][0]
-    acc.outcomes = oi
-    for p, _h in parts[1:]:
-        acc.merge(p)
-    return acc
+def quiet_blas() -> threadpool_limits:
+    """One BLAS thread for the analysis: it works on vectors, and OpenBLAS's idle threads spin
+    after every call (measured: about 0.4 CPU-seconds per million records on 2 cores, and 3
+    before the folding code stopped calling ``np.dot``)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def accumulate(
@@ -301,17 +218,30 @@ def accumulate(
     progress: Progress | None = None,
     outcomes: OutcomeIndex | None = None,
 ) -> Accumulator:
-    """Read ``src`` into an accumulator (parallel over ``workers`` processes for files)."""
+    """Read ``src`` into an accumulator (``workers`` pages parsed at once)."""
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
+        with quiet_blas():
+            return _accumulate(src, policy, kind, workers, track_fields, progress, outcomes)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _accumulate(
+    src: Source,
+    policy: Policy,
+    kind: str,
+    workers: int,
+    track_fields: bool,
+    progress: Progress | None,
+    outcomes: OutcomeIndex | None,
+) -> Accumulator:
+    schema = record_schema(numeric=kind in ("score", "value"), fields=track_fields)
+    pages = Pages(_record_chunks(src), schema, workers)  # parses while the outcomes load
+    try:
         oi = outcomes if outcomes is not None else load_outcomes(src)
-        if workers > 1 and hasattr(os, "fork"):
-            merged = _parallel(src, policy, oi, kind, workers, track_fields)
-            if merged is not None:
-                if progress is not None:
-                    progress(merged.records + merged.invalid + merged.duplicates)
-                return merged
         acc = Accumulator(
             policy,
             oi,
@@ -321,11 +251,10 @@ def accumulate(
             experiment=src.experiment,
             track_fields=track_fields,
         )
-        fold(acc, _record_pages(src), progress)
+        fold(acc, pages, progress)
         return acc
     finally:
-        if gc_was:
-            gc.enable()
+        pages.close()
 
 
 def analyze(
@@ -351,13 +280,14 @@ def analyze(
         reference = reference_stats(ref_acc)
     from router.analysis.report import report_from
 
-    return report_from(
-        acc,
-        experiment=src.experiment,
-        split=split,
-        earliest_available=earliest_available(src),
-        reference=reference,
-    )
+    with quiet_blas():
+        return report_from(
+            acc,
+            experiment=src.experiment,
+            split=split,
+            earliest_available=earliest_available(src),
+            reference=reference,
+        )
 
 
 def read_json(path: str) -> Any:

@@ -3,15 +3,15 @@
 * :class:`Moments`: count, sum and sum of squares (mean and variance, exactly).
 * :class:`LogHistogram`: fixed log-spaced bins (2% wide) for latencies: quantiles within 1%,
   merged by adding counts.
-* :class:`HashSample`: bottom-k sample by a stable hash of the request id. The k smallest hashes
+* :class:`HashSample`: bottom-k sample by a hash of the request id. The k smallest hashes
   of a union are the k smallest of the two samples' hashes, so it merges exactly, and the same
   requests are sampled on every shard and in every process (no RNG state to share).
+* :class:`IdSet`: the request-id fingerprints seen, as sorted int64 runs (8 bytes an id).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ class Moments:
         if x.size:
             self.n += float(x.size)
             self.s += float(x.sum())
-            self.ss += float(np.dot(x, x))
+            self.ss += float((x * x).sum())  # not np.dot: BLAS threads spin after a call
 
     def merge(self, o: Moments) -> None:
         self.n += o.n
@@ -109,16 +109,11 @@ class LogHistogram:
         return LAT_MIN_MS * LAT_GROWTH ** (nz + 1.0), cum
 
 
-def stable_hash(key: str) -> int:
-    """A hash of ``key`` that is the same in every process (CRC-32; Python's ``hash`` is salted
-    per process). Ties are broken by the key itself, so the sample order is total."""
-    return zlib.crc32(key.encode())
-
-
 class HashSample:
-    """Bottom-k sample of numeric rows keyed by a stable hash of their request id.
+    """Bottom-k sample of numeric rows keyed by a hash of their request id
+    (:func:`router.analysis.frames.rid_hash`, the same in every process).
 
-    Rows are kept in numpy arrays; a batch is offered at once, so the cost per row is one CRC.
+    Rows are kept in numpy arrays and offered a batch at a time.
     The order is total (hash, then the row's values), so ``merge`` is exact and deterministic.
     """
 
@@ -129,12 +124,10 @@ class HashSample:
         self.rows = np.zeros((0, width), dtype=float)
         self.seen = 0
 
-    def add_batch(self, keys: list[str], rows: np.ndarray) -> None:
-        self.seen += len(keys)
-        if not keys:
-            return
-        h = np.fromiter((stable_hash(k) for k in keys), dtype=np.int64, count=len(keys))
-        self._offer(h, rows.reshape(len(keys), self.width))
+    def add_batch(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        self.seen += int(hashes.size)
+        if hashes.size:
+            self._offer(hashes.astype(np.int64), rows.reshape(hashes.size, self.width))
 
     def _offer(self, h: np.ndarray, rows: np.ndarray) -> None:
         if self.hashes.size >= self.k:
@@ -149,8 +142,11 @@ class HashSample:
 
     def _trim(self) -> None:
         if self.hashes.size > self.k:
-            order = self._order()[: self.k]
-            self.hashes, self.rows = self.hashes[order], self.rows[order]
+            keep = np.argpartition(self.hashes, self.k - 1)[: self.k]
+            kth = self.hashes[keep].max()
+            if np.count_nonzero(self.hashes <= kth) > self.k:  # a tie at the cut: total order
+                keep = self._order()[: self.k]
+            self.hashes, self.rows = self.hashes[keep], self.rows[keep]
 
     def _order(self) -> np.ndarray:
         keys = [self.rows[:, j] for j in range(self.width - 1, -1, -1)] + [self.hashes]
@@ -168,3 +164,46 @@ class HashSample:
     @property
     def complete(self) -> bool:
         return self.seen <= self.k
+
+
+class IdSet:
+    """A set of int64 fingerprints kept as sorted runs of doubling size (a small LSM tree):
+    membership by binary search in each run, insertion amortised O(log n) per id, 8 bytes an id
+    instead of the ~80 of a Python set of ints."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(r.size for r in self.runs)
+
+    def contains(self, h: np.ndarray) -> np.ndarray:
+        found = np.zeros(h.size, dtype=bool)
+        if not self.runs or not h.size:
+            return found
+        order = np.argsort(h)  # sorted queries: binary searches walk each run in order
+        q = h[order]
+        hit = np.zeros(h.size, dtype=bool)
+        for run in self.runs:
+            pos = np.searchsorted(run, q)
+            pos[pos == run.size] = 0
+            hit |= run[pos] == q
+        found[order] = hit
+        return found
+
+    def add_new(self, h: np.ndarray) -> None:
+        """Add ids known to be absent and distinct."""
+        if not h.size:
+            return
+        run = np.sort(h.astype(np.int64))
+        while self.runs and self.runs[-1].size <= run.size:
+            run = np.concatenate([self.runs.pop(), run])
+            run.sort(kind="stable")  # two sorted halves: merged in linear time
+        self.runs.append(run)
+
+    def merge(self, o: IdSet) -> None:
+        for run in o.runs:
+            self.add_new(run[~self.contains(run)])
+
+    def values(self) -> np.ndarray:
+        return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, dtype=np.int64)

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes for JSONL input (records are sharded by request id)",
+        help="pages of records parsed at once (parsing runs beside the folding thread)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib
     import os
+    import threading
 
     import orjson
 
@@ -101,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"router: cannot read --reference-stats: {exc}", file=sys.stderr)
             return 2
 
-    from router.analysis.run import Source, accumulate, earliest_available
+    from router.analysis.run import Source, accumulate, earliest_available, quiet_blas
+
+    # scipy (for the report) takes most of a second to import: do it while the data loads
+    threading.Thread(
+        target=importlib.import_module, args=("router.analysis.report",), daemon=True
+    ).start()
 
     tmp = None
     if args.synthetic:
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             or bool(args.write_reference_stats)
             or (args.reference_since is not None or args.reference_until is not None)
         )
-        acc = accumulate(  # (scipy, for the report, is imported while workers fold)
+        acc = accumulate(
             src, policy, kind=kind, workers=args.workers, track_fields=track, progress=progress
         )
         from router.analysis.report import reference_stats, report_from
@@ -158,13 +165,14 @@ def run(args: argparse.Namespace) -> int:
                     ref_src, policy, kind=kind, workers=args.workers, outcomes=OutcomeIndex()
                 )
             )
-        report = report_from(
-            acc,
-            experiment=args.experiment,
-            split=args.split,
-            earliest_available=earliest_available(src),
-            reference=reference,
-        )
+        with quiet_blas():
+            report = report_from(
+                acc,
+                experiment=args.experiment,
+                split=args.split,
+                earliest_available=earliest_available(src),
+                reference=reference,
+            )
     except OSError as exc:
         print(f"router: cannot read data: {exc}", file=sys.stderr)
         return 3

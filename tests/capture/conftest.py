@@ -26,7 +26,8 @@ class OwnRedis:
 
     def start(self) -> OwnRedis:
         self.proc = RedisProcess(self.data_dir, port=self.port, prefer_path=True,
-                                 appendonly=True, extra_args=self.extra).start()  # fmt: skip
+                                 appendonly=True, extra_args=self.extra,
+                                 allow_debug=True).start()  # fmt: skip
         return self
 
     def kill(self) -> None:

@@ -1,0 +1,130 @@
+"""Per-unit state of the live split, columnar and mergeable (pure; no I/O).
+
+For each unit (user, account) the analysis needs: which variants served it (a unit seen in both
+is excluded from uplift and counted), when it was first exposed and its segment then, and the
+sum, count and maximum of each outcome metric joined through its requests. Pages of records add
+their per-unit summaries as small polars frames; the pending frames are compacted (concatenated
+and re-aggregated) once they outgrow the compacted table, so memory follows the number of
+units, not of records. Every aggregate is a sum, max, min or "segment at the minimum", so
+``merge`` is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+EXPOSURE_SCHEMA: dict[str, pl.DataType] = {
+    "unit": pl.String(),
+    "champion": pl.Boolean(),
+    "challenger": pl.Boolean(),
+    "first_ts": pl.Float64(),
+    "combo": pl.Int64(),
+}
+METRIC_SCHEMA: dict[str, pl.DataType] = {
+    "unit": pl.String(),
+    "metric": pl.Int64(),
+    "s": pl.Float64(),
+    "n": pl.Int64(),
+    "mx": pl.Float64(),
+}
+_MIN_COMPACT = 200_000
+
+
+def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
+    return (
+        df.sort("first_ts", maintain_order=True)
+        .group_by("unit", maintain_order=True)
+        .agg(
+            pl.col("champion").max(),
+            pl.col("challenger").max(),
+            pl.col("first_ts").first(),
+            pl.col("combo").first(),  # the segment at first exposure
+        )
+    )
+
+
+def reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
+    return df.group_by("unit", "metric").agg(
+        pl.col("s").sum(), pl.col("n").sum(), pl.col("mx").max()
+    )
+
+
+class _Pending:
+    """Frames waiting to be reduced, compacted when they outgrow the last reduction."""
+
+    def __init__(self, schema: dict[str, pl.DataType], reduce: object) -> None:
+        self.schema = schema
+        self.reduce = reduce
+        self.frames: list[pl.DataFrame] = []
+        self.rows = 0
+        self.compacted = 0
+
+    def add(self, df: pl.DataFrame) -> None:
+        if df.height:
+            self.frames.append(df)
+            self.rows += df.height
+            if self.rows - self.compacted > max(_MIN_COMPACT, self.compacted):
+                self.table()
+
+    def table(self) -> pl.DataFrame:
+        if not self.frames:
+            return pl.DataFrame(schema=self.schema)
+        if len(self.frames) > 1 or self.rows != self.compacted:
+            out = self.reduce(pl.concat(self.frames))  # type: ignore[operator]
+            self.frames = [out]
+            self.rows = self.compacted = out.height
+        return self.frames[0]
+
+
+class UnitTable:
+    def __init__(self) -> None:
+        self._exposures = _Pending(EXPOSURE_SCHEMA, _reduce_exposures)
+        self._metrics = _Pending(METRIC_SCHEMA, reduce_metrics)
+
+    def add_exposures(
+        self, unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray
+    ) -> None:
+        """Rows of one page (units may repeat; order within the page does not matter)."""
+        df = pl.DataFrame(
+            {
+                "unit": unit,
+                "champion": variant == 0,
+                "challenger": variant == 1,
+                "first_ts": ts,
+                "combo": combo.astype(np.int64),
+            }
+        ).filter(pl.col("unit").is_not_null())
+        self._exposures.add(_reduce_exposures(df))
+
+    def add_metrics(self, unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> None:
+        """Outcome values joined through requests: one row per (unit, metric id, value)."""
+        df = pl.DataFrame(
+            {"unit": unit, "metric": metric.astype(np.int64), "s": value, "n": 1, "mx": value},
+            schema_overrides={"n": pl.Int64},
+        ).filter(pl.col("unit").is_not_null())
+        self._metrics.add(reduce_metrics(df))
+
+    def merge(self, o: UnitTable, combo_map: np.ndarray) -> None:
+        """Fold in another table; ``combo_map[i]`` is this table's id of the other's combo i."""
+        ex = o.exposures()
+        if ex.height:
+            mapped = pl.Series("combo", combo_map[ex["combo"].to_numpy()], dtype=pl.Int64)
+            self._exposures.add(ex.with_columns(mapped))
+        self._metrics.add(o.metrics())
+
+    def exposures(self) -> pl.DataFrame:
+        """One row per unit: unit, champion, challenger (served it), first_ts, combo."""
+        return self._exposures.table()
+
+    def metrics(self) -> pl.DataFrame:
+        """One row per (unit, metric id): sum, count and max of its request-joined values."""
+        return self._metrics.table()
+
+    def counts(self) -> list[int]:
+        """Units served only by the champion, only by the challenger, and by both."""
+        ex = self.exposures()
+        if not ex.height:
+            return [0, 0, 0]
+        c, h = ex["champion"].to_numpy(), ex["challenger"].to_numpy()
+        return [int((c & ~h).sum()), int((h & ~c).sum()), int((c & h).sum())]
