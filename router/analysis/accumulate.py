@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from router.analysis.frames import record_columns, records_frame
+from router.analysis.frames import Page, page_of, records_frame
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import MetricSpec, Policy
 from router.analysis.sketches import HashSample, IdSet, LogHistogram, Moments
@@ -223,7 +223,7 @@ class Accumulator:
         # segment combinations (tuples of (field, value) items), numbered for the unit table
         self.combo_ids: dict[tuple[Any, ...], int] = {}
         self.combo_keys: list[tuple[Any, ...]] = []
-        self._seg_cache: dict[str, tuple[Any, ...]] = {}
+        self._seg_cache: dict[str, tuple[Any, ...] | None] = {}
         self.request_metric_moments: dict[str, list[Moments]] = {
             m: [Moments(), Moments()] for m in self.request_metrics
         }
@@ -252,20 +252,20 @@ class Accumulator:
     def add(self, records: Iterable[Any]) -> None:
         """Fold in records given as dicts (DESIGN.md schema) or :class:`Record` structs."""
         df, bad = records_frame(records)
-        self.invalid += bad
-        self.add_frame(df)
+        self.add_page(page_of(df, bad))
 
-    def add_frame(self, df: pl.DataFrame) -> None:
-        """Fold in a page of records decoded by :mod:`router.analysis.frames` (as parsed, or
-        already as :func:`~router.analysis.frames.record_columns`). Everything is
-        columnar: filters and dedupe as masks, the outcome join by binary search, aggregates
-        by ``bincount`` per variant and segment; Python loops run per segment combination
-        and per distinct contract break, not per record."""
-        if not df.height:
+    def add_page(self, page: Page) -> None:
+        """Fold in a page of records (:func:`router.analysis.frames.prepare_records`).
+        Everything is columnar: filters and dedupe as masks, the outcome join by binary
+        search, aggregates by ``bincount`` per variant and segment; Python loops run per
+        segment combination and per distinct contract break, not per record."""
+        self.invalid += page.invalid
+        cols = page.cols
+        if not cols.height:
             return
-        cols = df if "h" in df.columns else record_columns(df)
+        seg_keys = self._segment_keys(page.segments)
         # one pass of masks, one filter: invalid, outside the window, invalid again (the
-        # served side missing), in the order the counts are attributed
+        # served side missing or the segment not an object of strings), in that order
         valid = (
             pl.col("rid").is_not_null() & pl.col("ts").is_finite() & pl.col("v").is_not_null()
         ).fill_null(False)
@@ -277,6 +277,9 @@ class Accumulator:
         if self.experiment:
             inside = inside & (pl.col("exp").is_null() | (pl.col("exp") == self.experiment))
         has_side = pl.when(pl.col("v") == 0).then(pl.col("c_in")).otherwise(pl.col("h_in"))
+        bad_segs = [i for i, key in enumerate(seg_keys) if key is None]
+        if bad_segs:
+            has_side = has_side & ~pl.col("segc").is_in(bad_segs)
         masks = cols.select(a=valid, b=inside.fill_null(False), c=has_side.fill_null(False))
         a, b, c = (masks[k].to_numpy() for k in "abc")
         keep = a & b & c
@@ -284,47 +287,41 @@ class Accumulator:
             self.invalid += int(np.count_nonzero(~a)) + int(np.count_nonzero(a & b & ~c))
             self.outside_window += int(np.count_nonzero(a & ~b))
             cols = cols.filter(pl.Series(keep))
-        seg_keys, seg_bad = self._segment_keys(cols["seg"])
-        if seg_bad:
-            kept = cols.filter(~pl.col("seg").is_in(list(seg_bad)).fill_null(False))
-            self.invalid += cols.height - kept.height
-            cols = kept
-        # duplicates: within the page, and against every page before
+        # duplicates: within the page (sorted by fingerprint, so repeats are adjacent and the
+        # first stays first), and against every page before
         h = cols["h"].to_numpy()
-        dup = ~cols["h"].is_first_distinct().to_numpy() | self.seen.contains(h)
+        dup = np.zeros(h.size, dtype=bool)
+        if h.size > 1:
+            dup[1:] = h[1:] == h[:-1]
+        dup |= self.seen.contains(h, presorted=True)
         if dup.any():
             self.duplicates += int(dup.sum())
             cols = cols.filter(pl.Series(~dup))
             h = h[~dup]
-        n = cols.height
-        if not n:
+        if not cols.height:
             return
         self.seen.add_new(h)
-        self.records += n
-        self._fold(cols, h, seg_keys)
+        self.records += cols.height
+        self._fold(cols, h, [() if k is None else k for k in seg_keys])
 
-    def _segment_keys(self, seg: pl.Series) -> tuple[dict[str, tuple[Any, ...]], set[str]]:
-        """Each distinct segment JSON of a page as its items; those that are not an object of
-        strings are invalid (as the record decoder would have it)."""
-        keys: dict[str, tuple[Any, ...]] = {}
-        bad: set[str] = set()
-        for text in seg.drop_nulls().unique().to_list():
+    def _segment_keys(self, segments: list[str]) -> list[tuple[Any, ...] | None]:
+        """The items of each segment JSON of a page, with () first (no segment); None for one
+        that is not an object of strings (invalid, as the record decoder would have it)."""
+        keys: list[tuple[Any, ...] | None] = [()]
+        for text in segments:
             key = self._seg_cache.get(text)
-            if key is None:
+            if key is None and text not in self._seg_cache:
                 try:
                     d = orjson.loads(text)
                 except orjson.JSONDecodeError:
                     d = None
-                if not isinstance(d, dict) or not all(isinstance(x, str) for x in d.values()):
-                    bad.add(text)
-                    continue
-                key = self._seg_cache[text] = tuple(d.items())
-            keys[text] = key
-        return keys, bad
+                ok = isinstance(d, dict) and all(isinstance(x, str) for x in d.values())
+                key = tuple(d.items()) if ok and isinstance(d, dict) else None
+                self._seg_cache[text] = key
+            keys.append(key)
+        return keys
 
-    def _fold(
-        self, cols: pl.DataFrame, h: np.ndarray, seg_keys: dict[str, tuple[Any, ...]]
-    ) -> None:
+    def _fold(self, cols: pl.DataFrame, h: np.ndarray, local: list[tuple[Any, ...]]) -> None:
         n = cols.height
         va = cols["v"].to_numpy().astype(np.int64)
         ts = cols["ts"].to_numpy()
@@ -337,21 +334,8 @@ class Accumulator:
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
         self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
 
-        # segment combinations: a local code per row, a global id for the unit table
-        local: list[tuple[Any, ...]] = [()]
-        code_of: dict[str | None, int] = {None: 0}
-        for text, key in seg_keys.items():
-            code_of[text] = len(local)
-            local.append(key)
-        seg_col = cols["seg"]
-        if len(local) > 1:
-            combo = (
-                seg_col.replace_strict(code_of, default=0, return_dtype=pl.Int64)
-                .fill_null(0)
-                .to_numpy()
-            )
-        else:
-            combo = np.zeros(n, dtype=np.int64)
+        # segment combinations: the page's code per row, a global id for the unit table
+        combo = cols["segc"].to_numpy()
         gids = np.asarray([self._combo_id(k) for k in local], dtype=np.int64)
         seg_of = [[self._segment(item) for item in key] for key in local]
         nc = len(local)
@@ -383,7 +367,7 @@ class Accumulator:
 
         # the request join: every outcome row of these requests, by binary search
         labels = np.full(n, np.nan)
-        left, right = self.outcomes.lookup(h)
+        left, right = self.outcomes.lookup(h, presorted=True)
         cnt = right - left
         hits = np.nonzero(cnt)[0]
         if hits.size:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -139,12 +140,31 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def prepare_records(
-    data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA
-) -> tuple[pl.DataFrame, int]:
-    """:func:`parse_records` then :func:`record_columns`."""
+@dataclass
+class Page:
+    """A page of records ready to fold: :func:`record_columns` sorted by request-id
+    fingerprint (stable, so the first of duplicates stays first), with ``segc`` numbering each
+    row's segment JSON (0: none, i: ``segments[i - 1]``), and the lines that were invalid."""
+
+    cols: pl.DataFrame
+    segments: list[str]
+    invalid: int = 0
+
+
+def page_of(df: pl.DataFrame, invalid: int = 0) -> Page:
+    cols = record_columns(df).sort("h", maintain_order=True)
+    segments = cols["seg"].drop_nulls().unique(maintain_order=True).to_list()
+    code = pl.col("seg").replace_strict(
+        segments, list(range(1, len(segments) + 1)), default=0, return_dtype=pl.Int64
+    )
+    return Page(cols.with_columns(segc=code.fill_null(0)), segments, invalid)
+
+
+def prepare_records(data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA) -> Page:
+    """:func:`parse_records` then :func:`page_of`: all the per-page work that needs no
+    accumulator state, done on whichever thread calls it."""
     df, bad = parse_records(data, schema)
-    return record_columns(df), bad
+    return page_of(df, bad)
 
 
 def records_frame(records: Iterable[Any]) -> tuple[pl.DataFrame, int]:

@@ -172,10 +172,14 @@ class OutcomeIndex:
             }
         return self._final
 
-    def lookup(self, rid_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, rid_hashes: np.ndarray, presorted: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """For each request-id fingerprint, the ``[left, right)`` slice of its outcomes in
         :attr:`rows` (empty when it has none)."""
         h = self.rows[0]
+        if presorted:
+            return np.searchsorted(h, rid_hashes, "left"), np.searchsorted(h, rid_hashes, "right")
         order = np.argsort(rid_hashes)  # sorted queries walk the index cache-friendly
         q = rid_hashes[order]
         left = np.empty(q.size, dtype=np.int64)

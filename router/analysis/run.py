@@ -26,7 +26,7 @@ import polars as pl
 from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator
-from router.analysis.frames import prepare_records, record_schema
+from router.analysis.frames import Page, prepare_records, record_schema
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 
@@ -139,8 +139,8 @@ def earliest_available(src: Source) -> float | None:
 class Pages:
     """Chunks of JSON lines read and parsed into record frames on a background thread
     (``workers`` chunks parsed at once, ``ahead`` frames kept ready), from the moment it is
-    made: the outcomes can load meanwhile. Iterate to get ``(frame, invalid lines)`` in
-    order; :meth:`close` stops the reader."""
+    made: the outcomes can load meanwhile. Iterate to get the :class:`Page` s in order;
+    :meth:`close` stops the reader."""
 
     def __init__(
         self,
@@ -149,15 +149,15 @@ class Pages:
         workers: int = 1,
         ahead: int = 3,
     ) -> None:
-        self._q: queue.Queue[Future[tuple[pl.DataFrame, int]] | BaseException | None] = (
-            queue.Queue(maxsize=max(ahead, workers + 1))
+        self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
+            maxsize=max(ahead, workers + 1)
         )
         self._stop = threading.Event()
         self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
         self._reader.start()
 
-    def _put(self, item: Future[tuple[pl.DataFrame, int]] | BaseException | None) -> bool:
+    def _put(self, item: Future[Page] | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._q.put(item, timeout=0.1)
@@ -177,7 +177,7 @@ class Pages:
             return
         self._put(None)
 
-    def __iter__(self) -> Iterator[tuple[pl.DataFrame, int]]:
+    def __iter__(self) -> Iterator[Page]:
         while True:
             item = self._q.get()
             if item is None:
@@ -191,14 +191,12 @@ class Pages:
         self._reader.join(timeout=5)
 
 
-def fold(acc: Accumulator, pages: Iterable[tuple[pl.DataFrame, int]],
-         progress: Progress | None = None) -> None:  # fmt: skip
+def fold(acc: Accumulator, pages: Iterable[Page], progress: Progress | None = None) -> None:
     """Fold parsed pages into ``acc`` in order."""
-    for df, bad in pages:
-        acc.invalid += bad
-        acc.add_frame(df)
+    for page in pages:
+        acc.add_page(page)
         if progress is not None:
-            progress(df.height + bad)
+            progress(page.cols.height + page.invalid)
 
 
 def quiet_blas() -> threadpool_limits:

@@ -177,12 +177,13 @@ class IdSet:
     def __len__(self) -> int:
         return sum(r.size for r in self.runs)
 
-    def contains(self, h: np.ndarray) -> np.ndarray:
+    def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
         found = np.zeros(h.size, dtype=bool)
         if not self.runs or not h.size:
             return found
-        order = np.argsort(h)  # sorted queries: binary searches walk each run in order
-        q = h[order]
+        # sorted queries: the binary searches walk each run in order
+        order = np.arange(h.size) if presorted else np.argsort(h)
+        q = h if presorted else h[order]
         hit = np.zeros(h.size, dtype=bool)
         for run in self.runs:
             pos = np.searchsorted(run, q)

@@ -32,15 +32,12 @@ _MIN_COMPACT = 200_000
 
 
 def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
-    return (
-        df.sort("first_ts", maintain_order=True)
-        .group_by("unit", maintain_order=True)
-        .agg(
-            pl.col("champion").max(),
-            pl.col("challenger").max(),
-            pl.col("first_ts").first(),
-            pl.col("combo").first(),  # the segment at first exposure
-        )
+    return df.group_by("unit").agg(
+        pl.col("champion").max(),
+        pl.col("challenger").max(),
+        pl.col("first_ts").min(),
+        # the segment at first exposure (the earliest row wins a tie: arg_min is the first)
+        pl.col("combo").get(pl.col("first_ts").arg_min()),
     )
 
 
@@ -95,7 +92,7 @@ class UnitTable:
                 "combo": combo.astype(np.int64),
             }
         ).filter(pl.col("unit").is_not_null())
-        self._exposures.add(_reduce_exposures(df))
+        self._exposures.add(df)  # reduced with the others when they outgrow the table
 
     def add_metrics(self, unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> None:
         """Outcome values joined through requests: one row per (unit, metric id, value)."""
@@ -103,7 +100,7 @@ class UnitTable:
             {"unit": unit, "metric": metric.astype(np.int64), "s": value, "n": 1, "mx": value},
             schema_overrides={"n": pl.Int64},
         ).filter(pl.col("unit").is_not_null())
-        self._metrics.add(reduce_metrics(df))
+        self._metrics.add(df)
 
     def merge(self, o: UnitTable, combo_map: np.ndarray) -> None:
         """Fold in another table; ``combo_map[i]`` is this table's id of the other's combo i."""
