@@ -79,7 +79,9 @@ def rid_hash(col: pl.Expr | pl.Series) -> Any:
 
 
 def _read(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    return pl.read_ndjson(data, schema=schema) if data.strip() else empty(schema)
+    if not data or data.isspace():  # (isspace stops at the first other byte; strip copies)
+        return empty(schema)
+    return pl.read_ndjson(data, schema=schema)
 
 
 def parse_records(
