@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy import stats as st
-from scipy.spatial.distance import jensenshannon
 
 from router.analysis import stats
 from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
@@ -313,7 +312,7 @@ def _distribution_stats(xs: np.ndarray, ys: np.ndarray, policy: Policy) -> dict[
         "psi_band": stats.psi_band(stats.psi(cx, cy)),
         "psi_bins": int(edges.size + 1),
         "ks": {"statistic": f(ks.statistic), "p_value": f(ks.pvalue)},
-        "js_distance": f(jensenshannon(cx / cx.sum(), cy / cy.sum())),
+        "js_distance": f(stats.jensen_shannon(cx, cy)),
         "wasserstein": f(wd),
         "wasserstein_normalised": f(wd / sdx) if sdx > 0 else None,
     }
@@ -790,13 +789,13 @@ def _drift(acc: Accumulator, policy: Policy, reference: dict[str, Any] | None) -
             for b, c in cur_num.items():
                 cc[int(np.searchsorted(edges, fine_bin_value(b), side="right"))] += c
             p = stats.psi(rc, cc)
-            js = jensenshannon(rc / rc.sum(), cc / cc.sum()) if rc.sum() and cc.sum() else None
+            js = stats.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
         elif "categories" in ref and cur_cat:
             cats = sorted(set(ref["categories"]) | set(cur_cat))
             rc = np.asarray([ref["categories"].get(c, 0) for c in cats], dtype=float)
             cc = np.asarray([cur_cat.get(c, 0) for c in cats], dtype=float)
             p = stats.psi(rc, cc)
-            js = jensenshannon(rc / rc.sum(), cc / cc.sum()) if rc.sum() and cc.sum() else None
+            js = stats.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
         else:
             continue
         out["fields"][name] = {

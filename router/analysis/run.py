@@ -30,7 +30,7 @@ from router.analysis.frames import Page, prepare_records, record_schema
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 
-CHUNK = 8 << 20
+CHUNK = 12 << 20
 REPLAY_SLACK_S = 3600.0
 log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
@@ -146,8 +146,8 @@ class Pages:
         self,
         chunks: Iterable[bytes],
         schema: dict[str, pl.DataType],
-        workers: int = 1,
-        ahead: int = 3,
+        workers: int = 2,
+        ahead: int = 2,
     ) -> None:
         self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
             maxsize=max(ahead, workers + 1)
@@ -211,7 +211,7 @@ def accumulate(
     policy: Policy,
     *,
     kind: str = "score",
-    workers: int = 1,
+    workers: int = 2,
     track_fields: bool = True,
     progress: Progress | None = None,
     outcomes: OutcomeIndex | None = None,
@@ -261,7 +261,7 @@ def analyze(
     *,
     kind: str = "score",
     split: float | None = None,
-    workers: int = 1,
+    workers: int = 2,
     reference: dict[str, Any] | None = None,
     reference_src: Source | None = None,
     progress: Progress | None = None,

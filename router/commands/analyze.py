@@ -65,8 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="pages of records parsed at once (parsing runs beside the folding thread)",
+        default=2,
+        help="pages of records parsed at once, beside the thread that folds them (default 2)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")

@@ -115,6 +115,8 @@ def test_ks_and_js_equal_scipy() -> None:
     p = list(rng.random(6))
     q = list(rng.random(6))
     assert js_distance(p, q) == pytest.approx(jensenshannon(p, q), rel=1e-12)
+    pz, qz = np.array([*p, 0.0]), np.array([*q, 0.3])  # an empty bin on one side
+    assert stats.jensen_shannon(pz, qz) == pytest.approx(jensenshannon(pz, qz), rel=1e-12)
     # the report's KS is scipy's ks_2samp on the (complete) hash sample: checked end to end
     from router.analysis import build_report
     from router.analysis.synth import SynthSpec, dataset
