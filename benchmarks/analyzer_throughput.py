@@ -3,7 +3,8 @@
 Generates a seeded synthetic experiment (``router.analysis.synth``: 100% mirrored pairs, a live
 50% split, Zipf units, labels and conversions), writes it as JSONL and loads it into a throwaway
 redis-server, then times ``router analyze --format json`` as a subprocess from each source,
-sampling the resident memory of its whole process tree every 100 ms.
+with ``--workers 1`` and ``--workers N`` (pages parsed at once beside the folding thread),
+sampling the resident memory of its process tree every 100 ms.
 
 Usage::
 
@@ -100,7 +101,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--units", type=int, default=200_000)
-    ap.add_argument("--workers", type=int, default=2, help="JSONL worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="parse threads of the second run")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--skip-redis", action="store_true")
     a = ap.parse_args()
@@ -120,7 +121,7 @@ def main() -> int:
         for workers in sorted({1, a.workers}):
             r = run_analyze(["--pairs", str(pairs), "--outcomes", str(outs),
                              "--workers", str(workers)])
-            r |= {"source": f"jsonl, {workers} process{'es' if workers > 1 else ''}",
+            r |= {"source": f"jsonl, --workers {workers}",
                   "records_per_s": a.records / r["wall_s"]}
             rows.append(r)
         if not a.skip_redis:
@@ -131,8 +132,7 @@ def main() -> int:
                 print(f"loaded Redis in {time.perf_counter() - t:.1f} s")
                 for workers in sorted({1, a.workers}):
                     r = run_analyze(["--redis", rp.url, "--workers", str(workers)])
-                    plural = "es" if workers > 1 else ""
-                    r |= {"source": f"redis, {workers} process{plural}",
+                    r |= {"source": f"redis, --workers {workers}",
                           "records_per_s": a.records / r["wall_s"]}  # fmt: skip
                     rows.append(r)
             finally:

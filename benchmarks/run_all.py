@@ -124,11 +124,11 @@ def render(results: dict[str, Any]) -> str:
     if an.get("status") == "ok":
         lines += [f"**Analyzer** (`analyzer_throughput.py`, {an['records']:,} records, "
                   f"{an['outcomes']:,} outcomes, `router analyze` end to end)", "",
-                  "| source | records/s | wall s | peak RSS (all processes) | largest process |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| source | records/s | wall s | peak RSS |",
+                  "|---|---:|---:|---:|"]
         for r in an["runs"]:
             lines.append(f"| {r['source']} | {_fmt(r['records_per_s'])} | {r['wall_s']:.1f} | "
-                         f"{r['peak_rss_mb']:.0f} MB | {r['peak_rss_one_process_mb']:.0f} MB |")
+                         f"{r['peak_rss_mb']:.0f} MB |")
         lines.append("")
     else:
         lines += [f"**Analyzer**: {an.get('status', 'not run')} {an.get('detail', '')}", ""]

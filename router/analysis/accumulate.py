@@ -1,7 +1,8 @@
 """Reduce captured records into mergeable aggregates (pure; no I/O).
 
-:class:`Accumulator` consumes records (DESIGN.md schema v1) in any number of batches, joins the
-outcomes of an :class:`~router.analysis.outcomes_index.OutcomeIndex`, and keeps only summaries:
+:class:`Accumulator` consumes pages of records (DESIGN.md schema v1, decoded into columns by
+:mod:`router.analysis.frames`), joins the outcomes of an
+:class:`~router.analysis.outcomes_index.OutcomeIndex`, and keeps only summaries:
 counts, :class:`~router.analysis.sketches.Moments`, latency histograms, a bottom-k hash sample
 of mirrored pairs, per-unit state for the live split, per-segment tallies. ``a.merge(b)`` of two
 accumulators over disjoint records equals one accumulator over both (tested), so windows,
@@ -31,23 +32,10 @@ VARIANTS = ("champion", "challenger")
 EPS = 1e-15
 
 
-def is_error(side: dict[str, Any]) -> bool:
-    status = side.get("status")
-    return side.get("error") is not None or status is None or status >= 500
-
-
 def class_key(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
-
-
-def as_float(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return float(v)
-    return None
 
 
 def as_vector(v: Any) -> list[float] | None:
@@ -72,15 +60,9 @@ def js_distance(p: list[float], q: list[float]) -> float:
     return math.sqrt(max(total / 2, 0.0))
 
 
-def fine_bin(x: float) -> int:
-    """Signed log bin (1% wide) of a real number, for mergeable drift histograms."""
-    if abs(x) < 1e-9:
-        return 0
-    b = int(math.log(abs(x) / 1e-9) / math.log(1.01)) + 1
-    return b if x > 0 else -b
-
-
 def fine_bin_value(b: int) -> float:
+    """The middle of signed log bin ``b`` (1% wide) of the drift histograms (values are binned,
+    vectorised, in :meth:`Accumulator._add_fields`)."""
     if b == 0:
         return 0.0
     v = 1e-9 * 1.01 ** (abs(b) - 0.5)

@@ -1,9 +1,9 @@
-"""Typed views of the record and outcome formats (DESIGN.md v1) for fast decoding.
+"""A typed view of the record format (DESIGN.md v1), the analyzer's rules for a valid record.
 
-``msgspec`` decodes JSON straight into these structs, validating types in C (about twice as
-fast as ``orjson`` into dicts, then attribute access instead of dict lookups): the analyzer's
-per-record cost is dominated by this step. Unknown keys are ignored, so newer writers that add
-keys stay readable.
+``msgspec`` validates records given as dicts (the in-memory API) and the lines of a page that
+the columnar reader (:mod:`router.analysis.frames`) rejects, one at a time, so a bad line is
+counted and skipped instead of failing its page. Unknown keys are ignored, so newer writers
+that add keys stay readable.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ class Record(msgspec.Struct, gc=False):
 
 
 record_decoder = msgspec.json.Decoder(Record)
-ValidationError = msgspec.ValidationError
-DecodeError = msgspec.DecodeError
 
 
 def decode_record(raw: bytes | str) -> Record | None:
@@ -56,5 +54,3 @@ def record_from_dict(d: Any) -> Record | None:
     except (msgspec.ValidationError, TypeError):
         return None
 
-
-list_decoder = msgspec.json.Decoder(list[Record])

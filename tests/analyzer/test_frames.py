@@ -1,0 +1,129 @@
+"""The columnar reader: pages of JSON lines into frames, fallbacks, fingerprint sets, chunking,
+compaction of the unit table and the background parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+
+from router.analysis import Policy, build_report
+from router.analysis import units as units_mod
+from router.analysis.accumulate import Accumulator
+from router.analysis.frames import prepare_records, record_schema
+from router.analysis.outcomes_index import OutcomeIndex
+from router.analysis.policy import PrimaryMetric
+from router.analysis.report import report_from
+from router.analysis.run import Pages, Source, accumulate, fold, iter_chunks
+from router.analysis.sketches import IdSet
+from router.analysis.synth import SynthSpec, dataset
+
+from .test_report import assert_close, without_time
+
+
+def _lines(recs: list[Any]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in recs)
+
+
+def test_a_bad_line_costs_only_itself() -> None:
+    recs, _ = dataset(SynthSpec(n=300, seed=31))
+    bad_ts = dict(recs[5], request_id="bad-ts", ts="yesterday")
+    data = _lines(recs[:100]) + b"{not json\n" + _lines([bad_ts]) + _lines(recs[100:])
+    page = prepare_records(data, record_schema(numeric=True, fields=False))
+    assert page.invalid == 2
+    assert page.cols.height == 300
+    assert set(page.cols["rid"].to_list()) == {r["request_id"] for r in recs}
+
+
+def test_text_predictions_fall_back_to_the_general_schema_not_to_invalid() -> None:
+    recs, _ = dataset(SynthSpec(n=200, seed=32))
+    recs[50]["champion"]["prediction"] = "n/a"  # a score model answering text, once
+    page = prepare_records(_lines(recs), record_schema(numeric=True, fields=False))
+    assert page.invalid == 0 and page.cols.height == 200
+    assert page.cols["cp"].dtype == pl.String
+
+
+def test_segment_keys_first_seen_late_in_a_page_are_kept() -> None:
+    """Segments are read as JSON text, so a key that appears only after the rows polars would
+    sample for a schema is not dropped."""
+    recs, outs = dataset(SynthSpec(n=2000, seed=33))
+    for i, r in enumerate(recs):
+        if i >= 1500:
+            r["segment"] = dict(r.get("segment") or {}, plan="pro" if i % 2 else "free")
+    rep = build_report(recs, outs, experiment="synth", split=0.5)
+    plans = {row["value"]: row for row in rep["segments"]["fields"]["plan"]}
+    assert set(plans) == {"pro", "free"}
+    assert sum(sum(row["requests"]) for row in plans.values()) == 500
+
+
+def test_idset_matches_a_python_set() -> None:
+    rng = np.random.default_rng(34)
+    ids, ref = IdSet(), set()
+    for _ in range(40):
+        batch = rng.integers(-(2**40), 2**40, rng.integers(1, 500))
+        batch = np.unique(batch)
+        seen = ids.contains(batch)
+        assert seen.tolist() == [int(x) in ref for x in batch]
+        ids.add_new(batch[~seen])
+        ref.update(int(x) for x in batch)
+    assert len(ids) == len(ref)
+    assert ids.values().tolist() == sorted(ref)
+    other = IdSet()
+    extra = np.unique(rng.integers(-(2**40), 2**40, 300))
+    other.add_new(extra)
+    ids.merge(other)
+    assert ids.values().tolist() == sorted(ref | {int(x) for x in extra})
+
+
+def test_chunks_keep_lines_whole(tmp_path: Path) -> None:
+    lines = [orjson.dumps({"i": i, "pad": "x" * (i % 13)}) for i in range(200)]
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"\n".join(lines))  # no newline at the end
+    chunks = list(iter_chunks(str(path), size=37))
+    assert all(c.endswith(b"\n") for c in chunks[:-1])
+    assert b"".join(chunks).split(b"\n") == lines
+
+
+def test_unit_table_compaction_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = Policy(min_samples=100, primary_metric=PrimaryMetric(name="converted"))
+    recs, outs = dataset(SynthSpec(n=5000, units=400, seed=35, conversion_uplift=0.05))
+
+    def run() -> dict[str, Any]:
+        oi = OutcomeIndex()
+        oi.add_all(outs, "synth")
+        acc = Accumulator(policy, oi, experiment="synth")
+        for i in range(0, len(recs), 250):  # many pages: many pending unit frames
+            acc.add(recs[i : i + 250])
+        return without_time(report_from(acc, experiment="synth", split=0.5))
+
+    plain = run()
+    monkeypatch.setattr(units_mod, "_MIN_COMPACT", 50)  # compact after every page or two
+    assert_close(run(), plain)
+
+
+def test_a_failing_reader_raises_in_the_folding_thread() -> None:
+    recs, _ = dataset(SynthSpec(n=100, seed=36))
+
+    def chunks() -> Iterator[bytes]:
+        yield _lines(recs)
+        raise OSError("disk went away")
+
+    acc = Accumulator(Policy(), OutcomeIndex(), experiment="synth")
+    pages = Pages(chunks(), record_schema(numeric=True, fields=False), workers=2)
+    try:
+        with pytest.raises(OSError, match="disk went away"):
+            fold(acc, pages)
+    finally:
+        pages.close()
+    assert acc.records == 100
+
+
+def test_missing_file_is_an_oserror_from_accumulate(tmp_path: Path) -> None:
+    src = Source("x", pairs_file=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(OSError):
+        accumulate(src, Policy())
