@@ -25,7 +25,7 @@ import polars as pl
 from router.analysis.frames import Page, page_of, records_frame
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import MetricSpec, Policy
-from router.analysis.sketches import HashSample, IdSet, LogHistogram, Moments
+from router.analysis.sketches import LAT_BINS, HashSample, IdSet, LogHistogram, Moments, lat_bin
 from router.analysis.units import UnitTable
 
 VARIANTS = ("champion", "challenger")
@@ -125,6 +125,9 @@ class SegmentAgg:
     requests: list[int] = field(default_factory=lambda: [0, 0])
     errors: list[int] = field(default_factory=lambda: [0, 0])
     latency: list[Moments] = field(default_factory=lambda: [Moments(), Moments()])
+    latency_hist: list[LogHistogram] = field(
+        default_factory=lambda: [LogHistogram(), LogHistogram()]
+    )
     pairs: int = 0
     agree: int = 0
     abs_diff: float = 0.0
@@ -142,6 +145,7 @@ class SegmentAgg:
             self.requests[i] += o.requests[i]
             self.errors[i] += o.errors[i]
             self.latency[i].merge(o.latency[i])
+            self.latency_hist[i].merge(o.latency_hist[i])
             self.predictions[i] += o.predictions[i]
             self.positives[i] += o.positives[i]
             self.correct[i] += o.correct[i]
@@ -381,10 +385,14 @@ class Accumulator:
         ln = np.bincount(cv, weights=has_lat, minlength=2 * nc)
         ls = np.bincount(cv, weights=lat0, minlength=2 * nc)
         lss = np.bincount(cv, weights=lat0 * lat0, minlength=2 * nc)
+        hist = np.bincount(
+            cv[has_lat] * LAT_BINS + lat_bin(lat[has_lat]), minlength=2 * nc * LAT_BINS
+        ).reshape(nc, 2, LAT_BINS)
         for k, aggs in enumerate(seg_of):
             for agg in aggs:
                 for v in (0, 1):
                     j = 2 * k + v
+                    agg.latency_hist[v].counts += hist[k, v]
                     agg.requests[v] += int(req[j])
                     agg.errors[v] += int(errs[j])
                     mo = agg.latency[v]

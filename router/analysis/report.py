@@ -635,6 +635,7 @@ def _segments(acc: Accumulator, policy: Policy, metrics: dict[str, Any]) -> dict
             f(agg.errors[i] / agg.requests[i]) if agg.requests[i] else None for i in (0, 1)
         ]
         row["latency_mean_ms"] = [f(agg.latency[i].mean) for i in (0, 1)]
+        row["latency_p95_ms"] = [f(agg.latency_hist[i].quantile(0.95)) for i in (0, 1)]
         row["pairs"] = agg.pairs
         row["agreement"] = f(agg.agree / agg.pairs) if agg.pairs else None
         row["mean_abs_diff"] = (
