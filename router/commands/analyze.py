@@ -11,6 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router.analysis.policy import Policy
+    from router.analysis.reader import Pages, Source
 
 
 def _time_arg(text: str) -> float:
@@ -80,21 +85,12 @@ def run(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from router.analysis.policy import load_policy
-    from router.config import ConfigError
-
-    try:
-        policy = load_policy(args.policy)
-    except ConfigError as exc:
-        print(f"router: invalid policy: {exc}", file=sys.stderr)
-        return 2
     if args.outcomes and not args.pairs:
         print("router: --outcomes needs --pairs", file=sys.stderr)
         return 2
     if args.workers < 1:
         print("router: --workers must be at least 1", file=sys.stderr)
         return 2
-    kind = args.kind or policy.prediction_kind or "score"
     reference = None
     if args.reference_stats:
         try:
@@ -102,52 +98,95 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, orjson.JSONDecodeError) as exc:
             print(f"router: cannot read --reference-stats: {exc}", file=sys.stderr)
             return 2
+    track = (
+        reference is not None
+        or bool(args.write_reference_stats)
+        or (args.reference_since is not None or args.reference_until is not None)
+    )
+    policy = None
+    if args.synthetic:  # check the policy before generating the data
+        policy = _policy(args.policy)
+        if policy is None:
+            return 2
+    url = args.redis or os.environ.get("REDIS_URL")
+    if not (args.synthetic or args.pairs or url):
+        print(
+            "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE "
+            "or --synthetic N",
+            file=sys.stderr,
+        )
+        return 2
 
-    from router.analysis.run import Source, accumulate, earliest_available, quiet_blas
-
-    # scipy (for the report) takes most of a second to import: do it while the data loads
-    threading.Thread(
-        target=importlib.import_module, args=("router.analysis.report",), daemon=True
-    ).start()
+    from router.analysis.reader import NUMERIC_KINDS, Source, read_pages
 
     tmp = None
     if args.synthetic:
         tmp = _synthetic_files(args.experiment, args.synthetic, args.seed)
-        src = Source(
-            args.experiment,
-            pairs_file=tmp[0],
-            outcomes_file=tmp[1],
-            since=args.since,
-            until=args.until,
-        )
+        src = Source(args.experiment, pairs_file=tmp[0], outcomes_file=tmp[1],
+                     since=args.since, until=args.until)  # fmt: skip
     elif args.pairs:
-        src = Source(
-            args.experiment,
-            pairs_file=args.pairs,
-            outcomes_file=args.outcomes,
-            since=args.since,
-            until=args.until,
-        )
+        src = Source(args.experiment, pairs_file=args.pairs, outcomes_file=args.outcomes,
+                     since=args.since, until=args.until)  # fmt: skip
     else:
-        url = args.redis or os.environ.get("REDIS_URL")
-        if not url:
-            print(
-                "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE "
-                "or --synthetic N",
-                file=sys.stderr,
-            )
-            return 2
         src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
+    # start reading the records now: the policy, the analysis code and scipy import while the
+    # first pages parse (the schema assumes numeric predictions unless told otherwise, and is
+    # switched should the policy name another kind)
+    guess = args.kind or (policy.prediction_kind if policy else None) or "score"
+    pages = read_pages(src, guess, track, args.workers)
+    try:
+        if policy is None:
+            policy = _policy(args.policy)
+            if policy is None:
+                return 2
+        kind = args.kind or policy.prediction_kind or "score"
+        if (kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS):
+            pages.close()
+            pages = read_pages(src, kind, track, args.workers)
+
+        # scipy (for the report) takes most of a second to import: do it while the data loads
+        threading.Thread(
+            target=importlib.import_module, args=("router.analysis.report",), daemon=True
+        ).start()
+        return _analyse(args, src, policy, kind, track, reference, pages)
+    finally:
+        pages.close()
+        if tmp:
+            for path in tmp:
+                os.unlink(path)
+
+
+def _policy(path: str | None) -> Policy | None:
+    """The policy, or None after saying why it is invalid."""
+    from router.analysis.policy import load_policy
+    from router.config import ConfigError
+
+    try:
+        return load_policy(path)
+    except ConfigError as exc:
+        print(f"router: invalid policy: {exc}", file=sys.stderr)
+        return None
+
+
+def _analyse(
+    args: argparse.Namespace,
+    src: Source,
+    policy: Policy,
+    kind: str,
+    track: bool,
+    reference: dict[str, Any] | None,
+    pages: Pages,
+) -> int:
+    """Fold the records being read, write the report; 3 when the data cannot be read."""
+    import orjson
+
+    from router.analysis.reader import Source
+    from router.analysis.run import accumulate, earliest_available, quiet_blas
+
     progress, close = _progress(args.progress)
     try:
-        track = (
-            reference is not None
-            or bool(args.write_reference_stats)
-            or (args.reference_since is not None or args.reference_until is not None)
-        )
-        acc = accumulate(
-            src, policy, kind=kind, workers=args.workers, track_fields=track, progress=progress
-        )
+        acc = accumulate(src, policy, kind=kind, workers=args.workers, track_fields=track,
+                         progress=progress, pages=pages)  # fmt: skip
         from router.analysis.report import reference_stats, report_from
 
         if args.reference_since is not None or args.reference_until is not None:
@@ -185,9 +224,6 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         close()
-        if tmp:
-            for path in tmp:
-                os.unlink(path)
     if args.write_reference_stats:
         with open(args.write_reference_stats, "wb") as fh:
             fh.write(orjson.dumps(reference_stats(acc), option=orjson.OPT_INDENT_2))

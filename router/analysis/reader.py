@@ -1,0 +1,146 @@
+"""Records read from JSONL files or Redis and parsed into pages on background threads.
+
+Kept apart from the analysis (no pydantic, no scipy) so a command can start reading as soon as
+it knows its source and let its other imports happen while the first pages parse.
+"""
+
+from __future__ import annotations
+
+import gzip
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import polars as pl
+
+from router.analysis.frames import Page, prepare_records, record_schema
+
+CHUNK = 12 << 20
+REPLAY_SLACK_S = 3600.0
+NUMERIC_KINDS = ("score", "value")
+
+
+@dataclass
+class Source:
+    """Where the data comes from: JSONL files or a Redis URL (exactly one)."""
+
+    experiment: str
+    pairs_file: str | None = None
+    outcomes_file: str | None = None
+    redis_url: str | None = None
+    since: float | None = None
+    until: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _open(path: str) -> IO[bytes] | gzip.GzipFile:
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
+    """A (possibly gzipped) JSONL file in chunks of whole lines of about ``size`` bytes."""
+    with _open(path) as fh:
+        carry = b""
+        while True:
+            block = fh.read(size)
+            if not block:
+                if carry.strip():
+                    yield carry
+                return
+            block = carry + block if carry else block
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut:
+                yield block[:cut]
+
+
+def joined(pages: Iterable[list[bytes]]) -> Iterator[bytes]:
+    for page in pages:
+        yield b"\n".join(page)
+
+
+def id_until(src: Source) -> float | None:
+    """Upper bound on stream ids for the window: records replayed from a router's spool after a
+    Redis outage are stored late (their id is the replay time, their ``ts`` the request's), so
+    ids are read up to ``REPLAY_SLACK_S`` past ``until`` and records are then kept by ``ts``."""
+    return None if src.until is None else src.until + REPLAY_SLACK_S
+
+
+def record_chunks(src: Source) -> Iterator[bytes]:
+    if src.redis_url:
+        from router.capture import make_sync_client
+        from router.capture_reader import discover_pair_keys, iter_raw_pages
+
+        client = make_sync_client(src.redis_url)
+        try:
+            for key in discover_pair_keys(client, src.experiment):  # one, or the shards
+                yield from joined(iter_raw_pages(client, key, src.since, id_until(src)))
+        finally:
+            client.close()
+    elif src.pairs_file:
+        yield from iter_chunks(src.pairs_file)
+
+
+class Pages:
+    """Chunks of JSON lines read and parsed into record frames on a background thread
+    (``workers`` chunks parsed at once, ``ahead`` frames kept ready), from the moment it is
+    made: the outcomes can load meanwhile. Iterate to get the :class:`Page` s in order;
+    :meth:`close` stops the reader."""
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        schema: dict[str, pl.DataType],
+        workers: int = 2,
+        ahead: int = 2,
+    ) -> None:
+        self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
+            maxsize=max(ahead, workers + 1)
+        )
+        self._stop = threading.Event()
+        self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
+        self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
+        self._reader.start()
+
+    def _put(self, item: Future[Page] | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="analyze-parse") as pool:
+                for chunk in self._chunks:
+                    if not self._put(pool.submit(prepare_records, chunk, self._schema)):
+                        return
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            self._put(exc)
+            return
+        self._put(None)
+
+    def __iter__(self) -> Iterator[Page]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=5)
+
+
+def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> Pages:
+    """Start reading ``src``'s records; the schema follows the prediction kind and reads the
+    captured input fields only when drift is analysed."""
+    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields)
+    return Pages(record_chunks(src), schema, workers)
