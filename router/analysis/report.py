@@ -20,6 +20,7 @@ from scipy import stats as st
 
 from router.analysis import stats
 from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
+from router.analysis.frames import rid_hash
 from router.analysis.gates import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import MetricSpec, Policy
@@ -426,12 +427,32 @@ def _unit_values(acc: Accumulator) -> tuple[pl.DataFrame, int, int]:
     return extra, kept.height, j.height - kept.height
 
 
+class _UnitView:
+    """The per-unit side of one report, computed once: unit-joined outcomes folded in, the units
+    served by a single variant in a fixed order (by a hash of the unit: deterministic however
+    the accumulator was merged, and cheaper to sort than strings), and each metric's arrays."""
+
+    def __init__(self, acc: Accumulator) -> None:
+        self.acc = acc
+        self.extra, self.joined, self.before_exposure = _unit_values(acc)
+        single = acc.units.exposures().filter(~(pl.col("champion") & pl.col("challenger")))
+        self.single = single.with_columns(key=rid_hash(pl.col("unit"))).sort("key")
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def arrays(
+        self, metric: str, spec: MetricSpec
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if metric not in self._arrays:
+            self._arrays[metric] = _unit_metric_arrays(self, metric, spec)
+        return self._arrays[metric]
+
+
 def _unit_metric_arrays(
-    acc: Accumulator, metric: str, spec: MetricSpec, extra: pl.DataFrame
+    uv: _UnitView, metric: str, spec: MetricSpec
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(variant, first_ts, value, segment combination) per unit served by a single variant,
-    in unit order; units without an outcome per ``spec.missing``."""
-    ex = acc.units.exposures().filter(~(pl.col("champion") & pl.col("challenger")))
+    """(variant, first_ts, value, segment combination) per unit served by a single variant;
+    units without an outcome per ``spec.missing``."""
+    acc, extra = uv.acc, uv.extra
     parts = []
     mid = acc.outcomes.metric_id(metric)
     if mid is not None:
@@ -448,7 +469,7 @@ def _unit_metric_arrays(
     else:
         vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64,
                                     "mx": pl.Float64})  # fmt: skip
-    df = ex.sort("unit").join(vals, on="unit", how="left", maintain_order="left")
+    df = uv.single.join(vals, on="unit", how="left", maintain_order="left")
     if spec.reduce == "max":
         x = pl.col("mx")
     elif spec.reduce == "sum":
@@ -509,7 +530,7 @@ def _uplift(
     }
 
 
-def _metrics(acc: Accumulator, policy: Policy, extra: pl.DataFrame) -> dict[str, Any]:
+def _metrics(acc: Accumulator, policy: Policy, uv: _UnitView) -> dict[str, Any]:
     out: dict[str, Any] = {}
     duration = _duration(acc) or 0.0
     for metric, (spec, inferred) in acc.specs.items():
@@ -528,7 +549,7 @@ def _metrics(acc: Accumulator, policy: Policy, extra: pl.DataFrame) -> dict[str,
             var = (mm[0].var or 0.0, mm[1].var or 0.0)
             xs = (mm[0].s, mm[1].s)
         else:
-            v, t, x, _c = _unit_metric_arrays(acc, metric, spec, extra)
+            v, t, x, _c = uv.arrays(metric, spec)
             sel = [x[v == i] for i in (0, 1)]
             n = (float(sel[0].size), float(sel[1].size))
             mean = tuple(float(s.mean()) if s.size else 0.0 for s in sel)  # type: ignore[assignment]
@@ -627,7 +648,9 @@ def _series(
     return out
 
 
-def _segments(acc: Accumulator, policy: Policy, metrics: dict[str, Any]) -> dict[str, Any]:
+def _segments(
+    acc: Accumulator, policy: Policy, metrics: dict[str, Any], uv: _UnitView
+) -> dict[str, Any]:
     by_field: dict[str, list[dict[str, Any]]] = {}
     for (field_name, value), agg in acc.segments.items():
         row: dict[str, Any] = {"value": value, "requests": list(agg.requests)}
@@ -653,9 +676,8 @@ def _segments(acc: Accumulator, policy: Policy, metrics: dict[str, Any]) -> dict
     pm = policy.primary_metric
     if pm is not None and pm.name in acc.specs and acc.specs[pm.name][0].per == "unit":
         spec = acc.specs[pm.name][0]
-        extra, _, _ = _unit_values(acc)
         per_seg: dict[tuple[str, str], list[list[float]]] = {}
-        v, _t, x, combos = _unit_metric_arrays(acc, pm.name, spec, extra)
+        v, _t, x, combos = uv.arrays(pm.name, spec)
         for vi, xi, c in zip(v.tolist(), x.tolist(), combos.tolist(), strict=True):
             for item in acc.combo_keys[c]:
                 per_seg.setdefault(item, [[], []])[vi].append(xi)
@@ -848,22 +870,22 @@ def report_from(
     # others: numpy releases the GIL in most of it
     with ThreadPoolExecutor(1, thread_name_prefix="report-quality") as pool:
         quality = pool.submit(_quality, acc, policy)
-        extra, joined_by_unit, pre = _unit_values(acc)
+        uv = _UnitView(acc)
         report: dict[str, Any] = {
             "version": REPORT_VERSION,
             "experiment": experiment,
             "window": _window(acc, earliest_available),
-            "counts": _counts(acc, joined_by_unit, pre),
+            "counts": _counts(acc, uv.joined, uv.before_exposure),
             "srm": _srm(acc, policy, split),
             "latency": _latency(acc, policy.alpha),
             "errors": _errors(acc, policy.alpha),
             "divergence": _divergence(acc, policy),
             "quality": None,  # (keeps the key order)
         }
-        metrics = _metrics(acc, policy, extra)
+        metrics = _metrics(acc, policy, uv)
         report["quality"] = quality.result()
     report["metrics"] = metrics
-    report["segments"] = _segments(acc, policy, report["metrics"])
+    report["segments"] = _segments(acc, policy, report["metrics"], uv)
     report["drift"] = _drift(acc, policy, reference)
     gates, decision = evaluate(report, policy)
     report["gates"] = gates
