@@ -122,13 +122,17 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"**Capture**: {cap.get('status', 'not run')} {cap.get('detail', '')}", ""]
     an = results.get("analyzer", {})
     if an.get("status") == "ok":
+        floor = an.get("parse_only_s")
         lines += [f"**Analyzer** (`analyzer_throughput.py`, {an['records']:,} records, "
-                  f"{an['outcomes']:,} outcomes, `router analyze` end to end)", "",
-                  "| source | records/s | wall s | peak RSS |",
-                  "|---|---:|---:|---:|"]
+                  f"{an['outcomes']:,} outcomes, `router analyze` end to end"
+                  + (f"; parsing the file alone with polars took {floor:.2f} s" if floor else "")
+                  + ")", "",
+                  "| source | records/s | wall s | × parse-only | peak RSS |",
+                  "|---|---:|---:|---:|---:|"]
         for r in an["runs"]:
+            ratio = f"{r['vs_parse_only']:.2f}" if "vs_parse_only" in r else "–"
             lines.append(f"| {r['source']} | {_fmt(r['records_per_s'])} | {r['wall_s']:.1f} | "
-                         f"{r['peak_rss_mb']:.0f} MB |")
+                         f"{ratio} | {r['peak_rss_mb']:.0f} MB |")
         lines.append("")
     else:
         lines += [f"**Analyzer**: {an.get('status', 'not run')} {an.get('detail', '')}", ""]
