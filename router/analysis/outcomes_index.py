@@ -152,8 +152,9 @@ class OutcomeIndex:
             units = _dedupe(self._unit, _UNIT_SCHEMA)
             self._duplicates += sum(f.height for f in self._req) - req.height
             self._duplicates += sum(f.height for f in self._unit) - units.height
-            self._req, self._unit = [req], [units]
             srt = req.sort("h", maintain_order=True)
+            # one sorted frame kept; the arrays below are views of it (no second copy)
+            self._req, self._unit = [srt], [units]
             metrics: dict[str, dict[str, Any]] = {}
             binary = pl.col("v").is_in([0.0, 1.0]).all()
             for m, n, b in req.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
