@@ -127,3 +127,34 @@ def test_missing_file_is_an_oserror_from_accumulate(tmp_path: Path) -> None:
     src = Source("x", pairs_file=str(tmp_path / "missing.jsonl"))
     with pytest.raises(OSError):
         accumulate(src, Policy())
+
+
+@pytest.mark.parametrize("kind", ["class", "vector"])
+def test_cli_switches_the_reader_when_the_policy_names_another_kind(
+    tmp_path: Path, kind: str
+) -> None:
+    """`router analyze` starts reading with the numeric schema before it has read the policy;
+    a policy naming class or vector predictions restarts the reader with the general one, and
+    the report equals the in-memory one."""
+    import json
+    import subprocess
+    import sys
+
+    recs, outs = dataset(SynthSpec(n=1500, kind=kind, seed=37, challenger_shift=0.5))
+    (tmp_path / "p.jsonl").write_bytes(_lines(recs))
+    (tmp_path / "o.jsonl").write_bytes(_lines(outs))
+    (tmp_path / "policy.yaml").write_text(f"policy:\n  prediction_kind: {kind}\n")
+    p = subprocess.run(
+        [sys.executable, "-m", "router", "analyze", "--experiment", "synth", "--pairs",
+         str(tmp_path / "p.jsonl"), "--outcomes", str(tmp_path / "o.jsonl"), "--policy",
+         str(tmp_path / "policy.yaml"), "--split", "0.5", "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    got = without_time(json.loads(p.stdout))
+    policy = Policy(prediction_kind=kind)  # type: ignore[arg-type]
+    mem = without_time(build_report(recs, outs, experiment="synth", policy=policy, split=0.5))
+    assert got["divergence"]["kind"] == kind
+    assert got["counts"]["invalid_records"] == 0
+    for key in ("divergence", "quality", "counts"):
+        assert_close(got[key], mem[key], key)
