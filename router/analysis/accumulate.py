@@ -81,15 +81,6 @@ class PairMoments:
     sxy: float = 0.0
     sabs: float = 0.0
 
-    def add(self, x: float, y: float) -> None:
-        self.n += 1
-        self.sx += x
-        self.sy += y
-        self.sxx += x * x
-        self.syy += y * y
-        self.sxy += x * y
-        self.sabs += abs(y - x)
-
     def merge(self, o: PairMoments) -> None:
         for k in ("n", "sx", "sy", "sxx", "syy", "sxy", "sabs"):
             setattr(self, k, getattr(self, k) + getattr(o, k))

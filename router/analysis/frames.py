@@ -14,15 +14,16 @@ the outcome join; records and outcomes are hashed by the same function.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import orjson
 import polars as pl
 
 from router.analysis.schema import Record, decode_record, record_from_dict
+from router.outcomes import validate_outcome
 
 HASH_SEED = 0x5EED_CAFE
 
@@ -185,41 +186,32 @@ def records_frame(records: Iterable[Any]) -> tuple[pl.DataFrame, int]:
     return df, bad + more
 
 
-class _Outcome(msgspec.Struct, forbid_unknown_fields=True):
-    metric: str
-    value: float
-    request_id: str | None = None
-    unit: str | None = None
-    ts: float | None = None
-    experiment: str | None = None
-    v: int = 1
-
-
-_outcome_decoder = msgspec.json.Decoder(_Outcome)
-
-
 def parse_outcomes(data: bytes) -> tuple[pl.DataFrame, int]:
     """Outcome rows of a page of JSON lines (validity of values is checked by the caller) and
-    the number of lines that are not outcome objects."""
+    the number of lines that are not outcome objects. A page polars rejects is checked line by
+    line with the rules of ``POST /outcomes`` (:func:`router.outcomes.validate_outcome`)."""
     try:
         return _read(data, OUTCOME_SCHEMA), 0
     except pl.exceptions.PolarsError:
-        good: list[bytes] = []
-        bad = 0
-        for line in data.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                o = _outcome_decoder.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                bad += 1
-                continue
-            good.append(_encode(o) if math.isfinite(o.value) else b"")
-            if not good[-1]:
-                good.pop()
-                bad += 1
-        df, more = _reparse(good, OUTCOME_SCHEMA)
-        return df, bad + more
+        pass
+    good: list[bytes] = []
+    bad = 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            o = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            o = None
+        # the row's own experiment (kept, may be absent) is checked by the caller
+        exp = o.get("experiment") if isinstance(o, dict) else None
+        row = validate_outcome(o, exp if isinstance(exp, str) and exp else "-", now=0.0)
+        if isinstance(row, str):
+            bad += 1
+            continue
+        good.append(orjson.dumps({k: row[k] for k in OUTCOME_SCHEMA} | {"experiment": exp}))
+    df, more = _reparse(good, OUTCOME_SCHEMA)
+    return df, bad + more
 
 
 def _reparse(lines: list[bytes], schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, int]:

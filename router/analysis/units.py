@@ -11,6 +11,8 @@ units, not of records. Every aggregate is a sum, max, min or "segment at the min
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 
@@ -41,7 +43,7 @@ def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
+def _reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
     return df.group_by("unit", "metric").agg(
         pl.col("s").sum(), pl.col("n").sum(), pl.col("mx").max()
     )
@@ -50,7 +52,9 @@ def reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
 class _Pending:
     """Frames waiting to be reduced, compacted when they outgrow the last reduction."""
 
-    def __init__(self, schema: dict[str, pl.DataType], reduce: object) -> None:
+    def __init__(
+        self, schema: dict[str, pl.DataType], reduce: Callable[[pl.DataFrame], pl.DataFrame]
+    ) -> None:
         self.schema = schema
         self.reduce = reduce
         self.frames: list[pl.DataFrame] = []
@@ -68,7 +72,7 @@ class _Pending:
         if not self.frames:
             return pl.DataFrame(schema=self.schema)
         if len(self.frames) > 1 or self.rows != self.compacted:
-            out = self.reduce(pl.concat(self.frames))  # type: ignore[operator]
+            out = self.reduce(pl.concat(self.frames))
             self.frames = [out]
             self.rows = self.compacted = out.height
         return self.frames[0]
@@ -77,7 +81,7 @@ class _Pending:
 class UnitTable:
     def __init__(self) -> None:
         self._exposures = _Pending(EXPOSURE_SCHEMA, _reduce_exposures)
-        self._metrics = _Pending(METRIC_SCHEMA, reduce_metrics)
+        self._metrics = _Pending(METRIC_SCHEMA, _reduce_metrics)
 
     def add_exposures(
         self, unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ import yaml
 from router.demo_models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
 from router.promotion.config import PromotionConfig, parse_promotion_config
 from tests.helpers import TOKEN, InProcessRouter, config_dict, make_config
-
-HAVE_ANALYZER = importlib.util.find_spec("router.analysis") is not None
 
 
 def promotion_dict(tmp: Path, **over: Any) -> dict[str, Any]:

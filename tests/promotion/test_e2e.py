@@ -1,7 +1,5 @@
-"""End to end: real model servers, two router replicas, Redis capture, the controller, the CLI.
-
-The analyzer is ``router.analysis`` (the real one) when it is installed in the tree; before it
-lands, a small count-based decision rule stands in (see :func:`count_rule`)."""
+"""End to end: real model servers, two router replicas, Redis capture, the controller (with the
+real analyzer and ``e2e_policy.yaml``), the CLI."""
 
 from __future__ import annotations
 
@@ -24,13 +22,12 @@ from aiohttp import web
 from router.cli import main as cli_main
 from router.promotion import actions
 from router.promotion.controller import Analyse, Controller, ControllerOptions, analyzer_from_policy
-from router.promotion.guardrails import side_stats
 from router.promotion.lease import LeaseHeld
 from router.promotion.store import PromotionStore
 from router.promotion.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.helpers import ROOT, TOKEN, start_app, wait_for
 
-from .conftest import HAVE_ANALYZER, Fleet
+from .conftest import Fleet
 
 ANSWERS = {
     "model_card_reviewed": True,
@@ -41,44 +38,11 @@ ANSWERS = {
 }
 
 
-def count_rule(
-    pairs: list[dict[str, Any]],
-    outcomes: list[dict[str, Any]],
-    *,
-    experiment: str,
-    split: float,
-    since: float,
-    until: float,
-) -> dict[str, Any]:
-    """Stand-in decision before the analyzer lands: promote once both models answered 30
-    calls in the window without a worse error rate, roll back on a worse error rate."""
-    champ = side_stats(pairs, "champion", 0.95)
-    chall = side_stats(pairs, "challenger", 0.95)
-    gate = {
-        "name": "error_rate",
-        "value": chall.error_rate - champ.error_rate,
-        "threshold": 0.05,
-        "passed": chall.error_rate - champ.error_rate <= 0.05,
-    }
-    gate["reason"] = f"delta {gate['value']:.3f}"
-    if min(champ.calls, chall.calls) < 30:
-        action, reasons = "continue", [f"only {min(champ.calls, chall.calls)} calls"]
-    elif not gate["passed"]:
-        action, reasons = "rollback", ["challenger error rate worse"]
-    else:
-        action, reasons = "promote", ["all gates pass"]
-    return {
-        "decision": {"action": action, "reasons": reasons},
-        "gates": [gate],
-        "counts": {"pairs": len(pairs), "outcomes": len(outcomes)},
-    }
-
-
 E2E_POLICY = str(Path(__file__).with_name("e2e_policy.yaml"))
 
 
 def analyser() -> Analyse:
-    return analyzer_from_policy(E2E_POLICY) if HAVE_ANALYZER else count_rule
+    return analyzer_from_policy(E2E_POLICY)
 
 
 async def cli(*args: str) -> tuple[int, str]:
@@ -401,11 +365,7 @@ async def test_cli_controller_sigkilled_resumes_and_reject_ends_it(
             "--log-level",
             "WARNING",
         ]
-        argv += (
-            ["--policy", E2E_POLICY]
-            if HAVE_ANALYZER
-            else ["--analyzer", "tests.promotion.test_e2e:count_rule"]
-        )
+        argv += ["--policy", E2E_POLICY]
         log = (fleet.tmp / "ctl.log").open("wb")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         p1 = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=log, stderr=log, env=env)
