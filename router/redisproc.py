@@ -358,6 +358,18 @@ class LocalCluster:
 
         return int(key_slot(key.encode()))
 
+    def wait_replicas_synced(self, master: int, timeout: float = 10.0) -> None:
+        """Until every replica of ``master`` has acknowledged all of its replication stream
+        (so killing ``master`` now loses no acknowledged write)."""
+
+        def synced() -> bool:
+            info = self._info(master)
+            offset = info["master_repl_offset"]
+            reps = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            return bool(reps) and all(r.get("offset") == offset for r in reps)
+
+        self._wait(synced, timeout, f"the replicas of {master} to catch up")
+
     def start_node(self, port: int) -> None:
         self.nodes[self.index(port)].start()
 
