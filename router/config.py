@@ -218,7 +218,8 @@ class CaptureConfig(_Strict):
         default=2.0, gt=0, description="a Redis write slower than this fails over to the spool"
     )
     dedupe_ttl_s: int = Field(
-        default=86_400, ge=60, description="lifetime of the per-batch replay de-duplication keys"
+        default=86_400, ge=60,
+        description="lifetime of a writer's exactly-once mark after its last write to a stream",
     )
     pair_shards: int = Field(
         default=1, ge=1, le=256, description="pair streams per experiment (for a hot experiment)"

@@ -72,8 +72,10 @@ async def test_chaos_seed_down_at_start_and_whole_cluster_restart_every_request_
             total = lambda: sum(len(x) for x in sent)  # noqa: E731
             stop = asyncio.Event()
             async with aiohttp.ClientSession() as s:
-                tasks = [asyncio.create_task(_client(s, router.url, i, stop, rate, sent[i],
-                                                     statuses)) for i in range(clients)]  # fmt: skip
+                tasks = [
+                    asyncio.create_task(_client(s, router.url, i, stop, rate, sent[i], statuses))
+                    for i in range(clients)
+                ]
                 try:
                     # 1. the seed is down: its slots fail over; capture spools, then catches up
                     assert await wait_for(lambda: w.healthy and w.spool is not None
