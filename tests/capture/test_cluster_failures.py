@@ -72,6 +72,7 @@ async def test_item2_the_probe_survives_a_whole_cluster_outage_and_capture_recov
                 assert await wait_for(lambda: len(_stored_ids(url)) == 40, timeout=10)
 
                 cluster.stop_all()  # every node down
+                down_at = time.monotonic()
                 sent += await _fire(s, router.url, "b", 40)
                 assert await wait_for(lambda: m.counter_value("router_capture_spooled") >= 40,
                                       timeout=10)  # fmt: skip
@@ -86,6 +87,8 @@ async def test_item2_the_probe_survives_a_whole_cluster_outage_and_capture_recov
                     assert cap["ok"] and not cap["redis"] and cap["spooling"] and cap["recovering"]
                     assert cap["error"] and cap["spool_bytes"] > 0
 
+                # it backs off (50 ms doubling to 2 s), it does not retry every 100 ms
+                assert failed() <= 5 + (time.monotonic() - down_at), failed()
                 cluster.start_all()  # the whole cluster back on the same ports
                 assert await wait_for(lambda: w.healthy and w.spool is not None
                                       and not w.spool.pending, timeout=20), w.status()  # fmt: skip

@@ -97,3 +97,30 @@ async def test_item1_any_write_failure_is_spooled_and_replayed_exactly_once(
     assert m.counter_value("router_capture_errors", (cls.__name__,)) == 2
     assert m.counter_value("router_capture_dropped") == 0
     assert w.healthy
+
+
+async def test_item2_readiness_reports_spooling_then_a_full_spool_and_never_raises(
+    tmp_path: Path,
+) -> None:
+    from router.netutil import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is down
+    cfg = CaptureConfig(redis=dead, data_dir=str(tmp_path), batch_size=10, batch_interval_ms=5,
+                        write_timeout_s=0.3, spool_max_bytes=4096)  # fmt: skip
+    m = Metrics()
+    w = CaptureWriter(cfg, dead, m, FinalizeOptions(), 10_000)
+    await w.start()
+    w.submit_outcome(_row(0))
+    assert await wait_for(lambda: m.counter_value("router_capture_spooled") == 1, timeout=5)
+    ready = await w.readiness()  # spooling with room, the probe at work: ready
+    assert ready["ok"] and not ready["redis"] and ready["spooling"] and ready["recovering"]
+    assert "ConnectionError" in ready["error"]
+    for i in range(1, 200):
+        w.submit_outcome(_row(i))
+    assert await wait_for(lambda: m.counter_value("router_capture_dropped", ("spool_full",)) > 0,
+                          timeout=5)  # fmt: skip
+    ready = await w.readiness()  # records are being lost now: not ready, and it says why
+    assert not ready["ok"] and not ready["spooling"] and ready["error"].startswith("spool full")
+    await w.stop(timeout=1)
+    ready = await w.readiness()
+    assert not ready["ok"] and ready["error"] == "the capture writer is not running"
