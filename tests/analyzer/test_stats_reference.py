@@ -85,7 +85,11 @@ def test_srm_needs_both_significance_and_share_deviation() -> None:
     res = stats.srm_test([50_040_000, 49_960_000], [0.5, 0.5], alpha=0.001, min_share_diff=0.001)
     assert res.pvalue is not None and res.pvalue < 0.001
     assert not res.mismatch
-    assert stats.srm_test([5, 20], [0.5, 0.5]).state == "not_enough_data"
+    # sufficiency is judged on the total: 25 units are enough to test, not enough to alarm
+    small = stats.srm_test([5, 20], [0.5, 0.5])
+    assert small.state == "ok" and not small.mismatch
+    assert small.sequential_pvalue is not None and small.sequential_pvalue > 0.001
+    assert stats.srm_test([0, 0], [0.5, 0.5]).state == "not_enough_data"
     assert stats.srm_test([100, 0], [1.0, 0.0]).state == "not_applicable"
 
 
