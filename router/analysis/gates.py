@@ -75,6 +75,7 @@ CS_PROPORTIONS = (
 )
 CS_NORMAL = "mSPRT normal-mixture confidence sequence (Johari et al. 2017); asymptotic"
 NO_TEST = "threshold on the point estimate (descriptive; no test)"
+NO_PAIRS = "no mirrored pairs in this window: compared in the mirrored (shadow) steps"
 
 
 # ------------------------------------------------------------------------------ rows
@@ -438,6 +439,11 @@ def _quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
         f"no mirrored pairs joined to a {label!r} outcome: set guardrails.{{}}: null if "
         "the application posts no labels"
     )
+    if report["counts"]["mirrored_pairs"] == 0:
+        # both models on the same labelled requests need mirroring: judged in mirrored steps
+        missing_state, missing = NOT_APPLICABLE, NO_PAIRS
+    else:
+        missing_state = NOT_EVALUABLE
     if kind != "value" and g.max_accuracy_drop is not None:
         tol = g.max_accuracy_drop
         nh = f"challenger − champion accuracy is at least −{tol:g}"
@@ -447,7 +453,7 @@ def _quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 _row(
                     "accuracy_drop",
                     "guardrail",
-                    NOT_EVALUABLE,
+                    missing_state,
                     None,
                     -tol,
                     missing.format("max_accuracy_drop"),
@@ -493,7 +499,7 @@ def _quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 _row(
                     "rmse_increase",
                     "guardrail",
-                    NOT_EVALUABLE,
+                    missing_state,
                     None,
                     tol,
                     missing.format("max_rmse_increase"),
@@ -508,7 +514,7 @@ def _quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 _row(
                     "rmse_increase",
                     "guardrail",
-                    NOT_EVALUABLE,
+                    NOT_ENOUGH_DATA if r["state"] == "not_enough_data" else NOT_EVALUABLE,
                     r["estimate"],
                     tol,
                     f"RMSE ratio: {r['state']}",
@@ -552,13 +558,14 @@ def _contract(report: dict[str, Any], limit: float, alpha: float) -> dict[str, A
         "Robbins 1970), Bonferroni over the fields listed"
     )
     if n == 0:
+        unmirrored = report["counts"]["mirrored_pairs"] == 0
         return _row(
             "response_contract",
             "schema",
-            NOT_ENOUGH_DATA,
+            NOT_APPLICABLE if unmirrored else NOT_ENOUGH_DATA,
             None,
             limit,
-            "no comparable mirrored pairs yet",
+            NO_PAIRS if unmirrored else "no comparable mirrored pairs yet (all had an error)",
             null_hypothesis=nh,
             test=test,
             always_valid=True,
@@ -600,6 +607,8 @@ def _drift_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]
         need = 10 * policy.divergence.psi_bins
         if div["kind"] != "score":
             state, why, val = NOT_APPLICABLE, f"no PSI for {div['kind']} predictions", None
+        elif report["counts"]["mirrored_pairs"] == 0:
+            state, why, val = NOT_APPLICABLE, NO_PAIRS, None
         elif div.get("sample", {}).get("n", 0) < need or div.get("psi") is None:
             n_s = div.get("sample", {}).get("n", 0)
             state, why, val = NOT_ENOUGH_DATA, f"{n_s} score pairs (PSI needs {need})", None
