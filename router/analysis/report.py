@@ -494,31 +494,29 @@ def _rmse_ratio(sq: Any, policy: Policy) -> dict[str, Any]:
     method = ("delta method on log(MSE_challenger / MSE_champion) from the paired squared "
               "errors; sequential: mSPRT normal mixture")  # fmt: skip
     out: dict[str, Any] = {"n": int(n), "method": method}
+    none = {"estimate": None, "ci": [None, None], "sequential_ci": [None, None]}
     if n < 2:
-        return out | {"state": "not_enough_data", "estimate": None, "ci": [None, None],
-                      "sequential_ci": [None, None]}  # fmt: skip
-    m0, m1 = sq.mx, sq.my
-    if not (m0 > 0 and m1 > 0):
-        return out | {"state": "zero_variance", "estimate": None, "ci": [None, None],
-                      "sequential_ci": [None, None]}  # fmt: skip
-    est = math.sqrt(m1 / m0) - 1
-    lr = math.log(m1 / m0)
-    v00, v11, v01 = sq.cxx / (n - 1), sq.cyy / (n - 1), sq.cxy / (n - 1)
-    var = (v11 / m1**2 + v00 / m0**2 - 2 * v01 / (m0 * m1)) / n
-    if not var > 0:
-        return out | {"state": "zero_variance", "estimate": f(est), "ci": [None, None],
-                      "sequential_ci": [None, None]}  # fmt: skip
+        return out | none | {"state": "not_enough_data"}
+    lr_a, var_a = stats.log_mse_ratio(n, sq.mx, sq.my, sq.cxx, sq.cyy, sq.cxy)
+    lr, var = float(lr_a), float(var_a)
+    if not (math.isfinite(var) and var > 0):
+        return out | none | {"state": "zero_variance"}
     z = float(st.norm.ppf(1 - policy.alpha / 2))
     h = z * math.sqrt(var)
-    tau = policy.sequential.tau * math.sqrt(var * n)
-    _p, slo, shi = sequential.normal_mixture_ci(lr, var, tau, policy.alpha)
+    _p, slo, shi = sequential.normal_mixture_ci(lr, var, rmse_tau(var, n, policy), policy.alpha)
 
     def back(x: float) -> float | None:
         return f(math.exp(x / 2) - 1)
 
-    return out | {"state": "ok", "estimate": f(est), "log_mse_ratio": f(lr),
+    return out | {"state": "ok", "estimate": back(lr), "log_mse_ratio": f(lr),
                   "ci": [back(lr - h), back(lr + h)],
                   "sequential_ci": [back(float(slo)), back(float(shi))]}  # fmt: skip
+
+
+def rmse_tau(var: Any, n: Any, policy: Policy) -> Any:
+    """The mSPRT mixture spread for the log MSE ratio: ``sequential.tau`` times the estimated
+    per-pair standard deviation of its influence function, ``sqrt(n · var)``."""
+    return policy.sequential.tau * np.sqrt(np.asarray(var) * np.asarray(n))
 
 
 def _unit_values(acc: Accumulator) -> tuple[pl.DataFrame, int, int]:
@@ -676,14 +674,9 @@ def _request_metric_arms(
         co.add_arrays(x[v == i], d[v == i])
         solo = acc.request_metric_moments[metric][i]  # requests without a unit: clusters of 1
         co.merge(CoMoments(solo.n, solo.mu, 1.0, solo.m2, 0.0, 0.0))
-        k = co.n
-        ratio = co.mx / co.my if co.n and co.my > 0 else 0.0
-        var = 0.0
-        if k >= 2 and co.my > 0:
-            vx, vd_, cov = co.cxx / (k - 1), co.cyy / (k - 1), co.cxy / (k - 1)
-            var = max((vx - 2 * ratio * cov + ratio * ratio * vd_) / co.my**2, 0.0)
-        out.append({"clusters": k, "requests": co.my * k, "mean": ratio, "var": var,
-                    "sum": co.mx * k})  # fmt: skip
+        ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
+        out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
+                    "var": float(var)})  # fmt: skip
     return out
 
 

@@ -123,12 +123,26 @@ def welch(
         # degenerate: every value equal within each arm; no test is possible (a difference of
         # constants is not evidence about the populations' spread)
         return DiffResult(d, Interval(None, None), 1.0, None, None, method, ZERO_VARIANCE)
-    se = math.sqrt(se2sum)
-    df = se2sum**2 / (se1**2 / (n1 - 1) + se2**2 / (n2 - 1))
+    p, lo, hi, t, df = welch_arrays(m1, v1, n1, m2, v2, n2, alpha)
+    return DiffResult(d, Interval(float(lo), float(hi)), float(p), float(t), float(df), method)
+
+
+def welch_arrays(
+    m1: np.ndarray | float, v1: np.ndarray | float, n1: np.ndarray | float,
+    m2: np.ndarray | float, v2: np.ndarray | float, n2: np.ndarray | float, alpha: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The core of :func:`welch`, vectorised: ``(p, ci_low, ci_high, t, df)`` for arms with at
+    least two observations and a positive variance sum (the caller handles the other states)."""
+    se1 = np.asarray(v1, float) / np.asarray(n1, float)
+    se2 = np.asarray(v2, float) / np.asarray(n2, float)
+    se2sum = se1 + se2
+    d = np.asarray(m2, float) - np.asarray(m1, float)
+    se = np.sqrt(se2sum)
+    df = se2sum**2 / (se1**2 / (np.asarray(n1, float) - 1) + se2**2 / (np.asarray(n2, float) - 1))
     t = d / se
-    p = float(2.0 * st.t.sf(abs(t), df))
-    q = float(st.t.ppf(1 - alpha / 2, df))
-    return DiffResult(d, Interval(d - q * se, d + q * se), p, t, df, method)
+    p = 2.0 * st.t.sf(np.abs(t), df)
+    q = st.t.ppf(1 - alpha / 2, df)
+    return p, d - q * se, d + q * se, t, df
 
 
 def relative_uplift(
@@ -147,6 +161,53 @@ def relative_uplift(
     z = float(st.norm.ppf(1 - alpha / 2))
     h = z * math.sqrt(var)
     return RatioResult(r, Interval(r - h, r + h), variance=var)
+
+
+def ratio_variance(
+    k: np.ndarray | float,
+    mean_x: np.ndarray | float,
+    mean_n: np.ndarray | float,
+    cxx: np.ndarray | float,
+    cnn: np.ndarray | float,
+    cxn: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ratio of sums over ``k`` independent clusters (units), ``R = ΣX / ΣN``, and the
+    per-cluster variance of its delta-method approximation (Deng et al. 2018, "Applying the
+    delta method in metric analytics"; equals gbstats ``RatioStatistic``):
+    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` with sample (co)variances across clusters, from the
+    centred sums ``cxx = Σ (X − X̄)²`` etc. (vectorised). ``Var(R) ≈ variance / k``: requests of
+    one unit are correlated, so they are not counted as independent observations."""
+    k = np.asarray(k, float)
+    mx, mn = np.asarray(mean_x, float), np.asarray(mean_n, float)
+    ok = (k >= 2) & (mn > 0)
+    kk = np.where(ok, k - 1, 1.0)
+    mn_ = np.where(mn > 0, mn, 1.0)
+    ratio = np.where(mn > 0, mx / mn_, 0.0)
+    var = (np.asarray(cxx) - 2 * ratio * np.asarray(cxn) + ratio**2 * np.asarray(cnn)) / kk
+    return ratio, np.where(ok, np.maximum(var / mn_**2, 0.0), 0.0)
+
+
+def log_mse_ratio(
+    n: np.ndarray | float,
+    m0: np.ndarray | float,
+    m1: np.ndarray | float,
+    c00: np.ndarray | float,
+    c11: np.ndarray | float,
+    c01: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``log(MSE_1 / MSE_0)`` from the paired squared errors of two models on the same ``n``
+    requests (means ``m0, m1``, centred sums of squares and cross-products ``c00, c11, c01``),
+    and the delta-method variance of that estimate,
+    ``(s²_1/m1² + s²_0/m0² − 2 s_01/(m0 m1)) / n`` (vectorised; NaN where undefined)."""
+    n = np.asarray(n, float)
+    m0, m1 = np.asarray(m0, float), np.asarray(m1, float)
+    ok = (n >= 2) & (m0 > 0) & (m1 > 0)
+    nn = np.where(ok, n, 2.0)
+    a0, a1 = np.where(ok, m0, 1.0), np.where(ok, m1, 1.0)
+    k = nn - 1
+    var = (np.asarray(c11) / k / a1**2 + np.asarray(c00) / k / a0**2
+           - 2 * np.asarray(c01) / k / (a0 * a1)) / nn  # fmt: skip
+    return np.where(ok, np.log(a1 / a0), np.nan), np.where(ok, var, np.nan)
 
 
 def two_proportion_ztest(x1: float, n1: float, x2: float, n2: float) -> TestResult:
@@ -193,30 +254,31 @@ def _bisect_root(fn: Callable[[float], bool], rejected: float, accepted: float) 
 
 
 def _score_z_2indep(x1: float, n1: float, x2: float, n2: float, delta: float) -> float:
-    """Score statistic of ``p2 - p1 = delta`` for independent binomials, with the restricted
-    maximum-likelihood proportions of Miettinen & Nurminen (1985) / Farrington & Manning (1990)
-    and no ``n/(n-1)`` correction (Mee 1984); equals statsmodels
-    ``score_test_proportions_2indep(x2, n2, x1, n1, value=delta, correction=False)``."""
+    """Score statistic of ``p2 - p1 = delta`` for independent binomials (Mee 1984: no
+    ``n/(n-1)`` correction), with the restricted maximum-likelihood proportions in the closed
+    form of Farrington & Manning (1990): the root of ``a p³ + b p² + c p + d`` for the
+    challenger's proportion, ``θ = n1/n2``. Checked against a numerical maximisation of the
+    likelihood in the test suite."""
     num = x2 / n2 - x1 / n1 - delta
     if delta == 0.0:
-        p0 = p1 = (x1 + x2) / (n1 + n2)
+        p_ch = p_cp = (x1 + x2) / (n1 + n2)
     else:
-        big_n, big_x = n1 + n2, x1 + x2
-        t3 = big_n
-        t2 = (n2 + 2 * n1) * delta - big_n - big_x
-        t1 = (x1 * delta - big_n - 2 * x1) * delta + big_x
-        t0 = x1 * delta * (1 - delta)
-        q = (t2 / (3 * t3)) ** 3 - t1 * t2 / (6 * t3**2) + t0 / (2 * t3)
-        disc = max((t2 / (3 * t3)) ** 2 - t1 / (3 * t3), 0.0)
-        pp = math.copysign(math.sqrt(disc), q) if q != 0 else math.sqrt(disc)
-        if pp == 0.0:
-            p0 = -t2 / (3 * t3)
+        ph_ch, ph_cp = x2 / n2, x1 / n1
+        th = n1 / n2
+        a = 1 + th
+        b = -(1 + th + ph_ch + th * ph_cp + delta * (th + 2))
+        c = delta * delta + delta * (2 * ph_ch + th + 1) + ph_ch + th * ph_cp
+        d = -ph_ch * delta * (1 + delta)
+        v = b**3 / (3 * a) ** 3 - b * c / (6 * a * a) + d / (2 * a)
+        u = math.copysign(math.sqrt(max(b * b / (3 * a) ** 2 - c / (3 * a), 0.0)), v)
+        if u == 0.0:
+            p_ch = -b / (3 * a)
         else:
-            a = (math.pi + math.acos(max(-1.0, min(1.0, q / pp**3)))) / 3
-            p0 = 2 * pp * math.cos(a) - t2 / (3 * t3)
-        p0 = min(max(p0, max(0.0, -delta)), min(1.0, 1.0 - delta))
-        p1 = p0 + delta
-    var = p1 * (1 - p1) / n2 + p0 * (1 - p0) / n1
+            w = (math.pi + math.acos(max(-1.0, min(1.0, v / u**3)))) / 3
+            p_ch = 2 * u * math.cos(w) - b / (3 * a)
+        p_ch = min(max(p_ch, max(0.0, delta)), min(1.0, 1.0 + delta))
+        p_cp = p_ch - delta
+    var = p_ch * (1 - p_ch) / n2 + p_cp * (1 - p_cp) / n1
     if not var > 0:
         return 0.0 if abs(num) < 1e-15 else math.copysign(math.inf, num)
     return num / math.sqrt(var)
@@ -226,8 +288,8 @@ def proportion_diff(x1: float, n1: float, x2: float, n2: float, alpha: float = 0
     """``p2 - p1`` of independent proportions with the score interval (Mee 1984; the inversion
     of the score test, which at a difference of 0 is the pooled z-test: the p-value and the
     interval come from one test). Valid at small counts: one errored request out of one is an
-    interval of most of [-1, 1], not [1, 1]. Equals statsmodels
-    ``confint_proportions_2indep(x2, n2, x1, n1, method="score", correction=False)``."""
+    interval of most of [-1, 1], not [1, 1]. (statsmodels 0.15's ``method="score"`` differs
+    slightly: its restricted estimate is not the likelihood's maximum, see the test suite.)"""
     method = "difference of proportions: score interval (Mee) and pooled z-test (its value at 0)"
     if n1 < 1 or n2 < 1:
         return DiffResult(None, Interval(None, None), None, None, None, method, NOT_ENOUGH_DATA)
