@@ -93,6 +93,7 @@ def _row(
     ci: Sequence[float | None] | None = None,
     better: str | None = None,
     tested: bool = True,
+    p_value: float | None = None,
 ) -> dict[str, Any]:
     assert state in STATES, state
     return {
@@ -109,6 +110,7 @@ def _row(
         "always_valid": bool(always_valid),
         "ci": None if ci is None else [_num(ci[0]), _num(ci[1])],
         "better": better,
+        "p_value": _num(p_value),
     }
 
 
@@ -289,6 +291,7 @@ def _srm(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
         test="Dirichlet-multinomial mixture sequential test (always valid) and a share "
         "deviation above srm.min_share_diff",
         always_valid=True,
+        p_value=srm.get("sequential_p_value"),
     )
 
 
@@ -748,6 +751,7 @@ def _primary(report: dict[str, Any], policy: Policy, live: bool) -> dict[str, An
             always_valid=True,
             ci=ci,
             better="higher",
+            p_value=m["uplift"]["sequential_p_value"] if m is not None else None,
         )
         r["eta_s"] = m.get("eta_s") if m is not None else None
         return r
@@ -830,38 +834,60 @@ def apply_running(
     report: dict[str, Any], prior: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Intersect each always-valid gate's interval with the same gate's intervals at earlier
-    looks of the same step (``prior``: what this returned last time, or None), re-derive the
-    states and the decision. Returns ``(gates, decision, running)``; the caller (the promotion
-    controller) stores ``running`` for its next look. The intersection of a confidence sequence
-    is a confidence sequence, so the guarantees are unchanged and the states only tighten."""
+    looks of the same step, and keep the running minimum of its always-valid p-value (``prior``:
+    what this returned last time, or None); re-derive the states and the decision. Returns
+    ``(gates, decision, running)``; the caller (the promotion controller) stores ``running`` for
+    its next look. The intersection of a confidence sequence is a confidence sequence, and the
+    running minimum of an always-valid p-value is one too (both rest on the same event of
+    Ville's inequality), so the guarantees are unchanged and the states only tighten."""
     prior = prior or {}
     out: list[dict[str, Any]] = []
     running: dict[str, Any] = {}
     for g in report["gates"]:
         g = dict(g)
+        name = g["name"]
+        if not g.get("always_valid") or g["state"] not in (PASS, FAIL, INCONCLUSIVE):
+            out.append(g)
+            continue
+        before = prior.get(name) or {}
         ci = g.get("ci")
-        if g.get("always_valid") and ci is not None and g["state"] in (PASS, FAIL, INCONCLUSIVE):
-            before = prior.get(g["name"])
-            cur = sq.Running(ci[0], ci[1])
-            if before is not None:
-                cur = sq.Running(
-                    before["ci"][0], before["ci"][1], None, int(before.get("looks", 1))
-                ).update(ci[0], ci[1], None)
-            running[g["name"]] = {"ci": [cur.low, cur.high], "looks": cur.looks}
-            if before is not None and [cur.low, cur.high] != list(ci):
-                g["ci"] = [cur.low, cur.high]
-                thr = g["threshold"]
-                if g["kind"] == "primary":
-                    g["state"] = _state(primary_state(cur.low, cur.high, float(thr)))
-                elif thr is not None and g.get("better") in ("lower", "higher"):
-                    g["state"] = _state(
-                        interval_state(cur.low, cur.high, float(thr), str(g["better"]))
-                    )
-                g["passed"] = g["state"] in (PASS, NOT_APPLICABLE)
-                g["significant"] = g["state"] == FAIL
-                g["reason"] += (
-                    f"; intersected over {cur.looks} looks of this step: "
-                    f"{_ci_text(cur.low, cur.high)}"
+        b_ci = before.get("ci") or [None, None]
+        looks = int(before.get("looks", 0)) + 1
+        cur = sq.Running(b_ci[0], b_ci[1], before.get("p_value"), looks - 1)
+        lo_now, hi_now = (ci[0], ci[1]) if ci is not None else (None, None)
+        cur = cur.update(lo_now, hi_now, g.get("p_value"))
+        running[name] = {"ci": [cur.low, cur.high] if ci is not None else None,
+                         "p_value": cur.pvalue, "looks": looks}  # fmt: skip
+        changed = False
+        if ci is not None and [cur.low, cur.high] != list(ci):
+            g["ci"] = [cur.low, cur.high]
+            changed = True
+            thr = g["threshold"]
+            if g["kind"] == "primary":
+                g["state"] = _state(primary_state(cur.low, cur.high, float(thr)))
+            elif thr is not None and g.get("better") in ("lower", "higher"):
+                g["state"] = _state(interval_state(cur.low, cur.high, float(thr), str(g["better"])))
+        if cur.pvalue is not None and cur.pvalue != g.get("p_value"):
+            g["p_value"] = cur.pvalue
+            changed = True
+            srm = report.get("srm") or {}
+            if (
+                g["kind"] == "srm"
+                and cur.pvalue < float(g["threshold"])
+                and (srm.get("max_share_diff") or 0.0) > (srm.get("min_share_diff") or 0.0)
+            ):
+                g["state"] = FAIL
+        if changed:
+            g["passed"] = g["state"] in (PASS, NOT_APPLICABLE)
+            g["significant"] = g["state"] == FAIL
+            g["reason"] += (
+                f"; over {looks} looks of this step: "
+                + (
+                    f"intersected interval {_ci_text(cur.low, cur.high)}, "
+                    if ci is not None
+                    else ""
                 )
+                + f"smallest always-valid p {_fmt(cur.pvalue)}"
+            )
         out.append(g)
     return out, decide(out, report), running

@@ -318,7 +318,7 @@ class Running:
     low: float | None
     high: float | None
     pvalue: float | None = None
-    looks: int = 1
+    looks: int = 0
 
     def update(self, low: float | None, high: float | None, pvalue: float | None) -> Running:
         lo = _max_opt(self.low, low)

@@ -116,7 +116,9 @@ def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) 
     return analyse
 
 
-GATE_KEYS = ("name", "passed", "value", "threshold", "reason", "state", "ci", "always_valid")
+GATE_KEYS = (
+    "name", "passed", "value", "threshold", "reason", "state", "ci", "p_value", "always_valid",
+)  # fmt: skip
 
 
 def verdict_from_report(report: dict[str, Any], since: float, until: float) -> dict[str, Any]:
