@@ -12,6 +12,10 @@ what a sidecar needs, carefully:
 - ``Expect: 100-continue`` is answered only to HTTP/1.1 clients, only when a body is expected, and
   only once every response owed ahead of that request has been written;
 - responses are written with one ``transport.write``; HEAD, 1xx, 204 and 304 carry no body;
+- the last answer on a connection (``Connection: close``, HTTP/1.0, an error) is followed by a
+  lingering close (half-close, discard input for ``LINGER_S``, as nginx's ``lingering_close``),
+  so a client still sending reads its answer instead of a reset; requests pipelined behind a
+  ``Connection: close`` request are discarded unprocessed;
 - malformed requests get a 400 JSON error and the connection is closed; upgrades are refused.
 
 Bounds (:class:`HttpLimits`; every refusal is reported through ``on_refused(status, reason)``):
@@ -631,6 +635,13 @@ class HttpProtocol(asyncio.Protocol):
             req.body = b"".join(self._body)
         keep_alive = p.should_keep_alive() and not self.server.stopping
         self._pending.append((req, keep_alive, req.version == "1.0"))
+        if not keep_alive:
+            # the last request on this connection: anything after it is discarded unread (a
+            # pipelined request behind "Connection: close" must never reach the upstream)
+            self._refused = True
+            if not self._busy:
+                self._next()
+            raise _Stop
         t = self.transport
         if len(self._pending) > MAX_PIPELINE and not self._reading_paused and t is not None:
             self._reading_paused = True
@@ -675,9 +686,14 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = keep_alive and not self.server.stopping
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(encode_response(resp, req.method == "HEAD", keep_alive, http10))
-            if not keep_alive:
-                transport.close()
+            data = encode_response(resp, req.method == "HEAD", keep_alive, http10)
+            if keep_alive:
+                transport.write(data)
+            else:
+                self._refused = True  # discard whatever else the client sends
+                self._pending.clear()
+                self._send_and_linger(data)
+                return
         self.last_active = time.monotonic()
         self._next()
 
