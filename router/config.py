@@ -212,7 +212,7 @@ class LimitsConfig(_Strict):
         default=60.0, gt=0, description="a client that reads none of its answers for this long"
     )
     max_connections: int = Field(
-        default=4096, ge=1, le=1_000_000, description="client connections per worker; more: 503"
+        default=1024, ge=1, le=1_000_000, description="client connections per worker; more: 503"
     )
     write_buffer_bytes: int = Field(
         default=1024 * 1024,

@@ -250,7 +250,7 @@ class HttpLimits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
-    max_connections: int = 4096
+    max_connections: int = 1024
     write_buffer_high: int = 1024 * 1024
 
 
