@@ -19,6 +19,7 @@ The default run is CI-sized (a few seconds); ``ROUTER_FULL_SIM=1`` runs 20x more
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -138,8 +139,10 @@ class Harness:
         self.upstream = await loop.create_server(lambda: Upstream(self.log), "127.0.0.1", 0)
         url = f"http://127.0.0.1:{self.upstream.sockets[0].getsockname()[1]}"
         d = config_dict(url, url, None, tmp=self.tmp, fallback="none")
-        d["limits"].update(max_body=4096, header_timeout_s=0.3, body_timeout_s=0.3,
-                           max_header_bytes=8192, max_request_line=2048, max_headers=20)  # fmt: skip
+        d["limits"].update(
+            max_body=4096, header_timeout_s=0.3, body_timeout_s=0.3, max_header_bytes=8192,
+            max_request_line=2048, max_headers=20,
+        )  # fmt: skip
         d["guard"]["enabled"] = False
         self.router = InProcessRouter(make_config(d), self.tmp / "run", None)
         await self.router.__aenter__()
@@ -215,7 +218,7 @@ def requests(draw: st.DrawFn, seq: str) -> Req:
         headers.append(("Transfer-Encoding", "chunked"))
         cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=6)))
         edges = [0, *cuts, len(body)]
-        chunks = [body[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+        chunks = [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
         trailers = draw(st.lists(st.tuples(token, value), max_size=3))
     lines = [f"{method} {target} {version}".encode()]
     lines += [f"{k}: {v}".encode() for k, v in headers]
@@ -299,7 +302,7 @@ def parse_answers(raw: bytes, heads: list[bool]) -> list[Answer]:
 def check(harness: Harness, reqs: list[Req], splits: list[int]) -> None:
     stream = b"".join(r.raw for r in reqs)
     cuts = sorted({s for s in splits if 0 < s < len(stream)})
-    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=False)]
+    pieces = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     before = len(harness.log.requests)
     raw = harness.run(harness.exchange(pieces))
     answers = parse_answers(raw, [r.head for r in reqs])
