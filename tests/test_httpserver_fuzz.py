@@ -279,7 +279,7 @@ def parse_answers(raw: bytes, heads: list[bool]) -> list[Answer]:
         parser = httptools.HttpResponseParser(proto)
         # one answer at a time: a HEAD answer announces a body it does not carry
         head_end = raw.index(b"\r\n\r\n", pos) + 4
-        status = int(raw[pos : head_end].split(b" ", 2)[1])
+        status = int(raw[pos:head_end].split(b" ", 2)[1])
         if status < 200:
             pos = head_end
             continue
@@ -287,11 +287,11 @@ def parse_answers(raw: bytes, heads: list[bool]) -> list[Answer]:
         is_head = status == 200 and len(out) < len(heads) and heads[len(out)]
         headers = dict(
             (k.strip().lower(), v.strip())
-            for k, _, v in (x.partition(b":") for x in raw[pos : head_end].split(b"\r\n")[1:-2])
+            for k, _, v in (x.partition(b":") for x in raw[pos:head_end].split(b"\r\n")[1:-2])
         )
         assert b"transfer-encoding" not in headers, headers
         length = 0 if is_head else int(headers[b"content-length"])
-        parser.feed_data(raw[pos : head_end] if is_head else raw[pos : head_end + length])
+        parser.feed_data(raw[pos:head_end] if is_head else raw[pos : head_end + length])
         if is_head:
             out.append(Answer(status, headers, b""))
         pos = head_end + length
