@@ -63,6 +63,7 @@ class RouterApp:
         # never forwarded from a client: hop-by-hop headers, and the shadow marker (only the
         # router marks shadow requests)
         self.drop_headers = HOP_BY_HOP | {name.lower().encode()}
+        self.drop_headers_id = self.drop_headers | {b"x-request-id"}  # (the client's id replaced)
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)

@@ -101,8 +101,8 @@ def forward_headers(
     xff: bytes | None = None
     has_proto = False
     has_host = False
-    if not keep_id:
-        drop = drop | _REQUEST_ID
+    if not keep_id and b"x-request-id" not in drop:
+        drop = drop | _REQUEST_ID  # (the app passes a set that already has it: no work here)
     for k, v in request.raw_headers:
         lk = k.lower()
         if lk in drop:
@@ -204,7 +204,9 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             else:
                 mirrored = True
 
-    fwd = forward_headers(request, request_id, keep_id, app.drop_headers)
+    fwd = forward_headers(
+        request, request_id, keep_id, app.drop_headers if keep_id else app.drop_headers_id
+    )
     method = request.method.encode()
     target = request.raw_path.encode("latin-1")
 
