@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -454,3 +455,26 @@ async def test_item9_100_continue_only_for_http11_and_only_when_its_turn_comes()
         ((status, _, body),) = _responses(rest)
         assert status == 200 and orjson.loads(body)["body"] == "abc"
         writer.close()
+
+
+def test_limits_in_the_reference_config_are_the_defaults_and_bad_ones_name_the_key() -> None:
+    from router.config import ConfigError, LimitsConfig, load_config, parse_config
+    from router.server import http_limits
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "router.yaml")
+    assert cfg.limits == LimitsConfig()  # the annotated reference shows every default
+    lim = http_limits(cfg, reserved=300)
+    assert (lim.max_request_line, lim.max_header_bytes, lim.max_headers) == (8192, 65536, 100)
+    assert (lim.header_timeout, lim.body_timeout, lim.keepalive_timeout) == (30, 60, 75)
+    assert (lim.send_timeout, lim.write_buffer_high, lim.max_body) == (60, 1 << 20, 1 << 20)
+    base = {"champion": {"url": "http://a:1", "version": "1"},
+            "challenger": {"url": "http://a:2", "version": "2"},
+            "experiment": {"name": "e", "salt": "s"}}  # fmt: skip
+    for limits, message in (
+        ({"max_headers": 0}, "limits.max_headers: Input should be greater than or equal to 1"),
+        ({"header_timeout_s": 0}, "limits.header_timeout_s: Input should be greater than 0"),
+        ({"max_request_line": 100_000}, "limits: max_request_line may not exceed max_header"),
+        ({"max_conections": 5}, "limits.max_conections: unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**base, "limits": limits}, "f.yaml")
