@@ -400,21 +400,28 @@ class HttpProtocol(asyncio.Protocol):
         elif len(data) > self._max_head:
             self._feed_bounded(data)
             return
-        self._feed(data)
+        try:  # (_feed, inlined: this is the per-request path)
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc)
 
     def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if not self._refused:
-                self._refuse(400, "protocol upgrades are not supported", "upgrade")
-        except httptools.HttpParserError as exc:
-            if not self._refused:
-                detail = str(exc)[:200]
-                if detail == "Invalid HTTP version":
-                    self._refuse(505, "HTTP version not supported", "bad_version")
-                else:
-                    self._refuse(400, "malformed HTTP request", "malformed_request", detail=detail)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc)
+
+    def _parse_error(self, exc: Exception) -> None:
+        if self._refused:
+            return  # a callback refused the request and stopped the parser
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            self._refuse(400, "protocol upgrades are not supported", "upgrade")
+            return
+        detail = str(exc)[:200]
+        if detail == "Invalid HTTP version":
+            self._refuse(505, "HTTP version not supported", "bad_version")
+        else:
+            self._refuse(400, "malformed HTTP request", "malformed_request", detail=detail)
 
     def _feed_bounded(self, data: bytes) -> None:
         """Slow path: this read could take a head (or a chunked body's framing) past
@@ -423,8 +430,9 @@ class HttpProtocol(asyncio.Protocol):
         pos, end = 0, len(data)
         while pos < end and not self._refused:
             if self._state != _BODY:
-                # body bytes inside a framing section are not framing
-                used = self._head_raw - (self._body_size - self._body_mark)
+                used = self._head_raw
+                if self._state == _FRAMING:  # the chunk's data bytes are not framing
+                    used -= self._body_size - self._body_mark
                 room = self._max_head - used
                 if room <= 0:
                     if self._state == _FRAMING:
@@ -511,7 +519,6 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
-        self._body_mark = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -616,7 +623,6 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._state = _AWAIT
         self._head_raw = 0
-        self._body_mark = self._body_size
         if self._trailers:
             self._trailers.clear()
             self.server.on_event("request_trailers_dropped")
