@@ -335,22 +335,20 @@ class _Conn(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         body = self.body
-        headers = self.headers
-        dropped = len(headers) - self.trailer_mark
-        if dropped > 0:  # trailers of a chunked answer: never merged into the headers
-            headers = headers[: self.trailer_mark]
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(
-                UpstreamResponse(
-                    self.parser.get_status_code(),
-                    self.reason,
-                    headers,
-                    body[0] if len(body) == 1 else b"".join(body),
-                    self.keep_alive,
-                    dropped if dropped > 0 else 0,
-                )
+            resp = UpstreamResponse(
+                self.parser.get_status_code(),
+                self.reason,
+                self.headers,
+                body[0] if len(body) == 1 else b"".join(body),
+                self.keep_alive,
             )
+            mark = self.trailer_mark
+            if len(self.headers) > mark:  # trailers of a chunked answer: never merged
+                resp.dropped_trailers = len(self.headers) - mark
+                resp.headers = self.headers[:mark]
+            waiter.set_result(resp)
         self.body = []
 
     def _fail(self, exc: BaseException) -> None:
@@ -392,11 +390,6 @@ class _CappedConn(_Conn):
         self.cap: int = pool._max_body or 0
         self.size = 0
         self.truncated = False
-
-    def start(self, data: bytes, head: bool, deadline: float) -> asyncio.Future[UpstreamResponse]:
-        self.size = 0
-        self.truncated = False
-        return super().start(data, head, deadline)
 
     def on_body(self, body: bytes) -> None:
         before = self.size
@@ -517,9 +510,11 @@ class UpstreamPool:
         deadlines = self._deadlines
         while deadlines and deadlines[0][2].done():
             deadlines.popleft()
-        if self._max_body is not None:
+        if self._max_body is not None:  # a _CappedConn: hand over its count, reset it
             resp.truncated = conn.truncated  # type: ignore[attr-defined]
             resp.body_bytes = conn.size  # type: ignore[attr-defined]
+            conn.truncated = False  # type: ignore[attr-defined]
+            conn.size = 0  # type: ignore[attr-defined]
         if conn.reusable() and not self._closed:
             conn.reused = True
             self._put_back(conn)
