@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from router import admin
@@ -23,7 +25,7 @@ from router.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
 from router.guard import ShadowGuard
 from router.httpserver import Request, Response
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.proxy import handle_proxy, json_error
+from router.proxy import HOP_BY_HOP, handle_proxy, json_error
 from router.records import FinalizeOptions, PendingRecord
 from router.shadow import ShadowDispatcher
 from router.upstream import UpstreamPool
@@ -58,6 +60,10 @@ class RouterApp:
         self.fallback_to_champion = exp.fallback == "champion"
         name, value = exp.shadow_header_pair
         self.shadow_header = (name.encode(), value.encode())
+        # never forwarded from a client: hop-by-hop headers, and the shadow marker (only the
+        # router marks shadow requests)
+        self.drop_headers = HOP_BY_HOP | {name.lower().encode()}
+        self.drop_headers_id = self.drop_headers | {b"x-request-id"}  # (the client's id replaced)
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)
@@ -78,6 +84,7 @@ class RouterApp:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+        self.open_connections: Callable[[], int] | None = None  # set by the server
 
     # ---- upstreams ----------------------------------------------------------------------
     def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
@@ -90,12 +97,25 @@ class RouterApp:
             timeout=ucfg.timeout,
         )  # fmt: skip
         self.shadow_pools[variant] = UpstreamPool(
-            host, port, pool_size=max(1, min(ucfg.pool_size, self.cfg.limits.shadow_concurrency)),
+            host, port, pool_size=self.shadow_pool_size(ucfg.pool_size),
             connect_timeout=ucfg.connect_timeout, timeout=ucfg.timeout,
+            max_response_body=self.cfg.limits.shadow_max_response_bytes,
         )  # fmt: skip
         self._base_paths[variant] = parts.path.rstrip("/").encode()
         if old:
             asyncio.get_running_loop().create_task(self._close_later(old, ucfg.timeout + 1.0))
+
+    def shadow_pool_size(self, pool_size: int) -> int:
+        return max(1, min(pool_size, self.cfg.limits.shadow_concurrency))
+
+    def descriptors_reserved(self) -> int:
+        """File descriptors this worker may need besides client connections: every upstream
+        pool twice over (a live change keeps the old pools until their requests finish), plus
+        64 for Redis, the spool, snapshots, the listening socket and the event loop."""
+        pools = 0
+        for ucfg in (self.cfg.champion, self.cfg.challenger):
+            pools += ucfg.pool_size + self.shadow_pool_size(ucfg.pool_size)
+        return 2 * pools + 64
 
     @staticmethod
     async def _close_later(pools: list[UpstreamPool], delay: float) -> None:
@@ -212,6 +232,8 @@ class RouterApp:
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL)
             self.metrics.set("router_shadow_queue_depth", float(self.shadow.queue.qsize()))
+            if self.open_connections is not None:
+                self.metrics.set("router_open_connections", float(self.open_connections()))
             self.snapshots.write(self.metrics)
 
     async def stop(self) -> None:
@@ -229,10 +251,22 @@ class RouterApp:
         self.snapshots.write(self.metrics)
 
     # ---- request entry point ----------------------------------------------------------------
-    def on_refused(self, status: int) -> None:
-        """Counted when the HTTP server refuses a request itself (413, malformed)."""
-        reason = "body_too_large" if status == 413 else "malformed_request"
+    def on_refused(self, status: int, reason: str) -> None:
+        """Counted when the HTTP server refuses a request itself (limits, timeouts, malformed)."""
         self.metrics.inc("router_rejected_requests", (reason,))
+
+    _EVENTS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
+        "request_trailers_dropped": ("router_trailers_dropped", ("request",)),
+        "keepalive_timeout": ("router_connections_closed", ("keepalive_timeout",)),
+        "header_timeout_idle": ("router_connections_closed", ("header_timeout_idle",)),
+        "send_timeout": ("router_connections_closed", ("send_timeout",)),
+        "write_paused": ("router_write_paused", ()),
+    }
+
+    def on_event(self, name: str) -> None:
+        """Connection events of the HTTP server (timeouts, backpressure, dropped trailers)."""
+        metric, labels = self._EVENTS.get(name, ("router_connections_closed", (name,)))
+        self.metrics.inc(metric, labels)
 
     async def handle(self, request: Request) -> Response:
         path = request.raw_path

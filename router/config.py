@@ -249,12 +249,55 @@ class AdminConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
+    """Bounds of the sidecar's HTTP edge. Where the issue that introduced a limit was silent, the
+    default is nginx's or Envoy's (named in README.md, "Configuration reference")."""
+
     max_body: int = Field(default=1024 * 1024, ge=1, description="bytes; larger gets 413")
     mirror_max_body: int = Field(default=256 * 1024, ge=0, description="larger is not mirrored")
     capture_queue: int = Field(default=20_000, ge=1)
     shadow_queue: int = Field(default=2_000, ge=1)
     shadow_concurrency: int = Field(default=64, ge=1)
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    max_request_line: int = Field(
+        default=8 * 1024, ge=64, le=1024 * 1024, description="bytes; a longer request line: 414"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="bytes of request line + headers (and of a chunked body's framing and "
+        "trailers); more: 431",
+    )
+    max_headers: int = Field(default=100, ge=1, le=10_000, description="header lines; more: 431")
+    header_timeout_s: float = Field(
+        default=30.0, gt=0, description="from accept (or the request's first byte) to its end"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="longest pause between two reads of a request body"
+    )
+    keepalive_timeout_s: float = Field(
+        default=75.0, gt=0, description="idle keep-alive connections are closed after this"
+    )
+    send_timeout_s: float = Field(
+        default=60.0, gt=0, description="a client that reads none of its answers for this long"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="client connections per worker; more: 503"
+    )
+    write_buffer_bytes: int = Field(
+        default=1024 * 1024,
+        ge=16 * 1024,
+        description="per-connection write buffer high-water mark; reading pauses above it",
+    )
+    shadow_max_response_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="bytes of a shadow answer kept; the rest discarded"
+    )
+
+    @model_validator(mode="after")
+    def _line_fits_head(self) -> LimitsConfig:
+        if self.max_request_line > self.max_header_bytes:
+            raise ValueError("max_request_line may not exceed max_header_bytes")
+        return self
 
 
 class GuardConfig(_Strict):

@@ -70,8 +70,21 @@ CATALOGUE: dict[str, MetricDef] = {
         ("variant", "role", "kind"),
     ),
     "router_rejected_requests": MetricDef(
-        "counter", "Requests refused by the router itself", ("reason",)
+        "counter", "Requests and connections refused by the router itself", ("reason",)
     ),
+    "router_request_ids_replaced": MetricDef(
+        "counter", "Client X-Request-Id values replaced by a generated id", ("reason",)
+    ),
+    "router_trailers_dropped": MetricDef(
+        "counter", "Trailer fields dropped (never merged into headers)", ("direction",)
+    ),
+    "router_connections_closed": MetricDef(
+        "counter", "Client connections closed by the router (timeouts)", ("reason",)
+    ),
+    "router_write_paused": MetricDef(
+        "counter", "Times a client's write buffer passed its high-water mark (reading paused)"
+    ),
+    "router_open_connections": MetricDef("gauge", "Open client connections (summed)"),
     "router_assignment_fallbacks": MetricDef(
         "counter", "Requests whose unit was missing and fell back to the request id", ("reason",)
     ),
@@ -85,6 +98,9 @@ CATALOGUE: dict[str, MetricDef] = {
     ),
     "router_shadow_failed": MetricDef(
         "counter", "Shadow requests that failed (connect, timeout, protocol)", ("kind",)
+    ),
+    "router_shadow_truncated": MetricDef(
+        "counter", "Shadow answers larger than limits.shadow_max_response_bytes", ("variant",)
     ),
     "router_shadow_throttled": MetricDef(
         "counter", "Requests not mirrored because the shadow guard throttled mirroring"
@@ -311,7 +327,10 @@ def declare_defaults(metrics: Metrics) -> None:
                  "router_capture_replay_duplicates"):  # fmt: skip
         metrics.inc(name, (), 0.0)
     metrics.inc("router_assignment_fallbacks", ("no_unit",), 0.0)
-    for reason in ("connect", "timeout", "5xx", "protocol"):
+    for reason in ("connect", "timeout", "5xx", "protocol", "not_retried"):
         metrics.inc("router_challenger_fallbacks", (reason,), 0.0)
+    for reason in ("too_many_connections", "header_too_large", "header_timeout"):
+        metrics.inc("router_rejected_requests", (reason,), 0.0)
+    metrics.inc("router_write_paused", (), 0.0)
     metrics.set("router_in_flight_requests", 0.0)
     metrics.set("router_shadow_guard_active", 0.0)

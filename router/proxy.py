@@ -2,9 +2,16 @@
 
 Per request: read the body (bounded), find the unit (header, else JSON body path, else the
 request id, counted), hash it into a bucket, pick the served variant, forward with hop-by-hop
-headers removed and ``X-Forwarded-*`` added, answer with the upstream's status, headers and body
-plus ``X-Request-Id`` and ``X-Router-Variant``. Mirroring, capture and metrics export are handed
-off to background tasks; the only await on this path is the served model.
+headers (and a client-supplied shadow marker header: only the router marks shadows) removed and
+``X-Forwarded-*`` added, answer with the upstream's status, headers and body plus
+``X-Request-Id`` and ``X-Router-Variant`` (replacing any the upstream set). Mirroring, capture and
+metrics export are handed off to background tasks; the only await on this path is the served
+model.
+
+The request id is the client's ``X-Request-Id`` when it is 1-128 visible ASCII characters
+(``!`` to ``~``, no spaces, one header); otherwise (missing, empty, too long, two of them,
+control or non-ASCII bytes) the router generates one, forwards it instead of the client's and
+counts ``router_request_ids_replaced_total{reason}``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# what the router sets on every answer: the upstream's own values are dropped
+ROUTER_RESPONSE_HEADERS = frozenset({b"x-request-id", b"x-router-variant", b"x-router-fallback"})
+MAX_REQUEST_ID = 128
+
 _ID_PREFIX = os.urandom(5).hex()
 _ids = itertools.count(1)
 
@@ -60,6 +71,17 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
+def valid_request_id(value: str) -> bool:
+    """1-128 visible ASCII characters (RFC 9110 VCHAR: no spaces, so two X-Request-Id headers,
+    which the server joins with ", ", are refused too)."""
+    return (
+        0 < len(value) <= MAX_REQUEST_ID
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )
+
+
 def json_error(status: int, error: str, **extra: object) -> Response:
     return json_response({"error": error, **extra}, status)
 
@@ -68,16 +90,22 @@ def _status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def forward_headers(request: Request, request_id: str, had_id: bool) -> list[tuple[bytes, bytes]]:
-    """Request headers for the upstream: hop-by-hop removed, X-Forwarded-* and id added."""
+def forward_headers(
+    request: Request, request_id: str, keep_id: bool, drop: frozenset[bytes] = HOP_BY_HOP
+) -> list[tuple[bytes, bytes]]:
+    """Request headers for the upstream: ``drop`` (hop-by-hop, and the app adds the shadow
+    marker) removed, X-Forwarded-* added, and X-Request-Id: the client's when ``keep_id``, else
+    ``request_id`` in its place."""
     out: list[tuple[bytes, bytes]] = []
     extra_hop: set[bytes] = set()
     xff: bytes | None = None
     has_proto = False
     has_host = False
+    if not keep_id and b"x-request-id" not in drop:
+        drop = drop | _REQUEST_ID  # (the app passes a set that already has it: no work here)
     for k, v in request.raw_headers:
         lk = k.lower()
-        if lk in HOP_BY_HOP:
+        if lk in drop:
             if lk == b"connection":
                 extra_hop.update(t.strip().lower() for t in v.split(b","))
             continue
@@ -95,20 +123,23 @@ def forward_headers(request: Request, request_id: str, had_id: bool) -> list[tup
     out.append((b"X-Forwarded-For", xff + b", " + ip if xff else ip))
     if not has_proto:
         out.append((b"X-Forwarded-Proto", b"http"))
-    if not had_id:
+    if not keep_id:
         out.append((b"X-Request-Id", request_id.encode()))
     if not has_host:
         out.append((b"Host", b"localhost"))
     return out
 
 
-_RESP_HOP = HOP_BY_HOP - {b"content-length"}  # the server frames the body itself
+_REQUEST_ID = frozenset({b"x-request-id"})
+# the server frames the body itself; our own headers replace the upstream's
+_RESP_HOP = (HOP_BY_HOP - {b"content-length"}) | ROUTER_RESPONSE_HEADERS
 
 
 def client_response(
     resp: UpstreamResponse, request_id: str, variant: str, fallback: str | None
 ) -> Response:
-    """The upstream's answer, unchanged but for hop-by-hop headers, plus our two headers."""
+    """The upstream's answer, unchanged but for hop-by-hop headers, plus our two headers (which
+    replace any the upstream set: one id and one variant per answer)."""
     headers = [(k, v) for k, v in resp.headers if k.lower() not in _RESP_HOP]
     headers.append((b"X-Request-Id", request_id.encode()))
     headers.append((b"X-Router-Variant", variant.encode()))
@@ -125,7 +156,14 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
     body = request.body  # the server already refused bodies over limits.max_body (413)
     hdrs = request.headers  # lower-case names
     given_id = hdrs.get("x-request-id")
-    request_id = given_id or new_request_id()
+    if given_id is not None and valid_request_id(given_id):
+        request_id = given_id
+        keep_id = True
+    else:
+        request_id = new_request_id()
+        keep_id = False
+        if given_id is not None:
+            m.inc("router_request_ids_replaced", ("empty" if not given_id else "invalid",))
 
     # --- unit and segments --------------------------------------------------------------------
     unit: str | None = hdrs.get(app.unit_header) if app.unit_header else None
@@ -166,7 +204,9 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             else:
                 mirrored = True
 
-    fwd = forward_headers(request, request_id, given_id is not None)
+    fwd = forward_headers(
+        request, request_id, keep_id, app.drop_headers if keep_id else app.drop_headers_id
+    )
     method = request.method.encode()
     target = request.raw_path.encode("latin-1")
 
@@ -214,6 +254,8 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
 
         out = client_response(resp, request_id, answered_by, fallback)
         m.inc("router_requests", (answered_by, _status_class(resp.status)))
+        if resp.dropped_trailers:
+            m.inc("router_trailers_dropped", ("response",), resp.dropped_trailers)
 
         # --- shadow, off the hot path --------------------------------------------------------
         if mirrored:

@@ -111,6 +111,8 @@ class Side:
     latency_ms: float | None = None
     body: bytes | None = None
     error: str | None = None
+    truncated: bool = False  # only the first bytes of the answer were kept (shadow side)
+    response_bytes: int | None = None  # the full body size when truncated
 
 
 @dataclass(slots=True)
@@ -153,13 +155,17 @@ def _side_dict(side: Side | None, doc: Any, opts: FinalizeOptions) -> dict[str, 
     prediction = None
     if opts.prediction_path and doc is not _MISSING:
         prediction = lookup(doc, opts.prediction_path)
-    return {
+    out = {
         "version": side.version,
         "status": side.status,
         "latency_ms": side.latency_ms,
         "prediction": prediction,
         "error": side.error,
     }
+    if side.truncated:  # additions to schema v1, present only on a truncated shadow answer
+        out["truncated"] = True
+        out["response_bytes"] = side.response_bytes
+    return out
 
 
 def hash_value(value: Any, salt: str) -> str:

@@ -2,8 +2,11 @@
 
 ``router serve --workers N`` binds the socket once in the parent, initialises the shared live
 state, starts the embedded Redis when configured, and forks N workers that each run an event loop
-(uvloop) with an aiohttp low-level server on the inherited socket. The parent forwards SIGTERM /
-SIGINT, restarts a worker that dies unexpectedly, and exits 0 once every worker stopped cleanly.
+(uvloop) with the router's HTTP server (:mod:`router.httpserver`) on the inherited socket. The
+parent forwards SIGTERM / SIGINT, restarts a worker that dies unexpectedly, and exits 0 once every
+worker stopped cleanly. On SIGTERM the parent closes its copy of the listening socket at once and
+each worker closes its own as its first step, so new connections are refused (not queued and
+later reset) while in-flight requests drain.
 
 A worker's clean stop: stop accepting, let in-flight requests finish (bounded), wait for shadow
 calls (bounded), flush the capture queue to Redis, write its final metrics snapshot.
@@ -17,6 +20,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -28,7 +32,7 @@ from typing import Any
 
 from router.app import RouterApp
 from router.config import RouterConfig
-from router.httpserver import HttpServer
+from router.httpserver import HttpLimits, HttpServer
 from router.redisproc import RedisProcess
 
 log = logging.getLogger("router.server")
@@ -83,6 +87,48 @@ def start_redis(cfg: RouterConfig) -> tuple[str | None, RedisProcess | None]:
     return proc.url, proc
 
 
+def fit_descriptors(max_connections: int, reserved: int) -> int:
+    """Client connections this process can hold while upstream and Redis sockets still get
+    descriptors: raises the soft RLIMIT_NOFILE towards the hard one when needed, and lowers
+    ``max_connections`` (with a warning) when even that is too small."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + reserved
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_connections
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit to %d: %s", target, exc)
+    if soft >= need:
+        return max_connections
+    fitted = max(1, soft - reserved)
+    log.warning(
+        "limits.max_connections lowered from %d to %d: the open-files limit is %d and %d "
+        "descriptors are kept for upstream pools, Redis and files", max_connections, fitted,
+        soft, reserved,
+    )  # fmt: skip
+    return fitted
+
+
+def http_limits(cfg: RouterConfig, reserved: int) -> HttpLimits:
+    lim = cfg.limits
+    return HttpLimits(
+        max_body=lim.max_body,
+        max_request_line=lim.max_request_line,
+        max_header_bytes=lim.max_header_bytes,
+        max_headers=lim.max_headers,
+        header_timeout=lim.header_timeout_s,
+        body_timeout=lim.body_timeout_s,
+        keepalive_timeout=lim.keepalive_timeout_s,
+        send_timeout=lim.send_timeout_s,
+        max_connections=fit_descriptors(lim.max_connections, reserved),
+        write_buffer_high=lim.write_buffer_bytes,
+    )
+
+
 class RunningRouter:
     """One worker's server inside an existing event loop (also used by tests and the demo)."""
 
@@ -98,8 +144,12 @@ class RunningRouter:
         self.app = RouterApp(cfg, run_dir, redis_url)
         self.initialise_control = initialise_control
         self.http = HttpServer(
-            self.app.handle, max_body=cfg.limits.max_body, on_refused=self.app.on_refused
+            self.app.handle,
+            limits=http_limits(cfg, self.app.descriptors_reserved()),
+            on_refused=self.app.on_refused,
+            on_event=self.app.on_event,
         )
+        self.app.open_connections = lambda: len(self.http.connections)
         self.port: int | None = None
 
     async def start(self, sock: socket.socket | None = None) -> int:
@@ -173,6 +223,9 @@ class _Supervisor:
         def on_signal(signum: int, _frame: Any) -> None:
             if not self.stopping:
                 log.info("received %s: stopping %d workers", signal.Signals(signum).name, workers)
+                # no worker will be started again: give up our copy of the listening socket so
+                # that, once every worker closed its own, new connections are refused at once
+                self.sock.close()
             self.stopping = True
             for p in procs:
                 if p.is_alive() and p.pid:

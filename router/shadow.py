@@ -6,6 +6,11 @@ shadow side. A fixed number of worker tasks (``limits.shadow_concurrency``) send
 a connection pool reserved for shadow traffic, so a slow or dead shadow model cannot exhaust the
 connections the served path uses. Each finished job fills the other side of the record and hands
 the record to capture.
+
+Shadow answers are bounded: the shadow pools keep at most ``limits.shadow_max_response_bytes`` of
+an answer's body and read the rest without keeping it (the latency still covers the whole answer).
+Such a side is recorded with ``truncated: true`` and ``response_bytes`` (the full body size) and
+counted in ``router_shadow_truncated_total``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from router.records import PendingRecord, Side
 from router.upstream import (
     UpstreamConnectError,
     UpstreamError,
+    UpstreamNotRetriedError,
     UpstreamPool,
     UpstreamTimeout,
 )
@@ -46,6 +52,8 @@ def error_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, UpstreamConnectError):
         return "connect"
+    if isinstance(exc, UpstreamNotRetriedError):
+        return "not_retried"
     if isinstance(exc, UpstreamError):
         return "protocol"
     return type(exc).__name__
@@ -116,6 +124,10 @@ class ShadowDispatcher:
             side.latency_ms = elapsed * 1000.0
             side.status = resp.status
             side.body = resp.body
+            if resp.truncated:
+                side.truncated = True
+                side.response_bytes = resp.body_bytes
+                self.metrics.inc("router_shadow_truncated", (job.variant,))
             self.metrics.observe(
                 "router_upstream_latency_seconds", elapsed, (job.variant, "shadow")
             )

@@ -21,13 +21,25 @@ Semantics
   (no ``Connection: close``, not HTTP/1.0 without keep-alive, not read-until-close). Anything
   else (timeouts, cancellation, parse errors, unsolicited bytes) closes it, so a connection with a
   half-read response never returns to the pool.
-* Retry: if a *reused* keep-alive connection is lost before ANY response byte arrived, the
-  request is retried once on a fresh connection (in the same pool slot). This is the classic
-  race with a server closing an idle connection at the moment we write to it. It is done for
-  all methods, including non-idempotent ones: a server that closes without sending a single
-  byte has, for any HTTP/1.1 server we front, not processed the request (the same rule as
-  aiohttp's / urllib3's "connection reset on a reused connection" retry). A *fresh* connection
-  lost that way is not retried: that is a real upstream failure.
+* Retry (the rule nginx applies with ``proxy_next_upstream``, whose default never passes a
+  non-idempotent request on once it has been sent): a request is retried once, on a fresh
+  connection, when the connection was lost before ANY response byte arrived and either
+
+  - the request cannot have reached the upstream: the connection was already closing when it was
+    picked, or the write itself failed (any method); or
+  - the connection was a *reused* keep-alive one (the race with a server closing an idle
+    connection at the moment we write to it) and the method is idempotent (RFC 9110 section
+    9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+
+  A non-idempotent request (POST, PATCH, ...) lost that way after it was written may have been
+  read by the upstream, so it is not sent again: :class:`UpstreamNotRetriedError` (a 502 for the
+  client, counted as ``kind="not_retried"``). A *fresh* connection lost after the write is not
+  retried either: that is a real upstream failure.
+* Trailers of a chunked answer are read and dropped (``UpstreamResponse.dropped_trailers``
+  counts them); they never become headers.
+* An unsolicited ``101 Switching Protocols`` (we never ask for an upgrade) fails the exchange.
+* ``max_response_body`` (the shadow pools): at most that many body bytes are kept; the rest is
+  read and discarded, the answer is marked ``truncated`` and ``body_bytes`` has its full size.
 * The request's own ``Content-Length`` / ``Transfer-Encoding`` headers are replaced: the body
   is always sent whole with a Content-Length computed here (omitted for GET/HEAD with an empty
   body). All other headers are sent as given, in order (the caller sets Host).
@@ -47,6 +59,7 @@ import httptools
 __all__ = [
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamNotRetriedError",
     "UpstreamPool",
     "UpstreamProtocolError",
     "UpstreamResponse",
@@ -76,6 +89,11 @@ class UpstreamProtocolError(UpstreamError):
     """Malformed response, or the connection was lost before the response was complete."""
 
 
+class UpstreamNotRetriedError(UpstreamProtocolError):
+    """A non-idempotent request was lost on a reused connection after it was written: the
+    upstream may have read it, so it is not sent again."""
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     status: int
@@ -83,10 +101,21 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
+    dropped_trailers: int = 0
+    truncated: bool = False  # only with max_response_body: body holds the first bytes
+    body_bytes: int = -1  # only with max_response_body: the full body size
 
 
 class _Lost(Exception):
-    """Internal: the connection went away before any response byte (maybe retryable)."""
+    """Internal: the connection went away before any response byte (maybe retryable).
+    ``sent`` is False when the request provably never left (closing connection, failed write)."""
+
+    def __init__(self, sent: bool) -> None:
+        super().__init__()
+        self.sent = sent
+
+
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 _NO_CL_METHODS = frozenset((b"GET", b"HEAD"))
@@ -138,7 +167,9 @@ class _Conn(asyncio.Protocol):
         "reset_parser",
         "reused",
         "timer",
+        "trailer_mark",
         "transport",
+        "unsent",
         "waiter",
     )
 
@@ -161,6 +192,8 @@ class _Conn(asyncio.Protocol):
         self.framed = False
         self.keep_alive = False
         self.reset_parser = False
+        self.unsent = False
+        self.trailer_mark = -1
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
@@ -200,6 +233,7 @@ class _Conn(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
 
     def eof_received(self) -> bool | None:
+        self.alive = False  # never pick it again: the transport closes now
         return None  # close the transport; connection_lost decides what EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -212,7 +246,7 @@ class _Conn(asyncio.Protocol):
                 self.keep_alive = False  # read-until-close body: EOF ends it
                 self._finish()
             elif not self.got_bytes:
-                self._fail(_Lost())
+                self._fail(_Lost(not self.unsent))
             elif self.headers_done:
                 self._fail(UpstreamProtocolError("connection lost mid-body", name))
             else:
@@ -242,10 +276,16 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = parser.get_status_code()
-        if status < 200 and status != 101:
+        if status < 200:
+            if status == 101:
+                self._kill()
+                self._fail(UpstreamProtocolError("unsolicited 101 Switching Protocols",
+                                                 self.pool._name))  # fmt: skip
+                return
             self.interim = True
             return
         self.headers_done = True
+        self.trailer_mark = len(self.headers)
         self.keep_alive = parser.should_keep_alive()
         if status in (204, 304) or status < 200:
             self.framed = True  # llhttp ends these at the headers
@@ -272,7 +312,7 @@ class _Conn(asyncio.Protocol):
         self.waiter = waiter = loop.create_future()
         if not self.alive or self.broken:
             self._kill()
-            waiter.set_exception(_Lost())
+            waiter.set_exception(_Lost(False))
             return waiter
         self.complete = False
         self.head = head
@@ -283,7 +323,10 @@ class _Conn(asyncio.Protocol):
         self.headers = []
         self.body = []
         self.pool._watch(deadline, self, waiter)
-        self.transport.write(data)  # type: ignore[union-attr]
+        t = self.transport
+        t.write(data)  # type: ignore[union-attr]
+        # a write that fails at once closes the transport: not a byte of it left this host
+        self.unsent = t.is_closing()  # type: ignore[union-attr]
         return waiter
 
     def _finish(self) -> None:
@@ -294,15 +337,18 @@ class _Conn(asyncio.Protocol):
         body = self.body
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(
-                UpstreamResponse(
-                    self.parser.get_status_code(),
-                    self.reason,
-                    self.headers,
-                    body[0] if len(body) == 1 else b"".join(body),
-                    self.keep_alive,
-                )
+            resp = UpstreamResponse(
+                self.parser.get_status_code(),
+                self.reason,
+                self.headers,
+                body[0] if len(body) == 1 else b"".join(body),
+                self.keep_alive,
             )
+            mark = self.trailer_mark
+            if len(self.headers) > mark:  # trailers of a chunked answer: never merged
+                resp.dropped_trailers = len(self.headers) - mark
+                resp.headers = self.headers[:mark]
+            waiter.set_result(resp)
         self.body = []
 
     def _fail(self, exc: BaseException) -> None:
@@ -333,6 +379,29 @@ class _Conn(asyncio.Protocol):
         return self.alive and self.keep_alive and not self.broken
 
 
+class _CappedConn(_Conn):
+    """A connection of a pool with ``max_response_body``: keeps at most that many body bytes,
+    reads and discards the rest, and measures the full size."""
+
+    __slots__ = ("cap", "size", "truncated")
+
+    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(pool, loop)
+        self.cap: int = pool._max_body or 0
+        self.size = 0
+        self.truncated = False
+
+    def on_body(self, body: bytes) -> None:
+        before = self.size
+        self.size = before + len(body)
+        if self.size <= self.cap:
+            self.body.append(body)
+        elif not self.truncated:
+            self.truncated = True
+            if before < self.cap:
+                self.body.append(body[: self.cap - before])
+
+
 class UpstreamPool:
     """Keep-alive HTTP/1.1 connection pool to one upstream ``host:port``."""
 
@@ -344,10 +413,13 @@ class UpstreamPool:
         pool_size: int = 64,
         connect_timeout: float = 1.0,
         timeout: float = 5.0,
+        max_response_body: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
+        self._max_body = max_response_body
+        self._conn_class: type[_Conn] = _Conn if max_response_body is None else _CappedConn
         self._host = host
         self._port = port
         self._name = f"{host}:{port}"
@@ -410,13 +482,23 @@ class UpstreamPool:
             waiter = conn.start(data, head, deadline)
             try:
                 resp = await waiter
-            except _Lost:
+            except _Lost as lost:
                 # the connection is gone; we still hold its slot
-                if retry and conn.reused and not self._closed:
+                if (
+                    retry
+                    and not self._closed
+                    and (not lost.sent or (conn.reused and method in IDEMPOTENT_METHODS))
+                ):
                     retry = False
                     conn = await self._connect(loop, deadline)
                     continue
                 self._release_slot()
+                if lost.sent and conn.reused and method not in IDEMPOTENT_METHODS:
+                    raise UpstreamNotRetriedError(
+                        f"connection closed before any response byte after the {method.decode()} "
+                        "was sent; not retried (not idempotent)",
+                        self._name,
+                    ) from None
                 raise UpstreamProtocolError(
                     "connection closed before any response byte", self._name
                 ) from None
@@ -428,6 +510,11 @@ class UpstreamPool:
         deadlines = self._deadlines
         while deadlines and deadlines[0][2].done():
             deadlines.popleft()
+        if self._max_body is not None:  # a _CappedConn: hand over its count, reset it
+            resp.truncated = conn.truncated  # type: ignore[attr-defined]
+            resp.body_bytes = conn.size  # type: ignore[attr-defined]
+            conn.truncated = False  # type: ignore[attr-defined]
+            conn.size = 0  # type: ignore[attr-defined]
         if conn.reusable() and not self._closed:
             conn.reused = True
             self._put_back(conn)
@@ -546,7 +633,7 @@ class UpstreamPool:
         """Open a connection in a slot the caller already holds; frees the slot on failure."""
         remaining = deadline - loop.time()
         limit = min(self._connect_timeout, remaining)
-        conn = _Conn(self, loop)
+        conn = self._conn_class(self, loop)
         try:
             if limit <= 0:
                 raise TimeoutError

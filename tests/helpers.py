@@ -183,13 +183,15 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServeProcess:
+    def start(
+        self, timeout: float = 20.0, preexec: Callable[[], None] | None = None
+    ) -> ServeProcess:
         env = dict(os.environ, ROUTER_TEST_TOKEN=TOKEN)
         self._logf = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "serve", "-c", str(self.path),
              "--workers", str(self.workers)],
-            stdout=self._logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            stdout=self._logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=preexec,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -456,3 +458,222 @@ async def test_dead_redis_is_survived_counted_and_reported(echo_pair: Any, tmp_p
         assert metric_sum(m, "router_capture_errors_total") >= 1
         assert metric_sum(m, "router_capture_healthy") == 0
         assert metric_sum(m, "router_capture_spooled_total") >= 1
+
+
+# ---- issue 12: an edge that holds -------------------------------------------------------------
+Answer = Callable[[bytes, bytes], bytes | None]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(answer: Answer) -> AsyncIterator[tuple[str, list[tuple[bytes, bytes]]]]:
+    """A byte-level upstream: ``answer(head, body)`` is written back (None: close instead);
+    every request it read is in the list."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                body = await reader.readexactly(length)
+                seen.append((head, body))
+                out = answer(head, body)
+                if out is None:
+                    return
+                writer.write(out)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+
+
+async def raw_call(port: int, data: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request on its own connection (``Connection: close`` is the caller's)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
+    return int(lines[0].split()[1]), headers, body
+
+
+def _ok_json(doc: dict[str, Any], extra: bytes = b"") -> bytes:
+    body = orjson.dumps(doc)
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (extra, len(body), body)
+    )
+
+
+async def test_item1_request_id_is_capped_and_validated(
+    echo_pair: Any, tmp_path: Path, redis_url: str
+) -> None:
+    champ, chall = echo_pair
+    cfg = make_config(config_dict(champ, chall, redis_url, tmp=tmp_path))
+    cases = [
+        (b"x" * 10_000, "invalid"),  # 10 KiB: not echoed, not stored
+        (b"a" * 129, "invalid"),
+        (b"has space", "invalid"),
+        (b"caf\xc3\xa9", "invalid"),  # not ASCII
+        (b"tab\there", "invalid"),  # a control character
+        (b"", "empty"),  # item 6: an empty id counts as missing
+    ]
+    async with InProcessRouter(cfg, tmp_path / "run", redis_url) as router:
+        answered: list[str] = []
+        for given, _ in cases:
+            status, headers, body = await raw_call(
+                router.port,
+                b"POST /p HTTP/1.1\r\nHost: r\r\nX-User-Id: u\r\nX-Request-Id: " + given
+                + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )  # fmt: skip
+            assert status == 200
+            ids = [v for k, v in headers if k == "x-request-id"]
+            assert len(ids) == 1 and ids[0] != given.decode("latin-1")
+            assert 0 < len(ids[0]) <= 128
+            seen = [v for k, v in orjson.loads(body)["headers"] if k.lower() == "x-request-id"]
+            assert seen == ids  # the upstream got the generated id, not the client's
+            answered.append(ids[0])
+        # a valid id is kept end to end
+        status, headers, body = await raw_call(
+            router.port,
+            b"GET /p HTTP/1.1\r\nHost: r\r\nX-Request-Id: req-1.2_3:A~\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert [v for k, v in headers if k == "x-request-id"] == ["req-1.2_3:A~"]
+        answered.append("req-1.2_3:A~")
+        assert await wait_for(lambda: len(read_stream(redis_url, "t:pairs")) == len(answered))
+        m = router.app.metrics
+        assert m.counter_value("router_request_ids_replaced", ("invalid",)) == 5
+        assert m.counter_value("router_request_ids_replaced", ("empty",)) == 1
+    assert sorted(r["request_id"] for r in read_stream(redis_url, "t:pairs")) == sorted(answered)
+
+
+async def test_item4_trailers_never_become_headers(tmp_path: Path, redis_url: str) -> None:
+    trailer_answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'e\r\n{"score": 0.5}\r\n0\r\nSet-Cookie: session=evil\r\n\r\n'
+    )
+    async with raw_upstream(lambda h, b: trailer_answer) as (champ, seen):
+        cfg = make_config(config_dict(champ, champ, redis_url, tmp=tmp_path))
+        async with InProcessRouter(cfg, tmp_path / "run", redis_url) as router:
+            status, headers, body = await raw_call(
+                router.port,
+                b"POST /p HTTP/1.1\r\nHost: r\r\nX-User-Id: alice\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n2\r\n{}\r\n0\r\nX-User-Id: victim\r\n"
+                b"Authorization: Bearer stolen\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+            )
+            assert status == 200 and body == b'{"score": 0.5}'
+            assert "set-cookie" not in dict(headers)
+            ((head, fwd_body),) = seen
+            assert fwd_body == b"{}" and b"victim" not in head and b"stolen" not in head
+            assert b"6.6.6.6" not in head and b"Transfer-Encoding" not in head
+            assert await wait_for(lambda: len(read_stream(redis_url, "t:pairs")) == 1)
+            m = router.app.metrics
+            assert m.counter_value("router_trailers_dropped", ("request",)) == 1
+            assert m.counter_value("router_trailers_dropped", ("response",)) == 1
+    (rec,) = read_stream(redis_url, "t:pairs")
+    assert rec["unit"] == "alice"
+
+
+async def test_item5_post_lost_after_sending_is_502_not_resent(
+    tmp_path: Path, redis_url: str
+) -> None:
+    answers = iter([_ok_json({"score": 1}), None])  # answer the first, read+close on the second
+    async with raw_upstream(lambda h, b: next(answers, None)) as (champ, seen):
+        cfg = make_config(config_dict(champ, champ, redis_url, tmp=tmp_path))
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(f"{router.url}/p") as r:
+                assert r.status == 200
+            async with s.post(f"{router.url}/p", data=b"charge-card") as r:
+                assert r.status == 502
+                assert "not retried" in (await r.json())["detail"]
+            m = router.app.metrics
+            assert m.counter_value("router_upstream_errors", ("champion", "served", "not_retried"))
+        assert [b for _, b in seen] == [b"", b"charge-card"]  # the POST reached it once
+
+
+async def test_item6_router_id_and_variant_replace_the_upstreams(
+    tmp_path: Path, redis_url: str
+) -> None:
+    own = b"X-Request-Id: upstream-id\r\nX-Router-Variant: upstream\r\nX-Router-Fallback: x\r\n"
+    async with raw_upstream(lambda h, b: _ok_json({"score": 1}, own)) as (champ, _):
+        cfg = make_config(config_dict(champ, champ, redis_url, tmp=tmp_path))
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(f"{router.url}/p", headers={"X-Request-Id": "client-1"}) as r:
+                assert r.headers.getall("X-Request-Id") == ["client-1"]
+                assert r.headers.getall("X-Router-Variant") == ["champion"]
+                assert "X-Router-Fallback" not in r.headers
+
+
+async def test_item7_shadow_answers_are_bounded_and_marked_truncated(
+    tmp_path: Path, redis_url: str
+) -> None:
+    big = orjson.dumps({"score": 0.9, "pad": "p" * (3 * 1024 * 1024)})
+    async with (
+        raw_upstream(lambda h, b: _ok_json({"score": 0.1})) as (champ, _),
+        raw_upstream(lambda h, b: _ok_json(orjson.loads(big))) as (chall, _),
+    ):
+        d = config_dict(champ, chall, redis_url, tmp=tmp_path, mirror=1.0)
+        d["limits"]["shadow_max_response_bytes"] = 65536
+        async with (
+            InProcessRouter(make_config(d), tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            for i in range(3):
+                async with s.post(f"{router.url}/p", headers={"X-User-Id": f"u{i}"}) as r:
+                    assert r.status == 200
+            assert await wait_for(lambda: len(read_stream(redis_url, "t:pairs")) == 3)
+            m = router.app.metrics
+            assert m.counter_value("router_shadow_truncated", ("challenger",)) == 3
+    for rec in read_stream(redis_url, "t:pairs"):
+        side = rec["challenger"]
+        assert side["truncated"] is True and side["response_bytes"] == len(big)
+        assert side["status"] == 200 and side["latency_ms"] > 0 and side["prediction"] is None
+        assert "truncated" not in rec["champion"]  # only a truncated side carries the keys
+        assert rec["champion"]["prediction"] == 0.1
+
+
+async def test_item9_client_shadow_marker_stripped_and_upstream_101_is_502(
+    tmp_path: Path, redis_url: str
+) -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with (
+        raw_upstream(lambda h, b: _ok_json({"score": 1})) as (champ, seen),
+        raw_upstream(lambda h, b: upgrade) as (switching, _),
+    ):
+        cfg = make_config(config_dict(champ, champ, redis_url, tmp=tmp_path))
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(f"{router.url}/p", headers={"X-Shadow-Request": "1"}) as r:
+                assert r.status == 200
+            assert b"x-shadow-request" not in seen[0][0].lower()
+        cfg = make_config(config_dict(switching, switching, redis_url, tmp=tmp_path))
+        async with (
+            InProcessRouter(cfg, tmp_path / "run2", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(f"{router.url}/p") as r:
+                assert r.status == 502
+                assert "101" in (await r.json())["detail"]

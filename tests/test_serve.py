@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import resource
+import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from router.assign import assign
 from tests.helpers import (
     TOKEN,
     ServeProcess,
     config_dict,
+    echo_app,
     metric_sum,
     parse_metrics,
     read_stream,
+    start_app,
     wait_for,
 )
 
@@ -129,3 +135,67 @@ async def test_sigterm_under_load_loses_no_record(
     stored = {r["request_id"] for r in read_stream(redis_url, "t:pairs")}
     assert ok_ids <= stored  # every answered request has its record
     assert "worker stopped cleanly" in router.log.read_text()
+
+
+async def test_item8_multiworker_sigterm_refuses_new_connections_while_draining(
+    tmp_path: Path,
+) -> None:
+    """With --workers 2, once SIGTERM arrives new connections are refused at once (the parent's
+    copy of the listening socket is closed too), while an in-flight request still finishes."""
+    slow, slow_url = await start_app(echo_app("champion", delay=2.0))
+    try:
+        cfg = config_dict(slow_url, slow_url, None, tmp=tmp_path)
+        cfg["champion"]["timeout"] = 5.0
+        router = ServeProcess(cfg, tmp_path, workers=2).start()
+        async with aiohttp.ClientSession() as s:
+            in_flight = asyncio.create_task(s.post(f"{router.url}/p", data=b"x"))
+            await asyncio.sleep(0.5)  # the request is at the (slow) upstream now
+            assert router.proc is not None
+            router.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", router.port), timeout=1).close()
+            r = await in_flight
+            assert r.status == 200
+            r.release()
+        assert await asyncio.to_thread(router.stop) == 0
+    finally:
+        await slow.cleanup()
+
+
+async def test_item2_client_flood_leaves_descriptors_for_upstream_sockets(
+    echo_pair: Any, tmp_path: Path
+) -> None:
+    """RLIMIT_NOFILE 256 and 300 idle clients: the worker caps its client connections
+    (max_connections is lowered to fit the limit, the rest get 503), so a proxied request
+    still gets an upstream socket (before: 502 "Too many open files")."""
+    champ, chall = echo_pair
+    cfg = config_dict(champ, chall, None, tmp=tmp_path)
+    for side in ("champion", "challenger"):
+        cfg[side]["pool_size"] = 4
+    router = ServeProcess(cfg, tmp_path, workers=1)
+    await asyncio.to_thread(
+        router.start, preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    )
+
+    def flood() -> tuple[bytes, bytes]:
+        clients = [socket.create_connection(("127.0.0.1", router.port)) for _ in range(301)]
+        try:
+            time.sleep(0.5)
+            first, last = clients[0], clients[-1]
+            first.sendall(b"POST /p HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n\r\n{}")
+            first.settimeout(5)
+            last.settimeout(5)
+            return first.recv(65536), last.recv(100)
+        finally:
+            for c in clients:
+                c.close()
+
+    try:
+        answer, beyond = await asyncio.to_thread(flood)
+    finally:
+        code = await asyncio.to_thread(router.stop)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert beyond.startswith(b"HTTP/1.1 503 ")
+    assert code == 0
+    assert "max_connections lowered" in router.log.read_text()
