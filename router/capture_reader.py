@@ -129,6 +129,16 @@ def iter_raw_pages(
     """Pages of the raw ``r`` payloads of ``key`` stored within ``[since, until]`` (``[since,
     until)`` with ``until_exclusive``), undecoded: for readers that decode in bulk (the
     analyzer). One page is in memory at a time."""
+    for _ids, page in iter_raw_id_pages(client, key, since, until, count,
+                                        until_exclusive=until_exclusive):  # fmt: skip
+        yield page
+
+
+def iter_raw_id_pages(
+    client: Any, key: str, since: float | None = None, until: float | None = None,
+    count: int = 10_000, *, until_exclusive: bool = False,
+) -> Iterator[tuple[list[str], list[bytes]]]:  # fmt: skip
+    """:func:`iter_raw_pages` with the stream id of each payload (to name a bad entry)."""
     start = _min_id(since)
     end = _max_id(until)
     if until_exclusive and until is not None:
@@ -137,13 +147,14 @@ def iter_raw_pages(
         batch = client.xrange(key, min=start, max=end, count=count)
         if not batch:
             return
-        page = []
-        for _id, fields in batch:
+        ids, page = [], []
+        for raw_id, fields in batch:
             raw = fields.get(b"r", fields.get("r"))
             if raw is not None:
+                ids.append(_s(raw_id))
                 page.append(raw if isinstance(raw, bytes) else str(raw).encode())
         if page:
-            yield page
+            yield ids, page
         if len(batch) < count:
             return
         start = "(" + _s(batch[-1][0])

@@ -7,7 +7,8 @@ a failure means:
   failed on the point estimate only → continue (more data will tell);
 * ``schema`` (systematic response-contract break) → rollback;
 * ``srm``, ``fairness``, ``drift`` failed → hold (a human must look: the data or the population
-  is wrong, not necessarily the model);
+  is wrong, not necessarily the model); so does ``data`` (too many invalid records, see
+  :mod:`router.analysis.data_quality`);
 * ``sample`` failed → continue, "not enough data";
 * ``primary``: promote when the sequential lower bound clears ``min_uplift``; rollback when the
   sequential interval lies entirely on the harmful side of zero.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.analysis.data_quality import data_quality_gates, empty_window_decision
 from router.analysis.policy import Policy
 
 
@@ -357,13 +359,14 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
                 primary["eta_s"] = m.get("eta_s")
         gates.append(primary)
 
+    gates += data_quality_gates(report, policy, gates)
     return gates, decide(gates, report, policy)
 
 
 def decide(gates: list[dict[str, Any]], report: dict[str, Any], policy: Policy) -> dict[str, Any]:
     """Rollback > hold > continue (not enough data) > promote > continue."""
     if report["counts"]["records"] == 0:
-        return {"action": "continue", "reasons": ["not enough data: no records in the window"]}
+        return empty_window_decision(report)
     failed = [g for g in gates if not g["passed"]]
     rollback = [
         g for g in gates if g["significant"] and (not g["passed"] or g["kind"] == "primary")
@@ -373,7 +376,7 @@ def decide(gates: list[dict[str, Any]], report: dict[str, Any], policy: Policy) 
             "action": "rollback",
             "reasons": [f"{g['name']} significantly worse: {g['reason']}" for g in rollback],
         }
-    hold = [g for g in failed if g["kind"] in ("srm", "fairness", "drift")]
+    hold = [g for g in failed if g["kind"] in ("srm", "fairness", "drift", "data")]
     if hold:
         return {"action": "hold", "reasons": [f"{g['name']} failed: {g['reason']}" for g in hold]}
     reasons = []

@@ -308,7 +308,7 @@ def test_item12_segment_values_are_capped_and_memory_is_bounded() -> None:
         tracemalloc.stop()
         return acc, used
 
-    small, used_small = feed(2000)
+    _, used_small = feed(2000)
     big, used_big = feed(10_000)
     # the per-request-id sets grow 16 bytes a record; the segment state does not grow
     assert used_big - used_small < 8000 * 200, (used_small, used_big)
@@ -325,7 +325,7 @@ def test_item12_too_many_outcome_metric_names_is_a_clear_error(tmp_path: Path) -
 
     rows = [{"request_id": f"r{i}", "metric": f"m{i}", "value": 1} for i in range(70_000)]
     oi = OutcomeIndex()
-    with pytest.raises(TooManyMetrics, match="distinct metric names"):
+    with pytest.raises(TooManyMetrics, match="distinct outcome metric names"):
         oi.add_raw([_lines(rows)], "synth")
         oi.metrics  # noqa: B018
     recs, _ = dataset(SynthSpec(n=100, seed=122))
