@@ -143,7 +143,8 @@ def data_quality_gates(
                "gate cannot be evaluated")  # fmt: skip
         have = by_name.get(m["gate"])
         if have is not None:
-            have.update(passed=False, state="not_evaluable", reason=why, significant=False)
+            if have.get("evaluated", True):  # (a shadow window does not judge the primary)
+                have.update(passed=False, state="not_evaluable", reason=why, significant=False)
         else:
             out.append({"name": m["gate"], "kind": "guardrail", "passed": False, "value": None,
                         "threshold": m["threshold"], "reason": why, "significant": False,

@@ -148,11 +148,27 @@ class Invalid:
 
 # ------------------------------------------------------------------ the verdict of a line
 def _record_problems(df: pl.DataFrame, now: float) -> pl.Series:
-    """The first problem of each parsed record (``"<field>: <kind>"``), null when valid."""
+    """The first problem of each parsed record (``"<field>: <kind>"``), null when valid. A
+    boolean pass over the page first; the reasons are spelled out only for a page that fails."""
     v, rid, ts, served = pl.col("v"), pl.col("request_id"), pl.col("ts"), pl.col("served")
     champ, chall = pl.col("champion"), pl.col("challenger")
     side_missing = pl.when(served == "champion").then(champ.is_null()).otherwise(chall.is_null())
     contract = pl.col("contract")
+    c_lat, h_lat = champ.struct.field("latency_ms"), chall.struct.field("latency_ms")
+    ok = (
+        (v.is_null() | (v == RECORD_VERSION))
+        & rid.is_not_null()
+        & (ts >= TS_MIN)
+        & (ts < min(TS_MS, now + FUTURE_SLACK_S))
+        & served.is_in(["champion", "challenger"])
+        & ~side_missing
+        & (c_lat.is_null() | (c_lat >= 0))
+        & (h_lat.is_null() | (h_lat >= 0))
+        & (contract.is_null() | contract.str.starts_with("{"))
+    ).fill_null(False)
+    if df.select(ok.all()).item():
+        out = pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("why")
+        return _segment_problems(df, out)
     reason = (
         pl.when(v.is_not_null() & (v != RECORD_VERSION))
         .then(pl.lit("v: unsupported version (only 1)"))
@@ -172,14 +188,18 @@ def _record_problems(df: pl.DataFrame, now: float) -> pl.Series:
         .then(pl.lit("served: not champion or challenger"))
         .when(side_missing)
         .then(pl.concat_str(served, pl.lit(": missing for the served side")))
-        .when(champ.struct.field("latency_ms") < 0)
+        .when(c_lat < 0)
         .then(pl.lit("champion.latency_ms: negative"))
-        .when(chall.struct.field("latency_ms") < 0)
+        .when(h_lat < 0)
         .then(pl.lit("challenger.latency_ms: negative"))
         .when(contract.is_not_null() & ~contract.str.starts_with("{"))
         .then(pl.lit("contract: not an object"))
     )
-    out = df.select(reason.alias("why")).to_series()
+    return _segment_problems(df, df.select(reason.alias("why")).to_series())
+
+
+def _segment_problems(df: pl.DataFrame, out: pl.Series) -> pl.Series:
+    """``out`` with "segment: not an object of strings" where that is the first problem."""
     segs = df["segment"]
     if segs.null_count() < df.height:
         bad = [t for t in segs.drop_nulls().unique().to_list() if not _segment_ok(t)]
@@ -363,7 +383,12 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(
         rid=pl.col("request_id"),
         h=rid_hash(pl.col("request_id")),
-        k=pl.struct("request_id", "ts", "unit", "served").hash(HASH_SEED).reinterpret(signed=True),
+        k=(
+            pl.col("request_id").hash(HASH_SEED)
+            ^ pl.col("ts").hash(HASH_SEED + 1)
+            ^ pl.col("unit").hash(HASH_SEED + 2)
+            ^ served.hash(HASH_SEED + 3)
+        ).reinterpret(signed=True),
         ts=pl.col("ts"),
         v=pl.when(served == "champion").then(0).when(served == "challenger").then(1).cast(pl.Int8),
         exp=pl.col("experiment"),

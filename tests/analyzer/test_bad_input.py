@@ -240,6 +240,22 @@ def test_item9_invalid_reasons_by_field_with_line_numbers_and_a_hold(tmp_path: P
     assert r["decision"]["action"] != "hold"
 
 
+def test_item9_invalid_stream_entries_are_named_by_stream_id(redis_url: str) -> None:
+    import redis
+
+    from .test_report import xadd_records
+
+    recs, _ = dataset(SynthSpec(n=300, seed=92))
+    client = redis.Redis.from_url(redis_url)
+    xadd_records(client, "synth:pairs", recs)
+    bad_id = client.xadd("synth:pairs", {"r": orjson.dumps(dict(recs[0], request_id="x",
+                                                                 v="banana"))})  # fmt: skip
+    p = _cli("--experiment", "synth", "--redis", redis_url, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    (reason,) = json.loads(p.stdout)["data_quality"]["records"]["reasons"]
+    assert reason["field"] == "v" and reason["examples"] == [f"synth:pairs {bad_id.decode()}"]
+
+
 # ------------------------------------------------------------------ item 10: one line, one verdict
 def test_item10_a_bad_line_does_not_change_the_verdict_of_its_neighbours() -> None:
     recs, _ = dataset(SynthSpec(n=200, seed=101))
@@ -258,6 +274,16 @@ def test_item11_an_experiment_typo_names_the_experiments_present(tmp_path: Path)
     pairs, outcomes = _write(tmp_path / "p.jsonl", recs), _write(tmp_path / "o.jsonl", outs)
     p = _cli("--experiment", "synht", "--pairs", str(pairs), "--outcomes", str(outcomes))
     _one_line_exit_2(p, "synht", "synth", "500")
+
+
+def test_item11_records_and_outcomes_of_other_experiments_are_counted_by_name() -> None:
+    recs, outs = dataset(SynthSpec(n=500, seed=114))
+    other = [dict(r, experiment="checkout", request_id="c" + r["request_id"]) for r in recs[:40]]
+    other_outs = [dict(o, experiment="checkout") for o in outs[:7]]
+    r = strict_json(build_report(recs + other, outs + other_outs, experiment="synth"))
+    assert r["counts"]["records"] == 500 and r["counts"]["outside_window"] == 0
+    assert r["data_quality"]["records"]["other_experiments"] == {"checkout": 40}
+    assert r["data_quality"]["outcomes"]["other_experiments"] == {"checkout": 7}
 
 
 def test_item11_an_experiment_typo_on_redis_names_the_experiments_present(redis_url: str) -> None:
