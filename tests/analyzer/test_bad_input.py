@@ -383,8 +383,14 @@ def test_item13_non_finite_times_are_one_line_naming_the_argument(value: str) ->
 
 @pytest.mark.parametrize("url", ["redis://h:port/0", "redis://:99999999/0", "http://h:6379",
                                  "redis+cluster://"])
-def test_item13_a_malformed_redis_url_is_one_line_naming_the_argument(url: str) -> None:
+def test_item13_a_malformed_redis_url_is_one_line_naming_the_argument(
+    url: str, tmp_path: Path
+) -> None:
     _one_line_exit_2(_cli("--experiment", "x", "--redis", url), "--redis")
+    export = subprocess.run([sys.executable, "-m", "router", "export", "--experiment", "x",
+                             "--redis", url, "-o", str(tmp_path / "x.jsonl")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    _one_line_exit_2(export, "malformed Redis URL")
 
 
 def test_item13_windows_that_select_nothing_say_so() -> None:

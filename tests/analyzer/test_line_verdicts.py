@@ -117,6 +117,9 @@ def test_an_outcome_rows_verdict_is_its_verdict_alone(rows: list[Any]) -> None:
     page = [orjson.dumps(r) for r in rows]
     df, bad = parse_outcomes(b"\n".join(page))
     mixed = dict(bad)
+    expect_kept = []
     for i, line in enumerate(page):
-        _, alone = parse_outcomes(line)
+        alone_df, alone = parse_outcomes(line)
         assert mixed.get(i) == dict(alone).get(0), (i, line)
+        expect_kept += alone_df.rows()
+    assert df.rows() == expect_kept
