@@ -137,8 +137,9 @@ def iter_raw_pages(
 def iter_raw_id_pages(
     client: Any, key: str, since: float | None = None, until: float | None = None,
     count: int = 10_000, *, until_exclusive: bool = False,
-) -> Iterator[tuple[list[str], list[bytes]]]:  # fmt: skip
-    """:func:`iter_raw_pages` with the stream id of each payload (to name a bad entry)."""
+) -> Iterator[tuple[list[Any], list[bytes]]]:  # fmt: skip
+    """:func:`iter_raw_pages` with the stream id of each payload (to name a bad entry), as
+    the client returns it (bytes, or str with ``decode_responses``)."""
     start = _min_id(since)
     end = _max_id(until)
     if until_exclusive and until is not None:
@@ -151,7 +152,7 @@ def iter_raw_id_pages(
         for raw_id, fields in batch:
             raw = fields.get(b"r", fields.get("r"))
             if raw is not None:
-                ids.append(_s(raw_id))
+                ids.append(raw_id)
                 page.append(raw if isinstance(raw, bytes) else str(raw).encode())
         if page:
             yield ids, page

@@ -103,13 +103,14 @@ class Chunk:
 
     data: bytes
     first_line: int = 1
-    names: Sequence[str] | None = None
+    names: Sequence[str | bytes] | None = None  # (stream ids as the client returns them)
     label: str = "line"
 
     def where(self, i: int) -> str:
-        if self.names is not None:
-            return f"{self.label} {self.names[i]}" if i < len(self.names) else f"{self.label} ?"
-        return f"{self.label} {self.first_line + i}"
+        if self.names is None:
+            return f"{self.label} {self.first_line + i}"
+        name = self.names[i] if i < len(self.names) else "?"
+        return f"{self.label} {name.decode() if isinstance(name, bytes) else name}"
 
 
 @dataclass

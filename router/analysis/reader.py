@@ -72,8 +72,12 @@ def file_chunks(path: str, size: int = CHUNK) -> Iterator[Chunk]:
     line = 1
     for data in iter_chunks(path, size):
         yield Chunk(data, first_line=line)
-        # (numpy counts a 12 MiB chunk's newlines in ~1.5 ms, bytes.count in ~4)
-        line += int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
+        line += _newlines(data)
+
+
+def _newlines(data: bytes) -> int:
+    # (numpy counts a 12 MiB chunk's newlines in ~1.5 ms, bytes.count in ~4)
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
 
 
 def stream_chunks(
@@ -84,7 +88,7 @@ def stream_chunks(
 
     for ids, page in iter_raw_id_pages(client, key, since, until):
         data = b"\n".join(page)
-        if data.count(b"\n") != len(page) - 1:  # a payload written over several lines
+        if _newlines(data) != len(page) - 1:  # a payload written over several lines
             data = b"\n".join(p.replace(b"\n", b" ") for p in page)  # (JSON: whitespace)
         yield Chunk(data, names=ids, label=key)
 
