@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
-from router.capture import WRITE_BATCH_LUA, CaptureWriter, batch_marker_key
+from router.capture import WRITE_BATCH_LUA, CaptureWriter, writer_mark_key
 from router.config import CaptureConfig
 from router.metrics import Metrics
 from router.netutil import free_port
@@ -96,10 +96,9 @@ async def bench(n: int, batch_size: int) -> dict[str, float]:
         plain = time.perf_counter() - t0
         script = client.register_script(WRITE_BATCH_LUA)
         t0 = time.perf_counter()
-        for i in range(0, n, batch_size):
-            bid = f"b{i}"
-            await script(["s:pairs", batch_marker_key("s:pairs", bid)],
-                         [86400, 1_000_000, "", *payloads[i : i + batch_size]])  # fmt: skip
+        for seq, i in enumerate(range(0, n, batch_size), start=1):
+            await script(["s:pairs", writer_mark_key("s:pairs", "bench")],
+                         [86400, 1_000_000, "", seq, *payloads[i : i + batch_size]])  # fmt: skip
         lua = time.perf_counter() - t0
         await client.aclose()
         print(f"pipelined XADD         : {n / plain:>10,.0f} records/s")

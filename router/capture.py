@@ -8,16 +8,30 @@ writes each batch with one pipelined round trip. Each stream entry has a single 
 holding the record's JSON.
 
 **Exactly once, whatever Redis does.** Every write goes through one Lua script per (stream,
-batch): ``SET <stream>:batch:<batch_id> 1 NX EX dedupe_ttl_s``, and only if that key was new,
-``XADD`` every entry of the batch and trim the stream (``MAXLEN ~`` and/or ``MINID ~``). A script
-runs atomically, so a batch is in the stream entirely or not at all, and a batch id can never be
-applied twice. When a write fails or is slower than ``write_timeout_s`` (Redis down, failing
-over, overloaded), the batch goes, with its batch id, to the local spool
+batch). A batch id is ``<writer nonce>.<seq>``: ``seq`` grows by one per batch of this writer
+process, and a writer's batches reach each stream in ``seq`` order (a failed batch and every
+later one go to the spool and are replayed in order). So one *high-water mark* per (stream,
+writer) is enough to recognise a batch that is already in Redis: the script reads
+``<stream>:writer:<nonce>``; a ``seq`` at or below it is a duplicate (``-1``); otherwise it
+adds every entry of the batch (``XADD``), trims the stream (``MAXLEN ~`` and/or ``MINID ~``) and
+sets the mark to ``seq`` with ``EX dedupe_ttl_s``. A script runs atomically, so a batch is in the
+stream entirely or not at all and can never be applied twice. The marks cost one small key per
+writer process and stream, whatever the traffic (the earlier design kept one key per batch:
+1.6 million keys a day per worker at 400 req/s). At replay the script also honours the per-batch
+key of that earlier design (``<stream>:batch:<id>``), so a spool left by it replays exactly once.
+
+**Any failure is a spool.** Whatever a write raises (redis-py's errors, including
+``RedisClusterException``, which is not a ``RedisError``; socket errors; a timeout at
+``write_timeout_s``; anything unexpected), the batch goes, with its batch id, to the local spool
 (:mod:`router.spooler`), and so does every later batch until the spool is drained: order is
-kept. A probe pings Redis with backoff; once it answers, the spool is replayed oldest first
-through the same script, so a batch whose first attempt did reach Redis (a timeout after
-success) or that was replayed just before a crash is skipped, not duplicated. The spool is
-bounded (``spool_max_bytes``): beyond it batches are dropped and counted.
+kept. A probe task then tests the write path of exactly the streams that failed (a ``SET`` with
+a short expiry on ``<stream>:probe``, which lives in the stream's hash slot, so on a cluster it
+reaches the master that owns that slot, and fails while that master is failing over) with
+exponential backoff (50 ms to 2 s, reset only by a successful write), survives any error, and
+logs its first failure and then every 30 s. Once the probe's write succeeds, the spool is
+replayed oldest first through the same script, so a batch whose first attempt did reach Redis
+(a timeout after success) or that was replayed just before a crash is skipped, not duplicated.
+The spool is bounded (``spool_max_bytes``): beyond it batches are dropped and counted.
 
 **Keys** (the one place that names them; readers call these functions):
 ``<experiment>:pairs`` and ``<experiment>:outcomes`` on a single Redis; with Redis Cluster
@@ -41,13 +55,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from router.config import CaptureConfig
+from router.config import CaptureConfig, parse_redis_url
 from router.metrics import Metrics
 from router.records import FinalizeOptions, PendingRecord, finalize
 from router.spooler import Spool
@@ -57,30 +70,29 @@ log = logging.getLogger("router.capture")
 T = TypeVar("T")
 Item = tuple[str, Any]  # ("pairs" | "outcomes", PendingRecord | dict)
 Group = tuple[str, str, list[bytes]]  # (stream key, batch id, payloads)
-WRITE_ERRORS = (RedisError, OSError, TimeoutError)
 
-# KEYS[1] stream, KEYS[2] batch marker; ARGV: ttl_s, maxlen|'', minid|'', payload...
+# KEYS[1] stream, KEYS[2] the writer's high-water mark, KEYS[3] (replays only) the per-batch
+# marker of the earlier design; ARGV: ttl_s, maxlen|'', minid|'', seq, payload...
 # Returns the number of entries added, or -1 when the batch was already written.
 WRITE_BATCH_LUA = """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return -1 end
-for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
+local seq = tonumber(ARGV[4])
+if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then return -1 end
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+for i = 5, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
 if ARGV[2] ~= '' then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3]) end
-return #ARGV - 3
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])
+return #ARGV - 4
 """
+PROBE_TTL_MS = 10_000
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
+PROBE_LOG_EVERY_S = 30.0
 
 
 # ---- key naming and clients (the single source of truth) -------------------------------------
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme.endswith("+cluster")
-
-
-def client_url(url: str) -> str:
-    """``redis+cluster://`` → ``redis://`` (the form redis-py's cluster client takes)."""
-    parts = urlsplit(url)
-    if parts.scheme.endswith("+cluster"):
-        return urlunsplit(parts._replace(scheme=parts.scheme.removesuffix("+cluster")))
-    return url
 
 
 def pairs_key(experiment: str, *, cluster: bool = False, shard: int | None = None) -> str:
@@ -100,9 +112,30 @@ def pair_keys(experiment: str, *, cluster: bool = False, shards: int = 1) -> lis
     return [pairs_key(experiment, cluster=cluster, shard=i) for i in range(shards)]
 
 
+def writer_mark_key(stream_key: str, nonce: str) -> str:
+    """The exactly-once high-water mark of one writer on one stream (same hash slot)."""
+    return f"{stream_key}:writer:{nonce}"
+
+
 def batch_marker_key(stream_key: str, batch_id: str) -> str:
-    """The replay de-duplication key of one batch (same hash slot as its stream)."""
+    """The per-batch marker of the earlier design (only read, at replay, for old spools)."""
     return f"{stream_key}:batch:{batch_id}"
+
+
+def probe_key(stream_key: str) -> str:
+    """The key the recovery probe writes to test a stream's write path (same hash slot)."""
+    return f"{stream_key}:probe"
+
+
+def split_batch_id(batch_id: str) -> tuple[str, int]:
+    """``<nonce>.<seq hex>`` → (nonce, seq). An id of another form is its own nonce with
+    ``seq`` 1, which de-duplicates it like a per-batch marker would."""
+    nonce, _, seq = batch_id.rpartition(".")
+    try:
+        n = int(seq, 16)
+    except ValueError:
+        return batch_id, 1
+    return (nonce, n) if nonce and n > 0 else (batch_id, 1)
 
 
 def stream_kind(key: str) -> str:
@@ -110,31 +143,39 @@ def stream_kind(key: str) -> str:
 
 
 def make_client(url: str, timeout: float = 2.0) -> Any:
-    """An asyncio client: ``redis.asyncio.Redis``, or ``RedisCluster`` for ``+cluster`` URLs.
+    """An asyncio client: ``redis.asyncio.Redis``, or ``RedisCluster`` for ``+cluster`` URLs
+    (every seed of ``redis+cluster://h1:p1,h2:p2,...`` is a startup node, so the client starts
+    while some seeds are down).
 
     ``rediss://`` (TLS) and credentials in the URL (``redis://user:password@host``) are passed
-    to redis-py as they are."""
+    to redis-py as they are. A malformed URL raises ``ValueError`` naming the problem."""
+    target = parse_redis_url(url)
     kw: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": min(1.0, timeout)}
-    if is_cluster_url(url):
-        from redis.asyncio.cluster import RedisCluster
+    if target.cluster:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         # no blind client-side retries: a failed write goes to the spool and is replayed
         # through the de-duplicating script (redirections, MOVED/ASK, are still followed)
-        return RedisCluster.from_url(client_url(url), retry=Retry(NoBackoff(), 0), **kw)
+        seeds = [ClusterNode(host, port) for host, port in target.seeds[1:]]
+        return RedisCluster.from_url(target.node_url(0), startup_nodes=seeds,
+                                     retry=Retry(NoBackoff(), 0), **kw)  # fmt: skip
     return aioredis.Redis.from_url(url, retry_on_timeout=False, **kw)
 
 
 def make_sync_client(url: str, timeout: float = 10.0) -> Any:
-    """A blocking client (readers, export): ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
+    """A blocking client (readers, export, controller): ``redis.Redis`` or
+    ``redis.cluster.RedisCluster`` (all seeds of a cluster URL, as :func:`make_client`)."""
     import redis
 
+    target = parse_redis_url(url)
     kw: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": min(2.0, timeout)}
-    if is_cluster_url(url):
-        from redis.cluster import RedisCluster
+    if target.cluster:
+        from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(client_url(url), **kw)
+        seeds = [ClusterNode(host, port) for host, port in target.seeds[1:]]
+        return RedisCluster.from_url(target.node_url(0), startup_nodes=seeds, **kw)
     return redis.Redis.from_url(url, **kw)
 
 
@@ -179,6 +220,9 @@ class CaptureWriter:
         self._replay_counts = [0, 0]  # replayed, duplicates skipped
         self._spool_drops = 0
         self._last_adopt = time.monotonic()
+        self._probe_keys: set[str] = set()  # the streams whose write failed (probe targets)
+        self._backoff = BACKOFF_MIN_S  # grows per failed write or probe, reset by a success
+        self._failing = False  # a write failed since the last successful one
 
     # ---- hot path -------------------------------------------------------------------------
     def _submit(self, stream: str, item: Any) -> bool:
@@ -198,6 +242,7 @@ class CaptureWriter:
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        self._nonce = f"{os.getpid():x}.{os.urandom(4).hex()}"  # after any fork
         self.client = make_client(self.redis_url, self.cfg.write_timeout_s)
         self._script = self.client.register_script(WRITE_BATCH_LUA)
         if self.cfg.spool_max_bytes > 0:
@@ -220,25 +265,26 @@ class CaptureWriter:
         self._task = asyncio.create_task(self._run(), name="capture-writer")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Flush what is queued to Redis, or to the spool when Redis is down (bounded)."""
+        """Flush what is queued to Redis, or to the spool when Redis is down (bounded by
+        ``timeout``). Never raises: a problem is logged, and what could not be flushed stays in
+        the spool for the next start (or is counted as dropped)."""
         self._stopping = True
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-                if self.queue:
-                    batch = self._next_batch(len(self.queue))
-                    await self._to_spool(batch, log_reason="shutdown")
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+                await _cancel(self._task)  # an in-flight batch goes to the spool (see _step)
+            except Exception:  # pragma: no cover - _run catches everything
+                log.exception("capture: the writer task failed")
+            if self.queue:
+                await self._to_spool(self._next_batch(len(self.queue)), log_reason="shutdown")
+        await _cancel(self._probe)
         if self.spool is not None:
             left = self.spool.pending_bytes()
-            await self._in_io(self.spool.close)
+            try:
+                await self._in_io(self.spool.close)
+            except Exception as exc:
+                log.error("capture: closing the spool in %s failed: %s", self.spool_path, exc)
             if left:
                 log.warning(
                     "capture: %d spooled bytes not yet in Redis stay in %s for the next start",
@@ -250,12 +296,17 @@ class CaptureWriter:
                 await self.client.aclose()
 
     async def ping(self) -> bool:
+        """Whether Redis takes this writer's writes now (the probe's write, bounded to 1 s).
+        Never raises."""
         if self.client is None:
             return False
         try:
-            return bool(await asyncio.wait_for(self.client.ping(), 1.0))
-        except WRITE_ERRORS:
+            await asyncio.wait_for(self._probe_write(limit=16), 1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
             return False
+        return True
 
     def status(self) -> dict[str, Any]:
         spool = self.spool
@@ -267,8 +318,48 @@ class CaptureWriter:
             "spool_bytes": spool.bytes if spool is not None else 0,
             "spool_pending": bool(spool is not None and spool.pending),
             "spool_full": self._spool_drops > 0 and not self.healthy,
+            "recovering": not self.healthy and self._probe is not None and not self._probe.done(),
             "last_error": self.last_error,
         }
+
+    async def readiness(self) -> dict[str, Any]:
+        """The capture check of ``/readyz``; never raises. Ready when Redis takes writes, or
+        when the spool takes them (it has room) while the probe works on recovery: a Redis
+        outage alone does not take a router out of rotation. Not ready when the spool is
+        full or disabled while Redis is down, or when the writer or its probe has stopped."""
+        try:
+            st = self.status()
+            redis_ok = self.healthy and await self.ping()
+            running = self._task is not None and not self._task.done()
+            recovering = self.healthy or bool(st["recovering"])
+            spooling = bool(st["spool_enabled"]) and not st["spool_full"]
+            ok = running and (redis_ok or (spooling and recovering))
+            if not running:
+                error: str | None = "the capture writer is not running"
+            elif redis_ok:
+                error = None
+            elif not recovering:
+                error = "Redis is down and nothing is probing it"
+            elif not spooling:
+                error = ("spool full: records are being dropped; " if st["spool_enabled"]
+                         else "no spool: records are being dropped; ") + (
+                    self.last_error or "Redis write probe failed")  # fmt: skip
+            else:
+                error = self.last_error or "Redis write probe failed"
+            return {
+                "ok": ok,
+                "redis": redis_ok,
+                "spooling": not redis_ok and spooling,
+                "recovering": not redis_ok and recovering,
+                "queue": st["queue"],
+                "spool_bytes": st["spool_bytes"],
+                "error": error,
+            }
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # pragma: no cover - defensive: a readiness check never raises
+            return {"ok": False, "redis": False, "spooling": False, "recovering": False,
+                    "error": f"capture check failed: {_describe(exc)}"}  # fmt: skip
 
     # ---- encoding -------------------------------------------------------------------------
     def _key(self, stream: str, experiment: str, shard: int) -> str:
@@ -291,8 +382,8 @@ class CaptureWriter:
                 shard = zlib.crc32(obj.request_id.encode()) % self.shards if self.shards > 1 else 0
                 return self._key(stream, obj.experiment, shard), orjson.dumps(doc)
             return self._key(stream, str(obj["experiment"]), 0), orjson.dumps(obj)
-        except (TypeError, ValueError, KeyError, orjson.JSONEncodeError) as exc:
-            log.error("unserialisable capture item dropped: %s", exc)
+        except Exception as exc:  # whatever a record holds, the writer goes on
+            log.error("unserialisable capture item dropped: %s", _describe(exc))
             self.metrics.inc("router_capture_dropped", ("unserialisable",))
             return None
 
@@ -310,31 +401,38 @@ class CaptureWriter:
         return [(key, bid, payloads) for key, payloads in by_key.items()]
 
     # ---- Redis ----------------------------------------------------------------------------
-    def _args(self, payloads: list[bytes]) -> list[Any]:
-        maxlen = self.cfg.stream_maxlen
+    def _call(self, key: str, bid: str, payloads: list[bytes], replay: bool,
+              ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """KEYS and ARGV of the batch script for one (stream, batch)."""
+        nonce, seq = split_batch_id(bid)
+        keys = [key, writer_mark_key(key, nonce)]
+        if replay:  # a spool written before the high-water marks may hold such a batch
+            keys.append(batch_marker_key(key, bid))
         minid = ""
         if self.cfg.retention_s:
             minid = str(int((time.time() - self.cfg.retention_s) * 1000))
-        return [self.cfg.dedupe_ttl_s, maxlen or "", minid, *payloads]
+        maxlen = self.cfg.stream_maxlen or ""
+        return keys, [self.cfg.dedupe_ttl_s, maxlen, minid, seq, *payloads]
 
-    async def _apply(self, groups: list[Group]) -> list[int]:
-        """Run the batch script for every group; ``-1`` marks a batch that was already written."""
+    async def _apply(self, groups: list[Group], replay: bool = False) -> list[int]:
+        """Run the batch script for every group; ``-1`` marks a batch that was already written.
+        The write seam: whatever this raises sends the batch to the spool."""
         script = self._script
         if not self.cluster:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, bid, payloads in groups:
-                    await script([key, batch_marker_key(key, bid)], self._args(payloads), pipe)
+                    await script(*self._call(key, bid, payloads, replay), pipe)
                 return [int(r) for r in await pipe.execute()]
         # cluster: one script call at a time (each routed to its slot's master). redis-py's
         # asyncio cluster client loses connections under concurrent use (gather), and one
         # batch script carries hundreds of entries, so sequential calls are not the bottleneck.
         out: list[int] = []
         for key, bid, payloads in groups:
-            out.append(int(await script([key, batch_marker_key(key, bid)], self._args(payloads))))
+            out.append(int(await script(*self._call(key, bid, payloads, replay))))
         return out
 
-    async def _write(self, groups: list[Group]) -> list[int]:
-        return await asyncio.wait_for(self._apply(groups), self.cfg.write_timeout_s * 2)
+    async def _write(self, groups: list[Group], replay: bool = False) -> list[int]:
+        return await asyncio.wait_for(self._apply(groups, replay), self.cfg.write_timeout_s * 2)
 
     def _count_written(self, groups: list[Group], results: list[int], replay: bool) -> int:
         dups = 0
@@ -351,10 +449,15 @@ class CaptureWriter:
             self._replay_counts[1] += dups
         return dups
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, groups: list[Group]) -> None:
+        """A write failed (any exception): count, remember which streams to probe, back off."""
         kind = type(exc).__name__
         self.metrics.inc("router_capture_errors", (kind,))
-        self.last_error = f"{kind}: {exc}"
+        self.last_error = _describe(exc, self.cfg.write_timeout_s * 2)
+        self._probe_keys = {key for key, _, _ in groups}
+        # a write that fails again right after a good probe does not restart the backoff
+        self._backoff = min(BACKOFF_MAX_S, self._backoff * 2) if self._failing else BACKOFF_MIN_S
+        self._failing = True
         if self.healthy:
             where = str(self.spool_path) if self.spool is not None else "nowhere (spool disabled)"
             log.error("capture: Redis write failed (%s); spooling to %s", self.last_error, where)
@@ -365,22 +468,58 @@ class CaptureWriter:
 
     def _succeeded(self) -> None:
         self.last_success = time.time()
-        if not self.healthy:
+        if self._failing:
             log.warning("capture: Redis writes recovered")
+        self._failing = False
+        self._backoff = BACKOFF_MIN_S
+        self._probe_keys.clear()
         self.healthy = True
         self.metrics.set("router_capture_healthy", 1.0)
 
+    async def _probe_write(self, limit: int | None = None) -> None:
+        """Test the write path: a short-lived ``SET`` in the hash slot of each stream whose
+        write failed (else of each stream written so far; a ``PING`` before the first write).
+        On a cluster each goes to the master that owns that slot. Raises on failure."""
+        keys = sorted(self._probe_keys or set(self._keys.values()))[:limit]
+        if not keys:
+            await self.client.ping()
+            return
+        for key in keys:
+            await self.client.set(probe_key(key), self._nonce, px=PROBE_TTL_MS)
+
     async def _probe_loop(self) -> None:
-        backoff = 0.05
+        """Until a probe write succeeds: wait (backoff), then probe. Survives any error; logs
+        the first failure and then every ``PROBE_LOG_EVERY_S``."""
+        failures = 0
+        started = last_log = time.monotonic()
         while not self.healthy:
-            await asyncio.sleep(backoff)
-            backoff = min(2.0, backoff * 2)
-            if await self.ping():
-                pending = self.spool.pending_bytes() if self.spool is not None else 0
-                log.warning("capture: Redis answers again; replaying %d spooled bytes", pending)
-                self.healthy = True  # the next write or replay confirms (or fails again)
-                self.metrics.set("router_capture_healthy", 1.0)
-                return
+            try:
+                await asyncio.sleep(self._backoff)
+                await asyncio.wait_for(self._probe_write(), max(1.0, self.cfg.write_timeout_s))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever the client raises, keep probing
+                failures += 1
+                self.metrics.inc("router_capture_probes", ("failed",))
+                self.last_error = _describe(exc, max(1.0, self.cfg.write_timeout_s))
+                self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+                now = time.monotonic()
+                if failures == 1 or now - last_log >= PROBE_LOG_EVERY_S:
+                    last_log = now
+                    log.warning(
+                        "capture: Redis write probe failed %d time(s) in %.1f s (%s); spooling, "
+                        "next probe in %.2f s", failures, now - started, self.last_error,
+                        self._backoff,
+                    )  # fmt: skip
+                continue
+            self.metrics.inc("router_capture_probes", ("ok",))
+            pending = self.spool.pending_bytes() if self.spool is not None else 0
+            log.warning("capture: Redis takes writes again (after %d failed probe(s), %.1f s); "
+                        "replaying %d spooled bytes", failures, time.monotonic() - started,
+                        pending)  # fmt: skip
+            self.healthy = True  # the next write or replay confirms (or fails again)
+            self.metrics.set("router_capture_healthy", 1.0)
+            return
 
     # ---- spool ----------------------------------------------------------------------------
     async def _in_io(self, fn: Any, *args: Any) -> Any:
@@ -419,8 +558,8 @@ class CaptureWriter:
 
         try:
             stored, refused = await self._in_io(append_all)
-        except OSError as exc:
-            log.error("capture: cannot write the spool: %s", exc)
+        except Exception as exc:
+            log.error("capture: cannot write the spool: %s", _describe(exc))
             self._drop("spool_error", sum(len(p) for _, _, p in groups))
             return
         if stored:
@@ -445,9 +584,11 @@ class CaptureWriter:
         if res.batches:
             groups = [(b.key, b.batch_id, b.payloads) for b in res.batches]
             try:
-                results = await self._write(groups)
-            except WRITE_ERRORS as exc:
-                self._failed(exc)
+                results = await self._write(groups, replay=True)
+            except asyncio.CancelledError:
+                raise  # still in the spool: replayed (de-duplicated) next time
+            except Exception as exc:  # any failure: retry after the probe
+                self._failed(exc, groups)
                 return False
             self._count_written(groups, results, replay=True)
             self._succeeded()
@@ -503,8 +644,11 @@ class CaptureWriter:
             return False
         try:
             results = await self._write(groups)
-        except WRITE_ERRORS as exc:
-            self._failed(exc)
+        except asyncio.CancelledError:  # stop() timed out mid-write: the outcome is unknown,
+            await self._to_spool(groups, log_reason="shutdown")  # the replay de-duplicates
+            raise
+        except Exception as exc:  # any failure, whatever its type, sends the batch to the spool
+            self._failed(exc, groups)
             await self._to_spool(groups)
             return False
         self._count_written(groups, results, replay=False)
@@ -525,3 +669,26 @@ class CaptureWriter:
                     self.metrics.inc("router_capture_spool_recovered")
                     self._spool_gauges()
         await asyncio.sleep(self._interval)
+
+
+def _describe(exc: BaseException, timeout: float | None = None) -> str:
+    """``Kind: message`` on one line (a timeout says how long it waited)."""
+    text = " ".join(str(exc).split())
+    if not text and isinstance(exc, TimeoutError) and timeout is not None:
+        text = f"no answer within {timeout:g} s"
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it; whatever it raises is logged, never re-raised."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled
+    except Exception:
+        log.exception("capture: background task %s failed", task.get_name())

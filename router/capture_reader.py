@@ -83,11 +83,12 @@ class Entry:
 
 def iter_stream(
     client: Any, key: str, since: float | None = None, until: float | None = None,
-    count: int = PAGE,
+    count: int = PAGE, *, after: str | None = None,
 ) -> Iterator[Entry]:  # fmt: skip
-    """Entries of ``key`` stored within ``[since, until]`` (unix s), decoded from field ``r``.
+    """Entries of ``key`` stored within ``[since, until]`` (unix s), decoded from field ``r``;
+    with ``after`` (a stream id), only the entries after it (for incremental readers).
     Entries that are not JSON objects are skipped."""
-    start, end = _min_id(since), _max_id(until)
+    start, end = ("(" + after if after is not None else _min_id(since)), _max_id(until)
     while True:
         batch = client.xrange(key, min=start, max=end, count=count)
         for raw_id, fields in batch:

@@ -118,6 +118,10 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_capture_spool_corrupt_bytes": MetricDef(
         "counter", "Spool bytes skipped at replay (torn last frame after a crash, CRC mismatch)"
     ),
+    "router_capture_probes": MetricDef(
+        "counter", "Write-path probes of Redis while capture spools (result: ok, failed)",
+        ("result",),
+    ),
     "router_capture_healthy": MetricDef(
         "gauge", "Workers whose last Redis write succeeded (per worker 0 or 1, summed)"
     ),

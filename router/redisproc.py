@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 
 class RedisStartError(RuntimeError):
@@ -164,6 +165,255 @@ class RedisProcess:
             proc.wait()
 
     def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _cluster_port(host: str = "127.0.0.1") -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    while True:
+        p = free_port(host)
+        if p + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, p + 10000))
+            except OSError:
+                continue
+        return p
+
+
+class LocalCluster:
+    """A real Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each.
+
+    For tests and chaos drills: every node is a :class:`RedisProcess` (append-only, cluster
+    state in ``nodes.conf`` under its own directory), so nodes can be stopped, killed and
+    restarted on the same port, alone or all together, and come back with their data and their
+    place in the cluster. The cluster is formed with plain cluster commands (``CLUSTER
+    SET-CONFIG-EPOCH``, ``ADDSLOTS``, ``MEET``, ``REPLICATE``), so ``redis-cli`` is not needed.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        appendfsync: str = "everysec",
+    ) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master")
+        self.data_dir = Path(data_dir)
+        self.masters = masters
+        self.replicas = replicas
+        self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            "--cluster-replica-validity-factor", "0",  # a replica may always take over
+            "--appendfsync", appendfsync,
+            "--repl-diskless-sync", "yes",  # replicas sync at once (no 5 s wait for others)
+            "--repl-diskless-sync-delay", "0",
+        ]  # fmt: skip
+        self.nodes = [
+            RedisProcess(self.data_dir / str(p), port=p, prefer_path=True, appendonly=True,
+                         extra_args=args)
+            for p in self.ports
+        ]  # fmt: skip
+
+    # ---- addresses ----------------------------------------------------------------------------
+    def url(self, seeds: list[int] | None = None) -> str:
+        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...`` (default: every node)."""
+        ports = self.ports if seeds is None else seeds
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def _client(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0,
+                           socket_connect_timeout=1.0, decode_responses=True)  # fmt: skip
+
+    def _call(self, port: int, *args: Any) -> Any:
+        with self._client(port) as c:
+            return c.execute_command(*args)
+
+    def _info(self, port: int) -> dict[str, Any]:
+        with self._client(port) as c:
+            return dict(c.info("replication"))
+
+    def master_port(self, key: str) -> int:
+        """The port of the node that currently serves ``key``'s slot as master."""
+        import redis
+
+        live = [n.port for n in self.nodes if n.proc is not None]
+        with redis.RedisCluster(host="127.0.0.1", port=live[0], socket_timeout=2.0) as c:
+            return int(c.get_node_from_key(key).port)
+
+    def replica_ports_of(self, master: int) -> list[int]:
+        mid = self._call(master, "CLUSTER", "MYID")
+        out = []
+        for line in self._call(master, "CLUSTER", "NODES").splitlines():
+            f = line.split()
+            if len(f) > 3 and f[3] == mid and "slave" in f[2] and "fail" not in f[2]:
+                out.append(int(f[1].split("@")[0].rsplit(":", 1)[1]))
+        return out
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        """Start every node and form the cluster (first time), then wait until it serves."""
+        try:
+            for n in self.nodes:
+                n.start()
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self, timeout: float) -> None:
+        m = self.masters
+        per = 16384 // m
+        ids = [self._call(p, "CLUSTER", "MYID") for p in self.ports]
+        for i, p in enumerate(self.ports[:m]):
+            self._call(p, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            hi = 16383 if i == m - 1 else (i + 1) * per - 1
+            self._call(p, "CLUSTER", "ADDSLOTS", *range(i * per, hi + 1))
+        for p in self.ports[1:]:
+            self._call(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", p)
+        self._wait(lambda: all(len(self._call(p, "CLUSTER", "NODES").splitlines())
+                               == len(self.ports) for p in self.ports),
+                   timeout, "the nodes to meet")  # fmt: skip
+        for j, p in enumerate(self.ports[m:]):
+            self._call(p, "CLUSTER", "REPLICATE", ids[j % m])
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0, replicas_synced: bool = True) -> None:
+        """Until every running node says ``cluster_state:ok`` and agrees on the slot owners
+        (and, with ``replicas_synced``, every running replica's link to its master is up)."""
+
+        def ok() -> bool:
+            owners = set()
+            for n in self.nodes:
+                if n.proc is None:
+                    continue
+                info = self._call(n.port, "CLUSTER", "INFO")
+                if "cluster_state:ok" not in info:
+                    return False
+                slots = self._call(n.port, "CLUSTER", "SLOTS")
+                owners.add(tuple(sorted((s[0], s[1], s[2][1]) for s in slots)))
+                if replicas_synced:
+                    rep = self._info(n.port)
+                    if rep["role"] == "slave" and rep.get("master_link_status") != "up":
+                        return False
+            return len(owners) == 1
+
+        self._wait(ok, timeout, "cluster_state ok")
+
+    def _wait(self, pred: Any, timeout: float, what: str) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if pred():
+                    return
+            except (redis.RedisError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RedisStartError(f"Redis Cluster: timed out after {timeout}s waiting for {what}")
+
+    def index(self, port: int) -> int:
+        return self.ports.index(port)
+
+    def stop_node(self, port: int) -> None:
+        self.nodes[self.index(port)].stop()
+
+    def kill_node(self, port: int) -> None:
+        self.nodes[self.index(port)].kill()
+
+    def wait_served_by_other(self, key: str, old_master: int, timeout: float = 30.0) -> int:
+        """After ``old_master`` failed: until another node serves ``key``'s slot (its replica
+        took over) and the cluster is ok again; returns the new master's port."""
+
+        def moved() -> bool:
+            for n in self.nodes:
+                if n.proc is None:
+                    continue
+                for lo, hi, master, *_ in self._call(n.port, "CLUSTER", "SLOTS"):
+                    if lo <= self.slot(key) <= hi and int(master[1]) == old_master:
+                        return False
+            return True
+
+        self._wait(moved, timeout, f"a replica to take over from {old_master}")
+        self.wait_ok(timeout, replicas_synced=False)
+        return self.master_port(key)
+
+    @staticmethod
+    def slot(key: str) -> int:
+        from redis.cluster import key_slot
+
+        return int(key_slot(key.encode()))
+
+    def wait_replicas_synced(self, master: int, timeout: float = 10.0) -> None:
+        """Until every replica of ``master`` has acknowledged all of its replication stream
+        (so killing ``master`` now loses no acknowledged write)."""
+
+        def synced() -> bool:
+            info = self._info(master)
+            offset = info["master_repl_offset"]
+            reps = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            return bool(reps) and all(r.get("offset") == offset for r in reps)
+
+        self._wait(synced, timeout, f"the replicas of {master} to catch up")
+
+    def start_node(self, port: int) -> None:
+        self.nodes[self.index(port)].start()
+
+    def roles(self) -> dict[int, str]:
+        """``{port: "master" | "replica"}`` for the running nodes."""
+        out = {}
+        for n in self.nodes:
+            if n.proc is not None:
+                out[n.port] = "master" if self._info(n.port)["role"] == "master" else "replica"
+        return out
+
+    def stop_all(self) -> None:
+        """SIGTERM every node (replicas first, so no master waits for a replica at shutdown);
+        each flushes its append-only file."""
+        roles = self.roles()
+        for n in sorted(self.nodes, key=lambda n: roles.get(n.port) == "master"):
+            n.stop()
+
+    def start_all(self, timeout: float = 30.0) -> None:
+        """Restart the stopped nodes, masters first (so no replica is promoted over a master
+        that is still starting), and wait until the cluster serves again."""
+        order = sorted(self.nodes, key=lambda n: self._role_in_conf(n) != "master")
+        for n in order:
+            if n.proc is None:
+                n.start()
+        self.wait_ok(timeout)
+
+    @staticmethod
+    def _role_in_conf(node: RedisProcess) -> str:
+        conf = node.data_dir / "nodes.conf"
+        try:
+            for line in conf.read_text().splitlines():
+                f = line.split()
+                if len(f) > 2 and "myself" in f[2]:
+                    return "master" if "master" in f[2] else "replica"
+        except OSError:
+            pass
+        return "master"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

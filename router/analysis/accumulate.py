@@ -3,7 +3,8 @@
 :class:`Accumulator` consumes pages of records (DESIGN.md schema v1, decoded into columns by
 :mod:`router.analysis.frames`), joins the outcomes of an
 :class:`~router.analysis.outcomes_index.OutcomeIndex`, and keeps only summaries:
-counts, :class:`~router.analysis.sketches.Moments`, latency histograms, a bottom-k hash sample
+counts, :class:`~router.analysis.sketches.Moments` (Welford: centred, so merges are exact and
+nothing cancels), latency histograms, a bottom-k hash sample
 of mirrored pairs, per-unit state for the live split, per-segment tallies. ``a.merge(b)`` of two
 accumulators over disjoint records equals one accumulator over both (tested), so windows,
 shards and processes can be analysed apart and combined. The report is computed from an
@@ -32,7 +33,15 @@ from router.analysis.frames import (
 )
 from router.analysis.outcomes_index import OutcomeIndex, count_experiment
 from router.analysis.policy import MetricSpec, Policy
-from router.analysis.sketches import LAT_BINS, HashSample, IdSet, LogHistogram, Moments, lat_bin
+from router.analysis.sketches import (
+    LAT_BINS,
+    CoMoments,
+    HashSample,
+    IdSet,
+    LogHistogram,
+    Moments,
+    lat_bin,
+)
 from router.analysis.units import UnitTable
 
 VARIANTS = ("champion", "challenger")
@@ -82,19 +91,23 @@ def fine_bin_value(b: int) -> float:
 
 @dataclass
 class PairMoments:
-    """Sums over mirrored pairs of numeric predictions x (champion) and y (challenger)."""
+    """Mirrored pairs of numeric predictions x (champion) and y (challenger): their co-moments
+    (Pearson's r), the moments of the difference ``d = y − x`` (RMSE, mean signed difference,
+    from centred sums: exact when the predictions are near 1e8 and differ by 0.5) and the sum
+    of ``|d|``."""
 
-    n: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    syy: float = 0.0
-    sxy: float = 0.0
+    co: CoMoments = field(default_factory=CoMoments)
+    diff: Moments = field(default_factory=Moments)
     sabs: float = 0.0
 
+    @property
+    def n(self) -> float:
+        return self.co.n
+
     def merge(self, o: PairMoments) -> None:
-        for k in ("n", "sx", "sy", "sxx", "syy", "sxy", "sabs"):
-            setattr(self, k, getattr(self, k) + getattr(o, k))
+        self.co.merge(o.co)
+        self.diff.merge(o.diff)
+        self.sabs += o.sabs
 
 
 @dataclass
@@ -109,6 +122,9 @@ class Quality:
     brier: list[float] = field(default_factory=lambda: [0.0, 0.0])  # brier, or absolute error
     loss_diff: Moments = field(default_factory=Moments)  # challenger - champion, per request
     with_loss: int = 0
+    # value predictions: (champion squared error, challenger squared error) per labelled pair,
+    # for the delta-method interval of the ratio of mean squared errors (the RMSE gate)
+    sq_err: CoMoments = field(default_factory=CoMoments)
 
     def merge(self, o: Quality) -> None:
         self.n += o.n
@@ -120,6 +136,7 @@ class Quality:
             self.loss[i] += o.loss[i]
             self.brier[i] += o.brier[i]
         self.loss_diff.merge(o.loss_diff)
+        self.sq_err.merge(o.sq_err)
 
 
 @dataclass
@@ -156,12 +173,14 @@ class SegmentAgg:
 def infer_metric_specs(
     policy: Policy, outcomes: OutcomeIndex
 ) -> dict[str, tuple[MetricSpec, bool]]:
-    """Declared specs, plus inferred ones for undeclared metrics (binary → proportion)."""
+    """Declared specs, plus inferred ones for undeclared metrics (binary → proportion). The label
+    metric is the ground truth of the paired quality section, not a business metric of the live
+    split: it is not inferred (counting it twice would also put it in the Holm family)."""
     out: dict[str, tuple[MetricSpec, bool]] = {
         name: (spec, False) for name, spec in policy.metrics.items()
     }
     for name, info in sorted(outcomes.metrics.items()):
-        if name not in out:
+        if name not in out and name != policy.label_metric:
             kind = "proportion" if info["binary"] else "mean"
             out[name] = (MetricSpec(type=kind), True)  # type: ignore[arg-type]
     return out
@@ -219,6 +238,8 @@ class Accumulator:
         self.combo_ids: dict[tuple[Any, ...], int] = {}
         self.combo_keys: list[tuple[Any, ...]] = []
         self._seg_cache: dict[str, tuple[tuple[Any, ...], list[str]]] = {}
+        # per-request metrics of requests without a unit: each request is its own cluster
+        # (those with a unit are summed per unit in the unit table)
         self.request_metric_moments: dict[str, list[Moments]] = {
             m: [Moments(), Moments()] for m in self.request_metrics
         }
@@ -233,6 +254,7 @@ class Accumulator:
         self.pair_moments = PairMoments()
         self.flips = [0 for _ in self.thresholds]
         self.confusion: Counter[tuple[str, str]] = Counter()
+        self.vector_pairs = 0
         self.vector_agree = 0
         self.vector_js = 0.0
         self.sample = HashSample(policy.divergence.sample_size, 2)
@@ -458,10 +480,10 @@ class Accumulator:
                 labels[row_of[sel]] = vals[sel]  # the last outcome row wins
             if unit_col.null_count() < n:
                 self.units.add_metrics(unit_col.gather(row_of), mets, vals)
-            self._request_metrics(row_of, mets, vals, va, n, rows_v)
+            self._request_metrics(row_of, mets, vals, va, n, unit_col)
         elif self.request_metrics:
             self._request_metrics(
-                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), va, n, rows_v
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), va, n, unit_col
             )
 
         # per segment: requests, errors, latency moments by variant
@@ -470,8 +492,9 @@ class Accumulator:
         errs = np.bincount(cv, weights=erra, minlength=2 * nc)
         lat0 = np.where(has_lat, lat, 0.0)
         ln = np.bincount(cv, weights=has_lat, minlength=2 * nc)
-        ls = np.bincount(cv, weights=lat0, minlength=2 * nc)
-        lss = np.bincount(cv, weights=lat0 * lat0, minlength=2 * nc)
+        lmean = np.bincount(cv, weights=lat0, minlength=2 * nc) / np.maximum(ln, 1.0)
+        dev = np.where(has_lat, lat0 - lmean[cv], 0.0)
+        lm2 = np.bincount(cv, weights=dev * dev, minlength=2 * nc)
         hist = np.bincount(
             cv[has_lat] * LAT_BINS + lat_bin(lat[has_lat]), minlength=2 * nc * LAT_BINS
         ).reshape(nc, 2, LAT_BINS)
@@ -482,10 +505,7 @@ class Accumulator:
                     agg.latency_hist[v].counts += hist[k, v]
                     agg.requests[v] += int(req[j])
                     agg.errors[v] += int(errs[j])
-                    mo = agg.latency[v]
-                    mo.n += float(ln[j])
-                    mo.s += float(ls[j])
-                    mo.ss += float(lss[j])
+                    agg.latency[v].merge(Moments(float(ln[j]), float(lmean[j]), float(lm2[j])))
 
         # predictions of working responses (None on errors)
         cp = cols["cp"].set(pl.Series(ce), None)
@@ -533,15 +553,18 @@ class Accumulator:
         vals: np.ndarray,
         va: np.ndarray,
         n: int,
-        rows_v: list[int],
+        unit_col: pl.Series,
     ) -> None:
-        """Per-request metrics: each request's outcome values of the metric reduced to one."""
+        """Per-request metrics: each request's outcome values of the metric reduced to one. A
+        request with a unit adds its value to the unit's sums (the clusters of the ratio
+        metric); one without a unit is a cluster of its own, kept in moments per variant."""
+        no_unit = unit_col.is_null().to_numpy()
         for m in self.request_metrics:
             spec = self.specs[m][0]
             mom = self.request_metric_moments[m]
-            with_val = [0, 0]
             mid = self.outcomes.metric_id(m)
             sel = mets == mid if mid is not None else np.zeros(mets.size, dtype=bool)
+            has = np.zeros(n, dtype=bool)
             if sel.any():
                 r, x = row_of[sel], vals[sel]
                 cnt = np.bincount(r, minlength=n)
@@ -553,13 +576,15 @@ class Accumulator:
                     agg = np.bincount(r, weights=x, minlength=n)
                     if spec.reduce == "mean":
                         agg = agg / np.maximum(cnt, 1)
+                with_unit = np.nonzero(has & ~no_unit)[0]
+                if with_unit.size and mid is not None:
+                    self.units.add_request_values(unit_col.gather(with_unit), mid,
+                                                  agg[with_unit])  # fmt: skip
                 for v in (0, 1):
-                    mv = has & (va == v)
-                    mom[v].add_array(agg[mv])
-                    with_val[v] = int(np.count_nonzero(mv))
+                    mom[v].add_array(agg[has & no_unit & (va == v)])
             if spec.missing_as_zero:
                 for v in (0, 1):
-                    mom[v].n += rows_v[v] - with_val[v]
+                    mom[v].add_zeros(int(np.count_nonzero(~has & no_unit & (va == v))))
 
     def _positives(
         self, preds: pl.Series, numeric: np.ndarray | None
@@ -630,15 +655,12 @@ class Accumulator:
         if not x.size:
             return
         pm = self.pair_moments
-        pm.n += float(x.size)
-        pm.sx += float(x.sum())
-        pm.sy += float(y.sum())
-        # (x * x).sum(), not np.dot: a BLAS dot wakes OpenBLAS's threads, which then spin
-        # for a while; measured at ~3 CPU-seconds per million records on 2 cores
-        pm.sxx += float((x * x).sum())
-        pm.syy += float((y * y).sum())
-        pm.sxy += float((x * y).sum())
-        absd = np.abs(y - x)
+        # element-wise products summed, not np.dot: a BLAS dot wakes OpenBLAS's threads, which
+        # then spin for a while; measured at ~3 CPU-seconds per million records on 2 cores
+        pm.co.add_arrays(x, y)
+        d = y - x
+        pm.diff.add_array(d)
+        absd = np.abs(d)
         pm.sabs += float(absd.sum())
         for i, t in enumerate(self.thresholds):
             self.flips[i] += int(np.count_nonzero((x >= t) != (y >= t)))
@@ -689,6 +711,7 @@ class Accumulator:
             q.brier[0] += float(np.abs(x - lab).sum())
             q.brier[1] += float(np.abs(y - lab).sum())
             q.loss_diff.add_array(e1 - e0)
+            q.sq_err.add_arrays(e0, e1)
             q.with_loss += int(e0.size)
             r0 = r1 = np.zeros(x.size, dtype=bool)
         q.n += int(x.size)
@@ -728,7 +751,7 @@ class Accumulator:
         ia, ib = int(np.argmax(p)), int(np.argmax(r))
         self.vector_agree += ia == ib
         self.vector_js += js_distance(p, r)
-        self.pair_moments.n += 1
+        self.vector_pairs += 1
         for agg in segs:
             agg.pairs += 1
             agg.agree += ia == ib
@@ -794,6 +817,7 @@ class Accumulator:
             "pairs",
             "comparable",
             "joined_by_request",
+            "vector_pairs",
             "vector_agree",
             "vector_js",
         ):

@@ -8,10 +8,10 @@ values folded into "other", invalid outcome rows. Its gates:
 
 * ``invalid_records`` (kind ``data``): invalid records and conflicts over all records read; above
   ``data_quality.max_invalid_share`` (default 1%) the decision is hold: the data needs a human.
-* a policy metric absent from the data: the gate that needs it (``accuracy_drop`` or
-  ``rmse_increase`` for ``label_metric``, ``primary_metric``) has ``state: not_evaluable`` and
-  ``passed: false``, so it can never count towards promote; the report carries a warning, and
-  ``router analyze --strict`` turns warnings into an error.
+* a policy metric absent from the data: a warning in the report (``router analyze --strict``
+  turns warnings into an error), and the gate that needs it is never a pass (the quality gates
+  of :mod:`router.analysis.gates` say ``not_evaluable`` without labels; a row that is missing
+  is added as ``not_evaluable``).
 """
 
 from __future__ import annotations
@@ -109,28 +109,38 @@ def _reasons_text(records: dict[str, Any], top: int = 3) -> str:
     return "; ".join(parts)
 
 
+def _row(name: str, kind: str, state: str, value: float | None, threshold: float | None,
+         reason: str, null_hypothesis: str, test: str) -> dict[str, Any]:  # fmt: skip
+    """A gate row as :mod:`router.analysis.gates` writes them (descriptive: no interval)."""
+    return {"name": name, "kind": kind, "state": state, "passed": state == "pass",
+            "significant": False, "value": value, "threshold": threshold, "reason": reason,
+            "null_hypothesis": null_hypothesis, "test": test, "always_valid": False, "ci": None,
+            "better": "lower" if kind == "data" else None, "p_value": None}  # fmt: skip
+
+
 def _invalid_gate(dq: dict[str, Any]) -> dict[str, Any]:
     r = dq["records"]
     share, limit = r["invalid_share"], dq["max_invalid_share"]
-    passed = share is None or share <= limit
     bad = r["invalid"] + r["conflicts"]["count"]
-    reason = (
-        "no records read"
-        if share is None
-        else f"{share:.1%} of {r['read']} records invalid or conflicting ({bad}"
-        + (f": {_reasons_text(r)})" if bad else ")")
-    )
-    return {"name": "invalid_records", "kind": "data", "passed": passed, "value": share,
-            "threshold": limit, "reason": reason, "significant": False,
-            "state": "pass" if passed else "fail"}  # fmt: skip
+    if share is None:
+        state, reason = "not_applicable", "no records read"
+    else:
+        state = "pass" if share <= limit else "fail"
+        reason = f"{share:.1%} of {r['read']} records invalid or conflicting ({bad}" + (
+            f": {_reasons_text(r)})" if bad else ")"
+        )
+    return _row("invalid_records", "data", state, share, limit, reason,
+                "invalid records and reused request ids are at most the share limit of the "
+                "records read", "share of the records read (descriptive)")  # fmt: skip
 
 
 def data_quality_gates(
     report: dict[str, Any], policy: Policy, gates: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The gates of the data-quality section to add to ``gates``: the invalid share, and a
-    ``not_evaluable`` gate for each guardrail whose metric is absent from the data. A gate of
-    ``gates`` that needs an absent metric (the primary metric) is marked ``not_evaluable``."""
+    """The gates of the data-quality section to add to ``gates``: the invalid share; and, for
+    a guardrail whose metric is absent from the data and that ``gates`` lacks, a
+    ``not_evaluable`` row. A row of ``gates`` that passed although its metric is absent (it
+    cannot have) is made ``not_evaluable``, so an absent metric is never a pass."""
     dq = report.get("data_quality")
     if dq is None:
         return []
@@ -142,13 +152,11 @@ def data_quality_gates(
         why = (f"{m['role']} {m['name']!r}: no outcome of that metric in the data, so the "
                "gate cannot be evaluated")  # fmt: skip
         have = by_name.get(m["gate"])
-        if have is not None:
-            if have.get("evaluated", True):  # (a shadow window does not judge the primary)
-                have.update(passed=False, state="not_evaluable", reason=why, significant=False)
-        else:
-            out.append({"name": m["gate"], "kind": "guardrail", "passed": False, "value": None,
-                        "threshold": m["threshold"], "reason": why, "significant": False,
-                        "state": "not_evaluable"})  # fmt: skip
+        if have is None:
+            out.append(_row(m["gate"], "guardrail", "not_evaluable", None, m["threshold"], why,
+                            f"the guardrail on {m['name']!r} holds", "none: no data"))  # fmt: skip
+        elif have["state"] == "pass":
+            have.update(state="not_evaluable", passed=False, significant=False, reason=why)
     return out
 
 
@@ -160,7 +168,7 @@ def empty_window_decision(report: dict[str, Any]) -> dict[str, Any]:
     if dq is None:
         return {"action": "continue", "reasons": reasons}
     gate = _invalid_gate(dq)
-    if not gate["passed"]:
+    if gate["state"] == "fail":
         return {"action": "hold", "reasons": [f"invalid_records failed: {gate['reason']}"]}
     r = dq["records"]
     out = r["outside_window"]

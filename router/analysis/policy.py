@@ -72,7 +72,10 @@ class Guardrails(_Strict):
     min_disparity_ratio: float | None = Field(default=0.8, gt=0, le=1)
     max_contract_break_share: float | None = Field(default=0.01, ge=0, le=1)
     max_accuracy_drop: float | None = Field(
-        default=0.02, ge=0, le=1, description="label-joined accuracy, challenger vs champion"
+        default=0.02,
+        ge=0,
+        le=1,
+        description="label-joined accuracy, challenger vs champion (not evaluable without labels)",
     )
     max_rmse_increase: float | None = Field(
         default=0.05, ge=0, description="relative, for value predictions"
@@ -91,7 +94,9 @@ class SequentialPolicy(_Strict):
     tau: float = Field(
         default=0.1,
         gt=0,
-        description="mixture SD as a fraction of the metric's pooled SD (mSPRT tuning)",
+        description="spread of the always-valid tests' mixtures, in SDs of one observation: the "
+        "mSPRT's tau is this times the metric's pooled SD; the beta mixtures (sample ratio, "
+        "quantiles) use a concentration of 1/tau^2 - 1",
     )
 
 

@@ -39,6 +39,10 @@ def _ci(ci: list[Any] | None) -> str:
     return f"[{_n(ci[0])}, {_n(ci[1])}]"
 
 
+_STATE_MARK = {"pass": "✅", "fail": "❌", "inconclusive": "⏳", "not_enough_data": "⏳",
+               "not_evaluable": "⚠️", "not_applicable": "–", "warn": "⚠️"}  # fmt: skip
+
+
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += [
@@ -56,16 +60,16 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         (
             "Gates",
             _table(
-                ["gate", "passed", "value", "threshold", "reason"],
+                ["gate", "state", "value", "threshold", "reason", "test"],
                 [
                     [
                         g["name"],
-                        "✅" if g["passed"] else "⚪ not evaluable"
-                        if g.get("state") == "not_evaluable"
-                        else ("❌ significant" if g["significant"] else "❌"),
+                        _STATE_MARK.get(g.get("state", ""), "") + " " + g.get("state", ""),
                         g["value"],
                         g["threshold"],
                         g["reason"],
+                        ("always valid; " if g.get("always_valid") else "")
+                        + str(g.get("test", "")),
                     ]
                     for g in r["gates"]
                 ],
@@ -100,8 +104,9 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
             "Sample ratio",
             [
                 f"- {s['state']}: {s['reason']}; observed {s['observed']}, "
-                f"split {_n(s['split'])}, chi-square {_n(s['statistic'])}, "
-                f"p = {_n(s['p_value'])} (alert below {s['alpha']} and share deviation "
+                f"split {_n(s['split'])}, statistic {_n(s['statistic'])}, "
+                f"p = {_n(s['p_value'])}, always-valid p = {_n(s.get('sequential_p_value'))} "
+                f"(alert when the always-valid p < {s['alpha']} and a share deviates by "
                 f"> {s['min_share_diff']})"
             ],
         )
@@ -127,6 +132,8 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
             [
                 *_table(["", "n", "p50", "p95", "p95 CI", "p99"], rows),
                 "",
+                "A null side of an interval: not enough latencies for that order statistic "
+                "(p95 needs 72, p99 368).",
                 f"Mean paired difference {_n(lat['paired']['mean_diff_ms'])} ms "
                 f"{_ci(lat['paired']['mean_diff_ci'])} (p = {_n(lat['paired']['p_value'])}).",
             ],
@@ -140,7 +147,8 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         extra = [
             "",
             f"Paired (mirrored): challenger − champion error rate {_n(p['delta'])} "
-            f"{_ci(p['ci'])}, McNemar p = {_n(p['p_value'])}.",
+            f"{_ci(p['ci'])}, score-test p = {_n(p['p_value'])} (McNemar "
+            f"p = {_n(p['mcnemar']['p_value'])}, {p['mcnemar']['method']}).",
         ]
     out.append(("Errors", _table(["variant", "n", "errors", "rate", "95% CI"], rows) + extra))
     dv = r["divergence"]

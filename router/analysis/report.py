@@ -18,13 +18,14 @@ import numpy as np
 import polars as pl
 from scipy import stats as st
 
-from router.analysis import stats
+from router.analysis import sequential, stats
 from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
 from router.analysis.data_quality import data_quality_section
 from router.analysis.frames import rid_hash
 from router.analysis.gates import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import MetricSpec, Policy
+from router.analysis.sketches import CoMoments
 from router.analysis.stats import Interval
 
 REPORT_VERSION = 1
@@ -115,45 +116,99 @@ def _srm(acc: Accumulator, policy: Policy, split: float | None) -> dict[str, Any
             "reason": "split fraction unknown (pass --split)",
             "statistic": None,
             "p_value": None,
+            "sequential_p_value": None,
             "mismatch": False,
             "max_share_diff": None,
         }
-    res = stats.srm_test(units[:2], [1 - split, split], policy.srm.alpha, policy.srm.min_share_diff)
+    res = stats.srm_test(units[:2], [1 - split, split], policy.srm.alpha,
+                         policy.srm.min_share_diff, policy.sequential.tau)  # fmt: skip
     reason = {
         "ok": "units per variant match the configured split"
         if not res.mismatch
         else "units per variant deviate from the configured split",
-        "not_enough_data": "fewer than 8 units in an arm",
+        "not_enough_data": "no units in the window yet",
         "not_applicable": "single-arm split (0 or 1): nothing to compare",
     }[res.state]
+    total = units[0] + units[1]
     return base | {
         "state": res.state,
         "reason": reason,
         "statistic": f(res.statistic),
         "p_value": f(res.pvalue),
+        "sequential_p_value": f(res.sequential_pvalue),
         "mismatch": res.mismatch,
         "max_share_diff": f(res.max_share_diff),
+        "expected": {"champion": f(total * (1 - split)), "challenger": f(total * split)},
         "method": res.method,
     }
 
 
-def _hist_summary(h: Any, alpha: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": h.n}
+def _hist_summary(h: Any, alpha: float, tau: float) -> dict[str, Any]:
+    """Quantiles of a latency histogram with their fixed-horizon intervals (and, under
+    ``always_valid``, their confidence sequences); a side of an interval whose order statistic
+    does not exist yet is null and the quantile's ``ci_state`` says ``not_enough_data``."""
+    n = h.n
+    out: dict[str, Any] = {"n": n, "ci_state": {}, "ci_min_n": {}}
+    av: dict[str, Any] = {"min_n": {}}
     for name, q in QUANTILES:
-        lo, hi = h.quantile_ci(q, alpha)
+        qi = stats.quantile_interval(n, q, alpha)
+        lo, hi = h.bounds_at_ranks(qi.low, qi.high)
         out[name] = f(h.quantile(q))
         out[f"{name}_ci"] = [f(lo), f(hi)]
+        out["ci_state"][name] = qi.state
+        out["ci_min_n"][name] = qi.min_n
+        av[name] = _quantile_cs(h, q, alpha, tau)
+        av["min_n"][name] = sequential.quantile_cs_min_n(q, alpha, tau)
+    out["always_valid"] = av
     return out
 
 
-def _latency(acc: Accumulator, alpha: float) -> dict[str, Any]:
+def _quantile_cs(h: Any, q: float, alpha: float, tau: float) -> list[float | None]:
+    """The always-valid interval of the ``q`` quantile of a latency histogram (bin edges)."""
+    if h.n == 0:
+        return [None, None]
+    r_lo, r_hi = sequential.quantile_cs_ranks(h.n, q, alpha, tau)
+    lo, hi = h.bounds_at_ranks(int(r_lo), int(r_hi))
+    return [f(lo), f(hi)]
+
+
+def _quantile_deltas(a: Any, b: Any, alpha: float, tau: float) -> dict[str, Any]:
+    """Challenger (``b``) minus champion (``a``) quantiles: the fixed-horizon interval and the
+    confidence sequence of the difference, each from the two marginal intervals at α/2
+    (``[lo_b − hi_a, hi_b − lo_a]``: conservative, needs no independence, so it holds for the
+    same mirrored requests too)."""
+    out: dict[str, Any] = {}
+    for name, q in QUANTILES:
+        qa, qb = a.quantile(q), b.quantile(q)
+        ia = stats.quantile_interval(a.n, q, alpha / 2)
+        ib = stats.quantile_interval(b.n, q, alpha / 2)
+        alo, ahi = a.bounds_at_ranks(ia.low, ia.high)
+        blo, bhi = b.bounds_at_ranks(ib.low, ib.high)
+        sa, sb = _quantile_cs(a, q, alpha / 2, tau), _quantile_cs(b, q, alpha / 2, tau)
+        lo = blo - ahi if blo is not None and ahi is not None else None
+        hi = bhi - alo if bhi is not None and alo is not None else None
+        cs_lo = sb[0] - sa[1] if sb[0] is not None and sa[1] is not None else None
+        cs_hi = sb[1] - sa[0] if sb[1] is not None and sa[0] is not None else None
+        out[name] = {
+            "champion": f(qa),
+            "challenger": f(qb),
+            "delta_ms": f(qb - qa) if qa is not None and qb is not None else None,
+            "delta_lower_ms": f(lo),
+            "delta_upper_ms": f(hi),
+            "state": "ok" if lo is not None and hi is not None else "not_enough_data",
+            "delta_cs": [f(cs_lo), f(cs_hi)],
+        }
+    return out
+
+
+def _latency(acc: Accumulator, alpha: float, tau: float) -> dict[str, Any]:
     per = {}
     for v in (0, 1):
-        d = _hist_summary(acc.latency[v], alpha)
+        d = _hist_summary(acc.latency[v], alpha, tau)
         d["mean"] = f(acc.latency_moments[v].mean)
         per[VARIANTS[v]] = d
     m = acc.pair_latency_diff
-    diff = stats.paired_mean(m.n, m.s, m.ss, alpha)
+    diff = stats.paired_mean_centred(m.n, m.mu, m.m2, alpha)
     paired: dict[str, Any] = {
         "n": int(m.n),
         "mean_diff_ms": f(diff.estimate),
@@ -161,21 +216,20 @@ def _latency(acc: Accumulator, alpha: float) -> dict[str, Any]:
         "p_value": f(diff.pvalue),
         "state": diff.state,
         "method": "paired t-test on challenger - champion latency of the same mirrored requests",
-        "quantiles": {},
+        "per_side": {VARIANTS[v]: _hist_summary(acc.pair_latency[v], alpha, tau) for v in (0, 1)},
+        "quantiles": _quantile_deltas(acc.pair_latency[0], acc.pair_latency[1], alpha, tau),
     }
-    for name, q in QUANTILES:
-        a, b = acc.pair_latency[0].quantile(q), acc.pair_latency[1].quantile(q)
-        alo, ahi = acc.pair_latency[0].quantile_ci(q, alpha)
-        blo, bhi = acc.pair_latency[1].quantile_ci(q, alpha)
-        paired["quantiles"][name] = {
-            "champion": f(a),
-            "challenger": f(b),
-            "delta_ms": f(b - a) if a is not None and b is not None else None,
-            # conservative: the challenger's lower bound minus the champion's upper bound
-            "delta_lower_ms": f(blo - ahi) if blo is not None and ahi is not None else None,
-            "delta_upper_ms": f(bhi - alo) if bhi is not None and alo is not None else None,
-        }
-    return {"per_variant": per, "paired": paired, "unit": "ms"}
+    return {
+        "per_variant": per,
+        "paired": paired,
+        "live_delta": _quantile_deltas(acc.latency[0], acc.latency[1], alpha, tau),
+        "unit": "ms",
+        "method": "2%-wide log histograms; quantile intervals from order statistics widened to "
+        "their bins' edges (distribution-free; a side is null until its order statistic exists: "
+        "p95 needs 72 latencies, p99 368 at alpha 0.05); always_valid: confidence sequences "
+        "of the quantiles (beta-binomial boundary), used by the gates; differences from the two "
+        "marginal intervals at alpha/2 each",
+    }
 
 
 def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
@@ -195,19 +249,27 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
     pe = acc.pair_errors
     n = int(pe.sum())
     b, c = int(pe[1, 0]), int(pe[0, 1])  # champion-only errors, challenger-only errors
-    paired: dict[str, Any] = {"n": n, "state": "not_enough_data" if n < 2 else "ok"}
+    paired: dict[str, Any] = {
+        "n": n,
+        "state": "not_enough_data" if n < 1 else "ok",
+        "discordant": {"champion_only": b, "challenger_only": c},
+    }
     if n:
-        d = (c - b) / n
-        var = max((b + c) - (c - b) ** 2 / n, 0.0) / (n * n)
-        z = float(st.norm.ppf(1 - alpha / 2))
+        pd = stats.paired_proportion_diff(b, c, n, alpha)
         mc = stats.mcnemar(c, b)
         paired |= {
             "champion_rate": f((pe[1, 0] + pe[1, 1]) / n),
             "challenger_rate": f((pe[0, 1] + pe[1, 1]) / n),
-            "delta": f(d),
-            "ci": [f(d - z * math.sqrt(var)), f(d + z * math.sqrt(var))],
-            "p_value": f(mc.pvalue),
-            "method": f"{mc.method} on the discordant pairs; Wald CI for paired proportions",
+            "delta": f(pd.estimate),
+            "ci": _ci(pd.ci),
+            "p_value": f(pd.pvalue),
+            "method": pd.method + " (at a difference of 0: McNemar's chi-square without "
+            "continuity correction)",
+            "mcnemar": {
+                "statistic": f(mc.statistic),
+                "p_value": f(mc.pvalue),
+                "method": mc.method,
+            },
         }
     return {
         "per_variant": per,
@@ -219,6 +281,9 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
             "method": live.method,
         },
         "paired": paired,
+        "method": "per variant: Wilson intervals; challenger - champion: score intervals with the "
+        "p-value of the same score test (independent: Mee; paired: Tango), valid at small counts; "
+        "the error-rate gate uses always-valid intervals (see gates)",
     }
 
 
@@ -229,12 +294,12 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
     n = pm.n
     if kind in ("score", "value") and n >= 1:
         mad = pm.sabs / n
-        sd_d = pm.syy - 2 * pm.sxy + pm.sxx
-        rmse = math.sqrt(max(sd_d / n, 0.0))
-        cov = pm.sxy / n - (pm.sx / n) * (pm.sy / n)
-        vx = pm.sxx / n - (pm.sx / n) ** 2
-        vy = pm.syy / n - (pm.sy / n) ** 2
-        pearson = cov / math.sqrt(vx * vy) if vx > 1e-18 and vy > 1e-18 else None
+        dm = pm.diff  # d = challenger - champion, Welford moments: no cancellation
+        rmse = math.sqrt(max(dm.m2 / n + dm.mu * dm.mu, 0.0))
+        co = pm.co
+        scale = max(abs(co.mx), abs(co.my), 1e-300) ** 2
+        ok = co.cxx > 1e-24 * n * scale and co.cyy > 1e-24 * n * scale
+        pearson = co.cxy / math.sqrt(co.cxx * co.cyy) if ok else None
         out |= {"n": int(n), "mean_abs_diff": f(mad), "rmse": f(rmse), "pearson": f(pearson)}
         items = acc.sample.items()
         xs, ys = items[:, 0], items[:, 1]
@@ -248,7 +313,7 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         if kind == "score":
             out["flip_rate"] = {str(t): f(acc.flips[i] / n) for i, t in enumerate(acc.thresholds)}
         else:
-            diff = stats.paired_mean(n, pm.sy - pm.sx, sd_d, policy.alpha)
+            diff = stats.paired_mean_centred(n, dm.mu, dm.m2, policy.alpha)
             out["mean_signed_diff"] = {
                 "estimate": f(diff.estimate),
                 "ci": _ci(diff.ci),
@@ -286,11 +351,12 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                 ].tolist(),
             },
         }
-    elif kind == "vector" and n >= 1:
+    elif kind == "vector" and acc.vector_pairs >= 1:
+        nv = acc.vector_pairs
         out |= {
-            "n": int(n),
-            "argmax_agreement": f(acc.vector_agree / n),
-            "mean_js_distance": f(acc.vector_js / n),
+            "n": nv,
+            "argmax_agreement": f(acc.vector_agree / nv),
+            "mean_js_distance": f(acc.vector_js / nv),
         }
     else:
         out |= {"n": 0, "state": "not_enough_data"}
@@ -334,6 +400,7 @@ def _contract(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         "noise_share": noise,
         "paths": paths[:100],
         "max_share": f(max((float(p["share"] or 0.0) for p in paths), default=0.0)),
+        "max_path_pairs": max(acc.contract.values(), default=0),
         "method": "per JSON path: share of comparable mirrored pairs where the challenger's field "
         "is missing, extra or of another type; reported above the noise share",
     }
@@ -366,15 +433,25 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
     tests: dict[str, Any] = {}
     if kind != "value" and q.n:
         mc = stats.mcnemar(q.b, q.c)
+        pd = stats.paired_proportion_diff(q.b, q.c, q.n, policy.alpha)
         tests["accuracy"] = {
             "delta": f((q.correct[1] - q.correct[0]) / q.n),
-            "p_value": f(mc.pvalue),
-            "method": mc.method,
+            "ci": _ci(pd.ci),
+            "p_value": f(pd.pvalue),
+            "method": pd.method + " (at a difference of 0: McNemar's chi-square without "
+            "continuity correction)",
+            "mcnemar": {
+                "statistic": f(mc.statistic),
+                "p_value": f(mc.pvalue),
+                "method": mc.method,
+            },
             "discordant": [q.b, q.c],
         }
+    if kind == "value":
+        tests["rmse_ratio"] = _rmse_ratio(q.sq_err, policy)
     ld = q.loss_diff
     if ld.n >= 2:
-        pt = stats.paired_mean(ld.n, ld.s, ld.ss, policy.alpha)
+        pt = stats.paired_mean_centred(ld.n, ld.mu, ld.m2, policy.alpha)
         name = "squared_error" if kind == "value" else "log_loss"
         tests[name] = {
             "delta": f(pt.estimate),
@@ -409,6 +486,39 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                     "sample": {"n": int(y.size), "of": acc.labelled_sample.seen},
                 }
     return out | {"state": "ok", "models": models, "tests": tests}
+
+
+def _rmse_ratio(sq: Any, policy: Policy) -> dict[str, Any]:
+    """Challenger RMSE / champion RMSE − 1 on the same labelled requests, with the delta-method
+    interval of ``log(MSE_challenger / MSE_champion)`` (paired: the covariance of the two
+    squared errors counts) in fixed-horizon and always-valid (mSPRT) form."""
+    n = sq.n
+    method = ("delta method on log(MSE_challenger / MSE_champion) from the paired squared "
+              "errors; sequential: mSPRT normal mixture")  # fmt: skip
+    out: dict[str, Any] = {"n": int(n), "method": method}
+    none = {"estimate": None, "ci": [None, None], "sequential_ci": [None, None]}
+    if n < 2:
+        return out | none | {"state": "not_enough_data"}
+    lr_a, var_a = stats.log_mse_ratio(n, sq.mx, sq.my, sq.cxx, sq.cyy, sq.cxy)
+    lr, var = float(lr_a), float(var_a)
+    if not (math.isfinite(var) and var > 0):
+        return out | none | {"state": "zero_variance"}
+    z = float(st.norm.ppf(1 - policy.alpha / 2))
+    h = z * math.sqrt(var)
+    _p, slo, shi = sequential.normal_mixture_ci(lr, var, rmse_tau(var, n, policy), policy.alpha)
+
+    def back(x: float) -> float | None:
+        return f(math.exp(x / 2) - 1)
+
+    return out | {"state": "ok", "estimate": back(lr), "log_mse_ratio": f(lr),
+                  "ci": [back(lr - h), back(lr + h)],
+                  "sequential_ci": [back(float(slo)), back(float(shi))]}  # fmt: skip
+
+
+def rmse_tau(var: Any, n: Any, policy: Policy) -> Any:
+    """The mSPRT mixture spread for the log MSE ratio: ``sequential.tau`` times the estimated
+    per-pair standard deviation of its influence function, ``sqrt(n · var)``."""
+    return policy.sequential.tau * np.sqrt(np.asarray(var) * np.asarray(n))
 
 
 def _unit_values(acc: Accumulator) -> tuple[pl.DataFrame, int, int]:
@@ -495,41 +605,81 @@ def _uplift(
     n: tuple[float, float],
     mean: tuple[float, float],
     var: tuple[float, float],
-    spec: MetricSpec,
     policy: Policy,
-    xs: tuple[float, float] | None,
 ) -> dict[str, Any]:
+    """Challenger − champion of one metric: the absolute uplift with Welch's test (its p-value
+    and interval from the same test, for proportions too: unpooled, as gbstats), the relative
+    uplift with the delta method (which counts the control mean's uncertainty), and both in
+    always-valid form (mSPRT). ``n`` are the independent units (clusters) per arm and ``var``
+    their per-unit variance (for a ``per: request`` metric, the delta-method variance of the
+    ratio of unit sums)."""
     alpha = policy.alpha
     w = stats.welch(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
     rel = stats.relative_uplift(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
-    p_fixed = w.pvalue
-    method = w.method
-    if spec.type == "proportion" and xs is not None:
-        z = stats.two_proportion_ztest(xs[0], n[0], xs[1], n[1])
-        p_fixed, method = z.pvalue, f"{z.method} (p-value); Welch CI"
-    vd = (var[0] / n[0] + var[1] / n[1]) if min(n) >= 2 else 0.0
-    pooled_sd = math.sqrt((var[0] + var[1]) / 2) if min(n) >= 2 else 0.0
+    ok = w.state == stats.OK
+    vd = (var[0] / n[0] + var[1] / n[1]) if ok else 0.0
+    pooled_sd = math.sqrt((var[0] + var[1]) / 2) if ok else 0.0
     tau = policy.sequential.tau * pooled_sd
     seq = (
         stats.msprt(w.estimate, vd, tau, alpha)
-        if w.estimate is not None and vd > 0
+        if ok and w.estimate is not None
         else stats.SequentialResult(None, Interval(None, None), None, state=w.state)
     )
+    rel_seq: list[float | None] = [None, None]
+    if ok and rel.state == stats.OK and rel.estimate is not None and rel.variance:
+        # the same mixture on the relative scale: tau in units of the control mean
+        rtau = tau / abs(mean[0])
+        _p, lo, hi = sequential.normal_mixture_ci(rel.estimate, rel.variance, rtau, alpha)
+        rel_seq = [f(lo), f(hi)]
     return {
         "absolute": f(w.estimate),
         "ci": _ci(w.ci),
         "relative": f(rel.estimate),
         "relative_ci": _ci(rel.ci),
+        "relative_sequential_ci": rel_seq,
         "relative_state": rel.state,
-        "p_value": f(p_fixed),
+        "p_value": f(w.pvalue),
         "sequential_p_value": f(seq.pvalue),
         "sequential_ci": _ci(seq.ci),
         "sequential_tau": f(seq.tau),
         "state": w.state,
-        "method": method,
+        "method": w.method,
         "sequential_method": seq.method,
         "_variance": vd,
     }
+
+
+def _request_metric_arms(
+    acc: Accumulator, uv: _UnitView, metric: str, spec: MetricSpec
+) -> list[dict[str, float]]:
+    """Per arm, a ``per: request`` metric as a ratio of unit sums (GrowthBook's and Statsig's
+    ratio metrics): each unit served by one variant is a cluster with ``X`` = the sum of its
+    requests' values and ``N`` = its requests (with ``missing: exclude``, its requests that
+    have a value); a request without a unit is a cluster of one. The mean is ``ΣX / ΣN`` and
+    the per-cluster variance the delta method's
+    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``)."""
+    mid = acc.outcomes.metric_id(metric)
+    rv = acc.units.request_values()
+    if mid is not None and rv.height:
+        vals = rv.filter(pl.col("metric") == mid).select("unit", "s", "n")
+    else:
+        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64})
+    df = uv.single.select("unit", "challenger", "requests").join(vals, on="unit", how="left")
+    df = df.with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
+    den = pl.col("requests") if spec.missing_as_zero else pl.col("n")
+    df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
+    v = df["challenger"].to_numpy()
+    x, d = df["s"].to_numpy(), df["d"].to_numpy()
+    out = []
+    for i in (0, 1):
+        co = CoMoments()
+        co.add_arrays(x[v == i], d[v == i])
+        solo = acc.request_metric_moments[metric][i]  # requests without a unit: clusters of 1
+        co.merge(CoMoments(solo.n, solo.mu, 1.0, solo.m2, 0.0, 0.0))
+        ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
+        out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
+                    "var": float(var)})  # fmt: skip
+    return out
 
 
 def _metrics(acc: Accumulator, policy: Policy, uv: _UnitView) -> dict[str, Any]:
@@ -545,28 +695,39 @@ def _metrics(acc: Accumulator, policy: Policy, uv: _UnitView) -> dict[str, Any]:
         }
         series: list[dict[str, Any]] = []
         if spec.per == "request":
-            mm = acc.request_metric_moments[metric]
-            n = (mm[0].n, mm[1].n)
-            mean = (mm[0].mean or 0.0, mm[1].mean or 0.0)
-            var = (mm[0].var or 0.0, mm[1].var or 0.0)
-            xs = (mm[0].s, mm[1].s)
+            arms = _request_metric_arms(acc, uv, metric, spec)
+            n = (arms[0]["clusters"], arms[1]["clusters"])
+            mean = (arms[0]["mean"], arms[1]["mean"])
+            var = (arms[0]["var"], arms[1]["var"])
+            entry["variants"] = {
+                VARIANTS[i]: {
+                    "n": round(arms[i]["requests"]),
+                    "units": int(arms[i]["clusters"]),
+                    "mean": f(mean[i]) if arms[i]["requests"] else None,
+                    "variance": f(var[i]) if n[i] > 1 else None,
+                }
+                for i in (0, 1)
+            }
+            entry["variance_method"] = (
+                "ratio of unit sums; variance per unit by the delta method (clustered by unit), "
+                "n = requests, units = clusters"
+            )
         else:
             v, t, x, _c = uv.arrays(metric, spec)
             sel = [x[v == i] for i in (0, 1)]
             n = (float(sel[0].size), float(sel[1].size))
             mean = tuple(float(s.mean()) if s.size else 0.0 for s in sel)  # type: ignore[assignment]
             var = tuple(float(s.var(ddof=1)) if s.size > 1 else 0.0 for s in sel)  # type: ignore[assignment]
-            xs = (float(sel[0].sum()), float(sel[1].sum()))
             series = _series(v, t, x, spec, policy)
-        entry["variants"] = {
-            VARIANTS[i]: {
-                "n": int(n[i]),
-                "mean": f(mean[i]) if n[i] else None,
-                "variance": f(var[i]) if n[i] > 1 else None,
+            entry["variants"] = {
+                VARIANTS[i]: {
+                    "n": int(n[i]),
+                    "mean": f(mean[i]) if n[i] else None,
+                    "variance": f(var[i]) if n[i] > 1 else None,
+                }
+                for i in (0, 1)
             }
-            for i in (0, 1)
-        }
-        up = _uplift(n, mean, var, spec, policy, xs)
+        up = _uplift(n, mean, var, policy)
         vd = up.pop("_variance")
         entry["uplift"] = up
         entry["mde"] = f(stats.mde(vd, policy.alpha, policy.power)) if vd > 0 else None
@@ -588,6 +749,10 @@ def _sample_size(
     policy: Policy,
     duration: float,
 ) -> dict[str, Any]:
+    """Units per arm for the policy's effect (fixed-horizon, normal approximation: Cohen's h
+    for a per-unit proportion, ``2 (z + z_power)² sd² / δ²`` otherwise, with the per-unit
+    variance; a ``per: request`` metric uses its clustered per-unit variance), and the ETA at
+    the current rate of new units."""
     pm = policy.primary_metric
     base = mean[0]
     if pm is not None and pm.name == metric and (pm.mde or pm.min_uplift):
@@ -602,7 +767,7 @@ def _sample_size(
             "sample_size_per_arm": None,
             "eta_s": None,
         }
-    if spec.type == "proportion" and 0 < base < 1 and 0 < base + delta < 1:
+    if spec.type == "proportion" and spec.per == "unit" and 0 < base < 1 and 0 < base + delta < 1:
         need = stats.n_per_arm_proportions(base, base + delta, policy.alpha, policy.power)
     else:
         need = stats.n_per_arm_means(
@@ -617,6 +782,8 @@ def _sample_size(
         "target_relative": relative,
         "sample_size_per_arm": f(math.ceil(need)) if math.isfinite(need) else None,
         "eta_s": f(eta),
+        "sample_size_method": "fixed-horizon two-sided test at alpha and power, normal "
+        "approximation; the always-valid interval needs roughly 1.5-2.5x as many units",
     }
 
 
@@ -637,7 +804,7 @@ def _series(
         n = (float(s[0].size), float(s[1].size))
         m = (float(s[0].mean()), float(s[1].mean()))
         va = (float(s[0].var(ddof=1)), float(s[1].var(ddof=1)))
-        up = _uplift(n, m, va, spec, policy, None)
+        up = _uplift(n, m, va, policy)
         out.append(
             {
                 "ts": f(cut),
@@ -879,7 +1046,7 @@ def report_from(
             "window": _window(acc, earliest_available),
             "counts": _counts(acc, uv.joined, uv.before_exposure),
             "srm": _srm(acc, policy, split),
-            "latency": _latency(acc, policy.alpha),
+            "latency": _latency(acc, policy.alpha, policy.sequential.tau),
             "errors": _errors(acc, policy.alpha),
             "divergence": _divergence(acc, policy),
             "quality": None,  # (keeps the key order)
@@ -900,8 +1067,10 @@ def report_from(
         "power": policy.power,
         "primary_metric": policy.primary_metric.name if policy.primary_metric else None,
         "multiple_testing": "Holm step-down over the outcome metrics' fixed-horizon p-values "
-        "(p_value_holm)",
-        "sequential": f"mSPRT normal mixture, tau = {policy.sequential.tau} x pooled SD",
+        "(p_value_holm); the label metric is analysed in quality only",
+        "sequential": f"mSPRT normal mixture, tau = {policy.sequential.tau} x pooled SD (per "
+        "unit); gates use always-valid intervals (see each gate's test); this report is one "
+        "look: the promotion controller keeps the running intersection across its looks",
     }
     return report
 

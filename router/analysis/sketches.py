@@ -1,6 +1,9 @@
 """Mergeable summaries: ``merge(summary(A), summary(B)) == summary(A ∪ B)``.
 
-* :class:`Moments`: count, sum and sum of squares (mean and variance, exactly).
+* :class:`Moments`: count, mean and centred sum of squares (Welford's update, Chan et al.'s
+  merge): no cancellation when the spread is tiny against the values (latencies, predictions
+  near 1e8 differing by 0.5), and ``merge`` is exact up to rounding.
+* :class:`CoMoments`: the same for pairs (means, centred sums of squares and cross-products).
 * :class:`LogHistogram`: fixed log-spaced bins (2% wide) for latencies: quantiles within 1%,
   merged by adding counts.
 * :class:`HashSample`: bottom-k sample by a hash of the request id. The k smallest hashes
@@ -19,37 +22,97 @@ import numpy as np
 
 @dataclass(slots=True)
 class Moments:
+    """Count ``n``, mean ``mu`` and centred sum of squares ``m2 = Σ (x − mu)²``.
+
+    A batch is summarised with numpy's pairwise sums (mean first, then the squares of the
+    deviations from it) and folded in with Chan et al.'s parallel update
+    ``m2 = m2_a + m2_b + δ² n_a n_b / n``, so no sum of raw squares is ever formed."""
+
     n: float = 0.0
-    s: float = 0.0
-    ss: float = 0.0
+    mu: float = 0.0
+    m2: float = 0.0
 
     def add(self, x: float) -> None:
         self.n += 1
-        self.s += x
-        self.ss += x * x
+        d = x - self.mu
+        self.mu += d / self.n
+        self.m2 += d * (x - self.mu)
 
     def add_array(self, x: np.ndarray) -> None:
         if x.size:
-            self.n += float(x.size)
-            self.s += float(x.sum())
-            self.ss += float((x * x).sum())  # not np.dot: BLAS threads spin after a call
+            mb = float(x.mean())
+            dev = x - mb
+            self.merge(Moments(float(x.size), mb, float((dev * dev).sum())))
+
+    def add_zeros(self, k: float) -> None:
+        """``k`` observations equal to 0 (units or requests without an outcome)."""
+        if k > 0:
+            self.merge(Moments(float(k), 0.0, 0.0))
 
     def merge(self, o: Moments) -> None:
-        self.n += o.n
-        self.s += o.s
-        self.ss += o.ss
+        if o.n <= 0:
+            return
+        if self.n <= 0:
+            self.n, self.mu, self.m2 = o.n, o.mu, o.m2
+            return
+        n = self.n + o.n
+        d = o.mu - self.mu
+        self.mu += d * (o.n / n)
+        self.m2 += o.m2 + d * d * (self.n * o.n / n)
+        self.n = n
 
     @property
     def mean(self) -> float | None:
-        return self.s / self.n if self.n else None
+        return self.mu if self.n else None
+
+    @property
+    def s(self) -> float:
+        """The sum of the values."""
+        return self.n * self.mu
 
     @property
     def var(self) -> float | None:
         """Sample variance (ddof=1); None below two observations."""
         if self.n < 2:
             return None
-        m = self.s / self.n
-        return max((self.ss - self.n * m * m) / (self.n - 1), 0.0)
+        return max(self.m2 / (self.n - 1), 0.0)
+
+
+@dataclass(slots=True)
+class CoMoments:
+    """Bivariate :class:`Moments` of pairs ``(x, y)``: count, means, centred sums of squares and
+    of cross-products (for Pearson's r and the delta method), merged exactly as above."""
+
+    n: float = 0.0
+    mx: float = 0.0
+    my: float = 0.0
+    cxx: float = 0.0
+    cyy: float = 0.0
+    cxy: float = 0.0
+
+    def add_arrays(self, x: np.ndarray, y: np.ndarray) -> None:
+        if x.size:
+            mx, my = float(x.mean()), float(y.mean())
+            dx, dy = x - mx, y - my
+            self.merge(CoMoments(float(x.size), mx, my, float((dx * dx).sum()),
+                                 float((dy * dy).sum()), float((dx * dy).sum())))  # fmt: skip
+
+    def merge(self, o: CoMoments) -> None:
+        if o.n <= 0:
+            return
+        if self.n <= 0:
+            self.n, self.mx, self.my = o.n, o.mx, o.my
+            self.cxx, self.cyy, self.cxy = o.cxx, o.cyy, o.cxy
+            return
+        n = self.n + o.n
+        dx, dy = o.mx - self.mx, o.my - self.my
+        w = self.n * o.n / n
+        self.mx += dx * (o.n / n)
+        self.my += dy * (o.n / n)
+        self.cxx += o.cxx + dx * dx * w
+        self.cyy += o.cyy + dy * dy * w
+        self.cxy += o.cxy + dx * dy * w
+        self.n = n
 
 
 LAT_MIN_MS = 0.01
@@ -66,6 +129,14 @@ def lat_bin(ms: np.ndarray) -> np.ndarray:
 def lat_value(idx: int) -> float:
     """Representative value of a bin: its geometric midpoint."""
     return LAT_MIN_MS * LAT_GROWTH ** (idx + 0.5)
+
+
+def lat_edges(idx: int) -> tuple[float, float]:
+    """The bounds of a bin (the first bin also holds everything below ``LAT_MIN_MS``, the last
+    everything above its lower edge)."""
+    lo = 0.0 if idx == 0 else LAT_MIN_MS * LAT_GROWTH**idx
+    hi = math.inf if idx >= LAT_BINS - 1 else LAT_MIN_MS * LAT_GROWTH ** (idx + 1)
+    return lo, hi
 
 
 @dataclass(slots=True)
@@ -94,12 +165,24 @@ class LogHistogram:
         return self._at_rank(min(math.ceil(q * n) - 1, n - 1) if q > 0 else 0)
 
     def quantile_ci(self, q: float, alpha: float = 0.05) -> tuple[float | None, float | None]:
-        from router.analysis.stats import quantile_interval_ranks  # scipy: report time only
+        """The distribution-free interval of :func:`router.analysis.stats.quantile_interval`;
+        a side is None when its order statistic does not exist yet (not enough data)."""
+        from router.analysis.stats import quantile_interval  # scipy: report time only
 
-        ranks = quantile_interval_ranks(self.n, q, alpha)
-        if ranks is None:
-            return None, None
-        return self._at_rank(ranks[0]), self._at_rank(ranks[1])
+        qi = quantile_interval(self.n, q, alpha)
+        return self.bounds_at_ranks(qi.low, qi.high)
+
+    def bounds_at_ranks(self, low: int, high: int) -> tuple[float | None, float | None]:
+        """``[X_(low), X_(high)]`` (1-based order statistics) widened to their bins' edges, so
+        the binning never narrows an interval; None for a rank outside ``1..n``."""
+        n = self.n
+        cum = np.cumsum(self.counts)
+        lo = hi = None
+        if 1 <= low <= n:
+            lo = lat_edges(int(np.searchsorted(cum, low)))[0]
+        if 1 <= high <= n:
+            hi = lat_edges(int(np.searchsorted(cum, high)))[1]
+        return lo, (hi if hi is not None and math.isfinite(hi) else None)
 
     def cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
         nz = np.nonzero(self.counts)[0]

@@ -4,18 +4,26 @@ Every function returns a small frozen result that names its method, in the style
 ``scipy.stats``. Undefined cases (no data, zero variance, a control mean of 0) give an explicit
 ``state`` and ``None`` values, never NaN and never an exception. Conventions: arm 1 is the
 champion (control), arm 2 the challenger; differences are challenger minus champion.
+
+Consistency rules: a p-value and the interval beside it come from the same test (the interval
+excludes the null value exactly when p < α); a degenerate case (no variance in either arm) is
+reported as such, with p = 1 and no interval (as GrowthBook's gbstats does), never as p = 0 and a
+zero-width interval; a result in state ``not_enough_data`` carries no p-value. The always-valid
+(sequential) counterparts are in :mod:`router.analysis.sequential` and :func:`msprt`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as st
 from scipy.optimize import brentq
 from scipy.special import rel_entr
+
+from router.analysis.sequential import multinomial_log_mixture, normal_mixture_ci
 
 OK = "ok"
 NOT_ENOUGH_DATA = "not_enough_data"
@@ -54,12 +62,14 @@ class DiffResult:
 
 @dataclass(frozen=True, slots=True)
 class RatioResult:
-    """Relative difference ``(m2 - m1) / m1`` with a delta-method interval."""
+    """Relative difference ``(m2 - m1) / m1`` with a delta-method interval; ``variance`` is the
+    delta-method variance of the estimate (for the sequential form, :func:`msprt`)."""
 
     estimate: float | None
     ci: Interval
     method: str = "delta method (first-order Taylor), normal interval"
     state: str = OK
+    variance: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,7 @@ class SRMResult:
     mismatch: bool
     method: str = "Pearson chi-square goodness of fit of units per variant"
     state: str = OK
+    sequential_pvalue: float | None = None
 
 
 def _nobs_ok(*ns: float) -> bool:
@@ -108,16 +119,30 @@ def welch(
     d = m2 - m1
     se1, se2 = v1 / n1, v2 / n2
     se2sum = se1 + se2
-    if se2sum <= 0.0:
-        state = ZERO_VARIANCE
-        p = 1.0 if d == 0 else 0.0
-        return DiffResult(d, Interval(d, d), p, None, None, method, state)
-    se = math.sqrt(se2sum)
-    df = se2sum**2 / (se1**2 / (n1 - 1) + se2**2 / (n2 - 1))
+    if not se2sum > 0.0:
+        # degenerate: every value equal within each arm; no test is possible (a difference of
+        # constants is not evidence about the populations' spread)
+        return DiffResult(d, Interval(None, None), 1.0, None, None, method, ZERO_VARIANCE)
+    p, lo, hi, t, df = welch_arrays(m1, v1, n1, m2, v2, n2, alpha)
+    return DiffResult(d, Interval(float(lo), float(hi)), float(p), float(t), float(df), method)
+
+
+def welch_arrays(
+    m1: np.ndarray | float, v1: np.ndarray | float, n1: np.ndarray | float,
+    m2: np.ndarray | float, v2: np.ndarray | float, n2: np.ndarray | float, alpha: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The core of :func:`welch`, vectorised: ``(p, ci_low, ci_high, t, df)`` for arms with at
+    least two observations and a positive variance sum (the caller handles the other states)."""
+    se1 = np.asarray(v1, float) / np.asarray(n1, float)
+    se2 = np.asarray(v2, float) / np.asarray(n2, float)
+    se2sum = se1 + se2
+    d = np.asarray(m2, float) - np.asarray(m1, float)
+    se = np.sqrt(se2sum)
+    df = se2sum**2 / (se1**2 / (np.asarray(n1, float) - 1) + se2**2 / (np.asarray(n2, float) - 1))
     t = d / se
-    p = float(2.0 * st.t.sf(abs(t), df))
-    q = float(st.t.ppf(1 - alpha / 2, df))
-    return DiffResult(d, Interval(d - q * se, d + q * se), p, t, df, method)
+    p = 2.0 * st.t.sf(np.abs(t), df)
+    q = st.t.ppf(1 - alpha / 2, df)
+    return p, d - q * se, d + q * se, t, df
 
 
 def relative_uplift(
@@ -131,23 +156,72 @@ def relative_uplift(
         return RatioResult(None, Interval(None, None), state=CONTROL_MEAN_ZERO)
     r = m2 / m1 - 1.0
     var = v2 / (n2 * m1**2) + m2**2 * v1 / (n1 * m1**4)
+    if not var > 0:
+        return RatioResult(r, Interval(None, None), state=ZERO_VARIANCE, variance=0.0)
     z = float(st.norm.ppf(1 - alpha / 2))
-    h = z * math.sqrt(max(var, 0.0))
-    return RatioResult(r, Interval(r - h, r + h))
+    h = z * math.sqrt(var)
+    return RatioResult(r, Interval(r - h, r + h), variance=var)
+
+
+def ratio_variance(
+    k: np.ndarray | float,
+    mean_x: np.ndarray | float,
+    mean_n: np.ndarray | float,
+    cxx: np.ndarray | float,
+    cnn: np.ndarray | float,
+    cxn: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ratio of sums over ``k`` independent clusters (units), ``R = ΣX / ΣN``, and the
+    per-cluster variance of its delta-method approximation (Deng et al. 2018, "Applying the
+    delta method in metric analytics"; equals gbstats ``RatioStatistic``):
+    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` with sample (co)variances across clusters, from the
+    centred sums ``cxx = Σ (X − X̄)²`` etc. (vectorised). ``Var(R) ≈ variance / k``: requests of
+    one unit are correlated, so they are not counted as independent observations."""
+    k = np.asarray(k, float)
+    mx, mn = np.asarray(mean_x, float), np.asarray(mean_n, float)
+    ok = (k >= 2) & (mn > 0)
+    kk = np.where(ok, k - 1, 1.0)
+    mn_ = np.where(mn > 0, mn, 1.0)
+    ratio = np.where(mn > 0, mx / mn_, 0.0)
+    var = (np.asarray(cxx) - 2 * ratio * np.asarray(cxn) + ratio**2 * np.asarray(cnn)) / kk
+    return ratio, np.where(ok, np.maximum(var / mn_**2, 0.0), 0.0)
+
+
+def log_mse_ratio(
+    n: np.ndarray | float,
+    m0: np.ndarray | float,
+    m1: np.ndarray | float,
+    c00: np.ndarray | float,
+    c11: np.ndarray | float,
+    c01: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``log(MSE_1 / MSE_0)`` from the paired squared errors of two models on the same ``n``
+    requests (means ``m0, m1``, centred sums of squares and cross-products ``c00, c11, c01``),
+    and the delta-method variance of that estimate,
+    ``(s²_1/m1² + s²_0/m0² − 2 s_01/(m0 m1)) / n`` (vectorised; NaN where undefined)."""
+    n = np.asarray(n, float)
+    m0, m1 = np.asarray(m0, float), np.asarray(m1, float)
+    ok = (n >= 2) & (m0 > 0) & (m1 > 0)
+    nn = np.where(ok, n, 2.0)
+    a0, a1 = np.where(ok, m0, 1.0), np.where(ok, m1, 1.0)
+    k = nn - 1
+    var = (np.asarray(c11) / k / a1**2 + np.asarray(c00) / k / a0**2
+           - 2 * np.asarray(c01) / k / (a0 * a1)) / nn  # fmt: skip
+    return np.where(ok, np.log(a1 / a0), np.nan), np.where(ok, var, np.nan)
 
 
 def two_proportion_ztest(x1: float, n1: float, x2: float, n2: float) -> TestResult:
     """Pooled two-proportion z-test of ``p2 - p1`` (two-sided); equals statsmodels
-    ``proportions_ztest([x2, x1], [n2, n1])``."""
-    method = "two-proportion z-test, pooled variance"
+    ``proportions_ztest([x2, x1], [n2, n1])``. It is the score test of ``p2 - p1 = 0``, so it
+    agrees with :func:`proportion_diff`'s interval."""
+    method = "two-proportion z-test, pooled variance (the score test at a difference of 0)"
     if n1 < 1 or n2 < 1:
         return TestResult(None, None, method, NOT_ENOUGH_DATA)
     p = (x1 + x2) / (n1 + n2)
     var = p * (1 - p) * (1 / n1 + 1 / n2)
-    d = x2 / n2 - x1 / n1
-    if var <= 0:
-        return TestResult(None, 1.0 if d == 0 else 0.0, method, ZERO_VARIANCE)
-    z = d / math.sqrt(var)
+    if not var > 0:
+        return TestResult(None, 1.0, method, ZERO_VARIANCE)
+    z = (x2 / n2 - x1 / n1) / math.sqrt(var)
     return TestResult(z, float(2 * st.norm.sf(abs(z))), method)
 
 
@@ -163,20 +237,101 @@ def wilson_interval(x: float, n: float, alpha: float = 0.05) -> Interval:
     return Interval(max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _bisect_root(fn: Callable[[float], bool], rejected: float, accepted: float) -> float:
+    """The boundary between a ``rejected`` and an ``accepted`` value of a monotone test."""
+    if not fn(rejected):
+        return rejected
+    a, b = rejected, accepted
+    for _ in range(100):
+        mid = (a + b) / 2
+        if fn(mid):
+            a = mid
+        else:
+            b = mid
+        if abs(b - a) <= 1e-15:
+            break
+    return b
+
+
+def _score_z_2indep(x1: float, n1: float, x2: float, n2: float, delta: float) -> float:
+    """Score statistic of ``p2 - p1 = delta`` for independent binomials (Mee 1984: no
+    ``n/(n-1)`` correction), with the restricted maximum-likelihood proportions in the closed
+    form of Farrington & Manning (1990): the root of ``a p³ + b p² + c p + d`` for the
+    challenger's proportion, ``θ = n1/n2``. Checked against a numerical maximisation of the
+    likelihood in the test suite."""
+    num = x2 / n2 - x1 / n1 - delta
+    if delta == 0.0:
+        p_ch = p_cp = (x1 + x2) / (n1 + n2)
+    else:
+        ph_ch, ph_cp = x2 / n2, x1 / n1
+        th = n1 / n2
+        a = 1 + th
+        b = -(1 + th + ph_ch + th * ph_cp + delta * (th + 2))
+        c = delta * delta + delta * (2 * ph_ch + th + 1) + ph_ch + th * ph_cp
+        d = -ph_ch * delta * (1 + delta)
+        v = b**3 / (3 * a) ** 3 - b * c / (6 * a * a) + d / (2 * a)
+        u = math.copysign(math.sqrt(max(b * b / (3 * a) ** 2 - c / (3 * a), 0.0)), v)
+        if u == 0.0:
+            p_ch = -b / (3 * a)
+        else:
+            w = (math.pi + math.acos(max(-1.0, min(1.0, v / u**3)))) / 3
+            p_ch = 2 * u * math.cos(w) - b / (3 * a)
+        p_ch = min(max(p_ch, max(0.0, delta)), min(1.0, 1.0 + delta))
+        p_cp = p_ch - delta
+    var = p_ch * (1 - p_ch) / n2 + p_cp * (1 - p_cp) / n1
+    if not var > 0:
+        return 0.0 if abs(num) < 1e-15 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
 def proportion_diff(x1: float, n1: float, x2: float, n2: float, alpha: float = 0.05) -> DiffResult:
-    """``p2 - p1`` with an unpooled Wald interval and the pooled z-test p-value."""
-    method = "difference of proportions: Wald CI (unpooled), pooled z-test p-value"
+    """``p2 - p1`` of independent proportions with the score interval (Mee 1984; the inversion
+    of the score test, which at a difference of 0 is the pooled z-test: the p-value and the
+    interval come from one test). Valid at small counts: one errored request out of one is an
+    interval of most of [-1, 1], not [1, 1]. (statsmodels 0.15's ``method="score"`` differs
+    slightly: its restricted estimate is not the likelihood's maximum, see the test suite.)"""
+    method = "difference of proportions: score interval (Mee) and pooled z-test (its value at 0)"
     if n1 < 1 or n2 < 1:
         return DiffResult(None, Interval(None, None), None, None, None, method, NOT_ENOUGH_DATA)
-    p1, p2 = x1 / n1, x2 / n2
-    d = p2 - p1
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    d = x2 / n2 - x1 / n1
     z = float(st.norm.ppf(1 - alpha / 2))
+    lo = _bisect_root(lambda t: _score_z_2indep(x1, n1, x2, n2, t) > z, -1.0, d)
+    hi = _bisect_root(lambda t: _score_z_2indep(x1, n1, x2, n2, t) < -z, 1.0, d)
     test = two_proportion_ztest(x1, n1, x2, n2)
-    state = OK if se > 0 else ZERO_VARIANCE
-    return DiffResult(
-        d, Interval(d - z * se, d + z * se), test.pvalue, test.statistic, None, method, state
-    )
+    return DiffResult(d, Interval(lo, hi), test.pvalue, test.statistic, None, method, test.state)
+
+
+def _score_z_paired(b: float, c: float, n: float, delta: float) -> float:
+    """Tango's (1998) score statistic of ``δ = π_c − π_b = delta`` for paired binary data
+    (``c``: pairs where only the challenger has the event, ``b``: only the champion). The
+    restricted MLE of ``π_b`` solves ``2n x² − [(b + c) + δ(c − b − 2n)] x − b δ(1 − δ) = 0``."""
+    big_b = (b + c) + delta * (c - b - 2 * n)
+    x = (big_b + math.sqrt(max(big_b * big_b + 8 * n * b * delta * (1 - delta), 0.0))) / (4 * n)
+    x = min(max(x, max(0.0, -delta)), (1 - delta) / 2)
+    var = n * (2 * x + delta - delta * delta)
+    num = c - b - n * delta
+    if not var > 0:
+        return 0.0 if abs(num) < 1e-12 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def paired_proportion_diff(b: int, c: int, n: int, alpha: float = 0.05) -> DiffResult:
+    """Difference of two paired proportions, ``(c − b) / n`` (``c``: only the challenger has the
+    event, ``b``: only the champion), with Tango's score interval and the same score test's
+    p-value. At a difference of 0 the score test is McNemar's chi-square *without* continuity
+    correction, so the p-value and the interval agree; :func:`mcnemar` is the classic test of no
+    difference (exact below 25 discordant pairs) and is reported beside it."""
+    method = "paired difference of proportions: Tango score interval and score test"
+    if n < 1:
+        return DiffResult(None, Interval(None, None), None, None, None, method, NOT_ENOUGH_DATA)
+    d = (c - b) / n
+    z = float(st.norm.ppf(1 - alpha / 2))
+    lo = _bisect_root(lambda t: _score_z_paired(b, c, n, t) > z, -1.0, d)
+    hi = _bisect_root(lambda t: _score_z_paired(b, c, n, t) < -z, 1.0, d)
+    if b + c == 0:
+        return DiffResult(d, Interval(lo, hi), 1.0, None, None, method, OK)
+    stat = (c - b) / math.sqrt(b + c)
+    return DiffResult(d, Interval(lo, hi), float(2 * st.norm.sf(abs(stat))), stat, None, method)
 
 
 def srm_test(
@@ -184,31 +339,52 @@ def srm_test(
     expected_shares: Sequence[float],
     alpha: float = 0.001,
     min_share_diff: float = 0.001,
-    min_per_arm: int = 8,
+    tau: float = 0.1,
 ) -> SRMResult:
-    """Sample ratio mismatch: chi-square of observed counts against configured shares (equals
-    ``scipy.stats.chisquare``). A mismatch needs ``p < alpha`` *and* an absolute share deviation
-    above ``min_share_diff`` (as Statsig does), so huge samples do not alarm on trivia."""
+    """Sample ratio mismatch of units per arm against the configured shares.
+
+    Sufficiency is judged on the *total* (as GrowthBook does), never on the smallest observed
+    arm: an arm that should have units and has none is the clearest mismatch there is. The
+    fixed-horizon ``pvalue`` is Pearson's chi-square (equals ``scipy.stats.chisquare`` and
+    gbstats ``check_srm``) when every expected count is at least 5, else the exact binomial
+    test (two arms). The decision uses the always-valid ``sequential_pvalue`` (a
+    Dirichlet-multinomial mixture centred on the configured shares, ``1/Λ`` by Ville's
+    inequality), because the controller re-checks it at every look: a mismatch needs
+    ``sequential p < alpha`` *and* a share deviating by more than ``min_share_diff`` (as
+    Statsig does), so huge samples do not alarm on trivia."""
     obs = tuple(int(x) for x in observed)
     exp_sh = tuple(float(x) for x in expected_shares)
     total = sum(obs)
     if any(s <= 0 for s in exp_sh) or len(obs) < 2:
         return SRMResult(None, None, obs, exp_sh, None, False, state="not_applicable")
-    if min(obs) < min_per_arm:
-        return SRMResult(None, None, obs, exp_sh, None, False, state=NOT_ENOUGH_DATA)
     s = sum(exp_sh)
     shares = [e / s for e in exp_sh]
+    if total == 0:
+        return SRMResult(None, None, obs, tuple(shares), None, False, state=NOT_ENOUGH_DATA)
     expected = [total * e for e in shares]
-    stat = sum((o - e) ** 2 / e for o, e in zip(obs, expected, strict=True))
-    p = float(st.chi2.sf(stat, len(obs) - 1))
+    if min(expected) >= 5 or len(obs) > 2:
+        stat = sum((o - e) ** 2 / e for o, e in zip(obs, expected, strict=True))
+        p = float(st.chi2.sf(stat, len(obs) - 1))
+        method = "Pearson chi-square goodness of fit of units per variant"
+    else:
+        stat = float(obs[1])
+        p = float(st.binomtest(obs[1], total, shares[1]).pvalue)
+        method = "exact binomial test of units per variant (an expected count below 5)"
+    log_m = float(multinomial_log_mixture(np.asarray(obs, float), shares, tau))
+    seq_p = 1.0 if log_m <= 0 else math.exp(-log_m)
     diff = max(abs(o / total - e) for o, e in zip(obs, shares, strict=True))
-    return SRMResult(stat, p, obs, tuple(shares), diff, p < alpha and diff > min_share_diff)
+    mismatch = seq_p < alpha and diff > min_share_diff
+    return SRMResult(stat, p, obs, tuple(shares), diff, mismatch,
+                     method=method + "; decided by the always-valid Dirichlet-multinomial "
+                     "mixture p-value", sequential_pvalue=seq_p)  # fmt: skip
 
 
 def mcnemar(b: int, c: int, exact: bool | None = None) -> TestResult:
-    """McNemar's test on the discordant counts ``b`` (only model 1 right) and ``c`` (only
-    model 2 right). Exact binomial when ``b + c < 25`` (default) else chi-square with
-    continuity correction; equals ``statsmodels.stats.contingency_tables.mcnemar``."""
+    """McNemar's test of no difference on the discordant counts ``b`` (only model 1 right) and
+    ``c`` (only model 2 right): the exact (conditional binomial) test when there are fewer than
+    25 discordant pairs, else the chi-square with continuity correction ``(|b − c| − 1)² / (b +
+    c)`` (the default; ``exact`` forces either); equals
+    ``statsmodels.stats.contingency_tables.mcnemar(exact=b + c < 25, correction=True)``."""
     n = b + c
     if exact is None:
         exact = n < 25
@@ -230,10 +406,21 @@ def paired_mean(n: float, s: float, ss: float, alpha: float = 0.05) -> DiffResul
         return DiffResult(None, Interval(None, None), None, None, None, method, NOT_ENOUGH_DATA)
     m = s / n
     var = max((ss - n * m * m) / (n - 1), 0.0)
-    if var <= 1e-300:
-        return DiffResult(
-            m, Interval(m, m), 1.0 if m == 0 else 0.0, None, n - 1, method, ZERO_VARIANCE
-        )
+    return paired_mean_centred(n, m, var * (n - 1), alpha)
+
+
+def paired_mean_centred(n: float, mean: float, m2: float, alpha: float = 0.05) -> DiffResult:
+    """:func:`paired_mean` from the count, mean and centred sum of squares ``Σ (d − mean)²`` of
+    the differences (Welford moments: no cancellation when the differences are tiny against the
+    values, e.g. predictions near 1e8 differing by 0.5)."""
+    method = "paired t-test on per-pair differences"
+    if n < 2:
+        return DiffResult(None, Interval(None, None), None, None, None, method, NOT_ENOUGH_DATA)
+    m = mean
+    var = max(m2 / (n - 1), 0.0)
+    if not var > 0 or var <= 1e-28 * m * m:
+        # degenerate: every difference equal; no test is possible
+        return DiffResult(m, Interval(None, None), 1.0, None, n - 1, method, ZERO_VARIANCE)
     se = math.sqrt(var / n)
     t = m / se
     p = float(2 * st.t.sf(abs(t), n - 1))
@@ -247,19 +434,19 @@ def msprt(estimate: float, variance: float, tau: float, alpha: float = 0.05) -> 
     Mixture likelihood ratio against theta = 0 with ``theta ~ N(0, tau²)``:
     ``Λ = sqrt(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²)))``; the always-valid p-value is
     ``min(1, 1/Λ)`` and the confidence sequence ``d ± sqrt(V (V+τ²)/τ² · (log((V+τ²)/V) +
-    2 log(1/α)))``. Both stay valid however often the analyst looks (Ville's inequality).
+    2 log(1/α)))``. Both stay valid however often the analyst looks (Ville's inequality); the
+    scalar form of :func:`router.analysis.sequential.normal_mixture_ci`.
     """
     if not (variance > 0) or not (tau > 0):
         return SequentialResult(None, Interval(None, None), _finite(tau), state=ZERO_VARIANCE)
-    v, t2 = variance, tau * tau
-    log_lr = 0.5 * math.log(v / (v + t2)) + t2 * estimate**2 / (2 * v * (v + t2))
-    p = 1.0 if log_lr <= 0 else math.exp(-log_lr)
-    half = math.sqrt(v * (v + t2) / t2 * (math.log((v + t2) / v) + 2 * math.log(1 / alpha)))
-    return SequentialResult(min(1.0, p), Interval(estimate - half, estimate + half), tau)
+    p, lo, hi = normal_mixture_ci(estimate, variance, tau, alpha)
+    return SequentialResult(float(p), Interval(float(lo), float(hi)), tau)
 
 
 def mde(variance_of_diff: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
-    """Minimum detectable (absolute) effect at the current sample: ``(z_{1-α/2} + z_power)·SE``."""
+    """Minimum detectable (absolute) effect at the current sample: ``(z_{1-α/2} + z_power)·SE``
+    (normal approximation to the fixed-horizon two-sided test; the sequential interval needs
+    more, see the analyst guide)."""
     if not (variance_of_diff > 0):
         return None
     return (float(st.norm.ppf(1 - alpha / 2)) + float(st.norm.ppf(power))) * math.sqrt(
@@ -268,8 +455,10 @@ def mde(variance_of_diff: float, alpha: float = 0.05, power: float = 0.8) -> flo
 
 
 def n_per_arm_proportions(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Units per arm to detect ``p1`` vs ``p2`` (two-sided), Cohen's h arcsine effect size;
-    equals statsmodels ``NormalIndPower().solve_power(proportion_effectsize(p2, p1))``."""
+    """Units per arm to detect ``p1`` vs ``p2`` (two-sided), Cohen's h arcsine effect size
+    under the normal approximation (``2·arcsin√p`` is approximately normal with variance
+    ``1/n``); equals statsmodels ``NormalIndPower().solve_power(proportion_effectsize(p2, p1))``.
+    A fixed-horizon size: an always-valid test needs more (see the analyst guide)."""
     h = abs(2 * math.asin(math.sqrt(p2)) - 2 * math.asin(math.sqrt(p1)))
     if h == 0:
         return math.inf
@@ -284,7 +473,8 @@ def n_per_arm_proportions(p1: float, p2: float, alpha: float = 0.05, power: floa
 
 
 def n_per_arm_means(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Units per arm to detect a mean difference ``delta`` with common SD ``sd`` (normal)."""
+    """Units per arm to detect a mean difference ``delta`` with common SD ``sd``, under the
+    normal approximation: ``n = 2 (z_{1-α/2} + z_power)² sd² / delta²`` (fixed horizon)."""
     if delta == 0 or sd <= 0:
         return math.inf
     z = float(st.norm.ppf(1 - alpha / 2)) + float(st.norm.ppf(power))
@@ -343,14 +533,40 @@ def psi_band(value: float | None) -> str:
     return "stable" if value < 0.1 else "moderate" if value < 0.25 else "major"
 
 
-def quantile_interval_ranks(n: int, q: float, alpha: float = 0.05) -> tuple[int, int] | None:
-    """0-based order-statistic ranks bracketing the ``q`` quantile with ≥ 1-α coverage
-    (distribution-free, binomial)."""
+@dataclass(frozen=True, slots=True)
+class QuantileInterval:
+    """1-based order-statistic ranks ``[X_(low), X_(high)]`` of a distribution-free interval of
+    a quantile; ``low = 0`` / ``high = n + 1`` when that side does not exist at this n."""
+
+    low: int
+    high: int
+    n: int
+    min_n: int
+    state: str = OK
+
+
+def quantile_min_n(q: float, alpha: float = 0.05) -> int:
+    """The smallest n whose two-sided order-statistic interval of the ``q`` quantile has an
+    upper rank within the sample: ``1 − q^n ≥ 1 − α/2``, i.e. ``n ≥ log(α/2) / log(q)``
+    (72 for p95, 368 for p99 at α = 0.05); the lower rank needs ``n ≥ log(α/2)/log(1 − q)``."""
+    need_hi = math.ceil(math.log(alpha / 2) / math.log(q) - 1e-12)
+    need_lo = math.ceil(math.log(alpha / 2) / math.log(1 - q) - 1e-12)
+    return max(need_hi, need_lo)
+
+
+def quantile_interval(n: int, q: float, alpha: float = 0.05) -> QuantileInterval:
+    """Distribution-free interval of the ``q`` quantile from order statistics with coverage
+    ``≥ 1 − α`` (the count of observations below the quantile is Binomial(n, q)): ranks
+    ``binom.ppf(α/2)`` and ``binom.ppf(1 − α/2) + 1``. When a rank falls outside ``1..n`` that
+    side is missing and the state is ``not_enough_data``: clipping it to the sample's extreme
+    would under-cover (0.62 instead of 0.95 for p99 at n = 100)."""
+    need = quantile_min_n(q, alpha)
     if n < 1:
-        return None
-    lo = int(st.binom.ppf(alpha / 2, n, q)) - 1
-    hi = int(st.binom.ppf(1 - alpha / 2, n, q))
-    return max(lo, 0), min(hi, n - 1)
+        return QuantileInterval(0, n + 1, n, need, NOT_ENOUGH_DATA)
+    lo = int(st.binom.ppf(alpha / 2, n, q))
+    hi = int(st.binom.ppf(1 - alpha / 2, n, q)) + 1
+    state = OK if lo >= 1 and hi <= n else NOT_ENOUGH_DATA
+    return QuantileInterval(max(lo, 0), min(hi, n + 1), n, need, state)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:

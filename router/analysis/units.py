@@ -1,8 +1,10 @@
 """Per-unit state of the live split, columnar and mergeable (pure; no I/O).
 
 For each unit (user, account) the analysis needs: which variants served it (a unit seen in both
-is excluded from uplift and counted), when it was first exposed and its segment then, and the
-sum, count and maximum of each outcome metric joined through its requests. Pages of records add
+is excluded from uplift and counted), how many requests it made, when it was first exposed and
+its segment then, the sum, count and maximum of each outcome metric joined through its requests,
+and for ``per: request`` metrics the sum and count of its requests' reduced values (the unit
+sums of a ratio metric, whose variance is clustered by unit). Pages of records add
 their per-unit summaries as small polars frames; the pending frames are compacted (concatenated
 and re-aggregated) once they outgrow the compacted table, so memory follows the number of
 units, not of records. Every aggregate is a sum, max, min or "segment at the minimum", so
@@ -22,6 +24,7 @@ EXPOSURE_SCHEMA: dict[str, pl.DataType] = {
     "challenger": pl.Boolean(),
     "first_ts": pl.Float64(),
     "combo": pl.Int64(),
+    "requests": pl.Int64(),
 }
 METRIC_SCHEMA: dict[str, pl.DataType] = {
     "unit": pl.String(),
@@ -40,6 +43,7 @@ def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("first_ts").min(),
         # the segment at first exposure (the earliest row wins a tie: arg_min is the first)
         pl.col("combo").get(pl.col("first_ts").arg_min()),
+        pl.col("requests").sum(),
     )
 
 
@@ -82,6 +86,7 @@ class UnitTable:
     def __init__(self) -> None:
         self._exposures = _Pending(EXPOSURE_SCHEMA, _reduce_exposures)
         self._metrics = _Pending(METRIC_SCHEMA, _reduce_metrics)
+        self._request_values = _Pending(METRIC_SCHEMA, _reduce_metrics)
 
     def add_exposures(
         self, unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray
@@ -94,6 +99,7 @@ class UnitTable:
                 "challenger": variant == 1,
                 "first_ts": ts,
                 "combo": combo.astype(np.int64),
+                "requests": np.ones(len(unit), dtype=np.int64),
             }
         ).filter(pl.col("unit").is_not_null())
         self._exposures.add(df)  # reduced with the others when they outgrow the table
@@ -106,6 +112,15 @@ class UnitTable:
         ).filter(pl.col("unit").is_not_null())
         self._metrics.add(df)
 
+    def add_request_values(self, unit: pl.Series, metric: int, value: np.ndarray) -> None:
+        """Reduced values of a ``per: request`` metric, one row per request that has one."""
+        df = pl.DataFrame(
+            {"unit": unit, "metric": np.full(len(unit), metric, dtype=np.int64), "s": value,
+             "n": 1, "mx": value},
+            schema_overrides={"n": pl.Int64},
+        ).filter(pl.col("unit").is_not_null())  # fmt: skip
+        self._request_values.add(df)
+
     def merge(self, o: UnitTable, combo_map: np.ndarray) -> None:
         """Fold in another table; ``combo_map[i]`` is this table's id of the other's combo i."""
         ex = o.exposures()
@@ -113,14 +128,20 @@ class UnitTable:
             mapped = pl.Series("combo", combo_map[ex["combo"].to_numpy()], dtype=pl.Int64)
             self._exposures.add(ex.with_columns(mapped))
         self._metrics.add(o.metrics())
+        self._request_values.add(o.request_values())
 
     def exposures(self) -> pl.DataFrame:
-        """One row per unit: unit, champion, challenger (served it), first_ts, combo."""
+        """One row per unit: unit, champion, challenger (served it), first_ts, combo, requests."""
         return self._exposures.table()
 
     def metrics(self) -> pl.DataFrame:
         """One row per (unit, metric id): sum, count and max of its request-joined values."""
         return self._metrics.table()
+
+    def request_values(self) -> pl.DataFrame:
+        """One row per (unit, metric id) of a ``per: request`` metric: the sum (``s``), count
+        (``n``) and maximum of its requests' reduced values."""
+        return self._request_values.table()
 
     def counts(self) -> list[int]:
         """Units served only by the champion, only by the challenger, and by both."""

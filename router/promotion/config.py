@@ -52,12 +52,29 @@ def _default_steps() -> list[StepConfig]:
 
 
 class GuardrailConfig(_Strict):
-    """Fast checks between full analyses, over the current step's captured records."""
+    """Fast checks between full analyses, over the current step's captured records (cumulative
+    from the step's start, with always-valid bounds: see :mod:`router.promotion.guardrails`)."""
 
-    window_s: float = Field(default=300.0, gt=0.0)
+    window_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="deprecated and ignored: the checks use every record of the step (a "
+        "confidence sequence stays valid over all looks only on cumulative data)",
+    )
     min_requests: int = Field(default=200, ge=1)
     max_error_rate_delta: float = Field(default=0.02, ge=0.0, le=1.0)
-    min_z: float = Field(default=2.0, ge=0.0)
+    min_z: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="deprecated and ignored: a breach needs the always-valid interval past "
+        "the limit at level alpha",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="chance of a false rollback at a limit over all the step's checks",
+    )
     latency_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
     max_latency_ratio: float = Field(default=1.5, ge=1.0)
     min_latency_delta_ms: float = Field(default=20.0, ge=0.0)

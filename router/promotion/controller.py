@@ -2,11 +2,18 @@
 
 Each tick (every ``check_interval_s``):
 
-1. read the current step's window of ``<exp>:pairs`` and run the guardrails (pure); a breach
-   rolls back at once;
+1. read the records of ``<exp>:pairs`` stored since the last tick (per stream, after the last id
+   read; the first read of a step starts at the step's start), fold them into the step's
+   cumulative guardrail tallies and run the always-valid guardrails (pure); a breach rolls back
+   at once;
 2. when the step has been held for ``min_duration_s`` and ``analysis_interval_s`` passed since the
-   last analysis, run the analyzer on the window (in a thread) and apply its decision;
+   last analysis, run the analyzer on the step's window (in a thread), intersect its gates'
+   confidence sequences with those of the step's earlier looks (the running state in Redis,
+   :func:`router.analysis.gates.apply_running`) and apply the decision;
 3. reconcile every router to the state's target (compare before set, so a no-op when in sync).
+
+Both kinds of checks look many times per step; their intervals are confidence sequences, so
+each keeps its false-rollback and false-promote rates at or below alpha over all the looks.
 
 Transitions go through :meth:`PromotionStore.update` (atomic with their audit records, fenced by
 the lease), then the routers are reconciled and webhooks queued. A restarted controller loads the
@@ -23,14 +30,15 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from router.promotion import machine
 from router.promotion.config import PromotionConfig
-from router.promotion.guardrails import check_guardrails
+from router.promotion.guardrails import GuardrailState
+from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
 from router.promotion.machine import State, Transition
 from router.promotion.routers import Applied, RouterFleet
@@ -108,15 +116,17 @@ def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) 
     return analyse
 
 
+GATE_KEYS = (
+    "name", "passed", "value", "threshold", "reason", "state", "ci", "p_value", "always_valid",
+)  # fmt: skip
+
+
 def verdict_from_report(report: dict[str, Any], since: float, until: float) -> dict[str, Any]:
     decision = report.get("decision") or {}
     return {
         "action": decision.get("action"),
         "reasons": list(decision.get("reasons", [])),
-        "gates": [
-            {k: g.get(k) for k in ("name", "passed", "value", "threshold", "reason")}
-            for g in report.get("gates", [])
-        ],
+        "gates": [{k: g.get(k) for k in GATE_KEYS if k in g} for g in report.get("gates", [])],
         "counts": report.get("counts", {}),
         "window": {"since": since, "until": until},
     }
@@ -217,6 +227,16 @@ def make_sender(cfg: PromotionConfig, store: PromotionStore) -> WebhookSender | 
 
 
 @dataclass
+class StepGuard:
+    """The current step's guardrail tallies and, per pair stream, the last entry id read."""
+
+    key: tuple[str, int, float]
+    since: float
+    tallies: GuardrailState = field(default_factory=GuardrailState)
+    cursors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ControllerOptions:
     experiment: str
     redis_url: str
@@ -249,6 +269,7 @@ class Controller:
         self.state: State | None = None
         self._stop = asyncio.Event()
         self._reader: Any = None  # blocking Redis client of _read
+        self._guard: StepGuard | None = None
         self.ticks = 0
         self.tick_errors = 0
 
@@ -389,6 +410,43 @@ class Controller:
             lambda: list(read_window(client, self.exp, outcomes=outcomes, since=since, until=until))
         )
 
+    async def _read_new(self, g: StepGuard) -> list[dict[str, Any]]:
+        """Records of every pair stream stored after the last one read for this step (from the
+        step's start on the first read): each record is counted once, and a tick reads only
+        what arrived since the previous one."""
+        from router.capture import make_sync_client
+        from router.capture_reader import iter_stream, stream_keys
+
+        if self._reader is None:
+            self._reader = make_sync_client(self.opts.redis_url)
+        client = self._reader
+
+        def read() -> list[dict[str, Any]]:
+            out = []
+            for k in stream_keys(client, self.exp):
+                last = g.cursors.get(k)
+                for e in iter_stream(client, k, since=g.since, after=last):
+                    out.append(e.doc)
+                    g.cursors[k] = e.id
+            return out
+
+        return await asyncio.to_thread(read)
+
+    async def _with_running(
+        self, report: dict[str, Any], key: tuple[str, int, float]
+    ) -> dict[str, Any]:
+        """The report's gates intersected with the step's earlier looks (see the module doc)."""
+        from router.analysis.gates import apply_running
+
+        gates = report.get("gates")
+        if not gates or not all(isinstance(g, dict) and "state" in g for g in gates):
+            return report  # not an analyzer report with gate states: nothing to intersect
+        assert self.store is not None
+        prior = await self.store.load_running(key)
+        gates, decision, running = apply_running(report, prior)
+        await self.store.save_running(key, running)
+        return dict(report, gates=gates, decision=decision)
+
     async def _renew(self) -> None:
         assert self.lease is not None
         interval = self.cfg.lease.ttl_s / 3
@@ -477,26 +535,27 @@ class Controller:
         # the step's traffic starts once every router applied it: skip the settling time, or
         # units first seen under the old split would count as a sample-ratio mismatch
         since = state.step_started_at + self.cfg.settle_s
-        recent = max(since, now - self.cfg.guardrails.window_s)
-        pairs = await self._read(recent, now)
+        if self._guard is None or self._guard.key != key:
+            self._guard = StepGuard(key, since)  # a new step (or a restart): a new sequence
+        self._guard.tallies.add(await self._read_new(self._guard))
 
         def same_step(cur: State | None) -> bool:
             return cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
 
-        guard = check_guardrails(pairs, self.cfg.guardrails)
+        guard = evaluate_guardrails(self._guard.tallies, self.cfg.guardrails)
         if guard.breached:
             result = {
                 "breached": True,
                 "reasons": guard.reasons,
                 "checks": [c.to_json() for c in guard.checks],
                 "counts": {
-                    "records": len(pairs),
+                    "records": self._guard.tallies.records,
                     "champion_calls": guard.champion.calls,
                     "challenger_calls": guard.challenger.calls,
                     "champion_errors": guard.champion.errors,
                     "challenger_errors": guard.challenger.errors,
                 },
-                "window": {"since": recent, "until": now},
+                "window": {"since": since, "until": now},
             }
             state = await self._commit(
                 lambda cur: (
@@ -506,14 +565,14 @@ class Controller:
                 )
             )
         elif machine.analysis_due(state, now, self.cfg.analysis_interval_s):
-            if getattr(self.analyse, "streaming", False):
-                pairs, outcomes = [], []  # the analyzer streams the window from Redis itself
-            else:
-                if recent > since:
-                    pairs = await self._read(since, now)
+            pairs: list[Any] = []
+            outcomes: list[Any] = []
+            if not getattr(self.analyse, "streaming", False):  # else it streams from Redis
+                pairs = await self._read(since, now)
                 outcomes = await self._read(since, now, outcomes=True)
             split = state.current_step.split
             report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
+            report = await self._with_running(report, key)
             verdict = verdict_from_report(report, since, now)
             decided = self.clock()  # a new step starts now, not when its analysis began
             state = await self._commit(

@@ -6,6 +6,9 @@ Keys (per experiment):
 - ``<exp>:audit``: a Redis list of hash-chained audit records (canonical JSON), append-only.
 - ``<exp>:audit:head``: ``{"count", "hash"}`` of the chain, updated in the same transaction.
 - ``<exp>:promotion:metrics``: counters (webhooks delivered/retried/failed/dropped, rollbacks).
+- ``<exp>:promotion:running``: the running state of the current step's always-valid gates (the
+  intersection of each gate's confidence sequence over the controller's looks, see
+  :func:`router.analysis.gates.apply_running`), tagged with the step it belongs to.
 
 :meth:`PromotionStore.update` is optimistic: it WATCHes the state (and the lease, when a token is
 given), computes the transition from the state it read, and commits state + audit + head in one
@@ -53,6 +56,10 @@ def head_key(experiment: str) -> str:
 
 def metrics_key(experiment: str) -> str:
     return f"{experiment}:promotion:metrics"
+
+
+def running_key(experiment: str) -> str:
+    return f"{experiment}:promotion:running"
 
 
 def webhooks_done_key(experiment: str) -> str:
@@ -229,6 +236,22 @@ class PromotionStore:
             for r in await self.records()
             if r is not None and r.get("event") in events and r.get("seq") not in done
         ]
+
+    async def load_running(self, step: tuple[str, int, float]) -> dict[str, Any] | None:
+        """The running gate state saved for ``step`` (stage, step, start), or None (another
+        step's state is stale: a new step starts a new sequence)."""
+        raw = await self.redis.get(running_key(self.experiment))
+        doc = parse_record(raw) if raw else None
+        if doc is None or doc.get("step") != [step[0], step[1], step[2]]:
+            return None
+        gates = doc.get("gates")
+        return gates if isinstance(gates, dict) else None
+
+    async def save_running(self, step: tuple[str, int, float], gates: dict[str, Any]) -> None:
+        """Save the running gate state of ``step``. Not part of the audited transaction: losing
+        an update only loosens the intersection, every look's interval is valid on its own."""
+        doc = {"step": [step[0], step[1], step[2]], "gates": gates}
+        await self.redis.set(running_key(self.experiment), orjson.dumps(doc))
 
     async def count(self, name: str, n: int = 1) -> None:
         await self.redis.hincrby(metrics_key(self.experiment), name, n)

@@ -92,8 +92,8 @@ def test_item6_primary_and_declared_metrics_missing_from_the_data_are_warnings()
     r = strict_json(build_report(recs, outs, experiment="synth", policy=policy, split=0.5))
     warnings = " | ".join(r["data_quality"]["warnings"])
     assert "'revenue'" in warnings and "'refunds'" in warnings
-    g = gate(r, "primary_metric")
-    assert g["passed"] is False and g["state"] == "not_evaluable"
+    g = gate(r, "primary_metric")  # never a pass: it waits for outcomes of the metric
+    assert g["passed"] is False and g["state"] in ("not_enough_data", "not_evaluable")
     assert r["decision"]["action"] != "promote"
 
 

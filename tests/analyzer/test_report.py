@@ -77,7 +77,7 @@ def test_report_validates_and_has_every_section() -> None:
     assert c["outcomes"]["joined"] == c["outcomes"]["valid"] == len(outs)
     assert r["srm"]["state"] == "ok" and not r["srm"]["mismatch"]
     assert r["quality"]["state"] == "ok" and r["quality"]["n"] > 1000
-    assert set(r["metrics"]) == {"converted", "label"}
+    assert set(r["metrics"]) == {"converted"}  # the label is analysed in quality only
     m = r["metrics"]["converted"]
     assert m["type"] == "proportion" and m["inferred"]
     assert m["uplift"]["p_value_holm"] >= m["uplift"]["p_value"]
@@ -131,7 +131,11 @@ def test_sample_ratio_mismatch_holds() -> None:
 
 def test_shadow_only_window_promotes_on_shadow_gates() -> None:
     recs, outs = dataset(SynthSpec(n=3000, split=0.0, seed=8))
-    r = strict_json(build_report(recs, outs, experiment="synth", policy=SMALL, split=0.0))
+    # 1,500 labelled pairs show accuracy within 5 points (always valid), not yet within 2
+    policy = SMALL.model_copy(
+        update={"guardrails": SMALL.guardrails.model_copy(update={"max_accuracy_drop": 0.05})}
+    )
+    r = strict_json(build_report(recs, outs, experiment="synth", policy=policy, split=0.0))
     assert r["counts"]["per_variant"]["challenger"] == 0
     assert r["srm"]["state"] == "not_applicable"
     assert decision(r) == "promote"
@@ -417,3 +421,30 @@ def test_cli_reads_every_shard_of_a_hot_experiment(redis_url: str) -> None:
                  "--workers", workers)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["counts"]["records"] == 900
+
+
+def test_running_intersection_across_looks_only_tightens() -> None:
+    """What the controller does between its looks at one step: intersect each always-valid
+    gate's interval with the earlier looks' and keep the smallest always-valid p-value."""
+    from router.analysis.gates import apply_running
+
+    recs, outs = dataset(SynthSpec(n=4000, units=1500, conversion_uplift=0.05, seed=21))
+    r = strict_json(build_report(recs, outs, experiment="synth", policy=SMALL, split=0.5))
+    g0, d0, run0 = apply_running(r, None)
+    assert [g["state"] for g in g0] == [g["state"] for g in r["gates"]] and d0 == r["decision"]
+    err = gate(r, "error_rate_delta")
+    # an earlier look's interval that lies within the limit: the intersection passes
+    prior = dict(run0)
+    prior["error_rate_delta"] = {"ci": [err["ci"][0], err["threshold"] / 2], "looks": 4}
+    prim = gate(r, "primary_metric")
+    prior["primary_metric"] = {"ci": prim["ci"], "p_value": 1e-6, "looks": 4}
+    gates_, _decision, running = apply_running(r, prior)
+    e = next(g for g in gates_ if g["name"] == "error_rate_delta")
+    assert e["ci"][1] <= err["threshold"] / 2 and e["state"] == "pass"
+    assert running["error_rate_delta"]["looks"] == 5
+    p = next(g for g in gates_ if g["name"] == "primary_metric")
+    assert p["p_value"] == 1e-6 and running["primary_metric"]["p_value"] == 1e-6
+    for g in gates_:
+        if g["ci"] is not None and g["name"] in running:
+            before = next(x for x in r["gates"] if x["name"] == g["name"])["ci"]
+            assert g["ci"][0] >= before[0] - 1e-12 and g["ci"][1] <= before[1] + 1e-12

@@ -1,7 +1,8 @@
 """Calibration by simulation (seeded): false-positive rates, peeking, coverage, SRM power.
 
-CI-sized by default (about 20 s in all); ``ROUTER_SIM_FULL=1`` runs 10x the experiments for a
-tighter check, e.g. ``ROUTER_SIM_FULL=1 python -m pytest tests/analyzer/test_simulation.py``.
+CI-sized by default (about 20 s in all); ``ROUTER_FULL_SIM=1`` runs 10x the experiments for a
+tighter check, e.g. ``ROUTER_FULL_SIM=1 python -m pytest tests/analyzer/test_simulation.py``
+(the older name ``ROUTER_SIM_FULL=1`` is accepted too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from router.analysis import stats
 
-FULL = os.environ.get("ROUTER_SIM_FULL") == "1"
+FULL = "1" in (os.environ.get("ROUTER_FULL_SIM"), os.environ.get("ROUTER_SIM_FULL"))
 EXPERIMENTS = 10_000 if FULL else 1_000
 ALPHA = 0.05
 

@@ -1,9 +1,7 @@
-"""Redis Cluster: a real local 3-master cluster (redis-server --cluster-enabled, redis-cli)."""
+"""Redis Cluster: a real local 3-master cluster (redis-server --cluster-enabled)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,54 +18,19 @@ from router.capture import (
     pairs_key,
 )
 from router.capture_reader import earliest_available, iter_merged, read_window, stream_keys
-from router.config import CaptureConfig
+from router.config import CaptureConfig, ConfigError, parse_config, parse_redis_url
 from router.metrics import Metrics
 from router.netutil import free_port
 from router.records import FinalizeOptions, PendingRecord, Side
-from router.redisproc import RedisProcess
+from router.redisproc import LocalCluster
 from tests.helpers import wait_for
-
-
-def _cluster_port() -> int:
-    while True:  # the cluster bus listens on port + 10000
-        p = free_port()
-        if p < 55000:
-            return p
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        pytest.skip("redis-cli is not on PATH: cannot create a Redis Cluster")
-    base = tmp_path_factory.mktemp("cluster")
-    ports = [_cluster_port() for _ in range(3)]
-    procs = []
-    try:
-        for p in ports:
-            procs.append(RedisProcess(
-                base / str(p), port=p, prefer_path=True, appendonly=False,
-                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "2000"],
-            ).start())  # fmt: skip
-        subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            states = []
-            for p in ports:
-                with redis.Redis(port=p) as c:
-                    states.append(c.cluster("info")["cluster_state"])
-            if all(s == "ok" for s in states):
-                break
-            time.sleep(0.1)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.stop()
+    """Three masters, no replicas: the ports of the nodes."""
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=0) as c:
+        yield c.ports
 
 
 def _rec(exp: str, i: int) -> PendingRecord:
@@ -150,5 +113,57 @@ async def test_a_hot_experiment_sharded_over_masters_reads_back_in_merged_order(
         assert len({e.key for e in entries}) == 6
         first = earliest_available(sync, keys)
         assert first is not None and abs(first - time.time()) < 60
+    finally:
+        sync.close()
+
+
+def test_item3_a_cluster_url_takes_several_seeds() -> None:
+    u = parse_redis_url("redis+cluster://alice:p%40ss@10.0.0.1:7000,node-b:7001,[::1]:7002,c/0"
+                        "?ssl_ca_certs=/etc/ca.pem")  # fmt: skip
+    assert u.cluster and u.scheme == "redis"
+    assert u.seeds == (("10.0.0.1", 7000), ("node-b", 7001), ("::1", 7002), ("c", 6379))
+    assert u.node_url(0) == "redis://alice:p%40ss@10.0.0.1:7000/0?ssl_ca_certs=/etc/ca.pem"
+    assert u.node_url(2) == "redis://alice:p%40ss@[::1]:7002/0?ssl_ca_certs=/etc/ca.pem"
+    tls = parse_redis_url("rediss+cluster://h1:1,h2:2")
+    assert tls.scheme == "rediss" and tls.node_url(1) == "rediss://h2:2"
+    one = parse_redis_url("redis://127.0.0.1:6390/2")
+    assert not one.cluster and one.seeds == (("127.0.0.1", 6390),)
+    assert parse_redis_url("unix:///run/redis.sock").seeds == ()
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("redis+cluster://h1:7000,h2:x", "bad port"),
+    ("redis+cluster://h1:7000,,h2:7001", "bad host"),
+    ("redis+cluster://h1:70000", "bad port"),
+    ("redis+cluster://h1:7000,h1:7000", "listed twice"),
+    ("redis://h1:7000,h2:7001", "several hosts need a cluster URL"),
+    ("redis+cluster://", "no host"),
+    ("http://h1:7000", "must be 'embedded' or"),
+])  # fmt: skip
+def test_item3_a_malformed_cluster_url_is_a_config_error_naming_the_key(
+    url: str, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_redis_url(url)
+    with pytest.raises(ConfigError) as err:
+        parse_config({
+            "champion": {"url": "http://127.0.0.1:1", "version": "a"},
+            "challenger": {"url": "http://127.0.0.1:2", "version": "b"},
+            "experiment": {"name": "t", "salt": "s"},
+            "capture": {"redis": url},
+        }, "router.yaml")  # fmt: skip
+    assert "capture.redis" in str(err.value) and reason in str(err.value)
+
+
+async def test_item3_writer_and_readers_start_while_the_first_seeds_are_down(
+    cluster: list[int], tmp_path: Path
+) -> None:
+    down = [free_port(), free_port()]  # nothing listens there: two seed nodes that are down
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in [*down, cluster[1], cluster[2]])
+    await _write(url, tmp_path, 2, {"seeds": 300})  # all written directly, nothing spooled
+    sync = make_sync_client(url)  # the readers (analyze, export, controller) take it too
+    try:
+        ids = [r["request_id"] for r in read_window(sync, "seeds")]
+        assert sorted(ids) == [f"seeds-{i:05d}" for i in range(300)]
     finally:
         sync.close()

@@ -30,7 +30,7 @@ def promotion_dict(tmp: Path, **over: Any) -> dict[str, Any]:
         "analysis_interval_s": 0.4,
         "rollback_mirror": 0.0,
         "settle_s": 0.6,
-        "guardrails": {"min_requests": 40, "max_error_rate_delta": 0.05, "min_z": 2.0},
+        "guardrails": {"min_requests": 40, "max_error_rate_delta": 0.05},
         "routers": {"token_env": "ROUTER_TEST_TOKEN", "timeout_s": 2.0, "retries": 3},
         "lease": {"ttl_s": 1.5},
         "audit": {"dir": str(tmp / "audit")},

@@ -319,3 +319,46 @@ async def test_router_fleet_compare_before_set_and_bad_token(
     finally:
         await champ_runner.cleanup()
         await chall_runner.cleanup()
+
+
+async def test_running_gate_state_is_kept_per_step(redis_url: str) -> None:
+    """The controller's running intersection of the gates' confidence sequences lives in Redis,
+    tagged with its step: another step never sees it."""
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        store = PromotionStore(r, "runexp")
+        step = ("canary", 1, 1000.0)
+        assert await store.load_running(step) is None
+        gates = {"error_rate_delta": {"ci": [-0.01, 0.004], "p_value": None, "looks": 3}}
+        await store.save_running(step, gates)
+        assert await store.load_running(step) == gates
+        assert await store.load_running(("canary", 2, 2000.0)) is None
+    finally:
+        await r.aclose()
+
+
+async def test_controller_reads_each_record_once_across_ticks(redis_url: str) -> None:
+    """The fast guardrails fold the records stored since the previous read (per stream, after
+    the last id): over several reads, every record of the step is counted exactly once."""
+    from router.promotion.config import PromotionConfig
+    from router.promotion.controller import Controller, ControllerOptions, StepGuard
+
+    sync = redis.Redis.from_url(redis_url)
+    rec = {"v": 1, "experiment": "inc", "ts": 1.0, "served": "champion", "mirrored": True,
+           "champion": {"status": 200, "latency_ms": 5.0},
+           "challenger": {"status": 503, "latency_ms": 1.0, "error": "x"}}  # fmt: skip
+    ctl = Controller(ControllerOptions("inc", redis_url, PromotionConfig(), []))
+    guard = StepGuard(("canary", 1, 0.0), since=0.0)
+    try:
+        total = 0
+        for batch in (5, 0, 7, 3):
+            for i in range(batch):
+                sync.xadd("inc:pairs", {"r": orjson.dumps(dict(rec, request_id=f"{total + i}"))})
+            total += batch
+            guard.tallies.add(await ctl._read_new(guard))
+            assert guard.tallies.records == total
+        assert guard.tallies.champion.calls == total and guard.tallies.challenger.errors == total
+    finally:
+        if ctl._reader is not None:
+            ctl._reader.close()
+        sync.close()

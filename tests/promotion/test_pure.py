@@ -15,7 +15,7 @@ from router.promotion.config import (
     load_promotion_config,
     parse_promotion_config,
 )
-from router.promotion.guardrails import check_guardrails, quantile, two_proportion_z
+from router.promotion.guardrails import GuardrailState, check_guardrails, evaluate
 from router.promotion.webhooks import backoff_delays, sign, verify_signature
 
 
@@ -140,7 +140,7 @@ def records(
     return out
 
 
-GC = GuardrailConfig(min_requests=100, max_error_rate_delta=0.02, min_z=2.0)
+GC = GuardrailConfig(min_requests=100, max_error_rate_delta=0.02)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,10 @@ GC = GuardrailConfig(min_requests=100, max_error_rate_delta=0.02, min_z=2.0)
         (200, 2, 3, False),  # 1.5% vs 1%: within delta
         (200, 2, 40, True),  # 20% vs 1%
         (50, 0, 25, False),  # too few calls to judge
-        (2000, 20, 70, True),  # 3.5% vs 1%: z large
+        (2000, 20, 150, True),  # 7.5% vs 1%: the interval lies above the 2-point limit
+        # 3.5% vs 1%: 2.5 points is past the limit, but 2,000 calls cannot show that it is
+        # more than 2 (a z-test of *no difference* would have rolled it back)
+        (2000, 20, 70, False),
     ],
 )
 def test_error_guardrail(n: int, champ_err: int, chall_err: int, breach: bool) -> None:
@@ -161,17 +164,33 @@ def test_error_guardrail(n: int, champ_err: int, chall_err: int, breach: bool) -
 
 
 def test_latency_guardrail() -> None:
-    slow = check_guardrails(records(200, 0, 0, chall_lat=50.0), GC)
-    assert slow.breached and slow.reasons[0].startswith("challenger p95 50.0 ms")
-    near = check_guardrails(records(200, 0, 0, chall_lat=12.0), GC)
+    slow = check_guardrails(records(300, 0, 0, chall_lat=50.0), GC)
+    assert slow.breached and slow.reasons[0].startswith("challenger p95 50.")
+    near = check_guardrails(records(300, 0, 0, chall_lat=12.0), GC)
     assert not near.breached
+    # too few latencies for an always-valid upper bound on the champion's p95: no verdict
+    few = check_guardrails(records(100, 0, 0, chall_lat=50.0), GC)
+    assert not few.breached
+    assert next(c for c in few.checks if c.name == "latency_regression").state == "not_enough_data"
 
 
-def test_stat_helpers() -> None:
-    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert quantile([], 0.9) is None
-    assert two_proportion_z(10, 1000, 10, 1000) == 0.0
-    assert two_proportion_z(10, 1000, 50, 1000) > 5
+def test_one_errored_challenger_call_never_rolls_back() -> None:
+    cfg = GuardrailConfig(min_requests=1, max_error_rate_delta=0.0)
+    r = check_guardrails([rec({"champion": 200}), rec({"challenger": 503})], cfg)
+    assert not r.breached
+    check = next(c for c in r.checks if c.name == "error_rate_delta")
+    assert check.state == "inconclusive" and check.ci[0] is not None and check.ci[0] < 0
+
+
+def test_tallies_fold_incrementally() -> None:
+    """Folding a step's records tick by tick gives the same checks as all at once."""
+    recs = records(400, 4, 30, chall_lat=30.0)
+    whole = check_guardrails(recs, GC)
+    st = GuardrailState()
+    for i in range(0, len(recs), 97):
+        st.add(recs[i : i + 97])
+    parts = evaluate(st, GC)
+    assert [c.to_json() for c in parts.checks] == [c.to_json() for c in whole.checks]
 
 
 def test_signature_roundtrip_and_tamper() -> None:
