@@ -38,6 +38,7 @@ from router.analysis.sketches import (
     CoMoments,
     HashSample,
     IdSet,
+    LazyIdSet,
     LogHistogram,
     Moments,
     lat_bin,
@@ -225,7 +226,7 @@ class Accumulator:
         # request ids seen, as 64-bit fingerprints (a collision among 10^7 ids has odds of
         # about 10^-6), and fingerprints of (request id, ts, unit, variant) for conflicts
         self.seen = IdSet()
-        self.seen_content = IdSet()
+        self.seen_content = LazyIdSet()  # (queried only when a request id repeats)
         self.now = time.time()  # what "in the future" means for a record's ts
 
         self.requests = [0, 0]
@@ -294,7 +295,7 @@ class Accumulator:
             return
         seg_keys, folded = self._segment_keys(page.segments)
         # another experiment's records (a file may hold several), then the window
-        if self.experiment:
+        if self.experiment and any(e != self.experiment for e in page.experiments):
             is_other = pl.col("exp").is_not_null() & (pl.col("exp") != self.experiment)
             other = cols.select(is_other).to_series().to_numpy()
             if other.any():

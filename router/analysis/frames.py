@@ -148,28 +148,34 @@ class Invalid:
 
 
 # ------------------------------------------------------------------ the verdict of a line
-def _record_problems(df: pl.DataFrame, now: float) -> pl.Series:
-    """The first problem of each parsed record (``"<field>: <kind>"``), null when valid. A
-    boolean pass over the page first; the reasons are spelled out only for a page that fails."""
+def _record_problems(df: pl.DataFrame, now: float) -> tuple[pl.Series | None, list[str]]:
+    """The first problem of each parsed record (``"<field>: <kind>"``, null when valid), or
+    None when every record is valid; and the page's distinct segment texts (first seen first).
+    A boolean pass over the page first: the reasons are spelled out only for a page that fails."""
     v, rid, ts, served = pl.col("v"), pl.col("request_id"), pl.col("ts"), pl.col("served")
     champ, chall = pl.col("champion"), pl.col("challenger")
-    side_missing = pl.when(served == "champion").then(champ.is_null()).otherwise(chall.is_null())
     contract = pl.col("contract")
     c_lat, h_lat = champ.struct.field("latency_ms"), chall.struct.field("latency_ms")
     ok = (
         (v.is_null() | (v == RECORD_VERSION))
         & rid.is_not_null()
-        & (ts >= TS_MIN)
-        & (ts < min(TS_MS, now + FUTURE_SLACK_S))
-        & served.is_in(["champion", "challenger"])
-        & ~side_missing
-        & (c_lat.is_null() | (c_lat >= 0))
-        & (h_lat.is_null() | (h_lat >= 0))
+        & ts.is_between(TS_MIN, min(TS_MS, now + FUTURE_SLACK_S), closed="left")
+        & (((served == "champion") & champ.is_not_null())
+           | ((served == "challenger") & chall.is_not_null()))
+        & ~(c_lat < 0).fill_null(False)
+        & ~(h_lat < 0).fill_null(False)
         & (contract.is_null() | contract.str.starts_with("{"))
-    ).fill_null(False)
-    if df.select(ok.all()).item():
-        out = pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("why")
-        return _segment_problems(df, out)
+    ).fill_null(False)  # fmt: skip
+    segs = df["segment"]
+    segments = (
+        segs.drop_nulls().unique(maintain_order=True).to_list()
+        if segs.null_count() < df.height
+        else []
+    )
+    bad_segs = [t for t in segments if not _segment_ok(t)]
+    if not bad_segs and df.select(ok.all()).item():
+        return None, segments
+    side_missing = pl.when(served == "champion").then(champ.is_null()).otherwise(chall.is_null())
     reason = (
         pl.when(v.is_not_null() & (v != RECORD_VERSION))
         .then(pl.lit("v: unsupported version (only 1)"))
@@ -195,22 +201,10 @@ def _record_problems(df: pl.DataFrame, now: float) -> pl.Series:
         .then(pl.lit("challenger.latency_ms: negative"))
         .when(contract.is_not_null() & ~contract.str.starts_with("{"))
         .then(pl.lit("contract: not an object"))
+        .when(pl.col("segment").is_in(bad_segs))
+        .then(pl.lit("segment: not an object of strings"))
     )
-    return _segment_problems(df, df.select(reason.alias("why")).to_series())
-
-
-def _segment_problems(df: pl.DataFrame, out: pl.Series) -> pl.Series:
-    """``out`` with "segment: not an object of strings" where that is the first problem."""
-    segs = df["segment"]
-    if segs.null_count() < df.height:
-        bad = [t for t in segs.drop_nulls().unique().to_list() if not _segment_ok(t)]
-        if bad:
-            out = df.select(
-                pl.when(pl.col("segment").is_in(bad) & out.is_null())
-                .then(pl.lit("segment: not an object of strings"))
-                .otherwise(out)
-            ).to_series()
-    return out
+    return df.select(reason.alias("why")).to_series(), segments
 
 
 def _segment_ok(text: str) -> bool:
@@ -311,6 +305,15 @@ def parse_records(
     """The valid records of a page of JSON lines, and ``(line index, reason)`` of each
     invalid line (indices count every line of ``data``, blank ones too). ``now`` (default: the
     clock) judges timestamps in the future."""
+    df, bad, _segments = _parse_records(data, schema, now)
+    return df, bad
+
+
+def _parse_records(
+    data: bytes, schema: dict[str, pl.DataType], now: float | None
+) -> tuple[pl.DataFrame, list[tuple[int, str]], list[str] | None]:
+    """:func:`parse_records`, and the distinct segment texts of the valid records (None when
+    some records were dropped: :func:`page_of` finds them again)."""
     now = time.time() if now is None else now
     rows: list[int] | None = None  # line index of each row, when not simply the non-blank lines
     bad: list[tuple[int, str]] = []
@@ -322,20 +325,22 @@ def parse_records(
             df = _read(data, general)
         except pl.exceptions.PolarsError:
             df, rows, bad = _line_by_line(data, general)
-    why = _record_problems(df, now)
-    if why.null_count() == df.height:
-        return df, sorted(bad)
+    why, segments = _record_problems(df, now)
+    if why is None:
+        return df, sorted(bad), segments
     if rows is None:
         rows = _nonblank(data.split(b"\n"))
         if len(rows) != df.height:  # polars and bytes.strip disagree on a blank line
             df, rows, bad = _line_by_line(data, record_schema(False, "fields" in schema))
-            why = _record_problems(df, now)
+            why, segments = _record_problems(df, now)
+            if why is None:
+                return df, sorted(bad), segments
     bad_rows = why.is_not_null()
     for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
                          strict=True):  # fmt: skip
         bad.append((rows[i], reason))
     bad.sort()
-    return df.filter(~bad_rows), bad
+    return df.filter(~bad_rows), bad, None
 
 
 def _line_by_line(
@@ -420,19 +425,27 @@ class Page:
     cols: pl.DataFrame
     segments: list[str]
     rejected: Invalid = field(default_factory=Invalid)
+    experiments: list[str] = field(default_factory=list)  # the distinct experiment names
 
     @property
     def invalid(self) -> int:
         return self.rejected.total
 
 
-def page_of(df: pl.DataFrame, rejected: Invalid | None = None) -> Page:
+def page_of(
+    df: pl.DataFrame, rejected: Invalid | None = None, segments: list[str] | None = None
+) -> Page:
+    """The :class:`Page` of valid records ``df`` (``segments``: its distinct segment texts in
+    first-seen order, when known)."""
     cols = record_columns(df).sort("h", maintain_order=True)
-    segments = cols["seg"].drop_nulls().unique(maintain_order=True).to_list()
+    if segments is None:
+        segments = df["segment"].drop_nulls().unique(maintain_order=True).to_list()
     code = pl.col("seg").replace_strict(
         segments, list(range(1, len(segments) + 1)), default=0, return_dtype=pl.Int64
     )
-    return Page(cols.with_columns(segc=code.fill_null(0)), segments, rejected or Invalid())
+    experiments = cols["exp"].drop_nulls().unique().to_list()
+    return Page(cols.with_columns(segc=code.fill_null(0)), segments, rejected or Invalid(),
+                experiments)  # fmt: skip
 
 
 def prepare_records(
@@ -442,11 +455,11 @@ def prepare_records(
     accumulator state, done on whichever thread calls it."""
     if not isinstance(chunk, Chunk):
         chunk = Chunk(chunk)
-    df, bad = parse_records(chunk.data, schema, now)
+    df, bad, segments = _parse_records(chunk.data, schema, now)
     rejected = Invalid()
     for i, reason in bad:
         rejected.add(reason, chunk.where(i))
-    return page_of(df, rejected)
+    return page_of(df, rejected, segments)
 
 
 def records_chunk(records: Iterable[Any]) -> tuple[Chunk, Invalid]:
@@ -472,6 +485,14 @@ def _outcome_problems(df: pl.DataFrame) -> pl.Series:
     :func:`router.outcomes.validate_outcome`, vectorised; a row's own experiment is the
     caller's concern)."""
     rid, unit, ts, value = pl.col("request_id"), pl.col("unit"), pl.col("ts"), pl.col("value")
+    ok = (
+        (pl.col("metric").str.len_bytes() > 0)
+        & value.is_finite()
+        & ((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0)).fill_null(False)
+        & (ts.is_null() | ((ts >= TS_MIN) & (ts < TS_MS)))
+    ).fill_null(False)
+    if df.select(ok.all()).item():  # (the reasons are spelled out only for a page that fails)
+        return pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("why")
     reason = (
         pl.when(pl.col("metric").is_null() | (pl.col("metric").str.len_bytes() == 0))
         .then(pl.lit("metric: missing"))
@@ -479,7 +500,7 @@ def _outcome_problems(df: pl.DataFrame) -> pl.Series:
         .then(pl.lit("value: missing"))
         .when(~value.is_finite())
         .then(pl.lit("value: not a finite number"))
-        .when(~((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0)).fill_null(True))
+        .when(~((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0)).fill_null(False))
         .then(pl.lit("request_id: missing (and no unit to join by)"))
         .when(ts >= TS_MS)
         .then(pl.lit("ts: in milliseconds (or finer), not seconds"))

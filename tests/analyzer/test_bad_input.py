@@ -256,6 +256,19 @@ def test_item9_invalid_stream_entries_are_named_by_stream_id(redis_url: str) -> 
     assert reason["field"] == "v" and reason["examples"] == [f"synth:pairs {bad_id.decode()}"]
 
 
+def test_item9_invalid_outcome_lines_are_reported_with_reasons() -> None:
+    oi = OutcomeIndex()
+    rows = [{"request_id": "r1", "metric": "m", "value": 1},
+            {"metric": "m", "value": 1},  # nothing to join by
+            {"request_id": "r2", "metric": "m", "value": 1, "ts": 1.79e12},  # milliseconds
+            {"request_id": "", "unit": "", "metric": "m", "value": 2}]  # fmt: skip
+    oi.add_raw([_lines(rows)], "synth")
+    assert oi.valid == 1 and oi.invalid == 3
+    by = {(r["field"], r["kind"]): r["examples"] for r in oi.rejected.rows()}
+    assert by[("request_id", "missing (and no unit to join by)")] == ["line 2", "line 4"]
+    assert by[("ts", "in milliseconds (or finer), not seconds")] == ["line 3"]
+
+
 # ------------------------------------------------------------------ item 10: one line, one verdict
 def test_item10_a_bad_line_does_not_change_the_verdict_of_its_neighbours() -> None:
     recs, _ = dataset(SynthSpec(n=200, seed=101))
