@@ -19,10 +19,10 @@ from :mod:`router.capture`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -130,6 +130,37 @@ def iter_raw_pages(
     """Pages of the raw ``r`` payloads of ``key`` stored within ``[since, until]`` (``[since,
     until)`` with ``until_exclusive``), undecoded: for readers that decode in bulk (the
     analyzer). One page is in memory at a time."""
+    for _ids, page in iter_raw_id_pages(client, key, since, until, count,
+                                        until_exclusive=until_exclusive):  # fmt: skip
+        yield page
+
+
+class _PageIds(Sequence[Any]):
+    """The stream ids of a page of ``XRANGE`` entries, read from the batch only when asked
+    (the analyzer names an entry only when it is invalid)."""
+
+    def __init__(self, batch: list[Any]) -> None:
+        self._batch = batch
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [e[0] for e in self._batch[i]]
+        return self._batch[i][0]
+
+
+def iter_raw_id_pages(
+    client: Any, key: str, since: float | None = None, until: float | None = None,
+    count: int = 10_000, *, until_exclusive: bool = False,
+) -> Iterator[tuple[Sequence[Any], list[bytes]]]:  # fmt: skip
+    """:func:`iter_raw_pages` with the stream id of each payload (to name a bad entry), as
+    the client returns it (bytes, or str with ``decode_responses``)."""
     start = _min_id(since)
     end = _max_id(until)
     if until_exclusive and until is not None:
@@ -143,8 +174,12 @@ def iter_raw_pages(
             raw = fields.get(b"r", fields.get("r"))
             if raw is not None:
                 page.append(raw if isinstance(raw, bytes) else str(raw).encode())
+        if len(page) == len(batch):
+            ids: Sequence[Any] = _PageIds(batch)
+        else:  # (entries without a payload are skipped: name the others one by one)
+            ids = [e[0] for e in batch if e[1].get(b"r", e[1].get("r")) is not None]
         if page:
-            yield page
+            yield ids, page
         if len(batch) < count:
             return
         start = "(" + _s(batch[-1][0])

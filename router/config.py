@@ -244,7 +244,11 @@ class AdminConfig(_Strict):
     )
     report_timeout_s: float = Field(default=120.0, gt=0)
     outcomes_max_rows: int = Field(
-        default=10_000, ge=1, le=1_000_000, description="rows per POST /outcomes; more rejected"
+        default=5_000,
+        ge=1,
+        le=1_000_000,
+        description="rows per POST /outcomes; more rejected (5,000 rows of ~200 bytes fit the "
+        "default limits.max_body of 1 MiB: raise both together)",
     )
 
 

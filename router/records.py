@@ -17,6 +17,25 @@ import orjson
 RECORD_VERSION = 1
 _MISSING = object()
 
+# Plausibility of a timestamp (unix seconds) in a record or an outcome: before TS_MIN is a clock
+# or unit error; at or above TS_MS it is in milliseconds (1e11 s is the year 5138); more than
+# FUTURE_SLACK_S after the reader's clock it is in the future.
+TS_MIN = 946_684_800.0  # 2000-01-01T00:00:00Z
+TS_MS = 1e11
+FUTURE_SLACK_S = 86_400.0
+
+
+def ts_problem(ts: float, now: float | None = None) -> str | None:
+    """Why ``ts`` is not a plausible unix time in seconds (``"ts: <kind>"``), or None. The
+    future is judged against ``now`` only when it is given."""
+    if ts >= TS_MS:
+        return "ts: in milliseconds (or finer), not seconds"
+    if ts < TS_MIN:
+        return "ts: before 2000-01-01"
+    if now is not None and ts > now + FUTURE_SLACK_S:
+        return "ts: in the future (over a day after the reader's clock)"
+    return None
+
 
 def get_path(obj: Any, path: str) -> Any:
     """Value at a dotted path (``user.id``, ``predictions.0``); ``_MISSING`` when absent."""

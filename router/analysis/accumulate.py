@@ -14,6 +14,7 @@ accumulator by :mod:`router.analysis.report`.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,14 +24,21 @@ import numpy as np
 import orjson
 import polars as pl
 
-from router.analysis.frames import Page, page_of, records_frame
-from router.analysis.outcomes_index import OutcomeIndex
+from router.analysis.frames import (
+    RECORD_SCHEMA,
+    Invalid,
+    Page,
+    prepare_records,
+    records_chunk,
+)
+from router.analysis.outcomes_index import OutcomeIndex, count_experiment
 from router.analysis.policy import MetricSpec, Policy
 from router.analysis.sketches import (
     LAT_BINS,
     CoMoments,
     HashSample,
     IdSet,
+    LazyIdSet,
     LogHistogram,
     Moments,
     lat_bin,
@@ -39,6 +47,10 @@ from router.analysis.units import UnitTable
 
 VARIANTS = ("champion", "challenger")
 EPS = 1e-15
+OTHER = "other"  # the segment value (and field) that values beyond the tracked ones fold into
+MAX_COMBOS = 20_000  # distinct segment combinations; beyond, a new one folds into all-"other"
+SEG_CACHE = 4_096  # segment JSON texts remembered between pages
+MAX_CONFLICT_EXAMPLES = 5
 
 
 def class_key(v: Any) -> str:
@@ -201,14 +213,21 @@ class Accumulator:
         self.track_fields = track_fields
 
         self.records = 0
-        self.invalid = 0
+        self.rejected = Invalid()  # invalid lines by reason, with the first few places
         self.duplicates = 0
+        # a request id seen before with another ts, unit or variant: a reused id, not a replay
+        self.conflicts = 0
+        self.conflict_examples: list[str] = []
         self.outside_window = 0
+        self.outside_span: tuple[float, float] | None = None  # ts range of those
+        self.other_experiments: Counter[str] = Counter()
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         # request ids seen, as 64-bit fingerprints (a collision among 10^7 ids has odds of
-        # about 10^-6)
+        # about 10^-6), and fingerprints of (request id, ts, unit, variant) for conflicts
         self.seen = IdSet()
+        self.seen_content = LazyIdSet()  # (queried only when a request id repeats)
+        self.now = time.time()  # what "in the future" means for a record's ts
 
         self.requests = [0, 0]
         self.errors = [0, 0]
@@ -219,7 +238,7 @@ class Accumulator:
         # segment combinations (tuples of (field, value) items), numbered for the unit table
         self.combo_ids: dict[tuple[Any, ...], int] = {}
         self.combo_keys: list[tuple[Any, ...]] = []
-        self._seg_cache: dict[str, tuple[Any, ...] | None] = {}
+        self._seg_cache: dict[str, tuple[tuple[Any, ...], list[str]]] = {}
         # per-request metrics of requests without a unit: each request is its own cluster
         # (those with a unit are summed per unit in the unit table)
         self.request_metric_moments: dict[str, list[Moments]] = {
@@ -244,81 +263,159 @@ class Accumulator:
         self.labelled_sample = HashSample(policy.divergence.sample_size, 3)
 
         self.segments: dict[tuple[str, str], SegmentAgg] = {}
+        # the values tracked per segment field (bounded); the others fold into "other"
+        self.max_tracked_values = policy.segments.max_tracked_values
+        self.max_fields = policy.segments.max_fields
+        self._tracked: dict[str, set[str]] = {}
+        self.segment_overflow: Counter[str] = Counter()  # records folded, per field
         self.drift_numeric: dict[str, Counter[int]] = {}
         self.drift_categorical: dict[str, Counter[str]] = {}
 
     # ---------------------------------------------------------------- feeding
+    @property
+    def invalid(self) -> int:
+        return self.rejected.total
+
     def add(self, records: Iterable[Any]) -> None:
-        """Fold in records given as dicts (DESIGN.md schema) or :class:`Record` structs."""
-        df, bad = records_frame(records)
-        self.add_page(page_of(df, bad))
+        """Fold in records given as dicts (DESIGN.md schema), judged as lines of a file are;
+        invalid ones are named ``item N`` (1-based) in the report."""
+        chunk, rejected = records_chunk(records)
+        page = prepare_records(chunk, RECORD_SCHEMA, self.now)
+        page.rejected.merge(rejected)
+        self.add_page(page)
 
     def add_page(self, page: Page) -> None:
-        """Fold in a page of records (:func:`router.analysis.frames.prepare_records`).
+        """Fold in a page of valid records (:func:`router.analysis.frames.prepare_records`).
         Everything is columnar: filters and dedupe as masks, the outcome join by binary
         search, aggregates by ``bincount`` per variant and segment; Python loops run per
         segment combination and per distinct contract break, not per record."""
-        self.invalid += page.invalid
+        self.rejected.merge(page.rejected)
         cols = page.cols
         if not cols.height:
             return
-        seg_keys = self._segment_keys(page.segments)
-        # one pass of masks, one filter: invalid, outside the window, invalid again (the
-        # served side missing or the segment not an object of strings), in that order
-        valid = (
-            pl.col("rid").is_not_null() & pl.col("ts").is_finite() & pl.col("v").is_not_null()
-        ).fill_null(False)
-        inside = pl.lit(True)
-        if self.since is not None:
-            inside = inside & (pl.col("ts") >= self.since)
-        if self.until is not None:
-            inside = inside & (pl.col("ts") <= self.until)
-        if self.experiment:
-            inside = inside & (pl.col("exp").is_null() | (pl.col("exp") == self.experiment))
-        has_side = pl.when(pl.col("v") == 0).then(pl.col("c_in")).otherwise(pl.col("h_in"))
-        bad_segs = [i for i, key in enumerate(seg_keys) if key is None]
-        if bad_segs:
-            has_side = has_side & ~pl.col("segc").is_in(bad_segs)
-        masks = cols.select(a=valid, b=inside.fill_null(False), c=has_side.fill_null(False))
-        a, b, c = (masks[k].to_numpy() for k in "abc")
-        keep = a & b & c
-        if not keep.all():
-            self.invalid += int(np.count_nonzero(~a)) + int(np.count_nonzero(a & b & ~c))
-            self.outside_window += int(np.count_nonzero(a & ~b))
-            cols = cols.filter(pl.Series(keep))
-        # duplicates: within the page (sorted by fingerprint, so repeats are adjacent and the
-        # first stays first), and against every page before
-        h = cols["h"].to_numpy()
-        dup = np.zeros(h.size, dtype=bool)
-        if h.size > 1:
-            dup[1:] = h[1:] == h[:-1]
-        dup |= self.seen.contains(h, presorted=True)
-        if dup.any():
-            self.duplicates += int(dup.sum())
-            cols = cols.filter(pl.Series(~dup))
-            h = h[~dup]
+        seg_keys, folded = self._segment_keys(page.segments)
+        # another experiment's records (a file may hold several), then the window
+        if self.experiment and any(e != self.experiment for e in page.experiments):
+            is_other = pl.col("exp").is_not_null() & (pl.col("exp") != self.experiment)
+            other = cols.select(is_other).to_series().to_numpy()
+            if other.any():
+                for name, n in cols.filter(other).group_by("exp").len().iter_rows():
+                    count_experiment(self.other_experiments, name, n)
+                cols = cols.filter(~other)
+        if self.since is not None or self.until is not None:
+            inside = pl.lit(True)
+            if self.since is not None:
+                inside = inside & (pl.col("ts") >= self.since)
+            if self.until is not None:
+                inside = inside & (pl.col("ts") <= self.until)
+            mask = cols.select(inside).to_series().to_numpy()
+            if not mask.all():
+                out = cols["ts"].filter(~mask)
+                lo, hi = float(out.min()), float(out.max())  # type: ignore[arg-type]
+                span = self.outside_span
+                self.outside_span = (lo, hi) if span is None else (min(span[0], lo),
+                                                                   max(span[1], hi))
+                self.outside_window += int(out.len())
+                cols = cols.filter(mask)
         if not cols.height:
             return
+        keep = self._dedupe(cols)
+        if keep is not None:
+            cols = cols.filter(keep)
+        if not cols.height:
+            return
+        h = cols["h"].to_numpy()
         self.seen.add_new(h)
+        self.seen_content.add_new(cols["k"].to_numpy())
         self.records += cols.height
-        self._fold(cols, h, [() if k is None else k for k in seg_keys])
+        if folded:
+            per_key = np.bincount(cols["segc"].to_numpy(), minlength=len(seg_keys))
+            for code, fields in folded.items():
+                for name in fields:
+                    self.segment_overflow[name] += int(per_key[code])
+        self._fold(cols, h, seg_keys)
 
-    def _segment_keys(self, segments: list[str]) -> list[tuple[Any, ...] | None]:
-        """The items of each segment JSON of a page, with () first (no segment); None for one
-        that is not an object of strings (invalid, as the record decoder would have it)."""
-        keys: list[tuple[Any, ...] | None] = [()]
-        for text in segments:
-            key = self._seg_cache.get(text)
-            if key is None and text not in self._seg_cache:
-                try:
-                    d = orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    d = None
-                ok = isinstance(d, dict) and all(isinstance(x, str) for x in d.values())
-                key = tuple(d.items()) if ok and isinstance(d, dict) else None
-                self._seg_cache[text] = key
-            keys.append(key)
-        return keys
+    def _dedupe(self, cols: pl.DataFrame) -> np.ndarray | None:
+        """The rows to keep (None: all): the first of each request id, within the page
+        (sorted by fingerprint, so repeats are adjacent and the first stays first) and against
+        every page before. A repeat with the same content (ts, unit, variant) is a duplicate (a
+        replay); with other content, a conflict (a reused request id)."""
+        h = cols["h"].to_numpy()
+        first = np.ones(h.size, dtype=bool)
+        if h.size > 1:
+            first[1:] = h[1:] != h[:-1]
+        keep = first & ~self.seen.contains(h, presorted=True)
+        if keep.all():
+            return None
+        rest = np.nonzero(~keep)[0]
+        k = cols["k"].to_numpy()
+        new_in_page = cols.select(pl.col("k").is_first_distinct()).to_series().to_numpy()
+        known = ~new_in_page[rest] | self.seen_content.contains(k[rest])
+        self.duplicates += int(np.count_nonzero(known))
+        clash = rest[~known]
+        if clash.size:
+            self.conflicts += int(clash.size)
+            self.seen_content.add_new(np.unique(k[clash]))  # a replay of it is a duplicate
+            if len(self.conflict_examples) < MAX_CONFLICT_EXAMPLES:
+                for rid in cols["rid"].gather(clash).unique(maintain_order=True).to_list():
+                    if rid not in self.conflict_examples:
+                        self.conflict_examples.append(rid)
+                del self.conflict_examples[MAX_CONFLICT_EXAMPLES:]
+        return keep
+
+    def _segment_keys(
+        self, segments: list[str]
+    ) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
+        """The items of each segment JSON of a page (valid: objects of strings), with () first
+        (no segment), values beyond the tracked ones folded into "other"; and, per page code,
+        the fields whose value was folded."""
+        keys: list[tuple[Any, ...]] = [()]
+        folded: dict[int, list[str]] = {}
+        for code, text in enumerate(segments, 1):
+            hit = self._seg_cache.get(text)
+            if hit is None:
+                d = orjson.loads(text)
+                hit = self._cap(tuple(d.items()) if isinstance(d, dict) else ())
+                if len(self._seg_cache) >= SEG_CACHE:
+                    self._seg_cache.clear()
+                self._seg_cache[text] = hit
+            keys.append(hit[0])
+            if hit[1]:
+                folded[code] = hit[1]
+        return keys, folded
+
+    def _cap(self, items: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str]]:
+        """A segment combination with untracked values (and fields) folded into "other",
+        and the fields it folded; a combination beyond ``MAX_COMBOS`` folds whole."""
+        key, folded = self._cap_items(items)
+        if key not in self.combo_ids and len(self.combo_keys) >= MAX_COMBOS:
+            folded += [n for n, v in key if v != OTHER]
+            key = tuple(dict.fromkeys((n, OTHER) for n, _ in key))
+        return key, folded
+
+    def _cap_items(self, items: Iterable[tuple[str, str]]) -> tuple[tuple[Any, ...], list[str]]:
+        """Values beyond ``max_tracked_values`` per field fold into "other" (and fields beyond
+        ``max_fields`` into the field "other"), tracking new ones while there is room. A value
+        once tracked stays tracked, one once folded stays folded, so cached keys stay right."""
+        out: dict[tuple[str, str], None] = {}  # (ordered, without repeats)
+        folded: list[str] = []
+        for name, value in items:
+            vals = self._tracked.get(name)
+            if vals is None:
+                if len(self._tracked) >= self.max_fields:
+                    folded.append(name)
+                    name, value = OTHER, OTHER
+                    vals = self._tracked.setdefault(OTHER, {OTHER})
+                else:
+                    vals = self._tracked[name] = set()
+            if value not in vals:
+                if len(vals) < self.max_tracked_values:
+                    vals.add(value)
+                else:
+                    folded.append(name)
+                    value = OTHER
+            out[(name, value)] = None
+        return tuple(out), folded
 
     def _fold(self, cols: pl.DataFrame, h: np.ndarray, local: list[tuple[Any, ...]]) -> None:
         n = cols.height
@@ -715,8 +812,8 @@ class Accumulator:
         """Fold another accumulator (disjoint records, same policy and outcomes) into this one."""
         for name in (
             "records",
-            "invalid",
             "duplicates",
+            "conflicts",
             "outside_window",
             "pairs",
             "comparable",
@@ -726,9 +823,20 @@ class Accumulator:
             "vector_js",
         ):
             setattr(self, name, getattr(self, name) + getattr(o, name))
+        self.rejected.merge(o.rejected)
+        for rid in o.conflict_examples:
+            if rid not in self.conflict_examples:
+                self.conflict_examples.append(rid)
+        del self.conflict_examples[MAX_CONFLICT_EXAMPLES:]
+        for exp_name, n in o.other_experiments.items():
+            count_experiment(self.other_experiments, exp_name, n)
+        if o.outside_span is not None:
+            span = self.outside_span or o.outside_span
+            self.outside_span = (min(span[0], o.outside_span[0]), max(span[1], o.outside_span[1]))
         if o.first_ts is not None:
             self.first_ts = o.first_ts if self.first_ts is None else min(self.first_ts, o.first_ts)
             self.last_ts = o.last_ts if self.last_ts is None else max(self.last_ts, o.last_ts or 0)
+        self.seen_content.merge(o.seen_content)
         self.seen.merge(o.seen)
         for v in (0, 1):
             self.requests[v] += o.requests[v]
@@ -739,7 +847,10 @@ class Accumulator:
             self.pair_latency[v].merge(o.pair_latency[v])
             for m in self.request_metrics:
                 self.request_metric_moments[m][v].merge(o.request_metric_moments[m][v])
-        combo_map = np.asarray([self._combo_id(k) for k in o.combo_keys], dtype=np.int64)
+        # segments under this accumulator's bound: the other's values fold into "other" here
+        # too once this one tracks as many (exact while both stay under the bound)
+        combo_map = np.asarray([self._combo_id(self._cap(k)[0]) for k in o.combo_keys],
+                               dtype=np.int64)  # fmt: skip
         self.units.merge(o.units, combo_map)
         self.pair_latency_diff.merge(o.pair_latency_diff)
         self.pair_errors += o.pair_errors
@@ -750,8 +861,12 @@ class Accumulator:
         self.sample.merge(o.sample)
         self.quality.merge(o.quality)
         self.labelled_sample.merge(o.labelled_sample)
+        self.segment_overflow.update(o.segment_overflow)
         for key, agg in o.segments.items():
-            self.segments.setdefault(key, SegmentAgg()).merge(agg)
+            (item,), folded = self._cap_items([key])
+            for name in folded:
+                self.segment_overflow[name] += sum(agg.requests)
+            self.segments.setdefault(item, SegmentAgg()).merge(agg)
         for name, c in o.drift_numeric.items():
             self.drift_numeric.setdefault(name, Counter()).update(c)
         for name, cc in o.drift_categorical.items():

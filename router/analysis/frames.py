@@ -3,10 +3,16 @@
 ``polars`` parses a whole page of JSON lines at once in native code into typed columns, so the
 analyzer never builds a Python object per record. Open-ended parts of a record (segment,
 prediction, contract, fields) are read as their JSON text (polars serialises nested values it
-is told are strings), which keeps every key: nothing a later writer adds is dropped. A page
-that polars rejects (malformed JSON, a wrong type) is decoded line by line with ``msgspec``;
-bad lines are counted and the valid ones re-encoded and parsed again, so one bad line costs
-its page the slow path, never the analysis.
+is told are strings), which keeps every key: nothing a later writer adds is dropped.
+
+**A line's verdict depends on that line only.** A record is valid when polars can read it with
+the page's schema and it passes the checks of :func:`_record_problems` (vectorised polars
+expressions: version, request id, a plausible ``ts`` in seconds, the served side present,
+latencies not negative, the segment an object of strings). A page polars rejects as a whole (a
+malformed line, a wrong type) is checked line by line by :func:`_line_problem`, which mirrors
+polars' type rules (never stricter); the lines it passes are parsed again by polars together,
+and the same vectorised checks run on them. Invalid lines are reported with a reason
+``"<field>: <kind>"`` and where they were (:class:`Invalid`).
 
 Request ids are fingerprinted with polars' 64-bit hash (fixed seed) for deduplication and for
 the outcome join; records and outcomes are hashed by the same function.
@@ -14,18 +20,20 @@ the outcome join; records and outcomes are hashed by the same function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import orjson
 import polars as pl
 
-from router.analysis.schema import Record, decode_record, record_from_dict
-from router.outcomes import validate_outcome
+from router.records import FUTURE_SLACK_S, RECORD_VERSION, TS_MIN, TS_MS
 
 HASH_SEED = 0x5EED_CAFE
+MAX_EXAMPLES = 5  # locations kept per reason
 
 
 def _side(prediction: pl.DataType) -> pl.Struct:
@@ -38,9 +46,10 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
     """The columns read from a record. Predictions are JSON text in general; ``numeric``
     (score and value kinds) reads them as floats, which parses faster, and a page where some
     prediction is not a number falls back to the general schema. ``fields`` (captured inputs)
-    are read only when drift is analysed."""
+    are read only when drift is analysed. Neither choice changes which lines are valid."""
     side = _side(pl.Float64() if numeric else pl.String())
     schema: dict[str, pl.DataType] = {
+        "v": pl.Float64(),
         "request_id": pl.String(),
         "ts": pl.Float64(),
         "served": pl.String(),
@@ -59,6 +68,7 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
 
 RECORD_SCHEMA = record_schema()
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
     "request_id": pl.String(),
     "unit": pl.String(),
     "metric": pl.String(),
@@ -66,7 +76,6 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Float64(),
     "experiment": pl.String(),
 }
-_encode = msgspec.json.encode
 
 
 def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -85,43 +94,307 @@ def _read(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.read_ndjson(data, schema=schema)
 
 
-def parse_records(
-    data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA
-) -> tuple[pl.DataFrame, int]:
-    """Records of a page of JSON lines, and the number of lines that are not valid records."""
+# ------------------------------------------------------------------ where and why
+@dataclass(frozen=True)
+class Chunk:
+    """A page of JSON lines and how to name its lines in a report: ``"line 17"`` of a file
+    (``first_line`` is the file line of the page's first line), or ``"<label> <name>"`` with a
+    name per line (``names``: stream entry ids, items of an in-memory list)."""
+
+    data: bytes
+    first_line: int = 1
+    names: Sequence[str | bytes] | None = None  # (stream ids as the client returns them)
+    label: str = "line"
+
+    def where(self, i: int) -> str:
+        if self.names is None:
+            return f"{self.label} {self.first_line + i}"
+        name = self.names[i] if i < len(self.names) else "?"
+        return f"{self.label} {name.decode() if isinstance(name, bytes) else name}"
+
+
+@dataclass
+class Invalid:
+    """Invalid lines by reason (``"<field>: <kind>"``): how many, and the first few places."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, reason: str, where: str | None = None, n: int = 1) -> None:
+        self.counts[reason] += n
+        if where is not None:
+            ex = self.examples.setdefault(reason, [])
+            if len(ex) < MAX_EXAMPLES:
+                ex.append(where)
+
+    def merge(self, o: Invalid) -> None:
+        self.counts.update(o.counts)
+        for reason, places in o.examples.items():
+            ex = self.examples.setdefault(reason, [])
+            ex.extend(places[: MAX_EXAMPLES - len(ex)])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """``[{field, kind, count, examples}]``, the most frequent reason first."""
+        out = []
+        for reason, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            fld, _, kind = reason.partition(": ")
+            out.append({"field": fld, "kind": kind, "count": n,
+                        "examples": list(self.examples.get(reason, []))})  # fmt: skip
+        return out
+
+
+# ------------------------------------------------------------------ the verdict of a line
+def _record_problems(df: pl.DataFrame, now: float) -> tuple[pl.Series | None, list[str]]:
+    """The first problem of each parsed record (``"<field>: <kind>"``, null when valid), or
+    None when every record is valid; and the page's distinct segment texts (first seen first).
+    A boolean pass over the page first: the reasons are spelled out only for a page that fails."""
+    v, rid, ts, served = pl.col("v"), pl.col("request_id"), pl.col("ts"), pl.col("served")
+    champ, chall = pl.col("champion"), pl.col("challenger")
+    contract = pl.col("contract")
+    c_lat, h_lat = champ.struct.field("latency_ms"), chall.struct.field("latency_ms")
+    ok = (
+        (v.is_null() | (v == RECORD_VERSION))
+        & rid.is_not_null()
+        & ts.is_between(TS_MIN, min(TS_MS, now + FUTURE_SLACK_S), closed="left")
+        & (((served == "champion") & champ.is_not_null())
+           | ((served == "challenger") & chall.is_not_null()))
+        & ~(c_lat < 0).fill_null(False)
+        & ~(h_lat < 0).fill_null(False)
+        & (contract.is_null() | contract.str.starts_with("{"))
+    ).fill_null(False)  # fmt: skip
+    segs = df["segment"]
+    segments = (
+        segs.drop_nulls().unique(maintain_order=True).to_list()
+        if segs.null_count() < df.height
+        else []
+    )
+    bad_segs = [t for t in segments if not _segment_ok(t)]
+    if not bad_segs and df.select(ok.all()).item():
+        return None, segments
+    side_missing = pl.when(served == "champion").then(champ.is_null()).otherwise(chall.is_null())
+    reason = (
+        pl.when(v.is_not_null() & (v != RECORD_VERSION))
+        .then(pl.lit("v: unsupported version (only 1)"))
+        .when(rid.is_null())
+        .then(pl.lit("request_id: missing"))
+        .when(ts.is_null())
+        .then(pl.lit("ts: missing"))
+        .when(ts >= TS_MS)
+        .then(pl.lit("ts: in milliseconds (or finer), not seconds"))
+        .when(ts < TS_MIN)
+        .then(pl.lit("ts: before 2000-01-01"))
+        .when(ts > now + FUTURE_SLACK_S)
+        .then(pl.lit("ts: in the future (over a day after the reader's clock)"))
+        .when(served.is_null())
+        .then(pl.lit("served: missing"))
+        .when(~served.is_in(["champion", "challenger"]))
+        .then(pl.lit("served: not champion or challenger"))
+        .when(side_missing)
+        .then(pl.concat_str(served, pl.lit(": missing for the served side")))
+        .when(c_lat < 0)
+        .then(pl.lit("champion.latency_ms: negative"))
+        .when(h_lat < 0)
+        .then(pl.lit("challenger.latency_ms: negative"))
+        .when(contract.is_not_null() & ~contract.str.starts_with("{"))
+        .then(pl.lit("contract: not an object"))
+        .when(pl.col("segment").is_in(bad_segs))
+        .then(pl.lit("segment: not an object of strings"))
+    )
+    return df.select(reason.alias("why")).to_series(), segments
+
+
+def _segment_ok(text: str) -> bool:
     try:
-        return _read(data, schema), 0
-    except pl.exceptions.PolarsError:
-        pass
-    if schema is not RECORD_SCHEMA:
+        d = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(d, dict) and all(isinstance(x, str) for x in d.values())
+
+
+_I64 = 1 << 63
+
+
+def _type_problem(value: Any, dtype: Any, path: str) -> str | None:
+    """Why polars would refuse ``value`` for a column of ``dtype`` (never stricter than it:
+    whatever this passes, polars parses again and may still refuse)."""
+    if value is None or isinstance(dtype, pl.String):
+        return None  # a string column takes any JSON value (as its text)
+    if isinstance(dtype, pl.Struct):
+        if not isinstance(value, dict):
+            return f"{path}: wrong type ({_json_type(value)})"
+        for f in dtype.fields:
+            why = _type_problem(value.get(f.name), f.dtype, f"{path}.{f.name}")
+            if why:
+                return why
+        return None
+    ok = True
+    if isinstance(dtype, pl.Float64):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(dtype, pl.Int64):
+        ok = isinstance(value, int) and not isinstance(value, bool) and -_I64 <= value < _I64
+    elif isinstance(dtype, pl.Boolean):
+        ok = isinstance(value, bool)
+    return None if ok else f"{path}: wrong type ({_json_type(value)})"
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return "array" if isinstance(v, list) else "object" if isinstance(v, dict) else "null"
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        out.setdefault(k, v)  # polars keeps the first of repeated keys
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON (polars refuses them too)
+
+
+def _line_problem(line: bytes, schema: dict[str, pl.DataType], what: str = "record") -> str | None:
+    """Why one line cannot be a ``what`` of ``schema`` before any semantic check, or None."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
         try:
-            return _read(data, RECORD_SCHEMA), 0
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"{what}: not UTF-8"
+        try:  # the standard library is more lenient (lone surrogates), as polars is
+            doc = json.loads(text, parse_constant=_no_constants)
+        except ValueError:
+            return f"{what}: malformed JSON"
+    if not isinstance(doc, dict):
+        return f"{what}: not a JSON object"
+    why = _fields_problem(doc, schema)
+    if why is not None:  # orjson keeps the last of repeated keys, polars the first
+        try:
+            first = json.loads(line, object_pairs_hook=_first_wins, parse_constant=_no_constants)
+        except ValueError:
+            return why
+        why = _fields_problem(first, schema)
+    return why
+
+
+def _fields_problem(doc: dict[str, Any], schema: dict[str, pl.DataType]) -> str | None:
+    for name, dtype in schema.items():
+        why = _type_problem(doc.get(name), dtype, name)
+        if why:
+            return why
+    return None
+
+
+def _nonblank(lines: list[bytes]) -> list[int]:
+    return [i for i, line in enumerate(lines) if line.strip()]
+
+
+def parse_records(
+    data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA, now: float | None = None
+) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """The valid records of a page of JSON lines, and ``(line index, reason)`` of each
+    invalid line (indices count every line of ``data``, blank ones too). ``now`` (default: the
+    clock) judges timestamps in the future."""
+    df, bad, _segments = _parse_records(data, schema, now)
+    return df, bad
+
+
+def _parse_records(
+    data: bytes, schema: dict[str, pl.DataType], now: float | None
+) -> tuple[pl.DataFrame, list[tuple[int, str]], list[str] | None]:
+    """:func:`parse_records`, and the distinct segment texts of the valid records (None when
+    some records were dropped: :func:`page_of` finds them again)."""
+    now = time.time() if now is None else now
+    rows: list[int] | None = None  # line index of each row, when not simply the non-blank lines
+    bad: list[tuple[int, str]] = []
+    try:
+        df = _read(data, schema)
+    except pl.exceptions.PolarsError:
+        general = record_schema(numeric=False, fields="fields" in schema)
+        try:
+            df = _read(data, general)
         except pl.exceptions.PolarsError:
-            pass
-    good: list[bytes] = []
-    bad = 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        rec = decode_record(line)
-        if rec is None:
-            bad += 1
+            df, rows, bad = _line_by_line(data, general)
+    why, segments = _record_problems(df, now)
+    if why is None:
+        return df, sorted(bad), segments
+    if rows is None:
+        rows = _nonblank(data.split(b"\n"))
+        if len(rows) != df.height:  # polars and bytes.strip disagree on a blank line
+            df, rows, bad = _line_by_line(data, record_schema(False, "fields" in schema))
+            why, segments = _record_problems(df, now)
+            if why is None:
+                return df, sorted(bad), segments
+    bad_rows = why.is_not_null()
+    for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
+                         strict=True):  # fmt: skip
+        bad.append((rows[i], reason))
+    bad.sort()
+    return df.filter(~bad_rows), bad, None
+
+
+def _line_by_line(
+    data: bytes, schema: dict[str, pl.DataType], what: str = "record"
+) -> tuple[pl.DataFrame, list[int], list[tuple[int, str]]]:
+    """A page polars refused: each line checked alone (:func:`_line_problem`), the others
+    parsed together again. Returns the frame, the line index of each row, the bad lines."""
+    lines = data.split(b"\n")
+    keep: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for i in _nonblank(lines):
+        why = _line_problem(lines[i], schema, what)
+        if why is None:
+            keep.append(i)
         else:
-            good.append(_encode(rec))
-    df, more = _reparse(good, RECORD_SCHEMA)
-    return df, bad + more
+            bad.append((i, why))
+    df, rows, refused = _parse_subset(lines, keep, schema)
+    return df, rows, bad + [(i, f"{what}: refused by the columnar parser") for i in refused]
+
+
+def _parse_subset(
+    lines: list[bytes], keep: list[int], schema: dict[str, pl.DataType]
+) -> tuple[pl.DataFrame, list[int], list[int]]:
+    """Parse lines ``keep`` together; should polars still refuse (something the line check
+    let through), halve and retry, so only the lines it refuses alone are lost."""
+    try:
+        return _read(b"\n".join(lines[i] for i in keep), schema), keep, []
+    except pl.exceptions.PolarsError:
+        if len(keep) == 1:
+            return empty(schema), [], keep
+    mid = len(keep) // 2
+    a, ra, xa = _parse_subset(lines, keep[:mid], schema)
+    b, rb, xb = _parse_subset(lines, keep[mid:], schema)
+    return pl.concat([a, b], how="vertical_relaxed"), ra + rb, xa + xb
 
 
 def record_columns(df: pl.DataFrame) -> pl.DataFrame:
-    """The flat columns the accumulator folds, from a parsed page: request-id fingerprint,
-    variant (0 champion, 1 challenger, null otherwise), each side's presence, error flag,
-    latency, status and prediction. Pure polars, so it runs off the folding thread."""
+    """The flat columns the accumulator folds, from a page of valid records: request-id
+    fingerprint, a fingerprint of the request id with the record's content (``k``: a reused
+    request id with another ``ts``, unit or variant is a conflict, not a duplicate), variant
+    (0 champion, 1 challenger), each side's presence, error flag, latency, status and
+    prediction. Pure polars, so it runs off the folding thread."""
     champ, chall = pl.col("champion"), pl.col("challenger")
     cst, hst = champ.struct.field("status"), chall.struct.field("status")
     served = pl.col("served")
     return df.select(
         rid=pl.col("request_id"),
         h=rid_hash(pl.col("request_id")),
+        k=(
+            pl.col("request_id").hash(HASH_SEED)
+            ^ pl.col("ts").hash(HASH_SEED + 1)
+            ^ pl.col("unit").hash(HASH_SEED + 2)
+            ^ served.hash(HASH_SEED + 3)
+        ).reinterpret(signed=True),
         ts=pl.col("ts"),
         v=pl.when(served == "champion").then(0).when(served == "challenger").then(1).cast(pl.Int8),
         exp=pl.col("experiment"),
@@ -145,85 +418,119 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class Page:
-    """A page of records ready to fold: :func:`record_columns` sorted by request-id
+    """A page of valid records ready to fold: :func:`record_columns` sorted by request-id
     fingerprint (stable, so the first of duplicates stays first), with ``segc`` numbering each
-    row's segment JSON (0: none, i: ``segments[i - 1]``), and the lines that were invalid."""
+    row's segment JSON (0: none, i: ``segments[i - 1]``), and the page's invalid lines."""
 
     cols: pl.DataFrame
     segments: list[str]
-    invalid: int = 0
+    rejected: Invalid = field(default_factory=Invalid)
+    experiments: list[str] = field(default_factory=list)  # the distinct experiment names
+
+    @property
+    def invalid(self) -> int:
+        return self.rejected.total
 
 
-def page_of(df: pl.DataFrame, invalid: int = 0) -> Page:
+def page_of(
+    df: pl.DataFrame, rejected: Invalid | None = None, segments: list[str] | None = None
+) -> Page:
+    """The :class:`Page` of valid records ``df`` (``segments``: its distinct segment texts in
+    first-seen order, when known)."""
     cols = record_columns(df).sort("h", maintain_order=True)
-    segments = cols["seg"].drop_nulls().unique(maintain_order=True).to_list()
+    if segments is None:
+        segments = df["segment"].drop_nulls().unique(maintain_order=True).to_list()
     code = pl.col("seg").replace_strict(
         segments, list(range(1, len(segments) + 1)), default=0, return_dtype=pl.Int64
     )
-    return Page(cols.with_columns(segc=code.fill_null(0)), segments, invalid)
+    experiments = cols["exp"].drop_nulls().unique().to_list()
+    return Page(cols.with_columns(segc=code.fill_null(0)), segments, rejected or Invalid(),
+                experiments)  # fmt: skip
 
 
-def prepare_records(data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA) -> Page:
+def prepare_records(
+    chunk: bytes | Chunk, schema: dict[str, pl.DataType] = RECORD_SCHEMA, now: float | None = None
+) -> Page:
     """:func:`parse_records` then :func:`page_of`: all the per-page work that needs no
     accumulator state, done on whichever thread calls it."""
-    df, bad = parse_records(data, schema)
-    return page_of(df, bad)
+    if not isinstance(chunk, Chunk):
+        chunk = Chunk(chunk)
+    df, bad, segments = _parse_records(chunk.data, schema, now)
+    rejected = Invalid()
+    for i, reason in bad:
+        rejected.add(reason, chunk.where(i))
+    return page_of(df, rejected, segments)
 
 
-def records_frame(records: Iterable[Any]) -> tuple[pl.DataFrame, int]:
-    """Records given as dicts (or :class:`Record` structs), validated by the same rules as
-    decoded ones; returns the frame and the number of invalid items."""
-    good: list[bytes] = []
-    bad = 0
-    for r in records:
-        if type(r) is not Record:
-            r = record_from_dict(r)
-            if r is None:
-                bad += 1
-                continue
-        good.append(_encode(r))
-    df, more = _reparse(good, RECORD_SCHEMA)
-    return df, bad + more
-
-
-def parse_outcomes(data: bytes) -> tuple[pl.DataFrame, int]:
-    """Outcome rows of a page of JSON lines (validity of values is checked by the caller) and
-    the number of lines that are not outcome objects. A page polars rejects is checked line by
-    line with the rules of ``POST /outcomes`` (:func:`router.outcomes.validate_outcome`)."""
-    try:
-        return _read(data, OUTCOME_SCHEMA), 0
-    except pl.exceptions.PolarsError:
-        pass
-    good: list[bytes] = []
-    bad = 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
+def records_chunk(records: Iterable[Any]) -> tuple[Chunk, Invalid]:
+    """Records given as dicts (DESIGN.md schema) as a page of JSON lines named ``item N``
+    (1-based), so they are judged exactly as lines read from a file; items that cannot be
+    written as JSON are invalid at once."""
+    lines: list[bytes] = []
+    names: list[str] = []
+    rejected = Invalid()
+    for n, r in enumerate(records, 1):
         try:
-            o = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            o = None
-        # the row's own experiment (kept, may be absent) is checked by the caller
-        exp = o.get("experiment") if isinstance(o, dict) else None
-        row = validate_outcome(o, exp if isinstance(exp, str) and exp else "-", now=0.0)
-        if isinstance(row, str):
-            bad += 1
+            line = orjson.dumps(r)
+        except (TypeError, orjson.JSONEncodeError):
+            rejected.add("record: not JSON", f"item {n}")
             continue
-        good.append(orjson.dumps({k: row[k] for k in OUTCOME_SCHEMA} | {"experiment": exp}))
-    df, more = _reparse(good, OUTCOME_SCHEMA)
-    return df, bad + more
+        lines.append(line.replace(b"\n", b" "))  # (JSON text has no raw newline in a string)
+        names.append(str(n))
+    return Chunk(b"\n".join(lines), names=names, label="item"), rejected
 
 
-def _reparse(lines: list[bytes], schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, int]:
-    """Parse re-encoded, validated lines; should polars still refuse the page (a value out of
-    its range, say), parse line by line and count the refused ones."""
+def _outcome_problems(df: pl.DataFrame) -> pl.Series:
+    """The first problem of each parsed outcome row, null when valid (the rules of
+    :func:`router.outcomes.validate_outcome`, vectorised; a row's own experiment is the
+    caller's concern)."""
+    rid, unit, ts, value = pl.col("request_id"), pl.col("unit"), pl.col("ts"), pl.col("value")
+    ok = (
+        (pl.col("metric").str.len_bytes() > 0)
+        & value.is_finite()
+        & ((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0)).fill_null(False)
+        & (ts.is_null() | ((ts >= TS_MIN) & (ts < TS_MS)))
+    ).fill_null(False)
+    if df.select(ok.all()).item():  # (the reasons are spelled out only for a page that fails)
+        return pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("why")
+    reason = (
+        pl.when(pl.col("metric").is_null() | (pl.col("metric").str.len_bytes() == 0))
+        .then(pl.lit("metric: missing"))
+        .when(value.is_null())
+        .then(pl.lit("value: missing"))
+        .when(~value.is_finite())
+        .then(pl.lit("value: not a finite number"))
+        .when(~((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0)).fill_null(False))
+        .then(pl.lit("request_id: missing (and no unit to join by)"))
+        .when(ts >= TS_MS)
+        .then(pl.lit("ts: in milliseconds (or finer), not seconds"))
+        .when(ts < TS_MIN)
+        .then(pl.lit("ts: before 2000-01-01"))
+    )
+    return df.select(reason.alias("why")).to_series()
+
+
+def parse_outcomes(data: bytes) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """Valid outcome rows of a page of JSON lines and ``(line index, reason)`` of the others,
+    judged line by line exactly as records are (:func:`parse_records`). Rows keep their own
+    experiment (may be null): that is the caller's concern."""
+    rows: list[int] | None = None
+    bad: list[tuple[int, str]] = []
     try:
-        return _read(b"\n".join(lines), schema), 0
+        df = _read(data, OUTCOME_SCHEMA)
     except pl.exceptions.PolarsError:
-        frames, bad = [], 0
-        for line in lines:
-            try:
-                frames.append(_read(line, schema))
-            except pl.exceptions.PolarsError:
-                bad += 1
-        return (pl.concat(frames) if frames else empty(schema)), bad
+        df, rows, bad = _line_by_line(data, OUTCOME_SCHEMA, "outcome")
+    why = _outcome_problems(df)
+    if why.null_count() == df.height:
+        return df, sorted(bad)
+    if rows is None:
+        rows = _nonblank(data.split(b"\n"))
+        if len(rows) != df.height:
+            df, rows, bad = _line_by_line(data, OUTCOME_SCHEMA, "outcome")
+            why = _outcome_problems(df)
+    bad_rows = why.is_not_null()
+    for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
+                         strict=True):  # fmt: skip
+        bad.append((rows[i], reason))
+    bad.sort()
+    return df.filter(~bad_rows), bad

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from router.analysis import sequential as sq
+from router.analysis.data_quality import data_quality_gates, empty_window_decision
 from router.analysis.policy import Policy
 
 PASS = "pass"
@@ -234,6 +235,7 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     gates.extend(_fairness_gates(report, policy))
     if policy.primary_metric is not None:
         gates.append(_primary(report, policy, live))
+    gates += data_quality_gates(report, policy, gates)
     return gates, decide(gates, report)
 
 
@@ -789,7 +791,7 @@ def decide(
     del policy  # the rows carry their thresholds
     warnings = [f"warning: {g['name']}: {g['reason']}" for g in gates if g["state"] == WARN]
     if report["counts"]["records"] == 0:
-        return {"action": "continue", "reasons": ["not enough data: no records in the window"]}
+        return empty_window_decision(report)
     failed = [g for g in gates if g["state"] == FAIL]
     rollback = [g for g in failed if g["kind"] in ROLLBACK_KINDS]
     if rollback:

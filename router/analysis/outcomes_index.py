@@ -2,38 +2,65 @@
 
 Outcomes (DESIGN.md schema) are read before the records. Those with a ``request_id`` are joined
 to that request (and through it to its unit); the others to their unit's first exposure. Rows
-are deduplicated on ``(request_id, unit, metric, ts, value)`` so a replayed outcome counts once.
+are deduplicated so a replayed or retried outcome counts once: on their ``id`` when they have
+one (``POST /outcomes`` gives every row one), else on ``(request_id, unit, metric, value,
+ts)``. Rows of other experiments are counted by name, not analysed.
 
 Rows are kept as polars frames while loading. Request-joined rows end up in flat sorted arrays
 (request-id fingerprint, metric index, value: 18 bytes a row), joined to a page of records with
-``numpy.searchsorted``; unit-joined rows stay a small frame.
+``numpy.searchsorted``; unit-joined rows stay a small frame. At most ``max_metrics`` distinct
+metric names are analysed; more is an error (:class:`TooManyMetrics`), not a silent cut.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from router.analysis.frames import HASH_SEED, OUTCOME_SCHEMA, parse_outcomes, rid_hash
+from router.analysis.frames import (
+    HASH_SEED,
+    OUTCOME_SCHEMA,
+    Chunk,
+    Invalid,
+    parse_outcomes,
+    rid_hash,
+)
 from router.outcomes import validate_outcome
 
-_COLS = ["request_id", "unit", "metric", "value", "ts"]
+_COLS = ["id", "request_id", "unit", "metric", "value", "ts"]
 UNIT_ROWS_SCHEMA: dict[str, pl.DataType] = {
     "unit": pl.String(),
     "metric": pl.String(),
     "value": pl.Float64(),
     "ts": pl.Float64(),
 }
+MAX_METRICS = 256
+MAX_EXPERIMENT_NAMES = 20  # other experiments counted by name; more are summed under "…"
+
+
+class TooManyMetrics(ValueError):
+    """More distinct outcome metric names than the analysis keeps."""
+
+
+def count_experiment(counts: Counter[str], name: str, n: int = 1) -> None:
+    """Count ``n`` rows of another experiment, by name up to a bound."""
+    if name not in counts and len(counts) >= MAX_EXPERIMENT_NAMES:
+        name = "…"
+    counts[name] += n
 
 
 class OutcomeIndex:
-    def __init__(self) -> None:
+    def __init__(self, max_metrics: int = MAX_METRICS) -> None:
         self.total = 0
         self.invalid = 0
         self.outside_window = 0
+        self.max_metrics = max_metrics
+        self.rejected = Invalid()  # invalid rows by reason
+        self.other_experiments: Counter[str] = Counter()
         self._duplicates = 0
         self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
         self._req: list[pl.DataFrame] = []  # ident, h, m, v (26 bytes a row)
@@ -50,8 +77,8 @@ class OutcomeIndex:
         since: float | None = None,
         until: float | None = None,
     ) -> None:
-        for o in rows:
-            self.add(o, experiment, since, until)
+        for n, o in enumerate(rows, 1):
+            self.add(o, experiment, since, until, where=f"item {n}")
 
     def add(
         self,
@@ -59,12 +86,17 @@ class OutcomeIndex:
         experiment: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        where: str | None = None,
     ) -> None:
         """One outcome as posted to ``/outcomes`` (validated by the same rules)."""
         self.total += 1
         row = validate_outcome(o, experiment or "", now=0.0)
-        if isinstance(row, str) or (experiment and row["experiment"] != experiment):
+        if isinstance(row, str):
             self.invalid += 1
+            self.rejected.add(row, where)
+            return
+        if experiment and row["experiment"] != experiment:
+            count_experiment(self.other_experiments, row["experiment"])
             return
         ts = row["ts"]
         if (since is not None and ts and ts < since) or (until is not None and ts > until):
@@ -75,28 +107,28 @@ class OutcomeIndex:
 
     def add_raw(
         self,
-        chunks: Iterable[bytes],
+        chunks: Iterable[bytes | Chunk],
         experiment: str | None = None,
         since: float | None = None,
         until: float | None = None,
     ) -> None:
         """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time."""
         for chunk in chunks:
-            df, bad = parse_outcomes(chunk)
-            self.total += df.height + bad
-            self.invalid += bad
-            rid, unit = pl.col("request_id"), pl.col("unit")
-            valid = (
-                (pl.col("metric").str.len_bytes() > 0)
-                & pl.col("value").is_finite()
-                & ((rid.str.len_bytes() > 0) | (unit.str.len_bytes() > 0))
-            ).fill_null(False)
+            if not isinstance(chunk, Chunk):
+                chunk = Chunk(chunk)
+            df, bad = parse_outcomes(chunk.data)
+            self.total += df.height + len(bad)
+            self.invalid += len(bad)
+            for i, reason in bad:
+                self.rejected.add(reason, chunk.where(i))
             if experiment:
-                exp = pl.col("experiment")
-                valid = valid & (exp.is_null() | (exp == experiment))
-            kept = df.filter(valid)
-            self.invalid += df.height - kept.height
-            kept = kept.with_columns(pl.col("ts").fill_null(0.0))
+                other = pl.col("experiment").is_not_null() & (pl.col("experiment") != experiment)
+                others = df.filter(other)
+                if others.height:
+                    for name, n in others.group_by("experiment").len().iter_rows():
+                        count_experiment(self.other_experiments, name, n)
+                    df = df.filter(~other)
+            kept = df.with_columns(pl.col("ts").fill_null(0.0))
             inside = pl.lit(True)
             if since is not None:
                 inside = inside & ((pl.col("ts") == 0.0) | (pl.col("ts") >= since))
@@ -112,22 +144,25 @@ class OutcomeIndex:
             return
         self._final = None
         df = df.select(
+            pl.when(pl.col("id").str.len_bytes() > 0).then(pl.col("id")),
             pl.when(pl.col("request_id").str.len_bytes() > 0).then(pl.col("request_id")),
             pl.when(pl.col("unit").str.len_bytes() > 0).then(pl.col("unit")),
             "metric",
             "value",
             "ts",
         )
-        ident = pl.struct(
-            pl.col("request_id").fill_null(""), pl.col("unit").fill_null(""), *_COLS[2:]
+        content = pl.struct(
+            pl.col("request_id").fill_null(""), pl.col("unit").fill_null(""), *_COLS[3:]
         ).hash(HASH_SEED)
+        # the row's id when it has one (a retry carries the same id), else its content
+        by_id = pl.col("id").hash(HASH_SEED + 1)
+        ident = pl.when(pl.col("id").is_not_null()).then(by_id).otherwise(content)
         by_req = pl.col("request_id").is_not_null()
         req = df.filter(by_req)
         if req.height:
             for name in req["metric"].unique(maintain_order=True).to_list():
                 if name not in self._ids:
-                    self._ids[name] = len(self._names)
-                    self._names.append(name)
+                    self._register(name)
             self._req.append(
                 req.select(
                     ident=ident,
@@ -139,6 +174,16 @@ class OutcomeIndex:
         units = df.filter(~by_req)
         if units.height:
             self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
+
+    def _register(self, name: str) -> None:
+        if len(self._names) >= self.max_metrics:
+            raise TooManyMetrics(
+                f"more than {self.max_metrics} distinct outcome metric names (e.g. "
+                f"{', '.join(repr(n) for n in self._names[:3])}, {name!r}); the analysis keeps "
+                "at most that many (policy data_quality.max_metrics)"
+            )
+        self._ids[name] = len(self._names)
+        self._names.append(name)
 
     # ------------------------------------------------------------------ the index
     def _finalise(self) -> dict[str, Any]:
@@ -163,6 +208,8 @@ class OutcomeIndex:
                 pl.len(), pl.col("value").is_in([0.0, 1.0]).all()
             )
             for name, n, b in kinds.iter_rows():
+                if name not in self._ids:  # unit-joined metric names count against the cap
+                    self._register(name)
                 info = metrics.setdefault(name, {"n": 0, "binary": True})
                 info["n"] += int(n)
                 info["binary"] = info["binary"] and bool(b)

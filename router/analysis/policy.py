@@ -102,7 +102,25 @@ class SequentialPolicy(_Strict):
 
 class SegmentPolicy(_Strict):
     min_n: int = Field(default=100, ge=1, description="units or pairs for a segment to count")
-    max_values: int = Field(default=50, ge=1, description="values kept per field; rest 'other'")
+    max_values: int = Field(default=50, ge=1, description="values shown per field in the report")
+    max_tracked_values: int = Field(
+        default=1000, ge=1, description="values tracked per field; the rest fold into 'other'"
+    )
+    max_fields: int = Field(
+        default=20, ge=1, description="segment fields tracked; the rest fold into 'other'"
+    )
+
+
+class DataQualityPolicy(_Strict):
+    max_invalid_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="invalid records and reused request ids over all records read: hold above",
+    )
+    max_metrics: int = Field(
+        default=256, ge=1, le=65_535, description="distinct outcome metric names analysed"
+    )
 
 
 class Policy(_Strict):
@@ -118,6 +136,7 @@ class Policy(_Strict):
     divergence: DivergencePolicy = Field(default_factory=DivergencePolicy)
     sequential: SequentialPolicy = Field(default_factory=SequentialPolicy)
     segments: SegmentPolicy = Field(default_factory=SegmentPolicy)
+    data_quality: DataQualityPolicy = Field(default_factory=DataQualityPolicy)
     bootstrap_resamples: int = Field(default=400, ge=0)
     seed: int = 20261122
 
@@ -143,6 +162,10 @@ def load_policy(path: str | os.PathLike[str] | None) -> Policy:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     return parse_policy(data, str(p))

@@ -96,6 +96,8 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         ),
     ]
     out.append(("Counts", lines))
+    if "data_quality" in r:
+        out.append(("Data quality", data_quality_lines(r["data_quality"])))
     s = r["srm"]
     out.append(
         (
@@ -313,6 +315,47 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         )
     )
     return out
+
+
+def data_quality_lines(dq: dict[str, Any]) -> list[str]:
+    """The data-quality section: policy warnings, then what was read and not analysed."""
+    lines = [f"- ⚠️ {w}" for w in dq["warnings"]]
+    rec = dq["records"]
+    share = rec["invalid_share"]
+    lines.append(
+        f"- records read: {rec['read']}; invalid {rec['invalid']}, reused request ids "
+        f"{rec['conflicts']['count']}"
+        + (f" ({share:.2%}; hold above {dq['max_invalid_share']:.2%})" if share is not None else "")
+    )
+    if rec["reasons"]:
+        lines += ["", *_table(
+            ["field", "problem", "records", "first seen at"],
+            [[x["field"], x["kind"], x["count"], ", ".join(x["examples"])]
+             for x in rec["reasons"]],
+        ), ""]  # fmt: skip
+    if rec["conflicts"]["examples"]:
+        ids = ", ".join(f"`{x}`" for x in rec["conflicts"]["examples"])
+        lines.append(f"- request ids reused with other contents: {ids}")
+    out = rec["outside_window"]
+    if out["count"]:
+        lines.append(f"- outside the window: {out['count']} records "
+                     f"(ts {_n(out['first_ts'], 12)} .. {_n(out['last_ts'], 12)})")  # fmt: skip
+    if rec["other_experiments"]:
+        names = ", ".join(f"{k} ({n})" for k, n in rec["other_experiments"].items())
+        lines.append(f"- records of other experiments (not analysed): {names}")
+    oc = dq["outcomes"]
+    if oc["invalid"]:
+        why = "; ".join(f"{x['field']}: {x['kind']} ×{x['count']}" for x in oc["reasons"][:5])
+        lines.append(f"- invalid outcome rows: {oc['invalid']} ({why})")
+    if oc["other_experiments"]:
+        names = ", ".join(f"{k} ({n})" for k, n in oc["other_experiments"].items())
+        lines.append(f"- outcomes of other experiments (not analysed): {names}")
+    folded = dq["segments"]["folded_records"]
+    if folded:
+        what = ", ".join(f"{k}: {n}" for k, n in folded.items())
+        lines.append(f"- segment values beyond the {dq['segments']['max_tracked_values']} "
+                     f"tracked per field, folded into \"other\" (records): {what}")  # fmt: skip
+    return lines
 
 
 def to_markdown(r: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """Turn an :class:`~router.analysis.accumulate.Accumulator` into the DESIGN.md report (pure).
 
 Top-level keys: ``experiment, window, counts, srm, latency, errors, divergence, quality, metrics,
-segments, drift, gates, decision, meta``. Every number is finite or ``null``; every statistic
-that cannot be computed says why in a ``state`` field.
+segments, drift, data_quality, gates, decision, meta``. Every number is finite or ``null``;
+every statistic that cannot be computed says why in a ``state`` field.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from scipy import stats as st
 
 from router.analysis import sequential, stats
 from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
+from router.analysis.data_quality import data_quality_section
 from router.analysis.frames import rid_hash
 from router.analysis.gates import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
@@ -84,6 +85,7 @@ def _counts(acc: Accumulator, joined_by_unit: int, pre_exposure: int) -> dict[st
         "comparable_pairs": acc.comparable,
         "units": {"champion": units[0], "challenger": units[1], "both_variants": units[2]},
         "duplicates_skipped": acc.duplicates,
+        "conflicts": acc.conflicts,
         "invalid_records": acc.invalid,
         "outside_window": acc.outside_window,
         "outcomes": {
@@ -1054,6 +1056,7 @@ def report_from(
     report["metrics"] = metrics
     report["segments"] = _segments(acc, policy, report["metrics"], uv)
     report["drift"] = _drift(acc, policy, reference)
+    report["data_quality"] = data_quality_section(acc, policy)
     gates, decision = evaluate(report, policy)
     report["gates"] = gates
     report["decision"] = decision
@@ -1087,7 +1090,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The whole analysis of in-memory records and outcomes (DESIGN.md schemas)."""
     policy = policy or Policy()
-    oi = OutcomeIndex()
+    oi = OutcomeIndex(policy.data_quality.max_metrics)
     oi.add_all(outcomes, experiment)
     acc = Accumulator(
         policy,

@@ -20,15 +20,16 @@ from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator
 from router.analysis.frames import Page
-from router.analysis.outcomes_index import OutcomeIndex
+from router.analysis.outcomes_index import MAX_METRICS, OutcomeIndex
 from router.analysis.policy import Policy
 from router.analysis.reader import (
     REPLAY_SLACK_S,
     Pages,
     Source,
+    file_chunks,
     iter_chunks,
-    joined,
     read_pages,
+    stream_chunks,
 )
 
 __all__ = ["REPLAY_SLACK_S", "Pages", "Source", "accumulate", "analyze", "fold", "iter_chunks"]
@@ -36,22 +37,21 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
-def load_outcomes(src: Source) -> OutcomeIndex:
-    oi = OutcomeIndex()
+def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
+    oi = OutcomeIndex(max_metrics)
     if src.redis_url:
         from router.capture import make_sync_client
-        from router.capture_reader import iter_raw_pages, stream_keys
+        from router.capture_reader import stream_keys
 
         client = make_sync_client(src.redis_url)
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
-            pages = iter_raw_pages(client, key, src.since, None)
-            oi.add_raw(joined(pages), src.experiment)
+            oi.add_raw(stream_chunks(client, key, src.since, None), src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:
-        oi.add_raw(iter_chunks(src.outcomes_file), src.experiment)
+        oi.add_raw(file_chunks(src.outcomes_file), src.experiment)
     return oi
 
 
@@ -126,7 +126,9 @@ def _accumulate(
     pages: Pages,
 ) -> Accumulator:
     try:
-        oi = outcomes if outcomes is not None else load_outcomes(src)
+        oi = outcomes if outcomes is not None else load_outcomes(
+            src, policy.data_quality.max_metrics
+        )
         acc = Accumulator(
             policy,
             oi,

@@ -291,3 +291,35 @@ class IdSet:
 
     def values(self) -> np.ndarray:
         return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, dtype=np.int64)
+
+
+class LazyIdSet:
+    """An :class:`IdSet` that sorts only when asked: batches are kept as they come and folded
+    into the sorted runs at the first membership query after them. For a set that is queried
+    rarely (the conflict fingerprints: only when a request id repeats), insertion costs a copy."""
+
+    def __init__(self) -> None:
+        self._set = IdSet()
+        self._pending: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._set) + sum(p.size for p in self._pending)
+
+    def add_new(self, h: np.ndarray) -> None:
+        """Add ids known to be absent and distinct."""
+        if h.size:
+            self._pending.append(np.array(h, dtype=np.int64))
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._set.add_new(np.concatenate(self._pending))
+            self._pending = []
+
+    def contains(self, h: np.ndarray) -> np.ndarray:
+        self._flush()
+        return self._set.contains(h)
+
+    def merge(self, o: LazyIdSet) -> None:
+        o._flush()
+        self._flush()
+        self._set.merge(o._set)

@@ -2,16 +2,20 @@
 
 Reads ``<experiment>:pairs`` and ``<experiment>:outcomes`` from Redis (``--redis``) or JSONL
 exports (``--pairs``/``--outcomes``), or generates a seeded synthetic data set
-(``--synthetic N``). Exit codes: 0 report written, 2 bad arguments or policy, 3 data source
-unreachable.
+(``--synthetic N``). Exit codes: 0 report written, 2 bad arguments, policy or data (one line
+on stderr naming the argument or file: a window that selects nothing, a truncated gzip, an
+experiment with no records while others are present, a policy warning with ``--strict``), 3
+data source unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from router.analysis.policy import Policy
@@ -25,9 +29,68 @@ def _time_arg(text: str) -> float:
         value = parse_time(text)
     except ValueError:
         value = None
-    if value is None:
+    if value is None or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected unix seconds or ISO-8601, got {text!r}")
     return value
+
+
+def _one_line_errors(p: argparse.ArgumentParser) -> None:
+    """Argument errors as one line (argparse prints the whole usage first)."""
+
+    def error(message: str) -> NoReturn:
+        p.exit(2, f"router analyze: {message} (see router analyze --help)\n")
+
+    p.error = error  # type: ignore[method-assign]
+
+
+def window_problem(args: argparse.Namespace, now: float) -> str | None:
+    """Why the window arguments select nothing (reversed, in the future, in milliseconds),
+    naming the argument; None when they may select something."""
+    from router.records import FUTURE_SLACK_S, TS_MIN, TS_MS
+
+    pairs = (("since", "until"), ("reference_since", "reference_until"))
+    for lo_name, hi_name in pairs:
+        lo, hi = getattr(args, lo_name), getattr(args, hi_name)
+        for name, value in ((lo_name, lo), (hi_name, hi)):
+            flag = "--" + name.replace("_", "-")
+            if value is not None and value >= TS_MS:
+                return (f"{flag} {value:.0f} looks like milliseconds (unix seconds expected: "
+                        f"{value / 1000:.3f})")  # fmt: skip
+        lo_flag, hi_flag = "--" + lo_name.replace("_", "-"), "--" + hi_name.replace("_", "-")
+        if lo is not None and hi is not None and lo > hi:
+            return f"{lo_flag} {lo:.3f} is after {hi_flag} {hi:.3f}: the window selects nothing"
+        if lo is not None and lo > now + FUTURE_SLACK_S:
+            return f"{lo_flag} {lo:.3f} is in the future: the window selects nothing"
+        if hi is not None and hi < TS_MIN:
+            return f"{hi_flag} {hi:.3f} is before 2000-01-01: the window selects nothing"
+    return None
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL the analyzer can use, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return str(exc)
+    scheme = parts.scheme
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        hosts = parts.netloc.rpartition("@")[2]
+        if not hosts:
+            return "a cluster URL needs at least one host:port"
+        for seed in hosts.split(","):
+            host, _, port = seed.rpartition(":") if ":" in seed else (seed, "", "6379")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"bad cluster node {seed!r} (expected host:port)"
+        return None
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _fraction(text: str) -> float:
@@ -75,6 +138,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="policy warnings (a metric the policy names that the data lacks) are errors",
+    )
+    _one_line_errors(p)
     p.set_defaults(func=run)
 
 
@@ -95,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.workers < 1:
         print("router: --workers must be at least 1", file=sys.stderr)
+        return 2
+    why = window_problem(args, time.time())
+    if why is not None:
+        print(f"router: {why}", file=sys.stderr)
         return 2
     reference = None
     if args.reference_stats:
@@ -121,6 +194,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if url and not (args.synthetic or args.pairs):
+        why = redis_url_problem(url)
+        if why is not None:
+            flag = "--redis" if args.redis else "REDIS_URL"
+            print(f"router: {flag}: malformed Redis URL {url!r}: {why}", file=sys.stderr)
+            return 2
 
     from router.analysis.reader import NUMERIC_KINDS, Source, read_pages
 
@@ -187,13 +266,18 @@ def _analyse(
 
     import orjson
 
-    from router.analysis.reader import Source
+    from router.analysis.outcomes_index import TooManyMetrics
+    from router.analysis.reader import InputError, Source
     from router.analysis.run import accumulate, earliest_available, quiet_blas
 
     progress, close = _progress(args.progress)
     try:
         acc = accumulate(src, policy, kind=kind, workers=args.workers, track_fields=track,
                          progress=progress, pages=pages)  # fmt: skip
+        absent = _absent_experiment(args.experiment, src, acc)
+        if absent is not None:
+            print(f"router: {absent}", file=sys.stderr)
+            return 2
         # everything alive now (a thousand modules, the aggregates) lives until the process
         # ends: out of the collector's sight, the report's collections and the interpreter's
         # at exit stop walking it (measured: about 0.3 s of a 4 s run)
@@ -223,6 +307,13 @@ def _analyse(
                 earliest_available=earliest_available(src),
                 reference=reference,
             )
+    except InputError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    except TooManyMetrics as exc:
+        where = src.outcomes_file or f"{args.experiment}:outcomes"
+        print(f"router: {where}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"router: cannot read data: {exc}", file=sys.stderr)
         return 3
@@ -235,6 +326,10 @@ def _analyse(
         raise
     finally:
         close()
+    warnings = report["data_quality"]["warnings"]
+    if args.strict and warnings:
+        print(f"router: --strict: policy warning: {'; '.join(warnings)}", file=sys.stderr)
+        return 2
     if args.write_reference_stats:
         with open(args.write_reference_stats, "wb") as fh:
             fh.write(orjson.dumps(reference_stats(acc), option=orjson.OPT_INDENT_2))
@@ -255,6 +350,25 @@ def _analyse(
     else:
         sys.stdout.buffer.write(out + b"\n")
     return 0
+
+
+def _absent_experiment(experiment: str, src: Source, acc: Any) -> str | None:
+    """When the source has no record at all of ``experiment`` but has others' (a typo, or
+    files of another experiment): a sentence naming the experiments present."""
+    if acc.records or acc.outside_window or acc.invalid or acc.duplicates or acc.conflicts:
+        return None
+    if src.redis_url:
+        from router.analysis.reader import experiments_in_redis
+
+        present = {k: v for k, v in experiments_in_redis(src.redis_url).items() if k != experiment}
+        where = "this Redis"
+    else:
+        present = dict(acc.other_experiments)
+        where = src.pairs_file or "the records"
+    if not present:
+        return None
+    names = ", ".join(f"{k} ({n} records)" for k, n in sorted(present.items()))
+    return f"no records of experiment {experiment!r} in {where}; experiments present: {names}"
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int], object] | None, Callable[[], object]]:

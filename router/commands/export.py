@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # config errors, bad times
         print(f"router export: {exc}", file=sys.stderr)
         return 2
+    from router.commands.analyze import redis_url_problem
+
+    why = redis_url_problem(url)
+    if why is not None:
+        print(f"router export: malformed Redis URL {url!r}: {why}", file=sys.stderr)
+        return 2
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     from redis.exceptions import RedisError
 

@@ -155,11 +155,11 @@ def test_not_enough_data_continues_with_eta() -> None:
     "records,outcomes",
     [
         ([], []),
-        ([{"request_id": "a", "ts": 1.0, "served": "champion", "unit": "u",
+        ([{"request_id": "a", "ts": 1_790_000_000.0, "served": "champion", "unit": "u",
            "champion": {"status": 200, "latency_ms": 3.0, "prediction": 0.3}}], []),
-        ([{"request_id": "a", "ts": 1.0, "served": "champion", "unit": "u",
+        ([{"request_id": "a", "ts": 1_790_000_000.0, "served": "champion", "unit": "u",
            "champion": {"status": 200, "latency_ms": 3.0, "prediction": 0.3}},
-          {"request_id": "b", "ts": 2.0, "served": "challenger", "unit": "v",
+          {"request_id": "b", "ts": 1_790_000_001.0, "served": "challenger", "unit": "v",
            "challenger": {"status": 200, "latency_ms": 3.0, "prediction": 0.3}}],
          [{"request_id": "a", "metric": "converted", "value": 1},
           {"request_id": "b", "metric": "converted", "value": 1}]),
@@ -312,7 +312,8 @@ def test_cli_from_jsonl_with_workers_equals_in_memory(tmp_path: Path) -> None:
     recs, outs = dataset(SynthSpec(n=6000, seed=16, conversion_uplift=0.03))
     _write_jsonl(tmp_path / "p.jsonl", recs + recs[:50] + ["garbage"])
     _write_jsonl(tmp_path / "o.jsonl", outs)
-    mem = without_time(build_report(recs, outs, experiment="synth", split=0.5))
+    mem = without_time(build_report(recs + recs[:50] + ["garbage"], outs, experiment="synth",
+                                    split=0.5))  # fmt: skip
     for workers in ("1", "2"):
         out = tmp_path / f"r{workers}.json"
         p = _cli("--experiment", "synth", "--pairs", str(tmp_path / "p.jsonl"), "--outcomes",
