@@ -1,6 +1,6 @@
 """Analyzer throughput: ``router analyze`` end to end over N synthetic records with outcomes.
 
-Generates a seeded synthetic experiment (``router.analysis.synth``: 100% mirrored pairs, a live
+Generates a seeded synthetic experiment (``router.demo.synth``: 100% mirrored pairs, a live
 50% split, Zipf units, labels and conversions), writes it as JSONL and loads it into a throwaway
 redis-server, then times ``router analyze --format json`` as a subprocess from each source,
 with ``--workers 1`` and ``--workers N`` (pages parsed at once beside the folding thread),
@@ -36,8 +36,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from router.analysis.synth import SynthSpec, generate  # noqa: E402
-from router.redisproc import RedisProcess  # noqa: E402
+from router.capture.redisproc import RedisProcess  # noqa: E402
+from router.demo.synth import SynthSpec, generate  # noqa: E402
 
 
 def write_data(tmp: Path, n: int, units: int) -> tuple[Path, Path, int]:

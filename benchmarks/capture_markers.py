@@ -28,12 +28,12 @@ from typing import Any
 
 import redis
 
-import router.capture
-from router.capture import CaptureWriter
+import router.capture.writer
+from router.capture.records import FinalizeOptions
+from router.capture.redisproc import RedisProcess
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig
 from router.metrics import Metrics
-from router.records import FinalizeOptions
-from router.redisproc import RedisProcess
 
 
 def used_memory(c: redis.Redis) -> int:
@@ -45,7 +45,7 @@ async def run(batches: int, per_batch: int, rate: float) -> dict[str, Any]:
     server = RedisProcess(tmp / "redis", prefer_path=True, appendonly=False).start()
     url = server.url
     c = redis.Redis.from_url(url)
-    out: dict[str, Any] = {"router_module": router.capture.__file__, "batches": batches,
+    out: dict[str, Any] = {"router_module": router.capture.writer.__file__, "batches": batches,
                            "batch_records": per_batch, "rate": rate}  # fmt: skip
     try:
         cfg = CaptureConfig(redis=url, data_dir=str(tmp / "data"), batch_size=per_batch,

@@ -27,12 +27,12 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
-from router.capture import WRITE_BATCH_LUA, CaptureWriter, writer_mark_key
+from router.capture.records import FinalizeOptions, PendingRecord, Side
+from router.capture.redisproc import RedisProcess
+from router.capture.writer import WRITE_BATCH_LUA, CaptureWriter, writer_mark_key
 from router.config import CaptureConfig
 from router.metrics import Metrics
 from router.netutil import free_port
-from router.records import FinalizeOptions, PendingRecord, Side
-from router.redisproc import RedisProcess
 
 
 def make_records(n: int) -> list[PendingRecord]:

@@ -47,8 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from router.capture.redisproc import RedisProcess  # noqa: E402
 from router.netutil import free_port, wait_port  # noqa: E402
-from router.redisproc import RedisProcess  # noqa: E402
 
 LUA = """
 local counter = 0
@@ -144,7 +144,7 @@ def run_wrk(port: int, duration: float, lua: Path, conns: int) -> tuple[float, f
 
 async def fixed_rate(port: int, rate: float, seconds: float) -> tuple[float, float]:
     """Open-loop load at ``rate`` req/s; (p50_ms, p99_ms) measured from scheduled send times."""
-    from router.upstream import UpstreamPool
+    from router.sidecar.upstream import UpstreamPool
 
     pool = UpstreamPool("127.0.0.1", port, pool_size=128, timeout=5.0)
     body = b'{"user": {"id": "u"}, "features": [0.1, 0.2, 0.3, 0.4]}'

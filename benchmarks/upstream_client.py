@@ -30,7 +30,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from router.upstream import UpstreamPool  # noqa: E402
+from router.sidecar.upstream import UpstreamPool  # noqa: E402
 
 BODY = b'{"user": {"id": "u-123"}, "features": [0.1, 0.2, 0.3, 0.4]}'
 HEADERS = [

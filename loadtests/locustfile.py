@@ -74,7 +74,7 @@ def start_stack(scenario: str, tmp: Path) -> str:
             [
                 py,
                 "-m",
-                "router.demo_models",
+                "router.demo.models",
                 "--version",
                 "champ",
                 "--host",
@@ -92,7 +92,7 @@ def start_stack(scenario: str, tmp: Path) -> str:
                 [
                     py,
                     "-m",
-                    "router.demo_models",
+                    "router.demo.models",
                     "--version",
                     "chall",
                     "--weights",

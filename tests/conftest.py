@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from router.redisproc import RedisProcess
+from router.capture.redisproc import RedisProcess
 
 
 @pytest.fixture(scope="session")

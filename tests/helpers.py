@@ -21,7 +21,7 @@ from aiohttp import web
 
 from router.config import RouterConfig, parse_config
 from router.netutil import free_port
-from router.server import RunningRouter
+from router.sidecar.server import RunningRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token"

@@ -13,7 +13,7 @@ from router.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
-OPS_PATHS = {"/healthz", "/readyz", "/metrics"}  # served by router.admin.handle_ops
+OPS_PATHS = {"/healthz", "/readyz", "/metrics"}  # served by router.sidecar.admin.handle_ops
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -51,7 +51,7 @@ def test_compose_services_and_router_config() -> None:
     assert cfg.champion.host == "champion" and cfg.challenger.host == "challenger"
     for name in ("champion", "challenger"):
         entry = services[name]["entrypoint"]
-        assert entry[:3] == ["python", "-m", "router.demo_models"]
+        assert entry[:3] == ["python", "-m", "router.demo.models"]
         port = int(entry[entry.index("--port") + 1])
         assert port == getattr(cfg, name).port
 

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from router.records import FUTURE_SLACK_S, RECORD_VERSION, TS_MIN, TS_MS
+from router.capture.records import FUTURE_SLACK_S, RECORD_VERSION, TS_MIN, TS_MS
 
 HASH_SEED = 0x5EED_CAFE
 MAX_EXAMPLES = 5  # locations kept per reason
@@ -482,7 +482,7 @@ def records_chunk(records: Iterable[Any]) -> tuple[Chunk, Invalid]:
 
 def _outcome_problems(df: pl.DataFrame) -> pl.Series:
     """The first problem of each parsed outcome row, null when valid (the rules of
-    :func:`router.outcomes.validate_outcome`, vectorised; a row's own experiment is the
+    :func:`router.capture.outcomes.validate_outcome`, vectorised; a row's own experiment is the
     caller's concern)."""
     rid, unit, ts, value = pl.col("request_id"), pl.col("unit"), pl.col("ts"), pl.col("value")
     ok = (

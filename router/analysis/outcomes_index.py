@@ -29,7 +29,7 @@ from router.analysis.frames import (
     parse_outcomes,
     rid_hash,
 )
-from router.outcomes import validate_outcome
+from router.capture.outcomes import validate_outcome
 
 _COLS = ["id", "request_id", "unit", "metric", "value", "ts"]
 UNIT_ROWS_SCHEMA: dict[str, pl.DataType] = {

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def _time_arg(text: str) -> float:
-    from router.capture_reader import parse_time
+    from router.capture.reader import parse_time
 
     try:
         value = parse_time(text)
@@ -46,7 +46,7 @@ def _one_line_errors(p: argparse.ArgumentParser) -> None:
 def window_problem(args: argparse.Namespace, now: float) -> str | None:
     """Why the window arguments select nothing (reversed, in the future, in milliseconds),
     naming the argument; None when they may select something."""
-    from router.records import FUTURE_SLACK_S, TS_MIN, TS_MS
+    from router.capture.records import FUTURE_SLACK_S, TS_MIN, TS_MS
 
     pairs = (("since", "until"), ("reference_since", "reference_until"))
     for lo_name, hi_name in pairs:
@@ -385,7 +385,7 @@ def _synthetic_files(experiment: str, n: int, seed: int) -> tuple[str, str]:
 
     import orjson
 
-    from router.analysis.synth import SynthSpec, generate
+    from router.demo.synth import SynthSpec, generate
 
     fd1, pairs = tempfile.mkstemp(suffix=".pairs.jsonl")
     fd2, outs = tempfile.mkstemp(suffix=".outcomes.jsonl")

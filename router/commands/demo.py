@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from router.demo import DemoOptions, main
+    from router.demo.story import DemoOptions, main
 
     return main(
         DemoOptions(

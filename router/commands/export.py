@@ -63,7 +63,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from router.capture_reader import parse_time
+    from router.capture.reader import parse_time
 
     try:
         url = _redis_url(args)
@@ -125,8 +125,8 @@ def export(
     import orjson
     from tqdm import tqdm
 
-    from router.capture import make_sync_client
-    from router.capture_reader import earliest_available, iter_merged, stream_keys
+    from router.capture.reader import earliest_available, iter_merged, stream_keys
+    from router.capture.writer import make_sync_client
 
     client = make_sync_client(url)
     try:

@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("router: --workers must be at least 1", file=sys.stderr)
         return 2
-    from router.server import serve
+    from router.sidecar.server import serve
 
     return serve(cfg, workers=args.workers, log_level=args.log_level)

@@ -12,7 +12,7 @@ Layout (pure core, thin I/O shells):
 - :mod:`.lease`: the Redis lease that keeps a single controller per experiment.
 - :mod:`.store`: controller state in Redis, committed atomically with its audit records.
 - :mod:`.routers`: idempotent reconciliation of router replicas through the admin API.
-- windows of captured records are read through :mod:`router.capture_reader` (every shard).
+- windows of captured records are read through :mod:`router.capture.reader` (every shard).
 - :mod:`.controller`: the loop tying these together.
 """
 

@@ -1,6 +1,6 @@
 """A compact promotion view for the router's admin API (``GET <prefix>/state``).
 
-Meant to be called by :mod:`router.admin` with the capture writer's async Redis client::
+Meant to be called by :mod:`router.sidecar.admin` with the capture writer's async Redis client::
 
     from router.promotion.view import promotion_view
     view["promotion"] = await promotion_view(redis, app.cfg.experiment.name)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from router.capture.redisproc import RedisProcess
 from router.netutil import free_port
-from router.redisproc import RedisProcess
 
 
 class OwnRedis:

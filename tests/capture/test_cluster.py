@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 import redis
 
-from router.capture import (
+from router.capture.reader import earliest_available, iter_merged, read_window, stream_keys
+from router.capture.records import FinalizeOptions, PendingRecord, Side
+from router.capture.redisproc import LocalCluster
+from router.capture.writer import (
     CaptureWriter,
     make_sync_client,
     outcomes_key,
     pair_keys,
     pairs_key,
 )
-from router.capture_reader import earliest_available, iter_merged, read_window, stream_keys
 from router.config import CaptureConfig, ConfigError, parse_config, parse_redis_url
 from router.metrics import Metrics
 from router.netutil import free_port
-from router.records import FinalizeOptions, PendingRecord, Side
-from router.redisproc import LocalCluster
 from tests.helpers import wait_for
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from router.capture import CaptureWriter, make_sync_client
-from router.capture_reader import read_window
-from router.redisproc import LocalCluster
+from router.capture.reader import read_window
+from router.capture.redisproc import LocalCluster
+from router.capture.writer import CaptureWriter, make_sync_client
 from tests.helpers import InProcessRouter, config_dict, make_config, wait_for
 
 

@@ -1,7 +1,7 @@
 """Issue 20, items 2 and 4: capture through a whole Redis Cluster outage and a master failover.
 
-Real clusters (:class:`router.redisproc.LocalCluster`: redis-server processes on free loopback
-ports), a real router or the real capture writer, real requests.
+Real clusters (:class:`router.capture.redisproc.LocalCluster`: redis-server processes on free
+loopback ports), a real router or the real capture writer, real requests.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.capture import CaptureWriter, make_sync_client, outcomes_key
-from router.capture_reader import read_window
+from router.capture.reader import read_window
+from router.capture.records import FinalizeOptions
+from router.capture.redisproc import LocalCluster
+from router.capture.writer import CaptureWriter, make_sync_client, outcomes_key
 from router.config import CaptureConfig
 from router.metrics import Metrics
-from router.records import FinalizeOptions
-from router.redisproc import LocalCluster
 from tests.helpers import InProcessRouter, config_dict, make_config, wait_for
 
 

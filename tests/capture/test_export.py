@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis
 
-from router.capture_reader import parse_time
+from router.capture.reader import parse_time
 from router.cli import main
 from tests.helpers import ROOT
 

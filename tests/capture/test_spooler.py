@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from router.spooler import MAGIC, Spool
+from router.capture.spool import MAGIC, Spool
 
 
 def _drain(spool: Spool, per_read: int = 7) -> list[tuple[str, str, bytes]]:
@@ -92,7 +92,7 @@ def test_crc_mismatch_ends_the_segment(tmp_path: Path) -> None:
 
 _CHILD = """
 import os, sys
-from router.spooler import Spool
+from router.capture.spool import Spool
 s = Spool(sys.argv[1], max_bytes=1 << 20, fsync="always")
 s.open()
 s.append("k", "b", [b"from-%d-%d" % (os.getpid(), i) for i in range(5)])
@@ -129,7 +129,7 @@ def test_segments_of_a_dead_writer_are_adopted_but_a_live_ones_are_not(tmp_path:
 
 
 def test_a_batch_is_never_split_between_reads(tmp_path: Path) -> None:
-    import router.spooler as sp
+    import router.capture.spool as sp
 
     spool = Spool(tmp_path, max_bytes=1 << 22, fsync="never")
     spool.open()

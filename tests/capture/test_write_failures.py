@@ -17,10 +17,10 @@ import pytest
 import redis
 import redis.exceptions
 
-from router.capture import CaptureWriter, Group
+from router.capture.records import FinalizeOptions
+from router.capture.writer import CaptureWriter, Group
 from router.config import CaptureConfig
 from router.metrics import Metrics
-from router.records import FinalizeOptions
 from tests.helpers import wait_for
 
 REDIS_EXCEPTIONS = sorted(

@@ -10,13 +10,13 @@ from typing import Any
 
 import redis
 
-from router.capture import WRITE_BATCH_LUA, CaptureWriter, make_client, outcomes_key
+from router.capture.records import FinalizeOptions
+from router.capture.redisproc import RedisProcess
+from router.capture.spool import Spool
+from router.capture.writer import WRITE_BATCH_LUA, CaptureWriter, make_client, outcomes_key
 from router.config import CaptureConfig, parse_config
 from router.metrics import Metrics
-from router.records import FinalizeOptions
-from router.redisproc import RedisProcess
-from router.server import start_redis
-from router.spooler import Spool
+from router.sidecar.server import start_redis
 from tests.capture.conftest import OwnRedis
 from tests.helpers import wait_for
 
@@ -178,8 +178,8 @@ async def test_tls_rediss_url(tmp_path: Path) -> None:
     import ssl
     import subprocess
 
+    from router.capture.redisproc import find_redis_server
     from router.netutil import free_port
-    from router.redisproc import find_redis_server
 
     openssl = shutil.which("openssl")
     if openssl is None:

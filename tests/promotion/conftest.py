@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
-from router.demo_models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
+from router.demo.models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
 from router.promotion.config import PromotionConfig, parse_promotion_config
 from tests.helpers import TOKEN, InProcessRouter, config_dict, make_config
 

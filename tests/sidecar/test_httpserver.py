@@ -8,14 +8,13 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from router.httpserver import HttpLimits, HttpServer, Request, Response
-from tests.helpers import wait_for
+from router.sidecar.httpserver import HttpLimits, HttpServer, Request, Response
+from tests.helpers import ROOT, wait_for
 
 
 async def _echo(req: Request) -> Response:
@@ -459,9 +458,9 @@ async def test_item9_100_continue_only_for_http11_and_only_when_its_turn_comes()
 
 def test_limits_in_the_reference_config_are_the_defaults_and_bad_ones_name_the_key() -> None:
     from router.config import ConfigError, LimitsConfig, load_config, parse_config
-    from router.server import http_limits
+    from router.sidecar.server import http_limits
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "router.yaml")
+    cfg = load_config(ROOT / "configs" / "router.yaml")
     assert cfg.limits == LimitsConfig()  # the annotated reference shows every default
     lim = http_limits(cfg, reserved=300)
     assert (lim.max_request_line, lim.max_header_bytes, lim.max_headers) == (8192, 65536, 100)

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.assign import assign
+from router.sidecar.assign import assign
 from tests.helpers import (
     TOKEN,
     ServeProcess,

@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 from multidict import CIMultiDict
 
-from router.upstream import (
+from router.sidecar.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamNotRetriedError,

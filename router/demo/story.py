@@ -26,8 +26,9 @@ import orjson
 import redis
 from tqdm import tqdm
 
+from router.capture.redisproc import RedisProcess
 from router.config import RouterConfig, parse_config
-from router.demo_models import (
+from router.demo.models import (
     CHALLENGER_WEIGHTS,
     CHAMPION_WEIGHTS,
     TRUE_BIAS,
@@ -36,8 +37,7 @@ from router.demo_models import (
     ModelSpec,
     sigmoid,
 )
-from router.redisproc import RedisProcess
-from router.server import RunningRouter, install_uvloop
+from router.sidecar.server import RunningRouter, install_uvloop
 
 TOKEN = "demo-admin-token"
 COUNTRIES = ("de", "fr", "us", "br", "in")

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from router.records import ts_problem
+from router.capture.records import ts_problem
 
 MAX_ROWS = 5_000
 MAX_ID_LENGTH = 256

@@ -13,7 +13,7 @@ from scipy import stats as st
 
 from router.analysis import Policy, build_report, stats
 from router.analysis.policy import Guardrails, MetricSpec
-from router.analysis.synth import SynthSpec, dataset
+from router.demo.synth import SynthSpec, dataset
 
 T0 = 1_790_000_000.0
 

@@ -2,11 +2,11 @@
 
 ``router serve --workers N`` binds the socket once in the parent, initialises the shared live
 state, starts the embedded Redis when configured, and forks N workers that each run an event loop
-(uvloop) with the router's HTTP server (:mod:`router.httpserver`) on the inherited socket. The
-parent forwards SIGTERM / SIGINT, restarts a worker that dies unexpectedly, and exits 0 once every
-worker stopped cleanly. On SIGTERM the parent closes its copy of the listening socket at once and
-each worker closes its own as its first step, so new connections are refused (not queued and
-later reset) while in-flight requests drain.
+(uvloop) with the router's HTTP server (:mod:`router.sidecar.httpserver`) on the inherited
+socket. The parent forwards SIGTERM / SIGINT, restarts a worker that dies unexpectedly, and exits
+0 once every worker stopped cleanly. On SIGTERM the parent closes its copy of the listening
+socket at once and each worker closes its own as its first step, so new connections are refused
+(not queued and later reset) while in-flight requests drain.
 
 A worker's clean stop: stop accepting, let in-flight requests finish (bounded), wait for shadow
 calls (bounded), flush the capture queue to Redis, write its final metrics snapshot.
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.app import RouterApp
+from router.capture.redisproc import RedisProcess
 from router.config import RouterConfig
-from router.httpserver import HttpLimits, HttpServer
-from router.redisproc import RedisProcess
+from router.sidecar.app import RouterApp
+from router.sidecar.httpserver import HttpLimits, HttpServer
 
 log = logging.getLogger("router.server")
 
@@ -264,8 +264,8 @@ def serve(cfg: RouterConfig, workers: int = 1, log_level: str = "INFO") -> int:
     redis_url, redis_proc = start_redis(cfg)
     try:
         sock = bind_socket(cfg.listen_host, cfg.listen_port)
-        from router.app import initial_state
-        from router.control import ControlFile
+        from router.sidecar.app import initial_state
+        from router.sidecar.control import ControlFile
 
         ControlFile(run_dir).initialise(initial_state(cfg))
         log.info(

@@ -1,9 +1,9 @@
 """One worker's router: upstream pools, shadow dispatcher, capture writer, guard, live state.
 
 :class:`RouterApp` owns the per-process parts and the background tasks (live-state polling,
-guard evaluation, metrics snapshots); :mod:`router.proxy` is the hot path and
-:mod:`router.admin` the operational endpoints. :mod:`router.server` runs one or more of these in
-processes that share the listening socket.
+guard evaluation, metrics snapshots); :mod:`router.sidecar.proxy` is the hot path and
+:mod:`router.sidecar.admin` the operational endpoints. :mod:`router.sidecar.server` runs one or
+more of these in processes that share the listening socket.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from router import admin
-from router.assign import threshold
-from router.capture import CaptureWriter
+from router.capture.records import FinalizeOptions, PendingRecord
+from router.capture.writer import CaptureWriter
 from router.config import RouterConfig
-from router.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
-from router.guard import ShadowGuard
-from router.httpserver import Request, Response
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.proxy import HOP_BY_HOP, handle_proxy, json_error
-from router.records import FinalizeOptions, PendingRecord
-from router.shadow import ShadowDispatcher
-from router.upstream import UpstreamPool
+from router.sidecar import admin
+from router.sidecar.assign import threshold
+from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
+from router.sidecar.guard import ShadowGuard
+from router.sidecar.httpserver import Request, Response
+from router.sidecar.proxy import HOP_BY_HOP, handle_proxy, json_error
+from router.sidecar.shadow import ShadowDispatcher
+from router.sidecar.upstream import UpstreamPool
 
 log = logging.getLogger("router")
 

@@ -22,9 +22,9 @@ from router.analysis.accumulate import Accumulator
 from router.analysis.frames import prepare_records, record_schema
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import PrimaryMetric
-from router.analysis.synth import SynthSpec, dataset
+from router.capture.outcomes import parse_outcomes
 from router.config import AdminConfig, LimitsConfig
-from router.outcomes import parse_outcomes
+from router.demo.synth import SynthSpec, dataset
 from tests.helpers import TOKEN, InProcessRouter, config_dict, make_config, read_stream, wait_for
 
 from .test_report import strict_json

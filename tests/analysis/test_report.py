@@ -19,7 +19,7 @@ from router.analysis.accumulate import Accumulator
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import PrimaryMetric
 from router.analysis.report import report_from
-from router.analysis.synth import SynthSpec, dataset
+from router.demo.synth import SynthSpec, dataset
 
 SCHEMA = json.loads(
     resources.files("router").joinpath("schemas/report.schema.json").read_text(encoding="utf-8")

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from router.assign import bucket
-from router.httpserver import Request, Response, json_response
-from router.records import PendingRecord, Side, get_path
-from router.shadow import ShadowJob, error_kind
-from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.capture.records import PendingRecord, Side, get_path
+from router.sidecar.assign import bucket
+from router.sidecar.httpserver import Request, Response, json_response
+from router.sidecar.shadow import ShadowJob, error_kind
+from router.sidecar.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from router.app import RouterApp
+    from router.sidecar.app import RouterApp
 
 HOP_BY_HOP = frozenset(
     {

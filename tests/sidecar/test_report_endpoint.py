@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from router.demo_models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
+from router.demo.models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
 from tests.helpers import TOKEN, InProcessRouter, config_dict, make_config, read_stream, wait_for
 
 

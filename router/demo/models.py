@@ -115,7 +115,7 @@ class ModelServer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m router.demo_models --version V [--weights champion|challenger] --port P``."""
+    """``python -m router.demo.models --version V [--weights champion|challenger] --port P``."""
     import argparse
 
     ap = argparse.ArgumentParser(description="serve a demo logistic-regression model")

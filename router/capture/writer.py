@@ -3,9 +3,9 @@
 The hot path calls :meth:`CaptureWriter.submit_record` (or ``submit_outcome``), a bounded
 ``deque.append``: when the queue is full the item is dropped and counted, the request is never
 slowed. A background task wakes every ``batch_interval_ms``, finalizes pending records (JSON
-parsing, prediction extraction, contract diff, field redaction: see :mod:`router.records`) and
-writes each batch with one pipelined round trip. Each stream entry has a single field ``r``
-holding the record's JSON.
+parsing, prediction extraction, contract diff, field redaction: see
+:mod:`router.capture.records`) and writes each batch with one pipelined round trip. Each stream
+entry has a single field ``r`` holding the record's JSON.
 
 **Exactly once, whatever Redis does.** Every write goes through one Lua script per (stream,
 batch). A batch id is ``<writer nonce>.<seq>``: ``seq`` grows by one per batch of this writer
@@ -23,7 +23,7 @@ key of that earlier design (``<stream>:batch:<id>``), so a spool left by it repl
 **Any failure is a spool.** Whatever a write raises (redis-py's errors, including
 ``RedisClusterException``, which is not a ``RedisError``; socket errors; a timeout at
 ``write_timeout_s``; anything unexpected), the batch goes, with its batch id, to the local spool
-(:mod:`router.spooler`), and so does every later batch until the spool is drained: order is
+(:mod:`router.capture.spool`), and so does every later batch until the spool is drained: order is
 kept. A probe task then tests the write path of exactly the streams that failed (a ``SET`` with
 a short expiry on ``<stream>:probe``, which lives in the stream's hash slot, so on a cluster it
 reaches the master that owns that slot, and fails while that master is failing over) with
@@ -39,7 +39,7 @@ The spool is bounded (``spool_max_bytes``): beyond it batches are dropped and co
 experiment's streams share a hash slot while experiments spread over the cluster. With
 ``pair_shards: N > 1`` pairs go to N streams chosen by ``crc32(request_id) % N``:
 ``<experiment>:pairs:<i>``, or ``{<experiment>:<i>}:pairs`` on a cluster (a different slot per
-shard, so one hot experiment spreads over the masters). :mod:`router.capture_reader` merges them
+shard, so one hot experiment spreads over the masters). :mod:`router.capture.reader` merges them
 back in stream-id order.
 """
 
@@ -60,10 +60,10 @@ from urllib.parse import urlsplit
 import orjson
 import redis.asyncio as aioredis
 
+from router.capture.records import FinalizeOptions, PendingRecord, finalize
+from router.capture.spool import Spool
 from router.config import CaptureConfig, parse_redis_url
 from router.metrics import Metrics
-from router.records import FinalizeOptions, PendingRecord, finalize
-from router.spooler import Spool
 
 log = logging.getLogger("router.capture")
 
@@ -237,7 +237,7 @@ class CaptureWriter:
         return self._submit("pairs", rec)
 
     def submit_outcome(self, row: dict[str, Any]) -> bool:
-        """A validated outcome row (see :mod:`router.outcomes`)."""
+        """A validated outcome row (see :mod:`router.capture.outcomes`)."""
         return self._submit("outcomes", row)
 
     # ---- lifecycle ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from router.assign import bucket as assign_bucket
+from router.sidecar.assign import bucket as assign_bucket
 
 COUNTRIES = ("DE", "FR", "US", "BR", "IN")
 DEVICES = ("ios", "android", "web")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.assign import BUCKETS, assign, bucket, in_treatment, threshold
 from router.config import ConfigError, load_config, parse_config
+from router.sidecar.assign import BUCKETS, assign, bucket, in_treatment, threshold
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 UNITS = [f"user-{i}" for i in range(20_000)]
 
 
@@ -62,7 +62,7 @@ def test_independent_salts() -> None:
 
 def test_assignment_in_separate_process_equals_in_process() -> None:
     code = (
-        "from router.assign import bucket;"
+        "from router.sidecar.assign import bucket;"
         "print(','.join(str(bucket('xproc', f'user-{i}')) for i in range(300)))"
     )
     out = subprocess.run(

@@ -123,7 +123,7 @@ def test_ks_and_js_equal_scipy() -> None:
     assert stats.jensen_shannon(pz, qz) == pytest.approx(jensenshannon(pz, qz), rel=1e-12)
     # the report's KS is scipy's ks_2samp on the (complete) hash sample: checked end to end
     from router.analysis import build_report
-    from router.analysis.synth import SynthSpec, dataset
+    from router.demo.synth import SynthSpec, dataset
 
     recs, outs = dataset(SynthSpec(n=3000, challenger_shift=0.3, seed=2))
     rep = build_report(recs, outs, experiment="synth")

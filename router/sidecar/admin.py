@@ -17,8 +17,8 @@ configured, so an unconfigured admin API is closed, not open):
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
   report over the captured streams, computed by ``router analyze`` in a separate, niced process
   so a large analysis never holds this worker's event loop or GIL.
-- ``POST /outcomes``: outcome rows (see :mod:`router.outcomes`); accepts the admin token or the
-  separate outcomes token (``admin.outcomes_token_env``).
+- ``POST /outcomes``: outcome rows (see :mod:`router.capture.outcomes`); accepts the admin token
+  or the separate outcomes token (``admin.outcomes_token_env``).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from router.control import UpstreamPin
-from router.httpserver import Request, Response, json_response
+from router.capture.outcomes import parse_outcomes
 from router.metrics import merge_snapshots, render_prometheus
-from router.outcomes import parse_outcomes
-from router.proxy import json_error
+from router.sidecar.control import UpstreamPin
+from router.sidecar.httpserver import Request, Response, json_response
+from router.sidecar.proxy import json_error
 
 if TYPE_CHECKING:
-    from router.app import RouterApp
+    from router.sidecar.app import RouterApp
 
 log = logging.getLogger("router.admin")
 

@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from router.assign import assign
-from router.demo_models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
+from router.demo.models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
+from router.sidecar.assign import assign
 from tests.helpers import (
     TOKEN,
     InProcessRouter,

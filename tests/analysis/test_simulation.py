@@ -1,7 +1,7 @@
 """Calibration by simulation (seeded): false-positive rates, peeking, coverage, SRM power.
 
 CI-sized by default (about 20 s in all); ``ROUTER_FULL_SIM=1`` runs 10x the experiments for a
-tighter check, e.g. ``ROUTER_FULL_SIM=1 python -m pytest tests/analyzer/test_simulation.py``
+tighter check, e.g. ``ROUTER_FULL_SIM=1 python -m pytest tests/analysis/test_simulation.py``
 (the older name ``ROUTER_SIM_FULL=1`` is accepted too).
 """
 

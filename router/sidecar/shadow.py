@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.capture.records import PendingRecord, Side
 from router.metrics import Metrics
-from router.records import PendingRecord, Side
-from router.upstream import (
+from router.sidecar.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamNotRetriedError,

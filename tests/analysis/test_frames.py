@@ -21,7 +21,7 @@ from router.analysis.policy import PrimaryMetric
 from router.analysis.report import report_from
 from router.analysis.run import Pages, Source, accumulate, fold, iter_chunks
 from router.analysis.sketches import IdSet
-from router.analysis.synth import SynthSpec, dataset
+from router.demo.synth import SynthSpec, dataset
 
 from .test_report import assert_close, without_time
 

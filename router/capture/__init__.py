@@ -1,0 +1,1 @@
+"""Capture: records, the Redis writer, spool, readers, consumer groups, outcomes."""

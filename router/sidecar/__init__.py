@@ -1,0 +1,1 @@
+"""The sidecar: the hot path and its server."""
