@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import importlib
 import os
 import socket
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import uvloop
@@ -37,13 +37,33 @@ REQ = (
 ) + BODY
 
 
-def load(name: str, checkout: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, checkout / "router" / "httpserver.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def _router_modules() -> dict[str, ModuleType]:
+    return {k: m for k, m in sys.modules.items() if k == "router" or k.startswith("router.")}
+
+
+def load(checkout: Path) -> SimpleNamespace:
+    """``HttpProtocol``, ``HttpServer`` and ``Response`` of one checkout's ``router`` package,
+    imported in isolation (its modules leave ``sys.modules`` again, so another checkout's can be
+    loaded beside them). Knows both layouts: ``router/httpserver.py`` before the sidecar package,
+    ``router/sidecar/httpserver.py`` (with ``http_messages.py``) after."""
+    saved = _router_modules()
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout))
+    try:
+        flat = (checkout / "router" / "httpserver.py").exists()
+        name = "router.httpserver" if flat else "router.sidecar.httpserver"
+        server = importlib.import_module(name)
+        response = getattr(server, "Response", None)
+        if response is None:
+            response = importlib.import_module("router.sidecar.http_messages").Response
+        return SimpleNamespace(HttpProtocol=server.HttpProtocol, HttpServer=server.HttpServer,
+                               Response=response)  # fmt: skip
+    finally:
+        sys.path.remove(str(checkout))
+        for name in _router_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 class _Transport:
@@ -68,11 +88,11 @@ class _Transport:
         pass
 
 
-async def _ok(mod: ModuleType) -> Any:
+async def _ok(mod: Any) -> Any:
     return mod.Response(200, b'{"score": 0.5}', [(b"Content-Type", b"application/json")])
 
 
-def parse_cost(mod: ModuleType, n: int) -> float:
+def parse_cost(mod: Any, n: int) -> float:
     async def handler(req: Any) -> Any:
         return await _ok(mod)
 
@@ -122,7 +142,7 @@ class _Client(asyncio.Protocol):
             self.transport.write(REQ)
 
 
-async def exchange_cost(mod: ModuleType, n: int, conns: int = 32) -> float:
+async def exchange_cost(mod: Any, n: int, conns: int = 32) -> float:
     async def handler(req: Any) -> Any:
         return await _ok(mod)
 
@@ -159,9 +179,9 @@ def main() -> int:
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
-    sides = {"this": load("httpserver_this", ROOT)}
+    sides = {"this": load(ROOT)}
     if args.baseline:
-        sides = {"baseline": load("httpserver_baseline", args.baseline), **sides}
+        sides = {"baseline": load(args.baseline), **sides}
     results: dict[str, dict[str, list[float]]] = {s: {"parse": [], "exchange": []} for s in sides}
 
     async def run() -> None:

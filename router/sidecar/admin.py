@@ -38,7 +38,7 @@ import orjson
 from router.capture.outcomes import parse_outcomes
 from router.metrics import merge_snapshots, render_prometheus
 from router.sidecar.control import UpstreamPin
-from router.sidecar.httpserver import Request, Response, json_response
+from router.sidecar.http_messages import Request, Response, json_response
 from router.sidecar.proxy import json_error
 
 if TYPE_CHECKING:

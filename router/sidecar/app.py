@@ -25,7 +25,7 @@ from router.sidecar import admin
 from router.sidecar.assign import threshold
 from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
 from router.sidecar.guard import ShadowGuard
-from router.sidecar.httpserver import Request, Response
+from router.sidecar.http_messages import Request, Response
 from router.sidecar.proxy import HOP_BY_HOP, handle_proxy, json_error
 from router.sidecar.shadow import ShadowDispatcher
 from router.sidecar.upstream import UpstreamPool

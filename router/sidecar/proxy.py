@@ -25,7 +25,7 @@ import orjson
 
 from router.capture.records import PendingRecord, Side, get_path
 from router.sidecar.assign import bucket
-from router.sidecar.httpserver import Request, Response, json_response
+from router.sidecar.http_messages import Request, Response, json_response
 from router.sidecar.shadow import ShadowJob, error_kind
 from router.sidecar.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 

@@ -33,7 +33,8 @@ from typing import Any
 from router.capture.redisproc import RedisProcess
 from router.config import RouterConfig
 from router.sidecar.app import RouterApp
-from router.sidecar.httpserver import HttpLimits, HttpServer
+from router.sidecar.http_limits import HttpLimits
+from router.sidecar.httpserver import HttpServer
 
 log = logging.getLogger("router.server")
 

@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from router.sidecar.httpserver import HttpLimits, HttpServer, Request, Response
+from router.sidecar.http_limits import HttpLimits
+from router.sidecar.http_messages import Request, Response
+from router.sidecar.httpserver import HttpServer
 from tests.helpers import ROOT, wait_for
 
 
