@@ -27,7 +27,7 @@ from router.capture.records import PendingRecord, Side, get_path
 from router.sidecar.assign import bucket
 from router.sidecar.http_messages import Request, Response, json_response
 from router.sidecar.shadow import ShadowJob, error_kind
-from router.sidecar.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.sidecar.upstream_types import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 if TYPE_CHECKING:
     from router.sidecar.app import RouterApp

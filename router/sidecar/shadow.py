@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from router.capture.records import PendingRecord, Side
 from router.metrics import Metrics
-from router.sidecar.upstream import (
+from router.sidecar.upstream import UpstreamPool
+from router.sidecar.upstream_types import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamNotRetriedError,
-    UpstreamPool,
     UpstreamTimeout,
 )
 

@@ -20,11 +20,11 @@ import uvloop
 from aiohttp import web
 from multidict import CIMultiDict
 
-from router.sidecar.upstream import (
+from router.sidecar.upstream import UpstreamPool
+from router.sidecar.upstream_types import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamNotRetriedError,
-    UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
