@@ -27,9 +27,11 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
+from router.capture.batches import WRITE_BATCH_LUA
+from router.capture.keys import writer_mark_key
 from router.capture.records import FinalizeOptions, PendingRecord, Side
 from router.capture.redisproc import RedisProcess
-from router.capture.writer import WRITE_BATCH_LUA, CaptureWriter, writer_mark_key
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig
 from router.metrics import Metrics
 from router.netutil import free_port

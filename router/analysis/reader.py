@@ -102,8 +102,8 @@ def id_until(src: Source) -> float | None:
 
 def record_chunks(src: Source) -> Iterator[Chunk]:
     if src.redis_url:
+        from router.capture.clients import make_sync_client
         from router.capture.reader import discover_pair_keys
-        from router.capture.writer import make_sync_client
 
         client = make_sync_client(src.redis_url)
         try:
@@ -133,7 +133,7 @@ def _experiment_of(key: str) -> str | None:
 def experiments_in_redis(url: str, limit: int = 20) -> dict[str, int]:
     """The experiments with a pairs stream in a Redis, and their records (for an experiment
     name that matches nothing)."""
-    from router.capture.writer import make_sync_client
+    from router.capture.clients import make_sync_client
 
     client = make_sync_client(url)
     found: dict[str, int] = {}

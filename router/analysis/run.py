@@ -40,8 +40,8 @@ Progress = Callable[[int], object]
 def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
     oi = OutcomeIndex(max_metrics)
     if src.redis_url:
+        from router.capture.clients import make_sync_client
         from router.capture.reader import stream_keys
-        from router.capture.writer import make_sync_client
 
         client = make_sync_client(src.redis_url)
         try:
@@ -57,8 +57,8 @@ def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
 
 def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
     """The pairs stream keys and the first and last ids (unix s) over all of them."""
+    from router.capture.clients import make_sync_client
     from router.capture.reader import discover_pair_keys, earliest_available, latest_available
-    from router.capture.writer import make_sync_client
 
     assert src.redis_url is not None
     client = make_sync_client(src.redis_url)

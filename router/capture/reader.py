@@ -13,7 +13,7 @@ replayed from the spool after an outage: they are stored late, with the id of th
   analysing half a window.
 
 Works with ``redis.Redis`` and ``redis.cluster.RedisCluster`` (blocking clients); stream keys come
-from :mod:`router.capture.writer`.
+from :mod:`router.capture.keys`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, overload
 
 import orjson
 
-from router.capture.writer import outcomes_key, pair_keys, pairs_key
+from router.capture.keys import outcomes_key, pair_keys, pairs_key
 
 PAGE = 1000
 MAX_SHARDS = 256

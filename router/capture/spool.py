@@ -19,7 +19,7 @@ A segment starts with the 8-byte magic ``b"SRSPOOL1"`` followed by frames::
     body = u16 len(key) | u8 len(batch_id) | key | batch_id | payload
 
 ``key`` is the Redis stream key, ``batch_id`` the writer batch the entry belongs to (replays are
-de-duplicated per batch, see :mod:`router.capture.writer`), ``payload`` the record's JSON.
+de-duplicated per batch, see :mod:`router.capture.batches`), ``payload`` the record's JSON.
 
 Rules:
 

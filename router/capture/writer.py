@@ -7,18 +7,8 @@ parsing, prediction extraction, contract diff, field redaction: see
 :mod:`router.capture.records`) and writes each batch with one pipelined round trip. Each stream
 entry has a single field ``r`` holding the record's JSON.
 
-**Exactly once, whatever Redis does.** Every write goes through one Lua script per (stream,
-batch). A batch id is ``<writer nonce>.<seq>``: ``seq`` grows by one per batch of this writer
-process, and a writer's batches reach each stream in ``seq`` order (a failed batch and every
-later one go to the spool and are replayed in order). So one *high-water mark* per (stream,
-writer) is enough to recognise a batch that is already in Redis: the script reads
-``<stream>:writer:<nonce>``; a ``seq`` at or below it is a duplicate (``-1``); otherwise it
-adds every entry of the batch (``XADD``), trims the stream (``MAXLEN ~`` and/or ``MINID ~``) and
-sets the mark to ``seq`` with ``EX dedupe_ttl_s``. A script runs atomically, so a batch is in the
-stream entirely or not at all and can never be applied twice. The marks cost one small key per
-writer process and stream, whatever the traffic (the earlier design kept one key per batch:
-1.6 million keys a day per worker at 400 req/s). At replay the script also honours the per-batch
-key of that earlier design (``<stream>:batch:<id>``), so a spool left by it replays exactly once.
+The parts it relies on: :mod:`router.capture.batches` (batch ids and the exactly-once script),
+:mod:`router.capture.keys` (stream names), :mod:`router.capture.clients` (Redis clients).
 
 **Any failure is a spool.** Whatever a write raises (redis-py's errors, including
 ``RedisClusterException``, which is not a ``RedisError``; socket errors; a timeout at
@@ -32,15 +22,6 @@ logs its first failure and then every 30 s. Once the probe's write succeeds, the
 replayed oldest first through the same script, so a batch whose first attempt did reach Redis
 (a timeout after success) or that was replayed just before a crash is skipped, not duplicated.
 The spool is bounded (``spool_max_bytes``): beyond it batches are dropped and counted.
-
-**Keys** (the one place that names them; readers call these functions):
-``<experiment>:pairs`` and ``<experiment>:outcomes`` on a single Redis; with Redis Cluster
-(``redis+cluster://``) ``{<experiment>}:pairs`` and ``{<experiment>}:outcomes`` so one
-experiment's streams share a hash slot while experiments spread over the cluster. With
-``pair_shards: N > 1`` pairs go to N streams chosen by ``crc32(request_id) % N``:
-``<experiment>:pairs:<i>``, or ``{<experiment>:<i>}:pairs`` on a cluster (a different slot per
-shard, so one hot experiment spreads over the masters). :mod:`router.capture.reader` merges them
-back in stream-id order.
 """
 
 from __future__ import annotations
@@ -54,129 +35,26 @@ import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
+from router.capture.batches import WRITE_BATCH_LUA, Group, Item, run_script
+from router.capture.clients import is_cluster_url, make_client
+from router.capture.health import describe_error, readiness
+from router.capture.keys import outcomes_key, pairs_key, probe_key, stream_kind
 from router.capture.records import FinalizeOptions, PendingRecord, finalize
 from router.capture.spool import Spool
-from router.config import CaptureConfig, parse_redis_url
+from router.config import CaptureConfig
 from router.metrics import Metrics
 
 log = logging.getLogger("router.capture")
 
-T = TypeVar("T")
-Item = tuple[str, Any]  # ("pairs" | "outcomes", PendingRecord | dict)
-Group = tuple[str, str, list[bytes]]  # (stream key, batch id, payloads)
 
-# KEYS[1] stream, KEYS[2] the writer's high-water mark, KEYS[3] (replays only) the per-batch
-# marker of the earlier design; ARGV: ttl_s, maxlen|'', minid|'', seq, payload...
-# Returns the number of entries added, or -1 when the batch was already written.
-WRITE_BATCH_LUA = """
-local seq = tonumber(ARGV[4])
-if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then return -1 end
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-for i = 5, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
-if ARGV[2] ~= '' then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3]) end
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])
-return #ARGV - 4
-"""
 PROBE_TTL_MS = 10_000
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 PROBE_LOG_EVERY_S = 30.0
-
-
-# ---- key naming and clients (the single source of truth) -------------------------------------
-def is_cluster_url(url: str) -> bool:
-    return urlsplit(url).scheme.endswith("+cluster")
-
-
-def pairs_key(experiment: str, *, cluster: bool = False, shard: int | None = None) -> str:
-    if shard is None:
-        return f"{{{experiment}}}:pairs" if cluster else f"{experiment}:pairs"
-    return f"{{{experiment}:{shard}}}:pairs" if cluster else f"{experiment}:pairs:{shard}"
-
-
-def outcomes_key(experiment: str, *, cluster: bool = False) -> str:
-    return f"{{{experiment}}}:outcomes" if cluster else f"{experiment}:outcomes"
-
-
-def pair_keys(experiment: str, *, cluster: bool = False, shards: int = 1) -> list[str]:
-    """Every pairs stream of an experiment written with ``pair_shards = shards``."""
-    if shards <= 1:
-        return [pairs_key(experiment, cluster=cluster)]
-    return [pairs_key(experiment, cluster=cluster, shard=i) for i in range(shards)]
-
-
-def writer_mark_key(stream_key: str, nonce: str) -> str:
-    """The exactly-once high-water mark of one writer on one stream (same hash slot)."""
-    return f"{stream_key}:writer:{nonce}"
-
-
-def batch_marker_key(stream_key: str, batch_id: str) -> str:
-    """The per-batch marker of the earlier design (only read, at replay, for old spools)."""
-    return f"{stream_key}:batch:{batch_id}"
-
-
-def probe_key(stream_key: str) -> str:
-    """The key the recovery probe writes to test a stream's write path (same hash slot)."""
-    return f"{stream_key}:probe"
-
-
-def split_batch_id(batch_id: str) -> tuple[str, int]:
-    """``<nonce>.<seq hex>`` → (nonce, seq). An id of another form is its own nonce with
-    ``seq`` 1, which de-duplicates it like a per-batch marker would."""
-    nonce, _, seq = batch_id.rpartition(".")
-    try:
-        n = int(seq, 16)
-    except ValueError:
-        return batch_id, 1
-    return (nonce, n) if nonce and n > 0 else (batch_id, 1)
-
-
-def stream_kind(key: str) -> str:
-    return "outcomes" if key.endswith(":outcomes") else "pairs"
-
-
-def make_client(url: str, timeout: float = 2.0) -> Any:
-    """An asyncio client: ``redis.asyncio.Redis``, or ``RedisCluster`` for ``+cluster`` URLs
-    (every seed of ``redis+cluster://h1:p1,h2:p2,...`` is a startup node, so the client starts
-    while some seeds are down).
-
-    ``rediss://`` (TLS) and credentials in the URL (``redis://user:password@host``) are passed
-    to redis-py as they are. A malformed URL raises ``ValueError`` naming the problem."""
-    target = parse_redis_url(url)
-    kw: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": min(1.0, timeout)}
-    if target.cluster:
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # no blind client-side retries: a failed write goes to the spool and is replayed
-        # through the de-duplicating script (redirections, MOVED/ASK, are still followed)
-        seeds = [ClusterNode(host, port) for host, port in target.seeds[1:]]
-        return RedisCluster.from_url(target.node_url(0), startup_nodes=seeds,
-                                     retry=Retry(NoBackoff(), 0), **kw)  # fmt: skip
-    return aioredis.Redis.from_url(url, retry_on_timeout=False, **kw)
-
-
-def make_sync_client(url: str, timeout: float = 10.0) -> Any:
-    """A blocking client (readers, export, controller): ``redis.Redis`` or
-    ``redis.cluster.RedisCluster`` (all seeds of a cluster URL, as :func:`make_client`)."""
-    import redis
-
-    target = parse_redis_url(url)
-    kw: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": min(2.0, timeout)}
-    if target.cluster:
-        from redis.cluster import ClusterNode, RedisCluster
-
-        seeds = [ClusterNode(host, port) for host, port in target.seeds[1:]]
-        return RedisCluster.from_url(target.node_url(0), startup_nodes=seeds, **kw)
-    return redis.Redis.from_url(url, **kw)
 
 
 def spool_dir_of(cfg: CaptureConfig) -> Path:
@@ -323,43 +201,19 @@ class CaptureWriter:
         }
 
     async def readiness(self) -> dict[str, Any]:
-        """The capture check of ``/readyz``; never raises. Ready when Redis takes writes, or
-        when the spool takes them (it has room) while the probe works on recovery: a Redis
-        outage alone does not take a router out of rotation. Not ready when the spool is
-        full or disabled while Redis is down, or when the writer or its probe has stopped."""
+        """The capture check of ``/readyz`` (:func:`router.capture.health.readiness`); never
+        raises."""
         try:
             st = self.status()
             redis_ok = self.healthy and await self.ping()
             running = self._task is not None and not self._task.done()
-            recovering = self.healthy or bool(st["recovering"])
-            spooling = bool(st["spool_enabled"]) and not st["spool_full"]
-            ok = running and (redis_ok or (spooling and recovering))
-            if not running:
-                error: str | None = "the capture writer is not running"
-            elif redis_ok:
-                error = None
-            elif not recovering:
-                error = "Redis is down and nothing is probing it"
-            elif not spooling:
-                error = ("spool full: records are being dropped; " if st["spool_enabled"]
-                         else "no spool: records are being dropped; ") + (
-                    self.last_error or "Redis write probe failed")  # fmt: skip
-            else:
-                error = self.last_error or "Redis write probe failed"
-            return {
-                "ok": ok,
-                "redis": redis_ok,
-                "spooling": not redis_ok and spooling,
-                "recovering": not redis_ok and recovering,
-                "queue": st["queue"],
-                "spool_bytes": st["spool_bytes"],
-                "error": error,
-            }
+            return readiness(st, healthy=self.healthy, redis_ok=redis_ok, running=running,
+                             last_error=self.last_error)  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # pragma: no cover - defensive: a readiness check never raises
             return {"ok": False, "redis": False, "spooling": False, "recovering": False,
-                    "error": f"capture check failed: {_describe(exc)}"}  # fmt: skip
+                    "error": f"capture check failed: {describe_error(exc)}"}  # fmt: skip
 
     # ---- encoding -------------------------------------------------------------------------
     def _key(self, stream: str, experiment: str, shard: int) -> str:
@@ -383,7 +237,7 @@ class CaptureWriter:
                 return self._key(stream, obj.experiment, shard), orjson.dumps(doc)
             return self._key(stream, str(obj["experiment"]), 0), orjson.dumps(obj)
         except Exception as exc:  # whatever a record holds, the writer goes on
-            log.error("unserialisable capture item dropped: %s", _describe(exc))
+            log.error("unserialisable capture item dropped: %s", describe_error(exc))
             self.metrics.inc("router_capture_dropped", ("unserialisable",))
             return None
 
@@ -401,35 +255,10 @@ class CaptureWriter:
         return [(key, bid, payloads) for key, payloads in by_key.items()]
 
     # ---- Redis ----------------------------------------------------------------------------
-    def _call(self, key: str, bid: str, payloads: list[bytes], replay: bool,
-              ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        """KEYS and ARGV of the batch script for one (stream, batch)."""
-        nonce, seq = split_batch_id(bid)
-        keys = [key, writer_mark_key(key, nonce)]
-        if replay:  # a spool written before the high-water marks may hold such a batch
-            keys.append(batch_marker_key(key, bid))
-        minid = ""
-        if self.cfg.retention_s:
-            minid = str(int((time.time() - self.cfg.retention_s) * 1000))
-        maxlen = self.cfg.stream_maxlen or ""
-        return keys, [self.cfg.dedupe_ttl_s, maxlen, minid, seq, *payloads]
-
     async def _apply(self, groups: list[Group], replay: bool = False) -> list[int]:
         """Run the batch script for every group; ``-1`` marks a batch that was already written.
         The write seam: whatever this raises sends the batch to the spool."""
-        script = self._script
-        if not self.cluster:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key, bid, payloads in groups:
-                    await script(*self._call(key, bid, payloads, replay), pipe)
-                return [int(r) for r in await pipe.execute()]
-        # cluster: one script call at a time (each routed to its slot's master). redis-py's
-        # asyncio cluster client loses connections under concurrent use (gather), and one
-        # batch script carries hundreds of entries, so sequential calls are not the bottleneck.
-        out: list[int] = []
-        for key, bid, payloads in groups:
-            out.append(int(await script(*self._call(key, bid, payloads, replay))))
-        return out
+        return await run_script(self.client, self._script, self.cfg, groups, self.cluster, replay)
 
     async def _write(self, groups: list[Group], replay: bool = False) -> list[int]:
         return await asyncio.wait_for(self._apply(groups, replay), self.cfg.write_timeout_s * 2)
@@ -453,7 +282,7 @@ class CaptureWriter:
         """A write failed (any exception): count, remember which streams to probe, back off."""
         kind = type(exc).__name__
         self.metrics.inc("router_capture_errors", (kind,))
-        self.last_error = _describe(exc, self.cfg.write_timeout_s * 2)
+        self.last_error = describe_error(exc, self.cfg.write_timeout_s * 2)
         self._probe_keys = {key for key, _, _ in groups}
         # a write that fails again right after a good probe does not restart the backoff
         self._backoff = min(BACKOFF_MAX_S, self._backoff * 2) if self._failing else BACKOFF_MIN_S
@@ -501,7 +330,7 @@ class CaptureWriter:
             except Exception as exc:  # whatever the client raises, keep probing
                 failures += 1
                 self.metrics.inc("router_capture_probes", ("failed",))
-                self.last_error = _describe(exc, max(1.0, self.cfg.write_timeout_s))
+                self.last_error = describe_error(exc, max(1.0, self.cfg.write_timeout_s))
                 self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
                 now = time.monotonic()
                 if failures == 1 or now - last_log >= PROBE_LOG_EVERY_S:
@@ -559,7 +388,7 @@ class CaptureWriter:
         try:
             stored, refused = await self._in_io(append_all)
         except Exception as exc:
-            log.error("capture: cannot write the spool: %s", _describe(exc))
+            log.error("capture: cannot write the spool: %s", describe_error(exc))
             self._drop("spool_error", sum(len(p) for _, _, p in groups))
             return
         if stored:
@@ -669,14 +498,6 @@ class CaptureWriter:
                     self.metrics.inc("router_capture_spool_recovered")
                     self._spool_gauges()
         await asyncio.sleep(self._interval)
-
-
-def _describe(exc: BaseException, timeout: float | None = None) -> str:
-    """``Kind: message`` on one line (a timeout says how long it waited)."""
-    text = " ".join(str(exc).split())
-    if not text and isinstance(exc, TimeoutError) and timeout is not None:
-        text = f"no answer within {timeout:g} s"
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:

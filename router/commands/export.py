@@ -125,8 +125,8 @@ def export(
     import orjson
     from tqdm import tqdm
 
+    from router.capture.clients import make_sync_client
     from router.capture.reader import earliest_available, iter_merged, stream_keys
-    from router.capture.writer import make_sync_client
 
     client = make_sync_client(url)
     try:

@@ -400,8 +400,8 @@ class Controller:
     async def _read(self, since: float, until: float, outcomes: bool = False) -> list[Any]:
         """Captured records (or outcomes) of the window, through the capture reader (every
         shard), in a thread: the blocking client never stalls lease renewal."""
+        from router.capture.clients import make_sync_client
         from router.capture.reader import read_window
-        from router.capture.writer import make_sync_client
 
         if self._reader is None:
             self._reader = make_sync_client(self.opts.redis_url)
@@ -414,8 +414,8 @@ class Controller:
         """Records of every pair stream stored after the last one read for this step (from the
         step's start on the first read): each record is counted once, and a tick reads only
         what arrived since the previous one."""
+        from router.capture.clients import make_sync_client
         from router.capture.reader import iter_stream, stream_keys
-        from router.capture.writer import make_sync_client
 
         if self._reader is None:
             self._reader = make_sync_client(self.opts.redis_url)

@@ -10,16 +10,12 @@ from typing import Any
 import pytest
 import redis
 
+from router.capture.clients import make_sync_client
+from router.capture.keys import outcomes_key, pair_keys, pairs_key
 from router.capture.reader import earliest_available, iter_merged, read_window, stream_keys
 from router.capture.records import FinalizeOptions, PendingRecord, Side
 from router.capture.redisproc import LocalCluster
-from router.capture.writer import (
-    CaptureWriter,
-    make_sync_client,
-    outcomes_key,
-    pair_keys,
-    pairs_key,
-)
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig, ConfigError, parse_config, parse_redis_url
 from router.metrics import Metrics
 from router.netutil import free_port

@@ -13,9 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from router.capture.clients import make_sync_client
 from router.capture.reader import read_window
 from router.capture.redisproc import LocalCluster
-from router.capture.writer import CaptureWriter, make_sync_client
+from router.capture.writer import CaptureWriter
 from tests.helpers import InProcessRouter, config_dict, make_config, wait_for
 
 

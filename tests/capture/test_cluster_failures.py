@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router.capture.clients import make_sync_client
+from router.capture.keys import outcomes_key
 from router.capture.reader import read_window
 from router.capture.records import FinalizeOptions
 from router.capture.redisproc import LocalCluster
-from router.capture.writer import CaptureWriter, make_sync_client, outcomes_key
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig
 from router.metrics import Metrics
 from tests.helpers import InProcessRouter, config_dict, make_config, wait_for

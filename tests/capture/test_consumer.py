@@ -8,7 +8,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from router.capture.consumer import StreamConsumer
-from router.capture.writer import pairs_key
+from router.capture.keys import pairs_key
 
 
 async def test_group_reads_acks_and_recovers_a_crashed_consumers_entries(redis_url: str) -> None:

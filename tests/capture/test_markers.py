@@ -65,8 +65,8 @@ async def test_a_spool_left_by_the_per_batch_marker_design_replays_exactly_once(
     and is also in the spool (its write timed out after success); batch 6 is only spooled."""
     import orjson
 
+    from router.capture.keys import batch_marker_key
     from router.capture.spool import Spool
-    from router.capture.writer import batch_marker_key
 
     key = "t:outcomes"
     rows = [orjson.dumps(_row(i)) for i in range(3)]

@@ -17,8 +17,9 @@ import pytest
 import redis
 import redis.exceptions
 
+from router.capture.batches import Group
 from router.capture.records import FinalizeOptions
-from router.capture.writer import CaptureWriter, Group
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig
 from router.metrics import Metrics
 from tests.helpers import wait_for

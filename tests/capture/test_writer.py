@@ -10,10 +10,13 @@ from typing import Any
 
 import redis
 
+from router.capture.batches import WRITE_BATCH_LUA
+from router.capture.clients import make_client
+from router.capture.keys import outcomes_key
 from router.capture.records import FinalizeOptions
 from router.capture.redisproc import RedisProcess
 from router.capture.spool import Spool
-from router.capture.writer import WRITE_BATCH_LUA, CaptureWriter, make_client, outcomes_key
+from router.capture.writer import CaptureWriter
 from router.config import CaptureConfig, parse_config
 from router.metrics import Metrics
 from router.sidecar.server import start_redis
