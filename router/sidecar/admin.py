@@ -30,19 +30,16 @@ import os
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
 from router.capture.outcomes import parse_outcomes
 from router.metrics import merge_snapshots, render_prometheus
+from router.sidecar.app import RouterApp
 from router.sidecar.control import UpstreamPin
-from router.sidecar.http_messages import Request, Response, json_response
-from router.sidecar.proxy import json_error
-
-if TYPE_CHECKING:
-    from router.sidecar.app import RouterApp
+from router.sidecar.http_messages import Request, Response, json_error, json_response
 
 log = logging.getLogger("router.admin")
 

@@ -1,9 +1,10 @@
 """One worker's router: upstream pools, shadow dispatcher, capture writer, guard, live state.
 
 :class:`RouterApp` owns the per-process parts and the background tasks (live-state polling,
-guard evaluation, metrics snapshots); :mod:`router.sidecar.proxy` is the hot path and
-:mod:`router.sidecar.admin` the operational endpoints. :mod:`router.sidecar.server` runs one or
-more of these in processes that share the listening socket.
+guard evaluation, metrics snapshots). It imports no request handler: :mod:`router.sidecar.dispatch`
+routes each request to :mod:`router.sidecar.proxy` (the hot path) or :mod:`router.sidecar.admin`
+(the operational endpoints), which take the app as a parameter. :mod:`router.sidecar.server` runs
+one or more of these in processes that share the listening socket.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from router.capture.records import FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
 from router.config import RouterConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.sidecar import admin
 from router.sidecar.assign import threshold
 from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
 from router.sidecar.guard import ShadowGuard
-from router.sidecar.http_messages import Request, Response
-from router.sidecar.proxy import HOP_BY_HOP, handle_proxy, json_error
+from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
 from router.sidecar.upstream import UpstreamPool
 
@@ -268,15 +267,3 @@ class RouterApp:
         metric, labels = self._EVENTS.get(name, ("router_connections_closed", (name,)))
         self.metrics.inc(metric, labels)
 
-    async def handle(self, request: Request) -> Response:
-        path = request.raw_path
-        if path.startswith(self.admin_prefix) or path.split("?", 1)[0] == "/outcomes":
-            return await admin.handle_admin(self, request)
-        if path in ("/metrics", "/healthz", "/readyz"):
-            return await admin.handle_ops(self, request, path)
-        try:
-            return await handle_proxy(self, request)
-        except Exception as exc:  # pragma: no cover - last line of defence, logged loudly
-            log.exception("unexpected error while proxying")
-            self.metrics.inc("router_rejected_requests", ("internal_error",))
-            return json_error(500, "internal router error", detail=type(exc).__name__)

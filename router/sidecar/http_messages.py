@@ -149,6 +149,10 @@ def json_response(data: Any, status: int = 200) -> Response:
     )
 
 
+def json_error(status: int, error: str, **extra: object) -> Response:
+    return json_response({"error": error, **extra}, status)
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 

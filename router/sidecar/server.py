@@ -32,7 +32,9 @@ from typing import Any
 
 from router.capture.redisproc import RedisProcess
 from router.config import RouterConfig
-from router.sidecar.app import RouterApp
+from router.sidecar.app import RouterApp, initial_state
+from router.sidecar.control import ControlFile
+from router.sidecar.dispatch import handler_for
 from router.sidecar.http_limits import HttpLimits
 from router.sidecar.httpserver import HttpServer
 
@@ -145,7 +147,7 @@ class RunningRouter:
         self.app = RouterApp(cfg, run_dir, redis_url)
         self.initialise_control = initialise_control
         self.http = HttpServer(
-            self.app.handle,
+            handler_for(self.app),
             limits=http_limits(cfg, self.app.descriptors_reserved()),
             on_refused=self.app.on_refused,
             on_event=self.app.on_event,
@@ -265,9 +267,6 @@ def serve(cfg: RouterConfig, workers: int = 1, log_level: str = "INFO") -> int:
     redis_url, redis_proc = start_redis(cfg)
     try:
         sock = bind_socket(cfg.listen_host, cfg.listen_port)
-        from router.sidecar.app import initial_state
-        from router.sidecar.control import ControlFile
-
         ControlFile(run_dir).initialise(initial_state(cfg))
         log.info(
             "shadow-router listening on %s with %d worker(s); champion %s@%s, challenger %s@%s, "
