@@ -21,6 +21,7 @@ from aiohttp import web
 
 from router.config import RouterConfig, parse_config
 from router.netutil import free_port
+from router.sidecar.app import PromotionView
 from router.sidecar.server import RunningRouter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,14 @@ def make_config(d: dict[str, Any]) -> RouterConfig:
 
 
 class InProcessRouter:
-    def __init__(self, cfg: RouterConfig, run_dir: Path, redis_url: str | None) -> None:
-        self.router = RunningRouter(cfg, run_dir, redis_url)
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        run_dir: Path,
+        redis_url: str | None,
+        promotion_view: PromotionView | None = None,
+    ) -> None:
+        self.router = RunningRouter(cfg, run_dir, redis_url, promotion_view=promotion_view)
         self.port = 0
 
     @property

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from router.commands.serve import promotion_view
     from router.demo.story import DemoOptions, main
 
     return main(
@@ -28,5 +29,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             data_dir=args.data_dir,
             report=args.report,
+            promotion_view=promotion_view,
         )
     )

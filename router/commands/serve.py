@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,4 +28,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from router.sidecar.server import serve
 
-    return serve(cfg, workers=args.workers, log_level=args.log_level)
+    return serve(
+        cfg, workers=args.workers, log_level=args.log_level, promotion_view=promotion_view
+    )
+
+
+async def promotion_view(redis_url: str, experiment: str) -> dict[str, Any] | None:
+    """The admin API's ``GET <prefix>/promotion``: what ``router canary status --json`` prints,
+    or None when no controller ever ran for ``experiment``. Injected into the sidecar here, so
+    the sidecar never imports :mod:`router.promotion` (loaded on the first such request)."""
+    from router.promotion import actions
+
+    try:
+        return await actions.status(redis_url, experiment)
+    except actions.NoExperiment:
+        return None

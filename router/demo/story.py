@@ -37,6 +37,7 @@ from router.demo.models import (
     ModelSpec,
     sigmoid,
 )
+from router.sidecar.app import PromotionView
 from router.sidecar.server import RunningRouter, install_uvloop
 
 TOKEN = "demo-admin-token"
@@ -53,6 +54,7 @@ class DemoOptions:
     data_dir: Path = Path(".router-data/demo")
     report: Path = Path("demo-report.html")
     quiet: bool = False
+    promotion_view: PromotionView | None = None  # the admin API's /promotion (router demo sets it)
 
 
 class Zipf:
@@ -279,7 +281,7 @@ async def _story(opts: DemoOptions, rng: random.Random, redis_url: str, t_start:
     os.environ["ROUTER_DEMO_TOKEN"] = TOKEN
     run_dir = Path(tempfile.mkdtemp(prefix="shadow-router-demo-"))
     cfg = _config(champion.url, challenger.url, redis_url, opts.data_dir)
-    router = RunningRouter(cfg, run_dir, redis_url)
+    router = RunningRouter(cfg, run_dir, redis_url, promotion_view=opts.promotion_view)
     try:
         port = await router.start()
         url = f"http://127.0.0.1:{port}"

@@ -13,7 +13,8 @@ configured, so an unconfigured admin API is closed, not open):
 - ``GET  <prefix>/state``: live experiment state, guard state and counters.
 - ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
   "challenger": {...}, "note": str}`` (any subset); applied on every worker within a second.
-- ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history.
+- ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history
+  (through the injected promotion view; 503 naming the reason when the router has none).
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
   report over the captured streams, computed by ``router analyze`` in a separate, niced process
   so a large analysis never holds this worker's event loop or GIL.
@@ -253,20 +254,24 @@ _TIME = re.compile(r"^[0-9T:.+\-Z ]{1,40}$")
 
 async def handle_promotion(app: RouterApp, request: Request) -> Response:
     """Stage, step, approvals, last verdict and history of the promotion controller (read from
-    the controller's state in Redis), as ``router canary status --json`` prints it."""
-    from router.promotion import actions
-
+    the controller's state in Redis), as ``router canary status --json`` prints it, through the
+    view the serve command injected (:data:`router.sidecar.app.PromotionView`)."""
     experiment = request.query.get("experiment", app.cfg.experiment.name)
     if not _NAME.match(experiment):
         return json_error(400, "invalid experiment name", experiment=experiment)
     if app.redis_url is None:
         return json_error(503, "capture is disabled; no promotion state")
+    if app.promotion_view is None:
+        why = "this router was started without one (router serve provides it)"
+        return json_error(503, "promotion view unavailable", detail=why)
     try:
-        return _json(await actions.status(app.redis_url, experiment))
-    except actions.NoExperiment as exc:
-        return json_error(404, str(exc), experiment=experiment)
+        view = await app.promotion_view(app.redis_url, experiment)
     except Exception as exc:  # Redis down: report it, do not crash the worker
         return json_error(503, "promotion state unavailable", detail=str(exc))
+    if view is None:
+        return json_error(404, f"no promotion state for experiment {experiment!r}",
+                          experiment=experiment)  # fmt: skip
+    return _json(view)
 
 
 async def handle_report(app: RouterApp, request: Request) -> Response:

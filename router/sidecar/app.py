@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from router.capture.records import FinalizeOptions, PendingRecord
@@ -31,6 +31,11 @@ from router.sidecar.upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
+PromotionView = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+"""``(redis_url, experiment)`` -> the promotion controller's state as ``router canary status
+--json`` prints it, or None when no controller ever ran for that experiment. Injected by the
+command that starts the router (the sidecar never imports :mod:`router.promotion`)."""
+
 
 def initial_state(cfg: RouterConfig) -> LiveState:
     return LiveState(
@@ -43,7 +48,14 @@ def initial_state(cfg: RouterConfig) -> LiveState:
 
 
 class RouterApp:
-    def __init__(self, cfg: RouterConfig, run_dir: str | Path, redis_url: str | None) -> None:
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        run_dir: str | Path,
+        redis_url: str | None,
+        *,
+        promotion_view: PromotionView | None = None,
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.metrics = Metrics()
@@ -74,6 +86,7 @@ class RouterApp:
         self.shadow_pools: dict[str, UpstreamPool] = {}
         self._base_paths: dict[str, bytes] = {}
         self.redis_url = redis_url
+        self.promotion_view = promotion_view  # GET <prefix>/promotion; None: answered 503
         self.writer: CaptureWriter | None = None
         self.shadow = ShadowDispatcher(
             self.metrics,

@@ -32,7 +32,7 @@ from typing import Any
 
 from router.capture.redisproc import RedisProcess
 from router.config import RouterConfig
-from router.sidecar.app import RouterApp, initial_state
+from router.sidecar.app import PromotionView, RouterApp, initial_state
 from router.sidecar.control import ControlFile
 from router.sidecar.dispatch import handler_for
 from router.sidecar.http_limits import HttpLimits
@@ -142,9 +142,10 @@ class RunningRouter:
         redis_url: str | None,
         *,
         initialise_control: bool = True,
+        promotion_view: PromotionView | None = None,
     ) -> None:
         self.cfg = cfg
-        self.app = RouterApp(cfg, run_dir, redis_url)
+        self.app = RouterApp(cfg, run_dir, redis_url, promotion_view=promotion_view)
         self.initialise_control = initialise_control
         self.http = HttpServer(
             handler_for(self.app),
@@ -170,9 +171,16 @@ class RunningRouter:
 
 
 async def _worker_main(
-    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, init: bool
+    cfg: RouterConfig,
+    sock: socket.socket,
+    run_dir: str,
+    redis_url: str | None,
+    init: bool,
+    promotion_view: PromotionView | None,
 ) -> None:
-    router = RunningRouter(cfg, run_dir, redis_url, initialise_control=init)
+    router = RunningRouter(
+        cfg, run_dir, redis_url, initialise_control=init, promotion_view=promotion_view
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,18 +195,28 @@ async def _worker_main(
 
 
 def run_worker(
-    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, init: bool
+    cfg: RouterConfig,
+    sock: socket.socket,
+    run_dir: str,
+    redis_url: str | None,
+    init: bool,
+    promotion_view: PromotionView | None = None,
 ) -> None:
     install_uvloop()
-    asyncio.run(_worker_main(cfg, sock, run_dir, redis_url, init))
+    asyncio.run(_worker_main(cfg, sock, run_dir, redis_url, init, promotion_view))
 
 
 def _child(
-    cfg: RouterConfig, sock: socket.socket, run_dir: str, redis_url: str | None, level: str
+    cfg: RouterConfig,
+    sock: socket.socket,
+    run_dir: str,
+    redis_url: str | None,
+    level: str,
+    promotion_view: PromotionView | None,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops us
     setup_logging(level)
-    run_worker(cfg, sock, run_dir, redis_url, False)
+    run_worker(cfg, sock, run_dir, redis_url, False, promotion_view)
 
 
 @dataclass
@@ -208,13 +226,16 @@ class _Supervisor:
     run_dir: str
     redis_url: str | None
     level: str
+    promotion_view: PromotionView | None = None  # inherited by the forked workers
     stopping: bool = False
 
     def spawn(self) -> multiprocessing.process.BaseProcess:
         ctx = multiprocessing.get_context("fork")
         p = ctx.Process(
             target=_child,
-            args=(self.cfg, self.sock, self.run_dir, self.redis_url, self.level),
+            args=(
+                self.cfg, self.sock, self.run_dir, self.redis_url, self.level, self.promotion_view
+            ),
             daemon=False,
         )
         p.start()
@@ -261,7 +282,14 @@ class _Supervisor:
         return 0
 
 
-def serve(cfg: RouterConfig, workers: int = 1, log_level: str = "INFO") -> int:
+def serve(
+    cfg: RouterConfig,
+    workers: int = 1,
+    log_level: str = "INFO",
+    promotion_view: PromotionView | None = None,
+) -> int:
+    """Run the router until SIGTERM / SIGINT; ``promotion_view`` answers the admin API's
+    ``/promotion`` (see :data:`router.sidecar.app.PromotionView`)."""
     setup_logging(log_level)
     run_dir = tempfile.mkdtemp(prefix="shadow-router-")
     redis_url, redis_proc = start_redis(cfg)
@@ -275,9 +303,9 @@ def serve(cfg: RouterConfig, workers: int = 1, log_level: str = "INFO") -> int:
             cfg.experiment.mirror,
         )  # fmt: skip
         if workers <= 1:
-            run_worker(cfg, sock, run_dir, redis_url, False)
+            run_worker(cfg, sock, run_dir, redis_url, False, promotion_view)
             return 0
-        return _Supervisor(cfg, sock, run_dir, redis_url, log_level).run(workers)
+        return _Supervisor(cfg, sock, run_dir, redis_url, log_level, promotion_view).run(workers)
     finally:
         if redis_proc is not None:
             redis_proc.stop()

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
+from router.commands.serve import promotion_view
 from router.demo.models import CHALLENGER_WEIGHTS, ModelServer, ModelSpec
 from router.promotion.config import PromotionConfig, parse_promotion_config
 from tests.helpers import TOKEN, InProcessRouter, config_dict, make_config
@@ -119,7 +120,10 @@ def make_fleet(
             ModelSpec("chall-2", CHALLENGER_WEIGHTS, error_rate=challenger_error_rate, seed=2)
         ).start()
         cfg = make_config(config_dict(champ.url, chall.url, redis_url, tmp=tmp_path))
-        routers = [InProcessRouter(cfg, tmp_path / f"run{i}", redis_url) for i in range(2)]
+        routers = [
+            InProcessRouter(cfg, tmp_path / f"run{i}", redis_url, promotion_view=promotion_view)
+            for i in range(2)
+        ]
         async with contextlib.AsyncExitStack() as stack:
             for r in routers:
                 await stack.enter_async_context(r)

@@ -403,6 +403,36 @@ async def test_admin_auth_and_live_change(echo_pair: Any, tmp_path: Path, redis_
             assert any(k.startswith(name) for k in m), name
 
 
+async def test_promotion_endpoint_without_an_injected_view_is_503_naming_why(
+    echo_pair: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """The sidecar never imports the promotion package: ``router serve`` injects the view. A
+    router started without one answers ``/promotion`` with 503 and says so; with one, the
+    view's answer (and None -> 404) goes through unchanged."""
+    champ, chall = echo_pair
+    cfg = make_config(config_dict(champ, chall, redis_url, tmp=tmp_path))
+    async with InProcessRouter(cfg, tmp_path / "run", redis_url) as router, aiohttp.ClientSession(
+    ) as s:  # fmt: skip
+        status, doc = await get_json(s, f"{router.url}/_router/promotion?experiment=t")
+        assert status == 503, doc
+        assert doc["error"] == "promotion view unavailable" and "router serve" in doc["detail"]
+
+    asked: list[tuple[str, str]] = []
+
+    async def view(url: str, experiment: str) -> dict[str, Any] | None:
+        asked.append((url, experiment))
+        return {"state": {"stage": "shadow"}} if experiment == "t" else None
+
+    async with InProcessRouter(
+        cfg, tmp_path / "run2", redis_url, promotion_view=view
+    ) as router, aiohttp.ClientSession() as s:  # fmt: skip
+        status, doc = await get_json(s, f"{router.url}/_router/promotion?experiment=t")
+        assert (status, doc) == (200, {"state": {"stage": "shadow"}})
+        status, doc = await get_json(s, f"{router.url}/_router/promotion?experiment=nope")
+        assert status == 404 and doc["error"] == "no promotion state for experiment 'nope'"
+    assert asked == [(redis_url, "t"), (redis_url, "nope")]
+
+
 async def test_outcomes_endpoint(echo_pair: Any, tmp_path: Path, redis_url: str) -> None:
     champ, chall = echo_pair
     cfg = make_config(config_dict(champ, chall, redis_url, tmp=tmp_path))

@@ -101,6 +101,28 @@ async def test_live_change_reaches_all_workers_within_a_second(
     assert "live state v2 applied" in router.log.read_text()
 
 
+async def test_serve_injects_the_promotion_view_into_every_worker(
+    echo_pair: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """The sidecar never imports the promotion package: `router serve` hands its (forked) workers
+    the view, so ``/promotion`` reads the controller state from Redis on every worker (here: no
+    controller ran for the experiment, 404), not the 503 of a router started without a view."""
+    champ, chall = echo_pair
+    cfg = config_dict(champ, chall, redis_url, tmp=tmp_path)
+    router = ServeProcess(cfg, tmp_path, workers=2).start()
+    try:
+        conn = aiohttp.TCPConnector(force_close=True)  # new connections spread over workers
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(connector=conn, headers=auth) as s:
+            for _ in range(6):
+                async with s.get(f"{router.url}/_router/promotion?experiment=none-ran") as r:
+                    doc = await r.json()
+                    assert r.status == 404, doc
+                    assert doc["error"] == "no promotion state for experiment 'none-ran'"
+    finally:
+        assert router.stop() == 0
+
+
 async def test_sigterm_under_load_loses_no_record(
     echo_pair: Any, tmp_path: Path, redis_url: str
 ) -> None:
