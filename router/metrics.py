@@ -10,6 +10,10 @@ are kept (so totals stay monotonic); gauges of exited workers are dropped.
 
 Names follow Prometheus conventions: ``router_requests_total{variant=…, status_class=…}``, seconds
 as the unit, histograms for latency. The catalogue is :data:`CATALOGUE` (also in README.md).
+
+A foundation module (it imports nothing of the router): the sidecar and capture both count
+through it, and the sidecar owns the ``/metrics`` endpoint. It stays outside
+:mod:`router.sidecar` because capture may not import the sidecar.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Small loopback helpers shared by the demo, benchmarks, load tests and tests."""
+"""Small loopback helpers shared by the demo, benchmarks, load tests and tests (foundation: it
+imports nothing of the router)."""
 
 from __future__ import annotations
 

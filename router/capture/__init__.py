@@ -1,1 +1,15 @@
-"""Capture: records, the Redis writer, spool, readers, consumer groups, outcomes."""
+"""Capture: what the sidecar records, and getting it to Redis and back, exactly once.
+
+Owns the record schema and its finalisation (:mod:`.records`), outcome rows (:mod:`.outcomes`),
+the Redis writer (:mod:`.writer`, with :mod:`.batches` for the exactly-once script,
+:mod:`.keys` for every key name, :mod:`.clients` for Redis and Redis Cluster clients and
+:mod:`.health` for ``/readyz``), the local spool (:mod:`.spool`), the readers (:mod:`.reader`),
+consumer groups (:mod:`.consumer`) and the managed redis-server (:mod:`.redisproc`).
+
+May import only the foundation (:mod:`router.config`, :mod:`router.metrics`); never the
+sidecar, analysis, promotion or the demo (import-linter contracts in pyproject.toml), so
+every part above can read and write captured data.
+
+Start reading at :mod:`.records` (what one record is), then
+:class:`router.capture.writer.CaptureWriter`, :mod:`.keys` and :mod:`.reader`.
+"""
