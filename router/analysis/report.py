@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from scipy import stats as st
 
-from router.analysis import sequential, stats
+from router.analysis import measures, proportions, quantiles, sample_size, sequential, stats
 from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
 from router.analysis.data_quality import data_quality_section
 from router.analysis.frames import rid_hash
@@ -120,7 +120,7 @@ def _srm(acc: Accumulator, policy: Policy, split: float | None) -> dict[str, Any
             "mismatch": False,
             "max_share_diff": None,
         }
-    res = stats.srm_test(units[:2], [1 - split, split], policy.srm.alpha,
+    res = proportions.srm_test(units[:2], [1 - split, split], policy.srm.alpha,
                          policy.srm.min_share_diff, policy.sequential.tau)  # fmt: skip
     reason = {
         "ok": "units per variant match the configured split"
@@ -151,7 +151,7 @@ def _hist_summary(h: Any, alpha: float, tau: float) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "ci_state": {}, "ci_min_n": {}}
     av: dict[str, Any] = {"min_n": {}}
     for name, q in QUANTILES:
-        qi = stats.quantile_interval(n, q, alpha)
+        qi = quantiles.quantile_interval(n, q, alpha)
         lo, hi = h.bounds_at_ranks(qi.low, qi.high)
         out[name] = f(h.quantile(q))
         out[f"{name}_ci"] = [f(lo), f(hi)]
@@ -180,8 +180,8 @@ def _quantile_deltas(a: Any, b: Any, alpha: float, tau: float) -> dict[str, Any]
     out: dict[str, Any] = {}
     for name, q in QUANTILES:
         qa, qb = a.quantile(q), b.quantile(q)
-        ia = stats.quantile_interval(a.n, q, alpha / 2)
-        ib = stats.quantile_interval(b.n, q, alpha / 2)
+        ia = quantiles.quantile_interval(a.n, q, alpha / 2)
+        ib = quantiles.quantile_interval(b.n, q, alpha / 2)
         alo, ahi = a.bounds_at_ranks(ia.low, ia.high)
         blo, bhi = b.bounds_at_ranks(ib.low, ib.high)
         sa, sb = _quantile_cs(a, q, alpha / 2, tau), _quantile_cs(b, q, alpha / 2, tau)
@@ -240,10 +240,10 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
             "n": n,
             "errors": e,
             "rate": f(e / n) if n else None,
-            "ci": _ci(stats.wilson_interval(e, n, alpha)),
+            "ci": _ci(proportions.wilson_interval(e, n, alpha)),
             "status_classes": dict(sorted(acc.status_classes[v].items())),
         }
-    live = stats.proportion_diff(
+    live = proportions.proportion_diff(
         acc.errors[0], acc.requests[0], acc.errors[1], acc.requests[1], alpha
     )
     pe = acc.pair_errors
@@ -255,8 +255,8 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
         "discordant": {"champion_only": b, "challenger_only": c},
     }
     if n:
-        pd = stats.paired_proportion_diff(b, c, n, alpha)
-        mc = stats.mcnemar(c, b)
+        pd = proportions.paired_proportion_diff(b, c, n, alpha)
+        mc = proportions.mcnemar(c, b)
         paired |= {
             "champion_rate": f((pe[1, 0] + pe[1, 1]) / n),
             "challenger_rate": f((pe[0, 1] + pe[1, 1]) / n),
@@ -340,7 +340,7 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         out |= {
             "n": total,
             "agreement": f(agree / total),
-            "cohen_kappa": f(stats.cohen_kappa(full)),
+            "cohen_kappa": f(measures.cohen_kappa(full)),
             "confusion": {
                 "labels": top + (["other"] if len(labels_count) > len(top) else []),
                 "rows": "champion",
@@ -377,11 +377,11 @@ def _distribution_stats(xs: np.ndarray, ys: np.ndarray, policy: Policy) -> dict[
     rho = st.spearmanr(xs, ys).statistic if np.ptp(xs) > 0 and np.ptp(ys) > 0 else None
     return {
         "spearman": f(rho),
-        "psi": f(stats.psi(cx, cy)),
-        "psi_band": stats.psi_band(stats.psi(cx, cy)),
+        "psi": f(measures.psi(cx, cy)),
+        "psi_band": measures.psi_band(measures.psi(cx, cy)),
         "psi_bins": int(edges.size + 1),
         "ks": {"statistic": f(ks.statistic), "p_value": f(ks.pvalue)},
-        "js_distance": f(stats.jensen_shannon(cx, cy)),
+        "js_distance": f(measures.jensen_shannon(cx, cy)),
         "wasserstein": f(wd),
         "wasserstein_normalised": f(wd / sdx) if sdx > 0 else None,
     }
@@ -432,8 +432,8 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                 m["brier"] = f(q.brier[i] / q.n)
     tests: dict[str, Any] = {}
     if kind != "value" and q.n:
-        mc = stats.mcnemar(q.b, q.c)
-        pd = stats.paired_proportion_diff(q.b, q.c, q.n, policy.alpha)
+        mc = proportions.mcnemar(q.b, q.c)
+        pd = proportions.paired_proportion_diff(q.b, q.c, q.n, policy.alpha)
         tests["accuracy"] = {
             "delta": f((q.correct[1] - q.correct[0]) / q.n),
             "ci": _ci(pd.ci),
@@ -465,11 +465,11 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         if items.size:
             y, s1, s2 = items[:, 0], items[:, 1], items[:, 2]
             boot = min(y.size, BOOTSTRAP_ROWS)
-            a1, a2 = stats.auc(y, s1), stats.auc(y, s2)
+            a1, a2 = measures.auc(y, s1), measures.auc(y, s2)
             models["champion"]["roc_auc"] = f(a1)
             models["challenger"]["roc_auc"] = f(a2)
             if policy.bootstrap_resamples:
-                d, ci = stats.paired_bootstrap_auc_diff(
+                d, ci = measures.paired_bootstrap_auc_diff(
                     y[:boot],
                     s1[:boot],
                     s2[:boot],
@@ -730,7 +730,7 @@ def _metrics(acc: Accumulator, policy: Policy, uv: _UnitView) -> dict[str, Any]:
         up = _uplift(n, mean, var, policy)
         vd = up.pop("_variance")
         entry["uplift"] = up
-        entry["mde"] = f(stats.mde(vd, policy.alpha, policy.power)) if vd > 0 else None
+        entry["mde"] = f(sample_size.mde(vd, policy.alpha, policy.power)) if vd > 0 else None
         entry |= _sample_size(metric, spec, n, mean, var, policy, duration)
         entry["series"] = series
         out[metric] = entry
@@ -768,9 +768,9 @@ def _sample_size(
             "eta_s": None,
         }
     if spec.type == "proportion" and spec.per == "unit" and 0 < base < 1 and 0 < base + delta < 1:
-        need = stats.n_per_arm_proportions(base, base + delta, policy.alpha, policy.power)
+        need = sample_size.n_per_arm_proportions(base, base + delta, policy.alpha, policy.power)
     else:
-        need = stats.n_per_arm_means(
+        need = sample_size.n_per_arm_means(
             math.sqrt(max((var[0] + var[1]) / 2, 0.0)), delta, policy.alpha, policy.power
         )
     eta = None
@@ -940,7 +940,7 @@ def _disparity(by_field: dict[str, list[dict[str, Any]]], min_n: int) -> dict[st
         ]
         if len(rates) < 2:
             continue
-        ratio = stats.disparity_ratio([x for x, _ in rates])
+        ratio = measures.disparity_ratio([x for x, _ in rates])
         if ratio is not None and (worst is None or ratio < worst[0]):
             lo = min(rates)
             hi = max(rates)
@@ -980,19 +980,19 @@ def _drift(acc: Accumulator, policy: Policy, reference: dict[str, Any] | None) -
             cc = np.zeros(edges.size + 1)
             for b, c in cur_num.items():
                 cc[int(np.searchsorted(edges, fine_bin_value(b), side="right"))] += c
-            p = stats.psi(rc, cc)
-            js = stats.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
+            p = measures.psi(rc, cc)
+            js = measures.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
         elif "categories" in ref and cur_cat:
             cats = sorted(set(ref["categories"]) | set(cur_cat))
             rc = np.asarray([ref["categories"].get(c, 0) for c in cats], dtype=float)
             cc = np.asarray([cur_cat.get(c, 0) for c in cats], dtype=float)
-            p = stats.psi(rc, cc)
-            js = stats.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
+            p = measures.psi(rc, cc)
+            js = measures.jensen_shannon(rc, cc) if rc.sum() and cc.sum() else None
         else:
             continue
         out["fields"][name] = {
             "psi": f(p),
-            "band": stats.psi_band(p),
+            "band": measures.psi_band(p),
             "js_distance": f(js),
             "n": int(cc.sum()),
         }

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from router.analysis import gates, sequential, stats
+from router.analysis import gates, quantiles, sequential, stats
 from router.analysis.policy import Policy
 
 FULL = "1" in (os.environ.get("ROUTER_FULL_SIM"), os.environ.get("ROUTER_SIM_FULL"))
@@ -150,7 +150,7 @@ def test_fixed_quantile_interval_coverage_is_exact_or_not_enough_data() -> None:
     n = 100 only about 63% of the time, which is why that case says not enough data."""
     for q in (0.5, 0.95, 0.99):
         for n in (10, 50, 71, 72, 100, 367, 368, 1000, 5000):
-            qi = stats.quantile_interval(n, q, ALPHA)
+            qi = quantiles.quantile_interval(n, q, ALPHA)
             if qi.state != "ok":
                 assert qi.low < 1 or qi.high > n
                 continue
