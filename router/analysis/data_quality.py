@@ -94,7 +94,7 @@ def data_quality_section(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         "segments": {
             "max_tracked_values": policy.segments.max_tracked_values,
             "max_fields": policy.segments.max_fields,
-            "folded_records": dict(acc.segment_overflow.most_common()),
+            "folded_records": dict(acc.segments.overflow.most_common()),
         },
         "missing_metrics": missing,
         "warnings": warnings,

@@ -143,3 +143,11 @@ def _parse_subset(
     a, ra, xa = _parse_subset(lines, keep[:mid], schema)
     b, rb, xb = _parse_subset(lines, keep[mid:], schema)
     return pl.concat([a, b], how="vertical_relaxed"), ra + rb, xa + xb
+
+
+def json_or_none(text: str) -> Any:
+    """The value of a JSON text, or None when it is not JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None

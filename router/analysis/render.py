@@ -382,8 +382,8 @@ def plots(r: dict[str, Any], acc: Accumulator | None) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     out: list[tuple[str, str]] = []
-    if acc is not None and acc.sample.rows.size:
-        items = acc.sample.items()
+    if acc is not None and acc.paired.sample.rows.size:
+        items = acc.paired.sample.items()
         fig, ax = plt.subplots(figsize=(6, 3.2))
         ax.hist(items[:, 0], bins=40, alpha=0.55, label="champion", density=True)
         ax.hist(items[:, 1], bins=40, alpha=0.55, label="challenger", density=True)
@@ -397,7 +397,7 @@ def plots(r: dict[str, Any], acc: Accumulator | None) -> list[tuple[str, str]]:
             x, y = acc.latency[v].cdf_points()
             if x.size:
                 ax.step(x, y, where="post", label=f"{name} (served)")
-            x, y = acc.pair_latency[v].cdf_points()
+            x, y = acc.paired.latency[v].cdf_points()
             if x.size:
                 ax.step(x, y, where="post", linestyle="--", label=f"{name} (mirrored pairs)")
         ax.set_xscale("log")

@@ -19,8 +19,9 @@ import polars as pl
 from scipy import stats as st
 
 from router.analysis import measures, proportions, quantiles, sample_size, sequential, stats
-from router.analysis.accumulate import VARIANTS, Accumulator, fine_bin_value
+from router.analysis.accumulate import VARIANTS, Accumulator
 from router.analysis.data_quality import data_quality_section
+from router.analysis.fields import fine_bin_value
 from router.analysis.frames import rid_hash
 from router.analysis.gates import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
@@ -81,8 +82,8 @@ def _counts(acc: Accumulator, joined_by_unit: int, pre_exposure: int) -> dict[st
     return {
         "records": acc.records,
         "per_variant": {VARIANTS[v]: acc.requests[v] for v in (0, 1)},
-        "mirrored_pairs": acc.pairs,
-        "comparable_pairs": acc.comparable,
+        "mirrored_pairs": acc.paired.pairs,
+        "comparable_pairs": acc.paired.comparable,
         "units": {"champion": units[0], "challenger": units[1], "both_variants": units[2]},
         "duplicates_skipped": acc.duplicates,
         "conflicts": acc.conflicts,
@@ -207,7 +208,7 @@ def _latency(acc: Accumulator, alpha: float, tau: float) -> dict[str, Any]:
         d = _hist_summary(acc.latency[v], alpha, tau)
         d["mean"] = f(acc.latency_moments[v].mean)
         per[VARIANTS[v]] = d
-    m = acc.pair_latency_diff
+    m = acc.paired.latency_diff
     diff = stats.paired_mean_centred(m.n, m.mu, m.m2, alpha)
     paired: dict[str, Any] = {
         "n": int(m.n),
@@ -216,8 +217,8 @@ def _latency(acc: Accumulator, alpha: float, tau: float) -> dict[str, Any]:
         "p_value": f(diff.pvalue),
         "state": diff.state,
         "method": "paired t-test on challenger - champion latency of the same mirrored requests",
-        "per_side": {VARIANTS[v]: _hist_summary(acc.pair_latency[v], alpha, tau) for v in (0, 1)},
-        "quantiles": _quantile_deltas(acc.pair_latency[0], acc.pair_latency[1], alpha, tau),
+        "per_side": {VARIANTS[v]: _hist_summary(acc.paired.latency[v], alpha, tau) for v in (0, 1)},
+        "quantiles": _quantile_deltas(acc.paired.latency[0], acc.paired.latency[1], alpha, tau),
     }
     return {
         "per_variant": per,
@@ -246,7 +247,7 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
     live = proportions.proportion_diff(
         acc.errors[0], acc.requests[0], acc.errors[1], acc.requests[1], alpha
     )
-    pe = acc.pair_errors
+    pe = acc.paired.errors
     n = int(pe.sum())
     b, c = int(pe[1, 0]), int(pe[0, 1])  # champion-only errors, challenger-only errors
     paired: dict[str, Any] = {
@@ -289,8 +290,9 @@ def _errors(acc: Accumulator, alpha: float) -> dict[str, Any]:
 
 def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
     kind = acc.kind
-    out: dict[str, Any] = {"kind": kind, "pairs": acc.pairs, "comparable": acc.comparable}
-    pm = acc.pair_moments
+    pa = acc.paired
+    out: dict[str, Any] = {"kind": kind, "pairs": pa.pairs, "comparable": pa.comparable}
+    pm = acc.paired.moments
     n = pm.n
     if kind in ("score", "value") and n >= 1:
         mad = pm.sabs / n
@@ -301,17 +303,17 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         ok = co.cxx > 1e-24 * n * scale and co.cyy > 1e-24 * n * scale
         pearson = co.cxy / math.sqrt(co.cxx * co.cyy) if ok else None
         out |= {"n": int(n), "mean_abs_diff": f(mad), "rmse": f(rmse), "pearson": f(pearson)}
-        items = acc.sample.items()
+        items = acc.paired.sample.items()
         xs, ys = items[:, 0], items[:, 1]
         out["sample"] = {
             "n": int(xs.size),
-            "of": acc.sample.seen,
-            "complete": acc.sample.complete,
+            "of": acc.paired.sample.seen,
+            "complete": acc.paired.sample.complete,
             "method": "bottom-k sample by a stable hash of request_id",
         }
         out |= _distribution_stats(xs, ys, policy)
         if kind == "score":
-            out["flip_rate"] = {str(t): f(acc.flips[i] / n) for i, t in enumerate(acc.thresholds)}
+            out["flip_rate"] = {str(t): f(pa.flips[i] / n) for i, t in enumerate(acc.thresholds)}
         else:
             diff = stats.paired_mean_centred(n, dm.mu, dm.m2, policy.alpha)
             out["mean_signed_diff"] = {
@@ -320,22 +322,22 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                 "p_value": f(diff.pvalue),
                 "state": diff.state,
             }
-    elif kind == "class" and acc.confusion:
-        total = sum(acc.confusion.values())
+    elif kind == "class" and acc.paired.confusion:
+        total = sum(acc.paired.confusion.values())
         labels_count: Counter[str] = Counter()
-        for (a, b), c in acc.confusion.items():
+        for (a, b), c in acc.paired.confusion.items():
             labels_count[a] += c
             labels_count[b] += c
         top = [lab for lab, _ in labels_count.most_common(10)]
         idx = {lab: i for i, lab in enumerate(top)}
         mat = np.zeros((len(top) + 1, len(top) + 1), dtype=np.int64)
-        for (a, b), c in acc.confusion.items():
+        for (a, b), c in acc.paired.confusion.items():
             mat[idx.get(a, len(top)), idx.get(b, len(top))] += c
-        agree = sum(c for (a, b), c in acc.confusion.items() if a == b)
+        agree = sum(c for (a, b), c in acc.paired.confusion.items() if a == b)
         full_labels = sorted(labels_count)
         fi = {lab: i for i, lab in enumerate(full_labels)}
         full = np.zeros((len(full_labels), len(full_labels)))
-        for (a, b), c in acc.confusion.items():
+        for (a, b), c in acc.paired.confusion.items():
             full[fi[a], fi[b]] += c
         out |= {
             "n": total,
@@ -351,12 +353,12 @@ def _divergence(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                 ].tolist(),
             },
         }
-    elif kind == "vector" and acc.vector_pairs >= 1:
-        nv = acc.vector_pairs
+    elif kind == "vector" and acc.paired.vector_pairs >= 1:
+        nv = acc.paired.vector_pairs
         out |= {
             "n": nv,
-            "argmax_agreement": f(acc.vector_agree / nv),
-            "mean_js_distance": f(acc.vector_js / nv),
+            "argmax_agreement": f(acc.paired.vector_agree / nv),
+            "mean_js_distance": f(acc.paired.vector_js / nv),
         }
     else:
         out |= {"n": 0, "state": "not_enough_data"}
@@ -388,10 +390,10 @@ def _distribution_stats(xs: np.ndarray, ys: np.ndarray, policy: Policy) -> dict[
 
 
 def _contract(acc: Accumulator, policy: Policy) -> dict[str, Any]:
-    n = acc.comparable
+    n = acc.paired.comparable
     noise = policy.divergence.contract_noise_share
     paths: list[dict[str, Any]] = []
-    for (kind, path), c in sorted(acc.contract.items(), key=lambda kv: -kv[1]):
+    for (kind, path), c in sorted(acc.paired.contract.items(), key=lambda kv: -kv[1]):
         share = c / n if n else 0.0
         if share > noise:
             paths.append({"path": path, "change": kind, "pairs": c, "share": f(share)})
@@ -400,14 +402,14 @@ def _contract(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         "noise_share": noise,
         "paths": paths[:100],
         "max_share": f(max((float(p["share"] or 0.0) for p in paths), default=0.0)),
-        "max_path_pairs": max(acc.contract.values(), default=0),
+        "max_path_pairs": max(acc.paired.contract.values(), default=0),
         "method": "per JSON path: share of comparable mirrored pairs where the challenger's field "
         "is missing, extra or of another type; reported above the noise share",
     }
 
 
 def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
-    q = acc.quality
+    q = acc.paired.quality
     kind = acc.kind
     out: dict[str, Any] = {
         "label_metric": acc.label_metric,
@@ -461,7 +463,7 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
             "state": pt.state,
         }
     if kind == "score":
-        items = acc.labelled_sample.items()
+        items = acc.paired.labelled_sample.items()
         if items.size:
             y, s1, s2 = items[:, 0], items[:, 1], items[:, 2]
             boot = min(y.size, BOOTSTRAP_ROWS)
@@ -483,7 +485,7 @@ def _quality(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                     "ci": _ci(ci),
                     "method": f"paired percentile bootstrap over {boot} labelled pairs, "
                     f"{policy.bootstrap_resamples} resamples, seed {policy.seed}",
-                    "sample": {"n": int(y.size), "of": acc.labelled_sample.seen},
+                    "sample": {"n": int(y.size), "of": acc.paired.labelled_sample.seen},
                 }
     return out | {"state": "ok", "models": models, "tests": tests}
 
@@ -821,7 +823,7 @@ def _segments(
     acc: Accumulator, policy: Policy, metrics: dict[str, Any], uv: _UnitView
 ) -> dict[str, Any]:
     by_field: dict[str, list[dict[str, Any]]] = {}
-    for (field_name, value), agg in acc.segments.items():
+    for (field_name, value), agg in acc.segments.tallies.items():
         row: dict[str, Any] = {"value": value, "requests": list(agg.requests)}
         row["error_rate"] = [
             f(agg.errors[i] / agg.requests[i]) if agg.requests[i] else None for i in (0, 1)
@@ -848,7 +850,7 @@ def _segments(
         per_seg: dict[tuple[str, str], list[list[float]]] = {}
         v, _t, x, combos = uv.arrays(pm.name, spec)
         for vi, xi, c in zip(v.tolist(), x.tolist(), combos.tolist(), strict=True):
-            for item in acc.combo_keys[c]:
+            for item in acc.segments.combo_keys[c]:
                 per_seg.setdefault(item, [[], []])[vi].append(xi)
         for rows_field, rows in by_field.items():
             for row in rows:
@@ -883,7 +885,7 @@ def _segment_gap(
 ) -> dict[str, Any]:
     """Largest |segment - overall| of the challenger's accuracy (labelled pairs), else of the
     primary metric's challenger mean, else of the challenger's error rate."""
-    q = acc.quality
+    q = acc.paired.quality
     candidates: list[tuple[str, Any, Any]] = []
     if q.n:
         overall = q.correct[1] / q.n
@@ -972,8 +974,8 @@ def _drift(acc: Accumulator, policy: Policy, reference: dict[str, Any] | None) -
         return out
     ref_fields = reference.get("fields", {})
     for name, ref in ref_fields.items():
-        cur_num = acc.drift_numeric.get(name)
-        cur_cat = acc.drift_categorical.get(name)
+        cur_num = acc.fields.numeric.get(name)
+        cur_cat = acc.fields.categorical.get(name)
         if "edges" in ref and cur_num:
             edges = np.asarray(ref["edges"], dtype=float)
             rc = np.asarray(ref["counts"], dtype=float)
@@ -1005,7 +1007,7 @@ def reference_stats(acc: Accumulator, bins: int = 10) -> dict[str, Any]:
     """Reference statistics (decile edges and counts per numeric field, category counts) of an
     accumulator's captured fields: the format ``--reference-stats`` reads."""
     fields: dict[str, Any] = {}
-    for name, c in acc.drift_numeric.items():
+    for name, c in acc.fields.numeric.items():
         keys = sorted(c)
         vals = np.asarray([fine_bin_value(k) for k in keys])
         cnt = np.asarray([c[k] for k in keys], dtype=float)
@@ -1020,7 +1022,7 @@ def reference_stats(acc: Accumulator, bins: int = 10) -> dict[str, Any]:
         for v, k in zip(vals, cnt, strict=True):
             counts[int(np.searchsorted(edges, v, side="right"))] += k
         fields[name] = {"edges": edges.tolist(), "counts": counts.tolist()}
-    for name, cc in acc.drift_categorical.items():
+    for name, cc in acc.fields.categorical.items():
         fields[name] = {"categories": dict(cc.most_common(200))}
     return {"fields": fields}
 

@@ -14,7 +14,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize, proportions_ztest
 
 from router.analysis import measures, proportions, sample_size, stats
-from router.analysis.accumulate import js_distance
+from router.analysis.pairs import js_distance
 
 CASES = [
     # m1, v1, n1, m2, v2, n2
