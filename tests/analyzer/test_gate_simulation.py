@@ -211,7 +211,7 @@ def test_primary_metric_at_min_uplift_promotes_rarely() -> None:
 def test_rmse_gate_at_the_tolerance() -> None:
     """Challenger RMSE exactly 5% above the champion's, correlated errors: rollbacks and passes
     over 20 looks at most alpha (the interval is the delta method's, an asymptotic one)."""
-    from router.analysis.report import rmse_tau
+    from router.analysis.sections.quality import rmse_tau
 
     tol, per_look = 0.05, 200
     e_runs = min(E, 4_000)

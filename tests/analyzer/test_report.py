@@ -261,7 +261,7 @@ def test_segment_gap_and_disparity_gates() -> None:
 
 
 def test_input_drift_against_reference_stats() -> None:
-    from router.analysis.report import reference_stats
+    from router.analysis.sections.drift import reference_stats
 
     recs, outs = dataset(SynthSpec(n=3000, seed=15))
     ref = reference_stats(_acc(recs, outs, Policy()))
