@@ -17,7 +17,7 @@ from typing import Any
 
 from router.analysis.accumulate import Accumulator
 from router.analysis.data_quality import data_quality_section
-from router.analysis.gates import evaluate
+from router.analysis.gates.decision import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 from router.analysis.sections.counts import counts_section, srm_section, window_section

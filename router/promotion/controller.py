@@ -9,7 +9,7 @@ Each tick (every ``check_interval_s``):
 2. when the step has been held for ``min_duration_s`` and ``analysis_interval_s`` passed since the
    last analysis, run the analyzer on the step's window (in a thread), intersect its gates'
    confidence sequences with those of the step's earlier looks (the running state in Redis,
-   :func:`router.analysis.gates.apply_running`) and apply the decision;
+   :func:`router.analysis.gates.running.apply_running`) and apply the decision;
 3. reconcile every router to the state's target (compare before set, so a no-op when in sync).
 
 Both kinds of checks look many times per step; their intervals are confidence sequences, so
@@ -436,7 +436,7 @@ class Controller:
         self, report: dict[str, Any], key: tuple[str, int, float]
     ) -> dict[str, Any]:
         """The report's gates intersected with the step's earlier looks (see the module doc)."""
-        from router.analysis.gates import apply_running
+        from router.analysis.gates.running import apply_running
 
         gates = report.get("gates")
         if not gates or not all(isinstance(g, dict) and "state" in g for g in gates):

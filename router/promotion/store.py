@@ -8,7 +8,7 @@ Keys (per experiment):
 - ``<exp>:promotion:metrics``: counters (webhooks delivered/retried/failed/dropped, rollbacks).
 - ``<exp>:promotion:running``: the running state of the current step's always-valid gates (the
   intersection of each gate's confidence sequence over the controller's looks, see
-  :func:`router.analysis.gates.apply_running`), tagged with the step it belongs to.
+  :func:`router.analysis.gates.running.apply_running`), tagged with the step it belongs to.
 
 :meth:`PromotionStore.update` is optimistic: it WATCHes the state (and the lease, when a token is
 given), computes the transition from the state it read, and commits state + audit + head in one
