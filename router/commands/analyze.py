@@ -341,7 +341,7 @@ def _analyse(
 
         out = to_markdown(report).encode()
     else:
-        from router.analysis.render import to_html
+        from router.analysis.render_html import to_html
 
         out = to_html(report, acc).encode()
     if args.output:
