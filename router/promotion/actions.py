@@ -21,8 +21,9 @@ from router.promotion.audit import Problem, compare_copies, verify_chain
 from router.promotion.config import PromotionConfig
 from router.promotion.controller import commit_and_apply, make_sender
 from router.promotion.lease import lease_key
-from router.promotion.machine import State, Transition, TransitionError
+from router.promotion.machine import TransitionError
 from router.promotion.routers import Applied, RouterFleet
+from router.promotion.state import State, Transition
 from router.promotion.store import PromotionStore
 
 

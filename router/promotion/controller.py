@@ -40,8 +40,8 @@ from router.promotion.config import PromotionConfig
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
-from router.promotion.machine import State, Transition
 from router.promotion.routers import Applied, RouterFleet
+from router.promotion.state import TERMINAL, State, Transition
 from router.promotion.store import LeaseLost, PromotionStore
 from router.promotion.webhooks import WebhookSender, event_payload
 
@@ -312,7 +312,7 @@ class Controller:
                     self.tick_errors += 1
                     with contextlib.suppress(Exception):
                         await self.store.count("tick_errors")
-                if state.stage in machine.TERMINAL:
+                if state.stage in TERMINAL:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.cfg.check_interval_s)
@@ -347,7 +347,7 @@ class Controller:
                 )
                 self.sender.submit(webhook_event(rec))
         await self.store.sync_mirror()
-        if state is None or (self.opts.new_run and state.stage in machine.TERMINAL):
+        if state is None or (self.opts.new_run and state.stage in TERMINAL):
             previous = state
             champion, challenger = await self.fleet.current_pins()
             done = await commit_and_apply(
@@ -375,7 +375,7 @@ class Controller:
             if state is None:
                 raise RuntimeError("controller state vanished during start")
         else:
-            if state.stage in machine.TERMINAL:
+            if state.stage in TERMINAL:
                 log.info("%s: already %s (--new-run starts a new ramp)", self.exp, state.stage)
             else:
                 log.info("%s: resuming at stage %s step %d", self.exp, state.stage, state.step)
@@ -526,7 +526,7 @@ class Controller:
         if state is None:
             raise RuntimeError(f"{self.exp}: no controller state")
         await self.store.sync_mirror()  # picks up records committed by CLI commands
-        if state.stage in machine.TERMINAL:
+        if state.stage in TERMINAL:
             await self._reconcile(state)
             self.state = state
             return state

@@ -2,7 +2,7 @@
 
 Keys (per experiment):
 
-- ``<exp>:promotion:state``: the :class:`~router.promotion.machine.State` as JSON.
+- ``<exp>:promotion:state``: the :class:`~router.promotion.state.State` as JSON.
 - ``<exp>:audit``: a Redis list of hash-chained audit records (canonical JSON), append-only.
 - ``<exp>:audit:head``: ``{"count", "hash"}`` of the chain, updated in the same transaction.
 - ``<exp>:promotion:metrics``: counters (webhooks delivered/retried/failed/dropped, rollbacks).
@@ -31,7 +31,7 @@ from redis.exceptions import WatchError
 
 from router.promotion.audit import GENESIS, Head, canonical_json, chain_record
 from router.promotion.lease import lease_key
-from router.promotion.machine import State, Transition
+from router.promotion.state import State, Transition
 
 
 class LeaseLost(Exception):
