@@ -3,11 +3,15 @@ input drift (PSI), and fairness across segments (the largest gap, the disparity 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from router.analysis.gates.rows import NO_PAIRS, NO_TEST, fmt, row
 from router.analysis.gates.rules import FAIL, NOT_APPLICABLE, NOT_ENOUGH_DATA, PASS
 from router.analysis.policy import Policy
+
+# a threshold on the point estimate: no test, not valid under repeated looks
+_descriptive = partial(row, test=NO_TEST, always_valid=False, tested=False)
 
 
 def drift_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
@@ -29,18 +33,7 @@ def drift_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
             state = FAIL if val > g.max_psi else PASS
             why = f"challenger vs champion predictions on the same requests: PSI {val:.4g}"
         out.append(
-            row(
-                "prediction_psi",
-                "drift",
-                state,
-                val,
-                g.max_psi,
-                why,
-                null_hypothesis=nh,
-                test=NO_TEST,
-                always_valid=False,
-                tested=False,
-            )
+            _descriptive("prediction_psi", "drift", state, val, g.max_psi, why, null_hypothesis=nh)
         )
     if g.max_input_psi is not None:
         drift = report["drift"]
@@ -54,18 +47,7 @@ def drift_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
             state = FAIL if val > g.max_input_psi else PASS
             why = f"largest PSI of a captured input field vs reference: {val:.4g}"
         out.append(
-            row(
-                "input_psi",
-                "drift",
-                state,
-                val,
-                g.max_input_psi,
-                why,
-                null_hypothesis=nh,
-                test=NO_TEST,
-                always_valid=False,
-                tested=False,
-            )
+            _descriptive("input_psi", "drift", state, val, g.max_input_psi, why, null_hypothesis=nh)
         )
     return out
 
@@ -90,17 +72,8 @@ def fairness_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 f"overall {fmt(gap.get('overall'))}"
             )
         out.append(
-            row(
-                "segment_gap",
-                "fairness",
-                state,
-                val,
-                g.max_segment_gap,
-                why,
-                null_hypothesis=nh,
-                test=NO_TEST,
-                always_valid=False,
-                tested=False,
+            _descriptive(
+                "segment_gap", "fairness", state, val, g.max_segment_gap, why, null_hypothesis=nh
             )
         )
     if g.min_disparity_ratio is not None:
@@ -118,7 +91,7 @@ def fairness_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 f"{dr['highest']['value']} {fmt(dr['highest']['rate'])}"
             )
         out.append(
-            row(
+            _descriptive(
                 "disparity_ratio",
                 "fairness",
                 state,
@@ -126,9 +99,6 @@ def fairness_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any
                 g.min_disparity_ratio,
                 why,
                 null_hypothesis=nh,
-                test=NO_TEST,
-                always_valid=False,
-                tested=False,
             )
         )
     return out

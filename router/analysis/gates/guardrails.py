@@ -4,6 +4,7 @@ contract (fields missing, extra or retyped)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from router.analysis import sequential as sq
@@ -38,20 +39,10 @@ def latency_p95(report: dict[str, Any], limit: float) -> dict[str, Any]:
         src, q = "mirrored requests", lat["paired"]["per_side"]["challenger"]
     lo, hi = q["always_valid"]["p95"]
     nh = f"the challenger's p95 latency is at most {limit:g} ms"
+    gate = partial(row, "latency_p95", "guardrail", null_hypothesis=nh, test=CS_QUANTILE,
+                   always_valid=True, ci=[lo, hi], better="lower")  # fmt: skip
     if q["n"] == 0:
-        return row(
-            "latency_p95",
-            "guardrail",
-            NOT_ENOUGH_DATA,
-            None,
-            limit,
-            "no challenger latencies yet",
-            null_hypothesis=nh,
-            test=CS_QUANTILE,
-            always_valid=True,
-            ci=[lo, hi],
-            better="lower",
-        )
+        return gate(NOT_ENOUGH_DATA, None, limit, "no challenger latencies yet")
     state = state_of(interval_state(lo, hi, limit, "lower"))
     why = (
         f"challenger p95 {fmt(q['p95'], 5)} ms on {q['n']} {src}, always-valid interval "
@@ -59,19 +50,7 @@ def latency_p95(report: dict[str, Any], limit: float) -> dict[str, Any]:
     )
     if state == NOT_ENOUGH_DATA:
         why += f" (an upper bound needs about {q['always_valid']['min_n']['p95']} latencies)"
-    return row(
-        "latency_p95",
-        "guardrail",
-        state,
-        q["p95"],
-        limit,
-        why,
-        null_hypothesis=nh,
-        test=CS_QUANTILE,
-        always_valid=True,
-        ci=[lo, hi],
-        better="lower",
-    )
+    return gate(state, q["p95"], limit, why)
 
 
 def latency_regression(report: dict[str, Any], limit: float) -> dict[str, Any]:
@@ -85,43 +64,23 @@ def latency_regression(report: dict[str, Any], limit: float) -> dict[str, Any]:
     nh = f"challenger p95 − champion p95 is at most {limit:g} ms"
     test = CS_QUANTILE + ", one per side at alpha/2, differenced"
     lo, hi = q["delta_cs"]
+    gate = partial(row, "latency_regression", "guardrail", null_hypothesis=nh, test=test,
+                   always_valid=True, ci=[lo, hi], better="lower")  # fmt: skip
     if q["delta_ms"] is None:
-        return row(
-            "latency_regression",
-            "guardrail",
-            NOT_ENOUGH_DATA,
-            None,
-            limit,
-            "no latencies of both models yet",
-            null_hypothesis=nh,
-            test=test,
-            always_valid=True,
-            ci=[lo, hi],
-            better="lower",
-        )
+        return gate(NOT_ENOUGH_DATA, None, limit, "no latencies of both models yet")
     state = state_of(interval_state(lo, hi, limit, "lower"))
     why = (
         f"challenger p95 − champion p95 on {src}: {q['delta_ms']:+.1f} ms, always-valid "
         f"interval {ci_text(lo, hi, 4)}"
     )
-    return row(
-        "latency_regression",
-        "guardrail",
-        state,
-        q["delta_ms"],
-        limit,
-        why,
-        null_hypothesis=nh,
-        test=test,
-        always_valid=True,
-        ci=[lo, hi],
-        better="lower",
-    )
+    return gate(state, q["delta_ms"], limit, why)
 
 
 def error_rate(report: dict[str, Any], limit: float, alpha: float) -> dict[str, Any]:
     err = report["errors"]
     nh = f"challenger − champion error rate is at most {limit:g}"
+    gate = partial(row, "error_rate_delta", "guardrail", null_hypothesis=nh, always_valid=True,
+                   better="lower")  # fmt: skip
     pe = err["paired"]
     if pe["n"] > 0:
         n, b, c = pe["n"], pe["discordant"]["champion_only"], pe["discordant"]["challenger_only"]
@@ -133,37 +92,15 @@ def error_rate(report: dict[str, Any], limit: float, alpha: float) -> dict[str, 
         x1, n1 = pv["champion"]["errors"], pv["champion"]["n"]
         x2, n2 = pv["challenger"]["errors"], pv["challenger"]["n"]
         if n1 == 0 or n2 == 0:
-            return row(
-                "error_rate_delta",
-                "guardrail",
-                NOT_ENOUGH_DATA,
-                None,
-                limit,
-                "no requests on both models yet",
-                null_hypothesis=nh,
-                test=CS_PROPORTIONS,
-                always_valid=True,
-                better="lower",
-            )
+            why = "no requests on both models yet"
+            return gate(NOT_ENOUGH_DATA, None, limit, why, test=CS_PROPORTIONS)
         lo_a, hi_a = live_proportions_interval(x1, n1, x2, n2, alpha)
         state = state_of(interval_state(lo_a, hi_a, limit, "lower"))
         d, src, test = x2 / n2 - x1 / n1, f"the live split ({n2} / {n1} requests)", CS_PROPORTIONS
     lo, hi = float(lo_a), float(hi_a)
     why = f"challenger − champion error rate {d:+.4f} on {src}, always-valid interval "
     why += ci_text(lo, hi)
-    return row(
-        "error_rate_delta",
-        "guardrail",
-        state,
-        d,
-        limit,
-        why,
-        null_hypothesis=nh,
-        test=test,
-        always_valid=True,
-        ci=[lo, hi],
-        better="lower",
-    )
+    return gate(state, d, limit, why, test=test, ci=[lo, hi])
 
 
 def contract(report: dict[str, Any], limit: float, alpha: float) -> dict[str, Any]:
@@ -174,19 +111,15 @@ def contract(report: dict[str, Any], limit: float, alpha: float) -> dict[str, An
         "confidence sequence for the share of the most-broken field (beta-binomial, "
         "Robbins 1970), Bonferroni over the fields listed"
     )
+    gate = partial(row, "response_contract", "schema", null_hypothesis=nh, test=test,
+                   always_valid=True, better="lower")  # fmt: skip
     if n == 0:
         unmirrored = report["counts"]["mirrored_pairs"] == 0
-        return row(
-            "response_contract",
-            "schema",
+        return gate(
             NOT_APPLICABLE if unmirrored else NOT_ENOUGH_DATA,
             None,
             limit,
             NO_PAIRS if unmirrored else "no comparable mirrored pairs yet (all had an error)",
-            null_hypothesis=nh,
-            test=test,
-            always_valid=True,
-            better="lower",
         )
     m = max(len(ct["paths"]), 1)
     lo_f, _ = sq.proportion_cs(worst, n, alpha / m)  # fail: any field shown past the limit
@@ -200,16 +133,4 @@ def contract(report: dict[str, Any], limit: float, alpha: float) -> dict[str, An
         else f"no field differs above the noise share ({n} pairs)"
     )
     why = f"{what}, always-valid interval {ci_text(float(lo_f), float(hi_p))}"
-    return row(
-        "response_contract",
-        "schema",
-        state,
-        share,
-        limit,
-        why,
-        null_hypothesis=nh,
-        test=test,
-        always_valid=True,
-        ci=[float(lo_f), float(hi_p)],
-        better="lower",
-    )
+    return gate(state, share, limit, why, ci=[float(lo_f), float(hi_p)])

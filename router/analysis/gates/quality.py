@@ -4,6 +4,7 @@ value predictions."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from router.analysis import sequential as sq
@@ -20,6 +21,8 @@ from router.analysis.policy import Policy
 
 
 def quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
+    """The tolerance gate of this prediction kind that the policy sets (``missing``: the reason
+    when no labelled pair is there to judge, a template naming the guardrail's key)."""
     g = policy.guardrails
     qual = report["quality"]
     kind = report["divergence"]["kind"]
@@ -35,105 +38,50 @@ def quality_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]
     else:
         missing_state = NOT_EVALUABLE
     if kind != "value" and g.max_accuracy_drop is not None:
-        tol = g.max_accuracy_drop
-        nh = f"challenger − champion accuracy is at least −{tol:g}"
-        acc = qual.get("tests", {}).get("accuracy")
-        if acc is None:
-            out.append(
-                row(
-                    "accuracy_drop",
-                    "guardrail",
-                    missing_state,
-                    None,
-                    -tol,
-                    missing.format("max_accuracy_drop"),
-                    null_hypothesis=nh,
-                    test=CS_BOUNDED + " (paired)",
-                    always_valid=True,
-                    better="higher",
-                )
-            )
-        else:
-            n = qual["n"]
-            b, c = acc["discordant"]
-            lo, hi = sq.bounded_mean_cs(
-                n, (c - b) / n, (b + c) - (c - b) ** 2 / n, -1, 1, policy.alpha
-            )
-            state = state_of(paired_tolerance_state(n, b, c, -tol, "higher", policy.alpha))
-            why = (
-                f"challenger − champion accuracy {fmt(acc['delta'])} on {n} labelled pairs,"
-                f" always-valid interval {ci_text(float(lo), float(hi))} (McNemar "
-                f"p={fmt(acc['mcnemar']['p_value'])} against no difference)"
-            )
-            out.append(
-                row(
-                    "accuracy_drop",
-                    "guardrail",
-                    state,
-                    acc["delta"],
-                    -tol,
-                    why,
-                    null_hypothesis=nh,
-                    test=CS_BOUNDED + " (paired)",
-                    always_valid=True,
-                    ci=[float(lo), float(hi)],
-                    better="higher",
-                )
-            )
+        out.append(_accuracy_drop(qual, g.max_accuracy_drop, policy.alpha, missing_state, missing))
     if kind == "value" and g.max_rmse_increase is not None:
-        tol = g.max_rmse_increase
-        nh = f"challenger RMSE / champion RMSE − 1 is at most {tol:g}"
-        r = qual.get("tests", {}).get("rmse_ratio")
-        if r is None:
-            out.append(
-                row(
-                    "rmse_increase",
-                    "guardrail",
-                    missing_state,
-                    None,
-                    tol,
-                    missing.format("max_rmse_increase"),
-                    null_hypothesis=nh,
-                    test=CS_NORMAL,
-                    always_valid=True,
-                    better="lower",
-                )
-            )
-        elif r["state"] != "ok":
-            out.append(
-                row(
-                    "rmse_increase",
-                    "guardrail",
-                    NOT_ENOUGH_DATA if r["state"] == "not_enough_data" else NOT_EVALUABLE,
-                    r["estimate"],
-                    tol,
-                    f"RMSE ratio: {r['state']}",
-                    null_hypothesis=nh,
-                    test=CS_NORMAL,
-                    always_valid=True,
-                    better="lower",
-                )
-            )
-        else:
-            lo, hi = r["sequential_ci"]
-            state = state_of(interval_state(lo, hi, tol, "lower"))
-            why = (
-                f"challenger RMSE / champion RMSE − 1 = {fmt(r['estimate'])} on {r['n']} "
-                f"labelled pairs, always-valid interval {ci_text(lo, hi)}"
-            )
-            out.append(
-                row(
-                    "rmse_increase",
-                    "guardrail",
-                    state,
-                    r["estimate"],
-                    tol,
-                    why,
-                    null_hypothesis=nh,
-                    test=CS_NORMAL + " on log(MSE ratio), delta method",
-                    always_valid=True,
-                    ci=[lo, hi],
-                    better="lower",
-                )
-            )
+        out.append(_rmse_increase(qual, g.max_rmse_increase, missing_state, missing))
     return out
+
+
+def _accuracy_drop(
+    qual: dict[str, Any], tol: float, alpha: float, missing_state: str, missing: str
+) -> dict[str, Any]:
+    nh = f"challenger − champion accuracy is at least −{tol:g}"
+    gate = partial(row, "accuracy_drop", "guardrail", null_hypothesis=nh,
+                   test=CS_BOUNDED + " (paired)", always_valid=True, better="higher")  # fmt: skip
+    acc = qual.get("tests", {}).get("accuracy")
+    if acc is None:
+        return gate(missing_state, None, -tol, missing.format("max_accuracy_drop"))
+    n = qual["n"]
+    b, c = acc["discordant"]
+    lo, hi = sq.bounded_mean_cs(n, (c - b) / n, (b + c) - (c - b) ** 2 / n, -1, 1, alpha)
+    state = state_of(paired_tolerance_state(n, b, c, -tol, "higher", alpha))
+    why = (
+        f"challenger − champion accuracy {fmt(acc['delta'])} on {n} labelled pairs,"
+        f" always-valid interval {ci_text(float(lo), float(hi))} (McNemar "
+        f"p={fmt(acc['mcnemar']['p_value'])} against no difference)"
+    )
+    return gate(state, acc["delta"], -tol, why, ci=[float(lo), float(hi)])
+
+
+def _rmse_increase(
+    qual: dict[str, Any], tol: float, missing_state: str, missing: str
+) -> dict[str, Any]:
+    nh = f"challenger RMSE / champion RMSE − 1 is at most {tol:g}"
+    gate = partial(row, "rmse_increase", "guardrail", null_hypothesis=nh, test=CS_NORMAL,
+                   always_valid=True, better="lower")  # fmt: skip
+    r = qual.get("tests", {}).get("rmse_ratio")
+    if r is None:
+        return gate(missing_state, None, tol, missing.format("max_rmse_increase"))
+    if r["state"] != "ok":
+        state = NOT_ENOUGH_DATA if r["state"] == "not_enough_data" else NOT_EVALUABLE
+        return gate(state, r["estimate"], tol, f"RMSE ratio: {r['state']}")
+    lo, hi = r["sequential_ci"]
+    state = state_of(interval_state(lo, hi, tol, "lower"))
+    why = (
+        f"challenger RMSE / champion RMSE − 1 = {fmt(r['estimate'])} on {r['n']} "
+        f"labelled pairs, always-valid interval {ci_text(lo, hi)}"
+    )
+    test = CS_NORMAL + " on log(MSE ratio), delta method"
+    return gate(state, r["estimate"], tol, why, test=test, ci=[lo, hi])
