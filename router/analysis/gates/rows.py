@@ -42,6 +42,8 @@ def row(
     tested: bool = True,
     p_value: float | None = None,
 ) -> dict[str, Any]:
+    """One gate's row (its fields are described in :mod:`router.analysis.gates`); a gate
+    without a test (``tested=False``) is never ``significant``."""
     assert state in STATES, state
     return {
         "name": name,
@@ -62,8 +64,10 @@ def row(
 
 
 def fmt(x: Any, nd: int = 4) -> str:
+    """A number for a reason's text (``n/a`` for None)."""
     return "n/a" if x is None else f"{x:.{nd}g}" if isinstance(x, float) else str(x)
 
 
 def ci_text(lo: float | None, hi: float | None, nd: int = 4) -> str:
+    """An interval for a reason's text."""
     return f"[{fmt(lo, nd)}, {fmt(hi, nd)}]"
