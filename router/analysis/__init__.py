@@ -3,6 +3,15 @@
 ``build_report`` analyses in-memory rows; :mod:`router.analysis.run` streams from files or Redis.
 The report (and with it scipy) is imported on first use, so processes that only fold records
 (the parallel readers) start fast.
+
+Where to start reading, in the order the data flows: :mod:`.run` (the I/O shell; pages read by
+:mod:`.reader`, parsed by :mod:`.frames` and :mod:`.ndjson`, outcomes indexed by
+:mod:`.outcomes_index`), :mod:`.accumulate` (mergeable aggregates, with its parts :mod:`.pairs`,
+:mod:`.segments`, :mod:`.fields`, :mod:`.units` and the sketches of :mod:`.sketches`),
+:mod:`.report` (assembles the :mod:`.sections` and :mod:`.data_quality`), :mod:`.gates` (gate
+rows and the decision), :mod:`.render` and :mod:`.render_html`. The statistics are pure
+functions: :mod:`.stats`, :mod:`.proportions`, :mod:`.quantiles`, :mod:`.sample_size`,
+:mod:`.measures` (fixed horizon) and :mod:`.sequential` (always valid).
 """
 
 from __future__ import annotations

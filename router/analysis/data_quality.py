@@ -10,8 +10,8 @@ values folded into "other", invalid outcome rows. Its gates:
   ``data_quality.max_invalid_share`` (default 1%) the decision is hold: the data needs a human.
 * a policy metric absent from the data: a warning in the report (``router analyze --strict``
   turns warnings into an error), and the gate that needs it is never a pass (the quality gates
-  of :mod:`router.analysis.gates` say ``not_evaluable`` without labels; a row that is missing
-  is added as ``not_evaluable``).
+  of :mod:`router.analysis.gates.quality` say ``not_evaluable`` without labels; a row that is
+  missing is added as ``not_evaluable``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def data_quality_section(acc: Accumulator, policy: Policy) -> dict[str, Any]:
         "segments": {
             "max_tracked_values": policy.segments.max_tracked_values,
             "max_fields": policy.segments.max_fields,
-            "folded_records": dict(acc.segment_overflow.most_common()),
+            "folded_records": dict(acc.segments.overflow.most_common()),
         },
         "missing_metrics": missing,
         "warnings": warnings,
@@ -111,7 +111,8 @@ def _reasons_text(records: dict[str, Any], top: int = 3) -> str:
 
 def _row(name: str, kind: str, state: str, value: float | None, threshold: float | None,
          reason: str, null_hypothesis: str, test: str) -> dict[str, Any]:  # fmt: skip
-    """A gate row as :mod:`router.analysis.gates` writes them (descriptive: no interval)."""
+    """A gate row as :func:`router.analysis.gates.rows.row` writes them (descriptive: no
+    interval)."""
     return {"name": name, "kind": kind, "state": state, "passed": state == "pass",
             "significant": False, "value": value, "threshold": threshold, "reason": reason,
             "null_hypothesis": null_hypothesis, "test": test, "always_valid": False, "ci": None,

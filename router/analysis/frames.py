@@ -9,9 +9,9 @@ is told are strings), which keeps every key: nothing a later writer adds is drop
 the page's schema and it passes the checks of :func:`_record_problems` (vectorised polars
 expressions: version, request id, a plausible ``ts`` in seconds, the served side present,
 latencies not negative, the segment an object of strings). A page polars rejects as a whole (a
-malformed line, a wrong type) is checked line by line by :func:`_line_problem`, which mirrors
-polars' type rules (never stricter); the lines it passes are parsed again by polars together,
-and the same vectorised checks run on them. Invalid lines are reported with a reason
+malformed line, a wrong type) is checked line by line (:mod:`router.analysis.ndjson`, which
+mirrors polars' type rules, never stricter); the lines it passes are parsed again by polars
+together, and the same vectorised checks run on them. Invalid lines are reported with a reason
 ``"<field>: <kind>"`` and where they were (:class:`Invalid`).
 
 Request ids are fingerprinted with polars' 64-bit hash (fixed seed) for deduplication and for
@@ -20,7 +20,6 @@ the outcome join; records and outcomes are hashed by the same function.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from router.analysis.ndjson import line_by_line, nonblank, read_lines
 from router.capture.records import FUTURE_SLACK_S, RECORD_VERSION, TS_MIN, TS_MS
 
 HASH_SEED = 0x5EED_CAFE
@@ -78,20 +78,10 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    return pl.DataFrame(schema=schema)
-
-
 def rid_hash(col: pl.Expr | pl.Series) -> Any:
     """64-bit fingerprints of request ids (signed, for numpy), the same for records and
     outcomes."""
     return col.hash(HASH_SEED).reinterpret(signed=True)
-
-
-def _read(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    if not data or data.isspace():  # (isspace stops at the first other byte; strip copies)
-        return empty(schema)
-    return pl.read_ndjson(data, schema=schema)
 
 
 # ------------------------------------------------------------------ where and why
@@ -215,90 +205,6 @@ def _segment_ok(text: str) -> bool:
     return isinstance(d, dict) and all(isinstance(x, str) for x in d.values())
 
 
-_I64 = 1 << 63
-
-
-def _type_problem(value: Any, dtype: Any, path: str) -> str | None:
-    """Why polars would refuse ``value`` for a column of ``dtype`` (never stricter than it:
-    whatever this passes, polars parses again and may still refuse)."""
-    if value is None or isinstance(dtype, pl.String):
-        return None  # a string column takes any JSON value (as its text)
-    if isinstance(dtype, pl.Struct):
-        if not isinstance(value, dict):
-            return f"{path}: wrong type ({_json_type(value)})"
-        for f in dtype.fields:
-            why = _type_problem(value.get(f.name), f.dtype, f"{path}.{f.name}")
-            if why:
-                return why
-        return None
-    ok = True
-    if isinstance(dtype, pl.Float64):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(dtype, pl.Int64):
-        ok = isinstance(value, int) and not isinstance(value, bool) and -_I64 <= value < _I64
-    elif isinstance(dtype, pl.Boolean):
-        ok = isinstance(value, bool)
-    return None if ok else f"{path}: wrong type ({_json_type(value)})"
-
-
-def _json_type(v: Any) -> str:
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    return "array" if isinstance(v, list) else "object" if isinstance(v, dict) else "null"
-
-
-def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        out.setdefault(k, v)  # polars keeps the first of repeated keys
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(name)  # NaN and Infinity are not JSON (polars refuses them too)
-
-
-def _line_problem(line: bytes, schema: dict[str, pl.DataType], what: str = "record") -> str | None:
-    """Why one line cannot be a ``what`` of ``schema`` before any semantic check, or None."""
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            return f"{what}: not UTF-8"
-        try:  # the standard library is more lenient (lone surrogates), as polars is
-            doc = json.loads(text, parse_constant=_no_constants)
-        except ValueError:
-            return f"{what}: malformed JSON"
-    if not isinstance(doc, dict):
-        return f"{what}: not a JSON object"
-    why = _fields_problem(doc, schema)
-    if why is not None:  # orjson keeps the last of repeated keys, polars the first
-        try:
-            first = json.loads(line, object_pairs_hook=_first_wins, parse_constant=_no_constants)
-        except ValueError:
-            return why
-        why = _fields_problem(first, schema)
-    return why
-
-
-def _fields_problem(doc: dict[str, Any], schema: dict[str, pl.DataType]) -> str | None:
-    for name, dtype in schema.items():
-        why = _type_problem(doc.get(name), dtype, name)
-        if why:
-            return why
-    return None
-
-
-def _nonblank(lines: list[bytes]) -> list[int]:
-    return [i for i, line in enumerate(lines) if line.strip()]
-
-
 def parse_records(
     data: bytes, schema: dict[str, pl.DataType] = RECORD_SCHEMA, now: float | None = None
 ) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
@@ -318,20 +224,20 @@ def _parse_records(
     rows: list[int] | None = None  # line index of each row, when not simply the non-blank lines
     bad: list[tuple[int, str]] = []
     try:
-        df = _read(data, schema)
+        df = read_lines(data, schema)
     except pl.exceptions.PolarsError:
         general = record_schema(numeric=False, fields="fields" in schema)
         try:
-            df = _read(data, general)
+            df = read_lines(data, general)
         except pl.exceptions.PolarsError:
-            df, rows, bad = _line_by_line(data, general)
+            df, rows, bad = line_by_line(data, general)
     why, segments = _record_problems(df, now)
     if why is None:
         return df, sorted(bad), segments
     if rows is None:
-        rows = _nonblank(data.split(b"\n"))
+        rows = nonblank(data.split(b"\n"))
         if len(rows) != df.height:  # polars and bytes.strip disagree on a blank line
-            df, rows, bad = _line_by_line(data, record_schema(False, "fields" in schema))
+            df, rows, bad = line_by_line(data, record_schema(False, "fields" in schema))
             why, segments = _record_problems(df, now)
             if why is None:
                 return df, sorted(bad), segments
@@ -341,40 +247,6 @@ def _parse_records(
         bad.append((rows[i], reason))
     bad.sort()
     return df.filter(~bad_rows), bad, None
-
-
-def _line_by_line(
-    data: bytes, schema: dict[str, pl.DataType], what: str = "record"
-) -> tuple[pl.DataFrame, list[int], list[tuple[int, str]]]:
-    """A page polars refused: each line checked alone (:func:`_line_problem`), the others
-    parsed together again. Returns the frame, the line index of each row, the bad lines."""
-    lines = data.split(b"\n")
-    keep: list[int] = []
-    bad: list[tuple[int, str]] = []
-    for i in _nonblank(lines):
-        why = _line_problem(lines[i], schema, what)
-        if why is None:
-            keep.append(i)
-        else:
-            bad.append((i, why))
-    df, rows, refused = _parse_subset(lines, keep, schema)
-    return df, rows, bad + [(i, f"{what}: refused by the columnar parser") for i in refused]
-
-
-def _parse_subset(
-    lines: list[bytes], keep: list[int], schema: dict[str, pl.DataType]
-) -> tuple[pl.DataFrame, list[int], list[int]]:
-    """Parse lines ``keep`` together; should polars still refuse (something the line check
-    let through), halve and retry, so only the lines it refuses alone are lost."""
-    try:
-        return _read(b"\n".join(lines[i] for i in keep), schema), keep, []
-    except pl.exceptions.PolarsError:
-        if len(keep) == 1:
-            return empty(schema), [], keep
-    mid = len(keep) // 2
-    a, ra, xa = _parse_subset(lines, keep[:mid], schema)
-    b, rb, xb = _parse_subset(lines, keep[mid:], schema)
-    return pl.concat([a, b], how="vertical_relaxed"), ra + rb, xa + xb
 
 
 def record_columns(df: pl.DataFrame) -> pl.DataFrame:
@@ -517,16 +389,16 @@ def parse_outcomes(data: bytes) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
     rows: list[int] | None = None
     bad: list[tuple[int, str]] = []
     try:
-        df = _read(data, OUTCOME_SCHEMA)
+        df = read_lines(data, OUTCOME_SCHEMA)
     except pl.exceptions.PolarsError:
-        df, rows, bad = _line_by_line(data, OUTCOME_SCHEMA, "outcome")
+        df, rows, bad = line_by_line(data, OUTCOME_SCHEMA, "outcome")
     why = _outcome_problems(df)
     if why.null_count() == df.height:
         return df, sorted(bad)
     if rows is None:
-        rows = _nonblank(data.split(b"\n"))
+        rows = nonblank(data.split(b"\n"))
         if len(rows) != df.height:
-            df, rows, bad = _line_by_line(data, OUTCOME_SCHEMA, "outcome")
+            df, rows, bad = line_by_line(data, OUTCOME_SCHEMA, "outcome")
             why = _outcome_problems(df)
     bad_rows = why.is_not_null()
     for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),

@@ -159,7 +159,7 @@ def analyze(
     track = reference is not None or reference_src is not None
     acc = accumulate(src, policy, kind=kind, workers=workers, track_fields=track, progress=progress)
     if reference_src is not None:
-        from router.analysis.report import reference_stats
+        from router.analysis.sections.drift import reference_stats
 
         ref_acc = accumulate(
             reference_src, policy, kind=kind, workers=workers, outcomes=OutcomeIndex()

@@ -165,9 +165,9 @@ class LogHistogram:
         return self._at_rank(min(math.ceil(q * n) - 1, n - 1) if q > 0 else 0)
 
     def quantile_ci(self, q: float, alpha: float = 0.05) -> tuple[float | None, float | None]:
-        """The distribution-free interval of :func:`router.analysis.stats.quantile_interval`;
+        """The distribution-free interval of :func:`router.analysis.quantiles.quantile_interval`;
         a side is None when its order statistic does not exist yet (not enough data)."""
-        from router.analysis.stats import quantile_interval  # scipy: report time only
+        from router.analysis.quantiles import quantile_interval  # scipy: report time only
 
         qi = quantile_interval(self.n, q, alpha)
         return self.bounds_at_ranks(qi.low, qi.high)

@@ -282,7 +282,8 @@ def _analyse(
         # ends: out of the collector's sight, the report's collections and the interpreter's
         # at exit stop walking it (measured: about 0.3 s of a 4 s run)
         gc.freeze()
-        from router.analysis.report import reference_stats, report_from
+        from router.analysis.report import report_from
+        from router.analysis.sections.drift import reference_stats
 
         if args.reference_since is not None or args.reference_until is not None:
             from router.analysis.outcomes_index import OutcomeIndex
@@ -340,7 +341,7 @@ def _analyse(
 
         out = to_markdown(report).encode()
     else:
-        from router.analysis.render import to_html
+        from router.analysis.render_html import to_html
 
         out = to_html(report, acc).encode()
     if args.output:

@@ -313,7 +313,7 @@ async def _story(opts: DemoOptions, rng: random.Random, redis_url: str, t_start:
         shutil.rmtree(run_dir, ignore_errors=True)
     report, acc = await asyncio.to_thread(_report, redis_url, t3, t4, 0.5)
     _summary("canary 50% verdict", report)
-    from router.analysis.render import to_html
+    from router.analysis.render_html import to_html
 
     opts.report.write_text(to_html(report, acc), encoding="utf-8")
     print(f"\nHTML report: {opts.report.resolve()}")

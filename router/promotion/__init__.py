@@ -4,6 +4,7 @@ webhooks, driven through the routers' admin API.
 Layout (pure core, thin I/O shells):
 
 - :mod:`.config`: the ``promotion:`` configuration (pydantic, unknown keys are errors).
+- :mod:`.state`: the plain data (stages, steps, pins, the controller state, events).
 - :mod:`.machine`: the pure state machine (stages, verdicts, approvals, router target).
 - :mod:`.guardrails`: pure error-rate / latency checks over captured records.
 - :mod:`.audit`: hash-chained audit records and their verification (pure) plus the Redis/JSONL log.
@@ -13,7 +14,10 @@ Layout (pure core, thin I/O shells):
 - :mod:`.store`: controller state in Redis, committed atomically with its audit records.
 - :mod:`.routers`: idempotent reconciliation of router replicas through the admin API.
 - windows of captured records are read through :mod:`router.capture.reader` (every shard).
+- :mod:`.analyzer`: the controller's call of the analyzer and the verdict of a report.
+- :mod:`.commit`: a transition committed, then the routers reconciled and webhooks queued.
 - :mod:`.controller`: the loop tying these together.
+- :mod:`.actions`: the CLI's operations (rollback, resume, approve, reject, status, verify).
 """
 
 from router.promotion.config import PromotionConfig, load_promotion_config

@@ -18,11 +18,12 @@ import redis.asyncio as aioredis
 from router.promotion import machine
 from router.promotion.approval import Questionnaire
 from router.promotion.audit import Problem, compare_copies, verify_chain
+from router.promotion.commit import commit_and_apply, make_sender
 from router.promotion.config import PromotionConfig
-from router.promotion.controller import commit_and_apply, make_sender
 from router.promotion.lease import lease_key
-from router.promotion.machine import State, Transition, TransitionError
+from router.promotion.machine import TransitionError
 from router.promotion.routers import Applied, RouterFleet
+from router.promotion.state import State, Transition
 from router.promotion.store import PromotionStore
 
 

@@ -9,16 +9,18 @@ Each tick (every ``check_interval_s``):
 2. when the step has been held for ``min_duration_s`` and ``analysis_interval_s`` passed since the
    last analysis, run the analyzer on the step's window (in a thread), intersect its gates'
    confidence sequences with those of the step's earlier looks (the running state in Redis,
-   :func:`router.analysis.gates.apply_running`) and apply the decision;
+   :func:`router.analysis.gates.running.apply_running`) and apply the decision;
 3. reconcile every router to the state's target (compare before set, so a no-op when in sync).
 
 Both kinds of checks look many times per step; their intervals are confidence sequences, so
 each keeps its false-rollback and false-promote rates at or below alpha over all the looks.
 
 Transitions go through :meth:`PromotionStore.update` (atomic with their audit records, fenced by
-the lease), then the routers are reconciled and webhooks queued. A restarted controller loads the
-state from Redis, re-applies the target (no change if already applied) and continues the same
-step from its original start time: nothing is repeated.
+the lease), then the routers are reconciled and webhooks queued
+(:func:`router.promotion.commit.commit_and_apply`); the analyzer is called through
+:mod:`router.promotion.analyzer`. A restarted controller loads the state from Redis, re-applies
+the target (no change if already applied) and continues the same step from its original start
+time: nothing is repeated.
 """
 
 from __future__ import annotations
@@ -29,201 +31,25 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from router.promotion import machine
+from router.promotion.analyzer import Analyse, analyzer_from_policy, verdict_from_report
+from router.promotion.commit import WEBHOOK_EVENTS, commit_and_apply, make_sender, webhook_event
 from router.promotion.config import PromotionConfig
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
-from router.promotion.machine import State, Transition
 from router.promotion.routers import Applied, RouterFleet
+from router.promotion.state import TERMINAL, State, Transition
 from router.promotion.store import LeaseLost, PromotionStore
-from router.promotion.webhooks import WebhookSender, event_payload
+from router.promotion.webhooks import WebhookSender
 
 log = logging.getLogger("router.promotion.controller")
-
-WEBHOOK_EVENTS = frozenset(
-    {
-        "step_changed",
-        "rollback",
-        "hold",
-        "resumed",
-        "approval_requested",
-        "approved",
-        "rejected",
-        "promoted",
-    }
-)
-
-
-class Analyse(Protocol):
-    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts``."""
-
-    def __call__(
-        self,
-        pairs: list[dict[str, Any]],
-        outcomes: list[dict[str, Any]],
-        *,
-        experiment: str,
-        split: float,
-        since: float,
-        until: float,
-    ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
-
-
-def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) -> Analyse:
-    """The default :class:`Analyse`: the analyzer with the loaded policy.
-
-    With ``redis_url`` it streams the step's window from Redis itself (bounded memory however
-    long the step; the ``pairs``/``outcomes`` arguments are then ignored and the controller
-    does not read them, see ``streaming``); without, it analyses the rows it is given."""
-    from router import analysis
-    from router.analysis.policy import Policy
-
-    policy = analysis.load_policy(policy_path) if policy_path else Policy()
-
-    def analyse(
-        pairs: list[dict[str, Any]],
-        outcomes: list[dict[str, Any]],
-        *,
-        experiment: str,
-        split: float,
-        since: float,
-        until: float,
-    ) -> dict[str, Any]:
-        if redis_url is not None:
-            from router.analysis.run import Source, analyze
-
-            src = Source(experiment, redis_url=redis_url, since=since, until=until)
-            return analyze(src, policy, kind=policy.prediction_kind or "score", split=split)
-        report: dict[str, Any] = analysis.build_report(
-            pairs,
-            outcomes,
-            experiment=experiment,
-            policy=policy,
-            split=split,
-            since=since,
-            until=until,
-        )
-        return report
-
-    analyse.streaming = redis_url is not None  # type: ignore[attr-defined]
-    return analyse
-
-
-GATE_KEYS = (
-    "name", "passed", "value", "threshold", "reason", "state", "ci", "p_value", "always_valid",
-)  # fmt: skip
-
-
-def verdict_from_report(report: dict[str, Any], since: float, until: float) -> dict[str, Any]:
-    decision = report.get("decision") or {}
-    return {
-        "action": decision.get("action"),
-        "reasons": list(decision.get("reasons", [])),
-        "gates": [{k: g.get(k) for k in GATE_KEYS if k in g} for g in report.get("gates", [])],
-        "counts": report.get("counts", {}),
-        "window": {"since": since, "until": until},
-    }
-
-
-async def commit_and_apply(
-    store: PromotionStore,
-    fn: Callable[[State | None], Transition | None],
-    *,
-    fleet: RouterFleet | None,
-    sender: WebhookSender | None,
-    lease_token: str | None = None,
-    note: str = "",
-) -> tuple[Transition, list[dict[str, Any]], list[Applied]] | None:
-    """Commit a transition, reconcile the routers to the new target, queue webhooks.
-
-    Used by the controller and by the CLI commands (rollback, approve, reject), so a manual
-    action takes effect on the routers at once even when no controller is running."""
-    done = await store.update(fn, lease_token=lease_token)
-    if done is None:
-        return None
-    t, records = done
-    applied: list[Applied] = []
-    if fleet is not None:
-        applied = await fleet.reconcile(machine.desired(t.state), note=note or _note(records))
-        for a in applied:
-            if a.result == "error":
-                log.error("router %s not reconciled: %s", a.url, a.error)
-    for rec in records:
-        if rec["event"] == "rollback":
-            await store.count("rollbacks")
-        if sender is not None and rec["event"] in WEBHOOK_EVENTS:
-            sender.submit(webhook_event(rec))
-    return t, records, applied
-
-
-def _note(records: list[dict[str, Any]]) -> str:
-    return "; ".join(f"promotion {r['event']} (audit seq {r['seq']})" for r in records)[:500]
-
-
-def webhook_event(rec: dict[str, Any]) -> dict[str, Any]:
-    data = dict(rec.get("data") or {})
-    data.update(
-        stage_from=rec.get("stage_from"),
-        stage_to=rec.get("stage_to"),
-        step=rec.get("step"),
-        split=rec.get("split"),
-        versions=rec.get("versions"),
-        audit_seq=rec["seq"],
-        audit_hash=rec["hash"],
-    )
-    return event_payload(
-        {
-            "id": f"{rec['experiment']}:{rec['seq']}",
-            "event": rec["event"],
-            "experiment": rec["experiment"],
-            "ts": rec["ts"],
-            "data": data,
-        }
-    )
-
-
-def make_sender(cfg: PromotionConfig, store: PromotionStore) -> WebhookSender | None:
-    if not cfg.webhooks.urls:
-        return None
-    secret = os.environ.get(cfg.webhooks.secret_env, "")
-    if not secret:
-        log.warning(
-            "webhooks: %s is not set; signing with an empty secret", cfg.webhooks.secret_env
-        )
-
-    def spawn(coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        sender.callback_tasks.add(task)
-        task.add_done_callback(sender.callback_tasks.discard)
-
-    def on_count(name: str, n: int) -> None:
-        spawn(store.count(f"webhooks_{name}", n))
-
-    def on_done(payload: dict[str, Any]) -> None:
-        seq = payload.get("data", {}).get("audit_seq")
-        if isinstance(seq, int):
-            spawn(store.mark_webhook_done(seq))
-
-    w = cfg.webhooks
-    sender = WebhookSender(
-        w.urls,
-        secret,
-        queue_size=w.queue_size,
-        timeout_s=w.timeout_s,
-        max_attempts=w.max_attempts,
-        backoff_initial_s=w.backoff_initial_s,
-        backoff_max_s=w.backoff_max_s,
-        on_count=on_count,
-        on_done=on_done,
-    )
-    return sender
 
 
 @dataclass
@@ -312,7 +138,7 @@ class Controller:
                     self.tick_errors += 1
                     with contextlib.suppress(Exception):
                         await self.store.count("tick_errors")
-                if state.stage in machine.TERMINAL:
+                if state.stage in TERMINAL:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.cfg.check_interval_s)
@@ -347,7 +173,7 @@ class Controller:
                 )
                 self.sender.submit(webhook_event(rec))
         await self.store.sync_mirror()
-        if state is None or (self.opts.new_run and state.stage in machine.TERMINAL):
+        if state is None or (self.opts.new_run and state.stage in TERMINAL):
             previous = state
             champion, challenger = await self.fleet.current_pins()
             done = await commit_and_apply(
@@ -375,7 +201,7 @@ class Controller:
             if state is None:
                 raise RuntimeError("controller state vanished during start")
         else:
-            if state.stage in machine.TERMINAL:
+            if state.stage in TERMINAL:
                 log.info("%s: already %s (--new-run starts a new ramp)", self.exp, state.stage)
             else:
                 log.info("%s: resuming at stage %s step %d", self.exp, state.stage, state.step)
@@ -436,7 +262,7 @@ class Controller:
         self, report: dict[str, Any], key: tuple[str, int, float]
     ) -> dict[str, Any]:
         """The report's gates intersected with the step's earlier looks (see the module doc)."""
-        from router.analysis.gates import apply_running
+        from router.analysis.gates.running import apply_running
 
         gates = report.get("gates")
         if not gates or not all(isinstance(g, dict) and "state" in g for g in gates):
@@ -526,7 +352,7 @@ class Controller:
         if state is None:
             raise RuntimeError(f"{self.exp}: no controller state")
         await self.store.sync_mirror()  # picks up records committed by CLI commands
-        if state.stage in machine.TERMINAL:
+        if state.stage in TERMINAL:
             await self._reconcile(state)
             self.state = state
             return state

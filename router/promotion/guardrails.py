@@ -127,7 +127,7 @@ def _round(x: float | None, nd: int = 6) -> float | None:
 
 
 def error_check(state: GuardrailState, cfg: GuardrailConfig) -> GuardrailCheck:
-    from router.analysis.gates import live_proportions_interval  # scipy: on first check only
+    from router.analysis.gates.rules import live_proportions_interval  # scipy: on first check only
 
     cp, ch = state.champion, state.challenger
     enough = min(cp.calls, ch.calls) >= cfg.min_requests

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from router.promotion.machine import Pin, Target
+from router.promotion.state import Pin, Target
 
 log = logging.getLogger("router.promotion.routers")
 

@@ -2,13 +2,13 @@
 
 Keys (per experiment):
 
-- ``<exp>:promotion:state``: the :class:`~router.promotion.machine.State` as JSON.
+- ``<exp>:promotion:state``: the :class:`~router.promotion.state.State` as JSON.
 - ``<exp>:audit``: a Redis list of hash-chained audit records (canonical JSON), append-only.
 - ``<exp>:audit:head``: ``{"count", "hash"}`` of the chain, updated in the same transaction.
 - ``<exp>:promotion:metrics``: counters (webhooks delivered/retried/failed/dropped, rollbacks).
 - ``<exp>:promotion:running``: the running state of the current step's always-valid gates (the
   intersection of each gate's confidence sequence over the controller's looks, see
-  :func:`router.analysis.gates.apply_running`), tagged with the step it belongs to.
+  :func:`router.analysis.gates.running.apply_running`), tagged with the step it belongs to.
 
 :meth:`PromotionStore.update` is optimistic: it WATCHes the state (and the lease, when a token is
 given), computes the transition from the state it read, and commits state + audit + head in one
@@ -31,7 +31,7 @@ from redis.exceptions import WatchError
 
 from router.promotion.audit import GENESIS, Head, canonical_json, chain_record
 from router.promotion.lease import lease_key
-from router.promotion.machine import State, Transition
+from router.promotion.state import State, Transition
 
 
 class LeaseLost(Exception):

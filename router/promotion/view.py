@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from router.promotion.machine import State, desired
+from router.promotion.machine import desired
+from router.promotion.state import State
 from router.promotion.store import state_key
 
 

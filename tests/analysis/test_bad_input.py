@@ -351,11 +351,11 @@ def test_item12_segment_values_are_capped_and_memory_is_bounded() -> None:
     big, used_big = feed(10_000)
     # the per-request-id sets grow 16 bytes a record; the segment state does not grow
     assert used_big - used_small < 8000 * 200, (used_small, used_big)
-    countries = {v for (f, v) in big.segments if f == "country"}
+    countries = {v for (f, v) in big.segments.tallies if f == "country"}
     assert len(countries) == cap + 1 and "other" in countries
-    other = big.segments[("country", "other")]
+    other = big.segments.tallies[("country", "other")]
     assert sum(other.requests) == 10_000 - cap
-    assert big.segment_overflow == {"country": 10_000 - cap}
+    assert big.segments.overflow == {"country": 10_000 - cap}
     assert Policy().segments.max_tracked_values == cap
 
 

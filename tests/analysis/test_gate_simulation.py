@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from router.analysis import gates, sequential, stats
+from router.analysis import quantiles, sequential, stats
+from router.analysis.gates import rules
 from router.analysis.policy import Policy
 
 FULL = "1" in (os.environ.get("ROUTER_FULL_SIM"), os.environ.get("ROUTER_SIM_FULL"))
@@ -54,9 +55,9 @@ def test_accuracy_gate_within_tolerance_is_not_rolled_back() -> None:
     always-valid non-inferiority test at one look and over 20 looks stays below alpha."""
     rng = np.random.default_rng(20261211)
     n, b, c = paired_counts(rng, 0.1075, 0.0925, per_look=100)  # 20% discordant
-    state = gates.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA)
-    single = float((state[:, -1] == gates.FAIL).mean())
-    over = ever(state, gates.FAIL)
+    state = rules.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA)
+    single = float((state[:, -1] == rules.FAIL).mean())
+    over = ever(state, rules.FAIL)
     assert single <= bound(), single
     assert over <= bound(), over
     # the harness has teeth: the old rule on the same experiments
@@ -72,14 +73,14 @@ def test_accuracy_gate_within_tolerance_is_not_rolled_back() -> None:
 def test_accuracy_gate_at_the_tolerance_rolls_back_and_promotes_rarely() -> None:
     rng = np.random.default_rng(7)
     n, b, c = paired_counts(rng, 0.11, 0.09, per_look=250)  # true drop exactly 0.02
-    state = gates.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA)
-    assert ever(state, gates.FAIL) <= bound()
-    assert ever(state, gates.PASS) <= bound()
+    state = rules.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA)
+    assert ever(state, rules.FAIL) <= bound()
+    assert ever(state, rules.PASS) <= bound()
     # and it does decide when the truth is clear: no difference, 20% discordant pairs, up to
     # 10,000 labelled pairs (a fixed-horizon test would need about 3,900 for 80% power; an
     # always-valid one pays for looking at every step with roughly twice that)
     n, b, c = paired_counts(rng, 0.10, 0.10, per_look=500)
-    assert ever(gates.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA), gates.PASS) > 0.8
+    assert ever(rules.paired_tolerance_state(n, b, c, -0.02, "higher", ALPHA), rules.PASS) > 0.8
 
 
 def test_paired_error_gate_at_the_threshold() -> None:
@@ -87,9 +88,9 @@ def test_paired_error_gate_at_the_threshold() -> None:
     max_error_rate_delta), errors rare: rollbacks and passes over 20 looks stay below alpha."""
     rng = np.random.default_rng(11)
     n, b, c = paired_counts(rng, 0.004, 0.014, per_look=500)
-    state = gates.paired_tolerance_state(n, b, c, 0.01, "lower", ALPHA)
-    assert ever(state, gates.FAIL) <= bound()
-    assert ever(state, gates.PASS) <= bound()
+    state = rules.paired_tolerance_state(n, b, c, 0.01, "lower", ALPHA)
+    assert ever(state, rules.FAIL) <= bound()
+    assert ever(state, rules.PASS) <= bound()
 
 
 def _live_counts(rng: np.random.Generator, p1: float, p2: float, per_look: int) -> Any:
@@ -102,10 +103,10 @@ def _live_counts(rng: np.random.Generator, p1: float, p2: float, per_look: int) 
 def test_live_error_gate_at_the_threshold() -> None:
     rng = np.random.default_rng(12)
     x1, n1, x2, n2 = _live_counts(rng, 0.01, 0.02, per_look=300)
-    lo, hi = gates.live_proportions_interval(x1, n1, x2, n2, ALPHA)
-    state = gates.interval_state(lo, hi, 0.01, "lower")
-    assert ever(state, gates.FAIL) <= bound()
-    assert ever(state, gates.PASS) <= bound()
+    lo, hi = rules.live_proportions_interval(x1, n1, x2, n2, ALPHA)
+    state = rules.interval_state(lo, hi, 0.01, "lower")
+    assert ever(state, rules.FAIL) <= bound()
+    assert ever(state, rules.PASS) <= bound()
 
 
 def test_controller_error_guardrail_at_the_threshold_over_20_checks() -> None:
@@ -118,7 +119,7 @@ def test_controller_error_guardrail_at_the_threshold_over_20_checks() -> None:
     cfg = GuardrailConfig(min_requests=200, max_error_rate_delta=0.02)
     rng = np.random.default_rng(13)
     x1, n1, x2, n2 = _live_counts(rng, 0.01, 0.03, per_look=200)
-    lo, _hi = gates.live_proportions_interval(x1, n1, x2, n2, cfg.alpha)
+    lo, _hi = rules.live_proportions_interval(x1, n1, x2, n2, cfg.alpha)
     breach = (np.minimum(n1, n2) >= cfg.min_requests) & (lo > cfg.max_error_rate_delta)
     assert float(breach.any(axis=1).mean()) <= bound()
     for i in range(20):  # the guardrail itself decides the same way
@@ -150,7 +151,7 @@ def test_fixed_quantile_interval_coverage_is_exact_or_not_enough_data() -> None:
     n = 100 only about 63% of the time, which is why that case says not enough data."""
     for q in (0.5, 0.95, 0.99):
         for n in (10, 50, 71, 72, 100, 367, 368, 1000, 5000):
-            qi = stats.quantile_interval(n, q, ALPHA)
+            qi = quantiles.quantile_interval(n, q, ALPHA)
             if qi.state != "ok":
                 assert qi.low < 1 or qi.high > n
                 continue
@@ -193,25 +194,25 @@ def test_primary_metric_at_min_uplift_promotes_rarely() -> None:
     vd = v1 / n1 + v2 / n2
     tau = policy.sequential.tau * np.sqrt((v1 + v2) / 2)
     _p, lo, hi = sequential.normal_mixture_ci(m2 - m1, vd, tau, ALPHA)
-    assert ever(gates.primary_state(lo, hi, 0.01), gates.PASS) <= bound()
+    assert ever(rules.primary_state(lo, hi, 0.01), rules.PASS) <= bound()
     # relative: min_uplift 10% with a true relative uplift of exactly 10%
     r = m2 / m1 - 1
     rv = v2 / (n2 * m1**2) + m2**2 * v1 / (n1 * m1**4)
     _p, lo, hi = sequential.normal_mixture_ci(r, rv, tau / m1, ALPHA)
-    assert ever(gates.primary_state(lo, hi, 0.10), gates.PASS) <= bound()
+    assert ever(rules.primary_state(lo, hi, 0.10), rules.PASS) <= bound()
     # no effect: never significantly harmful beyond alpha
     m1, v1, n1, m2, v2, n2 = _proportion_looks(rng, 0.10, 0.10, per_look=500)
     _p, lo, hi = sequential.normal_mixture_ci(
         m2 - m1, v1 / n1 + v2 / n2, policy.sequential.tau * np.sqrt((v1 + v2) / 2), ALPHA
     )
-    assert ever(gates.primary_state(lo, hi, 0.0), gates.FAIL) <= bound()
+    assert ever(rules.primary_state(lo, hi, 0.0), rules.FAIL) <= bound()
 
 
 # ------------------------------------------------------------------ RMSE
 def test_rmse_gate_at_the_tolerance() -> None:
     """Challenger RMSE exactly 5% above the champion's, correlated errors: rollbacks and passes
     over 20 looks at most alpha (the interval is the delta method's, an asymptotic one)."""
-    from router.analysis.report import rmse_tau
+    from router.analysis.sections.quality import rmse_tau
 
     tol, per_look = 0.05, 200
     e_runs = min(E, 4_000)
@@ -228,10 +229,10 @@ def test_rmse_gate_at_the_tolerance() -> None:
         lr, var = stats.log_mse_ratio(n, m0, m1, (da * da).sum(1), (db * db).sum(1),
                                       (da * db).sum(1))  # fmt: skip
         _p, lo, hi = sequential.normal_mixture_ci(lr, var, rmse_tau(var, n, Policy()), ALPHA)
-        states.append(gates.interval_state(np.exp(lo / 2) - 1, np.exp(hi / 2) - 1, tol, "lower"))
+        states.append(rules.interval_state(np.exp(lo / 2) - 1, np.exp(hi / 2) - 1, tol, "lower"))
     state = np.stack(states, axis=1)
-    assert ever(state, gates.FAIL) <= bound(n=e_runs)
-    assert ever(state, gates.PASS) <= bound(n=e_runs)
+    assert ever(state, rules.FAIL) <= bound(n=e_runs)
+    assert ever(state, rules.PASS) <= bound(n=e_runs)
 
 
 # ------------------------------------------------------------------ A/A, every metric type

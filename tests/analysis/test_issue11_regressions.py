@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from router.analysis import Policy, build_report, stats
+from router.analysis import Policy, build_report, quantiles, stats
 from router.analysis.policy import Guardrails, MetricSpec
 from router.demo.synth import SynthSpec, dataset
 
@@ -188,10 +188,10 @@ def test_item5_latency_quantile_interval_says_not_enough_data_when_clipped() -> 
     assert g["state"] == "not_enough_data" and not g["passed"] and not g["significant"]
     assert r["decision"]["action"] == "continue"
     # the upper rank of the 95% interval of p95 is clipped below n = 72, of p99 below n = 368
-    assert stats.quantile_interval(71, 0.95).state == "not_enough_data"
-    assert stats.quantile_interval(72, 0.95).state == "ok"
-    assert stats.quantile_interval(367, 0.99).state == "not_enough_data"
-    assert stats.quantile_interval(368, 0.99).state == "ok"
+    assert quantiles.quantile_interval(71, 0.95).state == "not_enough_data"
+    assert quantiles.quantile_interval(72, 0.95).state == "ok"
+    assert quantiles.quantile_interval(367, 0.99).state == "not_enough_data"
+    assert quantiles.quantile_interval(368, 0.99).state == "ok"
 
 
 # ---------------------------------------------------------------------------------- item 6

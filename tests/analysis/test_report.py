@@ -261,7 +261,7 @@ def test_segment_gap_and_disparity_gates() -> None:
 
 
 def test_input_drift_against_reference_stats() -> None:
-    from router.analysis.report import reference_stats
+    from router.analysis.sections.drift import reference_stats
 
     recs, outs = dataset(SynthSpec(n=3000, seed=15))
     ref = reference_stats(_acc(recs, outs, Policy()))
@@ -426,7 +426,7 @@ def test_cli_reads_every_shard_of_a_hot_experiment(redis_url: str) -> None:
 def test_running_intersection_across_looks_only_tightens() -> None:
     """What the controller does between its looks at one step: intersect each always-valid
     gate's interval with the earlier looks' and keep the smallest always-valid p-value."""
-    from router.analysis.gates import apply_running
+    from router.analysis.gates.running import apply_running
 
     recs, outs = dataset(SynthSpec(n=4000, units=1500, conversion_uplift=0.05, seed=21))
     r = strict_json(build_report(recs, outs, experiment="synth", policy=SMALL, split=0.5))

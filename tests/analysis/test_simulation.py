@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from router.analysis import stats
+from router.analysis import proportions, sample_size, stats
 
 FULL = "1" in (os.environ.get("ROUTER_FULL_SIM"), os.environ.get("ROUTER_SIM_FULL"))
 EXPERIMENTS = 10_000 if FULL else 1_000
@@ -96,13 +96,13 @@ def test_ci_coverage_of_welch_and_confidence_sequence() -> None:
 def test_power_on_a_known_effect_matches_the_design() -> None:
     """At the sample size the power formula asks for, the test detects the effect ~80% of runs."""
     p1, p2 = 0.10, 0.12
-    n = math.ceil(stats.n_per_arm_proportions(p1, p2, ALPHA, 0.8))
+    n = math.ceil(sample_size.n_per_arm_proportions(p1, p2, ALPHA, 0.8))
     rng = np.random.default_rng(5)
     runs = EXPERIMENTS
     x1 = rng.binomial(n, p1, runs)
     x2 = rng.binomial(n, p2, runs)
     hits = sum(
-        (stats.two_proportion_ztest(a, n, b, n).pvalue or 1.0) < ALPHA
+        (proportions.two_proportion_ztest(a, n, b, n).pvalue or 1.0) < ALPHA
         for a, b in zip(x1.tolist(), x2.tolist(), strict=True)
     )
     assert abs(hits / runs - 0.8) <= 3 * _mc_se(0.8, runs), hits / runs
@@ -115,7 +115,7 @@ def test_srm_flags_a_505_495_split_configured_5050() -> None:
     flagged = 0
     for _ in range(runs):
         ch = int(rng.binomial(units, 0.495))
-        res = stats.srm_test([ch, units - ch], [0.5, 0.5], alpha=0.001, min_share_diff=0.001)
+        res = proportions.srm_test([ch, units - ch], [0.5, 0.5], alpha=0.001, min_share_diff=0.001)
         flagged += res.mismatch
     assert flagged / runs >= 0.99, flagged / runs
 
@@ -126,5 +126,5 @@ def test_srm_false_alarm_rate_on_a_correct_split() -> None:
     alarms = 0
     for _ in range(runs):
         ch = int(rng.binomial(100_000, 0.5))
-        alarms += stats.srm_test([ch, 100_000 - ch], [0.5, 0.5]).mismatch
+        alarms += proportions.srm_test([ch, 100_000 - ch], [0.5, 0.5]).mismatch
     assert alarms / runs <= 0.001 + 3 * _mc_se(0.001, runs)

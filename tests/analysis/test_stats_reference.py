@@ -13,8 +13,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize, proportions_ztest
 
-from router.analysis import stats
-from router.analysis.accumulate import js_distance
+from router.analysis import measures, proportions, sample_size, stats
+from router.analysis.pairs import js_distance
 
 CASES = [
     # m1, v1, n1, m2, v2, n2
@@ -64,7 +64,7 @@ def test_delta_method_relative_uplift() -> None:
 @pytest.mark.parametrize("x1,n1,x2,n2", [(100, 1000, 130, 1000), (5, 40, 9, 35), (0, 10, 1, 10)])
 def test_two_proportion_ztest_equals_statsmodels(x1: int, n1: int, x2: int, n2: int) -> None:
     z, p = proportions_ztest([x2, x1], [n2, n1])
-    got = stats.two_proportion_ztest(x1, n1, x2, n2)
+    got = proportions.two_proportion_ztest(x1, n1, x2, n2)
     assert got.statistic == pytest.approx(z, rel=1e-6)
     assert got.pvalue == pytest.approx(p, rel=1e-6)
 
@@ -75,29 +75,31 @@ def test_two_proportion_ztest_equals_statsmodels(x1: int, n1: int, x2: int, n2: 
 )
 def test_srm_equals_scipy_chisquare(obs: list[int], shares: list[float]) -> None:
     ref = st.chisquare(obs, [sum(obs) * s for s in shares])
-    got = stats.srm_test(obs, shares)
+    got = proportions.srm_test(obs, shares)
     assert got.statistic == pytest.approx(ref.statistic, rel=1e-12)
     assert got.pvalue == pytest.approx(ref.pvalue, rel=1e-12, abs=1e-300)
 
 
 def test_srm_needs_both_significance_and_share_deviation() -> None:
     # a tiny deviation on a huge sample is significant but below the 0.1% share threshold
-    res = stats.srm_test([50_040_000, 49_960_000], [0.5, 0.5], alpha=0.001, min_share_diff=0.001)
+    res = proportions.srm_test(
+        [50_040_000, 49_960_000], [0.5, 0.5], alpha=0.001, min_share_diff=0.001
+    )
     assert res.pvalue is not None and res.pvalue < 0.001
     assert not res.mismatch
     # sufficiency is judged on the total: 25 units are enough to test, not enough to alarm
-    small = stats.srm_test([5, 20], [0.5, 0.5])
+    small = proportions.srm_test([5, 20], [0.5, 0.5])
     assert small.state == "ok" and not small.mismatch
     assert small.sequential_pvalue is not None and small.sequential_pvalue > 0.001
-    assert stats.srm_test([0, 0], [0.5, 0.5]).state == "not_enough_data"
-    assert stats.srm_test([100, 0], [1.0, 0.0]).state == "not_applicable"
+    assert proportions.srm_test([0, 0], [0.5, 0.5]).state == "not_enough_data"
+    assert proportions.srm_test([100, 0], [1.0, 0.0]).state == "not_applicable"
 
 
 @pytest.mark.parametrize("b,c", [(3, 12), (30, 55), (0, 0), (10, 10), (200, 150)])
 def test_mcnemar_equals_statsmodels(b: int, c: int) -> None:
     exact = b + c < 25
     ref = sm_mcnemar([[50, b], [c, 40]], exact=exact, correction=True)
-    got = stats.mcnemar(b, c)
+    got = proportions.mcnemar(b, c)
     assert got.pvalue == pytest.approx(ref.pvalue, rel=1e-9)
     if b + c:
         assert got.statistic == pytest.approx(ref.statistic, rel=1e-9)
@@ -120,7 +122,7 @@ def test_ks_and_js_equal_scipy() -> None:
     q = list(rng.random(6))
     assert js_distance(p, q) == pytest.approx(jensenshannon(p, q), rel=1e-12)
     pz, qz = np.array([*p, 0.0]), np.array([*q, 0.3])  # an empty bin on one side
-    assert stats.jensen_shannon(pz, qz) == pytest.approx(jensenshannon(pz, qz), rel=1e-12)
+    assert measures.jensen_shannon(pz, qz) == pytest.approx(jensenshannon(pz, qz), rel=1e-12)
     # the report's KS is scipy's ks_2samp on the (complete) hash sample: checked end to end
     from router.analysis import build_report
     from router.demo.synth import SynthSpec, dataset
@@ -139,26 +141,26 @@ def test_ks_and_js_equal_scipy() -> None:
 
 
 def test_psi_reference_value() -> None:
-    assert stats.psi([0.25] * 4, [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.228217, abs=1e-6)
-    assert stats.psi([1, 1], [1, 1]) == 0.0
+    assert measures.psi([0.25] * 4, [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.228217, abs=1e-6)
+    assert measures.psi([1, 1], [1, 1]) == 0.0
     # an empty bin is filled with 1e-4, not infinite
-    assert math.isfinite(stats.psi([10, 0], [5, 5]) or math.inf)
-    assert stats.psi_band(0.05) == "stable" and stats.psi_band(0.2) == "moderate"
-    assert stats.psi_band(0.3) == "major"
+    assert math.isfinite(measures.psi([10, 0], [5, 5]) or math.inf)
+    assert measures.psi_band(0.05) == "stable" and measures.psi_band(0.2) == "moderate"
+    assert measures.psi_band(0.3) == "major"
 
 
 def test_sample_size_equals_statsmodels() -> None:
     ref = NormalIndPower().solve_power(proportion_effectsize(0.11, 0.10), alpha=0.05, power=0.8)
-    got = stats.n_per_arm_proportions(0.10, 0.11, 0.05, 0.8)
+    got = sample_size.n_per_arm_proportions(0.10, 0.11, 0.05, 0.8)
     assert got == pytest.approx(ref, rel=0.01)
     assert got == pytest.approx(14_744, rel=0.001)
 
 
 def test_mde_inverts_the_sample_size() -> None:
     sd, n = 2.0, 5000
-    m = stats.mde(2 * sd**2 / n)
+    m = sample_size.mde(2 * sd**2 / n)
     assert m is not None
-    assert stats.n_per_arm_means(sd, m) == pytest.approx(n, rel=1e-9)
+    assert sample_size.n_per_arm_means(sd, m) == pytest.approx(n, rel=1e-9)
 
 
 def test_holm_equals_statsmodels() -> None:
@@ -172,12 +174,12 @@ def test_cohen_kappa_and_auc() -> None:
     from statsmodels.stats.inter_rater import cohens_kappa
 
     m = np.array([[40, 5, 2], [4, 30, 6], [1, 3, 20]])
-    assert stats.cohen_kappa(m) == pytest.approx(cohens_kappa(m).kappa, rel=1e-12)
+    assert measures.cohen_kappa(m) == pytest.approx(cohens_kappa(m).kappa, rel=1e-12)
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 500)
     s = y * 0.5 + rng.random(500)
     u = st.mannwhitneyu(s[y == 1], s[y == 0]).statistic
-    assert stats.auc(y, s) == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()), rel=1e-12)
+    assert measures.auc(y, s) == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()), rel=1e-12)
 
 
 def test_paired_bootstrap_is_seeded_and_covers() -> None:
@@ -185,8 +187,8 @@ def test_paired_bootstrap_is_seeded_and_covers() -> None:
     y = rng.integers(0, 2, 2000)
     s1 = y * 0.4 + rng.random(2000)
     s2 = y * 0.6 + rng.random(2000)
-    d1, ci1 = stats.paired_bootstrap_auc_diff(y, s1, s2, resamples=300, seed=3)
-    d2, ci2 = stats.paired_bootstrap_auc_diff(y, s1, s2, resamples=300, seed=3)
+    d1, ci1 = measures.paired_bootstrap_auc_diff(y, s1, s2, resamples=300, seed=3)
+    d2, ci2 = measures.paired_bootstrap_auc_diff(y, s1, s2, resamples=300, seed=3)
     assert (d1, ci1) == (d2, ci2)
     assert d1 is not None and ci1.low is not None and ci1.high is not None
     assert ci1.low < d1 < ci1.high
@@ -208,13 +210,13 @@ def test_edge_cases_are_explicit_states_never_nan() -> None:
     z = stats.welch(0.0, 0.0, 100, 0.0, 0.0, 100)
     assert z.state == "zero_variance" and z.pvalue == 1.0
     assert stats.relative_uplift(0.0, 0.0, 100, 0.1, 0.09, 100).state == "control_mean_zero"
-    assert stats.two_proportion_ztest(0, 100, 0, 100).state == "zero_variance"
-    assert stats.two_proportion_ztest(100, 100, 100, 100).pvalue == 1.0
+    assert proportions.two_proportion_ztest(0, 100, 0, 100).state == "zero_variance"
+    assert proportions.two_proportion_ztest(100, 100, 100, 100).pvalue == 1.0
     assert stats.paired_mean(1, 1.0, 1.0).state == "not_enough_data"
     assert stats.msprt(0.0, 0.0, 0.1).state == "zero_variance"
-    assert stats.mde(0.0) is None
-    assert stats.disparity_ratio([0.0, 0.0]) is None
-    assert stats.cohen_kappa(np.zeros((2, 2))) is None
+    assert sample_size.mde(0.0) is None
+    assert measures.disparity_ratio([0.0, 0.0]) is None
+    assert measures.cohen_kappa(np.zeros((2, 2))) is None
 
 
 # ------------------------------------------------------------------ issue 11 references
@@ -252,14 +254,14 @@ def test_score_interval_inverts_its_score_test(x1: int, n1: int, x2: int, n2: in
     (statsmodels 0.15's ``score_test_proportions_2indep(compare="diff", value≠0)`` is not a
     reference: its restricted estimate is not the likelihood's maximum, e.g. 0.197 instead of
     0.213 for 0/10 vs 1/10 at a difference of −0.168, so its score interval differs.)"""
-    got = stats.proportion_diff(x1, n1, x2, n2)
+    got = proportions.proportion_diff(x1, n1, x2, n2)
     zc = st.norm.ppf(0.975)
     assert got.ci.low is not None and got.ci.high is not None and got.estimate is not None
     assert got.ci.low <= got.estimate <= got.ci.high
     for b, sign in ((got.ci.low, 1), (got.ci.high, -1)):
         if abs(abs(b) - 1) > 1e-9:
             assert _mee_z_numeric(x1, n1, x2, n2, b) == pytest.approx(sign * zc, abs=1e-5)
-    z = stats.two_proportion_ztest(x1, n1, x2, n2)
+    z = proportions.two_proportion_ztest(x1, n1, x2, n2)
     assert got.pvalue == z.pvalue and got.pvalue is not None
     if 0 < got.pvalue < 1:
         assert (got.pvalue < 0.05) == (got.ci.low > 0 or got.ci.high < 0)
@@ -285,7 +287,7 @@ def _tango_z_numeric(b: int, c: int, n: int, delta: float) -> float:
 def test_tango_paired_interval_inverts_its_score_test(b: int, c: int, n: int) -> None:
     from statsmodels.stats.contingency_tables import mcnemar as sm
 
-    got = stats.paired_proportion_diff(b, c, n)
+    got = proportions.paired_proportion_diff(b, c, n)
     zc = st.norm.ppf(0.975)
     assert got.ci.low is not None and got.ci.high is not None
     for bound_, sign in ((got.ci.low, 1), (got.ci.high, -1)):
@@ -323,9 +325,9 @@ def test_srm_equals_gbstats_and_the_exact_binomial() -> None:
     from gbstats.utils import check_srm
 
     for obs, w in (([5000, 5100], [0.5, 0.5]), ([9000, 1200], [0.9, 0.1]), ([3000, 0], [0.5, 0.5])):
-        got = stats.srm_test(obs, w)
+        got = proportions.srm_test(obs, w)
         assert got.pvalue == pytest.approx(check_srm(obs, w), rel=1e-9, abs=1e-300)
-    small = stats.srm_test([58, 2], [0.95, 0.05])  # an expected count below 5
+    small = proportions.srm_test([58, 2], [0.95, 0.05])  # an expected count below 5
     assert small.pvalue == pytest.approx(st.binomtest(2, 60, 0.05).pvalue, rel=1e-12)
     assert "exact binomial" in small.method
 

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from router.cli import main as cli_main
 from router.promotion import actions
-from router.promotion.controller import Analyse, Controller, ControllerOptions, analyzer_from_policy
+from router.promotion.analyzer import Analyse, analyzer_from_policy
+from router.promotion.controller import Controller, ControllerOptions
 from router.promotion.lease import LeaseHeld
 from router.promotion.store import PromotionStore
 from router.promotion.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature

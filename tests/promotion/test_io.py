@@ -19,7 +19,7 @@ from router.promotion import machine
 from router.promotion.audit import canonical_json
 from router.promotion.config import parse_promotion_config
 from router.promotion.lease import Lease, LeaseHeld
-from router.promotion.machine import Pin
+from router.promotion.state import Pin, Transition
 from router.promotion.store import LeaseLost, PromotionStore, audit_key
 from router.promotion.webhooks import (
     DELIVERY_HEADER,
@@ -55,7 +55,7 @@ async def test_lease_excludes_a_second_holder_and_expires(redis_url: str) -> Non
         await r.aclose()
 
 
-def _start(now: float = 1000.0) -> machine.Transition:
+def _start(now: float = 1000.0) -> Transition:
     cfg = parse_promotion_config({"steps": [{"split": 0.1, "min_duration_s": 1}]})
     return machine.start(
         experiment="exp",
@@ -289,8 +289,8 @@ async def test_restarted_controller_resends_only_undelivered_webhooks(
 async def test_router_fleet_compare_before_set_and_bad_token(
     redis_url: str, tmp_path: Path
 ) -> None:
-    from router.promotion.machine import Target
     from router.promotion.routers import RouterFleet
+    from router.promotion.state import Target
     from tests.helpers import TOKEN, InProcessRouter, config_dict, echo_app, make_config
 
     champ_runner, champ = await start_app(echo_app("champion"))

@@ -7,7 +7,8 @@ import pytest
 from router.promotion import machine
 from router.promotion.approval import validate_answers
 from router.promotion.config import parse_promotion_config
-from router.promotion.machine import Pin, State, TransitionError
+from router.promotion.machine import TransitionError
+from router.promotion.state import AWAITING, PROMOTED, ROLLED_BACK, SHADOW, Pin, State
 
 CHAMP = Pin("http://champ:1", "champ-1")
 CHALL = Pin("http://chall:2", "chall-2")
@@ -65,7 +66,7 @@ def test_start_is_shadow_with_mirror_and_emits_step_changed() -> None:
         actor="test",
         now=5.0,
     )
-    assert t.state.stage == machine.SHADOW and t.state.step == 0
+    assert t.state.stage == SHADOW and t.state.step == 0
     assert [e.event for e in t.events] == ["step_changed"]
     target = machine.desired(t.state)
     assert (target.split, target.mirror, target.champion, target.challenger) == (
@@ -84,7 +85,7 @@ def test_analysis_due_needs_min_duration_and_interval(
     elapsed: float, last: float | None, due: bool
 ) -> None:
     s = started()
-    s = machine.State.from_json(dict(s.to_json(), last_analysis_at=last))
+    s = State.from_json(dict(s.to_json(), last_analysis_at=last))
     assert machine.analysis_due(s, 1000.0 + elapsed, interval_s=10.0) is due
 
 
@@ -95,7 +96,7 @@ def test_promote_verdicts_walk_the_ramp_then_request_approval() -> None:
         t = machine.on_verdict(s, verdict("promote", "all gates pass"), now=now)
         s = t.state
         seen.append((s.stage, s.step, [e.event for e in t.events]))
-        if s.stage != machine.AWAITING:
+        if s.stage != AWAITING:
             assert s.step_started_at == now and s.last_analysis_at is None
     assert seen == [
         ("canary", 1, ["step_changed"]),
@@ -135,7 +136,7 @@ def test_rollback_verdict_at_any_step_sets_split_zero_and_rollback_mirror(stage_
     for i in range(stage_steps):
         s = machine.on_verdict(s, verdict("promote"), now=1010.0 + i).state
     t = machine.on_verdict(s, verdict("rollback", "accuracy worse"), now=1100.0)
-    assert t.state.stage == machine.ROLLED_BACK
+    assert t.state.stage == ROLLED_BACK
     ev = t.events[0]
     assert ev.event == "rollback" and ev.data["reasons"] == ["accuracy worse"]
     assert ev.data["gates"][0]["threshold"] == 0.2
@@ -161,7 +162,7 @@ def awaiting(**over: object) -> State:
     s = started(**over)
     for i in range(3):
         s = machine.on_verdict(s, verdict("promote"), now=1010.0 + i).state
-    assert s.stage == machine.AWAITING
+    assert s.stage == AWAITING
     return s
 
 
@@ -169,7 +170,7 @@ def test_approval_promotes_with_pinned_swap_and_rollback_target() -> None:
     s = awaiting()
     t = machine.approve(s, reviewer="ana", answers=ANSWERS, now=s.approval["requested_at"] + 300)  # type: ignore[index]
     assert [e.event for e in t.events] == ["approved", "promoted"]
-    assert t.state.stage == machine.PROMOTED
+    assert t.state.stage == PROMOTED
     assert t.state.champion == CHALL and t.state.challenger == CHAMP
     assert t.state.rollback_target == CHAMP
     assert t.events[0].data["possible_rubber_stamp"] is False
@@ -193,11 +194,11 @@ def test_high_stakes_needs_two_distinct_reviewers() -> None:
     s = awaiting(approval={"high_stakes": True})
     req = s.approval["requested_at"]  # type: ignore[index]
     t1 = machine.approve(s, reviewer="ana", answers=ANSWERS, now=req + 100)
-    assert t1.state.stage == machine.AWAITING and [e.event for e in t1.events] == ["approved"]
+    assert t1.state.stage == AWAITING and [e.event for e in t1.events] == ["approved"]
     with pytest.raises(TransitionError, match="distinct"):
         machine.approve(t1.state, reviewer="ana", answers=ANSWERS, now=req + 200)
     t2 = machine.approve(t1.state, reviewer="bo", answers=ANSWERS, now=req + 200)
-    assert t2.state.stage == machine.PROMOTED
+    assert t2.state.stage == PROMOTED
     assert t2.state.outcome is not None and t2.state.outcome["reviewers"] == ["ana", "bo"]
 
 
@@ -205,7 +206,7 @@ def test_reject_ends_it_and_approve_outside_awaiting_fails() -> None:
     s = awaiting()
     t = machine.reject(s, reviewer="ana", reason="fairness gap", now=2000.0)
     assert [e.event for e in t.events] == ["rejected", "rollback"]
-    assert t.state.stage == machine.ROLLED_BACK and machine.desired(t.state).split == 0.0
+    assert t.state.stage == ROLLED_BACK and machine.desired(t.state).split == 0.0
     with pytest.raises(TransitionError):
         machine.approve(started(), reviewer="a", answers=ANSWERS, now=1.0)
     with pytest.raises(TransitionError):

@@ -1,0 +1,236 @@
+"""The ``metrics`` section: per outcome metric of the live split, challenger minus champion with
+Welch's test and the delta method (fixed horizon and always valid), the MDE, the sample size and
+its ETA, and the uplift by exposure cohort over time; Holm-adjusted p-values across metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from router.analysis import sample_size, sequential, stats
+from router.analysis.accumulate import VARIANTS, Accumulator
+from router.analysis.jsonsafe import f
+from router.analysis.policy import MetricSpec, Policy
+from router.analysis.sections import counts
+from router.analysis.sections.unit_view import UnitView
+from router.analysis.sketches import CoMoments
+from router.analysis.stats import Interval
+
+
+def _uplift(
+    n: tuple[float, float],
+    mean: tuple[float, float],
+    var: tuple[float, float],
+    policy: Policy,
+) -> dict[str, Any]:
+    """Challenger − champion of one metric: the absolute uplift with Welch's test (its p-value
+    and interval from the same test, for proportions too: unpooled, as gbstats), the relative
+    uplift with the delta method (which counts the control mean's uncertainty), and both in
+    always-valid form (mSPRT). ``n`` are the independent units (clusters) per arm and ``var``
+    their per-unit variance (for a ``per: request`` metric, the delta-method variance of the
+    ratio of unit sums)."""
+    alpha = policy.alpha
+    w = stats.welch(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
+    rel = stats.relative_uplift(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
+    ok = w.state == stats.OK
+    vd = (var[0] / n[0] + var[1] / n[1]) if ok else 0.0
+    pooled_sd = math.sqrt((var[0] + var[1]) / 2) if ok else 0.0
+    tau = policy.sequential.tau * pooled_sd
+    seq = (
+        stats.msprt(w.estimate, vd, tau, alpha)
+        if ok and w.estimate is not None
+        else stats.SequentialResult(None, Interval(None, None), None, state=w.state)
+    )
+    rel_seq: list[float | None] = [None, None]
+    if ok and rel.state == stats.OK and rel.estimate is not None and rel.variance:
+        # the same mixture on the relative scale: tau in units of the control mean
+        rtau = tau / abs(mean[0])
+        _p, lo, hi = sequential.normal_mixture_ci(rel.estimate, rel.variance, rtau, alpha)
+        rel_seq = [f(lo), f(hi)]
+    return {
+        "absolute": f(w.estimate),
+        "ci": w.ci.as_list(),
+        "relative": f(rel.estimate),
+        "relative_ci": rel.ci.as_list(),
+        "relative_sequential_ci": rel_seq,
+        "relative_state": rel.state,
+        "p_value": f(w.pvalue),
+        "sequential_p_value": f(seq.pvalue),
+        "sequential_ci": seq.ci.as_list(),
+        "sequential_tau": f(seq.tau),
+        "state": w.state,
+        "method": w.method,
+        "sequential_method": seq.method,
+        "_variance": vd,
+    }
+
+
+def _request_metric_arms(
+    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec
+) -> list[dict[str, float]]:
+    """Per arm, a ``per: request`` metric as a ratio of unit sums (GrowthBook's and Statsig's
+    ratio metrics): each unit served by one variant is a cluster with ``X`` = the sum of its
+    requests' values and ``N`` = its requests (with ``missing: exclude``, its requests that
+    have a value); a request without a unit is a cluster of one. The mean is ``ΣX / ΣN`` and
+    the per-cluster variance the delta method's
+    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``)."""
+    mid = acc.outcomes.metric_id(metric)
+    rv = acc.units.request_values()
+    if mid is not None and rv.height:
+        vals = rv.filter(pl.col("metric") == mid).select("unit", "s", "n")
+    else:
+        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64})
+    df = uv.single.select("unit", "challenger", "requests").join(vals, on="unit", how="left")
+    df = df.with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
+    den = pl.col("requests") if spec.missing_as_zero else pl.col("n")
+    df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
+    v = df["challenger"].to_numpy()
+    x, d = df["s"].to_numpy(), df["d"].to_numpy()
+    out = []
+    for i in (0, 1):
+        co = CoMoments()
+        co.add_arrays(x[v == i], d[v == i])
+        solo = acc.request_metric_moments[metric][i]  # requests without a unit: clusters of 1
+        co.merge(CoMoments(solo.n, solo.mu, 1.0, solo.m2, 0.0, 0.0))
+        ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
+        out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
+                    "var": float(var)})  # fmt: skip
+    return out
+
+
+def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    duration = counts.duration(acc) or 0.0
+    for metric, (spec, inferred) in acc.specs.items():
+        entry: dict[str, Any] = {
+            "type": spec.type,
+            "per": spec.per,
+            "inferred": inferred,
+            "reduce": spec.reduce,
+            "missing": "zero" if spec.missing_as_zero else "exclude",
+        }
+        series: list[dict[str, Any]] = []
+        if spec.per == "request":
+            arms = _request_metric_arms(acc, uv, metric, spec)
+            n = (arms[0]["clusters"], arms[1]["clusters"])
+            mean = (arms[0]["mean"], arms[1]["mean"])
+            var = (arms[0]["var"], arms[1]["var"])
+            entry["variants"] = {
+                VARIANTS[i]: {
+                    "n": round(arms[i]["requests"]),
+                    "units": int(arms[i]["clusters"]),
+                    "mean": f(mean[i]) if arms[i]["requests"] else None,
+                    "variance": f(var[i]) if n[i] > 1 else None,
+                }
+                for i in (0, 1)
+            }
+            entry["variance_method"] = (
+                "ratio of unit sums; variance per unit by the delta method (clustered by unit), "
+                "n = requests, units = clusters"
+            )
+        else:
+            v, t, x, _c = uv.arrays(metric, spec)
+            sel = [x[v == i] for i in (0, 1)]
+            n = (float(sel[0].size), float(sel[1].size))
+            mean = tuple(float(s.mean()) if s.size else 0.0 for s in sel)  # type: ignore[assignment]
+            var = tuple(float(s.var(ddof=1)) if s.size > 1 else 0.0 for s in sel)  # type: ignore[assignment]
+            series = _series(v, t, x, spec, policy)
+            entry["variants"] = {
+                VARIANTS[i]: {
+                    "n": int(n[i]),
+                    "mean": f(mean[i]) if n[i] else None,
+                    "variance": f(var[i]) if n[i] > 1 else None,
+                }
+                for i in (0, 1)
+            }
+        up = _uplift(n, mean, var, policy)
+        vd = up.pop("_variance")
+        entry["uplift"] = up
+        entry["mde"] = f(sample_size.mde(vd, policy.alpha, policy.power)) if vd > 0 else None
+        entry |= _sample_size(metric, spec, n, mean, var, policy, duration)
+        entry["series"] = series
+        out[metric] = entry
+    pvals = [e["uplift"]["p_value"] for e in out.values()]
+    for e, adj in zip(out.values(), stats.holm(pvals), strict=True):
+        e["uplift"]["p_value_holm"] = f(adj)
+    return out
+
+
+def _sample_size(
+    metric: str,
+    spec: MetricSpec,
+    n: tuple[float, float],
+    mean: tuple[float, float],
+    var: tuple[float, float],
+    policy: Policy,
+    duration: float,
+) -> dict[str, Any]:
+    """Units per arm for the policy's effect (fixed-horizon, normal approximation: Cohen's h
+    for a per-unit proportion, ``2 (z + z_power)² sd² / δ²`` otherwise, with the per-unit
+    variance; a ``per: request`` metric uses its clustered per-unit variance), and the ETA at
+    the current rate of new units."""
+    pm = policy.primary_metric
+    base = mean[0]
+    if pm is not None and pm.name == metric and (pm.mde or pm.min_uplift):
+        target = pm.mde or pm.min_uplift
+        relative = pm.relative
+    else:
+        target, relative = 0.05, True  # default: a 5% relative change
+    delta = target * abs(base) if relative else target
+    if delta <= 0 or min(n) < 2:
+        return {
+            "target_effect": f(delta) if delta > 0 else None,
+            "sample_size_per_arm": None,
+            "eta_s": None,
+        }
+    if spec.type == "proportion" and spec.per == "unit" and 0 < base < 1 and 0 < base + delta < 1:
+        need = sample_size.n_per_arm_proportions(base, base + delta, policy.alpha, policy.power)
+    else:
+        need = sample_size.n_per_arm_means(
+            math.sqrt(max((var[0] + var[1]) / 2, 0.0)), delta, policy.alpha, policy.power
+        )
+    eta = None
+    if math.isfinite(need) and duration > 0:
+        rate = min(n) / duration
+        eta = max(need - min(n), 0.0) / rate if rate > 0 else None
+    return {
+        "target_effect": f(delta),
+        "target_relative": relative,
+        "sample_size_per_arm": f(math.ceil(need)) if math.isfinite(need) else None,
+        "eta_s": f(eta),
+        "sample_size_method": "fixed-horizon two-sided test at alpha and power, normal "
+        "approximation; the always-valid interval needs roughly 1.5-2.5x as many units",
+    }
+
+
+def _series(
+    v: np.ndarray, t: np.ndarray, x: np.ndarray, spec: MetricSpec, policy: Policy, points: int = 12
+) -> list[dict[str, Any]]:
+    """Uplift by cumulative exposure cohort (units first exposed up to each time)."""
+    if t.size < 4:
+        return []
+    order = np.argsort(t, kind="stable")
+    v, t, x = v[order], t[order], x[order]
+    out = []
+    for cut in np.linspace(t[0], t[-1], points + 1)[1:]:
+        k = int(np.searchsorted(t, cut, side="right"))
+        s = [x[:k][v[:k] == i] for i in (0, 1)]
+        if min(a.size for a in s) < 2:
+            continue
+        n = (float(s[0].size), float(s[1].size))
+        m = (float(s[0].mean()), float(s[1].mean()))
+        va = (float(s[0].var(ddof=1)), float(s[1].var(ddof=1)))
+        up = _uplift(n, m, va, policy)
+        out.append(
+            {
+                "ts": f(cut),
+                "n": [int(n[0]), int(n[1])],
+                "absolute": up["absolute"],
+                "ci": up["ci"],
+                "sequential_ci": up["sequential_ci"],
+            }
+        )
+    return out

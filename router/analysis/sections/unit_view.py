@@ -1,0 +1,92 @@
+"""The per-unit side of one report (computed once, shared by the ``counts``, ``metrics`` and
+``segments`` sections): unit-joined outcomes folded in, the units served by a single variant in
+a fixed order, and each metric's per-unit values."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from router.analysis.accumulate import Accumulator
+from router.analysis.frames import rid_hash
+from router.analysis.policy import MetricSpec
+
+
+def _unit_values(acc: Accumulator) -> tuple[pl.DataFrame, int, int]:
+    """Unit-joined outcomes summed per (unit, metric name), those before the unit's first
+    exposure left out (and counted), without mutating acc."""
+    byu = acc.outcomes.by_unit
+    ex = acc.units.exposures()
+    empty = pl.DataFrame(schema={"unit": pl.String, "metric": pl.String, "s": pl.Float64,
+                                 "n": pl.Int64, "mx": pl.Float64})  # fmt: skip
+    if not byu.height or not ex.height:
+        return empty, 0, 0
+    j = byu.join(ex.select("unit", "first_ts"), on="unit", how="inner")
+    before = (pl.col("ts") != 0) & (pl.col("ts") < pl.col("first_ts"))
+    kept = j.filter(~before)
+    extra = kept.group_by("unit", "metric").agg(
+        s=pl.col("value").sum(), n=pl.len().cast(pl.Int64), mx=pl.col("value").max()
+    )
+    return extra, kept.height, j.height - kept.height
+
+
+class UnitView:
+    """The per-unit side of one report, computed once: unit-joined outcomes folded in, the units
+    served by a single variant in a fixed order (by a hash of the unit: deterministic however
+    the accumulator was merged, and cheaper to sort than strings), and each metric's arrays."""
+
+    def __init__(self, acc: Accumulator) -> None:
+        self.acc = acc
+        self.extra, self.joined, self.before_exposure = _unit_values(acc)
+        single = acc.units.exposures().filter(~(pl.col("champion") & pl.col("challenger")))
+        self.single = single.with_columns(key=rid_hash(pl.col("unit"))).sort("key")
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def arrays(
+        self, metric: str, spec: MetricSpec
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if metric not in self._arrays:
+            self._arrays[metric] = _unit_metric_arrays(self, metric, spec)
+        return self._arrays[metric]
+
+
+def _unit_metric_arrays(
+    uv: UnitView, metric: str, spec: MetricSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(variant, first_ts, value, segment combination) per unit served by a single variant;
+    units without an outcome per ``spec.missing``."""
+    acc, extra = uv.acc, uv.extra
+    parts = []
+    mid = acc.outcomes.metric_id(metric)
+    if mid is not None:
+        um = acc.units.metrics()
+        parts.append(um.filter(pl.col("metric") == mid).select("unit", "s", "n", "mx"))
+    if extra.height:
+        parts.append(extra.filter(pl.col("metric") == metric).select("unit", "s", "n", "mx"))
+    if parts:
+        vals = (
+            pl.concat(parts)
+            .group_by("unit")
+            .agg(pl.col("s").sum(), pl.col("n").sum(), pl.col("mx").max())
+        )
+    else:
+        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64,
+                                    "mx": pl.Float64})  # fmt: skip
+    df = uv.single.join(vals, on="unit", how="left", maintain_order="left")
+    if spec.reduce == "max":
+        x = pl.col("mx")
+    elif spec.reduce == "sum":
+        x = pl.col("s")
+    else:
+        x = pl.col("s") / pl.col("n")
+    df = df.with_columns(x=x)
+    if spec.missing_as_zero:
+        df = df.with_columns(pl.col("x").fill_null(0.0))
+    else:
+        df = df.filter(pl.col("n").is_not_null())
+    return (
+        df["challenger"].cast(pl.Int8).to_numpy(),
+        df["first_ts"].to_numpy(),
+        df["x"].cast(pl.Float64).to_numpy(),
+        df["combo"].to_numpy(),
+    )
