@@ -316,6 +316,23 @@ class GuardConfig(_Strict):
     recover_after_s: float = Field(default=5.0, ge=0)
 
 
+class ControlConfig(_Strict):
+    """The fleet-wide live state (split, mirror, pins) in the capture Redis."""
+
+    shared: bool = Field(
+        default=True,
+        description="follow the experiment's live state in the capture Redis (every replica "
+        "applies every change); false, or capture disabled: per-process state from this file",
+    )
+    state_dir: str | None = Field(
+        default=None, description="last known live state on local disk (default "
+        "<capture.data_dir>/control)",
+    )  # fmt: skip
+    poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+
 class RouterConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     champion: UpstreamConfig
@@ -325,6 +342,7 @@ class RouterConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @field_validator("listen")
     @classmethod
