@@ -233,7 +233,8 @@ class ControlPlane:
     ) -> Committed:
         """Compare-and-set the live state: ``changes`` applied onto the current document, only
         if its version is ``expected`` (``None``: whatever the current version is, re-read and
-        retried on a conflict), audited as ``event`` (and queued in the outbox)."""
+        retried on a conflict), audited as ``event`` (and queued in the outbox). A change to
+        the values already there writes nothing (no new version, no audit record)."""
         while True:
             current = await self.read_live()
             cur_version = int(current["version"]) if current else 0
@@ -242,6 +243,8 @@ class ControlPlane:
             ts = time.time() if now is None else now
             base = current or {}
             new = dict(base, **changes, updated_at=ts, updated_by=actor, note=note)
+            if current is not None and not live_fields_differ(base, new):
+                return Committed([], current)  # already so: no new version, nothing audited
             body = {"v": 1, "experiment": self.experiment, "ts": ts, "event": event,
                     "actor": actor, "stage_from": None, "stage_to": None, "step": None,
                     "split": new.get("split"),

@@ -19,8 +19,17 @@ from typing import Any
 
 from router.capture.chain import GENESIS, canonical_json, chain_record, record_hash
 
-__all__ = ["GENESIS", "Head", "Problem", "canonical_json", "chain_record", "compare_copies",
-           "describe", "record_hash", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "Head",
+    "Problem",
+    "canonical_json",
+    "chain_record",
+    "compare_copies",
+    "describe",
+    "record_hash",
+    "verify_chain",
+]
 
 
 @dataclass(frozen=True, slots=True)
