@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -50,16 +51,26 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class LastKnown:
-    """The last applied live state document on local disk (atomic write + rename)."""
+def redis_origin(url: str) -> str:
+    """Which Redis a state came from (hosts, ports and path; never credentials)."""
+    t = parse_redis_url(url)
+    path = urlsplit(url).path if t.scheme != "unix" else url
+    return ",".join(f"{h}:{p}" for h, p in t.seeds) + path
 
-    def __init__(self, path: Path) -> None:
+
+class LastKnown:
+    """The last applied live state document on local disk (atomic write + rename), tagged with
+    the Redis it came from: a file written against another Redis (a new environment) is not
+    this experiment's ramp and is ignored (logged)."""
+
+    def __init__(self, path: Path, origin: str) -> None:
         self.path = path
+        self.origin = origin
 
     def save(self, doc: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(dict(doc, saved_at=time.time())))
+        tmp.write_bytes(orjson.dumps(dict(doc, saved_at=time.time(), origin=self.origin)))
         os.replace(tmp, self.path)
 
     def load(self) -> dict[str, Any] | None:
@@ -68,6 +79,9 @@ class LastKnown:
         except OSError:
             return None
         if doc is None or not isinstance(doc.get("version"), int):
+            return None
+        if doc.pop("origin", None) != self.origin:
+            log.warning("live state: ignoring %s, written against another Redis", self.path)
             return None
         doc.pop("saved_at", None)
         return doc
@@ -98,7 +112,7 @@ class FleetFollower:
         self.poll_s = c.poll_interval_s
         self.heartbeat_s = c.heartbeat_interval_s
         self.timeout_s = c.redis_timeout_s
-        self.last_known = LastKnown(state_path(cfg))
+        self.last_known = LastKnown(state_path(cfg), redis_origin(redis_url))
         self.client = make_client(redis_url, timeout=c.redis_timeout_s)
         self.plane = ControlPlane(self.client, self.experiment)
         self.replica = replica_id()

@@ -15,12 +15,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from router.cli import main as cli_main
-from router.promotion import machine
+from router.promotion import machine, outbox
 from router.promotion.audit import canonical_json
 from router.promotion.config import parse_promotion_config
 from router.promotion.lease import Lease, LeaseHeld
 from router.promotion.state import Pin, Transition
-from router.promotion import outbox
 from router.promotion.store import LeaseLost, PromotionStore, audit_key
 from router.promotion.webhooks import (
     DELIVERY_HEADER,
