@@ -11,6 +11,7 @@ from pathlib import Path
 from router.capture.clients import make_client
 from router.capture.controlplane import ControlPlane
 from router.capture.redisproc import LocalCluster
+from router.commands.canary import format_status
 from router.promotion import actions
 from router.promotion.config import parse_promotion_config
 from router.promotion.controller import Controller, ControllerOptions
@@ -58,5 +59,9 @@ async def test_controller_on_a_three_master_cluster_without_router_list(tmp_path
         assert verified.problems == [] and verified.records >= 3
         status = await actions.status(url, "t")
         assert status["state"]["stage"] == "rolled_back" and status["lease_holder"] is None
+        assert status["convergence"]["converged"] and status["outbox"]["undeliverable"] == 0
+        text = format_status(status)
+        assert "live state   v" in text and "convergence  v" in text, text
+        assert "(shared live state in Redis)" in text
     await r1.cleanup()
     await r2.cleanup()
