@@ -3,8 +3,10 @@
 Each POST carries::
 
     Content-Type: application/json
-    X-Shadow-Router-Event: <event>              # step_changed, rollback, hold, approval_requested,
-                                                # approved, rejected, promoted
+    X-Shadow-Router-Event: <event>              # step_changed, rollback, hold, resumed,
+                                                # approval_requested, approved, rejected,
+                                                # promoted, live_created, live_changed,
+                                                # live_restored (every audited transition)
     X-Shadow-Router-Delivery: <event id>        # stable across retries; deduplicate on it
     X-Shadow-Router-Timestamp: <unix seconds>
     X-Shadow-Router-Signature: sha256=<hex>
