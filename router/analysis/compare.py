@@ -93,10 +93,11 @@ def _figures(cur: dict[str, Any], prev: dict[str, Any]) -> list[Figure]:
             out.append(("quality", f"{k} {v}", unit, path("quality", "models", v, k)))
     for v in ("champion", "challenger"):
         out.append(("latency", f"p95 {v}", "ms", path("latency", "per_variant", v, "p95")))
-        out.append(("errors", f"error rate {v}", "proportion",
-                    path("errors", "per_variant", v, "rate")))  # fmt: skip
     out.append(("latency", "p95 Δ same requests", "ms",
                 path("latency", "paired", "quantiles", "p95", "delta_ms")))  # fmt: skip
+    for v in ("champion", "challenger"):
+        out.append(("errors", f"error rate {v}", "proportion",
+                    path("errors", "per_variant", v, "rate")))  # fmt: skip
     out.append(("divergence", "PSI", "number", path("divergence", "psi")))
     out.append(("divergence", "Spearman", "number", path("divergence", "spearman")))
     return out

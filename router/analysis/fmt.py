@@ -188,12 +188,18 @@ def share_of(part: Any, whole: Any) -> str:
 
 _FLOAT = re.compile(r"(?<![\w.])(-?)(\d+\.\d+(?:e[-+]?\d+)?|\d+e[-+]?\d+)(?![\w.])")
 _P_EQ = re.compile(r"\bp\s*=\s*(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+_SECONDS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) s\b")
 
 
 def tidy(text: str, sig: int = 3) -> str:
     """Free text with numbers in it (a gate's reason, a decision's reasons, written by the
     analysis with up to 4 significant digits): every decimal re-rendered by :func:`num` and
-    every ``p = x`` by :func:`pvalue`, so one rule holds across the report."""
+    every ``p = x`` by :func:`pvalue`, every ``N s`` of a minute or more by :func:`duration`,
+    so one rule holds across the report."""
+
+    def secs(m: re.Match[str]) -> str:
+        v = float(m.group(1))
+        return duration(v) if v >= 60 else m.group(0)
 
     def p_eq(m: re.Match[str]) -> str:
         v = pvalue(float(m.group(1)))
@@ -203,4 +209,4 @@ def tidy(text: str, sig: int = 3) -> str:
         v = float(m.group(2))
         return num(-v if m.group(1) else v, sig)
 
-    return _FLOAT.sub(dec, _P_EQ.sub(p_eq, text))
+    return _FLOAT.sub(dec, _P_EQ.sub(p_eq, _SECONDS.sub(secs, text)))

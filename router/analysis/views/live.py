@@ -111,15 +111,12 @@ def segments_section(r: dict[str, Any]) -> Section:
                     f"{pdiff(pu['absolute'])} {fmt.bracket(pu['ci'], pdiff)}" if pu else fmt.NA,
                 ]
             )
+        head = [fname, "requests", "challenger error rate", "p95 latency", "agreement",
+                "positive rate", "accuracy", "primary Δ [95% CI]"]  # fmt: skip
+        if not any("primary_uplift" in x for x in rows_):  # no live-split outcome per segment
+            head, rows = head[:-1], [row[:-1] for row in rows]
         blocks.append(Para(f"By **{fname}** (champion / challenger):"))
-        blocks.append(
-            Table(
-                [fname, "requests", "challenger error rate", "p95 latency", "agreement",
-                 "positive rate", "accuracy", "primary Δ [95% CI]"],
-                rows,
-                numeric=[False, True, True, True, True, True, True, True],
-            )  # fmt: skip
-        )
+        blocks.append(Table(head, rows, numeric=[False] + [True] * (len(head) - 1)))
     if not sg["fields"]:
         blocks.append(Para("No segment fields were captured."))
     return Section(
