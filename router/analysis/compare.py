@@ -103,6 +103,10 @@ def _figures(cur: dict[str, Any], prev: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def _number(x: Any) -> float | None:
+    return f(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
 def compare(current: dict[str, Any], previous: Any) -> dict[str, Any]:
     """The ``comparison`` section of ``current`` against ``previous`` (see the module)."""
     kind, prev = previous_look(previous)
@@ -110,20 +114,18 @@ def compare(current: dict[str, Any], previous: Any) -> dict[str, Any]:
     gates_then = {g.get("name"): g for g in prev.get("gates") or [] if isinstance(g, dict)}
     gates = []
     for name in list(gates_now) + [k for k in gates_then if k not in gates_now]:
-        a, b = gates_then.get(name) or {}, gates_now.get(name) or {}
+        then, now = gates_then.get(name) or {}, gates_now.get(name) or {}
         gates.append({
             "name": name,
-            "before": a.get("state"),
-            "after": b.get("state"),
-            "value_before": f(a.get("value")),
-            "value_after": f(b.get("value")),
-            "changed": a.get("state") != b.get("state"),
+            "before": then.get("state"),
+            "after": now.get("state"),
+            "value_before": f(then.get("value")),
+            "value_after": f(now.get("value")),
+            "changed": then.get("state") != now.get("state"),
         })  # fmt: skip
     figures = []
     for section, name, unit, get in _figures(current, prev):
-        a, b = get(prev), get(current)
-        a = f(a) if isinstance(a, int | float) and not isinstance(a, bool) else None
-        b = f(b) if isinstance(b, int | float) and not isinstance(b, bool) else None
+        a, b = _number(get(prev)), _number(get(current))
         if a is None and b is None:
             continue
         figures.append({

@@ -65,9 +65,8 @@ def status_html(s: Status) -> str:
 
 def _status_words(text: str) -> str:
     """``**PASS**`` in a sentence as a badge."""
-    for state, word in (("pass", "PASS"), ("fail", "FAIL"), ("not_enough_data", "NOT ENOUGH DATA"),
-                        ("inconclusive", "INCONCLUSIVE"), ("not_evaluable", "NOT EVALUABLE")):  # fmt: skip
-        text = text.replace(f"<b>{word}</b>", status_html(Status(state)))
+    for state in ("pass", "fail", "not_enough_data", "inconclusive", "not_evaluable"):
+        text = text.replace(f"<b>{Status(state).text}</b>", status_html(Status(state)))
     return text
 
 

@@ -270,7 +270,7 @@ def _previous_look(path: str) -> dict[str, Any] | None:
     except CompareError as exc:
         print(f"router: --compare: {path}: {exc}", file=sys.stderr)
         return None
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def _policy(path: str | None) -> Policy | None:

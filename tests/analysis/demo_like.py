@@ -41,8 +41,9 @@ def demo_like() -> tuple[dict[str, Any], Accumulator]:
     half = recs[: len(recs) // 2]
     ids = {r["request_id"] for r in half}
     units = {r["unit"] for r in half}
-    prev, _ = _report(half, [o for o in outs if o.get("request_id") in ids
-                             or (o.get("request_id") is None and o.get("unit") in units)])  # fmt: skip
+    early = [o for o in outs if o.get("request_id") in ids
+             or (o.get("request_id") is None and o.get("unit") in units)]  # fmt: skip
+    prev, _ = _report(half, early)
     report, acc = _report(recs, outs)
     report["comparison"] = compare(report, prev)
     return report, acc

@@ -74,7 +74,9 @@ def test_window_interval_and_free_text() -> None:
 
 
 # a unix time (2001-2286) in seconds or milliseconds, with or without separators
-RAW_TS = re.compile(r"(?<![\w.])1[0-9]{9}(?:[0-9]{3})?(?:\.[0-9]+)?(?![\w])|1,[0-9]{3},[0-9]{3},[0-9]{3}")
+RAW_TS = re.compile(
+    r"(?<![\w.])1[0-9]{9}(?:[0-9]{3})?(?:\.[0-9]+)?(?![\w])|1,[0-9]{3},[0-9]{3},[0-9]{3}"
+)
 REPR = re.compile(r"\{'|'\}|': |\bNone\b|\bnan\b|\binf\b|np\.float|array\(|<[a-z_.]+ object at")
 NUMBER = re.compile(r"(?<![\w.])[0-9][0-9,]*\.[0-9]+(?:e[-+]?[0-9]+)?|(?<![\w.])[0-9]+e[-+]?[0-9]+")
 
@@ -182,6 +184,12 @@ def test_uplift_plot_is_of_the_primary_metric() -> None:
     assert all(f.caption.startswith("What to look for:") for f in figs)
     series = report["metrics"]["converted"]["series"]
     assert len(series) >= 6 and series[-1]["sequential_ci"][0] is not None
+    # a per-request metric's series is its ratio of unit sums per exposure cohort: the last
+    # cohort holds every unit, so it is the whole window's uplift (every request has a unit)
+    up = report["metrics"]["converted"]["uplift"]
+    assert series[-1]["absolute"] == pytest.approx(up["absolute"], rel=1e-9)
+    assert series[-1]["sequential_ci"] == pytest.approx(up["sequential_ci"], rel=1e-9)
+    assert [p["n"][0] for p in series] == sorted(p["n"][0] for p in series)
 
 
 def test_comparison_is_schema_valid_and_names_what_moved() -> None:

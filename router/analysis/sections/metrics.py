@@ -77,7 +77,7 @@ def _request_metric_arms(
     have a value); a request without a unit is a cluster of one. The mean is ``ΣX / ΣN`` and
     the per-cluster variance the delta method's
     ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``)."""
-    v, t, x, d = _request_frame(acc, uv, metric, spec)
+    v, _t, x, d = _request_frame(acc, uv, metric, spec)
     out = []
     for i in (0, 1):
         co = CoMoments()

@@ -20,7 +20,7 @@ def traffic_section(r: dict[str, Any]) -> Section:
     ]  # fmt: skip
     blocks: list[Any] = [
         Table(["", "champion", "challenger", "challenger share"], rows,
-              numeric=[False, True, True, True]),  # fmt: skip
+              numeric=[False, True, True, True]),
     ]
     split = s.get("split")
     req_share = pv["challenger"] / c["records"] if c["records"] else None
@@ -45,13 +45,14 @@ def traffic_section(r: dict[str, Any]) -> Section:
         else f"Sample ratio: {fmt.tidy(s.get('reason', 'not checked'))} (pass --split to check "
         "the units against the configured split)."
     )
+    status = Status(_srm_status(srm_state))
     blocks.append(Table(["check", "status", "detail"],
-                        [["sample ratio (units)", Status(_srm_status(srm_state)), srm_line]]))  # fmt: skip
+                        [["sample ratio (units)", status, srm_line]]))  # fmt: skip
     span = fmt.utc_span(w.get("first_record_ts"), w.get("last_record_ts"))
     lines = [
         f"Window: {span}"
         + (f"; **stream trimmed: earliest available {fmt.utc(w['earliest_available'])}**"
-           if w.get("trimmed") else ""),  # fmt: skip
+           if w.get("trimmed") else ""),
         f"Mirrored pairs: {fmt.count(c['mirrored_pairs'])} "
         f"({fmt.count(c['comparable_pairs'])} comparable); units seen in both arms "
         f"(left out): {fmt.count(units['both_variants'])}.",
@@ -91,7 +92,7 @@ def data_quality_section(r: dict[str, Any]) -> Section | None:
         f"Records read: {fmt.count(rec['read'])}; invalid {fmt.count(rec['invalid'])}, reused "
         f"request ids {fmt.count(rec['conflicts']['count'])}"
         + (f" ({fmt.pct(share)}; hold above {fmt.pct(dq['max_invalid_share'])})"
-           if share is not None else "")  # fmt: skip
+           if share is not None else "")
     )
     if rec["conflicts"]["examples"]:
         ids = ", ".join(f"`{x}`" for x in rec["conflicts"]["examples"])
@@ -145,7 +146,7 @@ def drift_section(r: dict[str, Any]) -> Section | None:
         "How far this window's inputs moved from the reference window: PSI < 0.1 stable, "
         "0.1–0.25 moderate shift, ≥ 0.25 major shift; Jensen-Shannon distance beside it.",
         [Table(["field", "PSI", "band", "JS distance"], rows,
-               numeric=[False, True, False, True])],  # fmt: skip
+               numeric=[False, True, False, True])],
     )
 
 

@@ -38,7 +38,7 @@ def gates_section(r: dict[str, Any]) -> Section:
                  "always valid", "reason"],
                 rows,
                 numeric=[False, False, False, True, True, True, False, False],
-            ),  # fmt: skip
+            ),
             Note(
                 "PASS: within the limit. FAIL: the whole interval is past it. INCONCLUSIVE: "
                 "the interval still contains the limit. NOT ENOUGH DATA / NOT EVALUABLE: no "

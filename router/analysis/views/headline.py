@@ -223,7 +223,7 @@ def headline_section(r: dict[str, Any]) -> Section:
     reasons = [fmt.tidy(x) for x in d["reasons"]]
     blocks: list[Any] = [
         Headline(d["action"], [ACTION_WORDS.get(d["action"], d["action"]) + ": " +
-                               (reasons[0] if reasons else "")]),  # fmt: skip
+                               (reasons[0] if reasons else "")]),
         Bullets(sentences),
         Bullets([evidence_sentence(r), "Gates: " + gates_sentence(r), change_sentence(r)]),
     ]

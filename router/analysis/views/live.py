@@ -17,8 +17,8 @@ def metrics_section(r: dict[str, Any]) -> Section:
         "interval the decision uses; proportions in percent, differences in percentage points."
     )
     if not r["metrics"]:
-        return Section("metrics", "Outcome metrics (live split)", lede,
-                       [Para("No outcomes were joined to the live split in this window.")])  # fmt: skip
+        none = Para("No outcomes were joined to the live split in this window.")
+        return Section("metrics", "Outcome metrics (live split)", lede, [none])
     pm = r["meta"].get("primary_metric")
     rows = []
     for name, m in r["metrics"].items():
@@ -67,7 +67,7 @@ def metrics_section(r: dict[str, Any]) -> Section:
              "always-valid p"],
             rows,
             numeric=[False, False, True, True, True, True, True, True, True, True, True],
-        ),  # fmt: skip
+        ),
         Note(
             "n is units for per-unit metrics and requests for per-request ones (their variance "
             "is clustered by unit). Holm adjusts the fixed-horizon p-values across metrics."
@@ -92,7 +92,8 @@ def segments_section(r: dict[str, Any]) -> Section:
                      f"({gap.get('metric')}, {gap.get('segment', fmt.NA)}).")  # fmt: skip
     if disp.get("value") is not None:
         lines.append(f"Disparity ratio (lowest / highest positive-decision rate, four-fifths "
-                     f"rule at 0.8): {fmt.num(disp['value'])} ({disp.get('field', fmt.NA)}).")  # fmt: skip
+                     f"rule at 0.8): {fmt.num(disp['value'])} "
+                     f"({disp.get('field', fmt.NA)}).")  # fmt: skip
     blocks: list[Any] = [Bullets(lines)] if lines else []
     _level, pdiff = metric_fmts(r["metrics"].get(r["meta"].get("primary_metric") or ""))
     for fname, rows_ in sg["fields"].items():

@@ -46,7 +46,7 @@ def quality_section(r: dict[str, Any]) -> Section:
         lede,
         [
             Table(["figure", "champion", "challenger", "Δ challenger − champion", "95% CI", "p"],
-                  rows, numeric=[False, True, True, True, True, True]),  # fmt: skip
+                  rows, numeric=[False, True, True, True, True, True]),
             Note("Tests: " + "; ".join(notes) + "."),
         ],
     )
@@ -78,9 +78,9 @@ def latency_section(r: dict[str, Any]) -> Section:
                      delta("p99")])  # fmt: skip
     blocks: list[Any] = [
         Table(["", "requests", "p50", "p95", "p95 95% CI", "p99"], rows,
-              numeric=[False, True, True, True, True, True]),  # fmt: skip
+              numeric=[False, True, True, True, True, True]),
         Note("An interval side shown as – needs more requests for that order statistic "
-             "(p95 needs 72, p99 368)."),  # fmt: skip
+             "(p95 needs 72, p99 368)."),
     ]
     if p.get("n") and p.get("mean_diff_ms") is not None:
         blocks.append(Para(
