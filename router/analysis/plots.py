@@ -56,6 +56,12 @@ def _axes(title: str) -> tuple[Any, Any]:
     return fig, ax
 
 
+def _legend_below(ax: Any, ncol: int = 2) -> None:
+    """The legend under the axes, where it hides no data."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=ncol,
+              frameon=False)  # fmt: skip
+
+
 def _primary(r: dict[str, Any]) -> str | None:
     """The metric the decision is about: the policy's primary metric, else the first outcome
     metric with a series (never the label metric, which is analysed in quality)."""
@@ -109,7 +115,7 @@ def uplift_plot(r: dict[str, Any]) -> Figure | None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"{unit} since the window's first exposure")
     ax.set_ylabel("uplift (percentage points)" if prop else "uplift")
-    ax.legend(fontsize=8, loc="best")
+    _legend_below(ax)
     return Figure(
         "metrics",
         f"Uplift over time: {name}",
@@ -147,7 +153,7 @@ def latency_plot(acc: Accumulator | None) -> Figure | None:
     ax.axhline(0.95, color=GREY, linewidth=0.6, linestyle=":")
     ax.set_xlabel("latency (log scale)")
     ax.set_ylabel("share of requests")
-    ax.legend(fontsize=7, loc="lower right")
+    _legend_below(ax)
     return Figure(
         "latency",
         "Latency CDFs",
@@ -200,7 +206,7 @@ def segment_plots(r: dict[str, Any]) -> list[Figure]:
         ax.set_xticks(idx, vals, rotation=30 if len(vals) > 6 else 0, fontsize=8)
         ax.set_xlabel(fname)
         ax.set_ylabel(f"{word} (%)")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        _legend_below(ax)
         out.append(Figure(
             "segments",
             f"Segments: {fname}",

@@ -15,10 +15,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from router.analysis import fmt
+from router.analysis import build_report, fmt
 from router.analysis.compare import CompareError, compare, previous_look
 from router.analysis.render import SECTIONS, sections, to_markdown
 from router.analysis.render_html import to_html
+from router.demo.synth import SynthSpec, dataset
 from tests.analysis.demo_like import demo_like
 from tests.analysis.test_report import SCHEMA
 
@@ -254,3 +255,32 @@ def test_cli_compare(tmp_path: Path) -> None:
     bad.write_text("{not json")
     p = _cli("--synthetic", "100", "--compare", str(bad))
     assert p.returncode == 2 and "not JSON" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "split"),
+    [
+        ("empty", None, 0.5),
+        ("shadow only", SynthSpec(n=600, split=0.0, mirror=1.0, seed=2), 0.0),
+        ("no mirroring", SynthSpec(n=600, mirror=0.0, seed=3), 0.5),
+        ("class", SynthSpec(n=600, kind="class", seed=4), 0.5),
+        ("vector", SynthSpec(n=600, kind="vector", seed=5), 0.5),
+        ("value", SynthSpec(n=600, kind="value", seed=6), 0.5),
+        ("broken challenger", SynthSpec(n=800, challenger_error_rate=0.2, contract_break=0.1,
+                                        challenger_latency_ms=80.0, seed=8), 0.5),
+        ("sample ratio mismatch", SynthSpec(n=1500, split=0.8, seed=9), 0.5),
+    ],
+)  # fmt: skip
+def test_every_kind_of_window_renders_cleanly(name: str, spec: SynthSpec | None,
+                                              split: float) -> None:  # fmt: skip
+    recs, outs = dataset(spec) if spec is not None else ([], [])
+    if spec is not None and name == "broken challenger":
+        recs = [*recs, "garbage", {"v": 1, "request_id": "x", "ts": 1.7e12}]
+    report = build_report(recs, outs, experiment="synth", split=split,
+                          prediction_kind=spec.kind if spec else None)  # fmt: skip
+    md = to_markdown(report)
+    page = to_html(report, None)
+    assert text_problems(md) == [], name
+    assert text_problems(visible_text(page)) == [], name
+    assert f"**{report['decision']['action'].upper()}**" in md
+    assert "What would change it:" in md

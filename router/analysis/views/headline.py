@@ -159,9 +159,14 @@ def change_sentence(r: dict[str, Any]) -> str:
     if action in ("hold", "rollback"):
         failed = [g for g in gates if g["state"] == "fail"]
         names = ", ".join(g["name"] for g in failed) or "the data"
+        if action == "rollback":
+            return (
+                f"What would change it: nothing in this step: {names} failed with an "
+                "always-valid interval wholly past its limit; a fixed challenger starts anew."
+            )
         return (
-            f"What would change it: {names} passing at a later look "
-            f"(a rollback ends this step; a hold waits for a human or new data)."
+            f"What would change it: a human's look at {names} (`router canary resume` after "
+            "a fix), or these gates passing at a later look."
         )
     waiting = [g for g in gates if g["state"] in WAITING]
     text = "What would change it: " + (
@@ -199,6 +204,8 @@ def evidence_sentence(r: dict[str, Any]) -> str:
                      "same request)")  # fmt: skip
     kind = "; ".join(kinds) or "no comparable evidence"
     span = fmt.utc_span(w.get("first_record_ts"), w.get("last_record_ts"))
+    if span == fmt.NA:
+        span = "no records in it"
     trimmed = " (stream trimmed: earlier records are gone)" if w.get("trimmed") else ""
     return f"Evidence: {kind}. Window: {span}{trimmed}; {fmt.count(c['records'])} records."
 
@@ -224,7 +231,7 @@ def headline_section(r: dict[str, Any]) -> Section:
     blocks: list[Any] = [
         Headline(d["action"], [ACTION_WORDS.get(d["action"], d["action"]) + ": " +
                                (reasons[0] if reasons else "")]),
-        Bullets(sentences),
+        *([Bullets(sentences)] if sentences else []),
         Bullets([evidence_sentence(r), "Gates: " + gates_sentence(r), change_sentence(r)]),
     ]
     if len(reasons) > 1:
