@@ -166,11 +166,13 @@ class ControlPlane:
         lease_token: str | None = None,
         now: float | None = None,
         attempts: int = 20,
+        min_version: int = 0,
     ) -> Committed:
         """Append ``bodies`` to the audit chain (chained here from the current head) and, in the
         same script, write ``live`` (when ``live_expected`` is its current version; the new
-        document gets version ``live_expected + 1``) and ``state`` (when ``check_state``: only
-        if the stored state still equals ``state_expected``).
+        document gets version ``live_expected + 1``, or ``min_version`` if higher) and
+        ``state`` (when ``check_state``: only if the stored state still equals
+        ``state_expected``).
 
         Raises :class:`LiveConflict`, :class:`StateConflict` or :class:`LeaseMismatch`; a
         concurrent append to the chain alone is retried here."""
@@ -180,7 +182,7 @@ class ControlPlane:
         if live is not None:
             if live_expected is None:
                 raise ValueError("live_expected is required to write the live state")
-            doc = dict(live, version=live_expected + 1)
+            doc = dict(live, version=max(live_expected + 1, min_version))
         for _ in range(attempts):
             head_raw = await self.client.get(k.head)
             head = parse_doc(head_raw) or {"count": 0, "hash": GENESIS}
@@ -230,6 +232,7 @@ class ControlPlane:
         event: str = "live_changed",
         data: dict[str, Any] | None = None,
         now: float | None = None,
+        min_version: int = 0,
     ) -> Committed:
         """Compare-and-set the live state: ``changes`` applied onto the current document, only
         if its version is ``expected`` (``None``: whatever the current version is, re-read and
@@ -248,10 +251,12 @@ class ControlPlane:
             body = {"v": 1, "experiment": self.experiment, "ts": ts, "event": event,
                     "actor": actor, "stage_from": None, "stage_to": None, "step": None,
                     "split": new.get("split"),
-                    "data": dict(data or {}, live_version=cur_version + 1, note=note,
+                    "data": dict(data or {}, live_version=max(cur_version + 1, min_version),
+                                 note=note,
                                  changes=live_fields_differ(base, new))}  # fmt: skip
             try:
-                return await self.commit([body], live=new, live_expected=cur_version, now=ts)
+                return await self.commit([body], live=new, live_expected=cur_version, now=ts,
+                                         min_version=min_version)  # fmt: skip
             except LiveConflict:
                 if expected is not None:
                     raise

@@ -181,14 +181,17 @@ class FleetFollower:
                         known["version"])  # fmt: skip
             fields = {k: v for k, v in known.items() if k not in ("version",)}
             event, note = "live_restored", f"restored from last known v{known['version']}"
+            version = int(known["version"]) + 1  # versions keep growing across the loss
         else:
             fields = self.bootstrap.to_json()
             fields.pop("version", None)
             event, note = "live_created", "bootstrap from the config file"
+            version = 1
         try:
             done = await self.plane.change_live(
                 {k: v for k, v in fields.items() if k not in ("updated_at", "updated_by", "note")},
                 expected=0, actor=f"router@{self.replica}", note=note, event=event,
+                min_version=version,
             )  # fmt: skip
         except LiveConflict as exc:
             if exc.current is None:

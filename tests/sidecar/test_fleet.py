@@ -24,13 +24,16 @@ from router.sidecar.assign import assign
 from tests.capture.conftest import OwnRedis
 from tests.helpers import (
     TOKEN,
+    InProcessRouter,
     ServeProcess,
     config_dict,
     echo_app,
+    make_config,
     metric_sum,
     parse_metrics,
     read_stream,
     start_app,
+    wait_for,
 )
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -186,3 +189,35 @@ async def test_three_replicas_share_one_state_new_and_restarted_replicas_keep_th
         own.stop()
         await r1.cleanup()
         await r2.cleanup()
+
+
+async def test_redis_losing_the_live_state_restores_the_ramp_not_the_config(
+    tmp_path: Path, redis_url: str, echo_pair: Any
+) -> None:
+    """Redis restarted without persistence: a replica writes its last known state back (a
+    version above the lost one), never the config file's split."""
+    champ, chall = echo_pair
+    cfg = make_config(config_dict(champ, chall, redis_url, tmp=tmp_path))
+    async with InProcessRouter(cfg, tmp_path / "run", redis_url) as router:
+        plane = router.app.fleet.plane
+        await plane.change_live({"split": 0.25}, expected=None, actor="test")
+        assert await wait_for(lambda: router.app.state.version == 2, timeout=2)
+        c = redis.Redis.from_url(redis_url)
+        try:
+            c.delete("t:live")
+        finally:
+            c.close()
+        assert await wait_for(lambda: router.app.state.version == 3, timeout=3)
+        live = await plane.read_live()
+        assert live is not None and live["version"] == 3 and live["split"] == 0.25
+        assert router.app.state.split == 0.25
+        events = [r["event"] for r in read_stream_list(redis_url, "t:audit")]
+        assert events[-1] == "live_restored"
+
+
+def read_stream_list(url: str, key: str) -> list[dict[str, Any]]:
+    c = redis.Redis.from_url(url)
+    try:
+        return [orjson.loads(x) for x in c.lrange(key, 0, -1)]
+    finally:
+        c.close()
