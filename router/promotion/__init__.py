@@ -16,6 +16,7 @@ Layout (pure core, thin I/O shells):
 - :mod:`.routers`: idempotent reconciliation of router replicas through the admin API.
 - windows of captured records are read through :mod:`router.capture.reader` (every shard).
 - :mod:`.analyzer`: the controller's call of the analyzer and the verdict of a report.
+- :mod:`.fleet`: the replicas' heartbeats and the wait for convergence.
 - :mod:`.commit`: a transition committed, then the routers reconciled and webhooks queued.
 - :mod:`.controller`: the loop tying these together.
 - :mod:`.actions`: the CLI's operations (rollback, resume, approve, reject, status, verify).

@@ -44,13 +44,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
-
 from router.capture.clients import make_client
 from router.promotion import machine
 from router.promotion.analyzer import Analyse, analyzer_from_policy, verdict_from_report
 from router.promotion.commit import commit_and_apply
 from router.promotion.config import PromotionConfig
+from router.promotion.fleet import converge
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
@@ -355,43 +354,10 @@ class Controller:
         return await self.fleet.reconcile(machine.desired(state), note=note)
 
     async def converge(self, version: int) -> dict[str, Any]:
-        """Wait (bounded) until every replica with a fresh heartbeat applied ``version``;
-        report stale (no recent heartbeat) and lagging replicas; forget long-gone ones."""
-        assert self.store is not None and self.store.plane is not None
-        f = self.cfg.fleet
-        started = time.monotonic()
-        while True:
-            reps = await self.store.plane.replicas()
-            now = time.time()
-            fresh = {
-                r: d for r, d in reps.items() if now - float(d.get("ts", 0)) <= f.stale_after_s
-            }
-            behind = sorted(r for r, d in fresh.items() if int(d.get("version", 0)) < version)
-            if not behind or time.monotonic() - started >= f.converge_timeout_s:
-                break
-            await asyncio.sleep(0.05)
-        stale = sorted(set(reps) - set(fresh))
-        gone = [r for r, d in reps.items() if now - float(d.get("ts", 0)) > f.forget_after_s]
-        if gone:
-            await self.redis.hdel(self.store.keys.replicas, *gone)
-        result = {"version": version, "converged": not behind, "at": now,
-                  "waited_s": round(time.monotonic() - started, 3), "replicas": len(fresh),
-                  "behind": {r: fresh[r].get("version") for r in behind},
-                  "stale": {r: round(now - float(reps[r].get("ts", 0)), 1)
-                            for r in stale}}  # fmt: skip
-        await self.redis.set(self.store.keys.key("promotion:fleet"), orjson.dumps(result))
-        if behind:
-            await self.store.count("fleet_not_converged")
-            log.error("%s: %d replica(s) had not applied v%d after %.1fs: %s", self.exp,
-                      len(behind), version, f.converge_timeout_s, result["behind"])  # fmt: skip
-        if stale:
-            await self.store.count("fleet_stale_reports")
-            log.warning("%s: stale replicas (no heartbeat for > %gs): %s", self.exp,
-                        f.stale_after_s, result["stale"])  # fmt: skip
-        if not fresh:
-            log.warning("%s: no router heartbeats: nothing to wait for", self.exp)
-        self.convergence = result
-        return result
+        """Wait for the fleet to apply ``version`` (see :func:`router.promotion.fleet.converge`)."""
+        assert self.store is not None
+        self.convergence = await converge(self.store, self.cfg.fleet, version)
+        return self.convergence
 
     async def _after_commit(self, state: State) -> State:
         """After a commit that changed the live state: wait for the fleet, then start the
