@@ -250,21 +250,23 @@ class FleetFollower:
 
         while True:
             sub = aioredis.Redis.from_url(url, socket_connect_timeout=self.timeout_s)
+            ps = sub.pubsub()
             try:
-                async with sub.pubsub() as ps:
-                    await ps.subscribe(self.plane.keys.channel)
-                    while True:
-                        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                        if msg is not None:
-                            self._changed.set()
+                await asyncio.wait_for(ps.subscribe(self.plane.keys.channel), self.timeout_s)
+                while True:
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if msg is not None:
+                        self._changed.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # polling keeps working; re-subscribe after a pause
                 log.debug("live state subscription: %s", exc)
                 await asyncio.sleep(max(self.poll_s, 1.0))
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.aclose()
+            finally:  # bounded: a close must never hold up a worker's stop
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(ps.aclose(), 1.0)
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(sub.aclose(), 1.0)
 
     def heartbeat_doc(self) -> dict[str, Any]:
         host, _, pid = self.replica.rpartition(":")
@@ -309,12 +311,15 @@ class FleetFollower:
                 "error": None if self.redis_ok else self.last_error}  # fmt: skip
 
     async def stop(self) -> None:
+        """Stop following (bounded: a stuck Redis connection never holds up a clean stop) and
+        remove this worker's heartbeat."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for t in pending:
+                log.warning("live state: task %s did not stop within 3 s", t.get_name())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.plane.forget(self.replica), self.timeout_s)
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await asyncio.wait_for(self.client.aclose(), self.timeout_s)
