@@ -48,12 +48,14 @@ def infer_metric_specs(
 ) -> dict[str, tuple[MetricSpec, bool]]:
     """Declared specs, plus inferred ones for undeclared metrics (binary → proportion). The label
     metric is the ground truth of the paired quality section, not a business metric of the live
-    split: it is not inferred (counting it twice would also put it in the Holm family)."""
+    split: it is not inferred (counting it twice would also put it in the Holm family); nor are
+    the metrics named as CUPED covariates (``policy.cuped.covariates``)."""
     out: dict[str, tuple[MetricSpec, bool]] = {
         name: (spec, False) for name, spec in policy.metrics.items()
     }
+    covariates = set(policy.cuped.covariates.values())  # pre-exposure values, not outcomes
     for name, info in sorted(outcomes.metrics.items()):
-        if name not in out and name != policy.label_metric:
+        if name not in out and name != policy.label_metric and name not in covariates:
             kind = "proportion" if info["binary"] else "mean"
             out[name] = (MetricSpec(type=kind), True)  # type: ignore[arg-type]
     return out

@@ -111,6 +111,28 @@ class SegmentPolicy(_Strict):
     )
 
 
+class CupedPolicy(_Strict):
+    """CUPED (regression adjustment by a pre-exposure covariate) of the outcome metrics."""
+
+    enabled: bool = Field(default=True, description="report adjusted results beside unadjusted")
+    history_s: float = Field(
+        default=14 * 86_400.0,
+        gt=0,
+        description="pre-exposure window: a unit's own outcome rows of the metric (joined by "
+        "unit) with ts in [first exposure - history_s, first exposure) form its covariate",
+    )
+    covariates: dict[str, str] = Field(
+        default_factory=dict,
+        description="metric -> name of an outcome metric whose unit-joined rows carry the "
+        "unit's pre-exposure value (any ts), instead of the metric's own history",
+    )
+    decide_on: Literal["unadjusted", "adjusted"] = Field(
+        default="unadjusted",
+        description="which result the primary-metric gate judges (adjusted falls back to "
+        "unadjusted when the adjustment is not possible)",
+    )
+
+
 class DataQualityPolicy(_Strict):
     max_invalid_share: float = Field(
         default=0.01,
@@ -137,6 +159,7 @@ class Policy(_Strict):
     sequential: SequentialPolicy = Field(default_factory=SequentialPolicy)
     segments: SegmentPolicy = Field(default_factory=SegmentPolicy)
     data_quality: DataQualityPolicy = Field(default_factory=DataQualityPolicy)
+    cuped: CupedPolicy = Field(default_factory=CupedPolicy)
     bootstrap_resamples: int = Field(default=400, ge=0)
     seed: int = 20261122
 
