@@ -232,6 +232,9 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
             else ["- no outcomes"],
         )
     )
+    cu = cuped_lines(r["metrics"])
+    if cu:
+        out.append(("CUPED: adjusted beside unadjusted", cu))
     sg = r["segments"]
     lines = [
         f"- largest gap: {_n(sg['gap'].get('value'))} ({sg['gap'].get('metric')}, "
@@ -299,6 +302,31 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         )
     )
     return out
+
+
+def cuped_lines(metrics: dict[str, Any]) -> list[str]:
+    """Plain lines per metric: the unadjusted and the CUPED-adjusted uplift side by side."""
+    lines = []
+    for name, mt in metrics.items():
+        cu = mt.get("cuped")
+        if not cu:
+            continue
+        up, adj = mt["uplift"], cu.get("adjusted")
+        cov = cu["covariate"]
+        src = f"metric `{cov['metric']}`" if cov["source"] == "metric" else "own history"
+        with_cov = sum(cu["units_with_covariate"].values())
+        if adj is None:
+            lines.append(f"- {name}: not adjusted ({cu['state']}; covariate: {src}, "
+                         f"{with_cov} units with one)")  # fmt: skip
+            continue
+        lines.append(
+            f"- {name}: unadjusted Δ {_n(up['absolute'])} {_ci(up['ci'])} p = "
+            f"{_n(up['p_value'])}; adjusted Δ {_n(adj['absolute'])} {_ci(adj['ci'])} p = "
+            f"{_n(adj['p_value'])}, seq. {_ci(adj['sequential_ci'])}; variance reduction "
+            f"{_n(cu['variance_reduction'])} (theta {_n(cu['theta'])}, r = "
+            f"{_n(cu['correlation'])}; covariate: {src}, {with_cov} units with one)"
+        )
+    return lines
 
 
 def data_quality_lines(dq: dict[str, Any]) -> list[str]:

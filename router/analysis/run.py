@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
-def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
+def load_outcomes(
+    src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
+) -> OutcomeIndex:
+    """The outcomes of ``src``; from Redis, from ``history_s`` before the window's start (the
+    pre-exposure history CUPED's covariates come from: rows before a unit's first exposure are
+    never counted as its outcomes)."""
     oi = OutcomeIndex(max_metrics)
     if src.redis_url:
         from router.capture.clients import make_sync_client
@@ -47,7 +52,8 @@ def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
-            oi.add_raw(stream_chunks(client, key, src.since, None), src.experiment)
+            start = None if src.since is None else src.since - history_s
+            oi.add_raw(stream_chunks(client, key, start, None), src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:
@@ -126,8 +132,9 @@ def _accumulate(
     pages: Pages,
 ) -> Accumulator:
     try:
+        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
         oi = outcomes if outcomes is not None else load_outcomes(
-            src, policy.data_quality.max_metrics
+            src, policy.data_quality.max_metrics, history
         )
         acc = Accumulator(
             policy,
