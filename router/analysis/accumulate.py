@@ -119,6 +119,8 @@ class Accumulator:
         self.joined_by_request = 0
 
         self.paired = PairAggregates(policy, kind)
+        # the noise floor: the champion against its own repeat on the same requests
+        self.noise = PairAggregates(policy, kind)
         self.fields = FieldHistograms()
 
     # ---------------------------------------------------------------- feeding
@@ -329,6 +331,33 @@ class Accumulator:
         if pair.any():
             pr = np.nonzero(pair)[0]
             self.paired.add(cols, pr, h, cl, hl, ce, he, labels, cp, hp, cpf, hpf, combo, seg_of)
+        rin = (cols["r_in"] & cols["c_in"]).to_numpy()
+        if rin.any():
+            self._fold_noise(cols, np.nonzero(rin)[0], h, cl, ce, cp, cpf, combo, len(seg_of))
+
+    def _fold_noise(
+        self,
+        cols: pl.DataFrame,
+        pr: np.ndarray,
+        h: np.ndarray,
+        cl: np.ndarray,
+        ce: np.ndarray,
+        cp: pl.Series,
+        cpf: np.ndarray | None,
+        combo: np.ndarray,
+        nc: int,
+    ) -> None:
+        """Noise-floor pairs (the champion's answer and its repeat): the same aggregates as
+        the mirrored pairs, kept apart, with their own contract diffs; not per segment and
+        without labels (the quality of the champion against itself is not a question)."""
+        re = cols["re"].to_numpy()
+        rp = cols["rp"].set(pl.Series(re), None)
+        rpf = rp.cast(pl.Float64, strict=False).to_numpy() if cpf is not None else None
+        no_labels = np.full(cols.height, np.nan)
+        self.noise.add(
+            cols.select(contract=pl.col("contract_r")), pr, h, cl, cols["rl"].to_numpy(), ce,
+            re, no_labels, cp, rp, cpf, rpf, combo, [[] for _ in range(nc)],
+        )  # fmt: skip
 
     def _request_metrics(
         self,
@@ -412,4 +441,5 @@ class Accumulator:
         # segments under this accumulator's bound (see SegmentTable.merge)
         self.units.merge(o.units, self.segments.merge(o.segments))
         self.paired.merge(o.paired)
+        self.noise.merge(o.noise)
         self.fields.merge(o.fields)

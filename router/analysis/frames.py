@@ -60,6 +60,8 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
         "champion": side,
         "challenger": side,
         "contract": pl.String(),
+        "champion_repeat": side,  # the noise floor's second champion answer (when sampled)
+        "contract_repeat": pl.String(),
     }
     if fields:
         schema["fields"] = pl.String()
@@ -257,6 +259,8 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     prediction. Pure polars, so it runs off the folding thread."""
     champ, chall = pl.col("champion"), pl.col("challenger")
     cst, hst = champ.struct.field("status"), chall.struct.field("status")
+    rep = pl.col("champion_repeat")
+    rst = rep.struct.field("status")
     served = pl.col("served")
     return df.select(
         rid=pl.col("request_id"),
@@ -284,6 +288,11 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         cp=champ.struct.field("prediction"),
         hp=chall.struct.field("prediction"),
         contract=pl.col("contract"),
+        r_in=pl.col("champion_repeat").is_not_null(),
+        re=rep.struct.field("error").is_not_null() | rst.is_null() | (rst >= 500),
+        rl=rep.struct.field("latency_ms"),
+        rp=rep.struct.field("prediction"),
+        contract_r=pl.col("contract_repeat"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
     )
 

@@ -161,7 +161,7 @@ class PairAggregates:
             ct = orjson.loads(text)
             if not isinstance(ct, dict):
                 continue
-            for change in ("missing", "extra", "retyped"):
+            for change in ("missing", "extra", "retyped", "changed"):
                 paths = ct.get(change)
                 if isinstance(paths, list):
                     for path in paths:

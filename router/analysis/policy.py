@@ -82,8 +82,31 @@ class Guardrails(_Strict):
     )
 
 
+DivergenceMeasure = Literal[
+    "flip_rate", "mean_abs_diff", "rmse", "rank_decorrelation", "disagreement", "mean_js_distance"
+]
+
+
+class DivergenceLimit(_Strict):
+    """A divergence gate on one measure of the challenger's predictions against the champion's
+    (same requests): an absolute ``max``, and/or ``max_noise_multiple`` = at most k times the
+    champion's own divergence from itself (the noise floor, ``experiment.noise_floor``)."""
+
+    max: float | None = Field(default=None, ge=0)
+    max_noise_multiple: float | None = Field(default=None, gt=0)
+    min_noise_pairs: int = Field(
+        default=100, ge=1, description="noise-floor pairs needed before the relative gate judges"
+    )
+
+
 class DivergencePolicy(_Strict):
     thresholds: list[float] = Field(default_factory=lambda: [0.5])
+    limits: dict[DivergenceMeasure, DivergenceLimit] = Field(
+        default_factory=dict,
+        description="divergence gates by measure (flip_rate at the first threshold, "
+        "mean_abs_diff, rmse, rank_decorrelation = 1 - Spearman, disagreement = 1 - agreement, "
+        "mean_js_distance); a failing one holds",
+    )
     psi_bins: int = Field(default=10, ge=2, le=100)
     sample_size: int = Field(default=50_000, ge=100, description="hash sample for KS, AUC, ...")
     contract_noise_share: float = Field(default=0.0003, ge=0, le=1)

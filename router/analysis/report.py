@@ -1,8 +1,9 @@
 """Turn an :class:`~router.analysis.accumulate.Accumulator` into the DESIGN.md report (pure).
 
-Top-level keys: ``experiment, window, counts, srm, latency, errors, divergence, quality, metrics,
-segments, drift, data_quality, gates, decision, meta``. Every number is finite or ``null``;
-every statistic that cannot be computed says why in a ``state`` field. Each section is computed
+Top-level keys: ``experiment, window, counts, srm, latency, errors, divergence, noise_floor,
+quality, metrics, segments, drift, data_quality, gates, decision, meta``. Every number is
+finite or ``null``; every statistic that cannot be computed says why in a ``state`` field. Each
+section is computed
 by its module in :mod:`router.analysis.sections` (``data_quality`` by
 :mod:`router.analysis.data_quality`); this module assembles them in the report's key order, then
 the gates and the decision (:mod:`router.analysis.gates`).
@@ -26,6 +27,7 @@ from router.analysis.sections.drift import drift_section
 from router.analysis.sections.errors import errors_section
 from router.analysis.sections.latency import latency_section
 from router.analysis.sections.metrics import metrics_section
+from router.analysis.sections.noise_floor import noise_floor_section
 from router.analysis.sections.quality import quality_section
 from router.analysis.sections.segments import segments_section
 from router.analysis.sections.unit_view import UnitView
@@ -56,8 +58,10 @@ def report_from(
             "latency": latency_section(acc, policy.alpha, policy.sequential.tau),
             "errors": errors_section(acc, policy.alpha),
             "divergence": divergence_section(acc, policy),
+            "noise_floor": None,
             "quality": None,  # (keeps the key order)
         }
+        report["noise_floor"] = noise_floor_section(acc, policy, report["divergence"])
         metrics = metrics_section(acc, policy, uv)
         report["quality"] = quality.result()
     report["metrics"] = metrics

@@ -11,6 +11,11 @@ Shadow answers are bounded: the shadow pools keep at most ``limits.shadow_max_re
 an answer's body and read the rest without keeping it (the latency still covers the whole answer).
 Such a side is recorded with ``truncated: true`` and ``response_bytes`` (the full body size) and
 counted in ``router_shadow_truncated_total``.
+
+The noise floor (``experiment.noise_floor``) is a shadow job too: the champion asked a second
+time on its shadow pool, filling the record's ``champion_repeat`` side (``variant`` label
+``champion_repeat`` in the shadow metrics). A record with several jobs is captured when the
+last one ends (``PendingRecord.waiting``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ log = logging.getLogger("router.shadow")
 @dataclass(slots=True)
 class ShadowJob:
     record: PendingRecord
-    variant: str  # the model that receives the shadow copy
+    variant: str  # the side of the record it fills: the other model, or "champion_repeat"
     pool: UpstreamPool
     method: bytes
     target: bytes
@@ -111,7 +116,7 @@ class ShadowDispatcher:
             )
         except asyncio.CancelledError:
             side.error = "shutdown"
-            self.submit(job.record)
+            self.done(job.record)
             raise
         except Exception as exc:
             kind = error_kind(exc)
@@ -134,7 +139,14 @@ class ShadowDispatcher:
             self.metrics.inc("router_shadow_completed", (job.variant,))
             if resp.status >= 500:
                 self.metrics.inc("router_shadow_failed", ("5xx",))
-        self.submit(job.record)
+        self.done(job.record)
+
+    def done(self, record: PendingRecord) -> None:
+        """One shadow job of ``record`` ended: capture it once its last job has (a record with
+        a challenger shadow and a noise-floor repeat waits for both)."""
+        record.waiting -= 1
+        if record.waiting <= 0:
+            self.submit(record)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking jobs, let queued ones finish within ``timeout``, record the rest."""
@@ -145,7 +157,7 @@ class ShadowDispatcher:
         while not self.queue.empty():
             job = self.queue.get_nowait()
             getattr(job.record, job.variant).error = "shutdown: not sent"
-            self.submit(job.record)
+            self.done(job.record)
             self.queue.task_done()
         if left:
             log.warning("shadow: %d queued shadow requests not sent at shutdown", left)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.analysis.data_quality import data_quality_gates, empty_window_decision
-from router.analysis.gates import descriptive, evidence, guardrails, primary, quality
+from router.analysis.gates import descriptive, divergence, evidence, guardrails, primary, quality
 from router.analysis.gates.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -38,6 +38,7 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     if g.max_contract_break_share is not None:
         gates.append(guardrails.contract(report, g.max_contract_break_share, policy.alpha))
     gates.extend(descriptive.drift_gates(report, policy))
+    gates.extend(divergence.divergence_gates(report, policy))
     gates.extend(descriptive.fairness_gates(report, policy))
     if policy.primary_metric is not None:
         gates.append(primary.primary_metric(report, policy, live))
