@@ -15,8 +15,8 @@ from scipy import stats as st
 
 from router.analysis import build_report, cuped, parse_policy, stats
 from router.analysis.sketches import CoMoments
-from tests.analysis.test_report import strict_json
 from router.config import ConfigError
+from tests.analysis.test_report import strict_json
 
 FULL = "1" in (os.environ.get("ROUTER_FULL_SIM"), os.environ.get("ROUTER_SIM_FULL"))
 
