@@ -60,6 +60,10 @@ class PrimaryMetric(_Strict):
 class SRMPolicy(_Strict):
     alpha: float = Field(default=0.001, gt=0, lt=1)
     min_share_diff: float = Field(default=0.001, ge=0, lt=1)
+    by_segment: bool = Field(default=True, description="also test every segment value (Holm)")
+    min_segment_units: int = Field(
+        default=100, ge=1, description="units a segment value needs to be tested"
+    )
 
 
 class Guardrails(_Strict):

@@ -91,7 +91,8 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 f"split {_n(s['split'])}, statistic {_n(s['statistic'])}, "
                 f"p = {_n(s['p_value'])}, always-valid p = {_n(s.get('sequential_p_value'))} "
                 f"(alert when the always-valid p < {s['alpha']} and a share deviates by "
-                f"> {s['min_share_diff']})"
+                f"> {s['min_share_diff']})",
+                *srm_segment_lines(s.get("by_segment")),
             ],
         )
     )
@@ -302,6 +303,21 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         )
     )
     return out
+
+
+def srm_segment_lines(bs: dict[str, Any] | None) -> list[str]:
+    """Plain lines: the per-segment sample-ratio verdict and the mismatched values."""
+    if not bs:
+        return []
+    lines = [f"- by segment ({bs['state']}): {bs['reason']}"]
+    for r in bs.get("rows", []):
+        if r["mismatch"]:
+            lines.append(
+                f"  - {r['field']}={r['value']}: units {r['observed']} vs expected "
+                f"{[_n(x) for x in r['expected']]}, Holm-adjusted always-valid p = "
+                f"{_n(r['sequential_p_holm'])}"
+            )
+    return lines
 
 
 def cuped_lines(metrics: dict[str, Any]) -> list[str]:

@@ -30,6 +30,7 @@ from router.analysis.sections.metrics import metrics_section
 from router.analysis.sections.noise_floor import noise_floor_section
 from router.analysis.sections.quality import quality_section
 from router.analysis.sections.segments import segments_section
+from router.analysis.sections.srm_segments import srm_by_segment
 from router.analysis.sections.unit_view import UnitView
 
 REPORT_VERSION = 1
@@ -62,6 +63,8 @@ def report_from(
             "quality": None,  # (keeps the key order)
         }
         report["noise_floor"] = noise_floor_section(acc, policy, report["divergence"])
+        if policy.srm.by_segment:
+            report["srm"]["by_segment"] = srm_by_segment(acc, policy, split, uv)
         metrics = metrics_section(acc, policy, uv)
         report["quality"] = quality.result()
     report["metrics"] = metrics

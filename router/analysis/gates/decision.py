@@ -27,6 +27,8 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     live = evidence.live(report)
     gates.append(evidence.min_samples(report, policy, live))
     gates.append(evidence.srm(report, policy))
+    if policy.srm.by_segment:
+        gates.append(evidence.srm_segments(report, policy))
     g = policy.guardrails
     if g.max_latency_p95_ms is not None:
         gates.append(guardrails.latency_p95(report, g.max_latency_p95_ms))
