@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.config import ConfigError, format_validation_error
 
@@ -35,6 +35,22 @@ class MetricSpec(_Strict):
         default=None, description="exposed without outcome; default zero unless agg is mean"
     )
     higher_is_better: bool = True
+    cap: float | None = Field(
+        default=None, description="winsorize each unit's value at this fixed upper cap"
+    )
+    cap_percentile: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="winsorize each unit's value at this percentile of the pooled values of both "
+        "arms (e.g. 0.99), for heavy-tailed metrics such as revenue",
+    )
+
+    @model_validator(mode="after")
+    def _one_cap(self) -> MetricSpec:
+        if self.cap is not None and self.cap_percentile is not None:
+            raise ValueError("cap and cap_percentile are exclusive: give one")
+        return self
 
     @property
     def reduce(self) -> str:

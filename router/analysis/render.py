@@ -233,6 +233,12 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
             else ["- no outcomes"],
         )
     )
+    for name, mt in r["metrics"].items():
+        cp = mt.get("capping")
+        if cp:
+            rows_cap = f"capped at {_n(cp['cap'])} ({cp['method']}"
+            rows_cap += f" {cp['percentile']})" if cp.get("percentile") else ")"
+            out[-1][1].append(f"- {name}: {rows_cap}, units capped {cp['capped_units']}")
     cu = cuped_lines(r["metrics"])
     if cu:
         out.append(("CUPED: adjusted beside unadjusted", cu))

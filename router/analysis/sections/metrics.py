@@ -18,6 +18,7 @@ from router.analysis.policy import MetricSpec, Policy
 from router.analysis.sections import counts
 from router.analysis.sections.unit_view import (
     UnitView,
+    cap_values,
     covariate_frame,
     impute,
     join_covariate,
@@ -104,6 +105,8 @@ def _request_metric_arms(
     df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
     v = df["challenger"].to_numpy()
     x, d = df["s"].to_numpy(), df["d"].to_numpy()
+    if spec.cap is not None or spec.cap_percentile is not None:
+        x, uv.capping[metric] = cap_values(x, v, spec)  # each unit's numerator
     cup: _Cuped | None = None
     if policy.cuped.enabled:
         c, has = join_covariate(df["unit"], covariate_frame(acc, metric, spec, policy.cuped))
@@ -232,6 +235,8 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
         up = _uplift(n, mean, var, policy)
         vd = up.pop("_variance")
         entry["uplift"] = up
+        if metric in uv.capping:
+            entry["capping"] = uv.capping[metric]
         if cup is not None:
             entry["cuped"] = _cuped_entry(metric, cup, n, mean, var, policy)
         entry["mde"] = f(sample_size.mde(vd, policy.alpha, policy.power)) if vd > 0 else None

@@ -4,6 +4,8 @@ a fixed order, and each metric's per-unit values."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 
@@ -42,12 +44,16 @@ class UnitView:
         self.single = single.with_columns(key=rid_hash(pl.col("unit"))).sort("key")
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._units: dict[str, pl.Series] = {}
+        self.capping: dict[str, dict[str, Any]] = {}  # per capped metric, what was done
 
     def arrays(
         self, metric: str, spec: MetricSpec
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if metric not in self._arrays:
-            self._units[metric], self._arrays[metric] = _unit_metric_arrays(self, metric, spec)
+            units, (v, t, x, c) = _unit_metric_arrays(self, metric, spec)
+            if spec.cap is not None or spec.cap_percentile is not None:
+                x, self.capping[metric] = cap_values(x, v, spec)
+            self._units[metric], self._arrays[metric] = units, (v, t, x, c)
         return self._arrays[metric]
 
     def covariate(
@@ -59,6 +65,26 @@ class UnitView:
         frame = covariate_frame(self.acc, metric, spec, cuped)
         c, has = join_covariate(self._units[metric], frame)
         return impute(c, has, spec), has
+
+
+def cap_values(
+    x: np.ndarray, v: np.ndarray, spec: MetricSpec
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Winsorize per-unit values at ``spec.cap``, or at the ``spec.cap_percentile`` quantile of
+    the pooled values of both arms (GrowthBook's absolute and percentile capping; the cap is an
+    upper bound, values below it are kept), and say what was done: the cap, how it was set and
+    how many units per arm it touched."""
+    if spec.cap is not None:
+        cap, how = float(spec.cap), "fixed"
+    elif x.size:
+        cap, how = float(np.quantile(x, spec.cap_percentile or 1.0)), "pooled percentile"
+    else:
+        return x, {"method": "pooled percentile", "percentile": spec.cap_percentile, "cap": None,
+                   "capped_units": {"champion": 0, "challenger": 0}}  # fmt: skip
+    over = x > cap
+    per_arm = {"champion": int((over & (v == 0)).sum()), "challenger": int((over & (v == 1)).sum())}
+    info = {"method": how, "percentile": spec.cap_percentile, "cap": cap, "capped_units": per_arm}
+    return np.minimum(x, cap), info
 
 
 def covariate_frame(
