@@ -35,6 +35,19 @@ class MetricSpec(_Strict):
         default=None, description="exposed without outcome; default zero unless agg is mean"
     )
     higher_is_better: bool = True
+    role: Literal["goal", "guardrail", "monitor"] = Field(
+        default="monitor",
+        description="goal: must improve (by min_uplift); guardrail: must not be worse than "
+        "margin (one-sided, always valid; a significant breach rolls back); monitor: reported "
+        "only. The primary metric is a goal whatever its role here",
+    )
+    min_uplift: float = Field(default=0.0, ge=0, description="goal: the improvement needed")
+    margin: float = Field(
+        default=0.0, ge=0, description="guardrail: the non-inferiority margin (0: no worse)"
+    )
+    relative: bool = Field(
+        default=False, description="min_uplift and margin are relative to the champion's mean"
+    )
     cap: float | None = Field(
         default=None, description="winsorize each unit's value at this fixed upper cap"
     )

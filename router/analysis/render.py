@@ -40,6 +40,17 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     d = r["decision"]
     out.append(("Decision", [f"**{d['action'].upper()}**", ""] + [f"- {x}" for x in d["reasons"]]))
+    if d.get("metrics"):
+        out.append(
+            (
+                "Goals and guardrails",
+                _table(
+                    ["metric", "role", "threshold", "always-valid CI", "verdict"],
+                    [[x["metric"], x["role"], x["threshold"], _ci(x["ci"]), x["verdict"]]
+                     for x in d["metrics"]],
+                ),
+            )
+        )
     out.append(
         (
             "Gates",

@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from router.analysis.data_quality import data_quality_gates, empty_window_decision
-from router.analysis.gates import descriptive, divergence, evidence, guardrails, primary, quality
+from router.analysis.gates import (
+    descriptive,
+    divergence,
+    evidence,
+    guardrails,
+    metric_roles,
+    primary,
+    quality,
+)
 from router.analysis.gates.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -18,7 +26,7 @@ from router.analysis.gates.rules import (
 )
 from router.analysis.policy import Policy
 
-ROLLBACK_KINDS = ("guardrail", "schema", "primary")
+ROLLBACK_KINDS = ("guardrail", "schema", "primary", "goal")
 
 
 def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -44,8 +52,13 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     gates.extend(descriptive.fairness_gates(report, policy))
     if policy.primary_metric is not None:
         gates.append(primary.primary_metric(report, policy, live))
+    gates.extend(metric_roles.metric_gates(report, policy, live))
     gates += data_quality_gates(report, policy, gates)
-    return gates, decide(gates, report)
+    decision = decide(gates, report)
+    table = metric_roles.decision_table(gates, policy)
+    if table:
+        decision["metrics"] = table  # the goals and guardrails the decision follows from
+    return gates, decision
 
 
 def decide(
