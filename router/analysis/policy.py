@@ -101,6 +101,13 @@ class Guardrails(_Strict):
     max_error_rate_delta: float | None = Field(default=0.01, ge=0)
     max_psi: float | None = Field(default=0.25, gt=0)
     max_input_psi: float | None = Field(default=None, gt=0)
+    max_drifted_share: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="share of captured input fields drifted by their size-chosen test (policy "
+        "drift) above which the input_drift gate holds",
+    )
     max_segment_gap: float | None = Field(default=0.1, gt=0)
     min_disparity_ratio: float | None = Field(default=0.8, gt=0, le=1)
     max_contract_break_share: float | None = Field(default=0.01, ge=0, le=1)
@@ -167,6 +174,20 @@ class SegmentPolicy(_Strict):
     )
 
 
+class DriftPolicy(_Strict):
+    """How drift is tested, by the reference's sample size (Evidently's defaults)."""
+
+    small_n: int = Field(
+        default=1000, ge=1, description="reference n at or below which a test (KS, chi-square) "
+        "decides; above it a distance with a threshold (Wasserstein, Jensen-Shannon)",
+    )  # fmt: skip
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="KS and chi-square p-value")
+    wasserstein_threshold: float = Field(
+        default=0.1, gt=0, description="Wasserstein distance / reference SD"
+    )
+    js_threshold: float = Field(default=0.1, gt=0, le=1, description="Jensen-Shannon distance")
+
+
 class CupedPolicy(_Strict):
     """CUPED (regression adjustment by a pre-exposure covariate) of the outcome metrics."""
 
@@ -216,6 +237,7 @@ class Policy(_Strict):
     segments: SegmentPolicy = Field(default_factory=SegmentPolicy)
     data_quality: DataQualityPolicy = Field(default_factory=DataQualityPolicy)
     cuped: CupedPolicy = Field(default_factory=CupedPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
     bootstrap_resamples: int = Field(default=400, ge=0)
     seed: int = 20261122
 
