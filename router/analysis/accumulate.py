@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from router.analysis.cbpe import CbpeSums
 from router.analysis.fields import FieldHistograms
 from router.analysis.frames import (
     RECORD_SCHEMA,
@@ -121,6 +122,8 @@ class Accumulator:
         self.paired = PairAggregates(policy, kind)
         # the noise floor: the champion against its own repeat on the same requests
         self.noise = PairAggregates(policy, kind)
+        # expected accuracy without labels (CBPE) per model, over all its score predictions
+        self.cbpe = [CbpeSums(), CbpeSums()]
         self.fields = FieldHistograms()
 
     # ---------------------------------------------------------------- feeding
@@ -313,6 +316,11 @@ class Accumulator:
         cpf = cp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
         hpf = hp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
 
+        if self.kind == "score" and cpf is not None and hpf is not None:
+            t = self.thresholds[0] if self.thresholds else 0.5
+            self.cbpe[0].add(cpf, labels, t)
+            self.cbpe[1].add(hpf, labels, t)
+
         # positive-decision rates per segment (disparity)
         for i, (ps, pf) in enumerate(((cp, cpf), (hp, hpf))):
             has, pos = self._positives(ps, pf)
@@ -442,4 +450,6 @@ class Accumulator:
         self.units.merge(o.units, self.segments.merge(o.segments))
         self.paired.merge(o.paired)
         self.noise.merge(o.noise)
+        for v in (0, 1):
+            self.cbpe[v].merge(o.cbpe[v])
         self.fields.merge(o.fields)

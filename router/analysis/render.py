@@ -6,22 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _n(x: Any, nd: int = 4) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.{nd}g}"
-    return str(x)
-
-
-def _ci(ci: list[Any] | None) -> str:
-    if not ci or ci[0] is None:
-        return "–"
-    return f"[{_n(ci[0])}, {_n(ci[1])}]"
-
+from router.analysis.render_lines import (
+    _ci,
+    _n,
+    cuped_lines,
+    expected_accuracy_lines,
+    noise_floor_lines,
+    srm_segment_lines,
+)
 
 _STATE_MARK = {"pass": "✅", "fail": "❌", "inconclusive": "⏳", "not_enough_data": "⏳",
                "not_evaluable": "⚠️", "not_applicable": "–", "warn": "⚠️"}  # fmt: skip
@@ -175,6 +167,12 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
     for pth in dv["contract"]["paths"][:10]:
         lines.append(f"- contract: `{pth['path']}` {pth['change']} in {pth['share']:.2%} of pairs")
     out.append((f"Divergence ({dv['kind']}, mirrored pairs)", lines or ["- no comparable pairs"]))
+    nf = r.get("noise_floor")
+    if nf:
+        out.append(("Noise floor (the champion against itself)", noise_floor_lines(nf)))
+    ea = r.get("expected_accuracy")
+    if ea and ea.get("state") == "ok":
+        out.append(("Expected accuracy without labels (CBPE)", expected_accuracy_lines(ea)))
     qu = r["quality"]
     if qu.get("state") == "ok":
         m = qu["models"]
@@ -320,46 +318,6 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         )
     )
     return out
-
-
-def srm_segment_lines(bs: dict[str, Any] | None) -> list[str]:
-    """Plain lines: the per-segment sample-ratio verdict and the mismatched values."""
-    if not bs:
-        return []
-    lines = [f"- by segment ({bs['state']}): {bs['reason']}"]
-    for r in bs.get("rows", []):
-        if r["mismatch"]:
-            lines.append(
-                f"  - {r['field']}={r['value']}: units {r['observed']} vs expected "
-                f"{[_n(x) for x in r['expected']]}, Holm-adjusted always-valid p = "
-                f"{_n(r['sequential_p_holm'])}"
-            )
-    return lines
-
-
-def cuped_lines(metrics: dict[str, Any]) -> list[str]:
-    """Plain lines per metric: the unadjusted and the CUPED-adjusted uplift side by side."""
-    lines = []
-    for name, mt in metrics.items():
-        cu = mt.get("cuped")
-        if not cu:
-            continue
-        up, adj = mt["uplift"], cu.get("adjusted")
-        cov = cu["covariate"]
-        src = f"metric `{cov['metric']}`" if cov["source"] == "metric" else "own history"
-        with_cov = sum(cu["units_with_covariate"].values())
-        if adj is None:
-            lines.append(f"- {name}: not adjusted ({cu['state']}; covariate: {src}, "
-                         f"{with_cov} units with one)")  # fmt: skip
-            continue
-        lines.append(
-            f"- {name}: unadjusted Δ {_n(up['absolute'])} {_ci(up['ci'])} p = "
-            f"{_n(up['p_value'])}; adjusted Δ {_n(adj['absolute'])} {_ci(adj['ci'])} p = "
-            f"{_n(adj['p_value'])}, seq. {_ci(adj['sequential_ci'])}; variance reduction "
-            f"{_n(cu['variance_reduction'])} (theta {_n(cu['theta'])}, r = "
-            f"{_n(cu['correlation'])}; covariate: {src}, {with_cov} units with one)"
-        )
-    return lines
 
 
 def data_quality_lines(dq: dict[str, Any]) -> list[str]:

@@ -54,11 +54,7 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
         gates.append(primary.primary_metric(report, policy, live))
     gates.extend(metric_roles.metric_gates(report, policy, live))
     gates += data_quality_gates(report, policy, gates)
-    decision = decide(gates, report)
-    table = metric_roles.decision_table(gates, policy)
-    if table:
-        decision["metrics"] = table  # the goals and guardrails the decision follows from
-    return gates, decision
+    return gates, decide(gates, report)
 
 
 def decide(
@@ -67,6 +63,14 @@ def decide(
     """Rollback > hold > continue (waiting on evidence) > promote (see
     :mod:`router.analysis.gates`)."""
     del policy  # the rows carry their thresholds
+    decision = _decide(gates, report)
+    table = metric_roles.decision_table(gates, report)
+    if table:
+        decision["metrics"] = table  # the goals and guardrails the decision follows from
+    return decision
+
+
+def _decide(gates: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
     warnings = [f"warning: {g['name']}: {g['reason']}" for g in gates if g["state"] == WARN]
     if report["counts"]["records"] == 0:
         return empty_window_decision(report)

@@ -87,6 +87,7 @@ def _gate(
             better="higher",
         )
         r["role"] = spec.role
+        r["metric"] = name
         return r
 
     if not live:
@@ -118,18 +119,14 @@ def _gate(
     return gate(state, low, why, [low, high])
 
 
-def decision_table(gates: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+def decision_table(gates: list[dict[str, Any]], report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per goal and guardrail (the primary metric first): role, threshold, interval and
     verdict, in the words of the decision."""
     verdict = {PASS: "met", FAIL: "breached", INCONCLUSIVE: "not yet decided"}
     out = []
     for g in gates:
         if g["name"] == "primary_metric" or g["name"].startswith("metric_"):
-            metric = (
-                policy.primary_metric.name
-                if g["name"] == "primary_metric" and policy.primary_metric
-                else g["name"].removeprefix("metric_")
-            )
+            metric = g.get("metric") or g["name"].removeprefix("metric_")
             out.append(
                 {
                     "metric": metric,

@@ -53,6 +53,7 @@ def primary_metric(report: dict[str, Any], policy: Policy, live: bool) -> dict[s
             p_value=up["sequential_p_value"] if up is not None else None,
         )
         r["eta_s"] = m.get("eta_s") if m is not None else None
+        r["metric"] = pm.name
         return r
 
     if not live:
