@@ -94,6 +94,18 @@ def numeric_samples(ref: np.ndarray, cur: np.ndarray, rules: DriftRules) -> Drif
                      wn >= rules.wasserstein_threshold, rn, cn)  # fmt: skip
 
 
+def from_statistics(
+    ref_n: int, cur_n: int, ks: float, ks_p: float, w_norm: float | None, rules: DriftRules
+) -> DriftTest:
+    """:func:`numeric_samples` from a KS result and a normalised Wasserstein distance already
+    computed on the same samples (no second pass over them)."""
+    if ref_n <= rules.small_n:
+        return DriftTest("ks", ks, ks_p, rules.alpha, ks_p < rules.alpha, ref_n, cur_n)
+    drift = None if w_norm is None else w_norm >= rules.wasserstein_threshold
+    return DriftTest("wasserstein", w_norm, None, rules.wasserstein_threshold, drift, ref_n,
+                     cur_n)  # fmt: skip
+
+
 def categorical(ref_counts: np.ndarray, cur_counts: np.ndarray, rules: DriftRules) -> DriftTest:
     """Categorical drift from counts per category (same categories, same order)."""
     rn, cn = float(ref_counts.sum()), float(cur_counts.sum())

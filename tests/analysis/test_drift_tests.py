@@ -33,6 +33,18 @@ def test_small_samples_use_ks_and_large_use_wasserstein() -> None:
     assert t.drift is True  # 0.5 / 2 = 0.25 SD
 
 
+def test_from_statistics_equals_numeric_samples() -> None:
+    from router.analysis.drift_tests import from_statistics
+
+    rng = np.random.default_rng(6)
+    for n in (500, 5000):
+        a, b = rng.normal(0, 1, n), rng.normal(0.2, 1, n)
+        ks = st.ks_2samp(a, b)
+        wn = st.wasserstein_distance(a, b) / np.std(a)
+        got = from_statistics(n, n, float(ks.statistic), float(ks.pvalue), wn, RULES)
+        assert got == numeric_samples(a, b, RULES)
+
+
 def test_a_trivial_shift_in_a_huge_sample_is_not_drift() -> None:
     rng = np.random.default_rng(2)
     a, b = rng.normal(0, 1, 200_000), rng.normal(0.02, 1, 200_000)

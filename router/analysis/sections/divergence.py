@@ -13,7 +13,7 @@ from scipy import stats as st
 
 from router.analysis import measures, stats
 from router.analysis.accumulate import Accumulator
-from router.analysis.drift_tests import DriftRules, numeric_samples
+from router.analysis.drift_tests import DriftRules, from_statistics
 from router.analysis.jsonsafe import f
 from router.analysis.pairs import PairAggregates
 from router.analysis.policy import Policy
@@ -116,9 +116,12 @@ def _distribution_stats(xs: np.ndarray, ys: np.ndarray, policy: Policy) -> dict[
     rho = st.spearmanr(xs, ys).statistic if np.ptp(xs) > 0 and np.ptp(ys) > 0 else None
     dp = policy.drift
     rules = DriftRules(dp.small_n, dp.alpha, dp.wasserstein_threshold, dp.js_threshold)
+    w_norm = wd / sdx if sdx > 0 else None
+    drift = from_statistics(int(xs.size), int(ys.size), float(ks.statistic), float(ks.pvalue),
+                            w_norm, rules)  # fmt: skip
     return {
         # the champion's predictions as the reference, the test chosen by the sample's size
-        "drift_test": numeric_samples(xs, ys, rules).as_dict(),
+        "drift_test": drift.as_dict(),
         "spearman": f(rho),
         "psi": f(measures.psi(cx, cy)),
         "psi_band": measures.psi_band(measures.psi(cx, cy)),
