@@ -194,9 +194,11 @@ class CupedPolicy(_Strict):
     enabled: bool = Field(default=True, description="report adjusted results beside unadjusted")
     history_s: float = Field(
         default=14 * 86_400.0,
-        gt=0,
+        ge=0,
         description="pre-exposure window: a unit's own outcome rows of the metric (joined by "
-        "unit) with ts in [first exposure - history_s, first exposure) form its covariate",
+        "unit) with ts in [first exposure - history_s, first exposure) form its covariate; "
+        "from Redis the outcomes stream is also read this far before --since (bounded by the "
+        "stream's retention); 0: no history (only the metrics named in covariates)",
     )
     covariates: dict[str, str] = Field(
         default_factory=dict,

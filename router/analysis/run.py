@@ -40,9 +40,9 @@ Progress = Callable[[int], object]
 def load_outcomes(
     src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
 ) -> OutcomeIndex:
-    """The outcomes of ``src``; from Redis, from ``history_s`` before the window's start (the
-    pre-exposure history CUPED's covariates come from: rows before a unit's first exposure are
-    never counted as its outcomes)."""
+    """The outcomes of ``src``. From Redis, also the unit-joined rows that arrived in the
+    ``history_s`` before the window's start: the pre-exposure history CUPED's covariates come
+    from (rows before a unit's first exposure are never counted as its outcomes)."""
     oi = OutcomeIndex(max_metrics)
     if src.redis_url:
         from router.capture.clients import make_sync_client
@@ -52,8 +52,11 @@ def load_outcomes(
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
-            start = None if src.since is None else src.since - history_s
-            oi.add_raw(stream_chunks(client, key, start, None), src.experiment)
+            if src.since is not None and history_s > 0:
+                # the units' pre-exposure history (CUPED): unit-joined rows only
+                history = stream_chunks(client, key, src.since - history_s, src.since)
+                oi.add_raw(history, src.experiment, unit_rows_only=True)
+            oi.add_raw(stream_chunks(client, key, src.since, None), src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:

@@ -313,4 +313,32 @@ def test_policy_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"cuped\.decide_on"):
         parse_policy({"cuped": {"decide_on": "both"}})
     with pytest.raises(ConfigError, match=r"cuped\.history_s"):
-        parse_policy({"cuped": {"history_s": 0}})
+        parse_policy({"cuped": {"history_s": -1}})
+
+
+def test_history_is_read_from_redis_before_the_window(redis_url: str) -> None:
+    """With --since, the outcomes stream is also read over cuped.history_s before it: the
+    unit-joined rows there are the covariate; request-joined ones there stay out."""
+    import redis
+
+    from router.analysis.reader import Source
+    from router.analysis.run import analyze
+    from tests.analysis.test_report import xadd_records
+
+    recs, outs = _experiment(1200, 0.8, 0.0, seed=7)
+    since = T0 - 1.0  # the records start at T0; the history rows are an hour before
+    stray = {"v": 1, "experiment": "e", "request_id": "old-request", "metric": "rev",
+             "value": 1.0, "ts": T0 - 1800.0}  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    xadd_records(client, "e:pairs", recs)
+    rows = [o if "ts" in o else o | {"ts": T0 + 1300.0} for o in [*outs, stray]]
+    xadd_records(client, "e:outcomes", sorted(rows, key=lambda o: o["ts"]))
+    client.close()
+    src = Source(experiment="e", redis_url=redis_url, since=since)
+    rep = analyze(src, parse_policy({}), split=0.5)
+    cu = rep["metrics"]["rev"]["cuped"]
+    assert cu["state"] == "ok" and sum(cu["units_with_covariate"].values()) == 1200
+    assert cu["variance_reduction"] > 0.5
+    assert rep["counts"]["outcomes"]["outside_window"] == 1  # the request-joined stray row
+    short = analyze(src, parse_policy({"cuped": {"history_s": 60}}), split=0.5)
+    assert short["metrics"]["rev"]["cuped"]["state"] == cuped.NO_COVARIATE
