@@ -200,3 +200,16 @@ def test_contract_ignore_drops_shape_changes_and_old_form_is_unchanged() -> None
         "retyped": [],
     }
     assert contract_diff(a, {"s": 2, "meta": {"t": 1}}) is None  # values not compared by default
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    from router.config import ConfigError
+
+    base = config_dict("http://127.0.0.1:1", "http://127.0.0.1:2", None, tmp=tmp_path)
+    with pytest.raises(ConfigError, match=r"experiment\.noise_floor"):
+        make_config(base | {"experiment": base["experiment"] | {"noise_floor": 1.5}})
+    bad = {"tolerance": {"score": -1.0}}
+    with pytest.raises(ConfigError, match=r"experiment\.contract\.tolerance"):
+        make_config(base | {"experiment": base["experiment"] | {"contract": bad}})
+    with pytest.raises(ConfigError, match=r"experiment\.contract\.ignored"):
+        make_config(base | {"experiment": base["experiment"] | {"contract": {"ignored": []}}})
