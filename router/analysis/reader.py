@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -28,7 +28,8 @@ NUMERIC_KINDS = ("score", "value")
 
 @dataclass
 class Source:
-    """Where the data comes from: JSONL files or a Redis URL (exactly one)."""
+    """Where the data comes from: JSONL files, a Redis URL or an archive (exactly one).
+    ``coverage`` is filled while an archive is read (:mod:`router.analysis.archive_read`)."""
 
     experiment: str
     pairs_file: str | None = None
@@ -37,6 +38,8 @@ class Source:
     since: float | None = None
     until: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    archive: str | None = None  # a directory or s3://… written by `router archive`
+    coverage: Any = None
 
 
 class InputError(Exception):
@@ -164,12 +167,14 @@ class Pages:
         workers: int = 2,
         ahead: int = 2,
         now: float | None = None,
+        prepare: Callable[[Any, float], Page] | None = None,
     ) -> None:
         self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
             maxsize=max(ahead, workers + 1)
         )
         self._stop = threading.Event()
         self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
+        self._prepare = prepare  # item -> Page (default: JSON lines, prepare_records)
         self._now = time.time() if now is None else now  # one clock for every page
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
         self._reader.start()
@@ -187,7 +192,10 @@ class Pages:
         try:
             with ThreadPoolExecutor(self._workers, thread_name_prefix="analyze-parse") as pool:
                 for chunk in self._chunks:
-                    job = pool.submit(prepare_records, chunk, self._schema, self._now)
+                    if self._prepare is not None:
+                        job = pool.submit(self._prepare, chunk, self._now)
+                    else:
+                        job = pool.submit(prepare_records, chunk, self._schema, self._now)
                     if not self._put(job):
                         return
         except BaseException as exc:  # handed to the consuming thread, which raises it
@@ -213,4 +221,9 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
     """Start reading ``src``'s records; the schema follows the prediction kind and reads the
     captured input fields only when drift is analysed."""
     schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields)
+    if src.archive:
+        from router.analysis.archive_read import archive_files
+
+        files, prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields)
+        return Pages(files, schema, workers, prepare=prepare)
     return Pages(record_chunks(src), schema, workers)

@@ -52,6 +52,11 @@ def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
             client.close()
     elif src.outcomes_file:
         oi.add_raw(file_chunks(src.outcomes_file), src.experiment)
+    elif src.archive:
+        from router.analysis.archive_read import load_archive_outcomes, open_store
+
+        store = open_store(src)
+        load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage)
     return oi
 
 
@@ -70,6 +75,10 @@ def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
 
 
 def earliest_available(src: Source) -> float | None:
+    if src.archive:
+        from router.analysis.archive_read import earliest_archived
+
+        return earliest_archived(src)
     if not src.redis_url:
         return None
     return _id_span(src)[1]
@@ -168,13 +177,23 @@ def analyze(
     from router.analysis.report import report_from
 
     with quiet_blas():
-        return report_from(
+        report = report_from(
             acc,
             experiment=src.experiment,
             split=split,
             earliest_available=earliest_available(src),
             reference=reference,
         )
+    add_archive_section(report, src, acc)
+    return report
+
+
+def add_archive_section(report: dict[str, Any], src: Source, acc: Accumulator) -> None:
+    """The report's ``archive`` key when the records came from an archive."""
+    if src.archive:
+        from router.analysis.archive_read import archive_section
+
+        report["archive"] = archive_section(src, acc)
 
 
 def read_json(path: str) -> Any:

@@ -112,6 +112,6 @@ class PartitionWriter:
             bad = table.num_rows - table.column("raw").null_count
             result.raw += bad
             if bad:
-                log.warning("archive: %d entries of %s kept whole in column raw (not a %s "
-                            "of the schema) in %s", bad, stream, kind[:-1], name.name)  # fmt: skip
+                log.warning("archive: %d entries of %s kept whole in column raw (not JSON, or "
+                            "a field of another type) in %s", bad, stream, name.name)  # fmt: skip
         return result

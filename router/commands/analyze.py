@@ -110,6 +110,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--redis", help="Redis URL (default $REDIS_URL)")
     src.add_argument("--pairs", help="records JSONL (from `router export`), .gz allowed")
     src.add_argument("--synthetic", type=int, metavar="N", help="analyse N synthetic records")
+    src.add_argument("--archive", metavar="URI",
+                     help="a Parquet archive written by `router archive` (directory or s3://…)")
     p.add_argument("--outcomes", help="outcomes JSONL (with --pairs)")
     p.add_argument("--policy", help="policy YAML (default: built-in defaults)")
     p.add_argument("--since", type=_time_arg, help="window start (unix s or ISO-8601)")
@@ -187,10 +189,12 @@ def run(args: argparse.Namespace) -> int:
         if policy is None:
             return 2
     url = args.redis or os.environ.get("REDIS_URL")
-    if not (args.synthetic or args.pairs or url):
+    if args.archive:
+        url = None
+    if not (args.synthetic or args.pairs or url or args.archive):
         print(
-            "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE "
-            "or --synthetic N",
+            "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE, "
+            "--archive URI or --synthetic N",
             file=sys.stderr,
         )
         return 2
@@ -211,13 +215,19 @@ def run(args: argparse.Namespace) -> int:
     elif args.pairs:
         src = Source(args.experiment, pairs_file=args.pairs, outcomes_file=args.outcomes,
                      since=args.since, until=args.until)  # fmt: skip
+    elif args.archive:
+        src = Source(args.experiment, archive=args.archive, since=args.since, until=args.until)
     else:
         src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
     # start reading the records now: the policy, the analysis code and scipy import while the
     # first pages parse (the schema assumes numeric predictions unless told otherwise, and is
     # switched should the policy name another kind)
     guess = args.kind or (policy.prediction_kind if policy else None) or "score"
-    pages = read_pages(src, guess, track, args.workers)
+    try:
+        pages = read_pages(src, guess, track, args.workers)
+    except OSError as exc:  # (an archive is listed here: a missing bucket, no such directory)
+        print(f"router: cannot read data: {exc}", file=sys.stderr)
+        return 3
     try:
         if policy is None:
             policy = _policy(args.policy)
@@ -268,7 +278,12 @@ def _analyse(
 
     from router.analysis.outcomes_index import TooManyMetrics
     from router.analysis.reader import InputError, Source
-    from router.analysis.run import accumulate, earliest_available, quiet_blas
+    from router.analysis.run import (
+        accumulate,
+        add_archive_section,
+        earliest_available,
+        quiet_blas,
+    )
 
     progress, close = _progress(args.progress)
     try:
@@ -292,6 +307,7 @@ def _analyse(
                 args.experiment,
                 pairs_file=src.pairs_file,
                 redis_url=src.redis_url,
+                archive=src.archive,
                 since=args.reference_since,
                 until=args.reference_until,
             )
@@ -308,6 +324,7 @@ def _analyse(
                 earliest_available=earliest_available(src),
                 reference=reference,
             )
+        add_archive_section(report, src, acc)
     except InputError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
