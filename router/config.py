@@ -329,7 +329,7 @@ class ArchiveConfig(_Strict):
     group: str = Field(default="archiver", min_length=1, description="Redis consumer group")
     consumer: str | None = Field(
         default=None, min_length=1,
-        description="this archiver's name in the group (stable across restarts); default the host name",
+        description="this archiver's name in its group (stable across restarts); default: host",
     )
     read_count: int = Field(default=10_000, ge=1, le=1_000_000, description="entries per read")
     block_ms: int = Field(default=1000, ge=1, description="longest wait for new entries")

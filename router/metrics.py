@@ -158,7 +158,10 @@ CATALOGUE: dict[str, MetricDef] = {
         ("kind",),
     ),
     "router_archive_errors": MetricDef(
-        "counter", "Archiver failures (stage: read, write, lag, retention; trimmed: entries trimmed from a stream before they were archived)", ("stage",)
+        "counter",
+        "Archiver failures (stage: read, write, lag, retention; trimmed: entries trimmed "
+        "from a stream before they were archived)",
+        ("stage",),
     ),
     "router_archive_lag_entries": MetricDef(
         "gauge", "Entries of a stream not yet archived (undelivered + pending)", ("stream",)

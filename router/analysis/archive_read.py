@@ -43,8 +43,10 @@ from router.archive.layout import Hour, PartName
 from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, read_file
 from router.archive.store import ArchiveStore
 
-RECORD_COLUMNS = ("stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit",
-                  "served", "mirrored", "segment", "champion", "challenger", "contract", "raw")  # fmt: skip
+RECORD_COLUMNS = (
+    "stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit", "served",
+    "mirrored", "segment", "champion", "challenger", "contract", "raw",
+)  # fmt: skip
 OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
                    "value", "ts", "raw")  # fmt: skip
 MAX_NAMED_FILES = 20
@@ -238,15 +240,13 @@ def open_store(src: Any) -> ArchiveStore:
 
 
 def archive_files(
-    src: Any, numeric: bool, fields: bool
+    src: Any, numeric: bool, fields: bool, upto: float | None
 ) -> tuple[list[ArchiveFile], Callable[[Any, float], Page]]:
     """The record files of the source's window (records stored from ``since`` to ``until``
     plus the replay slack) and the function that reads one into a page; the window's hours
-    without any file are noted in ``src.coverage``."""
-    from router.analysis.reader import id_until
-
+    without any file are noted in ``src.coverage``. ``upto``: the last stream time read
+    (:func:`router.analysis.reader.id_until`)."""
     store = open_store(src)
-    upto = id_until(src)
     p = plan(store, "pairs", src.experiment, src.since, upto)
     cov: Coverage = src.coverage
     cov.files, cov.bytes = len(p.files), sum(f.size for f in p.files)

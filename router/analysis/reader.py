@@ -162,7 +162,7 @@ class Pages:
 
     def __init__(
         self,
-        chunks: Iterable[bytes | Chunk],
+        chunks: Iterable[Any],  # bytes | Chunk, or what ``prepare`` takes
         schema: dict[str, pl.DataType],
         workers: int = 2,
         ahead: int = 2,
@@ -224,6 +224,6 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
     if src.archive:
         from router.analysis.archive_read import archive_files
 
-        files, prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields)
+        files, prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields, id_until(src))
         return Pages(files, schema, workers, prepare=prepare)
     return Pages(record_chunks(src), schema, workers)

@@ -264,8 +264,9 @@ class Archiver:
         return delete_before(self.store, self.experiment, cutoff, self.metrics)
 
     # ------------------------------------------------------------------ the loop
-    def step(self) -> int:
-        """One round over the streams: read, write what is due; the entries read."""
+    def read_round(self) -> int:
+        """One read over the streams (waiting, shared over them, when none has anything
+        new); the entries read."""
         now = self.clock()
         if now >= self._next_discover:
             self.discover()
@@ -273,25 +274,36 @@ class Archiver:
         got = 0
         for st in self.streams.values():
             got += self._read(st, None)
-        if not got:  # idle: wait for new entries, shared over the streams
+        if not got:
             wait = max(1, self.cfg.block_ms // max(1, len(self.streams)))
             for st in self.streams.values():
                 if self.stop_event.is_set():
                     break
                 got += self._read(st, wait)
+        self.metrics.set("router_archive_buffered", float(self.buffered))
+        return got
+
+    def flush_due(self) -> None:
         now = self.clock()
         for st in self.streams.values():
             if self._due(st, now):
                 self.flush(st)
-        self.metrics.set("router_archive_buffered", float(self.buffered))
+
+    def step(self) -> int:
+        """One round: read, write what is due; the entries read."""
+        got = self.read_round()
+        self.flush_due()
         return got
 
-    def _guarded(self, stage: str, fn: Callable[[], Any]) -> bool:
+    def _guarded(self, stage: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """``(True, fn())``; on a Redis or storage failure: counted, logged, a backoff wait,
+        ``(False, None)``."""
         from redis.exceptions import RedisError
 
         try:
-            fn()
-            return True
+            result = fn()
+            self._backoff = 0.0
+            return True, result
         except (RedisError, StoreError, OSError) as exc:
             self.metrics.inc("router_archive_errors", (stage,))
             self.totals.errors += 1
@@ -299,7 +311,7 @@ class Archiver:
             log.error("archive: %s failed (%s: %s); retrying in %.1f s", stage,
                       type(exc).__name__, exc, self._backoff)  # fmt: skip
             self.stop_event.wait(self._backoff)
-            return False
+            return False, None
 
     def run(self, *, until_idle: bool = False) -> Totals:
         """Archive until :attr:`stop_event` is set (SIGTERM), then write what is buffered.
@@ -307,29 +319,21 @@ class Archiver:
         backfills)."""
         while not self.stop_event.is_set():
             now = self.clock()
-            if now >= self._next_retention:
-                if self._guarded("retention", self.apply_retention):
-                    self._next_retention = now + RETENTION_INTERVAL_S
-            got = 0
-
-            def round_() -> None:
-                nonlocal got
-                got = self.step()
-
-            if not self._guarded("read", round_):
+            if now >= self._next_retention and self._guarded("retention", self.apply_retention)[0]:
+                self._next_retention = now + RETENTION_INTERVAL_S
+            ok, got = self._guarded("read", self.read_round)
+            if not ok or not self._guarded("write", self.flush_due)[0]:
                 continue
-            self._backoff = 0.0
             if self.clock() >= self._next_lag:
                 self._guarded("lag", self.update_lag)
                 self._next_lag = self.clock() + LAG_INTERVAL_S
-            if until_idle and not got:
-                if self._guarded("write", self.flush_all) and not self.buffered:
-                    break
-        while self.buffered:  # stop: write what was read (or leave it pending for next time)
-            if not self._guarded("write", self.flush_all):
-                log.error("archive: %d entries left unacknowledged; they are archived by the "
-                          "next run", self.buffered)  # fmt: skip
+            idle = until_idle and got == 0
+            if idle and self._guarded("write", self.flush_all)[0] and not self.buffered:
                 break
+        # stopping: write what was read (else it stays pending, for the next run)
+        if self.buffered and not self._guarded("write", self.flush_all)[0]:
+            log.error("archive: %d entries left unacknowledged; the next run archives them",
+                      self.buffered)  # fmt: skip
         return self.totals
 
 

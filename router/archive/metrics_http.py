@@ -12,7 +12,7 @@ def serve_metrics(listen: str, metrics: Metrics) -> ThreadingHTTPServer:
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404)
                 return

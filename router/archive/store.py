@@ -147,7 +147,8 @@ class ArchiveStore:
         """Delete crashed writers' temporary files in ``rel_dir`` (older than an hour)."""
         now, n = time.time(), 0
         for e in entries:
-            if e.name.startswith(TMP_PREFIX) and e.mtime is not None and now - e.mtime > STALE_TMP_S:
+            stale = e.mtime is not None and now - e.mtime > STALE_TMP_S
+            if e.name.startswith(TMP_PREFIX) and stale:
                 self.delete_file(f"{rel_dir}/{e.name}")
                 n += 1
         return n

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--redis", help="Redis URL (default: capture.redis of the config)")
     p.add_argument("--consumer", help="name in the consumer group (default: archive.consumer)")
     p.add_argument("--until-idle", action="store_true",
-                   help="stop once every stream is archived (default: run until stopped)")  # fmt: skip
+                   help="stop once every stream is archived (default: run until stopped)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
