@@ -8,8 +8,9 @@
 The hour is the UTC hour of the entry's stream id (when Redis stored it), so an entry's
 partition never changes and a file's name follows from the entries it holds: ``<shard>`` is the
 pairs stream's shard (``x`` when unsharded), the ids are the first and last stream ids
-(``<ms>-<seq>``) of the file. A rewrite of the same entries after a crash produces the same name (idempotent);
-entries already in an overlapping file are left out before writing (:mod:`router.archive.writer`).
+(``<ms>-<seq>``) of the file. A rewrite of the same entries after a crash produces the same
+name (idempotent); entries already in an overlapping file are left out before writing
+(:mod:`router.archive.writer`).
 Temporary files start with a dot, which DuckDB, Spark, Trino and polars skip when globbing.
 """
 
