@@ -65,6 +65,9 @@ class Coverage:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     unreadable_count: int = 0
     outcome_files: int = 0
+    executor: str = "threads"
+    tasks: int = 1
+    cross_task_duplicates: int = 0  # request ids folded in two tasks (see .distribute)
 
     def skip(self, exc: UnreadableFile) -> None:
         self.unreadable_count += 1
@@ -85,6 +88,9 @@ class Coverage:
             "files": self.files,
             "bytes": self.bytes,
             "outcome_files": self.outcome_files,
+            "executor": self.executor,
+            "tasks": self.tasks,
+            "cross_task_duplicates": self.cross_task_duplicates,
             "unreadable_files": {
                 "count": self.unreadable_count,
                 "examples": [{"path": p, "reason": r} for p, r in self.unreadable],
@@ -316,6 +322,8 @@ def archive_section(src: Any, acc: Any) -> dict[str, Any] | None:
     out = cov.as_dict()
     unreadable = out["unreadable_files"]
     unreadable["count"] += acc.unreadable_files
+    if not acc.unreadable_files:
+        return out
     unreadable["examples"] = (unreadable["examples"] + [
         {"path": p, "reason": r} for p, r in acc.unreadable_examples
     ])[:MAX_NAMED_FILES]  # fmt: skip

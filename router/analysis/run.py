@@ -109,13 +109,25 @@ def accumulate(
     progress: Progress | None = None,
     outcomes: OutcomeIndex | None = None,
     pages: Pages | None = None,
+    executor: str = "threads",
 ) -> Accumulator:
     """Read ``src`` into an accumulator (``workers`` pages parsed at once). ``pages``: records
     already being read (:func:`~router.analysis.reader.read_pages`, same kind and fields);
-    they are closed here."""
+    they are closed here. ``executor`` (an archive only): ``threads``, ``processes`` or
+    ``dask://HOST:PORT`` (:mod:`router.analysis.distribute`)."""
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
+        if src.archive and executor != "threads":
+            if pages is not None:
+                pages.close()
+            from router.analysis.distribute import fold_archive
+
+            oi = outcomes if outcomes is not None else load_outcomes(
+                src, policy.data_quality.max_metrics
+            )
+            return fold_archive(src, policy, oi, kind=kind, track_fields=track_fields,
+                                executor=executor, workers=workers)  # fmt: skip
         if pages is None:
             pages = read_pages(src, kind, track_fields, workers)  # parses while outcomes load
         with quiet_blas():
@@ -163,10 +175,12 @@ def analyze(
     reference: dict[str, Any] | None = None,
     reference_src: Source | None = None,
     progress: Progress | None = None,
+    executor: str = "threads",
 ) -> dict[str, Any]:
     """The report of a source (see :func:`router.analysis.report.report_from`)."""
     track = reference is not None or reference_src is not None
-    acc = accumulate(src, policy, kind=kind, workers=workers, track_fields=track, progress=progress)
+    acc = accumulate(src, policy, kind=kind, workers=workers, track_fields=track,
+                     progress=progress, executor=executor)  # fmt: skip
     if reference_src is not None:
         from router.analysis.sections.drift import reference_stats
 

@@ -103,6 +103,18 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _executor(text: str) -> str:
+    if text in ("threads", "processes"):
+        return text
+    scheme, sep, rest = text.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme in ("dask", "tcp", "tls") and sep and host and port.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected threads, processes or dask://HOST:PORT, got {text!r}"
+    )
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("analyze", help="analyse captured pairs and outcomes; decide promotion")
     p.add_argument("--experiment", required=True)
@@ -138,6 +150,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=2,
         help="pages of records parsed at once, beside the thread that folds them (default 2)",
     )
+    p.add_argument(
+        "--executor",
+        type=_executor,
+        help="with --archive: threads (one process), processes (a local pool of --workers "
+        "processes; the default) or dask://HOST:PORT (a Dask distributed scheduler)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument(
@@ -161,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     # cost more than the few reference cycles they would free (the fold disables it anyway)
     gc.disable()
 
+    if args.executor and not args.archive:
+        print("router: --executor needs --archive", file=sys.stderr)
+        return 2
+    args.executor = args.executor or ("processes" if args.archive else "threads")
     if args.outcomes and not args.pairs:
         print("router: --outcomes needs --pairs", file=sys.stderr)
         return 2
@@ -224,7 +246,13 @@ def run(args: argparse.Namespace) -> int:
     # switched should the policy name another kind)
     guess = args.kind or (policy.prediction_kind if policy else None) or "score"
     try:
-        pages = read_pages(src, guess, track, args.workers)
+        pages: Pages | None = None
+        if args.executor == "threads":
+            pages = read_pages(src, guess, track, args.workers)
+        elif src.archive:  # (fail early on an unreachable archive)
+            from router.analysis.archive_read import open_store
+
+            open_store(src)
     except OSError as exc:  # (an archive is listed here: a missing bucket, no such directory)
         print(f"router: cannot read data: {exc}", file=sys.stderr)
         return 3
@@ -234,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
             if policy is None:
                 return 2
         kind = args.kind or policy.prediction_kind or "score"
-        if (kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS):
+        if pages is not None and (kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS):
             pages.close()
             pages = read_pages(src, kind, track, args.workers)
 
@@ -244,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
         ).start()
         return _analyse(args, src, policy, kind, track, reference, pages)
     finally:
-        pages.close()
+        if pages is not None:
+            pages.close()
         if tmp:
             for path in tmp:
                 os.unlink(path)
@@ -269,13 +298,14 @@ def _analyse(
     kind: str,
     track: bool,
     reference: dict[str, Any] | None,
-    pages: Pages,
+    pages: Pages | None,
 ) -> int:
     """Fold the records being read, write the report; 3 when the data cannot be read."""
     import gc
 
     import orjson
 
+    from router.analysis.distribute import ExecutorUnavailable
     from router.analysis.outcomes_index import TooManyMetrics
     from router.analysis.reader import InputError, Source
     from router.analysis.run import (
@@ -288,7 +318,7 @@ def _analyse(
     progress, close = _progress(args.progress)
     try:
         acc = accumulate(src, policy, kind=kind, workers=args.workers, track_fields=track,
-                         progress=progress, pages=pages)  # fmt: skip
+                         progress=progress, pages=pages, executor=args.executor)  # fmt: skip
         absent = _absent_experiment(args.experiment, src, acc)
         if absent is not None:
             print(f"router: {absent}", file=sys.stderr)
@@ -334,6 +364,9 @@ def _analyse(
         return 2
     except OSError as exc:
         print(f"router: cannot read data: {exc}", file=sys.stderr)
+        return 3
+    except ExecutorUnavailable as exc:
+        print(f"router: --executor {args.executor}: {exc}", file=sys.stderr)
         return 3
     except Exception as exc:
         from redis.exceptions import RedisError
