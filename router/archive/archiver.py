@@ -47,6 +47,7 @@ LAG_INTERVAL_S = 5.0
 RETENTION_INTERVAL_S = 3600.0
 DISCOVER_INTERVAL_S = 60.0
 ACK_CHUNK = 10_000
+LAG_SCAN_CAP = 100_000  # Redis 6.2 has no group lag: undelivered entries counted up to this
 
 
 def _s(x: Any) -> str:
@@ -59,9 +60,11 @@ class _Stream:
     kind: str
     ids: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # the ids in the buffer (a re-read is skipped)
     since: float | None = None  # when the oldest buffered entry was read
     recheck: bool = False  # the buffer holds entries delivered before (pending or claimed)
     own_pending_done: bool = False
+    pending_cursor: str = "0"
     claim_cursor: str = "0-0"
     group_ready: bool = False
     last_archived: str | None = None
@@ -145,11 +148,15 @@ class Archiver:
             return 0
         count = min(self.cfg.read_count, room)
         msgs: list[Any]
-        if not st.own_pending_done:
-            resp = self.client.xreadgroup(self.group, self.consumer, {st.key: "0"}, count=count)
+        if not st.own_pending_done:  # (pending history: the entries after the cursor)
+            resp = self.client.xreadgroup(self.group, self.consumer,
+                                          {st.key: st.pending_cursor}, count=count)  # fmt: skip
             msgs = [m for _k, ms in resp or [] for m in ms]
+            if msgs:
+                st.pending_cursor = _s(msgs[-1][0])
             if len(msgs) < count:
                 st.own_pending_done = True
+                st.pending_cursor = "0"
             msgs = self._drop_trimmed(st, msgs, [])
             again = True
         else:
@@ -158,8 +165,14 @@ class Archiver:
                 start_id=st.claim_cursor, count=count,
             )  # fmt: skip
             st.claim_cursor = _s(resp[0])
-            # (Redis 7 drops the ids of trimmed entries from the group itself and lists them)
-            msgs = self._drop_trimmed(st, list(resp[1]), list(resp[2]) if len(resp) > 2 else [])
+            # (Redis 7 drops the ids of trimmed entries from the group itself and lists them;
+            # 6.2 returns them without their id: they are now this consumer's own pending
+            # entries, which the next own-pending read names and acknowledges)
+            claimed = list(resp[1])
+            if any(i is None for i, _f in claimed):
+                st.own_pending_done = False
+                claimed = [m for m in claimed if m[0] is not None]
+            msgs = self._drop_trimmed(st, claimed, list(resp[2]) if len(resp) > 2 else [])
             again = bool(msgs)
             if not msgs:
                 resp = self.client.xreadgroup(self.group, self.consumer, {st.key: ">"},
@@ -171,19 +184,23 @@ class Archiver:
             st.since = self.clock()
         st.recheck = st.recheck or again
         for raw_id, fields in msgs:
+            sid = _s(raw_id)
+            if sid in st.held:  # (own pending entries read again after a takeover)
+                continue
+            st.held.add(sid)
             payload = fields.get(b"r", fields.get("r")) if fields else None
             if payload is None:  # (not a capture entry: archived as raw, never dropped)
                 payload = repr(fields).encode()
             elif isinstance(payload, str):
                 payload = payload.encode()
-            st.ids.append(_s(raw_id))
+            st.ids.append(sid)
             st.payloads.append(payload)
         return len(msgs)
 
     def _drop_trimmed(self, st: _Stream, msgs: list[Any], deleted: list[Any]) -> list[Any]:
         """Pending entries the stream no longer holds (trimmed by ``MAXLEN``/``MINID`` before
         they were archived: the archive lagged too far) are counted, logged and acknowledged."""
-        gone = [_s(i) for i, f in msgs if f is None]
+        gone = [_s(i) for i, f in msgs if not f]  # (an entry always has a field)
         if gone:
             self.client.xack(st.key, self.group, *gone)
         lost = len(gone) + len(deleted)
@@ -192,7 +209,7 @@ class Archiver:
                       "archived (raise capture.stream_maxlen or run more archivers)", lost,
                       st.key)  # fmt: skip
             self.metrics.inc("router_archive_errors", ("trimmed",), float(lost))
-        return [m for m in msgs if m[1] is not None] if gone else msgs
+        return [m for m in msgs if m[1]] if gone else msgs
 
     def _due(self, st: _Stream, now: float) -> bool:
         if not st.ids:
@@ -222,6 +239,7 @@ class Archiver:
                      "restart or takeover): skipped", res.skipped, st.key)  # fmt: skip
         st.last_archived = st.ids[-1]
         st.ids, st.payloads, st.since, st.recheck = [], [], None, False
+        st.held = set()
 
     def flush_all(self) -> None:
         for st in self.streams.values():
@@ -241,15 +259,19 @@ class Archiver:
                 if _s(g.get("name", g.get(b"name", ""))) != self.group:
                     continue
                 pending = int(g.get("pending") or 0)
-                lag = g.get("lag")
+                last = _s(g.get("last-delivered-id", "0-0"))
+                lag = g.get("lag")  # (Redis 7; counted here on 6.2, up to a bound)
+                if lag is None:
+                    after = self.client.xrange(st.key, min="(" + last, max="+",
+                                               count=LAG_SCAN_CAP)  # fmt: skip
+                    lag = len(after) if len(after) < LAG_SCAN_CAP else self.client.xlen(st.key)
                 entries = pending + int(lag or 0)
                 if pending:
                     summary = self.client.xpending(st.key, self.group)
                     low = summary.get("min") if isinstance(summary, dict) else summary[1]
                     oldest_ms = int(_s(low).partition("-")[0]) if low else None
                 elif lag:
-                    first = self.client.xrange(st.key, min="(" + _s(g["last-delivered-id"]),
-                                               max="+", count=1)  # fmt: skip
+                    first = self.client.xrange(st.key, min="(" + last, max="+", count=1)
                     oldest_ms = int(_s(first[0][0]).partition("-")[0]) if first else None
             self.metrics.set("router_archive_lag_entries", float(entries), (st.key,))
             age = max(0.0, now - oldest_ms / 1000.0) if oldest_ms is not None else 0.0
