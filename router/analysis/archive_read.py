@@ -238,7 +238,7 @@ def open_store(src: Any) -> ArchiveStore:
     """The source's archive (opened once; raises StoreError when unreachable)."""
     if src.coverage is None:
         store = ArchiveStore.open(src.archive)
-        store.check()
+        store.check(must_exist=True)
         src.coverage = Coverage(uri=store.describe())
         src.extra["archive_store"] = store
     store_: ArchiveStore = src.extra["archive_store"]

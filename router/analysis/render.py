@@ -342,8 +342,25 @@ def data_quality_lines(dq: dict[str, Any]) -> list[str]:
     return lines
 
 
+def archive_line(a: dict[str, Any]) -> str:
+    """One line on what an archive window held (``report["archive"]``)."""
+    bad = a["unreadable_files"]
+    text = (f"Archive {a['uri']}: {a['files']} files over {a['hours']} hours, "
+            f"{a['hours_without_data']} hours without data")  # fmt: skip
+    if a["empty_hour_ranges"]:
+        text += " (" + ", ".join(f"{lo} to {hi}" for lo, hi in a["empty_hour_ranges"][:5]) + ")"
+    if bad["count"]:
+        named = "; ".join(f"{e['path']}: {e['reason']}" for e in bad["examples"][:3])
+        text += f"; **{bad['count']} unreadable files skipped** ({named})"
+    if a.get("cross_task_duplicates"):
+        text += f"; {a['cross_task_duplicates']} request ids folded in two tasks"
+    return text + "."
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Shadow report: {r['experiment']}", ""]
+    if r.get("archive"):
+        lines += [archive_line(r["archive"]), ""]
     for title, body in sections(r):
         lines += [f"## {title}", "", *body, ""]
     return "\n".join(lines)

@@ -87,13 +87,16 @@ class ArchiveStore:
         except (pa.ArrowException, OSError) as exc:
             raise StoreError(f"{self.describe(rel)}: not a readable Parquet file: {exc}") from None
 
-    def check(self) -> None:
+    def check(self, must_exist: bool = False) -> None:
         """Fail now, with a clear error, when the location cannot be listed (a missing
-        bucket, no credentials, an unreachable endpoint)."""
+        bucket, no credentials, an unreachable endpoint); with ``must_exist`` (readers), also
+        when the directory does not exist."""
         try:
             info = self.fs.get_file_info(self.root)
         except OSError as exc:
             raise StoreError(f"archive {self.describe()} unreachable: {exc}") from None
+        if must_exist and self.local and info.type == pafs.FileType.NotFound:
+            raise StoreError(f"archive {self.describe()}: no such directory")
         if not self.local:
             bucket = self.root.split("/", 1)[0]
             try:
