@@ -62,11 +62,12 @@ def test_sigkill_at_any_point_neither_loses_nor_duplicates(redis_url: str, tmp_p
         while not stop.is_set():
             pipe = client.pipeline()
             for _ in range(40):
+                side = {"version": "c1", "status": 200, "latency_ms": 1.0, "prediction": 0.5,
+                        "error": None}  # fmt: skip
                 rec = {"v": 1, "experiment": "e", "request_id": f"r{i}", "ts": time.time(),
                        "unit": f"u{i % 97}", "bucket": i % 10000, "served": "champion",
-                       "mirrored": False, "segment": {}, "contract": None,
-                       "champion": {"version": "c1", "status": 200, "latency_ms": 1.0,
-                                    "prediction": 0.5, "error": None}, "challenger": None}  # fmt: skip
+                       "mirrored": False, "segment": {}, "contract": None, "champion": side,
+                       "challenger": None}  # fmt: skip
                 pipe.xadd("e:pairs", {"r": orjson.dumps(rec)})
                 if i % 5 == 0:
                     pipe.xadd("e:outcomes", {"r": orjson.dumps(
