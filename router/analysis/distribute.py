@@ -37,6 +37,7 @@ from router.analysis.policy import Policy
 log = logging.getLogger(__name__)
 TASKS_PER_WORKER = 4
 MAX_FILES_PER_TASK = 64
+CONNECT_TIMEOUT_S = 5
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def _run_dask(job: FoldJob, tasks: list[list[Any]], executor: str, merger: Merge
         raise ExecutorUnavailable("needs dask.distributed (pip install 'shadow-router[dask]')"
                                   ) from None  # fmt: skip
     try:
-        client = Client(dask_address(executor), timeout=10)
+        client = Client(dask_address(executor), timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise ExecutorUnavailable(f"scheduler unreachable: {exc}") from None
     with client:
@@ -194,10 +195,11 @@ def fold_archive(src: Any, policy: Policy, outcomes: OutcomeIndex, *, kind: str,
     job = FoldJob(src.archive, src.experiment, policy, outcomes, kind, track_fields, src.since,
                   src.until, upto, kind in NUMERIC_KINDS, time.time())  # fmt: skip
     tasks = tasks_of(files, workers)
-    if not tasks:
+    if not tasks and executor == "processes":
         return fold_files(job, [])
-    merger = run_tasks(job, tasks, executor, workers)
-    assert merger.acc is not None
+    merger = run_tasks(job, tasks, executor, workers)  # (a scheduler is reached even so)
+    if merger.acc is None:
+        return fold_files(job, [])
     merger.acc.outcomes = outcomes
     src.coverage.executor = executor
     src.coverage.tasks = len(tasks)
