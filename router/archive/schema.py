@@ -281,6 +281,7 @@ class _FastRecord(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODE_RECORD = msgspec.json.Decoder(_FastRecord)
+_DECODE_RECORDS = msgspec.json.Decoder(list[_FastRecord])
 _SIDE_FIELDS = [f.name for f in SIDE_TYPE]
 
 
@@ -338,9 +339,10 @@ def _fast_value(name: str, x: Any) -> Any:
 
 
 def _pairs_columns(payloads: Sequence[bytes]) -> tuple[list[pa.Array], list[str | None]]:
-    decode = _DECODE_RECORD.decode
-    try:  # (one C call per record; a batch with any other record takes the slow path)
-        fast: list[_FastRecord] | None = [decode(p) for p in payloads]
+    try:  # (one C call for the batch; a batch with any other record takes the slow path)
+        fast: list[_FastRecord] | None = _DECODE_RECORDS.decode(b"[" + b",".join(payloads) + b"]")
+        if len(fast) != len(payloads):  # (a payload that was several JSON values)
+            fast = None
     except msgspec.DecodeError:
         fast = None
     names = [f.name for f in list(PAIRS_SCHEMA)[3:-1]]
@@ -353,8 +355,13 @@ def _pairs_columns(payloads: Sequence[bytes]) -> tuple[list[pa.Array], list[str 
                 out.append(_side_array([getattr(r, name) for r in fast]))
             elif name == "extra":
                 out.append(pa.nulls(len(fast), typ))
-            elif name in ("contract", "fields"):
-                out.append(pa.array([_fast_value(name, getattr(r, name)) for r in fast], typ))
+            elif name == "contract":
+                out.append(pa.array([None if (c := r.contract) is None else
+                                     {"missing": c.missing, "extra": c.extra,
+                                      "retyped": c.retyped} for r in fast], typ))  # fmt: skip
+            elif name == "fields":
+                raws = [bytes(r.fields) for r in fast]
+                out.append(pa.array([None if b == b"null" else b.decode() for b in raws], typ))
             else:
                 out.append(pa.array([getattr(r, name) for r in fast], typ))
         return out, raw
