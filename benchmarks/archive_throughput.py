@@ -192,8 +192,8 @@ def write_window(root: Path, records: int, days: int, units: int, seed: int = 5)
             "ts": pa.array(np.concatenate([ts[lab], ts[conv]]) + 600.0),
             "extra": pa.nulls(m, pa.string()), "raw": pa.nulls(m, pa.string()),
         }  # fmt: skip
-        otable = pa.Table.from_arrays([ocols[f.name] for f in OUTCOMES_SCHEMA],
-                                      schema=with_metadata(OUTCOMES_SCHEMA, "outcomes"))  # fmt: skip
+        oschema = with_metadata(OUTCOMES_SCHEMA, "outcomes")
+        otable = pa.Table.from_arrays([ocols[f.name] for f in OUTCOMES_SCHEMA], schema=oschema)
         _write(root, "outcomes", Hour(hour.start + 3600), otable, oms, oseq)
         n_out += m
     return {"records": per_hour * hours, "outcomes": n_out, "hours": hours}

@@ -339,12 +339,13 @@ def _fast_value(name: str, x: Any) -> Any:
 
 
 def _pairs_columns(payloads: Sequence[bytes]) -> tuple[list[pa.Array], list[str | None]]:
+    fast: list[_FastRecord] | None = None
     try:  # (one C call for the batch; a batch with any other record takes the slow path)
-        fast: list[_FastRecord] | None = _DECODE_RECORDS.decode(b"[" + b",".join(payloads) + b"]")
-        if len(fast) != len(payloads):  # (a payload that was several JSON values)
-            fast = None
+        decoded = _DECODE_RECORDS.decode(b"[" + b",".join(payloads) + b"]")
+        if len(decoded) == len(payloads):  # (else a payload held several JSON values)
+            fast = decoded
     except msgspec.DecodeError:
-        fast = None
+        pass
     names = [f.name for f in list(PAIRS_SCHEMA)[3:-1]]
     out: list[pa.Array] = []
     if fast is not None:
