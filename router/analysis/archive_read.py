@@ -68,6 +68,7 @@ class Coverage:
     executor: str = "threads"
     tasks: int = 1
     cross_task_duplicates: int = 0  # request ids folded in two tasks (see .distribute)
+    redis_from: float | None = None  # records stored from then on came from Redis (stitched)
 
     def skip(self, exc: UnreadableFile) -> None:
         self.unreadable_count += 1
@@ -91,6 +92,7 @@ class Coverage:
             "executor": self.executor,
             "tasks": self.tasks,
             "cross_task_duplicates": self.cross_task_duplicates,
+            "redis_from": self.redis_from,
             "unreadable_files": {
                 "count": self.unreadable_count,
                 "examples": [{"path": p, "reason": r} for p, r in self.unreadable],
@@ -173,11 +175,12 @@ def record_frame(table: pa.Table, numeric: bool, fields: bool) -> pl.DataFrame:
 
 
 def file_page(store: ArchiveStore, f: ArchiveFile, numeric: bool, fields: bool,
-              since: float | None, until: float | None, now: float) -> Page:  # fmt: skip
+              since: float | None, until: float | None, now: float,
+              before_ms: int | None = None) -> Page:  # fmt: skip
     """The page of one archive file (an empty page naming the file when it is unreadable)."""
     columns = list(RECORD_COLUMNS) + (["fields"] if fields else [])
     try:
-        table = read_file(store, f, "pairs", columns, since, until)
+        table = read_file(store, f, "pairs", columns, since, until, before_ms=before_ms)
     except UnreadableFile as exc:
         return Page(pl.DataFrame(), [], skipped=[(exc.path, exc.reason)])
     raw = table.column("raw")
@@ -246,41 +249,63 @@ def open_store(src: Any) -> ArchiveStore:
 
 
 def archive_files(
-    src: Any, numeric: bool, fields: bool, upto: float | None
+    src: Any, numeric: bool, fields: bool, upto: float | None, before_ms: int | None = None
 ) -> tuple[list[ArchiveFile], Callable[[Any, float], Page]]:
     """The record files of the source's window (records stored from ``since`` to ``until``
     plus the replay slack) and the function that reads one into a page; the window's hours
     without any file are noted in ``src.coverage``. ``upto``: the last stream time read
     (:func:`router.analysis.reader.id_until`)."""
     store = open_store(src)
-    p = plan(store, "pairs", src.experiment, src.since, upto)
+    last = upto if before_ms is None else min(upto or float("inf"), before_ms / 1000)
+    p = plan(store, "pairs", src.experiment, src.since, last)
     cov: Coverage = src.coverage
     cov.files, cov.bytes = len(p.files), sum(f.size for f in p.files)
-    last = Hour.of_ts(src.until) if src.until is not None else None
-    in_window = [h for h in p.empty_hours if last is None or h <= last]
+    end = Hour.of_ts(src.until) if src.until is not None else None
+    in_window = [h for h in p.empty_hours if end is None or h <= end]
     cov.empty_hours = in_window
     if src.until is not None and src.since is not None:
         cov.hours = (Hour.of_ts(src.until).start - Hour.of_ts(src.since).start) // 3600 + 1
     else:
         cov.hours = p.hours
-    return p.files, partial(_file_page, store, numeric, fields, src.since, upto)
+    return p.files, partial(_file_page, store, numeric, fields, src.since, upto, before_ms)
 
 
 def _file_page(store: ArchiveStore, numeric: bool, fields: bool, since: float | None,
-               until: float | None, f: ArchiveFile, now: float) -> Page:  # fmt: skip
-    return file_page(store, f, numeric, fields, since, until, now)
+               until: float | None, before_ms: int | None, f: ArchiveFile,
+               now: float) -> Page:  # fmt: skip
+    return file_page(store, f, numeric, fields, since, until, now, before_ms)
+
+
+# ---------------------------------------------------------------------- archive, then Redis
+def redis_cutoff_ms(client: Any, keys: list[str]) -> int | None:
+    """Where Redis takes over from the archive: the latest of the streams' first stream ids
+    (ms), so every entry before it (trimmed from some stream, or not) is read from the archive
+    and every entry from it on from Redis; None when the streams are empty."""
+    firsts = []
+    for key in keys:
+        head = client.xrange(key, min="-", max="+", count=1)
+        if head:
+            raw = head[0][0]
+            firsts.append(int((raw.decode() if isinstance(raw, bytes) else raw).split("-")[0]))
+    return max(firsts) if firsts else None
+
+
+# ---------------------------------------------------------------------- outcomes
 
 
 # ---------------------------------------------------------------------- outcomes
 def load_archive_outcomes(
     oi: OutcomeIndex, store: ArchiveStore, experiment: str, since: float | None,
-    coverage: Coverage,
+    coverage: Coverage, before_ms: int | None = None,
 ) -> None:  # fmt: skip
-    """Every outcome stored from ``since`` on (all of them without ``since``) into ``oi``."""
-    p = plan(store, "outcomes", experiment, since, None)
+    """Every outcome stored from ``since`` on (all of them without ``since``; with
+    ``before_ms`` those stored before it) into ``oi``."""
+    last = None if before_ms is None else before_ms / 1000
+    p = plan(store, "outcomes", experiment, since, last)
     for f in p.files:
         try:
-            table = read_file(store, f, "outcomes", list(OUTCOME_COLUMNS), since, None)
+            table = read_file(store, f, "outcomes", list(OUTCOME_COLUMNS), since, None,
+                              before_ms=before_ms)  # fmt: skip
         except UnreadableFile as exc:
             coverage.skip(exc)
             continue

@@ -72,15 +72,16 @@ def _init_worker(job: FoldJob) -> None:
 def fold_files(job: FoldJob, files: list[Any]) -> Accumulator:
     """One task: fold ``files`` (in order) into a fresh accumulator; returned without its
     outcome index (the caller has it)."""
+    from threadpoolctl import threadpool_limits
+
     from router.analysis.archive_read import file_page
-    from router.analysis.run import quiet_blas
     from router.archive.store import ArchiveStore
 
     store = ArchiveStore.open(job.uri)
     acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since, until=job.until,
                       experiment=job.experiment, track_fields=job.track_fields)  # fmt: skip
     acc.now = job.now
-    with quiet_blas():
+    with threadpool_limits(limits=1, user_api="blas"):  # (see run.quiet_blas)
         for f in files:
             acc.add_page(file_page(store, f, job.numeric, job.track_fields, job.since, job.upto,
                                    job.now))  # fmt: skip

@@ -39,7 +39,28 @@ Progress = Callable[[int], object]
 
 def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
     oi = OutcomeIndex(max_metrics)
-    if src.redis_url:
+    if src.redis_url and src.archive:  # the archive up to where the stream begins
+        from router.analysis.archive_read import (
+            load_archive_outcomes,
+            open_store,
+            redis_cutoff_ms,
+        )
+        from router.capture.clients import make_sync_client
+        from router.capture.reader import stream_keys
+
+        client = make_sync_client(src.redis_url)
+        try:
+            key = stream_keys(client, src.experiment, outcomes=True)[0]
+            cutoff = redis_cutoff_ms(client, [key])
+            load_archive_outcomes(oi, open_store(src), src.experiment, src.since, src.coverage,
+                                  before_ms=cutoff)  # fmt: skip
+            if cutoff is not None:
+                since = cutoff / 1000 + 0.0005  # (from exactly that millisecond)
+                since = max(since, src.since) if src.since is not None else since
+                oi.add_raw(stream_chunks(client, key, since, None), src.experiment)
+        finally:
+            client.close()
+    elif src.redis_url:
         from router.capture.clients import make_sync_client
         from router.capture.reader import stream_keys
 
@@ -118,7 +139,7 @@ def accumulate(
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
-        if src.archive and executor != "threads":
+        if src.archive and not src.redis_url and executor != "threads":
             if pages is not None:
                 pages.close()
             from router.analysis.distribute import fold_archive

@@ -136,10 +136,11 @@ def _conform(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
 
 def read_file(
     store: ArchiveStore, f: ArchiveFile, kind: str, columns: Sequence[str],
-    since: float | None = None, until: float | None = None,
+    since: float | None = None, until: float | None = None, *, before_ms: int | None = None,
 ) -> pa.Table:  # fmt: skip
     """``columns`` of the rows of ``f`` stored (stream id time) within ``[since, until]``, the
-    window the Redis readers select (:mod:`router.capture.reader`)."""
+    window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
+    those stored before that millisecond (the rest is read from Redis)."""
     try:
         pf = store.parquet(f.path)
         meta_kind = (pf.schema_arrow.metadata or {}).get(META_KIND)
@@ -159,7 +160,7 @@ def read_file(
             raise UnreadableFile(f.path, "foreign schema: no stream_id column (not written "
                                          "by router archive)")  # fmt: skip
         present = [c for c in columns if c in have.names]
-        if "stored_at" not in present and (since is not None or until is not None):
+        if "stored_at" not in present and (since, until, before_ms) != (None, None, None):
             present.append("stored_at")
         table = pf.read(columns=present)
     except UnreadableFile:
@@ -169,13 +170,14 @@ def read_file(
     except (StoreError, pa.ArrowException, OSError) as exc:
         reason = str(exc).split(": not a readable Parquet file: ", 1)[-1]
         raise UnreadableFile(f.path, f"unreadable ({reason})") from None
-    if since is not None or until is not None:
+    if (since, until, before_ms) != (None, None, None):
         stored = pc.cast(table.column("stored_at"), pa.int64())  # ms
-        inside = None
+        inside = pc.is_valid(stored)
         if since is not None:
-            inside = pc.greater_equal(stored, int(since * 1000))
+            inside = pc.and_(inside, pc.greater_equal(stored, int(since * 1000)))
         if until is not None:
-            below = pc.less_equal(stored, int(until * 1000))
-            inside = below if inside is None else pc.and_(inside, below)
+            inside = pc.and_(inside, pc.less_equal(stored, int(until * 1000)))
+        if before_ms is not None:
+            inside = pc.and_(inside, pc.less(stored, before_ms))
         table = table.filter(inside)
     return _project(table, kind, columns)

@@ -122,8 +122,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--redis", help="Redis URL (default $REDIS_URL)")
     src.add_argument("--pairs", help="records JSONL (from `router export`), .gz allowed")
     src.add_argument("--synthetic", type=int, metavar="N", help="analyse N synthetic records")
-    src.add_argument("--archive", metavar="URI",
-                     help="a Parquet archive written by `router archive` (directory or s3://…)")
+    p.add_argument("--archive", metavar="URI",
+                   help="a Parquet archive written by `router archive` (directory or s3://…); "
+                   "with --redis, the archive for what the streams no longer hold")  # fmt: skip
     p.add_argument("--outcomes", help="outcomes JSONL (with --pairs)")
     p.add_argument("--policy", help="policy YAML (default: built-in defaults)")
     p.add_argument("--since", type=_time_arg, help="window start (unix s or ISO-8601)")
@@ -182,7 +183,13 @@ def run(args: argparse.Namespace) -> int:
     if args.executor and not args.archive:
         print("router: --executor needs --archive", file=sys.stderr)
         return 2
-    args.executor = args.executor or ("processes" if args.archive else "threads")
+    if args.executor and args.executor != "threads" and args.archive and args.redis:
+        print("router: --executor: an archive read with --redis is folded in one process "
+              "(--executor threads)", file=sys.stderr)  # fmt: skip
+        return 2
+    args.executor = args.executor or (
+        "processes" if args.archive and not args.redis else "threads"
+    )
     if args.outcomes and not args.pairs:
         print("router: --outcomes needs --pairs", file=sys.stderr)
         return 2
@@ -212,7 +219,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     url = args.redis or os.environ.get("REDIS_URL")
     if args.archive:
-        url = None
+        url = args.redis  # (with --redis: the archive, then the streams)
+        if args.pairs or args.synthetic:
+            print("router: --archive goes with --redis only, not --pairs or --synthetic",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     if not (args.synthetic or args.pairs or url or args.archive):
         print(
             "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE, "
@@ -238,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
         src = Source(args.experiment, pairs_file=args.pairs, outcomes_file=args.outcomes,
                      since=args.since, until=args.until)  # fmt: skip
     elif args.archive:
-        src = Source(args.experiment, archive=args.archive, since=args.since, until=args.until)
+        src = Source(args.experiment, archive=args.archive, redis_url=url, since=args.since,
+                     until=args.until)  # fmt: skip
     else:
         src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
     # start reading the records now: the policy, the analysis code and scipy import while the

@@ -187,3 +187,39 @@ def test_outcomes_of_old_requests_arrive_in_later_partitions(
     assert_same(r, a)
     joined = [v["mean"] for m in a["metrics"].values() for v in m["variants"].values()]
     assert joined and max(joined) > 0  # (outcomes joined: missing ones would count as zero)
+
+
+def test_a_window_redis_already_trimmed_is_read_from_the_archive(
+    archived: tuple[str, Path, int]
+) -> None:
+    """`--archive` with `--redis` (and the promotion controller's analyzer): entries before
+    the streams' first id come from the archive, the rest from Redis; the report is the one
+    over the untrimmed streams."""
+    from router.promotion.analyzer import analyzer_from_policy
+
+    url, root, _n = archived
+    policy = load_policy(None)
+    client = redis.Redis.from_url(url)
+    late = {"v": 1, "experiment": "e", "request_id": "late-1", "ts": T0_MS / 1000 + 4 * 3600,
+            "unit": "u-late", "served": "challenger", "mirrored": False, "segment": {},
+            "champion": None, "contract": None, "challenger": {
+                "version": "c2", "status": 200, "latency_ms": 5.0, "prediction": 0.4,
+                "error": None}}  # fmt: skip
+    client.xadd("e:pairs", {"r": orjson.dumps(late)}, id=f"{T0_MS + 4 * HOUR_MS}-0")
+    before = analyze(Source("e", redis_url=url), policy)  # (the late record: Redis only)
+    cut = T0_MS + 5400 * 1000  # the streams now begin at 11:30 (pairs), 11:30 next day
+    client.xtrim("e:pairs", minid=f"{cut}-0", approximate=False)
+    client.xtrim("e:outcomes", minid=f"{cut + 24 * HOUR_MS}-0", approximate=False)
+    stitched = analyze(Source("e", redis_url=url, archive=str(root)), policy)
+    assert stitched["archive"]["redis_from"] == cut / 1000
+    records = stitched["data_quality"]["records"]
+    assert records["read"] == before["data_quality"]["records"]["read"] == _n + 1
+    assert_same(before, stitched)
+    jsonschema.validate(stitched, SCHEMA)
+    analyse = analyzer_from_policy(None, url, str(root))
+    verdict = analyse([], [], experiment="e", split=0.5, since=T0_MS / 1000,
+                      until=T0_MS / 1000 + 3 * 3600)  # fmt: skip
+    assert isinstance(verdict, dict)
+    assert verdict["archive"]["redis_from"] == cut / 1000
+    only_redis = analyze(Source("e", redis_url=url), policy)
+    assert only_redis["data_quality"]["records"]["read"] < records["read"] / 2
