@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, overload
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -294,37 +295,72 @@ def redis_cutoff_ms(client: Any, keys: list[str]) -> int | None:
 
 
 # ---------------------------------------------------------------------- outcomes
+OUTCOME_BATCH_ROWS = 500_000  # outcome rows checked and indexed at once (fewer polars calls)
+
+
 def load_archive_outcomes(
     oi: OutcomeIndex, store: ArchiveStore, experiment: str, since: float | None,
     coverage: Coverage, before_ms: int | None = None,
 ) -> None:  # fmt: skip
     """Every outcome stored from ``since`` on (all of them without ``since``; with
-    ``before_ms`` those stored before it) into ``oi``."""
+    ``before_ms`` those stored before it) into ``oi``, in stream order. Files are read two at
+    a time and their rows indexed in batches of about :data:`OUTCOME_BATCH_ROWS`."""
+    from concurrent.futures import ThreadPoolExecutor
+
     last = None if before_ms is None else before_ms / 1000
-    p = plan(store, "outcomes", experiment, since, last)
-    for f in p.files:
+
+    def read(f: ArchiveFile) -> pa.Table | UnreadableFile:
         try:
-            table = read_file(store, f, "outcomes", list(OUTCOME_COLUMNS), since, None,
-                              before_ms=before_ms)  # fmt: skip
+            return read_file(store, f, "outcomes", list(OUTCOME_COLUMNS), since, None,
+                             before_ms=before_ms)  # fmt: skip
         except UnreadableFile as exc:
-            coverage.skip(exc)
-            continue
-        coverage.outcome_files += 1
-        raw = table.column("raw")
-        if raw.null_count < table.num_rows:
-            whole = table.filter(raw.is_valid())
-            table = table.filter(raw.is_null())
-            names = whole.column("stream_id").to_pylist()
-            lines = [line.replace("\n", " ").encode() for line in whole.column("raw").to_pylist()]
-            chunk = Chunk(b"\n".join(lines), names=names, label=f.path)
-            odf, obad = parse_outcomes(chunk.data)
-            oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment)
-        df = pl.from_arrow(table.select(list(OUTCOME_SCHEMA)))
-        assert isinstance(df, pl.DataFrame)
-        df = df.cast(OUTCOME_SCHEMA)  # type: ignore[arg-type]
-        valid, bad = check_outcome_frame(df)
-        ids = table.column("stream_id")
-        oi.add_frame(valid, [(f"{f.path} {ids[i].as_py()}", r) for i, r in bad], experiment)
+            return exc
+
+    files = plan(store, "outcomes", experiment, since, last).files
+    batch: list[tuple[ArchiveFile, pa.Table]] = []
+    rows = 0
+    with ThreadPoolExecutor(2, thread_name_prefix="archive-outcomes") as pool:
+        for f, table in zip(files, pool.map(read, files), strict=True):
+            if isinstance(table, UnreadableFile):
+                coverage.skip(table)
+                continue
+            coverage.outcome_files += 1
+            raw = table.column("raw")
+            if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
+                _index(oi, batch, experiment)
+                batch, rows = [], 0
+                whole = table.filter(raw.is_valid())
+                table = table.filter(raw.is_null())
+                lines = [x.replace("\n", " ").encode() for x in whole.column("raw").to_pylist()]
+                chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
+                              label=f.path)  # fmt: skip
+                odf, obad = parse_outcomes(chunk.data)
+                oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment)
+            batch.append((f, table))
+            rows += table.num_rows
+            if rows >= OUTCOME_BATCH_ROWS:
+                _index(oi, batch, experiment)
+                batch, rows = [], 0
+    _index(oi, batch, experiment)
+
+
+def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str) -> None:
+    """Check and index the outcome rows of several files at once (bad rows named by file)."""
+    if not batch:
+        return
+    table = pa.concat_tables([t.select(list(OUTCOME_SCHEMA)) for _f, t in batch])
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    valid, bad = check_outcome_frame(df.cast(OUTCOME_SCHEMA))  # type: ignore[arg-type]
+    where: list[tuple[str, str]] = []
+    if bad:
+        starts = np.cumsum([0] + [t.num_rows for _f, t in batch])
+        for i, reason in bad:
+            k = int(np.searchsorted(starts, i, side="right")) - 1
+            f, t = batch[k]
+            where.append((f"{f.path} {t.column('stream_id')[i - int(starts[k])].as_py()}",
+                          reason))  # fmt: skip
+    oi.add_frame(valid, where, experiment)
 
 
 def earliest_archived(src: Any) -> float | None:
