@@ -47,7 +47,8 @@ def _archive(tmp_path: Path, cfg: dict[str, Any], *args: str) -> subprocess.Comp
 def test_exit_codes(tmp_path: Path, redis_url: str) -> None:
     bad = _archive(tmp_path, {**BASE, "archive": {"claim_idle_s": 1, "flush_interval_s": 1}})
     assert bad.returncode == 2 and "invalid config" in bad.stderr
-    down = _archive(tmp_path, {**BASE, "capture": {"redis": f"redis://127.0.0.1:{free_port()}"},
+    nowhere = f"redis://127.0.0.1:{free_port()}"
+    down = _archive(tmp_path, {**BASE, "capture": {"redis": nowhere},
                                "archive": {"uri": str(tmp_path / "a")}}, "--until-idle")  # fmt: skip
     assert down.returncode == 3 and "Redis unreachable" in down.stderr
     embedded = _archive(tmp_path, {**BASE, "capture": {"data_dir": str(tmp_path / "d")}})
