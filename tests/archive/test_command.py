@@ -48,8 +48,9 @@ def test_exit_codes(tmp_path: Path, redis_url: str) -> None:
     bad = _archive(tmp_path, {**BASE, "archive": {"claim_idle_s": 1, "flush_interval_s": 1}})
     assert bad.returncode == 2 and "invalid config" in bad.stderr
     nowhere = f"redis://127.0.0.1:{free_port()}"
-    down = _archive(tmp_path, {**BASE, "capture": {"redis": nowhere},
-                               "archive": {"uri": str(tmp_path / "a")}}, "--until-idle")  # fmt: skip
+    archive = {"uri": str(tmp_path / "a")}
+    down = _archive(tmp_path, {**BASE, "capture": {"redis": nowhere}, "archive": archive},
+                    "--until-idle")
     assert down.returncode == 3 and "Redis unreachable" in down.stderr
     embedded = _archive(tmp_path, {**BASE, "capture": {"data_dir": str(tmp_path / "d")}})
     assert embedded.returncode == 2 and "embedded Redis" in embedded.stderr
