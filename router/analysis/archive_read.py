@@ -70,6 +70,8 @@ class Coverage:
     tasks: int = 1
     cross_task_duplicates: int = 0  # request ids folded in two tasks (see .distribute)
     redis_from: float | None = None  # records stored from then on came from Redis (stitched)
+    latest_archived: float | None = None  # the newest record stored in the archive (unix s)
+    ends_early: bool = False  # the window ends after the newest archived record (a lag)
 
     def skip(self, exc: UnreadableFile) -> None:
         self.unreadable_count += 1
@@ -94,6 +96,8 @@ class Coverage:
             "tasks": self.tasks,
             "cross_task_duplicates": self.cross_task_duplicates,
             "redis_from": self.redis_from,
+            "latest_archived": self.latest_archived,
+            "ends_before_window": self.ends_early,
             "unreadable_files": {
                 "count": self.unreadable_count,
                 "examples": [{"path": p, "reason": r} for p, r in self.unreadable],
@@ -261,6 +265,10 @@ def archive_files(
     p = plan(store, "pairs", src.experiment, src.since, last)
     cov: Coverage = src.coverage
     cov.files, cov.bytes = len(p.files), sum(f.size for f in p.files)
+    cov.latest_archived = latest_archived(store, src.experiment)
+    cov.ends_early = before_ms is None and src.until is not None and (
+        cov.latest_archived is None or cov.latest_archived < src.until
+    )
     end = Hour.of_ts(src.until) if src.until is not None else None
     in_window = [h for h in p.empty_hours if end is None or h <= end]
     cov.empty_hours = in_window
@@ -361,6 +369,18 @@ def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experime
             where.append((f"{f.path} {t.column('stream_id')[i - int(starts[k])].as_py()}",
                           reason))  # fmt: skip
     oi.add_frame(valid, where, experiment)
+
+
+def latest_archived(store: ArchiveStore, experiment: str) -> float | None:
+    """When the newest record of the archive was stored (unix s; from its file's name)."""
+    newest = None
+    for _hour, rel in hours_of(store, "pairs", experiment):
+        newest = rel
+    if newest is None:
+        return None
+    names = [PartName.parse(e.name) for e in store.list_dir(newest) if not e.is_dir]
+    lasts = [n.last for n in names if n is not None]
+    return max(lasts)[0] / 1000.0 if lasts else None
 
 
 def earliest_archived(src: Any) -> float | None:

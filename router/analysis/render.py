@@ -12,6 +12,7 @@ section, write one in :mod:`router.analysis.views` and list it here. The HTML pa
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from router.analysis.doc import (
@@ -125,6 +126,11 @@ def archive_line(a: dict[str, Any]) -> str:
     if bad["count"]:
         named = "; ".join(f"{e['path']}: {e['reason']}" for e in bad["examples"][:3])
         text += f"; **{bad['count']} unreadable files skipped** ({named})"
+    if a.get("latest_archived") is not None:
+        when = datetime.fromtimestamp(a["latest_archived"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text += f"; archived up to {when}"
+    if a.get("ends_before_window"):
+        text += " (**the archive ends before the window does: is the archiver lagging?**)"
     if a.get("cross_task_duplicates"):
         text += f"; {a['cross_task_duplicates']} request ids folded in two tasks"
     return text + "."

@@ -155,9 +155,18 @@ def test_hours_without_data_and_unreadable_files_are_reported_not_fatal(
     assert reasons["part-x-2-0_2-0.parquet"].startswith("foreign schema: no stream_id")
     assert reasons["part-x-3-0_3-0.parquet"].startswith("unreadable (")
     assert 0 < report["data_quality"]["records"]["read"] < 3000
+    assert cov["latest_archived"] == pytest.approx(T0_MS / 1000 + 2999 * 3 + 0.001)
+    assert not cov["ends_before_window"]
     md = _run("--archive", str(root), "--executor", "threads")
     assert md.returncode == 0
     assert b"1 hours without data" in md.stdout and b"**4 unreadable files skipped**" in md.stdout
+    assert b"archived up to 2026-11-29T12:29:57Z" in md.stdout
+    # a window past what the archiver wrote: the archive lags, and the report says so
+    lagging = _run("--archive", str(root), "--executor", "threads", "--since",
+                   str(T0_MS / 1000), "--until", str(T0_MS / 1000 + 5 * 3600))  # fmt: skip
+    assert lagging.returncode == 0
+    assert b"the archive ends before the window does" in lagging.stdout
+    assert b"hours without data (2026-11-29T11:00Z to 2026-11-29T12:00Z, " in lagging.stdout
 
 
 def test_an_archive_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
