@@ -362,6 +362,50 @@ class GuardConfig(_Strict):
     recover_after_s: float = Field(default=5.0, ge=0)
 
 
+class ArchiveConfig(_Strict):
+    """``router archive``: the cold path from the capture streams to Parquet (README "Archive")."""
+
+    uri: str | None = Field(
+        default=None,
+        description="directory or s3://bucket/prefix; default <capture.data_dir>/archive",
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, description="delete hour partitions older than this; null keeps all"
+    )
+    group: str = Field(default="archiver", min_length=1, description="Redis consumer group")
+    consumer: str | None = Field(
+        default=None, min_length=1,
+        description="this archiver's name in its group (stable across restarts); default: host",
+    )
+    read_count: int = Field(default=10_000, ge=1, le=1_000_000, description="entries per read")
+    block_ms: int = Field(default=1000, ge=1, description="longest wait for new entries")
+    max_buffer_records: int = Field(
+        default=200_000, ge=1, description="entries held per stream before a file is written"
+    )
+    flush_interval_s: float = Field(
+        default=60.0, gt=0, description="longest time an entry waits in memory before a file"
+    )
+    claim_idle_s: float = Field(
+        default=600.0, gt=0,
+        description="take over another archiver's unacknowledged entries after this long",
+    )
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    compression_level: int | None = None
+    row_group_size: int = Field(default=131_072, ge=1024)
+    metrics_listen: str | None = Field(
+        default=None, description="HOST:PORT serving GET /metrics (Prometheus); off by default"
+    )
+
+    @model_validator(mode="after")
+    def _claim_after_flush(self) -> ArchiveConfig:
+        if self.claim_idle_s <= 2 * self.flush_interval_s:
+            raise ValueError("claim_idle_s must be more than twice flush_interval_s (an "
+                             "archiver's entries would be taken over while it still holds them)")
+        if self.metrics_listen is not None:
+            _parse_hostport(self.metrics_listen)
+        return self
+
+
 class RouterConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     champion: UpstreamConfig
@@ -371,6 +415,7 @@ class RouterConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("listen")
     @classmethod

@@ -145,6 +145,34 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_capture_healthy": MetricDef(
         "gauge", "Workers whose last Redis write succeeded (per worker 0 or 1, summed)"
     ),
+    "router_archive_records": MetricDef(
+        "counter", "Stream entries written to the archive (kind: pairs, outcomes)", ("kind",)
+    ),
+    "router_archive_files": MetricDef("counter", "Parquet files written", ("kind",)),
+    "router_archive_bytes": MetricDef("counter", "Bytes of Parquet written", ("kind",)),
+    "router_archive_duplicates": MetricDef(
+        "counter", "Redelivered entries skipped because a file already holds them", ("kind",)
+    ),
+    "router_archive_raw": MetricDef(
+        "counter", "Entries kept whole in column raw (not JSON, or a field of another type)",
+        ("kind",),
+    ),
+    "router_archive_errors": MetricDef(
+        "counter",
+        "Archiver failures (stage: read, write, lag, retention; trimmed: entries trimmed "
+        "from a stream before they were archived)",
+        ("stage",),
+    ),
+    "router_archive_lag_entries": MetricDef(
+        "gauge", "Entries of a stream not yet archived (undelivered + pending)", ("stream",)
+    ),
+    "router_archive_lag_seconds": MetricDef(
+        "gauge", "Age of the oldest entry of a stream not yet archived", ("stream",)
+    ),
+    "router_archive_buffered": MetricDef("gauge", "Entries read and waiting for their file"),
+    "router_archive_partitions_deleted": MetricDef(
+        "counter", "Hour partitions deleted by archive.retention_days", ("kind",)
+    ),
     "router_control_changes": MetricDef("counter", "Live split/mirror changes applied", ()),
     "router_outcomes": MetricDef("counter", "Outcome rows received", ("result",)),
 }

@@ -125,6 +125,9 @@ class Accumulator:
         # expected accuracy without labels (CBPE) per model, over all its score predictions
         self.cbpe = [CbpeSums(), CbpeSums()]
         self.fields = FieldHistograms()
+        # archive files that could not be read: how many, and the first few (path, reason)
+        self.unreadable_files = 0
+        self.unreadable_examples: list[tuple[str, str]] = []
 
     # ---------------------------------------------------------------- feeding
     @property
@@ -145,6 +148,8 @@ class Accumulator:
         search, aggregates by ``bincount`` per variant and segment; Python loops run per
         segment combination and per distinct contract break, not per record."""
         self.rejected.merge(page.rejected)
+        if page.skipped:
+            self._skip_files(page.skipped, len(page.skipped))
         cols = page.cols
         if not cols.height:
             return
@@ -189,6 +194,11 @@ class Accumulator:
                 for name in fields:
                     self.segments.overflow[name] += int(per_key[code])
         self._fold(cols, h, seg_keys)
+
+    def _skip_files(self, examples: list[tuple[str, str]], n: int) -> None:
+        self.unreadable_files += n
+        room = MAX_CONFLICT_EXAMPLES - len(self.unreadable_examples)
+        self.unreadable_examples.extend(examples[: max(0, room)])
 
     def _dedupe(self, cols: pl.DataFrame) -> np.ndarray | None:
         """The rows to keep (None: all): the first of each request id, within the page
@@ -424,6 +434,7 @@ class Accumulator:
         for name in ("records", "duplicates", "conflicts", "outside_window", "joined_by_request"):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.rejected.merge(o.rejected)
+        self._skip_files(o.unreadable_examples, o.unreadable_files)
         for rid in o.conflict_examples:
             if rid not in self.conflict_examples:
                 self.conflict_examples.append(rid)

@@ -307,6 +307,7 @@ class Page:
     segments: list[str]
     rejected: Invalid = field(default_factory=Invalid)
     experiments: list[str] = field(default_factory=list)  # the distinct experiment names
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable (file, reason)
 
     @property
     def invalid(self) -> int:
@@ -341,6 +342,35 @@ def prepare_records(
     for i, reason in bad:
         rejected.add(reason, chunk.where(i))
     return page_of(df, rejected, segments)
+
+
+def prepare_frame(
+    df: pl.DataFrame, names: Sequence[str], label: str, now: float | None = None
+) -> Page:
+    """A :class:`Page` of records already in columns (``df`` with :func:`record_schema`'s
+    columns: an archive file), judged by the same checks as lines of a file; an invalid row
+    ``i`` is named ``"<label> <names[i]>"``."""
+    now = time.time() if now is None else now
+    why, segments = _record_problems(df, now)
+    rejected = Invalid()
+    if why is None:
+        return page_of(df, rejected, segments)
+    bad_rows = why.is_not_null()
+    for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
+                         strict=True):  # fmt: skip
+        rejected.add(reason, f"{label} {names[i]}")
+    return page_of(df.filter(~bad_rows), rejected)
+
+
+def check_outcome_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """The valid rows of outcomes already in columns (:data:`OUTCOME_SCHEMA`), and
+    ``(row index, reason)`` of the others (the rules of :func:`parse_outcomes`)."""
+    why = _outcome_problems(df)
+    if why.null_count() == df.height:
+        return df, []
+    bad_rows = why.is_not_null()
+    bad = list(zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(), strict=True))
+    return df.filter(~bad_rows), bad
 
 
 def records_chunk(records: Iterable[Any]) -> tuple[Chunk, Invalid]:
