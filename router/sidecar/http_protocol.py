@@ -9,7 +9,12 @@ Per connection (an ``asyncio.Protocol`` fed by the event loop, parsed by ``httpt
   read and dropped, never merged into the headers;
 - ``Expect: 100-continue`` is answered only to HTTP/1.1 clients, only when a body is expected, and
   only once every response owed ahead of that request has been written;
-- responses are written with one ``transport.write``;
+- responses are written with one ``transport.write``; a streamed response (``Response.stream``)
+  is written as its bytes arrive, chunked to HTTP/1.1 clients (unless the upstream gave a
+  Content-Length), close-delimited to HTTP/1.0 ones. While the client's write buffer is above
+  ``write_buffer_high`` the stream is paused (its upstream is not read); a client that goes away
+  aborts the stream; a stream that fails mid-body closes the connection without the final
+  chunk, so the client sees a truncated answer, never a complete-looking one;
 - the last answer on a connection (``Connection: close``, HTTP/1.0, an error) is followed by a
   lingering close (half-close, discard input for ``LINGER_S``, as nginx's ``lingering_close``),
   so a client still sending reads its answer instead of a reset; requests pipelined behind a
@@ -33,7 +38,7 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -41,11 +46,16 @@ from router.sidecar.http_limits import HttpLimits
 from router.sidecar.http_messages import (
     Handler,
     Request,
+    Response,
     encode_response,
+    encode_stream_head,
     error_bytes,
     json_response,
     origin_form,
 )
+
+if TYPE_CHECKING:
+    from router.sidecar.upstream_stream import BodyStream
 
 log = logging.getLogger("router.http")
 
@@ -87,6 +97,7 @@ class HttpProtocol(asyncio.Protocol):
         "_body_mark",
         "_body_size",
         "_busy",
+        "_chunked",
         "_continue_owed",
         "_head_raw",
         "_head_since",
@@ -99,6 +110,7 @@ class HttpProtocol(asyncio.Protocol):
         "_refused",
         "_req",
         "_state",
+        "_stream",
         "_trailers",
         "_url",
         "_version",
@@ -138,6 +150,8 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._write_paused_since = 0.0
+        self._stream: BodyStream | None = None
+        self._chunked = False
         self.last_active = self._head_since = time.monotonic()
 
     # ---- connection ------------------------------------------------------------------------
@@ -165,12 +179,18 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         self.transport = None
         self._pending.clear()
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            stream.abort("client_aborted")
 
     def pause_writing(self) -> None:
         """The client does not read as fast as we answer: stop reading and dispatching."""
         self._write_paused = True
         self._write_paused_since = time.monotonic()
         self.server.on_event("write_paused")
+        if self._stream is not None:
+            self._stream.pause()
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -178,6 +198,8 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.last_active = self._head_since = time.monotonic()
+        if self._stream is not None:
+            self._stream.resume()
         if not self._busy:
             self._next()
 
@@ -484,6 +506,9 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error in request handler")
             resp = json_response({"error": "internal server error"}, 500)
         keep_alive = keep_alive and not self.server.stopping
+        if resp.stream is not None:
+            await self._relay(resp, resp.stream, req.method == "HEAD", keep_alive, http10)
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             data = encode_response(resp, req.method == "HEAD", keep_alive, http10)
@@ -496,6 +521,61 @@ class HttpProtocol(asyncio.Protocol):
                 return
         self.last_active = time.monotonic()
         self._next()
+
+    async def _relay(
+        self, resp: Response, stream: BodyStream, head: bool, keep_alive: bool, http10: bool
+    ) -> None:
+        """Write a streamed answer's head now and its body as it arrives."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            stream.abort("client_aborted")
+            return
+        if stream.length < 0 and http10:
+            keep_alive = False  # a close-delimited body
+        data, self._chunked = encode_stream_head(resp, stream.length, keep_alive, http10)
+        transport.write(data)
+        if head:  # (the proxy never streams a HEAD answer; defensive)
+            stream.abort("head")
+            ok = True
+        else:
+            self._stream = stream
+            if self._write_paused:
+                stream.pause()
+            stream.attach(self)
+            ok = await stream.wait()
+            self._stream = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not ok:
+            # the answer is incomplete: close without the final chunk (as nginx does), so the
+            # client sees a truncated answer and not a complete-looking one
+            self._refused = True
+            self._pending.clear()
+            transport.close()
+            return
+        if not keep_alive:
+            self._refused = True
+            self._pending.clear()
+            self._send_and_linger(b"")
+            return
+        self.last_active = time.monotonic()
+        self._next()
+
+    # ---- StreamSink (the stream of the answer being relayed) -----------------------------
+    def stream_data(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or not data:
+            return
+        if self._chunked:
+            t.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            t.write(data)
+
+    def stream_end(self, ok: bool) -> None:
+        t = self.transport
+        if ok and self._chunked and t is not None:
+            t.write(b"0\r\n\r\n")
 
     @property
     def idle(self) -> bool:
