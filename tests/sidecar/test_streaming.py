@@ -18,7 +18,14 @@ import pytest
 from aiohttp import web
 
 from router.demo.llm import TextModelServer, TextModelSpec, generate
-from tests.helpers import InProcessRouter, config_dict, make_config, read_stream, start_app, wait_for
+from tests.helpers import (
+    InProcessRouter,
+    config_dict,
+    make_config,
+    read_stream,
+    start_app,
+    wait_for,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "how does it work?"}], "stream": True}
 
