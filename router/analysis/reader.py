@@ -212,5 +212,6 @@ class Pages:
 def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> Pages:
     """Start reading ``src``'s records; the schema follows the prediction kind and reads the
     captured input fields only when drift is analysed."""
-    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields)
+    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields,
+                           text=kind == "text")  # fmt: skip
     return Pages(record_chunks(src), schema, workers)

@@ -7,6 +7,31 @@ from __future__ import annotations
 from typing import Any
 
 
+def _text_lines(t: dict[str, Any]) -> list[str]:
+    """The text-divergence lines (``divergence.text``), most different examples last."""
+    sim, ex = t["similarity"], t["exact_match"]
+    lines = [
+        f"- exact match: {_n(ex['rate'])} {_ci(ex['ci'])} of {t['n']} pairs",
+        f"- similarity (rapidfuzz ratio): mean {_n(sim['ratio']['mean'])} "
+        f"{_ci(sim['ratio']['ci'])}, p10 {_n(sim['ratio']['p10'])}, "
+        f"median {_n(sim['ratio']['p50'])}",
+        f"- similarity (token-set ratio): mean {_n(sim['token_set_ratio']['mean'])} "
+        f"{_ci(sim['token_set_ratio']['ci'])}",
+        f"- length ratio (challenger / champion): {_n(t['length_ratio']['geometric_mean'])} "
+        f"{_ci(t['length_ratio']['ci'])}",
+        "- flips: " + ", ".join(f"{k} {v['n']}" for k, v in t["flips"].items()),
+    ]
+    for name in ("ttft_ms", "tokens_per_s"):
+        d = t[name]["paired_diff"]
+        if d["n"]:
+            lines.append(f"- {name} champion {_n(t[name]['champion']['mean'])}, challenger "
+                         f"{_n(t[name]['challenger']['mean'])}, paired difference "
+                         f"{_n(d['mean'])} {_ci(d['ci'])} (n = {d['n']})")  # fmt: skip
+    for e in t["examples"]:
+        lines.append(f"- example (ratio {_n(e['ratio'])}): champion {e['champion']!r} / "
+                     f"challenger {e['challenger']!r}")  # fmt: skip
+    return lines
+
 def _n(x: Any, nd: int = 4) -> str:
     if x is None:
         return "–"
@@ -160,6 +185,8 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
         lines.append(f"- KS: D = {_n(dv['ks']['statistic'])}, p = {_n(dv['ks']['p_value'])}")
     if "flip_rate" in dv:
         lines.append(f"- decision flip rate: {dv['flip_rate']}")
+    if "text" in dv:
+        lines += _text_lines(dv["text"])
     for pth in dv["contract"]["paths"][:10]:
         lines.append(f"- contract: `{pth['path']}` {pth['change']} in {pth['share']:.2%} of pairs")
     out.append((f"Divergence ({dv['kind']}, mirrored pairs)", lines or ["- no comparable pairs"]))

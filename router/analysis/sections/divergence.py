@@ -15,6 +15,7 @@ from router.analysis import measures, stats
 from router.analysis.accumulate import Accumulator
 from router.analysis.jsonsafe import f
 from router.analysis.policy import Policy
+from router.analysis.text import text_section
 
 
 def divergence_section(acc: Accumulator, policy: Policy) -> dict[str, Any]:
@@ -82,6 +83,8 @@ def divergence_section(acc: Accumulator, policy: Policy) -> dict[str, Any]:
                 ].tolist(),
             },
         }
+    elif kind == "text" and acc.paired.text.n >= 1:
+        out |= {"n": acc.paired.text.n, "text": text_section(acc.paired.text, policy.alpha)}
     elif kind == "vector" and acc.paired.vector_pairs >= 1:
         nv = acc.paired.vector_pairs
         out |= {
