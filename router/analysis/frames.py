@@ -277,7 +277,9 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         for p, side in (("c", champ), ("h", chall)):
             tokens = side.struct.field("usage").struct.field("completion_tokens")
             text[f"{p}ttft"] = side.struct.field("ttfb_ms")
-            text[f"{p}dur"] = side.struct.field("duration_ms")
+            text[f"{p}dur"] = side.struct.field("duration_ms").fill_null(
+                side.struct.field("latency_ms")
+            )
             text[f"{p}tok"] = tokens.fill_null(side.struct.field("events")).cast(pl.Float64)
     return df.select(
         rid=pl.col("request_id"),

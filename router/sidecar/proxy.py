@@ -291,13 +291,12 @@ async def call_upstream(
     side.status = resp.status
     stream = resp.stream
     if stream is None:
+        # buffered whole: duration is latency_ms; the TTFB histogram is for streams (a
+        # buffered answer's first byte is within a read of its last)
         side.body = resp.body
-        side.duration_ms = side.latency_ms
         side.body_bytes = len(resp.body)
         if resp.first_byte_at:
-            ttfb = resp.first_byte_at - t0
-            side.ttfb_ms = ttfb * 1000.0
-            m.observe("router_upstream_ttfb_seconds", ttfb, (variant, "served"))
+            side.ttfb_ms = (resp.first_byte_at - t0) * 1000.0
     else:
         stream.origin = t0  # (the side is filled when the stream ends)
     m.observe("router_upstream_latency_seconds", elapsed, (variant, "served"))

@@ -144,13 +144,9 @@ class ShadowDispatcher:
                 self.submit(job.record)
                 return
             side.body = resp.body
-            side.duration_ms = side.latency_ms
             side.body_bytes = len(resp.body) if resp.body_bytes < 0 else resp.body_bytes
             if resp.first_byte_at:
                 side.ttfb_ms = (resp.first_byte_at - t0) * 1000.0
-                self.metrics.observe(
-                    "router_upstream_ttfb_seconds", resp.first_byte_at - t0, (job.variant, "shadow")
-                )
             if resp.truncated:
                 side.truncated = True
                 side.response_bytes = resp.body_bytes

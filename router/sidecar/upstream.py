@@ -86,7 +86,7 @@ class UpstreamPool:
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
-        self._stream_over = stream_over
+        self.stream_over = stream_over  # (a plain attribute: read once per answer)
         self.stream_keep = stream_keep
         self.stream_high = stream_high
         self.read_timeout = timeout if read_timeout is None else read_timeout
@@ -122,10 +122,6 @@ class UpstreamPool:
     @property
     def max_response_body(self) -> int | None:
         return self._max_body
-
-    @property
-    def stream_over(self) -> int | None:
-        return self._stream_over
 
     @property
     def in_use(self) -> int:

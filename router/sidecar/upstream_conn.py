@@ -90,9 +90,7 @@ class ConnOwner(Protocol):
     @property
     def max_response_body(self) -> int | None: ...
 
-    @property
-    def stream_over(self) -> int | None: ...
-
+    stream_over: int | None
     stream_keep: int
     stream_high: int
     read_timeout: float

@@ -223,7 +223,8 @@ async def test_small_content_length_answers_stay_buffered(tmp_path: Path, redis_
     side = rec["champion"]
     assert "streamed" not in side and side["bytes"] == int(r.headers["Content-Length"])
     assert side["prediction"] == generate(TextModelSpec("c"), "how does it work?")
-    assert side["usage"]["total_tokens"] > 0 and 0 < side["ttfb_ms"] <= side["duration_ms"]
+    assert side["usage"]["total_tokens"] > 0 and 0 < side["ttfb_ms"] <= side["latency_ms"]
+    assert "duration_ms" not in side  # buffered: the duration is latency_ms
 
 
 async def test_backpressure_bounds_memory_and_loses_nothing(
