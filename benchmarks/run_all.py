@@ -103,6 +103,21 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     else:
         lines += [f"**Proxy**: {px.get('status', 'not run')} {px.get('detail', '')}", ""]
+    sr = results.get("stream", {})
+    if sr.get("status") == "ok":
+        t, s = sr["ttfb"], sr["streams"]
+        lines += ["**Streaming** (`stream_overhead.py`): server-sent events through the router "
+                  "(pinned to one core) against the direct call", "",
+                  "| measure | direct | router | target |", "|---|---:|---:|---:|",
+                  f"| time to first byte, p50 ({t['requests']} streams) | "
+                  f"{t['direct_p50_ms']:.2f} ms | {t['router_p50_ms']:.2f} ms "
+                  f"(+{t['added_p50_ms']:.2f}) | +0.5 ms |",
+                  f"| CPU per event ({s['streams']} streams x {s['events_per_stream']} events) | "
+                  f"– | {s['router_cpu_us_per_event']:.2f} µs | 10 µs |",
+                  f"| memory per stream (RSS over idle) | – | "
+                  f"{s['router_rss_over_idle_per_stream_kib']:.0f} KiB | bounded |", ""]
+    else:
+        lines += [f"**Streaming**: {sr.get('status', 'not run')} {sr.get('detail', '')}", ""]
     cap = results.get("capture", {})
     if cap.get("status") == "ok":
         lines += [f"**Capture** (`capture_throughput.py`, {cap.get('records', 0):,} records, "
@@ -142,7 +157,7 @@ def render(results: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--only", default="proxy,capture,analyzer")
+    ap.add_argument("--only", default="proxy,stream,capture,analyzer")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +168,8 @@ def main() -> int:
     results["machine"] = machine()
     plan = {
         "proxy": ["proxy_overhead.py", "--duration", "3" if a.quick else "6"],
+        "stream": ["stream_overhead.py", *(["--streams", "50", "--events", "200"]
+                                           if a.quick else [])],
         "capture": ["capture_throughput.py", *(["--records", "50000"] if a.quick else [])],
         "analyzer": ["analyzer_throughput.py", "--records", "200000" if a.quick else "1000000"],
     }

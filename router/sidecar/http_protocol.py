@@ -46,13 +46,12 @@ from router.sidecar.http_limits import HttpLimits
 from router.sidecar.http_messages import (
     Handler,
     Request,
-    Response,
     encode_response,
-    encode_stream_head,
     error_bytes,
     json_response,
     origin_form,
 )
+from router.sidecar.http_relay import StreamRelay
 
 if TYPE_CHECKING:
     from router.sidecar.upstream_stream import BodyStream
@@ -91,13 +90,12 @@ _VERSIONS = frozenset(("1.1", "1.0"))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(StreamRelay, asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_mark",
         "_body_size",
         "_busy",
-        "_chunked",
         "_continue_owed",
         "_head_raw",
         "_head_since",
@@ -110,7 +108,6 @@ class HttpProtocol(asyncio.Protocol):
         "_refused",
         "_req",
         "_state",
-        "_stream",
         "_trailers",
         "_url",
         "_version",
@@ -522,34 +519,14 @@ class HttpProtocol(asyncio.Protocol):
         self.last_active = time.monotonic()
         self._next()
 
-    async def _relay(
-        self, resp: Response, stream: BodyStream, head: bool, keep_alive: bool, http10: bool
-    ) -> None:
-        """Write a streamed answer's head now and its body as it arrives."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            stream.abort("client_aborted")
-            return
-        if stream.length < 0 and http10:
-            keep_alive = False  # a close-delimited body
-        data, self._chunked = encode_stream_head(resp, stream.length, keep_alive, http10)
-        transport.write(data)
-        if head:  # (the proxy never streams a HEAD answer; defensive)
-            stream.abort("head")
-            ok = True
-        else:
-            self._stream = stream
-            if self._write_paused:
-                stream.pause()
-            stream.attach(self)
-            ok = await stream.wait()
-            self._stream = None
+    def _after_relay(self, ok: bool, keep_alive: bool) -> None:
+        """A streamed answer ended (:meth:`StreamRelay._relay`): go on with the connection, or
+        close it. An incomplete answer is closed without the final chunk (as nginx does), so
+        the client sees a truncated answer and not a complete-looking one."""
         transport = self.transport
         if transport is None:
             return
         if not ok:
-            # the answer is incomplete: close without the final chunk (as nginx does), so the
-            # client sees a truncated answer and not a complete-looking one
             self._refused = True
             self._pending.clear()
             transport.close()
@@ -561,21 +538,6 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.last_active = time.monotonic()
         self._next()
-
-    # ---- StreamSink (the stream of the answer being relayed) -----------------------------
-    def stream_data(self, data: bytes) -> None:
-        t = self.transport
-        if t is None or not data:
-            return
-        if self._chunked:
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            t.write(data)
-
-    def stream_end(self, ok: bool) -> None:
-        t = self.transport
-        if ok and self._chunked and t is not None:
-            t.write(b"0\r\n\r\n")
 
     @property
     def idle(self) -> bool:
