@@ -116,7 +116,7 @@ class Conn(asyncio.Protocol):
         "broken",
         "chunked",
         "complete",
-        "event_stream",
+        "ctype",
         "first_at",
         "framed",
         "got_bytes",
@@ -126,7 +126,7 @@ class Conn(asyncio.Protocol):
         "interim",
         "keep_alive",
         "leased",
-        "length",
+        "length_raw",
         "loop",
         "parser",
         "pool",
@@ -134,6 +134,7 @@ class Conn(asyncio.Protocol):
         "reset_parser",
         "reused",
         "stream",
+        "stream_over",
         "timer",
         "trailer_mark",
         "transport",
@@ -166,9 +167,10 @@ class Conn(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.stream: BodyStream | None = None
-        self.length = -1  # the answer's Content-Length, -1 when absent
+        self.stream_over = pool.stream_over  # None: never stream (a pool setting)
+        self.length_raw: bytes | None = None  # the answer's Content-Length value
+        self.ctype: bytes | None = None  # its Content-Type value
         self.chunked = False
-        self.event_stream = False
         self.first_at = 0.0  # perf_counter of the first body byte of a buffered answer
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
@@ -251,13 +253,10 @@ class Conn(asyncio.Protocol):
         if n == 14:
             if name.lower() == _CONTENT_LENGTH:
                 self.framed = True
-                try:
-                    self.length = int(value)
-                except ValueError:
-                    self.length = -1  # (llhttp refuses a malformed Content-Length anyway)
+                self.length_raw = value  # (parsed only when a streaming pool must decide)
         elif n == 12:
-            if name.lower() == _CONTENT_TYPE and b"text/event-stream" in value.lower():
-                self.event_stream = True
+            if name.lower() == _CONTENT_TYPE:
+                self.ctype = value
         elif n == 17 and name.lower() == _TRANSFER_ENCODING and b"chunked" in value.lower():
             self.framed = True
             self.chunked = True
@@ -282,15 +281,18 @@ class Conn(asyncio.Protocol):
             self.reset_parser = True
             self._finish()
             return
-        over = self.pool.stream_over
-        if (
-            over is not None
-            and status not in (204, 304)
-            and (self.chunked or self.event_stream or self.length < 0 or self.length > over)
-        ):
-            self._start_stream(status)
+        over = self.stream_over
+        if over is not None and status not in (204, 304):
+            raw = self.length_raw
+            if self.chunked or raw is None:
+                self._start_stream(status, -1)
+                return
+            length = int(raw)  # (llhttp has checked it is a number)
+            ctype = self.ctype
+            if length > over or (ctype is not None and b"event-stream" in ctype.lower()):
+                self._start_stream(status, length)
 
-    def _start_stream(self, status: int) -> None:
+    def _start_stream(self, status: int, length: int) -> None:
         """Hand the head over now; the body follows through a :class:`BodyStream`."""
         waiter = self.waiter
         if waiter is None or waiter.done():
@@ -304,7 +306,8 @@ class Conn(asyncio.Protocol):
         self.trailer_mark = 0
         self.stream = stream = BodyStream(
             self, pool.stream_released, self.loop,
-            length=-1 if self.chunked else self.length, event_stream=self.event_stream,
+            length=length,
+            event_stream=self.ctype is not None and b"event-stream" in self.ctype.lower(),
             keep_max=pool.stream_keep, high=pool.stream_high, read_timeout=pool.read_timeout,
             max_duration=pool.stream_max_duration,
         )  # fmt: skip
@@ -353,9 +356,9 @@ class Conn(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.body = []
-        self.length = -1
+        self.length_raw = None
+        self.ctype = None
         self.chunked = False
-        self.event_stream = False
         self.first_at = 0.0
         self.pool.watch(deadline, self, waiter)
         t = self.transport
