@@ -112,6 +112,10 @@ def render(results: dict[str, Any]) -> str:
                   f"| time to first byte, p50 ({t['requests']} streams) | "
                   f"{t['direct_p50_ms']:.2f} ms | {t['router_p50_ms']:.2f} ms "
                   f"(+{t['added_p50_ms']:.2f}) | +0.5 ms |",
+                  f"| the same, router in the client's process | "
+                  f"{sr['ttfb_in_process']['direct_p50_ms']:.2f} ms | "
+                  f"{sr['ttfb_in_process']['router_p50_ms']:.2f} ms "
+                  f"(+{sr['ttfb_in_process']['added_p50_ms']:.2f}) | +0.5 ms |",
                   f"| CPU per event ({s['streams']} streams x {s['events_per_stream']} events) | "
                   f"– | {s['router_cpu_us_per_event']:.2f} µs | 10 µs |",
                   f"| memory per stream (RSS over idle) | – | "

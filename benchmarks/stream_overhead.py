@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -53,13 +54,23 @@ class SSEUpstream:
             b'data: {"choices":[{"index":0,"delta":{"content":"tok' + b"x" * pad + b'"}}]}\n\n'
         )
         self.port = 0
+        self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         chunk = b"%x\r\n%s\r\n" % (len(self.event), self.event)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # as model servers do: no Nagle delay on a streamed event
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -79,7 +90,7 @@ class SSEUpstream:
                     await writer.drain()
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -112,9 +123,11 @@ async def one_stream(port: int, uid: int) -> tuple[float, float, int]:
     return first, time.perf_counter() - t0, size
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_bytes(pid: int) -> int:
@@ -156,11 +169,31 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
                    "direct_p50_ms": d50 * 1e3, "router_p50_ms": r50 * 1e3,
                    "direct_p90_ms": q(direct) * 1e3, "router_p90_ms": q(routed) * 1e3,
                    "added_p50_ms": (r50 - d50) * 1e3}  # fmt: skip
+    # the same with the router in this process: what the router itself adds, without waiting
+    # for a CPU to schedule a second process (this machine is shared; see README)
+    from router.config import parse_config
+    from router.sidecar.server import RunningRouter
+
+    tmp = Path(tempfile.mkdtemp(prefix="stream-bench-inproc-"))
+    cfg = yaml.safe_load(router_config(tmp, 0, up_ttfb.port, "redis://unused").read_text())
+    cfg["capture"] = {"enabled": False}
+    inproc = RunningRouter(parse_config(cfg, "bench"), tmp / "run", None)
+    port = await inproc.start()
+    try:
+        direct, routed = [], []
+        for i in range(args.ttfb_requests):
+            direct.append((await one_stream(up_ttfb.port, i))[0])
+            routed.append((await one_stream(port, i))[0])
+    finally:
+        await inproc.stop()
+    d50, r50 = statistics.median(direct), statistics.median(routed)
+    out["ttfb_in_process"] = {"direct_p50_ms": d50 * 1e3, "router_p50_ms": r50 * 1e3,
+                              "added_p50_ms": (r50 - d50) * 1e3}  # fmt: skip
     # many concurrent streams
     await asyncio.gather(*(one_stream(many_router_port, i) for i in range(4)))  # warm up
     await asyncio.sleep(0.5)
     rss0 = rss_bytes(router_pid)
-    cpu0 = cpu_seconds(router_pid)
+    user0, sys0 = cpu_times(router_pid)
     peak = rss0
     done = False
 
@@ -177,12 +210,15 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
     done = True
     await sampler
     await asyncio.sleep(0.5)  # capture of the last records
-    cpu = cpu_seconds(router_pid) - cpu0
+    user1, sys1 = cpu_times(router_pid)
+    cpu = user1 + sys1 - user0 - sys0
     events = args.streams * args.events
     out["streams"] = {"streams": args.streams, "events_per_stream": args.events,
                       "event_ms": args.event_ms, "event_bytes": args.event_bytes,
                       "wall_s": wall, "router_cpu_s": cpu,
                       "router_cpu_us_per_event": cpu / events * 1e6,
+                      "router_user_us_per_event": (user1 - user0) / events * 1e6,
+                      "router_system_us_per_event": (sys1 - sys0) / events * 1e6,
                       "router_rss_over_idle_per_stream_kib": (peak - rss0) / args.streams / 1024,
                       "complete": sum(1 for r in res if r[2] > 0)}  # fmt: skip
     return out
@@ -198,9 +234,12 @@ def main() -> int:
     ap.add_argument("--event-ms", type=float, default=5.0)
     ap.add_argument("--event-bytes", type=int, default=120)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the router to core 0 (and this process to core 1)")
     args = ap.parse_args()
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {1})
+    if args.pin:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {1})
     tmp = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     redis = RedisProcess(tmp / "redis", appendonly=False, prefer_path=True).start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -214,12 +253,20 @@ def main() -> int:
         for port, up, name in ((p1, up_ttfb, "a"), (p2, up_many, "b")):
             (tmp / name).mkdir()
             cfg = router_config(tmp / name, port, up.port, redis.url)
-            cmd = ["taskset", "-c", "0", sys.executable, "-m", "router", "serve", "-c", str(cfg),
-                   "--log-level", "WARNING"]  # fmt: skip
+            cmd = [sys.executable, "-m", "router", "serve", "-c", str(cfg), "--log-level",
+                   "WARNING"]
+            if args.pin:
+                cmd = ["taskset", "-c", "0", *cmd]
             procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL))
         for port in (p1, p2):
             await asyncio.to_thread(wait_port, port)
-        return await measure(args, p1, procs[1].pid, up_ttfb, p2)
+        try:
+            return await measure(args, p1, procs[1].pid, up_ttfb, p2)
+        finally:
+            for p in procs:
+                p.terminate()
+            await up_ttfb.stop()
+            await up_many.stop()
 
     try:
         out = asyncio.run(run())
@@ -234,8 +281,13 @@ def main() -> int:
           f"{t['upstream_ttft_ms']:.0f} ms): direct p50 {t['direct_p50_ms']:.2f} ms, router p50 "
           f"{t['router_p50_ms']:.2f} ms (+{t['added_p50_ms']:.2f} ms); p90 "
           f"{t['direct_p90_ms']:.2f} / {t['router_p90_ms']:.2f} ms")  # fmt: skip
+    ti = out["ttfb_in_process"]
+    print(f"  router in this process: direct p50 {ti['direct_p50_ms']:.2f} ms, router p50 "
+          f"{ti['router_p50_ms']:.2f} ms (+{ti['added_p50_ms']:.2f} ms)")  # fmt: skip
     print(f"{s['streams']} streams x {s['events_per_stream']} events ({s['event_bytes']} B, "
-          f"{s['event_ms']:.0f} ms apart): router CPU {s['router_cpu_us_per_event']:.2f} µs/event, "
+          f"{s['event_ms']:.0f} ms apart): router CPU {s['router_cpu_us_per_event']:.2f} µs/event "
+          f"(user {s['router_user_us_per_event']:.2f}, system "
+          f"{s['router_system_us_per_event']:.2f}), "
           f"RSS +{s['router_rss_over_idle_per_stream_kib']:.0f} KiB/stream, "
           f"{s['complete']}/{s['streams']} complete in {s['wall_s']:.1f} s")  # fmt: skip
     if args.json:
