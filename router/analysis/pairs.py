@@ -128,7 +128,7 @@ class PairAggregates:
         self.labelled_sample = HashSample(policy.divergence.sample_size, 3)
         dv = policy.divergence
         self.text = TextAggregates(dv.text_examples, dv.text_example_chars,
-                                   tuple(dv.refusal_patterns))  # fmt: skip
+                                   tuple(dv.refusal_patterns), dv.text_example_mode)  # fmt: skip
 
     def add(
         self,

@@ -104,6 +104,10 @@ class DivergencePolicy(_Strict):
     text_example_chars: int = Field(
         default=200, ge=0, le=10_000, description="characters kept of each example text"
     )
+    text_example_mode: Literal["text", "hash", "omit"] = Field(
+        default="text",
+        description="what the report shows of example texts: the text, a SHA-256 prefix, nothing",
+    )
 
     @field_validator("refusal_patterns")
     @classmethod

@@ -14,7 +14,8 @@ mirrored pair where both sides answered adds:
   ``divergence.refusal_patterns``, case-insensitive regular expressions);
 * latency as paired differences of time to first token (``ttfb_ms``) and of tokens per second
   (``usage.completion_tokens``, else the event count, over the time after the first token);
-* the ``examples`` most different pairs (lowest ratio), with each text cut to ``example_chars``.
+* the ``examples`` most different pairs (lowest ratio), with each text cut to ``example_chars``
+  (or, with ``example_mode``, only a SHA-256 prefix of it, or nothing).
 
 Everything merges (sums, moments, histograms, a bounded list of examples), so the section is the
 same whether the records were folded in one pass or in shards.
@@ -22,6 +23,7 @@ same whether the records were folded in one pass or in shards.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import re
@@ -68,6 +70,7 @@ class TextAggregates:
     example_count: int = 5
     example_chars: int = 200
     patterns: tuple[str, ...] = DEFAULT_REFUSALS
+    example_mode: str = "text"  # text | hash | omit
     n: int = 0
     exact: int = 0
     ratio: Moments = field(default_factory=Moments)
@@ -127,12 +130,19 @@ class TextAggregates:
             self.tps[1].add(cb)
             self.tps_diff.add(cb - ca)
         if self.example_count and not same:
-            item = (-r, -p.key, a[: self.example_chars], b[: self.example_chars])
+            item = (-r, -p.key, self._shown(a), self._shown(b))
             if len(self.examples) < self.example_count:
                 heapq.heappush(self.examples, item)
             elif item > self.examples[0]:
                 heapq.heapreplace(self.examples, item)
         return same, r
+
+    def _shown(self, text: str) -> str:
+        if self.example_mode == "hash":
+            return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        if self.example_mode == "omit":
+            return ""
+        return text[: self.example_chars]
 
     def merge(self, o: TextAggregates) -> None:
         self.n += o.n

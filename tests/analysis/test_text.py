@@ -115,6 +115,14 @@ def test_aggregates_merge_equals_one_pass_and_flags_flips() -> None:
     assert a["tokens_per_s"]["paired_diff"]["mean"] == pytest.approx(12 / 0.71 - 10 / 0.9)
 
 
+def test_examples_can_be_hashed_or_omitted() -> None:
+    for mode, expect in (("hash", "sha256:"), ("omit", "")):
+        agg = TextAggregates(2, 50, DEFAULT_REFUSALS, mode)
+        agg.add(TextPair("secret answer", "another secret"))
+        (ex,) = text_section(agg, 0.05)["examples"]
+        assert ex["champion"].startswith(expect) and "secret" not in ex["champion"]
+
+
 def test_histogram_quantiles() -> None:
     import numpy as np
 
