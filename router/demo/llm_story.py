@@ -201,8 +201,10 @@ async def _story(opts: LLMDemoOptions, redis_url: str) -> int:
     try:
         url = f"http://127.0.0.1:{await router.start()}"
         print(f"router on {url}\n")
-        direct_ms, routed_ms = await _ttft(url, champ.url, rng)
-        print(f"time to first token, median of 30 streamed requests: direct {direct_ms:.1f} ms, "
+        probes = 30 if opts.requests >= 100 else 10
+        direct_ms, routed_ms = await _ttft(url, champ.url, rng, probes)
+        print(f"time to first token, median of {probes} streamed requests: direct "
+              f"{direct_ms:.1f} ms, "
               f"through the router {routed_ms:.1f} ms "
               f"(+{routed_ms - direct_ms:.1f} ms)")  # fmt: skip
         print("\nphase 1 - shadow: the champion streams every answer; the challenger's stream is "

@@ -43,7 +43,7 @@ def test_llm_demo_streams_and_compares_text(tmp_path: Path) -> None:
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
-    assert "time to first token, median of 30 streamed requests: direct" in out
+    assert "time to first token, median of 10 streamed requests: direct" in out
     assert "shadow verdict:" in out and "canary 50% verdict:" in out
     assert "60 mirrored pairs: exact match" in out and "refusals added by the challenger" in out
     assert "thumbs up: champion" in out
