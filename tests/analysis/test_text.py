@@ -168,4 +168,6 @@ def test_analyze_text_report(tmp_path: Path) -> None:
     assert t["flips"]["refusal_added"]["n"] == 20
     assert t["ttft_ms"]["paired_diff"]["mean"] == pytest.approx(-19.0)
     assert t["examples"][0]["challenger"].startswith("I'm sorry")
-    assert "exact match: 0.3333" in outs["md"] and "example (ratio" in outs["md"]
+    md = outs["md"]
+    assert "| exact match " in md and "33.3% [22.7, 45.9%]" in md
+    assert "ratio 0.245: champion “It depends.” / challenger “I'm sorry" in md

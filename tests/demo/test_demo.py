@@ -48,4 +48,4 @@ def test_llm_demo_streams_and_compares_text(tmp_path: Path) -> None:
     assert "60 mirrored pairs: exact match" in out and "refusals added by the challenger" in out
     assert "thumbs up: champion" in out
     page = (tmp_path / "llm.html").read_text()
-    assert "exact match:" in page and "example (ratio" in page
+    assert "exact match" in page and "The most different pairs" in page
