@@ -116,6 +116,9 @@ def render(results: dict[str, Any]) -> str:
                   f"{sr['ttfb_in_process']['direct_p50_ms']:.2f} ms | "
                   f"{sr['ttfb_in_process']['router_p50_ms']:.2f} ms "
                   f"(+{sr['ttfb_in_process']['added_p50_ms']:.2f}) | +0.5 ms |",
+                  f"| first event's transit from the upstream's write, p50 | "
+                  f"{t['first_event_transit_direct_p50_ms']:.3f} ms | "
+                  f"{t['first_event_transit_router_p50_ms']:.3f} ms | |",
                   f"| CPU per event ({s['streams']} streams x {s['events_per_stream']} events) | "
                   f"– | {s['router_cpu_us_per_event']:.2f} µs | 10 µs |",
                   f"| memory per stream (RSS over idle) | – | "

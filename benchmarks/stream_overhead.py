@@ -86,6 +86,10 @@ class SSEUpstream:
                 for i in range(self.events):
                     if i and self.gap:
                         await asyncio.sleep(self.gap)
+                    if i == 0:  # the first event says when it was written (CLOCK_MONOTONIC)
+                        ev = b'data: {"sent": %r}\n\n' % time.perf_counter()
+                        writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                        continue
                     writer.write(chunk)
                     await writer.drain()
                 writer.write(b"0\r\n\r\n")
@@ -100,13 +104,15 @@ REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nX-User-Id: u%d\r\n
            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
 
 
-async def one_stream(port: int, uid: int) -> tuple[float, float, int]:
-    """(seconds to the first body byte, seconds to the end, body bytes incl. chunk framing)."""
+async def one_stream(port: int, uid: int) -> tuple[float, float, int, float]:
+    """(seconds to the first body byte, seconds to the end, body bytes incl. chunk framing,
+    seconds from the upstream's write of the first event to its arrival here)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     t0 = time.perf_counter()
     writer.write(REQUEST % uid)
     await reader.readuntil(b"\r\n\r\n")
     first = 0.0
+    transit = float("nan")
     size = 0
     tail = b""
     while True:
@@ -114,13 +120,17 @@ async def one_stream(port: int, uid: int) -> tuple[float, float, int]:
         if not data:
             break
         if not first:
-            first = time.perf_counter() - t0
+            now = time.perf_counter()
+            first = now - t0
+            at = data.find(b'"sent": ')
+            if at != -1:
+                transit = now - float(data[at + 8 : data.index(b"}", at)])
         size += len(data)
         tail = (tail + data)[-7:]
         if tail.endswith(b"0\r\n\r\n"):
             break
     writer.close()
-    return first, time.perf_counter() - t0, size
+    return first, time.perf_counter() - t0, size, transit
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -161,14 +171,17 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
     # time to first byte: interleaved, one at a time
     direct, routed = [], []
     for i in range(args.ttfb_requests):
-        direct.append((await one_stream(up_ttfb.port, i))[0])
-        routed.append((await one_stream(router_port, i))[0])
-    d50, r50 = statistics.median(direct), statistics.median(routed)
-    q = lambda xs: statistics.quantiles(xs, n=10)[-1]  # noqa: E731
+        direct.append(await one_stream(up_ttfb.port, i))
+        routed.append(await one_stream(router_port, i))
+    d50, r50 = statistics.median(x[0] for x in direct), statistics.median(x[0] for x in routed)
+    dt50, rt50 = statistics.median(x[3] for x in direct), statistics.median(x[3] for x in routed)
+    q = lambda xs: statistics.quantiles([x[0] for x in xs], n=10)[-1]  # noqa: E731
     out["ttfb"] = {"requests": args.ttfb_requests, "upstream_ttft_ms": args.ttft_ms,
                    "direct_p50_ms": d50 * 1e3, "router_p50_ms": r50 * 1e3,
                    "direct_p90_ms": q(direct) * 1e3, "router_p90_ms": q(routed) * 1e3,
-                   "added_p50_ms": (r50 - d50) * 1e3}  # fmt: skip
+                   "added_p50_ms": (r50 - d50) * 1e3,
+                   "first_event_transit_direct_p50_ms": dt50 * 1e3,
+                   "first_event_transit_router_p50_ms": rt50 * 1e3}  # fmt: skip
     # the same with the router in this process: what the router itself adds, without waiting
     # for a CPU to schedule a second process (this machine is shared; see README)
     from router.config import parse_config
@@ -182,13 +195,16 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
     try:
         direct, routed = [], []
         for i in range(args.ttfb_requests):
-            direct.append((await one_stream(up_ttfb.port, i))[0])
-            routed.append((await one_stream(port, i))[0])
+            direct.append(await one_stream(up_ttfb.port, i))
+            routed.append(await one_stream(port, i))
     finally:
         await inproc.stop()
-    d50, r50 = statistics.median(direct), statistics.median(routed)
+    d50, r50 = statistics.median(x[0] for x in direct), statistics.median(x[0] for x in routed)
+    dt50, rt50 = statistics.median(x[3] for x in direct), statistics.median(x[3] for x in routed)
     out["ttfb_in_process"] = {"direct_p50_ms": d50 * 1e3, "router_p50_ms": r50 * 1e3,
-                              "added_p50_ms": (r50 - d50) * 1e3}  # fmt: skip
+                              "added_p50_ms": (r50 - d50) * 1e3,
+                              "first_event_transit_direct_p50_ms": dt50 * 1e3,
+                              "first_event_transit_router_p50_ms": rt50 * 1e3}  # fmt: skip
     # many concurrent streams
     await asyncio.gather(*(one_stream(many_router_port, i) for i in range(4)))  # warm up
     await asyncio.sleep(0.5)
@@ -280,10 +296,14 @@ def main() -> int:
     print(f"time to first byte ({t['requests']} requests, upstream first event after "
           f"{t['upstream_ttft_ms']:.0f} ms): direct p50 {t['direct_p50_ms']:.2f} ms, router p50 "
           f"{t['router_p50_ms']:.2f} ms (+{t['added_p50_ms']:.2f} ms); p90 "
-          f"{t['direct_p90_ms']:.2f} / {t['router_p90_ms']:.2f} ms")  # fmt: skip
+          f"{t['direct_p90_ms']:.2f} / {t['router_p90_ms']:.2f} ms; the first event's transit "
+          f"from the upstream's write: direct {t['first_event_transit_direct_p50_ms']:.3f} ms, "
+          f"router {t['first_event_transit_router_p50_ms']:.3f} ms")  # fmt: skip
     ti = out["ttfb_in_process"]
     print(f"  router in this process: direct p50 {ti['direct_p50_ms']:.2f} ms, router p50 "
-          f"{ti['router_p50_ms']:.2f} ms (+{ti['added_p50_ms']:.2f} ms)")  # fmt: skip
+          f"{ti['router_p50_ms']:.2f} ms (+{ti['added_p50_ms']:.2f} ms); transit direct "
+          f"{ti['first_event_transit_direct_p50_ms']:.3f} ms, router "
+          f"{ti['first_event_transit_router_p50_ms']:.3f} ms")  # fmt: skip
     print(f"{s['streams']} streams x {s['events_per_stream']} events ({s['event_bytes']} B, "
           f"{s['event_ms']:.0f} ms apart): router CPU {s['router_cpu_us_per_event']:.2f} µs/event "
           f"(user {s['router_user_us_per_event']:.2f}, system "
