@@ -170,6 +170,36 @@ class SegmentField(_Strict):
         return self
 
 
+class ContractConfig(_Strict):
+    """How two responses to the same request are compared (challenger vs champion, and the
+    champion's repeat vs itself for the noise floor). Paths are in the record's notation:
+    dotted keys, ``[]`` for the elements of an array (``predictions[].score``)."""
+
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="paths left out of the diff, with everything under them (e.g. a request "
+        "time or a trace id that differs on every answer)",
+    )
+    compare_values: bool = Field(
+        default=False,
+        description="also list leaf values that differ (record contract 'changed'), not only "
+        "fields missing, extra or retyped",
+    )
+    tolerance: dict[str, float] = Field(
+        default_factory=dict,
+        description="absolute tolerance per numeric path: values within it count as equal",
+    )
+    default_tolerance: float = Field(default=0.0, ge=0, description="for other numeric paths")
+
+    @field_validator("tolerance")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for path, tol in v.items():
+            if not tol >= 0:
+                raise ValueError(f"tolerance of {path!r} must be >= 0 (got {tol!r})")
+        return v
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     salt: str = Field(min_length=1)
@@ -179,6 +209,18 @@ class ExperimentConfig(_Strict):
     unit: UnitSource = Field(default_factory=UnitSource)
     split: float = Field(default=0.0, ge=0.0, le=1.0)
     mirror: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise_floor: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of units whose champion-answered requests are sent to the "
+        "champion a second time (off the hot path, never answered to the client): the "
+        "champion-vs-champion pairs that measure its own nondeterminism",
+    )
+    noise_salt: str | None = Field(
+        default=None, description="salt of the noise-floor decision; default '<salt>:noise'"
+    )
+    contract: ContractConfig = Field(default_factory=ContractConfig)
     fallback: Literal["champion", "none"] = "champion"
     shadow_header: str = "X-Shadow-Request: 1"
     prediction_path: str | None = "score"
@@ -201,6 +243,10 @@ class ExperimentConfig(_Strict):
     @property
     def effective_mirror_salt(self) -> str:
         return self.mirror_salt or f"{self.salt}:mirror"
+
+    @property
+    def effective_noise_salt(self) -> str:
+        return self.noise_salt or f"{self.salt}:noise"
 
     @property
     def shadow_header_pair(self) -> tuple[str, str]:

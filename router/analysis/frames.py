@@ -72,6 +72,8 @@ def record_schema(
         "champion": side,
         "challenger": side,
         "contract": pl.String(),
+        "champion_repeat": side,  # the noise floor's second champion answer (when sampled)
+        "contract_repeat": pl.String(),
     }
     if fields:
         schema["fields"] = pl.String()
@@ -271,6 +273,8 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     prediction. Pure polars, so it runs off the folding thread."""
     champ, chall = pl.col("champion"), pl.col("challenger")
     cst, hst = champ.struct.field("status"), chall.struct.field("status")
+    rep = pl.col("champion_repeat")
+    rst = rep.struct.field("status")
     served = pl.col("served")
     text: dict[str, pl.Expr] = {}
     if _is_text(dict(df.schema)):
@@ -307,6 +311,11 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         cp=champ.struct.field("prediction"),
         hp=chall.struct.field("prediction"),
         contract=pl.col("contract"),
+        r_in=pl.col("champion_repeat").is_not_null(),
+        re=rep.struct.field("error").is_not_null() | rst.is_null() | (rst >= 500),
+        rl=rep.struct.field("latency_ms"),
+        rp=rep.struct.field("prediction"),
+        contract_r=pl.col("contract_repeat"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
         **text,
     )

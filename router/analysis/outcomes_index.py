@@ -111,8 +111,11 @@ class OutcomeIndex:
         experiment: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        unit_rows_only: bool = False,
     ) -> None:
-        """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time."""
+        """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time.
+        ``unit_rows_only``: keep the unit-joined rows only (the pre-exposure history read from
+        before the window for CUPED; request-joined rows there count as outside the window)."""
         for chunk in chunks:
             if not isinstance(chunk, Chunk):
                 chunk = Chunk(chunk)
@@ -134,6 +137,8 @@ class OutcomeIndex:
                 inside = inside & ((pl.col("ts") == 0.0) | (pl.col("ts") >= since))
             if until is not None:
                 inside = inside & (pl.col("ts") <= until)
+            if unit_rows_only:
+                inside = inside & (pl.col("request_id").fill_null("").str.len_bytes() == 0)
             win = kept.filter(inside)
             self.outside_window += kept.height - win.height
             self._ingest(win)

@@ -165,7 +165,7 @@ class PairAggregates:
             ct = orjson.loads(text)
             if not isinstance(ct, dict):
                 continue
-            for change in ("missing", "extra", "retyped"):
+            for change in ("missing", "extra", "retyped", "changed"):
                 paths = ct.get(change)
                 if isinstance(paths, list):
                     for path in paths:
@@ -173,7 +173,7 @@ class PairAggregates:
         pcombo = combo[pr]
         labels = labels_all[pr]
         if self.kind == "text":
-            self._add_text(cols, pr[ok], h, combo, seg_of)
+            self._add_text(cols, pr[ok], h, combo, seg_of, cp, hp)
             return
         if self.kind in ("class", "vector") or cpf is None or hpf is None:
             cps, hps = cp.gather(pr).to_list(), hp.gather(pr).to_list()
@@ -266,13 +266,14 @@ class PairAggregates:
 
     def _add_text(
         self, cols: pl.DataFrame, rows: np.ndarray, h: np.ndarray, combo: np.ndarray,
-        seg_of: list[list[SegmentAgg]],
+        seg_of: list[list[SegmentAgg]], cp: pl.Series, hp: pl.Series,
     ) -> None:  # fmt: skip
         """Text predictions (:mod:`router.analysis.text`), pair by pair; per segment the exact
-        matches count as agreement and ``1 - ratio`` as the absolute difference."""
+        matches count as agreement and ``1 - ratio`` as the absolute difference. The timing
+        columns are read when the page has them (not for the noise floor's pairs)."""
         if not rows.size:
             return
-        cps, hps = cols["cp"].gather(rows).to_list(), cols["hp"].gather(rows).to_list()
+        cps, hps = cp.gather(rows).to_list(), hp.gather(rows).to_list()
         timing = "cttft" in cols.columns
         if timing:
             t = cols.select("cttft", "httft", "cdur", "hdur", "ctok", "htok").gather(rows)

@@ -41,6 +41,13 @@ from router.analysis.views.paired import (
     latency_section,
     quality_section,
 )
+from router.analysis.views.power import (
+    cuped_section,
+    decision_table_section,
+    expected_accuracy_section,
+    noise_floor_section,
+    srm_segments_section,
+)
 
 SectionBuilder = Callable[[dict[str, Any]], Section | None]
 
@@ -48,14 +55,19 @@ SECTIONS: list[SectionBuilder] = [
     headline_section,
     compare_section,
     gates_section,
+    decision_table_section,
     metrics_section,
+    cuped_section,
     quality_section,
+    expected_accuracy_section,
     latency_section,
     errors_section,
     divergence_section,
+    noise_floor_section,
     segments_section,
     drift_section,
     traffic_section,
+    srm_segments_section,
     data_quality_section,
     method_section,
 ]

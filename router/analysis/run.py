@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
-def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
+def load_outcomes(
+    src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
+) -> OutcomeIndex:
+    """The outcomes of ``src``. From Redis, also the unit-joined rows that arrived in the
+    ``history_s`` before the window's start: the pre-exposure history CUPED's covariates come
+    from (rows before a unit's first exposure are never counted as its outcomes)."""
     oi = OutcomeIndex(max_metrics)
     if src.redis_url:
         from router.capture.clients import make_sync_client
@@ -47,6 +52,10 @@ def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
+            if src.since is not None and history_s > 0:
+                # the units' pre-exposure history (CUPED): unit-joined rows only
+                history = stream_chunks(client, key, src.since - history_s, src.since)
+                oi.add_raw(history, src.experiment, unit_rows_only=True)
             oi.add_raw(stream_chunks(client, key, src.since, None), src.experiment)
         finally:
             client.close()
@@ -126,8 +135,9 @@ def _accumulate(
     pages: Pages,
 ) -> Accumulator:
     try:
+        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
         oi = outcomes if outcomes is not None else load_outcomes(
-            src, policy.data_quality.max_metrics
+            src, policy.data_quality.max_metrics, history
         )
         acc = Accumulator(
             policy,

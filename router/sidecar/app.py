@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from router.capture.records import FinalizeOptions, PendingRecord
+from router.capture.records import ContractRules, FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
-from router.config import RouterConfig
+from router.config import ContractConfig, RouterConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
 from router.sidecar.assign import threshold
 from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
@@ -36,6 +36,15 @@ PromotionView = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 """``(redis_url, experiment)`` -> the promotion controller's state as ``router canary status
 --json`` prints it, or None when no controller ever ran for that experiment. Injected by the
 command that starts the router (the sidecar never imports :mod:`router.promotion`)."""
+
+
+def contract_rules(c: ContractConfig) -> ContractRules:
+    return ContractRules(
+        ignore=tuple(c.ignore),
+        compare_values=c.compare_values,
+        tolerance=tuple(c.tolerance.items()),
+        default_tolerance=c.default_tolerance,
+    )
 
 
 def initial_state(cfg: RouterConfig) -> LiveState:
@@ -83,6 +92,10 @@ class RouterApp:
         self.split_threshold = threshold(self.state.split)
         self.mirror_threshold_raw = threshold(self.state.mirror)
         self.mirror_threshold = self.mirror_threshold_raw
+        # the noise floor: units whose champion answers are repeated (throttled with mirroring)
+        self.noise_salt = exp.effective_noise_salt
+        self.noise_threshold_raw = threshold(exp.noise_floor)
+        self.noise_threshold = self.noise_threshold_raw
         self.pools: dict[str, UpstreamPool] = {}
         self.shadow_pools: dict[str, UpstreamPool] = {}
         self._base_paths: dict[str, bytes] = {}
@@ -207,6 +220,7 @@ class RouterApp:
     def _apply_guard(self) -> None:
         factor = self.guard.mirror_factor()
         self.mirror_threshold = int(self.mirror_threshold_raw * factor)
+        self.noise_threshold = int(self.noise_threshold_raw * factor)
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
@@ -232,6 +246,7 @@ class RouterApp:
                     fields=tuple(self.cfg.capture.fields),
                     hash_fields=tuple(self.cfg.capture.hash_fields),
                     hash_salt=self.cfg.experiment.salt,
+                    contract=contract_rules(self.cfg.experiment.contract),
                 ),
                 self.cfg.limits.capture_queue,
             )

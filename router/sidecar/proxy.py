@@ -6,7 +6,8 @@ headers (and a client-supplied shadow marker header: only the router marks shado
 ``X-Forwarded-*`` added, answer with the upstream's status, headers and body plus
 ``X-Request-Id`` and ``X-Router-Variant`` (replacing any the upstream set). Mirroring, capture and
 metrics export are handed off to background tasks; the only await on this path is the served
-model. The header rules and the request id are :mod:`router.sidecar.headers`.
+model. The header rules and the request id are :mod:`router.sidecar.headers`. The noise floor
+(:func:`noise_floor`) repeats the champion's call for a sample of units, off the hot path too.
 
 A streamed answer (:mod:`router.sidecar.upstream_stream`: chunked, close-delimited, an event
 stream, or longer than ``limits.buffer_response_bytes``) is returned at its headers and passed
@@ -159,11 +160,11 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             # passed on by the server as it arrives; the rest of the work when it ends
             out.stream = stream
             stream.when_done(
-                partial(_stream_ended, app, rec, answered_by, mirrored, served, method, target,
-                        fwd, body)
+                partial(_stream_ended, app, rec, answered_by, mirrored, served, unit, method,
+                        target, fwd, body)
             )  # fmt: skip
             return out
-        _after_answer(app, rec, mirrored, served, method, target, fwd, body)
+        _after_answer(app, rec, mirrored, served, answered_by, unit, method, target, fwd, body)
         return out
     finally:
         m.add("router_in_flight_requests", -1.0)
@@ -175,12 +176,21 @@ def _after_answer(
     rec: PendingRecord,
     mirrored: bool,
     served: str,
+    answered_by: str,
+    unit: str,
     method: bytes,
     target: bytes,
     fwd: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> None:
-    """The served answer is complete: send the shadow copy (off the hot path) or capture."""
+    """The served answer is complete: the noise floor and the shadow copy (off the hot path),
+    or capture."""
+    if (
+        app.noise_threshold
+        and answered_by == "champion"
+        and noise_floor(app, rec, unit, method, target, fwd, body, mirrored)
+    ):
+        return  # the noise floor took the record over (and the challenger's shadow)
     if mirrored:
         other = "champion" if served == "challenger" else "challenger"
         setattr(rec, other, Side(version=app.version_of(other)))
@@ -232,6 +242,7 @@ def _stream_ended(
     variant: str,
     mirrored: bool,
     served: str,
+    unit: str,
     method: bytes,
     target: bytes,
     fwd: list[tuple[bytes, bytes]],
@@ -256,7 +267,50 @@ def _stream_ended(
         kind = error_kind(stream.error)
         side.error = f"{kind}: mid-stream: {stream.error}"[:300]
         m.inc("router_upstream_errors", (variant, "served", kind))
-    _after_answer(app, rec, mirrored, served, method, target, fwd, body)
+    _after_answer(app, rec, mirrored, served, variant, unit, method, target, fwd, body)
+
+
+def noise_floor(
+    app: RouterApp,
+    rec: PendingRecord,
+    unit: str,
+    method: bytes,
+    target: bytes,
+    fwd: list[tuple[bytes, bytes]],
+    body: bytes,
+    mirrored: bool,
+) -> bool:
+    """For a unit in the noise-floor sample (its own hash, ``<salt>:noise``), send the request
+    to the champion a second time as a shadow job filling ``rec.champion_repeat`` (never
+    answered to the client), together with the challenger's shadow when ``mirrored``, and
+    capture ``rec`` when the last job ends. True when it took the record over; False when the
+    unit is not in the sample (the caller goes on as without a noise floor)."""
+    if bucket(app.noise_salt, unit) >= app.noise_threshold:
+        return False
+    if len(body) > app.cfg.limits.mirror_max_body:
+        app.metrics.inc("router_shadow_dropped", ("body_too_large",))
+        return False
+    headers = [*fwd, app.shadow_header]
+    jobs = [("champion_repeat", "champion")]
+    if mirrored:
+        jobs.append(("challenger", "challenger"))
+    rec.waiting = len(jobs)
+    for side, model in jobs:
+        setattr(rec, side, Side(version=app.version_of(model)))
+        if side == "challenger":
+            rec.mirrored = True
+        job = ShadowJob(record=rec, variant=side, pool=app.shadow_pools[model], method=method,
+                        target=app.target_for(model, target),
+                        headers=app.headers_for(model, headers), body=body,
+                        timeout=app.timeout_of(model))  # fmt: skip
+        if not app.shadow.offer(job):
+            setattr(rec, side, None)
+            if side == "challenger":
+                rec.mirrored = False
+            rec.waiting -= 1
+    if rec.waiting <= 0:
+        app.capture_submit(rec)
+    return True
 
 
 async def call_upstream(

@@ -16,6 +16,11 @@ A streamed shadow answer (an event stream, chunked, close-delimited or long) is 
 the background, within the same bounds (the worker is busy until it ends; ``read_timeout`` and
 ``stream_max_duration`` of the upstream bound it), and its side records time to first byte,
 duration, size and events like a served stream.
+
+The noise floor (``experiment.noise_floor``) is a shadow job too: the champion asked a second
+time on its shadow pool, filling the record's ``champion_repeat`` side (``variant`` label
+``champion_repeat`` in the shadow metrics). A record with several jobs is captured when the
+last one ends (``PendingRecord.waiting``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ log = logging.getLogger("router.shadow")
 @dataclass(slots=True)
 class ShadowJob:
     record: PendingRecord
-    variant: str  # the model that receives the shadow copy
+    variant: str  # the side of the record it fills: the other model, or "champion_repeat"
     pool: UpstreamPool
     method: bytes
     target: bytes
@@ -120,7 +125,7 @@ class ShadowDispatcher:
             )
         except asyncio.CancelledError:
             side.error = "shutdown"
-            self.submit(job.record)
+            self.done(job.record)
             raise
         except Exception as exc:
             kind = error_kind(exc)
@@ -138,10 +143,10 @@ class ShadowDispatcher:
                     await stream.drain()
                 except asyncio.CancelledError:
                     side.error = "shutdown: mid-stream"
-                    self.submit(job.record)
+                    self.done(job.record)
                     raise
                 self._stream_side(job, side, stream, t0)
-                self.submit(job.record)
+                self.done(job.record)
                 return
             side.body = resp.body
             side.body_bytes = len(resp.body) if resp.body_bytes < 0 else resp.body_bytes
@@ -157,7 +162,14 @@ class ShadowDispatcher:
             self.metrics.inc("router_shadow_completed", (job.variant,))
             if resp.status >= 500:
                 self.metrics.inc("router_shadow_failed", ("5xx",))
-        self.submit(job.record)
+        self.done(job.record)
+
+    def done(self, record: PendingRecord) -> None:
+        """One shadow job of ``record`` ended: capture it once its last job has (a record with
+        a challenger shadow and a noise-floor repeat waits for both)."""
+        record.waiting -= 1
+        if record.waiting <= 0:
+            self.submit(record)
 
     def _stream_side(self, job: ShadowJob, side: Side, stream: BodyStream, t0: float) -> None:
         m = self.metrics
@@ -198,7 +210,7 @@ class ShadowDispatcher:
         while not self.queue.empty():
             job = self.queue.get_nowait()
             getattr(job.record, job.variant).error = "shutdown: not sent"
-            self.submit(job.record)
+            self.done(job.record)
             self.queue.task_done()
         if left:
             log.warning("shadow: %d queued shadow requests not sent at shutdown", left)
