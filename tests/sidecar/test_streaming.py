@@ -289,3 +289,25 @@ async def test_backpressure_bounds_memory_and_loses_nothing(
         pos = eol + 2 + size + 2
     assert len(body) == total and body[: len(piece)] == piece
     assert hashlib.sha256(body).digest() == hashlib.sha256(piece * (total // len(piece))).digest()
+
+
+async def test_noise_floor_repeat_of_a_streamed_answer(tmp_path: Path, redis_url: str) -> None:
+    """With the noise floor on, the champion's repeat of a streamed answer is consumed like a
+    shadow once the served stream has ended, and the record holds both texts."""
+    async with _llms(ttft_s=0.01, token_delay_s=0.005) as (champ, chall):
+        cfg = make_config(_cfg(champ.url, chall.url, redis_url, tmp_path, mirror=1.0,
+                               noise_floor=1.0))  # fmt: skip
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.post(f"{router.url}/v1/chat/completions", json=CHAT) as r:
+                assert r.status == 200
+                await r.read()
+            assert await wait_for(lambda: len(read_stream(redis_url, "t:pairs")) == 1)
+    (rec,) = read_stream(redis_url, "t:pairs")
+    text = generate(TextModelSpec("c"), "how does it work?")
+    assert rec["champion"]["prediction"] == text and rec["champion"]["streamed"] is True
+    assert rec["champion_repeat"]["prediction"] == text
+    assert rec["champion_repeat"]["streamed"] is True and rec["champion_repeat"]["events"] > 5
+    assert rec["challenger"]["prediction"] != text
