@@ -37,21 +37,96 @@ def _parse_hostport(value: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
+def _readable_file(v: str | None) -> str | None:
+    if v is not None and not os.access(v, os.R_OK):
+        raise ValueError(f"cannot read file {v!r}")
+    return v
+
+
+class UpstreamTLS(_Strict):
+    """TLS to an ``https://`` upstream. Verification is on unless ``verify: false``."""
+
+    verify: bool = Field(default=True, description="check the certificate chain and the name")
+    ca_bundle: str | None = Field(
+        default=None, description="PEM file of trusted CAs; default: the system's store"
+    )
+    client_cert: str | None = Field(default=None, description="PEM certificate for mTLS")
+    client_key: str | None = Field(default=None, description="its key (default: in client_cert)")
+    server_name: str | None = Field(
+        default=None, description="SNI and the name the certificate must match; default: host"
+    )
+
+    _files = field_validator("ca_bundle", "client_cert", "client_key")(_readable_file)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> UpstreamTLS:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key needs client_cert")
+        return self
+
+
 class UpstreamConfig(_Strict):
     """One model server (champion or challenger)."""
 
     url: str
     version: str = Field(min_length=1, description="pinned model version label, never an alias")
     connect_timeout: float = Field(default=1.0, gt=0, description="seconds")
-    timeout: float = Field(default=5.0, gt=0, description="seconds for the whole exchange")
+    timeout: float = Field(
+        default=5.0, gt=0,
+        description="seconds for the whole exchange (up to the headers of a streamed answer)",
+    )  # fmt: skip
     pool_size: int = Field(default=64, ge=1, le=4096, description="max keep-alive connections")
+    read_timeout: float | None = Field(
+        default=None, gt=0,
+        description="seconds between two reads of a streamed answer; default: timeout",
+    )  # fmt: skip
+    stream_max_duration: float = Field(
+        default=600.0, gt=0, description="seconds a streamed answer may last in all"
+    )
+    tls: UpstreamTLS = Field(default_factory=UpstreamTLS)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="added to every request to this upstream (replacing the client's); never "
+        "captured",
+    )
+    headers_from_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="header name -> environment variable holding its value (API keys)",
+    )
+
+    @field_validator("headers", "headers_from_env")
+    @classmethod
+    def _check_header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not name or not name.isascii() or any(c in name for c in " :\r\n\t"):
+                raise ValueError(f"bad header name {name!r}")
+            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                raise ValueError(f"header {name!r} is set by the router")
+            if any(c in value for c in "\r\n"):
+                raise ValueError(f"header {name!r}: value may not contain a line break")
+        return v
+
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers`` plus ``headers_from_env`` resolved now; raises ConfigError naming the
+        variable when one is unset."""
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        for name, env in self.headers_from_env.items():
+            value = os.environ.get(env)
+            if value is None:
+                raise ConfigError(f"headers_from_env.{name}: environment variable {env} is unset")
+            out.append((name.encode("latin-1"), value.strip().encode("latin-1")))
+        return out
+
+    @property
+    def is_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "https"
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
         parts = urlsplit(v)
-        if parts.scheme != "http":
-            raise ValueError(f"must be an http:// URL (got {v!r})")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
         if not parts.hostname:
             raise ValueError(f"has no host (got {v!r})")
         try:
@@ -66,7 +141,8 @@ class UpstreamConfig(_Strict):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 80
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def base_path(self) -> str:
@@ -148,7 +224,12 @@ class ExperimentConfig(_Strict):
     fallback: Literal["champion", "none"] = "champion"
     shadow_header: str = "X-Shadow-Request: 1"
     prediction_path: str | None = "score"
-    prediction_kind: Literal["score", "class", "vector", "value"] = "score"
+    prediction_kind: Literal["score", "class", "vector", "value", "text"] = "score"
+    prediction_format: Literal["json", "openai"] = Field(
+        default="json",
+        description="json: the value at prediction_path; openai: the text of an OpenAI-"
+        "compatible chat/completions answer, streamed (SSE) or not (prediction_kind: text)",
+    )
     segments: list[SegmentField] = Field(default_factory=list)
 
     @field_validator("shadow_header")
@@ -270,6 +351,11 @@ class CaptureConfig(_Strict):
     pair_shards: int = Field(
         default=1, ge=1, le=256, description="pair streams per experiment (for a hot experiment)"
     )
+    max_response_bytes: int = Field(
+        default=1024 * 1024, ge=0,
+        description="bytes of a streamed served answer kept for the record; the rest is passed "
+        "on but not kept (the side is marked truncated)",
+    )  # fmt: skip
     fields: list[str] = Field(default_factory=list, description="JSON body paths to keep")
     hash_fields: list[str] = Field(default_factory=list, description="paths kept only hashed")
 
@@ -342,6 +428,16 @@ class LimitsConfig(_Strict):
     shadow_max_response_bytes: int = Field(
         default=1024 * 1024, ge=0, description="bytes of a shadow answer kept; the rest discarded"
     )
+    buffer_response_bytes: int = Field(
+        default=64 * 1024, ge=0,
+        description="answers with a Content-Length up to this are buffered whole; longer, "
+        "chunked, close-delimited and text/event-stream answers are streamed through",
+    )  # fmt: skip
+    stream_buffer_bytes: int = Field(
+        default=64 * 1024, ge=1024,
+        description="bytes of a streamed answer held before the client is ready; the upstream "
+        "is not read above it",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _line_fits_head(self) -> LimitsConfig:
@@ -404,10 +500,18 @@ class ArchiveConfig(_Strict):
         if self.metrics_listen is not None:
             _parse_hostport(self.metrics_listen)
         return self
+class ListenTLS(_Strict):
+    """TLS on the sidecar's listener (when it is not only on localhost)."""
+
+    cert: str = Field(description="PEM certificate chain")
+    key: str = Field(description="PEM private key")
+
+    _files = field_validator("cert", "key")(_readable_file)
 
 
 class RouterConfig(_Strict):
     listen: str = "127.0.0.1:8080"
+    listen_tls: ListenTLS | None = None
     champion: UpstreamConfig
     challenger: UpstreamConfig
     experiment: ExperimentConfig

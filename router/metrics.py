@@ -64,6 +64,28 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_upstream_latency_seconds": MetricDef(
         "histogram", "Upstream exchange latency by variant and role", ("variant", "role")
     ),
+    "router_upstream_ttfb_seconds": MetricDef(
+        "histogram",
+        "Time from the upstream call to the first body byte, by variant and role",
+        ("variant", "role"),
+    ),
+    "router_streams": MetricDef(
+        "counter",
+        "Streamed upstream answers by variant, role and how they ended (complete, "
+        "upstream_error, client_aborted, fallback, shutdown)",
+        ("variant", "role", "outcome"),
+    ),
+    "router_stream_events": MetricDef(
+        "counter", "Server-sent events passed through or consumed, by variant and role",
+        ("variant", "role"),
+    ),
+    "router_stream_bytes": MetricDef(
+        "counter", "Body bytes of streamed answers, by variant and role", ("variant", "role")
+    ),
+    "router_capture_truncated": MetricDef(
+        "counter", "Served streamed answers longer than capture.max_response_bytes (the record "
+        "keeps the first bytes)", ("variant",),
+    ),
     "router_in_flight_requests": MetricDef("gauge", "Requests being handled right now"),
     "router_event_loop_lag_seconds": MetricDef(
         "histogram", "How late a 100 ms timer fires: time the event loop was blocked"

@@ -36,18 +36,30 @@ HASH_SEED = 0x5EED_CAFE
 MAX_EXAMPLES = 5  # locations kept per reason
 
 
-def _side(prediction: pl.DataType) -> pl.Struct:
-    return pl.Struct(
-        {"status": pl.Int64, "latency_ms": pl.Float64, "prediction": prediction, "error": pl.String}
-    )
+def _side(prediction: pl.DataType, text: bool = False) -> pl.Struct:
+    cols: dict[str, pl.DataType] = {
+        "status": pl.Int64(), "latency_ms": pl.Float64(), "prediction": prediction,
+        "error": pl.String(),
+    }  # fmt: skip
+    if text:  # the timing of streamed text answers (record additions of issue 15)
+        cols |= {"ttfb_ms": pl.Float64(), "duration_ms": pl.Float64(), "events": pl.Int64(),
+                 "usage": pl.Struct({"completion_tokens": pl.Int64()})}  # fmt: skip
+    return pl.Struct(cols)
 
 
-def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.DataType]:
+def _is_text(schema: dict[str, pl.DataType]) -> bool:
+    side = schema.get("champion")
+    return isinstance(side, pl.Struct) and any(fl.name == "ttfb_ms" for fl in side.fields)
+
+
+def record_schema(
+    numeric: bool = False, fields: bool = True, text: bool = False
+) -> dict[str, pl.DataType]:
     """The columns read from a record. Predictions are JSON text in general; ``numeric``
     (score and value kinds) reads them as floats, which parses faster, and a page where some
     prediction is not a number falls back to the general schema. ``fields`` (captured inputs)
     are read only when drift is analysed. Neither choice changes which lines are valid."""
-    side = _side(pl.Float64() if numeric else pl.String())
+    side = _side(pl.Float64() if numeric else pl.String(), text)
     schema: dict[str, pl.DataType] = {
         "v": pl.Float64(),
         "request_id": pl.String(),
@@ -228,7 +240,7 @@ def _parse_records(
     try:
         df = read_lines(data, schema)
     except pl.exceptions.PolarsError:
-        general = record_schema(numeric=False, fields="fields" in schema)
+        general = record_schema(numeric=False, fields="fields" in schema, text=_is_text(schema))
         try:
             df = read_lines(data, general)
         except pl.exceptions.PolarsError:
@@ -239,7 +251,9 @@ def _parse_records(
     if rows is None:
         rows = nonblank(data.split(b"\n"))
         if len(rows) != df.height:  # polars and bytes.strip disagree on a blank line
-            df, rows, bad = line_by_line(data, record_schema(False, "fields" in schema))
+            df, rows, bad = line_by_line(
+                data, record_schema(False, "fields" in schema, _is_text(schema))
+            )
             why, segments = _record_problems(df, now)
             if why is None:
                 return df, sorted(bad), segments
@@ -262,6 +276,15 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     rep = pl.col("champion_repeat")
     rst = rep.struct.field("status")
     served = pl.col("served")
+    text: dict[str, pl.Expr] = {}
+    if _is_text(dict(df.schema)):
+        for p, side in (("c", champ), ("h", chall)):
+            tokens = side.struct.field("usage").struct.field("completion_tokens")
+            text[f"{p}ttft"] = side.struct.field("ttfb_ms")
+            text[f"{p}dur"] = side.struct.field("duration_ms").fill_null(
+                side.struct.field("latency_ms")
+            )
+            text[f"{p}tok"] = tokens.fill_null(side.struct.field("events")).cast(pl.Float64)
     return df.select(
         rid=pl.col("request_id"),
         h=rid_hash(pl.col("request_id")),
@@ -294,6 +317,7 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         rp=rep.struct.field("prediction"),
         contract_r=pl.col("contract_repeat"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
+        **text,
     )
 
 

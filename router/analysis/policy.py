@@ -8,11 +8,19 @@ file and the key. Every field has a documented default, so ``Policy()`` is a usa
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.config import ConfigError, format_validation_error
 
@@ -122,6 +130,13 @@ class Guardrails(_Strict):
     )
 
 
+DEFAULT_REFUSALS = (
+    r"\bI'?m sorry,? but I (can(no|')t|am unable|won'?t)",
+    r"\bI (cannot|can'?t|won'?t) (help|assist|comply)",
+    r"\bas an AI( language model)?\b",
+)
+
+
 DivergenceMeasure = Literal[
     "flip_rate", "mean_abs_diff", "rmse", "rank_decorrelation", "disagreement", "mean_js_distance"
 ]
@@ -151,6 +166,28 @@ class DivergencePolicy(_Strict):
     sample_size: int = Field(default=50_000, ge=100, description="hash sample for KS, AUC, ...")
     contract_noise_share: float = Field(default=0.0003, ge=0, le=1)
     positive_class: str | None = None
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSALS),
+        description="text predictions: a text matching any (case-insensitive regex) is a refusal",
+    )
+    text_examples: int = Field(default=5, ge=0, le=100, description="most different text pairs")
+    text_example_chars: int = Field(
+        default=200, ge=0, le=10_000, description="characters kept of each example text"
+    )
+    text_example_mode: Literal["text", "hash", "omit"] = Field(
+        default="text",
+        description="what the report shows of example texts: the text, a SHA-256 prefix, nothing",
+    )
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _check_patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {p!r}: {exc}") from None
+        return v
 
 
 class SequentialPolicy(_Strict):
@@ -232,7 +269,7 @@ class Policy(_Strict):
     primary_metric: PrimaryMetric | None = None
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
     label_metric: str = "label"
-    prediction_kind: Literal["score", "class", "vector", "value"] | None = None
+    prediction_kind: Literal["score", "class", "vector", "value", "text"] | None = None
     guardrails: Guardrails = Field(default_factory=Guardrails)
     divergence: DivergencePolicy = Field(default_factory=DivergencePolicy)
     sequential: SequentialPolicy = Field(default_factory=SequentialPolicy)

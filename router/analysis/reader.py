@@ -259,7 +259,8 @@ def stitched_items(
 def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> Pages:
     """Start reading ``src``'s records; the schema follows the prediction kind and reads the
     captured input fields only when drift is analysed."""
-    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields)
+    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields,
+                           text=kind == "text")  # fmt: skip
     if src.archive and src.redis_url:  # the archive for what Redis trimmed, then Redis
         items, prep = stitched_items(src, kind in NUMERIC_KINDS, track_fields, id_until(src),
                                      schema)  # fmt: skip

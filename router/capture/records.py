@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from router.capture.textpred import openai_text
+
 RECORD_VERSION = 1
 _MISSING = object()
 
@@ -197,8 +199,13 @@ class Side:
     latency_ms: float | None = None
     body: bytes | None = None
     error: str | None = None
-    truncated: bool = False  # only the first bytes of the answer were kept (shadow side)
+    truncated: bool = False  # only the first bytes of the answer were kept
     response_bytes: int | None = None  # the full body size when truncated
+    ttfb_ms: float | None = None  # from the call to the first body byte
+    duration_ms: float | None = None  # from the call to the end of the body
+    body_bytes: int | None = None  # body size as received (record key "bytes")
+    events: int | None = None  # server-sent events (event streams only)
+    streamed: bool = False  # passed on as it arrived (not buffered whole)
 
 
 @dataclass(slots=True)
@@ -216,6 +223,7 @@ class PendingRecord:
     champion: Side | None = None
     challenger: Side | None = None
     request_body: bytes | None = None  # only kept when capture fields are configured
+    client_aborted: bool = False  # the client went away before a streamed answer ended
     champion_repeat: Side | None = None  # the noise floor: the champion asked a second time
     waiting: int = 0  # shadow jobs still running on this record (captured when the last ends)
 
@@ -223,6 +231,7 @@ class PendingRecord:
 @dataclass(frozen=True, slots=True)
 class FinalizeOptions:
     prediction_path: str | None = "score"
+    prediction_format: str = "json"  # json | openai (see router.capture.textpred)
     fields: tuple[str, ...] = ()
     hash_fields: tuple[str, ...] = ()
     hash_salt: str = ""
@@ -242,7 +251,18 @@ def _side_dict(side: Side | None, doc: Any, opts: FinalizeOptions) -> dict[str, 
     if side is None:
         return None
     prediction = None
-    if opts.prediction_path and doc is not _MISSING:
+    extra: dict[str, Any] = {}
+    if opts.prediction_format == "openai":
+        if side.body:
+            ans = openai_text(side.body, side.truncated)
+            prediction = ans.text
+            if ans.usage is not None:
+                extra["usage"] = ans.usage
+            if ans.finish_reason is not None:
+                extra["finish_reason"] = ans.finish_reason
+            if ans.error is not None:
+                extra["parse_error"] = ans.error
+    elif opts.prediction_path and doc is not _MISSING:
         prediction = lookup(doc, opts.prediction_path)
     out = {
         "version": side.version,
@@ -251,9 +271,22 @@ def _side_dict(side: Side | None, doc: Any, opts: FinalizeOptions) -> dict[str, 
         "prediction": prediction,
         "error": side.error,
     }
-    if side.truncated:  # additions to schema v1, present only on a truncated shadow answer
+    # additions to schema v1, each present only when known
+    if side.truncated:  # only the first bytes of the answer were kept
         out["truncated"] = True
         out["response_bytes"] = side.response_bytes
+    if side.ttfb_ms is not None:
+        out["ttfb_ms"] = side.ttfb_ms
+    if side.duration_ms is not None:
+        out["duration_ms"] = side.duration_ms
+    if side.body_bytes is not None:
+        out["bytes"] = side.body_bytes
+    if side.events is not None:
+        out["events"] = side.events
+    if side.streamed:
+        out["streamed"] = True
+    if extra:
+        out |= extra
     return out
 
 
@@ -302,6 +335,8 @@ def finalize(rec: PendingRecord, opts: FinalizeOptions) -> dict[str, Any]:
         "challenger": _side_dict(rec.challenger, chall_doc, opts),
         "contract": contract,
     }
+    if rec.client_aborted:  # addition to schema v1: a streamed answer the client left
+        out["client_aborted"] = True
     if rec.champion_repeat is not None:  # additions to schema v1: a noise-floor pair
         rep_doc = _parse(rec.champion_repeat.body)
         out["champion_repeat"] = _side_dict(rec.champion_repeat, rep_doc, opts)

@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--split", type=_fraction, help="configured live split, for the SRM check")
     p.add_argument(
         "--kind",
-        choices=["score", "class", "vector", "value"],
+        choices=["score", "class", "vector", "value", "text"],
         help="prediction kind (default: the policy's, else score)",
     )
     p.add_argument("--reference-since", type=_time_arg, help="reference window for input drift")
@@ -285,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
             if policy is None:
                 return 2
         kind = args.kind or policy.prediction_kind or "score"
-        if pages is not None and (kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS):
+        if pages is not None and ((kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS)
+                                  or (kind == "text") != (guess == "text")):
             pages.close()
             pages = read_pages(src, kind, track, args.workers)
 

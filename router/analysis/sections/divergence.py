@@ -17,6 +17,7 @@ from router.analysis.drift_tests import DriftRules, from_statistics
 from router.analysis.jsonsafe import f
 from router.analysis.pairs import PairAggregates
 from router.analysis.policy import Policy
+from router.analysis.text import text_section
 
 
 def divergence_section(acc: Accumulator, policy: Policy) -> dict[str, Any]:
@@ -90,6 +91,8 @@ def divergence_of(
                 ].tolist(),
             },
         }
+    elif kind == "text" and pa.text.n >= 1:
+        out |= {"n": pa.text.n, "text": text_section(pa.text, policy.alpha)}
     elif kind == "vector" and pa.vector_pairs >= 1:
         nv = pa.vector_pairs
         out |= {
