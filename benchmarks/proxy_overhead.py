@@ -90,10 +90,10 @@ def pinned(core: str, cmd: list[str]) -> list[str]:
 
 @contextmanager
 def running(
-    cmd: list[str], port: int, env: dict[str, str] | None = None
+    cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
         start_new_session=True,
     )  # fmt: skip
     try:
@@ -171,13 +171,13 @@ async def fixed_rate(port: int, rate: float, seconds: float) -> tuple[float, flo
 
 
 def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, split: float,
-               mirror: float) -> list[str]:  # fmt: skip
+               mirror: float, **experiment: object) -> list[str]:  # fmt: skip
     cfg = {
         "listen": f"127.0.0.1:{port}",
         "champion": {"url": f"http://127.0.0.1:{champ}", "version": "a", "pool_size": 128},
         "challenger": {"url": f"http://127.0.0.1:{chall}", "version": "b", "pool_size": 128},
         "experiment": {"name": "bench", "salt": "bench", "split": split, "mirror": mirror,
-                       "unit": {"header": "X-User-Id"}},
+                       "unit": {"header": "X-User-Id"}, **experiment},
         "capture": {"redis": redis_url, "stream_maxlen": 200000},
         "limits": {"shadow_queue": 10000, "capture_queue": 100000},
         "guard": {"enabled": False},
@@ -225,6 +225,14 @@ def main() -> int:
     ap.add_argument("--model-ms", type=float, default=2.0)
     ap.add_argument("--only", nargs="*", help="scenario names to run")
     ap.add_argument("--json", type=Path, help="write results here")
+    ap.add_argument(
+        "--ab",
+        type=Path,
+        metavar="BASELINE_DIR",
+        help="A/B mode: the router scenarios only, this tree against the checkout in "
+        "BASELINE_DIR (e.g. a detached worktree of main), interleaved over --rounds",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (medians reported)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
@@ -282,6 +290,18 @@ def main() -> int:
         subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for cmd, _ in stubs
     ]
+    if args.ab is not None:
+        try:
+            for _, p in stubs:
+                wait_port(p)
+            return ab_main(args, tmp, lua, champ, chall, redis.url)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait()
+            redis.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     try:
         for _, p in stubs:
             wait_port(p)
@@ -352,6 +372,70 @@ def main() -> int:
                         "python": platform.python_version()},
             "saturation": [asdict(r) for r in results],
             "fixed_rate": {k: {"p50_ms": v[0], "p99_ms": v[1]} for k, v in fixed.items()},
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }, indent=2))  # fmt: skip
+    return 0
+
+
+AB_SCENARIOS: list[tuple[str, float, float, dict[str, object], bool]] = [
+    # name, split, mirror, extra experiment keys, also on the baseline
+    ("router", 0.0, 0.0, {}, True),
+    ("router-mirror100", 0.0, 1.0, {}, True),
+    ("router-noise100", 0.0, 0.0, {"noise_floor": 1.0}, False),
+    ("router-mirror100-noise100", 0.0, 1.0, {"noise_floor": 1.0}, False),
+]
+
+
+def ab_main(args: argparse.Namespace, tmp: Path, lua: Path, champ: int, chall: int,
+            redis_url: str) -> int:  # fmt: skip
+    """This tree's router against a baseline checkout's, saturated by wrk, the two runs of a
+    scenario back to back in every round (so drifting load on a shared machine hits both):
+    proxy CPU µs per request and requests/s, medians over the rounds, and their ratios."""
+    import statistics
+
+    base = args.ab.resolve()
+    env_base = dict(os.environ, PYTHONPATH=str(base))
+    runs: dict[str, list[Result]] = {}
+    for rnd in range(args.rounds):
+        for name, split, mirror, extra, on_base in AB_SCENARIOS:
+            trees = [("", ROOT, None)] + ([("@base", base, env_base)] if on_base else [])
+            if rnd % 2:
+                trees.reverse()
+            for suffix, cwd, env in trees:
+                p = free_port()
+                cmd = pinned("0", router_cmd(tmp, p, champ, chall, redis_url, split, mirror,
+                                             **extra))  # fmt: skip
+                with running(cmd, p, env=env, cwd=cwd) as proc:
+                    run_wrk(p, 1.0, lua, args.connections)  # warm up
+                    pids = process_tree(proc.pid)
+                    before = cpu_seconds(pids)
+                    rps, p50, p99, n = run_wrk(p, args.duration, lua, args.connections)
+                    used = cpu_seconds(pids) - before
+                r = Result(name + suffix, rps, p50, p99, used / n * 1e6, n)
+                runs.setdefault(r.scenario, []).append(r)
+                print(f"  round {rnd + 1} {r.scenario:<28} {rps:8.0f} req/s  "
+                      f"CPU {r.cpu_us_per_request:6.1f} µs/req")  # fmt: skip
+    med = {
+        k: {
+            "requests_per_s": statistics.median(r.requests_per_s for r in v),
+            "cpu_us_per_request": statistics.median(r.cpu_us_per_request or 0.0 for r in v),
+            "p99_ms": statistics.median(r.p99_ms for r in v),
+        }
+        for k, v in runs.items()
+    }
+    print(f"\nmedians over {args.rounds} rounds (this tree vs {base}):")
+    for k, v in med.items():
+        line = f"  {k:<28} {v['requests_per_s']:8.0f} req/s  CPU {v['cpu_us_per_request']:6.1f}"
+        b = med.get(k + "@base")
+        if b:
+            cpu_ratio = v["cpu_us_per_request"] / b["cpu_us_per_request"]
+            rps_ratio = v["requests_per_s"] / b["requests_per_s"]
+            line += f"  CPU ratio {cpu_ratio:.3f}, throughput ratio {rps_ratio:.3f}"
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "ab": {"baseline": str(base), "rounds": args.rounds, "medians": med,
+                   "runs": {k: [asdict(r) for r in v] for k, v in runs.items()}},
             "args": {k: str(v) for k, v in vars(args).items()},
         }, indent=2))  # fmt: skip
     return 0

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from router.capture.records import FinalizeOptions, PendingRecord
+from router.capture.records import ContractRules, FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
-from router.config import RouterConfig
+from router.config import ContractConfig, RouterConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
+from router.sidecar.assign import threshold
 from router.sidecar.control import POLL_INTERVAL, ControlFile, Live, LiveState, UpstreamPin
 from router.sidecar.fleet import FleetFollower
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
+from router.sidecar.tls import client_context
 from router.sidecar.upstream import UpstreamPool
 
 log = logging.getLogger("router")
@@ -36,6 +38,15 @@ PromotionView = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 """``(redis_url, experiment)`` -> the promotion controller's state as ``router canary status
 --json`` prints it, or None when no controller ever ran for that experiment. Injected by the
 command that starts the router (the sidecar never imports :mod:`router.promotion`)."""
+
+
+def contract_rules(c: ContractConfig) -> ContractRules:
+    return ContractRules(
+        ignore=tuple(c.ignore),
+        compare_values=c.compare_values,
+        tolerance=tuple(c.tolerance.items()),
+        default_tolerance=c.default_tolerance,
+    )
 
 
 def initial_state(cfg: RouterConfig) -> LiveState:
@@ -81,9 +92,22 @@ class RouterApp:
         self.guard = ShadowGuard(cfg.guard)
         self.live = Live.of(initial_state(cfg))  # swapped whole by apply_state
         self.fleet: FleetFollower | None = None  # the shared live state in Redis, when used
+        # the noise floor: units whose champion answers are repeated (throttled with mirroring)
+        self.noise_salt = exp.effective_noise_salt
+        self.noise_threshold_raw = threshold(exp.noise_floor)
+        self.noise_threshold = self.noise_threshold_raw
         self.pools: dict[str, UpstreamPool] = {}
         self.shadow_pools: dict[str, UpstreamPool] = {}
         self._base_paths: dict[str, bytes] = {}
+        # per upstream: configured headers (API keys) added to each request, replacing the
+        # client's of the same names; never captured (records hold no request headers)
+        self.upstream_headers: dict[str, list[tuple[bytes, bytes]]] = {
+            "champion": cfg.champion.upstream_headers(),
+            "challenger": cfg.challenger.upstream_headers(),
+        }
+        self.upstream_header_names: dict[str, frozenset[bytes]] = {
+            v: frozenset(k.lower() for k, _ in h) for v, h in self.upstream_headers.items()
+        }
         self.redis_url = redis_url
         self.promotion_view = promotion_view  # GET <prefix>/promotion; None: answered 503
         self.writer: CaptureWriter | None = None
@@ -101,16 +125,28 @@ class RouterApp:
     def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
         ucfg = self.cfg.champion if variant == "champion" else self.cfg.challenger
         parts = urlsplit(pin.url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        tls = parts.scheme == "https"
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
         old = [p for p in (self.pools.get(variant), self.shadow_pools.get(variant)) if p]
+        limits = self.cfg.limits
+        common: dict[str, Any] = {
+            "connect_timeout": ucfg.connect_timeout,
+            "timeout": ucfg.timeout,
+            "stream_over": limits.buffer_response_bytes,
+            "stream_high": limits.stream_buffer_bytes,
+            "read_timeout": ucfg.read_timeout,
+            "stream_max_duration": ucfg.stream_max_duration,
+            "ssl": client_context(ucfg.tls) if tls else None,
+            "server_hostname": ucfg.tls.server_name if tls else None,
+        }
         self.pools[variant] = UpstreamPool(
-            host, port, pool_size=ucfg.pool_size, connect_timeout=ucfg.connect_timeout,
-            timeout=ucfg.timeout,
+            host, port, pool_size=ucfg.pool_size,
+            stream_keep=self.cfg.capture.max_response_bytes, **common,
         )  # fmt: skip
         self.shadow_pools[variant] = UpstreamPool(
             host, port, pool_size=self.shadow_pool_size(ucfg.pool_size),
-            connect_timeout=ucfg.connect_timeout, timeout=ucfg.timeout,
-            max_response_body=self.cfg.limits.shadow_max_response_bytes,
+            max_response_body=limits.shadow_max_response_bytes,
+            stream_keep=limits.shadow_max_response_bytes, **common,
         )  # fmt: skip
         self._base_paths[variant] = parts.path.rstrip("/").encode()
         if old:
@@ -152,6 +188,16 @@ class RouterApp:
     def timeout_of(self, variant: str) -> float:
         return (self.cfg.champion if variant == "champion" else self.cfg.challenger).timeout
 
+    def headers_for(
+        self, variant: str, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """``headers`` with the upstream's configured headers in place of the client's."""
+        extra = self.upstream_headers[variant]
+        if not extra:
+            return headers
+        names = self.upstream_header_names[variant]
+        return [*(h for h in headers if h[0].lower() not in names), *extra]
+
     def target_for(self, variant: str, target: bytes) -> bytes:
         base = self._base_paths.get(variant, b"")
         return base + target if base else target
@@ -183,6 +229,7 @@ class RouterApp:
         live = self.live
         factor = self.guard.mirror_factor()
         self.live = replace(live, mirror_threshold=int(live.mirror_threshold_raw * factor))
+        self.noise_threshold = int(self.noise_threshold_raw * factor)
 
     @property
     def mirror_threshold(self) -> int:
@@ -212,9 +259,11 @@ class RouterApp:
                 self.metrics,
                 FinalizeOptions(
                     prediction_path=self.cfg.experiment.prediction_path,
+                    prediction_format=self.cfg.experiment.prediction_format,
                     fields=tuple(self.cfg.capture.fields),
                     hash_fields=tuple(self.cfg.capture.hash_fields),
                     hash_salt=self.cfg.experiment.salt,
+                    contract=contract_rules(self.cfg.experiment.contract),
                 ),
                 self.cfg.limits.capture_queue,
             )
