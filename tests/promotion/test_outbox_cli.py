@@ -53,6 +53,7 @@ async def test_cli_actions_without_promotion_file_deliver_their_webhooks(
         pfile, _ = fleet.promotion_file(
             steps=steps,
             webhooks={"urls": [hook_url], "backoff_initial_s": 0.05, "max_attempts": 5},
+            lease={"ttl_s": 10.0},  # (a loaded machine must not cost the controller its lease)
         )
         env = dict(os.environ, REDIS_URL=fleet.redis_url, PYTHONPATH=str(ROOT))
         scratch = tmp_path / "operator"  # where the operator runs the CLI
