@@ -12,6 +12,12 @@
 The router runs as ``router serve`` pinned to core 0 with capture on (a throwaway redis-server);
 the upstream (a raw asyncio SSE server) and the clients run in this process on core 1.
 
+Reference: when ``nginx`` is installed (``apt-get install nginx-light``), the same streams go
+through nginx as a streaming proxy (one worker pinned to core 0, ``proxy_buffering off``,
+``proxy_http_version 1.1``, chunked to the client) in the same run: its time to first byte
+(interleaved with the direct and router calls) and its worker's CPU per event. ``--no-nginx``
+skips it; without nginx it is skipped with a printed reason.
+
 Usage::
 
     python benchmarks/stream_overhead.py                  # ~30 s
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -110,7 +117,9 @@ async def one_stream(port: int, uid: int) -> tuple[float, float, int, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     t0 = time.perf_counter()
     writer.write(REQUEST % uid)
-    await reader.readuntil(b"\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"port {port} answered {head[:300]!r}")
     first = 0.0
     transit = float("nan")
     size = 0
@@ -147,13 +156,15 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def router_config(tmp: Path, port: int, upstream: int, redis_url: str) -> Path:
+def router_config(tmp: Path, port: int, upstream: int, redis_url: str, name: str = "bench") -> Path:
+    """(One experiment name per router: routers sharing a Redis and an experiment share its
+    live state, upstreams included.)"""
     url = f"http://127.0.0.1:{upstream}"
     cfg = {
         "listen": f"127.0.0.1:{port}",
         "champion": {"url": url, "version": "a", "timeout": 30, "pool_size": 256},
         "challenger": {"url": url, "version": "b", "timeout": 30, "pool_size": 256},
-        "experiment": {"name": "bench", "salt": "s", "split": 0.0, "mirror": 0.0,
+        "experiment": {"name": name, "salt": "s", "split": 0.0, "mirror": 0.0,
                        "prediction_kind": "text", "prediction_format": "openai",
                        "prediction_path": None},
         "capture": {"redis": redis_url, "data_dir": str(tmp / "data")},
@@ -165,14 +176,100 @@ def router_config(tmp: Path, port: int, upstream: int, redis_url: str) -> Path:
     return path
 
 
+def nginx_conf(tmp: Path, ports: list[tuple[int, int]]) -> Path:
+    """One nginx worker proxying each ``(listen, upstream)`` pair as a stream (nginx's
+    ``proxy_buffering off``: every upstream read is sent on at once, chunked to the client)."""
+    d = tmp / "nginx"
+    d.mkdir()
+    servers = "".join(
+        f"""
+  upstream up{up} {{ server 127.0.0.1:{up}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{listen} backlog=4096;
+    location / {{ proxy_pass http://up{up}; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off;
+                 chunked_transfer_encoding on; tcp_nodelay on; proxy_read_timeout 60s; }}
+  }}"""
+        for listen, up in ports
+    )
+    conf = f"""
+worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;{servers}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+def nginx_worker(master: int, timeout: float = 5.0) -> int:
+    """The pid of the worker of an nginx master (``worker_processes 1``)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+            if kids:
+                return int(kids[0])
+        time.sleep(0.05)
+    raise RuntimeError("nginx started no worker")
+
+
+def median_ms(xs: list[tuple[float, float, int, float]], i: int) -> float:
+    return statistics.median(x[i] for x in xs) * 1e3
+
+
+async def many_streams(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    """``--streams`` concurrent streams through the proxy at ``port``; the CPU and memory of the
+    process ``pid`` (the router, or nginx's worker)."""
+    await asyncio.gather(*(one_stream(port, i) for i in range(4)))  # warm up
+    await asyncio.sleep(0.5)
+    rss0 = rss_bytes(pid)
+    user0, sys0 = cpu_times(pid)
+    peak = rss0
+    done = False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, rss_bytes(pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*(one_stream(port, i) for i in range(args.streams)))
+    wall = time.perf_counter() - t0
+    done = True
+    await sampler
+    await asyncio.sleep(0.5)  # capture of the last records
+    user1, sys1 = cpu_times(pid)
+    cpu = user1 + sys1 - user0 - sys0
+    events = args.streams * args.events
+    return {"streams": args.streams, "events_per_stream": args.events,
+            "event_ms": args.event_ms, "event_bytes": args.event_bytes,
+            "wall_s": wall, "router_cpu_s": cpu,
+            "router_cpu_us_per_event": cpu / events * 1e6,
+            "router_user_us_per_event": (user1 - user0) / events * 1e6,
+            "router_system_us_per_event": (sys1 - sys0) / events * 1e6,
+            "router_rss_over_idle_per_stream_kib": (peak - rss0) / args.streams / 1024,
+            "complete": sum(1 for r in res if r[2] > 0)}  # fmt: skip
+
+
 async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
-                  up_ttfb: SSEUpstream, many_router_port: int) -> dict[str, Any]:  # fmt: skip
+                  up_ttfb: SSEUpstream, many_router_port: int,
+                  nginx: tuple[int, int, int] | None) -> dict[str, Any]:  # fmt: skip
+    """``nginx``: (its port to ``up_ttfb``, its port to the many-streams upstream, worker pid)."""
     out: dict[str, Any] = {}
     # time to first byte: interleaved, one at a time
-    direct, routed = [], []
+    direct, routed, via_nginx = [], [], []
     for i in range(args.ttfb_requests):
         direct.append(await one_stream(up_ttfb.port, i))
         routed.append(await one_stream(router_port, i))
+        if nginx is not None:
+            via_nginx.append(await one_stream(nginx[0], i))
     d50, r50 = statistics.median(x[0] for x in direct), statistics.median(x[0] for x in routed)
     dt50, rt50 = statistics.median(x[3] for x in direct), statistics.median(x[3] for x in routed)
     q = lambda xs: statistics.quantiles([x[0] for x in xs], n=10)[-1]  # noqa: E731
@@ -182,6 +279,11 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
                    "added_p50_ms": (r50 - d50) * 1e3,
                    "first_event_transit_direct_p50_ms": dt50 * 1e3,
                    "first_event_transit_router_p50_ms": rt50 * 1e3}  # fmt: skip
+    if nginx is not None:
+        out["ttfb"]["nginx_p50_ms"] = median_ms(via_nginx, 0)
+        out["ttfb"]["nginx_p90_ms"] = q(via_nginx) * 1e3
+        out["ttfb"]["nginx_added_p50_ms"] = median_ms(via_nginx, 0) - d50 * 1e3
+        out["ttfb"]["first_event_transit_nginx_p50_ms"] = median_ms(via_nginx, 3)
     # the same with the router in this process: what the router itself adds, without waiting
     # for a CPU to schedule a second process (this machine is shared; see README)
     from router.config import parse_config
@@ -206,43 +308,16 @@ async def measure(args: argparse.Namespace, router_port: int, router_pid: int,
                               "first_event_transit_direct_p50_ms": dt50 * 1e3,
                               "first_event_transit_router_p50_ms": rt50 * 1e3}  # fmt: skip
     # many concurrent streams
-    await asyncio.gather(*(one_stream(many_router_port, i) for i in range(4)))  # warm up
-    await asyncio.sleep(0.5)
-    rss0 = rss_bytes(router_pid)
-    user0, sys0 = cpu_times(router_pid)
-    peak = rss0
-    done = False
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done:
-            peak = max(peak, rss_bytes(router_pid))
-            await asyncio.sleep(0.05)
-
-    sampler = asyncio.create_task(sample())
-    t0 = time.perf_counter()
-    res = await asyncio.gather(*(one_stream(many_router_port, i) for i in range(args.streams)))
-    wall = time.perf_counter() - t0
-    done = True
-    await sampler
-    await asyncio.sleep(0.5)  # capture of the last records
-    user1, sys1 = cpu_times(router_pid)
-    cpu = user1 + sys1 - user0 - sys0
-    events = args.streams * args.events
-    out["streams"] = {"streams": args.streams, "events_per_stream": args.events,
-                      "event_ms": args.event_ms, "event_bytes": args.event_bytes,
-                      "wall_s": wall, "router_cpu_s": cpu,
-                      "router_cpu_us_per_event": cpu / events * 1e6,
-                      "router_user_us_per_event": (user1 - user0) / events * 1e6,
-                      "router_system_us_per_event": (sys1 - sys0) / events * 1e6,
-                      "router_rss_over_idle_per_stream_kib": (peak - rss0) / args.streams / 1024,
-                      "complete": sum(1 for r in res if r[2] > 0)}  # fmt: skip
+    out["streams"] = await many_streams(args, many_router_port, router_pid)
+    if nginx is not None:
+        out["nginx_streams"] = await many_streams(args, nginx[1], nginx[2])
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ttfb-requests", type=int, default=60)
     ap.add_argument("--ttft-ms", type=float, default=20.0)
     ap.add_argument("--streams", type=int, default=100)
@@ -250,8 +325,15 @@ def main() -> int:
     ap.add_argument("--event-ms", type=float, default=5.0)
     ap.add_argument("--event-bytes", type=int, default=120)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--no-pin", dest="pin", action="store_false",
-                    help="do not pin the router to core 0 (and this process to core 1)")
+    ap.add_argument(
+        "--no-nginx", dest="nginx", action="store_false", help="skip the nginx reference"
+    )
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the router to core 0 (and this process to core 1)",
+    )
     args = ap.parse_args()
     if args.pin:
         with contextlib.suppress(OSError):
@@ -268,16 +350,37 @@ def main() -> int:
         p1, p2 = free_port(), free_port()
         for port, up, name in ((p1, up_ttfb, "a"), (p2, up_many, "b")):
             (tmp / name).mkdir()
-            cfg = router_config(tmp / name, port, up.port, redis.url)
-            cmd = [sys.executable, "-m", "router", "serve", "-c", str(cfg), "--log-level",
-                   "WARNING"]
+            cfg = router_config(tmp / name, port, up.port, redis.url, f"bench-{name}")
+            cmd = [
+                sys.executable,
+                "-m",
+                "router",
+                "serve",
+                "-c",
+                str(cfg),
+                "--log-level",
+                "WARNING",
+            ]
             if args.pin:
                 cmd = ["taskset", "-c", "0", *cmd]
             procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL))
+        nginx: tuple[int, int, int] | None = None
+        if args.nginx and shutil.which("nginx") is None:
+            print("nginx reference skipped: nginx is not installed (apt-get install nginx-light)")
+        elif args.nginx:
+            n1, n2 = free_port(), free_port()
+            conf = nginx_conf(tmp, [(n1, up_ttfb.port), (n2, up_many.port)])
+            cmd = ["nginx", "-p", str(conf.parent), "-c", str(conf)]
+            if args.pin:
+                cmd = ["taskset", "-c", "0", *cmd]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+            for port in (n1, n2):
+                await asyncio.to_thread(wait_port, port)
+            nginx = (n1, n2, await asyncio.to_thread(nginx_worker, procs[-1].pid))
         for port in (p1, p2):
             await asyncio.to_thread(wait_port, port)
         try:
-            return await measure(args, p1, procs[1].pid, up_ttfb, p2)
+            return await measure(args, p1, procs[1].pid, up_ttfb, p2, nginx)
         finally:
             for p in procs:
                 p.terminate()
@@ -310,6 +413,17 @@ def main() -> int:
           f"{s['router_system_us_per_event']:.2f}), "
           f"RSS +{s['router_rss_over_idle_per_stream_kib']:.0f} KiB/stream, "
           f"{s['complete']}/{s['streams']} complete in {s['wall_s']:.1f} s")  # fmt: skip
+    if "nginx_p50_ms" in t:
+        print(f"nginx reference (proxy_buffering off, one worker on core 0): time to first byte "
+              f"p50 {t['nginx_p50_ms']:.2f} ms (+{t['nginx_added_p50_ms']:.2f} ms), p90 "
+              f"{t['nginx_p90_ms']:.2f} ms, transit {t['first_event_transit_nginx_p50_ms']:.3f} "
+              f"ms")  # fmt: skip
+    if "nginx_streams" in out:
+        n = out["nginx_streams"]
+        print(f"  nginx {n['streams']} streams x {n['events_per_stream']} events: worker CPU "
+              f"{n['router_cpu_us_per_event']:.2f} µs/event (user "
+              f"{n['router_user_us_per_event']:.2f}, system {n['router_system_us_per_event']:.2f}),"
+              f" {n['complete']}/{n['streams']} complete in {n['wall_s']:.1f} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
