@@ -118,30 +118,92 @@ def openai_text(body: bytes | None, truncated: bool = False) -> TextAnswer:
     return ans
 
 
+def _single_line_events(body: bytes) -> tuple[list[bytes], bool] | None:
+    """:func:`sse_data` for the layout every OpenAI-compatible server writes (``\\n`` line
+    ends, each event one ``data: `` line, no comments), without decoding the body or walking it
+    line by line; None when the body has any other layout (then :func:`sse_data` reads it)."""
+    if b"\r" in body or not body.startswith(b"data: "):
+        return None
+    chunks = body.split(b"\n\n")
+    last = chunks.pop()  # b"" when the last event was terminated
+    if last:
+        if b"\n" in last or not last.startswith(b"data: "):
+            return None
+        chunks.append(last)
+    n = len(chunks)
+    # no newline inside an event, and every event after a separator is a data line
+    if body.count(b"\n") != 2 * (n - (1 if last else 0)):
+        return None
+    if body.count(b"\n\ndata: ") != n - 1:
+        return None
+    return [c[6:] for c in chunks], not last
+
+
+class _Fallback(Exception):
+    """The bytes fast path met something only the general reader handles the same way."""
+
+
 def _from_stream(body: bytes, truncated: bool) -> TextAnswer:
-    ans = TextAnswer(streamed=True)
+    fast = _single_line_events(body)
+    if fast is not None:
+        try:
+            return _from_events(fast[0], fast[1], truncated, b"[DONE]", True)
+        except _Fallback:
+            pass
     events, ended = sse_data(body)
+    return _from_events(events, ended, truncated, "[DONE]", False)
+
+
+def _same_as_text(data: bytes) -> bool:
+    """Whether the general path, which reads the decoded text, sees the same event (valid UTF-8,
+    and no [DONE] mark that only ``str.strip`` finds)."""
+    try:
+        return data.decode().strip() != "[DONE]"
+    except UnicodeDecodeError:
+        return False
+
+
+def _from_events(events: list[Any], ended: bool, truncated: bool, done_mark: Any,
+                 strict: bool) -> TextAnswer:  # fmt: skip
+    """``strict`` (the bytes of the fast path): an event that is not JSON and that the general
+    path could read otherwise raises :class:`_Fallback`."""
+    ans = TextAnswer(streamed=True)
     parts: list[str] = []
     done = False
     problem: str | None = None
+    last = len(events) - 1
     for i, data in enumerate(events):
-        if data.strip() == "[DONE]":
+        if data.strip() == done_mark:
             done = True
             break
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
-            if i == len(events) - 1 and (truncated or not ended):
+            if strict and not _same_as_text(data):
+                raise _Fallback from None
+            if i == last and (truncated or not ended):
                 break  # the cut-off last event of a truncated or interrupted stream
             problem = problem or f"event {i}: not JSON"
             continue
-        msg = _error_message(doc)
-        if msg is not None:
+        if type(doc) is not dict:
+            continue  # (no error, usage or choices)
+        if doc.get("error") is not None:
+            msg = _error_message(doc)
             problem = problem or f"event {i}: error: {msg}"
-        usage = _usage(doc)
-        if usage is not None:
-            ans.usage = usage
-        choice = _first_choice(doc)
+        if doc.get("usage") is not None:
+            usage = _usage(doc)
+            if usage is not None:
+                ans.usage = usage
+        choices = doc.get("choices")
+        if (
+            type(choices) is list
+            and choices
+            and type(choices[0]) is dict
+            and (choices[0].get("index", 0) == 0)
+        ):
+            choice: dict[str, Any] | None = choices[0]
+        else:
+            choice = _first_choice(doc)
         if choice is None:
             continue
         delta = choice.get("delta")

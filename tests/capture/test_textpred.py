@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.capture.records import FinalizeOptions, PendingRecord, Side, finalize
-from router.capture.textpred import openai_text, sse_data
+from router.capture.textpred import is_event_stream, openai_text, sse_data
 
 
 def _ev(doc: object) -> bytes:
@@ -77,3 +79,48 @@ def test_finalize_marks_streams_usage_and_parse_errors() -> None:
     rec.champion.body = b"data: {bad\n\n"
     side = finalize(rec, FinalizeOptions(prediction_format="openai"))["champion"]
     assert side["parse_error"] == "event 0: not JSON" and side["prediction"] == ""
+
+
+# ---- the bytes fast path reads every stream as the general reader does ---------------------
+_PIECES = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"tok "}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"\xc3\xa9t\xc3\xa9"}}]}\n\n',
+    b'data: {"choices":[{"index":1,"delta":{"content":"other"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
+    b'data: {"error":{"message":"overloaded"}}\n\n',
+    b'data: {"choices":[{"text":"plain"}]}\n\n',
+    b"data: [DONE]\n\n",
+    b"data: \x1c[DONE]\n\n",
+    b"data: not json\n\n",
+    b'data: {"choices":[{"index":0,"delta":{"content":"\xff"}}]}\n\n',
+    b"data: [1,2]\n\n",
+    b"data:nospace\n\n",
+    b": keep-alive\n\n",
+    b"data: a\ndata: b\n\n",
+    b'data: {"x":1}\r\n\r\n',
+    b"\n\n",
+    b"event: x\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12),
+    st.integers(min_value=0, max_value=400),
+    st.booleans(),
+)
+def test_fast_path_reads_streams_as_the_general_reader(pieces, cut, truncated):
+    from router.capture.textpred import _from_events, _single_line_events, sse_data
+
+    body = b"".join(pieces)
+    body = body[: max(1, len(body) - cut)] if cut < len(body) else body
+    if not is_event_stream(body):
+        return
+    events, ended = sse_data(body)
+    general = _from_events(events, ended, truncated, "[DONE]", False)
+    assert openai_text(body, truncated) == general
+    fast = _single_line_events(body)
+    if fast is not None:  # the fast split gives the general reader's events, as bytes
+        assert [e.decode("utf-8", "replace") for e in fast[0]] == events
+        assert fast[1] == ended
