@@ -149,6 +149,7 @@ class HttpProtocol(StreamRelay, asyncio.Protocol):
         self._write_paused_since = 0.0
         self._stream: BodyStream | None = None
         self._chunked = False
+        self._cork: list[bytes] | None = None
         self.last_active = self._head_since = time.monotonic()
 
     # ---- connection ------------------------------------------------------------------------

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 class StreamRelay:
     """Mixed into :class:`~router.sidecar.http_protocol.HttpProtocol` (which has the slots)."""
 
-    __slots__ = ("_chunked", "_stream")
+    __slots__ = ("_chunked", "_cork", "_stream")
 
     _stream: BodyStream | None  # the answer being relayed
     _chunked: bool  # its body is chunk-framed
+    _cork: list[bytes] | None  # writes held while attaching: the head and what arrived with it
 
     if TYPE_CHECKING:
         transport: asyncio.Transport | None
@@ -46,15 +47,22 @@ class StreamRelay:
         if stream.length < 0 and http10:
             keep_alive = False  # a close-delimited body
         data, self._chunked = encode_stream_head(resp, stream.length, keep_alive, http10)
-        transport.write(data)
         if head:  # (the proxy never streams a HEAD answer; defensive)
+            transport.write(data)
             stream.abort("head")
             ok = True
         else:
             self._stream = stream
             if self._write_paused:
                 stream.pause()
-            stream.attach(self)
+            # the head and the body bytes that came with it (often the first event) leave in
+            # one write: one syscall, one packet
+            cork = self._cork = [data]
+            try:
+                stream.attach(self)
+            finally:
+                self._cork = None
+            transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
             ok = await stream.wait()
             self._stream = None
         self._after_relay(ok, keep_alive)
@@ -65,11 +73,18 @@ class StreamRelay:
         if t is None or not data:
             return
         if self._chunked:
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        cork = self._cork
+        if cork is None:
             t.write(data)
+        else:
+            cork.append(data)
 
     def stream_end(self, ok: bool) -> None:
         t = self.transport
         if ok and self._chunked and t is not None:
-            t.write(b"0\r\n\r\n")
+            cork = self._cork
+            if cork is None:
+                t.write(b"0\r\n\r\n")
+            else:
+                cork.append(b"0\r\n\r\n")
