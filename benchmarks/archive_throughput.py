@@ -3,7 +3,9 @@
 1. **Archiver**: N synthetic records (``router.demo.synth``) loaded into a throwaway
    redis-server, archived by :class:`router.archive.archiver.Archiver` in this process (consumer
    group, conversion, zstd Parquet, fsync, rename, XACK), twice (two consumer groups over the
-   same stream, so both runs see the same data in the same session).
+   same stream, so both runs see the same data in the same session); records of two shapes,
+   interleaved: ``v1`` (DESIGN.md v1 keys only) and ``today`` (with the per-side timing, size
+   and text keys a router writes since issue 15), and their CPU ratio.
 2. **Analysis over a window**: a window of W records over D days written directly as hour
    partitions (vectorised, the archiver's schema: every hour a file of pairs, outcomes an hour
    later), then ``router analyze --archive DIR --format json`` as a subprocess with each
@@ -60,7 +62,31 @@ START = 1_795_000_000 // 3600 * 3600  # an hour boundary in 2026
 
 
 # ---------------------------------------------------------------------- 1. the archiver
-def bench_archiver(n: int) -> dict[str, Any]:
+SHAPES = ("v1", "today")  # records as DESIGN.md v1; as the router writes them since issue 15
+
+
+def _today(rec: dict[str, Any], i: int) -> dict[str, Any]:
+    """A synthetic record with the per-side keys a router writes since issue 15 (a buffered
+    answer: time to first byte and body size on every side that answered; every 50th a
+    streamed text-style side with its event count and usage; every 200th client-aborted)."""
+    for name in ("champion", "challenger"):
+        side = rec.get(name)
+        if side is None:
+            continue
+        lat = side["latency_ms"]
+        side["ttfb_ms"] = round(lat * 0.8, 3)
+        side["bytes"] = 120 + i % 40
+        if i % 50 == 0:
+            side |= {"streamed": True, "duration_ms": lat, "events": 12,
+                     "usage": {"prompt_tokens": 9, "completion_tokens": 11},
+                     "finish_reason": "stop"}  # fmt: skip
+    if i % 200 == 0:
+        rec["client_aborted"] = True
+    return rec
+
+
+def bench_archiver(n: int, shapes: list[str]) -> dict[str, Any]:
+    """Each shape of record archived twice, the runs interleaved (A B A B) in one session."""
     import redis
 
     from router.archive.archiver import Archiver
@@ -75,26 +101,40 @@ def bench_archiver(n: int) -> dict[str, Any]:
     try:
         client = redis.Redis.from_url(rp.url)
         pipe = client.pipeline(transaction=False)
-        for i, (rec, _rows) in enumerate(generate(SynthSpec(experiment=EXP, n=n, seed=3))):
-            pipe.xadd(f"{EXP}:pairs", {"r": orjson.dumps(rec)})
-            if i % 5000 == 4999:
-                pipe.execute()
+        for shape in shapes:
+            for i, (rec, _rows) in enumerate(generate(SynthSpec(experiment=shape, n=n, seed=3))):
+                doc = _today(rec, i) if shape == "today" else rec
+                pipe.xadd(f"{shape}:pairs", {"r": orjson.dumps(doc)})
+                if i % 5000 == 4999:
+                    pipe.execute()
         pipe.execute()
-        runs = []
+        out: dict[str, Any] = {"records": n}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in shapes}
         for run in range(2):
-            cfg = ArchiveConfig(group=f"bench-{run}")
-            a = Archiver(client, ArchiveStore.open(str(tmp / f"archive-{run}")), EXP, cfg)
-            t, c = time.perf_counter(), time.process_time()
-            totals = a.run(until_idle=True)
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            assert totals.records["pairs"] == n, totals
-            size = sum(p.stat().st_size for p in (tmp / f"archive-{run}").rglob("*.parquet"))
-            runs.append({"wall_s": wall, "records_per_s": n / wall, "cpu_s": cpu,
-                         "files": totals.files, "bytes_per_record": size / n})  # fmt: skip
-            print(f"archiver run {run + 1}: {n / wall:,.0f} records/s ({wall:.2f} s, "
-                  f"{cpu:.2f} CPU-s, {size / n:.1f} bytes a record in Parquet)", flush=True)
-        return {"records": n, "runs": runs,
-                "records_per_s": max(r["records_per_s"] for r in runs)}  # fmt: skip
+            for shape in shapes:
+                cfg = ArchiveConfig(group=f"bench-{run}")
+                root = tmp / f"archive-{shape}-{run}"
+                a = Archiver(client, ArchiveStore.open(str(root)), shape, cfg)
+                t, c = time.perf_counter(), time.process_time()
+                totals = a.run(until_idle=True)
+                wall, cpu = time.perf_counter() - t, time.process_time() - c
+                assert totals.records["pairs"] == n, totals
+                size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+                runs[shape].append({"wall_s": wall, "records_per_s": n / wall, "cpu_s": cpu,
+                                    "files": totals.files, "bytes_per_record": size / n})
+                print(f"archiver ({shape} records) run {run + 1}: {n / wall:,.0f} records/s "
+                      f"({wall:.2f} s, {cpu:.2f} CPU-s, {size / n:.1f} bytes a record in "
+                      "Parquet)", flush=True)  # fmt: skip
+        for shape in shapes:
+            out[shape] = {"runs": runs[shape],
+                          "records_per_s": max(r["records_per_s"] for r in runs[shape]),
+                          "cpu_s": min(r["cpu_s"] for r in runs[shape])}  # fmt: skip
+        if len(shapes) == 2:
+            ratio = out[shapes[1]]["cpu_s"] / out[shapes[0]]["cpu_s"]
+            out["cpu_ratio"] = ratio
+            print(f"archiver CPU, {shapes[1]} / {shapes[0]} records: {ratio:.2f}", flush=True)
+        out["records_per_s"] = out[shapes[-1]]["records_per_s"]
+        return out
     finally:
         rp.stop()
 
@@ -254,13 +294,15 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=200_000)
     ap.add_argument("--executors", default="threads,processes")
     ap.add_argument("--no-scale", action="store_true", help="skip the half/2x-units runs")
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help="records archived: v1 (DESIGN.md v1 keys), today (issue 15's keys)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     os.environ.setdefault("POLARS_MAX_THREADS", "2")
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
                                            "python": platform.python_version()}}
     if a.records:
-        results["archiver"] = bench_archiver(a.records)
+        results["archiver"] = bench_archiver(a.records, a.shapes.split(","))
     if a.window_records:
         results["window"] = bench_window(a.window_records, a.days, a.units,
                                          a.executors.split(","), not a.no_scale)  # fmt: skip
