@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from router.archive.convert import decodes_fast, entries_table
 from router.archive.layout import Hour, PartName, shard_of
 from router.archive.scan import ArchiveFile, UnreadableFile, read_file
-from router.archive.convert import decodes_fast, entries_table
 from router.archive.schema import (
     META_KIND,
     OUTCOMES_SCHEMA,
