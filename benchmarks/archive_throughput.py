@@ -147,11 +147,11 @@ def _side(rng: np.random.Generator, n: int, version: str, score: np.ndarray,
     lat = rng.lognormal(3.0, 0.4, n)
     pred = pc.cast(pa.array(np.round(score, 6)), pa.string())
     pred = pc.if_else(pa.array(err), pa.nulls(n, pa.string()), pred)
-    null_s, null_b = pa.nulls(n, pa.string()), pa.nulls(n, pa.bool_())
-    null_i = pa.nulls(n, pa.int64())
-    arrays = [pa.array([version] * n, pa.string()), pa.array(status), pa.array(lat), pred,
-              null_s, pc.if_else(pa.array(err), pa.scalar("HTTP 500"), null_s), null_b, null_i,
-              null_s]  # fmt: skip
+    null_s = pa.nulls(n, pa.string())
+    given = {"version": pa.array([version] * n, pa.string()), "status": pa.array(status),
+             "latency_ms": pa.array(lat), "prediction": pred,
+             "error": pc.if_else(pa.array(err), pa.scalar("HTTP 500"), null_s)}  # fmt: skip
+    arrays = [given.get(f.name, pa.nulls(n, f.type)) for f in SIDE_TYPE]  # (the rest null)
     return pa.StructArray.from_arrays(arrays, fields=list(SIDE_TYPE),
                                       mask=pa.array(~present))  # fmt: skip
 
@@ -205,7 +205,8 @@ def write_window(root: Path, records: int, days: int, units: int, seed: int = 5)
             "contract": pa.nulls(n, CONTRACT_TYPE), "fields": pa.nulls(n, pa.string()),
             "extra": pa.nulls(n, pa.string()), "raw": pa.nulls(n, pa.string()),
         }  # fmt: skip
-        table = pa.Table.from_arrays([cols[f.name] for f in PAIRS_SCHEMA],
+        table = pa.Table.from_arrays([cols.get(f.name, pa.nulls(n, f.type))
+                                      for f in PAIRS_SCHEMA],
                                      schema=with_metadata(PAIRS_SCHEMA, "pairs"))  # fmt: skip
         _write(root, "pairs", hour, table, ms, seq)
         # outcomes an hour later: a label for half the requests, conversions by unit
