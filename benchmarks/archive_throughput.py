@@ -29,6 +29,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -249,11 +251,11 @@ def _write(root: Path, kind: str, hour: Hour, table: pa.Table, ms: np.ndarray,
 
 
 def bench_window(records: int, days: int, units: int, executors: list[str],
-                 scale_runs: bool) -> dict[str, Any]:  # fmt: skip
+                 scale_runs: bool, rollups: bool = True) -> dict[str, Any]:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="archive-window-"))
     out: dict[str, Any] = {"records": records, "days": days, "units": units, "runs": []}
 
-    def one(tag: str, n: int, u: int, executor: str) -> dict[str, Any]:
+    def one(tag: str, n: int, u: int, executor: str, rollups: bool = False) -> dict[str, Any]:
         root = tmp / f"{n}-{u}"
         if not root.exists():
             t = time.perf_counter()
@@ -263,7 +265,9 @@ def bench_window(records: int, days: int, units: int, executors: list[str],
                   f"({size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
             (root / "info.json").write_text(json.dumps(info | {"bytes": size}))
         info = json.loads((root / "info.json").read_text())
-        r = run_analyze(["--archive", str(root), "--executor", executor, "--workers", "2"])
+        extra = ["--rollups"] if rollups else []
+        r = run_analyze(["--archive", str(root), "--executor", executor, "--workers", "2",
+                         *extra])  # fmt: skip
         row = {"tag": tag, "executor": executor, "records": info["records"],
                "outcomes": info["outcomes"], "units": u, "parquet_mb": info["bytes"] / 2**20,
                **r, "records_per_s": info["records"] / r["wall_s"]}  # fmt: skip
@@ -274,6 +278,19 @@ def bench_window(records: int, days: int, units: int, executors: list[str],
 
     for ex in executors:
         one("full", records, units, ex)
+    if rollups:  # `router rollup` over every hour, then the window from the rollups
+        t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "router", "rollup", "--archive",
+                        str(tmp / f"{records}-{units}"), "--experiment", EXP],
+                       check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+        c2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        size = sum(p.stat().st_size for p in (tmp / f"{records}-{units}" / "rollups").rglob("*"))
+        out["rollup_build"] = {"wall_s": time.perf_counter() - t, "bytes": size,
+                               "cpu_s": c2.ru_utime + c2.ru_stime - c.ru_utime - c.ru_stime}
+        print(f"router rollup: {out['rollup_build']['wall_s']:.1f} s, "
+              f"{size / 2**20:.0f} MiB of rollups", flush=True)
+        for ex in executors[:1]:
+            one("rollups", records, units, ex, rollups=True)
     if scale_runs:
         half = one("half", records // 2, units, executors[0])
         full = next(r for r in out["runs"] if r["tag"] == "full" and r["executor"] == executors[0])
@@ -295,6 +312,8 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=200_000)
     ap.add_argument("--executors", default="threads,processes")
     ap.add_argument("--no-scale", action="store_true", help="skip the half/2x-units runs")
+    ap.add_argument("--no-rollups", action="store_true",
+                    help="skip `router rollup` and the window from rollups")
     ap.add_argument("--shapes", default=",".join(SHAPES),
                     help="records archived: v1 (DESIGN.md v1 keys), today (issue 15's keys)")
     ap.add_argument("--json", type=Path)
@@ -306,7 +325,8 @@ def main() -> int:
         results["archiver"] = bench_archiver(a.records, a.shapes.split(","))
     if a.window_records:
         results["window"] = bench_window(a.window_records, a.days, a.units,
-                                         a.executors.split(","), not a.no_scale)  # fmt: skip
+                                         a.executors.split(","), not a.no_scale,
+                                         not a.no_rollups)  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
     return 0

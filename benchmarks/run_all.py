@@ -186,6 +186,12 @@ def _render_archive(ar: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['tag']} | {r['executor']} | {r['records']:,} | "
                          f"{r['records_per_s']:,.0f} | {r['wall_s']:.1f} | "
                          f"{r['peak_rss_mb']:.0f} MB |")
+        if "rollup_build" in win:
+            rb = win["rollup_build"]
+            lines.append("")
+            lines.append(f"`router rollup` over the window: {rb['wall_s']:.1f} s, "
+                         f"{rb['bytes'] / 2**20:.0f} MiB of rollups (the `rollups` run merges "
+                         "them: `analyze --archive --rollups`).")
         if "mb_per_million_records" in win:
             lines.append("")
             lines.append(f"Memory growth: {win['mb_per_million_records']:.0f} MB per million "

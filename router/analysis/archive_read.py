@@ -72,6 +72,7 @@ class Coverage:
     redis_from: float | None = None  # records stored from then on came from Redis (stitched)
     latest_archived: float | None = None  # the newest record stored in the archive (unix s)
     ends_early: bool = False  # the window ends after the newest archived record (a lag)
+    rollups: dict[str, Any] | None = None  # --rollups: hours merged and re-folded (.rollups)
 
     def skip(self, exc: UnreadableFile) -> None:
         self.unreadable_count += 1
@@ -98,6 +99,7 @@ class Coverage:
             "redis_from": self.redis_from,
             "latest_archived": self.latest_archived,
             "ends_before_window": self.ends_early,
+            "rollups": self.rollups,
             "unreadable_files": {
                 "count": self.unreadable_count,
                 "examples": [{"path": p, "reason": r} for p, r in self.unreadable],

@@ -41,6 +41,7 @@ class Source:
     extra: dict[str, Any] = field(default_factory=dict)
     archive: str | None = None  # a directory or s3://… written by `router archive`
     coverage: Any = None
+    rollups: bool = False  # an archive: merge usable hourly rollups (router.analysis.rollups)
 
 
 class InputError(Exception):
