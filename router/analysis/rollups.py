@@ -15,7 +15,8 @@ digest of every outcome row it joined.
 and re-folds the hour from raw Parquet otherwise (counted per reason in the report's
 ``archive.rollups``):
 
-- ``fingerprint``: the same aggregate version, policy, kind and fields;
+- ``missing``: a rollup with this fingerprint (aggregate version, analysis code, policy,
+  kind, fields) exists, and it is readable (``unreadable``: truncated, corrupt);
 - ``files``: the hour's pairs files are still those it was built from;
 - ``window``: the hour lies inside the window (stored from ``since`` to the replay slack after
   ``until``; every record's ``ts`` within ``[since, until]``);
@@ -55,7 +56,7 @@ from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 from router.archive.layout import ROLLUPS, Hour, partition_dir
 from router.archive.scan import ArchiveFile, plan
-from router.archive.store import ArchiveStore, StoreError
+from router.archive.store import ArchiveStore
 
 log = logging.getLogger(__name__)
 AGGREGATE_VERSION = 1
@@ -168,7 +169,8 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
     hours = _by_hour(plan(store, "pairs", experiment, None, None).files)
     todo = {s: fs for s, fs in hours.items()
             if Hour(s).end <= now - lateness_s
-            and (rebuild or _stored(store, experiment, s, fp, _file_key(fs)) is None)}  # fmt: skip
+            and (rebuild or not isinstance(_stored(store, experiment, s, fp, _file_key(fs)),
+                                           Rollup))}  # fmt: skip
     if not todo:
         return []
     oi = OutcomeIndex(policy.data_quality.max_metrics)
@@ -191,19 +193,21 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
 
 
 def _stored(store: ArchiveStore, experiment: str, start: int, fp: str,
-            files: tuple[tuple[str, int], ...]) -> Rollup | None:  # fmt: skip
-    """The stored rollup of an hour with this fingerprint and these files, or None."""
+            files: tuple[tuple[str, int], ...]) -> Rollup | str:  # fmt: skip
+    """The stored rollup of an hour with this fingerprint and these files, or why there is
+    none (``missing``, ``unreadable``: truncated or corrupt, logged; ``files``: the hour's
+    files changed since)."""
     rel = f"{rollup_dir(experiment, Hour(start))}/rollup-{fp}.pkl"
     try:
         r = pickle.loads(store.read_bytes(rel))
     except FileNotFoundError:
-        return None
-    except (StoreError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
-        log.warning("rollup %s unreadable: %s", store.describe(rel), exc)
-        return None
-    if not isinstance(r, Rollup) or r.version != AGGREGATE_VERSION or r.files != files:
-        return None
-    return r
+        return "missing"
+    except Exception as exc:  # (a corrupt pickle raises anything: never a crash)
+        log.warning("rollup %s unreadable: %s: %s", store.describe(rel), type(exc).__name__, exc)
+        return "unreadable"
+    if not isinstance(r, Rollup) or r.version != AGGREGATE_VERSION:
+        return "unreadable"
+    return r if r.files == files else "files"
 
 
 # ---------------------------------------------------------------------- using
@@ -264,8 +268,8 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
     parts: list[Accumulator | list[ArchiveFile]] = []
     for start, fs in sorted(_by_hour(files).items()):
         r = _stored(store, src.experiment, start, fp, _file_key(fs))
-        why = "missing" if r is None else usable(r, oi, policy, src.since, src.until, upto)
-        if r is not None and why is None:
+        why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto)
+        if isinstance(r, Rollup) and why is None:
             _remap(r, oi)
             r.acc.policy, r.acc.outcomes = policy, oi
             parts.append(r.acc)

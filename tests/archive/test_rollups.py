@@ -96,6 +96,16 @@ def test_another_policy_or_kind_does_not_use_them(
     assert_same(raw, merged)
     value = analyze(Source("e", archive=str(root), rollups=True), load_policy(None), kind="value")
     assert value["archive"]["rollups"]["used_hours"] == 0
+    # a truncated and a garbage rollup: named in the log, the hours re-folded, never a crash
+    first, second = sorted((root / "rollups").rglob("rollup-*.pkl"))[:2]
+    first.write_bytes(first.read_bytes()[:100])
+    second.write_bytes(b"not a pickle")
+    policy = load_policy(None)
+    raw = analyze(Source("e", archive=str(root)), policy, executor="threads")
+    merged = analyze(Source("e", archive=str(root), rollups=True), policy)
+    assert merged["archive"]["rollups"]["refolded_hours"] == {"unreadable": 2}
+    assert_same(raw, merged)
+    assert len(build_rollups(str(root), "e", policy)) == 2  # (rebuilt)
 
 
 def test_the_commands(rolled: tuple[redis.Redis, Path], tmp_path: Path) -> None:
