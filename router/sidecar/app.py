@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -23,7 +24,8 @@ from router.capture.writer import CaptureWriter
 from router.config import ContractConfig, RouterConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
 from router.sidecar.assign import threshold
-from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
+from router.sidecar.control import POLL_INTERVAL, ControlFile, Live, LiveState, UpstreamPin
+from router.sidecar.fleet import FleetFollower
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
@@ -88,10 +90,8 @@ class RouterApp:
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)
-        self.state = initial_state(cfg)
-        self.split_threshold = threshold(self.state.split)
-        self.mirror_threshold_raw = threshold(self.state.mirror)
-        self.mirror_threshold = self.mirror_threshold_raw
+        self.live = Live.of(initial_state(cfg))  # swapped whole by apply_state
+        self.fleet: FleetFollower | None = None  # the shared live state in Redis, when used
         # the noise floor: units whose champion answers are repeated (throttled with mirroring)
         self.noise_salt = exp.effective_noise_salt
         self.noise_threshold_raw = threshold(exp.noise_floor)
@@ -171,8 +171,18 @@ class RouterApp:
         for p in pools:
             await p.close()
 
+    @property
+    def state(self) -> LiveState:
+        return self.live.state
+
+    @property
+    def shared_state(self) -> bool:
+        """The fleet shares one live state in the capture Redis (see :mod:`.fleet`)."""
+        return bool(self.cfg.control.shared and self.cfg.capture.enabled and self.redis_url)
+
     def version_of(self, variant: str) -> str:
-        pin = self.state.champion if variant == "champion" else self.state.challenger
+        state = self.live.state
+        pin = state.champion if variant == "champion" else state.challenger
         return pin.version
 
     def timeout_of(self, variant: str) -> float:
@@ -200,14 +210,12 @@ class RouterApp:
 
     # ---- live state -----------------------------------------------------------------------
     def apply_state(self, state: LiveState) -> None:
-        old = self.state
-        self.state = state
-        self.split_threshold = threshold(state.split)
-        self.mirror_threshold_raw = threshold(state.mirror)
-        self._apply_guard()
+        """Make ``state`` live: one swap of :attr:`live` (new pools first when a URL moved)."""
+        old = self.live.state
         for variant in ("champion", "challenger"):
             if getattr(old, variant).url != getattr(state, variant).url:
                 self._make_pools(variant, getattr(state, variant))
+        self.live = Live.of(state, self.guard.mirror_factor())
         if state.version != old.version:
             self.metrics.inc("router_control_changes")
             log.info(
@@ -218,23 +226,32 @@ class RouterApp:
             )  # fmt: skip
 
     def _apply_guard(self) -> None:
+        live = self.live
         factor = self.guard.mirror_factor()
-        self.mirror_threshold = int(self.mirror_threshold_raw * factor)
+        self.live = replace(live, mirror_threshold=int(live.mirror_threshold_raw * factor))
         self.noise_threshold = int(self.noise_threshold_raw * factor)
+
+    @property
+    def mirror_threshold(self) -> int:
+        return self.live.mirror_threshold
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
-        if initialise_control:
-            self.control.initialise(self.state)
-        current = self.control.read()
-        if current is not None:
-            self.state = current
-            self.split_threshold = threshold(current.split)
-            self.mirror_threshold_raw = threshold(current.mirror)
-            self._apply_guard()
-        self.control.changed()
         for variant in ("champion", "challenger"):
             self._make_pools(variant, getattr(self.state, variant))
+        if self.shared_state:
+            assert self.redis_url is not None
+            self.fleet = FleetFollower(
+                self.cfg, self.redis_url, self.metrics, self.apply_state, self.state
+            )
+            await self.fleet.start()  # the current (or last known) state before serving
+        else:
+            if initialise_control:
+                self.control.initialise(self.state)
+            current = self.control.read()
+            if current is not None:
+                self.apply_state(current)
+            self.control.changed()
         if self.cfg.capture.enabled and self.redis_url:
             self.writer = CaptureWriter(
                 self.cfg.capture,
@@ -253,11 +270,12 @@ class RouterApp:
             await self.writer.start()
         self.shadow.start()
         self._tasks = [
-            asyncio.create_task(self._poll_control(), name="control-poll"),
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
             asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
+        if self.fleet is None:
+            self._tasks.append(asyncio.create_task(self._poll_control(), name="control-poll"))
 
     async def _poll_control(self) -> None:
         while True:
@@ -303,6 +321,8 @@ class RouterApp:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.shadow.stop(self.cfg.limits.drain_timeout_s)
         if self.writer is not None:
             await self.writer.stop(self.cfg.limits.drain_timeout_s)

@@ -1,8 +1,11 @@
-"""Live experiment state shared by the worker processes of one router.
+"""Live experiment state: the plain data, and the file shared by the workers of one router.
 
-The state (split, mirror, upstream pins) lives in ``<run_dir>/control.json``. A worker that
-receives an admin change writes the new state atomically (write + rename, under an ``flock`` so
-two concurrent changes cannot lose one) with an incremented ``version``. Every worker polls the
+With capture on a Redis, the fleet shares one versioned live state in that Redis and every
+worker follows it (:mod:`router.sidecar.fleet`); this file is then unused. Without one (capture
+disabled, or ``control.shared: false``) the state (split, mirror, upstream pins) lives in
+``<run_dir>/control.json``. A worker that receives an admin change writes the new state
+atomically (write + rename, under an ``flock`` so two concurrent changes cannot lose one) with
+an incremented ``version``. Every worker polls the
 file's (mtime, size) every ``POLL_INTERVAL`` seconds and applies a newer version, so a change
 reaches all workers well within one second. It starts from the config file at each ``serve``.
 """
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from router.sidecar.assign import threshold
 
 POLL_INTERVAL = 0.2
 
@@ -55,6 +60,23 @@ class LiveState:
             updated_by=str(d.get("updated_by", "")),
             note=str(d.get("note", "")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the hot path reads of the live state, as one object: applying a new state (or a
+    shadow-guard change) builds a new one and swaps ``RouterApp.live`` in one assignment, so a
+    request reads one consistent view."""
+
+    state: LiveState
+    split_threshold: int
+    mirror_threshold_raw: int
+    mirror_threshold: int  # after the shadow guard's factor
+
+    @classmethod
+    def of(cls, state: LiveState, mirror_factor: float = 1.0) -> Live:
+        raw = threshold(state.mirror)
+        return cls(state, threshold(state.split), raw, int(raw * mirror_factor))
 
 
 class ControlFile:

@@ -86,13 +86,14 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             segment[seg.name] = val
 
     # --- assignment ------------------------------------------------------------------------
+    live = app.live  # one consistent view of the live state (swapped whole on a change)
     b = bucket(app.salt, unit)
-    served = "challenger" if b < app.split_threshold else "champion"
+    served = "challenger" if b < live.split_threshold else "champion"
     mirrored = False
-    if app.mirror_threshold_raw:
+    if live.mirror_threshold_raw:
         mb = bucket(app.mirror_salt, unit)
-        if mb < app.mirror_threshold_raw:
-            if mb >= app.mirror_threshold:  # the shadow guard throttled this unit's mirroring
+        if mb < live.mirror_threshold_raw:
+            if mb >= live.mirror_threshold:  # the shadow guard throttled this unit's mirroring
                 m.inc("router_shadow_throttled")
             elif len(body) > limits.mirror_max_body:
                 m.inc("router_shadow_dropped", ("body_too_large",))
