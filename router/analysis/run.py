@@ -148,6 +148,22 @@ def accumulate(
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
+        if src.archive and not src.redis_url and src.rollups:
+            from router.analysis.rollups import fold_with_rollups
+
+            if pages is not None:
+                pages.close()
+                pages = None
+            oi = outcomes if outcomes is not None else load_outcomes(
+                src, policy.data_quality.max_metrics
+            )
+            done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
+            if done is not None:
+                src.coverage.rollups = done[1].as_dict()
+                return done[0]
+            outcomes = oi  # a request id in two parts: the whole window re-folded
+            src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
+                                    "fallback": "a request id in two hours"}  # fmt: skip
         if src.archive and not src.redis_url and executor != "threads":
             if pages is not None:
                 pages.close()
