@@ -122,7 +122,15 @@ def render(results: dict[str, Any]) -> str:
                   f"| CPU per event ({s['streams']} streams x {s['events_per_stream']} events) | "
                   f"– | {s['router_cpu_us_per_event']:.2f} µs | 10 µs |",
                   f"| memory per stream (RSS over idle) | – | "
-                  f"{s['router_rss_over_idle_per_stream_kib']:.0f} KiB | bounded |", ""]
+                  f"{s['router_rss_over_idle_per_stream_kib']:.0f} KiB | bounded |"]
+        if "nginx_streams" in sr:  # the reference, same run
+            n = sr["nginx_streams"]
+            lines += [f"| nginx (`proxy_buffering off`): time to first byte, p50 | "
+                      f"{t['direct_p50_ms']:.2f} ms | {t['nginx_p50_ms']:.2f} ms "
+                      f"(+{t['nginx_added_p50_ms']:.2f}) | |",
+                      f"| nginx worker CPU per event | – | "
+                      f"{n['router_cpu_us_per_event']:.2f} µs | |"]
+        lines.append("")
     else:
         lines += [f"**Streaming**: {sr.get('status', 'not run')} {sr.get('detail', '')}", ""]
     cap = results.get("capture", {})
