@@ -13,6 +13,7 @@ The reference with every key, its default and an example lives in README.md
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,12 @@ class UpstreamConfig(_Strict):
     connect_timeout: float = Field(default=1.0, gt=0, description="seconds")
     timeout: float = Field(default=5.0, gt=0, description="seconds for the whole exchange")
     pool_size: int = Field(default=64, ge=1, le=4096, description="max keep-alive connections")
+    mirror_max_rps: float | None = Field(
+        default=None,
+        gt=0,
+        description="shadow budget: mirrored requests per second this model takes from one "
+        "worker (a fleet takes at most workers x replicas x this); unset: no budget",
+    )
 
     @field_validator("url")
     @classmethod
@@ -71,6 +78,53 @@ class UpstreamConfig(_Strict):
     @property
     def base_path(self) -> str:
         return urlsplit(self.url).path.rstrip("/")
+
+
+VARIANT_NAME = r"^[A-Za-z0-9_.\-]+$"
+
+
+class ChallengerConfig(UpstreamConfig):
+    """One challenger of an A/B/n experiment: its model server and its shares.
+
+    ``split``: the fraction of units it serves; ``mirror``: the fraction of units whose
+    champion-served requests are also sent to it as a shadow (and, when it serves, whose
+    requests are also sent to the champion). The shorthand ``challenger:`` is a one-element list
+    named ``challenger`` whose shares are ``experiment.split`` and ``experiment.mirror``."""
+
+    name: str = Field(default="challenger", min_length=1, max_length=64, pattern=VARIANT_NAME)
+    split: float = Field(default=0.0, ge=0.0, le=1.0)
+    mirror: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _not_champion(cls, v: str) -> str:
+        if v == "champion":
+            raise ValueError("'champion' is the name of the champion, not of a challenger")
+        return v
+
+
+def check_challengers(challengers: list[ChallengerConfig]) -> None:
+    """The rules every set of challengers obeys (config file and admin API alike): at least
+    one, names unique, split shares summing to at most 1. Raises ``ValueError`` naming the
+    offending ``challengers[i].field``."""
+    if not challengers:
+        raise ValueError("challengers: at least one challenger is needed")
+    seen: dict[str, int] = {}
+    for i, c in enumerate(challengers):
+        if c.name in seen:
+            raise ValueError(
+                f"challengers[{i}].name: {c.name!r} is already the name of challengers"
+                f"[{seen[c.name]}]"
+            )
+        seen[c.name] = i
+    total = 0
+    for i, c in enumerate(challengers):
+        total += round(c.split * 10_000)
+        if total > 10_000:
+            raise ValueError(
+                f"challengers[{i}].split: the split shares sum to "
+                f"{sum(x.split for x in challengers):g}, over 1"
+            )
 
 
 class UnitSource(_Strict):
@@ -108,6 +162,44 @@ class ExperimentConfig(_Strict):
     prediction_path: str | None = "score"
     prediction_kind: Literal["score", "class", "vector", "value"] = "score"
     segments: list[SegmentField] = Field(default_factory=list)
+    force_header: str | None = Field(
+        default="X-Router-Force",
+        description="request header naming a variant to force (QA); honoured only with the "
+        "force token or for a unit on force_units; None: never honoured",
+    )
+    force_token_header: str = Field(
+        default="X-Router-Force-Token", min_length=1, description="header carrying that token"
+    )
+    force_units: list[str] = Field(
+        default_factory=list, description="units allowed to force a variant without a token"
+    )
+    expires_at: float | None = Field(
+        default=None, description="unix seconds (or an ISO-8601 time) when the experiment ends"
+    )
+    max_duration_s: float | None = Field(
+        default=None, gt=0, description="seconds after the router starts when it ends"
+    )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _parse_expiry(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from datetime import UTC, datetime
+
+            try:
+                t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"not an ISO-8601 time or unix seconds: {v!r}") from exc
+            if t.tzinfo is None:
+                t = t.replace(tzinfo=UTC)
+            return t.timestamp()
+        if hasattr(v, "timestamp"):  # YAML reads an unquoted timestamp as a datetime
+            from datetime import UTC
+
+            if getattr(v, "tzinfo", None) is None:
+                v = v.replace(tzinfo=UTC)
+            return v.timestamp()
+        return v
 
     @field_validator("shadow_header")
     @classmethod
@@ -238,6 +330,10 @@ class CaptureConfig(_Strict):
 class AdminConfig(_Strict):
     prefix: str = Field(default="/_router", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$")
     token_env: str = "ROUTER_ADMIN_TOKEN"
+    force_token_env: str | None = Field(
+        default="ROUTER_FORCE_TOKEN",
+        description="env var holding the token that lets a request force a variant",
+    )
     outcomes_token_env: str | None = "ROUTER_OUTCOMES_TOKEN"
     policy: str | None = Field(
         default=None, description="policy file used by <prefix>/report (default policy if unset)"
@@ -317,9 +413,15 @@ class GuardConfig(_Strict):
 
 
 class RouterConfig(_Strict):
+    """The whole file. ``challenger:`` (one model, shares in ``experiment.split`` / ``.mirror``)
+    is shorthand for a one-element ``challengers:`` list named ``challenger``; after validation
+    ``challengers`` always holds every challenger, ``challenger`` is ``challengers[0]`` and
+    ``experiment.split`` / ``.mirror`` are its shares (what single-challenger code reads)."""
+
     listen: str = "127.0.0.1:8080"
     champion: UpstreamConfig
-    challenger: UpstreamConfig
+    challenger: ChallengerConfig | None = None
+    challengers: list[ChallengerConfig] = Field(default_factory=list)
     experiment: ExperimentConfig
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -331,6 +433,75 @@ class RouterConfig(_Strict):
     def _check_listen(cls, v: str) -> str:
         _parse_hostport(v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        one, many = data.get("challenger"), data.get("challengers")
+        if one is not None and many is not None:
+            raise ValueError("challenger: use either challenger: (one) or challengers: (a list)")
+        exp = data.get("experiment")
+        if many is not None:
+            if isinstance(exp, dict):
+                for key in ("split", "mirror"):
+                    if exp.get(key):
+                        raise ValueError(
+                            f"experiment.{key}: with challengers: set {key} per challenger "
+                            f"(challengers[i].{key})"
+                        )
+            return data
+        if one is None:
+            raise ValueError("challengers: required key is missing (or challenger:)")
+        if isinstance(one, dict):
+            if "name" in one or "split" in one or "mirror" in one:
+                bad = next(k for k in ("name", "split", "mirror") if k in one)
+                raise ValueError(
+                    f"challenger.{bad}: the challenger: shorthand takes its shares from "
+                    f"experiment.split/mirror; use challengers: for named challengers"
+                )
+            shares = {}
+            if isinstance(exp, dict):
+                # a bad share is left to experiment.split/mirror's own check, which names it
+                shares = {
+                    k: exp[k]
+                    for k in ("split", "mirror")
+                    if isinstance(exp.get(k), (int, float)) and 0 <= exp[k] <= 1
+                }
+            data = {k: v for k, v in data.items() if k != "challenger"}
+            data["challengers"] = [{**one, **shares}]
+        return data
+
+    @model_validator(mode="after")
+    def _check_challengers(self) -> RouterConfig:
+        check_challengers(self.challengers)
+        first = self.challengers[0]
+        # plain assignment would re-run validation; these are derived views
+        object.__setattr__(self, "challenger", first)
+        object.__setattr__(self.experiment, "split", first.split)
+        object.__setattr__(self.experiment, "mirror", first.mirror)
+        if self.experiment.force_header is not None:
+            forced = self.experiment.force_header.strip().lower()
+            if not forced or forced == "host":
+                raise ValueError("experiment.force_header: must be a header name, not Host")
+        return self
+
+    @property
+    def first_challenger(self) -> ChallengerConfig:
+        return self.challengers[0]
+
+    def upstream(self, variant: str) -> UpstreamConfig:
+        """The config of ``variant`` ("champion" or a challenger's name; "challenger" is
+        the first challenger when no challenger has that name)."""
+        if variant == "champion":
+            return self.champion
+        for c in self.challengers:
+            if c.name == variant:
+                return c
+        if variant == "challenger":
+            return self.challengers[0]
+        raise KeyError(variant)
 
     @property
     def listen_host(self) -> str:
@@ -354,6 +525,11 @@ def _loc_to_key(loc: tuple[Any, ...]) -> str:
 def format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     key = _loc_to_key(tuple(first["loc"]))
+    text = first["msg"].removeprefix("Value error, ")
+    named = re.match(r"^([A-Za-z_][\w.\[\]]*): (.+)$", text)
+    if first["type"] == "value_error" and named:  # a cross-field rule naming its own key
+        prefix = "" if key == "(top level)" else key + "."
+        key, first = prefix + named.group(1), {**first, "msg": named.group(2)}
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":

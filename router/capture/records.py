@@ -149,6 +149,12 @@ class PendingRecord:
     champion: Side | None = None
     challenger: Side | None = None
     request_body: bytes | None = None  # only kept when capture fields are configured
+    variant: str = ""  # the name of the variant that served ("champion" or a challenger's)
+    arm: str | None = None  # the name of the challenger whose answer is in ``challenger``
+    shadows: dict[str, Side] | None = None  # further challengers mirrored (A/B/n fan-out)
+    forced: bool = False  # the variant was forced (X-Router-Force): kept out of statistics
+    mirror_skipped: dict[str, str] | None = None  # shadow target -> why it was not mirrored
+    pending_shadows: int = 0  # shadow calls still running (capture waits for the last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +238,22 @@ def finalize(rec: PendingRecord, opts: FinalizeOptions) -> dict[str, Any]:
         "challenger": _side_dict(rec.challenger, chall_doc, opts),
         "contract": contract,
     }
+    # additions to schema v1 (A/B/n, issue 16), present only when they say something, so a
+    # single-challenger record is unchanged: ``variant`` the served variant's name when it is
+    # not ``served`` itself (a named challenger), ``arm`` the name of the challenger in
+    # ``challenger`` when it is not "challenger"
+    if rec.variant and rec.variant != rec.served:
+        out["variant"] = rec.variant
+    if rec.arm is not None and rec.arm != "challenger":
+        out["arm"] = rec.arm
+    if rec.shadows:
+        out["shadows"] = {
+            name: _side_dict(side, _parse(side.body), opts) for name, side in rec.shadows.items()
+        }
+    if rec.forced:
+        out["forced"] = True
+    if rec.mirror_skipped:
+        out["mirror_skipped"] = rec.mirror_skipped
     fields = captured_fields(rec.request_body, opts)
     if fields is not None:
         out["fields"] = fields

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,10 +21,17 @@ from urllib.parse import urlsplit
 
 from router.capture.records import FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
-from router.config import RouterConfig
+from router.config import RouterConfig, UpstreamConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.sidecar.assign import threshold
-from router.sidecar.control import POLL_INTERVAL, ControlFile, LiveState, UpstreamPin
+from router.sidecar.assign import initial_layout, owner_table, threshold
+from router.sidecar.budget import ShadowBudget
+from router.sidecar.control import (
+    POLL_INTERVAL,
+    ChallengerLive,
+    ControlFile,
+    LiveState,
+    UpstreamPin,
+)
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
@@ -37,14 +45,49 @@ PromotionView = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 command that starts the router (the sidecar never imports :mod:`router.promotion`)."""
 
 
+_UPSTREAM_KEYS = ("connect_timeout", "timeout", "pool_size", "mirror_max_rps")
+
+
+def challenger_live(c: UpstreamConfig, name: str, split: float, mirror: float,
+                    extents: tuple[tuple[int, int], ...]) -> ChallengerLive:  # fmt: skip
+    return ChallengerLive(
+        name=name, url=c.url, version=c.version, split=split, mirror=mirror, extents=extents,
+        upstream={k: getattr(c, k) for k in _UPSTREAM_KEYS},
+    )  # fmt: skip
+
+
 def initial_state(cfg: RouterConfig) -> LiveState:
+    first = cfg.first_challenger
+    layout = initial_layout([(c.name, c.split) for c in cfg.challengers])
     return LiveState(
         version=1,
-        split=cfg.experiment.split,
-        mirror=cfg.experiment.mirror,
+        split=first.split,
+        mirror=first.mirror,
         champion=UpstreamPin(cfg.champion.url, cfg.champion.version),
-        challenger=UpstreamPin(cfg.challenger.url, cfg.challenger.version),
+        challenger=UpstreamPin(first.url, first.version),
+        challengers=tuple(
+            challenger_live(c, c.name, c.split, c.mirror, layout[c.name]) for c in cfg.challengers
+        ),
     )
+
+
+def _upstream_of(c: ChallengerLive) -> UpstreamConfig:
+    return UpstreamConfig(url=c.url, version=c.version, **c.upstream)
+
+
+class MirrorRoute:
+    """Where a request served by one variant is mirrored to: the target's name, the mirror
+    threshold of its share (``raw``), the threshold after the guard (``guarded``) and after the
+    shadow budget too (``effective``), and the target's budget (None: no budget)."""
+
+    __slots__ = ("budget", "effective", "guarded", "raw", "target")
+
+    def __init__(self, target: str, raw: int, budget: ShadowBudget | None) -> None:
+        self.target = target
+        self.raw = raw
+        self.guarded = raw
+        self.effective = raw
+        self.budget = budget
 
 
 class RouterApp:
@@ -74,14 +117,26 @@ class RouterApp:
         # never forwarded from a client: hop-by-hop headers, and the shadow marker (only the
         # router marks shadow requests)
         self.drop_headers = HOP_BY_HOP | {name.lower().encode()}
+        if exp.force_header:  # the force headers are the router's, never the model's
+            self.drop_headers |= {exp.force_header.lower().encode(),
+                                  exp.force_token_header.lower().encode()}  # fmt: skip
         self.drop_headers_id = self.drop_headers | {b"x-request-id"}  # (the client's id replaced)
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)
         self.state = initial_state(cfg)
-        self.split_threshold = threshold(self.state.split)
-        self.mirror_threshold_raw = threshold(self.state.mirror)
-        self.mirror_threshold = self.mirror_threshold_raw
+        self.upstreams: dict[str, UpstreamConfig] = {}
+        self.variants: list[str] = ["champion"]  # index 0 the champion, i the i-th challenger
+        self.owner = bytes(10_000)  # per bucket, the index of the variant that serves it
+        self.mirror_routes: list[list[MirrorRoute]] = [[]]  # per served variant index
+        self.mirror_any = False
+        self.budgets: dict[str, ShadowBudget] = {}
+        self._set_state(self.state)
+        self.force_header = exp.force_header.lower() if exp.force_header else None
+        self.force_token_header = exp.force_token_header.lower()
+        token_env = cfg.admin.force_token_env
+        self.force_token = (os.environ.get(token_env, "") if token_env else "").encode()
+        self.force_units = frozenset(exp.force_units)
         self.pools: dict[str, UpstreamPool] = {}
         self.shadow_pools: dict[str, UpstreamPool] = {}
         self._base_paths: dict[str, bytes] = {}
@@ -90,7 +145,7 @@ class RouterApp:
         self.writer: CaptureWriter | None = None
         self.shadow = ShadowDispatcher(
             self.metrics,
-            self.capture_submit,
+            self.shadow_finished,
             cfg.limits.shadow_queue,
             cfg.limits.shadow_concurrency,
         )
@@ -100,7 +155,7 @@ class RouterApp:
 
     # ---- upstreams ----------------------------------------------------------------------
     def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
-        ucfg = self.cfg.champion if variant == "champion" else self.cfg.challenger
+        ucfg = self.upstreams[variant]
         parts = urlsplit(pin.url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         old = [p for p in (self.pools.get(variant), self.shadow_pools.get(variant)) if p]
@@ -125,7 +180,7 @@ class RouterApp:
         pool twice over (a live change keeps the old pools until their requests finish), plus
         64 for Redis, the spool, snapshots, the listening socket and the event loop."""
         pools = 0
-        for ucfg in (self.cfg.champion, self.cfg.challenger):
+        for ucfg in (self.cfg.champion, *self.cfg.challengers):
             pools += ucfg.pool_size + self.shadow_pool_size(ucfg.pool_size)
         return 2 * pools + 64
 
@@ -137,11 +192,10 @@ class RouterApp:
             await p.close()
 
     def version_of(self, variant: str) -> str:
-        pin = self.state.champion if variant == "champion" else self.state.challenger
-        return pin.version
+        return self.upstreams[variant].version
 
     def timeout_of(self, variant: str) -> float:
-        return (self.cfg.champion if variant == "champion" else self.cfg.challenger).timeout
+        return self.upstreams[variant].timeout
 
     def target_for(self, variant: str, target: bytes) -> bytes:
         base = self._base_paths.get(variant, b"")
@@ -153,42 +207,98 @@ class RouterApp:
             return False
         return self.writer.submit_record(rec)
 
+    def shadow_finished(self, rec: PendingRecord) -> bool:
+        """A shadow call of ``rec`` is done (or abandoned): capture the record once its last
+        shadow (a request may fan out to several challengers) is done."""
+        rec.pending_shadows -= 1
+        if rec.pending_shadows > 0:
+            return True
+        return self.capture_submit(rec)
+
     # ---- live state -----------------------------------------------------------------------
+    def _set_state(self, state: LiveState) -> None:
+        """Derive the hot path's tables from ``state``: the variants, the bucket -> variant
+        table, the upstream configs and the mirror routes (with their budgets)."""
+        self.state = state
+        champ = self.cfg.champion.model_copy(
+            update={"url": state.champion.url, "version": state.champion.version}
+        )
+        upstreams: dict[str, UpstreamConfig] = {"champion": champ}
+        for c in state.challengers:
+            upstreams[c.name] = _upstream_of(c)
+        names = [c.name for c in state.challengers]
+        self.upstreams = upstreams
+        self.variants = ["champion", *names]
+        self.owner = owner_table(state.layout(), names)
+        now = time.monotonic()
+        budgets: dict[str, ShadowBudget] = {}
+        for name, ucfg in upstreams.items():
+            if ucfg.mirror_max_rps:
+                old = self.budgets.get(name)
+                if old is not None and old.max_rps == ucfg.mirror_max_rps:
+                    budgets[name] = old
+                else:
+                    budgets[name] = ShadowBudget(ucfg.mirror_max_rps, now)
+        self.budgets = budgets
+        live = not state.expired
+        champion_routes: list[MirrorRoute] = []
+        routes: list[list[MirrorRoute]] = [champion_routes]
+        for c in state.challengers:
+            raw = threshold(c.mirror) if live else 0
+            if raw:
+                champion_routes.append(MirrorRoute(c.name, raw, budgets.get(c.name)))
+                routes.append([MirrorRoute("champion", raw, budgets.get("champion"))])
+            else:
+                routes.append([])
+        self.mirror_routes = routes
+        self.mirror_any = any(routes)
+        # single-challenger views (admin state, older callers)
+        self.split_threshold = threshold(state.split) if live else 0
+        self.mirror_threshold_raw = threshold(state.mirror) if live else 0
+        self._apply_guard()
+
     def apply_state(self, state: LiveState) -> None:
         old = self.state
-        self.state = state
-        self.split_threshold = threshold(state.split)
-        self.mirror_threshold_raw = threshold(state.mirror)
-        self._apply_guard()
-        for variant in ("champion", "challenger"):
-            if getattr(old, variant).url != getattr(state, variant).url:
-                self._make_pools(variant, getattr(state, variant))
+        old_upstreams = self.upstreams
+        self._set_state(state)
+        for variant, ucfg in self.upstreams.items():
+            before = old_upstreams.get(variant)
+            if before is None or before.url != ucfg.url or before.pool_size != ucfg.pool_size:
+                self._make_pools(variant, UpstreamPin(ucfg.url, ucfg.version))
+        gone = [v for v in self.pools if v not in self.upstreams]
+        if gone:
+            closing = [p for v in gone for p in (self.pools.pop(v), self.shadow_pools.pop(v))]
+            asyncio.get_running_loop().create_task(self._close_later(closing, 30.0))
         if state.version != old.version:
             self.metrics.inc("router_control_changes")
             log.info(
-                "live state v%d applied: split=%g mirror=%g champion=%s@%s challenger=%s@%s "
-                "(by %s%s)", state.version, state.split, state.mirror, state.champion.version,
-                state.champion.url, state.challenger.version, state.challenger.url,
+                "live state v%d applied: champion=%s@%s challengers=[%s]%s (by %s%s)",
+                state.version, state.champion.version, state.champion.url,
+                ", ".join(f"{c.name}={c.version}@{c.url} split={c.split:g} mirror={c.mirror:g}"
+                          for c in state.challengers),
+                " EXPIRED: all traffic to the champion" if state.expired else "",
                 state.updated_by, f": {state.note}" if state.note else "",
             )  # fmt: skip
 
     def _apply_guard(self) -> None:
         factor = self.guard.mirror_factor()
         self.mirror_threshold = int(self.mirror_threshold_raw * factor)
+        for routes in self.mirror_routes:
+            for r in routes:
+                r.guarded = int(r.raw * factor)
+                budget = r.budget.factor if r.budget is not None else 1.0
+                r.effective = int(r.guarded * budget)
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
         if initialise_control:
             self.control.initialise(self.state)
         current = self.control.read()
-        if current is not None:
-            self.state = current
-            self.split_threshold = threshold(current.split)
-            self.mirror_threshold_raw = threshold(current.mirror)
-            self._apply_guard()
+        if current is not None and current.challengers:
+            self._set_state(current)
         self.control.changed()
-        for variant in ("champion", "challenger"):
-            self._make_pools(variant, getattr(self.state, variant))
+        for variant, ucfg in self.upstreams.items():
+            self._make_pools(variant, UpstreamPin(ucfg.url, ucfg.version))
         if self.cfg.capture.enabled and self.redis_url:
             self.writer = CaptureWriter(
                 self.cfg.capture,
@@ -207,6 +317,7 @@ class RouterApp:
         self._tasks = [
             asyncio.create_task(self._poll_control(), name="control-poll"),
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
+            asyncio.create_task(self._budget_loop(), name="shadow-budget"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
             asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
@@ -229,6 +340,20 @@ class RouterApp:
                 self.metrics.inc("router_shadow_guard_changes", (label,))
                 self.metrics.set("router_shadow_guard_active", 1.0 if change.throttled else 0.0)
                 log.warning("shadow guard: mirroring %s (%s)", label, change.reason)
+
+    async def _budget_loop(self) -> None:
+        """Once a second: each shadow budget re-estimates its demand (see
+        :mod:`router.sidecar.budget`) and the mirror thresholds follow."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            changed = False
+            for b in self.budgets.values():
+                changed |= b.tick(now)
+            if changed:
+                self._apply_guard()
+                for name, b in self.budgets.items():
+                    self.metrics.set("router_shadow_budget_factor", b.factor, (name,))
 
     async def _lag_loop(self, interval: float = 0.1) -> None:
         """Event-loop lag: anything that blocks the loop delays every request by this much."""

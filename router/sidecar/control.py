@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from router.sidecar.assign import resize
+
 POLL_INTERVAL = 0.2
 
 
@@ -30,7 +32,42 @@ class UpstreamPin:
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengerLive:
+    """One challenger's live data: its upstream, its shares, and the bucket extents it owns
+    (``[lo, hi)`` ranges, see :mod:`router.sidecar.assign`). ``upstream`` holds the rest of its
+    validated config (timeouts, pool size, shadow budget) so every worker builds the same pools."""
+
+    name: str
+    url: str
+    version: str
+    split: float
+    mirror: float
+    extents: tuple[tuple[int, int], ...]
+    upstream: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extents"] = [list(e) for e in self.extents]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChallengerLive:
+        return cls(
+            name=str(d["name"]),
+            url=str(d["url"]),
+            version=str(d["version"]),
+            split=float(d["split"]),
+            mirror=float(d["mirror"]),
+            extents=tuple((int(lo), int(hi)) for lo, hi in d["extents"]),
+            upstream=dict(d.get("upstream") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LiveState:
+    """``split``, ``mirror`` and ``challenger`` are the first challenger's (what single-challenger
+    clients read and write); ``challengers`` holds every challenger (A/B/n)."""
+
     version: int
     split: float
     mirror: float
@@ -39,9 +76,13 @@ class LiveState:
     updated_at: float = field(default_factory=time.time)
     updated_by: str = "config"
     note: str = ""
+    challengers: tuple[ChallengerLive, ...] = ()
+    expired: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["challengers"] = [c.to_json() for c in self.challengers]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LiveState:
@@ -54,7 +95,41 @@ class LiveState:
             updated_at=float(d.get("updated_at", 0.0)),
             updated_by=str(d.get("updated_by", "")),
             note=str(d.get("note", "")),
+            challengers=tuple(ChallengerLive.from_json(c) for c in d.get("challengers") or ()),
+            expired=bool(d.get("expired", False)),
         )
+
+    def layout(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        return {c.name: c.extents for c in self.challengers}
+
+
+def with_first_challenger(state: LiveState) -> LiveState:
+    """Keep the two views consistent after a change of the single-challenger fields (split,
+    mirror, challenger): the first challenger takes them, its extents resized so that only
+    champion buckets move (see :func:`router.sidecar.assign.resize`)."""
+    if not state.challengers:
+        return state
+    first = state.challengers[0]
+    if (first.split, first.mirror, first.url, first.version) == (
+        state.split, state.mirror, state.challenger.url, state.challenger.version
+    ):
+        return state
+    layout = resize(state.layout(), first.name, state.split)
+    new_first = replace(
+        first, split=state.split, mirror=state.mirror, url=state.challenger.url,
+        version=state.challenger.version, extents=layout[first.name],
+    )  # fmt: skip
+    return replace(state, challengers=(new_first, *state.challengers[1:]))
+
+
+def with_challengers(state: LiveState, challengers: tuple[ChallengerLive, ...]) -> LiveState:
+    """``state`` with a new list of challengers, the single-challenger fields following the
+    first."""
+    first = challengers[0]
+    return replace(
+        state, challengers=challengers, split=first.split, mirror=first.mirror,
+        challenger=UpstreamPin(first.url, first.version),
+    )  # fmt: skip
 
 
 class ControlFile:
@@ -102,11 +177,13 @@ class ControlFile:
         return True
 
     def update(self, by: str, note: str = "", **changes: Any) -> LiveState:
-        """Apply ``changes`` (split, mirror, champion, challenger) atomically; return new state."""
+        """Apply ``changes`` (split, mirror, champion, challenger, challengers, expired) atomically;
+        return the new state."""
         with self._locked():
             current = self.read()
             if current is None:
                 raise RuntimeError(f"control state missing at {self.path}")
+            many = changes.pop("challengers", None)
             new = replace(
                 current,
                 version=current.version + 1,
@@ -115,5 +192,6 @@ class ControlFile:
                 note=note,
                 **changes,
             )
+            new = with_first_challenger(new) if many is None else with_challengers(new, many)
             self._write(new)
             return new

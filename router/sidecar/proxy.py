@@ -11,12 +11,14 @@ model. The header rules and the request id are :mod:`router.sidecar.headers`.
 
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 
 import orjson
 
 from router.capture.records import PendingRecord, Side, get_path
-from router.sidecar.app import RouterApp
+from router.sidecar.app import MirrorRoute, RouterApp
 from router.sidecar.assign import bucket
 from router.sidecar.headers import (
     client_response,
@@ -27,6 +29,8 @@ from router.sidecar.headers import (
 from router.sidecar.http_messages import Request, Response, json_error
 from router.sidecar.shadow import ShadowJob, error_kind
 from router.sidecar.upstream_types import UpstreamError, UpstreamResponse, UpstreamTimeout
+
+log = logging.getLogger("router.proxy")
 
 
 def _status_class(status: int) -> str:
@@ -77,17 +81,36 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
 
     # --- assignment ------------------------------------------------------------------------
     b = bucket(app.salt, unit)
-    served = "challenger" if b < app.split_threshold else "champion"
-    mirrored = False
-    if app.mirror_threshold_raw:
-        mb = bucket(app.mirror_salt, unit)
-        if mb < app.mirror_threshold_raw:
-            if mb >= app.mirror_threshold:  # the shadow guard throttled this unit's mirroring
-                m.inc("router_shadow_throttled")
-            elif len(body) > limits.mirror_max_body:
-                m.inc("router_shadow_dropped", ("body_too_large",))
-            else:
-                mirrored = True
+    idx = app.owner[b]  # 0: the champion; i: the i-th challenger (see assign.owner_table)
+    forced = False
+    if app.force_header is not None and app.force_header in hdrs:
+        wanted = _forced_variant(app, hdrs, unit)
+        if wanted is not None:
+            if wanted not in app.upstreams:
+                m.inc("router_forced_requests", ("unknown_variant",))
+                return json_error(400, f"unknown variant in {app.cfg.experiment.force_header}",
+                                  variant=wanted, known=app.variants)  # fmt: skip
+            m.inc("router_forced_requests", ("honoured",))
+            idx = app.variants.index(wanted)
+            forced = True
+    variant = app.variants[idx]
+    served = "challenger" if idx else "champion"
+    mirror_to: list[str] = []
+    skipped: dict[str, str] | None = None
+    if app.mirror_any and not forced:
+        routes = app.mirror_routes[idx]
+        if routes:
+            mb = bucket(app.mirror_salt, unit)
+            for r in routes:
+                if mb >= r.raw:
+                    continue
+                why = _mirror_refused(app, r, mb, len(body) > limits.mirror_max_body)
+                if why is None:
+                    mirror_to.append(r.target)
+                else:
+                    if skipped is None:
+                        skipped = {}
+                    skipped[r.target] = why
 
     fwd = forward_headers(
         request, request_id, keep_id, app.drop_headers if keep_id else app.drop_headers_id
@@ -105,15 +128,19 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
         mirrored=False,
         segment=segment,
         request_body=body if app.keep_body else None,
+        variant=variant,
+        arm=variant if idx else None,
+        forced=forced,
+        mirror_skipped=skipped,
     )
 
     # --- the served call ---------------------------------------------------------------------
     m.add("router_in_flight_requests", 1.0)
     fallback: str | None = None
-    answered_by = served
+    answered_by = variant
     try:
-        resp, err = await call_upstream(app, served, method, target, fwd, body, rec)
-        if served == "challenger" and app.fallback_to_champion:
+        resp, err = await call_upstream(app, variant, method, target, fwd, body, rec)
+        if idx and app.fallback_to_champion and not forced:
             reason = None
             if err is not None:
                 reason = error_kind(err)
@@ -123,7 +150,7 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
                 m.inc("router_challenger_fallbacks", (reason,))
                 fallback = f"challenger-{reason}"
                 answered_by = "champion"
-                mirrored = False  # both models were called on the live path already
+                mirror_to = []  # both models were called on the live path already
                 resp, err = await call_upstream(app, "champion", method, target, fwd, body, rec)
         if err is not None or resp is None:
             rec.mirrored = False
@@ -143,30 +170,113 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             m.inc("router_trailers_dropped", ("response",), resp.dropped_trailers)
 
         # --- shadow, off the hot path --------------------------------------------------------
-        if mirrored:
-            other = "champion" if served == "challenger" else "challenger"
-            setattr(rec, other, Side(version=app.version_of(other)))
-            rec.mirrored = True
-            job = ShadowJob(
-                record=rec,
-                variant=other,
-                pool=app.shadow_pools[other],
-                method=method,
-                target=app.target_for(other, target),
-                headers=[*fwd, app.shadow_header],
-                body=body,
-                timeout=app.timeout_of(other),
-            )
-            if not app.shadow.offer(job):
-                setattr(rec, other, None)
-                rec.mirrored = False
-                app.capture_submit(rec)
+        if mirror_to:
+            _mirror(app, rec, mirror_to, method, target, [*fwd, app.shadow_header], body)
         else:
             app.capture_submit(rec)
         return out
     finally:
         m.add("router_in_flight_requests", -1.0)
         m.observe("router_request_duration_seconds", time.perf_counter() - t0)
+
+
+def _forced_variant(app: RouterApp, hdrs: dict[str, str], unit: str) -> str | None:
+    """The variant a request forces, when it may (a valid force token, compared in constant
+    time, or a unit on ``experiment.force_units``); otherwise None, counted and logged (the
+    header is never forwarded either way)."""
+    wanted = hdrs[app.force_header or ""].strip()
+    token = hdrs.get(app.force_token_header, "").strip().encode()
+    if (app.force_token and hmac.compare_digest(token, app.force_token)) or (
+        unit in app.force_units
+    ):
+        return wanted
+    m = app.metrics
+    m.inc("router_forced_requests", ("rejected",))
+    if m.counter_value("router_forced_requests") % 1000 == 1:  # the first, then every 1000th
+        log.warning("force header without a valid token from a unit not allowed: stripped "
+                    "(router_forced_requests_total{outcome=\"rejected\"})")  # fmt: skip
+    return None
+
+
+def _mirror_refused(app: RouterApp, r: MirrorRoute, mb: int, too_big: bool) -> str | None:
+    """Why a unit inside route ``r``'s mirror share is not mirrored now (counted), or None."""
+    m = app.metrics
+    if mb >= r.guarded:  # the shadow guard throttled this unit's mirroring
+        m.inc("router_shadow_throttled")
+        return "throttled"
+    budget = r.budget
+    if budget is not None:
+        budget.eligible += 1
+        if mb >= r.effective:  # cut by unit hash to keep within the budget
+            m.inc("router_shadow_dropped", ("budget",))
+            return "budget"
+    if too_big:
+        m.inc("router_shadow_dropped", ("body_too_large",))
+        return "body_too_large"
+    if budget is not None and not budget.take(time.monotonic()):
+        m.inc("router_shadow_dropped", ("budget_burst",))
+        return "budget_burst"
+    return None
+
+
+def _mirror(
+    app: RouterApp,
+    rec: PendingRecord,
+    targets: list[str],
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Hand one shadow job per target to the dispatcher; the record is captured when the last
+    finishes (or now, when none was taken). The first challenger mirrored fills the record's
+    ``challenger`` side (its name in ``arm``); further ones go to ``shadows``."""
+    rec.mirrored = True
+    rec.pending_shadows = len(targets)
+    for name in targets:
+        side = Side(version=app.version_of(name))
+        if name == "champion":
+            rec.champion = side
+        elif rec.challenger is None:
+            rec.challenger, rec.arm = side, name
+        else:
+            if rec.shadows is None:
+                rec.shadows = {}
+            rec.shadows[name] = side
+        job = ShadowJob(
+            record=rec,
+            variant=name,
+            pool=app.shadow_pools[name],
+            method=method,
+            target=app.target_for(name, target),
+            headers=headers,
+            body=body,
+            timeout=app.timeout_of(name),
+            side=side,
+        )
+        if not app.shadow.offer(job):
+            _unmirror(rec, name, side)
+            rec.pending_shadows -= 1
+    if rec.pending_shadows <= 0:
+        app.capture_submit(rec)
+
+
+def _unmirror(rec: PendingRecord, name: str, side: Side) -> None:
+    if rec.champion is side:
+        rec.champion = None
+    elif rec.challenger is side:
+        rec.challenger, rec.arm = None, None
+        if rec.shadows:  # promote a further shadow to the record's challenger side
+            first = next(iter(rec.shadows))
+            rec.challenger, rec.arm = rec.shadows.pop(first), first
+    elif rec.shadows is not None:
+        rec.shadows.pop(name, None)
+    if rec.shadows == {}:
+        rec.shadows = None
+    rec.mirrored = (rec.champion is not None) and (rec.challenger is not None)
+    if rec.mirror_skipped is None:
+        rec.mirror_skipped = {}
+    rec.mirror_skipped[name] = "not_queued"  # shadow queue full, or shutting down
 
 
 async def call_upstream(
@@ -180,7 +290,10 @@ async def call_upstream(
 ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
     """Call ``variant`` on the served pool, fill its side of ``rec``, feed the guard."""
     side = Side(version=app.version_of(variant))
-    setattr(rec, variant, side)
+    if variant == "champion":
+        rec.champion = side
+    else:
+        rec.challenger = side
     m = app.metrics
     t0 = time.perf_counter()
     try:
