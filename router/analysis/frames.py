@@ -60,6 +60,11 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
         "champion": side,
         "challenger": side,
         "contract": pl.String(),
+        # additions of A/B/n (issue 16); absent in older records (null)
+        "variant": pl.String(),
+        "arm": pl.String(),
+        "forced": pl.Boolean(),
+        "shadows": pl.String(),
     }
     if fields:
         schema["fields"] = pl.String()
@@ -285,7 +290,19 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         hp=chall.struct.field("prediction"),
         contract=pl.col("contract"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
+        # A/B/n: the served variant's name, the name of the challenger in ``challenger``, a
+        # forced request, further mirrored challengers (JSON text); see router.analysis.arms
+        vn=pl.coalesce(_opt(df, "variant"), served),
+        arm=pl.when(chall.is_not_null()).then(
+            pl.coalesce(_opt(df, "arm"), pl.lit("challenger"))
+        ),
+        forced=_opt(df, "forced", pl.Boolean).fill_null(False),
+        shadows=_opt(df, "shadows"),
     )
+
+
+def _opt(df: pl.DataFrame, name: str, dtype: Any = pl.String) -> pl.Expr:
+    return pl.col(name) if name in df.columns else pl.lit(None, dtype)
 
 
 @dataclass

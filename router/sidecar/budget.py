@@ -52,8 +52,8 @@ class ShadowBudget:
         rate = self.eligible / elapsed
         self.eligible = 0
         self.last_tick = now
-        self.demand = rate if self.demand is None else (
-            SMOOTHING * rate + (1 - SMOOTHING) * self.demand
+        self.demand = (
+            rate if self.demand is None else (SMOOTHING * rate + (1 - SMOOTHING) * self.demand)
         )
         target = HEADROOM * self.max_rps
         factor = 1.0 if self.demand <= target else target / self.demand

@@ -46,7 +46,9 @@ def _check_invariants(layout: Layout) -> None:
 
 # a sequence of live operations: (name, new share), share None = remove
 ops = st.lists(
-    st.tuples(st.sampled_from(NAMES), st.one_of(st.none(), st.integers(0, 40).map(lambda x: x / 100))),
+    st.tuples(
+        st.sampled_from(NAMES), st.one_of(st.none(), st.integers(0, 40).map(lambda x: x / 100))
+    ),
     min_size=1,
     max_size=25,
 )
@@ -125,7 +127,9 @@ def test_the_single_challenger_fields_follow_the_first_challenger() -> None:
     state = initial_state(cfg)
     assert state.layout() == {"a": ((0, 1000),), "b": ((1000, 3000),)}
     raised = with_first_challenger(
-        LiveState(**{**_fields(state), "split": 0.25, "challenger": UpstreamPin("http://x:1", "v9")})
+        LiveState(
+            **{**_fields(state), "split": 0.25, "challenger": UpstreamPin("http://x:1", "v9")}
+        )
     )
     assert raised.challengers[0].split == 0.25 and raised.challengers[0].version == "v9"
     assert raised.layout()["b"] == ((1000, 3000),)  # b's units do not move
@@ -156,8 +160,10 @@ def _cfg(**top: Any) -> dict[str, Any]:
 
 def test_the_shorthand_is_a_one_element_list() -> None:
     cfg = parse_config(
-        _cfg(challenger={"url": "http://h:1", "version": "v2"},
-             experiment={"split": 0.2, "mirror": 0.5})  # fmt: skip
+        _cfg(
+            challenger={"url": "http://h:1", "version": "v2"},
+            experiment={"split": 0.2, "mirror": 0.5},
+        )
     )
     assert [c.name for c in cfg.challengers] == ["challenger"]
     assert (cfg.challengers[0].split, cfg.challengers[0].mirror) == (0.2, 0.5)
