@@ -50,7 +50,8 @@ def _quoted(name: str) -> str:
 
 
 def page_arms(cols: pl.DataFrame) -> list[str]:
-    """The challengers a page names, in first-seen order (served, ``arm`` and ``shadows``)."""
+    """The challengers a page names (served, ``arm`` and ``shadows``): ``challenger`` first,
+    then by name (a page is in request-id hash order, so first-seen order means nothing)."""
     names: list[str] = []
     for v in cols["vn"].unique(maintain_order=True).to_list():
         if v not in (None, "champion", DEFAULT_ARM) and v not in names:
@@ -65,7 +66,7 @@ def page_arms(cols: pl.DataFrame) -> list[str]:
     involved_default = bool(
         ((cols["vn"] == DEFAULT_ARM) | (cols["arm"] == DEFAULT_ARM)).fill_null(False).any()
     )
-    return ([DEFAULT_ARM] if involved_default else []) + names
+    return ([DEFAULT_ARM] if involved_default else []) + sorted(names)
 
 
 def _shadow_names(texts: pl.Series) -> list[str]:
@@ -102,7 +103,8 @@ def arm_view(cols: pl.DataFrame, arm: str) -> pl.DataFrame:
             return df  # every challenger side is already arm's (a two-arm stream)
         keep = mine.fill_null(False)
         df = df.with_columns(
-            [pl.when(keep).then(pl.col(c)).otherwise(None).alias(c) for c in _SIDE[1:]]
+            [pl.when(keep).then(pl.col(c)).alias(c) for c in _SIDE[2:]],
+            he=pl.when(keep).then(pl.col("he")).otherwise(True),  # as for a record without one
         ).with_columns(h_in=pl.col("h_in") & keep, contract=pl.when(keep).then(pl.col("contract")))
         return df.with_columns(mirrored=pl.col("mirrored") & pl.col("h_in") & pl.col("c_in"))
     path = _quoted(arm)
@@ -116,7 +118,7 @@ def arm_view(cols: pl.DataFrame, arm: str) -> pl.DataFrame:
     df = df.with_columns(
         h_in=keep | in_shadow,
         he=pl.when(keep).then(pl.col("he")).when(in_shadow)
-        .then(err.is_not_null() | status.is_null() | (status >= 500)),
+        .then(err.is_not_null() | status.is_null() | (status >= 500)).otherwise(True),
         hl=pl.when(keep).then(pl.col("hl")).when(in_shadow).then(lat),
         hs=pl.when(keep).then(pl.col("hs")).when(in_shadow).then(status),
         hp=pl.when(keep).then(pl.col("hp")).when(in_shadow).then(pred),
@@ -160,6 +162,7 @@ class ArmSet:
         self.discovered: list[str] = list(self.order)
         self.seen: list[str] = []  # challengers the data named, in first-seen order
         self.restart = False
+        self.folded = False  # a page was folded (the challengers can no longer change)
         self.forced: Counter[str] = Counter()
         self.unit_variants = UnitVariants()
         for name in self.order:
@@ -173,6 +176,11 @@ class ArmSet:
                 self.forced[str(name)] += int(n)
             cols = cols.filter(~pl.col("forced"))
         names = page_arms(cols) if cols.height else []
+        if not self.fixed and not self.folded and names:
+            # nothing folded yet: the first page that names challengers sets them
+            self.order = list(names)
+            self.discovered = list(names)
+            self.arms = {n: self.make() for n in names}
         for name in names:
             if name not in self.seen:
                 self.seen.append(name)
@@ -182,6 +190,8 @@ class ArmSet:
                     self.restart = True
         if self.restart:
             return  # only names are collected now (the caller reads again)
+        if cols.height:
+            self.folded = True
         self.unit_variants.add(cols)
         for name, acc in self.arms.items():
             view = cols if len(self.arms) == 1 and name == DEFAULT_ARM and not any(

@@ -159,7 +159,7 @@ def build_report(
     chunk, rejected = records_chunk(pairs)
     page = prepare_records(chunk, RECORD_SCHEMA)
     page.rejected.merge(rejected)
-    aset = ArmSet(make, arms)
+    aset = ArmSet(make, arms or (list(shares) if shares else None))
     aset.add_page(page)
     if aset.restart:  # challengers not known in advance: fold again with all of them
         aset = ArmSet(make, aset.restart_arms())

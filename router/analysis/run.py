@@ -204,9 +204,8 @@ def analyze(
 ) -> dict[str, Any]:
     """The report of a source (see :func:`router.analysis.report.report_from`)."""
     track = reference is not None or reference_src is not None
-    acc = accumulate_arms(
-        src, policy, kind=kind, workers=workers, track_fields=track, progress=progress
-    )
+    acc = accumulate_arms(src, policy, kind=kind, workers=workers, track_fields=track,
+                          progress=progress, arms=list(shares) if shares else None)  # fmt: skip
     if reference_src is not None:
         from router.analysis.sections.drift import reference_stats
 

@@ -291,7 +291,8 @@ def _analyse(
     progress, close = _progress(args.progress)
     try:
         arms = accumulate_arms(src, policy, kind=kind, workers=args.workers, track_fields=track,
-                               progress=progress, pages=pages)  # fmt: skip
+                               progress=progress, pages=pages,
+                               arms=list(args.shares) if args.shares else None)  # fmt: skip
         absent = _absent_experiment(args.experiment, src, arms.primary)
         if absent is not None:
             print(f"router: {absent}", file=sys.stderr)
