@@ -113,6 +113,10 @@ CATALOGUE: dict[str, MetricDef] = {
         "allowed: header stripped), unknown_variant (400)",
         ("outcome",),
     ),
+    "router_admin_changes": MetricDef(
+        "counter", "Live challenger changes through the admin API (applied, rejected)",
+        ("outcome",),
+    ),
     "router_experiment_expired": MetricDef(
         "counter", "Times the experiment expired and traffic returned to the champion"
     ),

@@ -12,7 +12,11 @@ configured, so an unconfigured admin API is closed, not open):
 
 - ``GET  <prefix>/state``: live experiment state, guard state and counters.
 - ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
-  "challenger": {...}, "note": str}`` (any subset); applied on every worker within a second.
+  "challenger": {...}, "expired": bool, "note": str}`` (any subset; split, mirror and challenger
+  are the first challenger's; ``expired: false`` re-opens an expired experiment); applied on
+  every worker within a second.
+- ``GET|POST <prefix>/challengers``: list, add, remove and re-weight challengers live
+  (:mod:`router.sidecar.admin_challengers`).
 - ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history
   (through the injected promotion view; 503 naming the reason when the router has none).
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
@@ -187,12 +191,16 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
         return await handle_report(app, request)
     if sub == "/promotion" and request.method == "GET":
         return await handle_promotion(app, request)
+    if sub == "/challengers":
+        from router.sidecar.admin_challengers import handle_challengers
+
+        return await handle_challengers(app, request)
     if sub == "/experiment" and request.method == "POST":
         try:
             body = orjson.loads(request.body)
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
-            unknown = set(body) - {"split", "mirror", "champion", "challenger", "note"}
+            unknown = set(body) - {"split", "mirror", "champion", "challenger", "note", "expired"}
             if unknown:
                 raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
             changes: dict[str, Any] = {}
@@ -204,12 +212,19 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
                 p = _pin(body, key)
                 if p is not None:
                     changes[key] = p
+            if "expired" in body:  # false re-opens an expired experiment
+                if not isinstance(body["expired"], bool):
+                    raise ValueError("expired: must be true or false")
+                changes["expired"] = body["expired"]
             note = str(body.get("note", ""))
         except (orjson.JSONDecodeError, ValueError) as exc:
             return json_error(400, "invalid change", detail=str(exc))
         if not changes:
             return json_error(400, "invalid change", detail="nothing to change")
-        new = app.control.update(by=f"admin@{request.peer}", note=note, **changes)
+        try:
+            new = app.control.update(by=f"admin@{request.peer}", note=note, **changes)
+        except ValueError as exc:  # the first challenger's new split does not fit the others'
+            return json_error(400, "invalid change", detail=f"split: {exc}")
         app.apply_state(new)
         log.warning("admin change v%d: %s", new.version, {k: str(v) for k, v in changes.items()})
         return _json(state_view(app))

@@ -25,6 +25,7 @@ from router.config import RouterConfig, UpstreamConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
 from router.sidecar.assign import initial_layout, owner_table, threshold
 from router.sidecar.budget import ShadowBudget
+from router.sidecar.challengers import expiry_deadline
 from router.sidecar.control import (
     POLL_INTERVAL,
     ChallengerLive,
@@ -68,6 +69,7 @@ def initial_state(cfg: RouterConfig) -> LiveState:
         challengers=tuple(
             challenger_live(c, c.name, c.split, c.mirror, layout[c.name]) for c in cfg.challengers
         ),
+        started_at=time.time(),
     )
 
 
@@ -229,7 +231,9 @@ class RouterApp:
         names = [c.name for c in state.challengers]
         self.upstreams = upstreams
         self.variants = ["champion", *names]
-        self.owner = owner_table(state.layout(), names)
+        live = not state.expired
+        # expired: every bucket back to the champion (the layout is kept for the record)
+        self.owner = owner_table(state.layout(), names) if live else bytes(10_000)
         now = time.monotonic()
         budgets: dict[str, ShadowBudget] = {}
         for name, ucfg in upstreams.items():
@@ -240,7 +244,6 @@ class RouterApp:
                 else:
                     budgets[name] = ShadowBudget(ucfg.mirror_max_rps, now)
         self.budgets = budgets
-        live = not state.expired
         champion_routes: list[MirrorRoute] = []
         routes: list[list[MirrorRoute]] = [champion_routes]
         for c in state.challengers:
@@ -318,6 +321,7 @@ class RouterApp:
             asyncio.create_task(self._poll_control(), name="control-poll"),
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
             asyncio.create_task(self._budget_loop(), name="shadow-budget"),
+            asyncio.create_task(self._expiry_loop(), name="experiment-expiry"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
             asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
@@ -340,6 +344,31 @@ class RouterApp:
                 self.metrics.inc("router_shadow_guard_changes", (label,))
                 self.metrics.set("router_shadow_guard_active", 1.0 if change.throttled else 0.0)
                 log.warning("shadow guard: mirroring %s (%s)", label, change.reason)
+
+    async def _expiry_loop(self, interval: float = 0.5) -> None:
+        """Ends the experiment when ``experiment.expires_at`` or ``max_duration_s`` passes."""
+        exp = self.cfg.experiment
+        if exp.expires_at is None and exp.max_duration_s is None:
+            return
+        while True:
+            deadline = expiry_deadline(exp, self.state.started_at)
+            if deadline is not None and not self.state.expired and time.time() >= deadline:
+                self.expire(deadline)
+            await asyncio.sleep(interval)
+
+    def expire(self, deadline: float) -> None:
+        """Every unit back to the champion and mirroring off, in the live state every worker
+        follows (once: the first worker to see the deadline writes it, under the lock)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))
+        note = f"experiment expired at {when}: split and mirror returned to the champion"
+        new = self.control.modify(
+            "expiry", note, lambda cur: None if cur.expired else {"expired": True}
+        )
+        if new is None:
+            return  # another worker expired it first; the poll applies it here
+        self.apply_state(new)
+        self.metrics.inc("router_experiment_expired")
+        log.warning("live state v%d: %s", new.version, note)
 
     async def _budget_loop(self) -> None:
         """Once a second: each shadow budget re-estimates its demand (see

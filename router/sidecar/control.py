@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,8 @@ class LiveState:
     updated_by: str = "config"
     note: str = ""
     challengers: tuple[ChallengerLive, ...] = ()
-    expired: bool = False
+    expired: bool = False  # the experiment expired: every unit to the champion, no mirroring
+    started_at: float = 0.0  # when this live state was first created (max_duration_s counts)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,6 +98,7 @@ class LiveState:
             note=str(d.get("note", "")),
             challengers=tuple(ChallengerLive.from_json(c) for c in d.get("challengers") or ()),
             expired=bool(d.get("expired", False)),
+            started_at=float(d.get("started_at", 0.0)),
         )
 
     def layout(self) -> dict[str, tuple[tuple[int, int], ...]]:
@@ -176,6 +178,21 @@ class ControlFile:
         self._stamp = stamp
         return True
 
+    def modify(
+        self, by: str, note: str, change: Callable[[LiveState], dict[str, Any] | None]
+    ) -> LiveState | None:
+        """Read, change and write atomically: ``change(current)`` returns the changes to apply
+        (as :meth:`update` takes them), or None to leave the state alone (then None is
+        returned). Its exceptions propagate, nothing written."""
+        with self._locked():
+            current = self.read()
+            if current is None:
+                raise RuntimeError(f"control state missing at {self.path}")
+            changes = change(current)
+            if changes is None:
+                return None
+            return self._apply(current, by, note, changes)
+
     def update(self, by: str, note: str = "", **changes: Any) -> LiveState:
         """Apply ``changes`` (split, mirror, champion, challenger, challengers, expired) atomically;
         return the new state."""
@@ -183,15 +200,18 @@ class ControlFile:
             current = self.read()
             if current is None:
                 raise RuntimeError(f"control state missing at {self.path}")
-            many = changes.pop("challengers", None)
-            new = replace(
-                current,
-                version=current.version + 1,
-                updated_at=time.time(),
-                updated_by=by,
-                note=note,
-                **changes,
-            )
-            new = with_first_challenger(new) if many is None else with_challengers(new, many)
-            self._write(new)
-            return new
+            return self._apply(current, by, note, changes)
+
+    def _apply(self, current: LiveState, by: str, note: str, changes: dict[str, Any]) -> LiveState:
+        many = changes.pop("challengers", None)
+        new = replace(
+            current,
+            version=current.version + 1,
+            updated_at=time.time(),
+            updated_by=by,
+            note=note,
+            **changes,
+        )
+        new = with_first_challenger(new) if many is None else with_challengers(new, many)
+        self._write(new)
+        return new
