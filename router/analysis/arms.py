@@ -164,6 +164,10 @@ class ArmSet:
         self.restart = False
         self.folded = False  # a page was folded (the challengers can no longer change)
         self.forced: Counter[str] = Counter()
+        # requests of a unit inside a target's mirror share that were not mirrored, by
+        # (target, reason): throttled (guard), budget / budget_burst (shadow budget),
+        # body_too_large, not_queued
+        self.mirror_skipped: Counter[tuple[str, str]] = Counter()
         self.unit_variants = UnitVariants()
         for name in self.order:
             self.arms[name] = make()
@@ -192,12 +196,34 @@ class ArmSet:
             return  # only names are collected now (the caller reads again)
         if cols.height:
             self.folded = True
+            if cols["skipped"].null_count() < cols.height:
+                self._count_skipped(cols["skipped"].drop_nulls())
         self.unit_variants.add(cols)
         for name, acc in self.arms.items():
             view = cols if len(self.arms) == 1 and name == DEFAULT_ARM and not any(
                 n != DEFAULT_ARM for n in names
             ) else arm_view(cols, name)  # fmt: skip
             acc.add_page(Page(view, page.segments, page.rejected, page.experiments))
+
+    def _count_skipped(self, texts: pl.Series) -> None:
+        try:
+            decoded = texts.str.json_decode(infer_schema_length=None)
+        except pl.exceptions.PolarsError:
+            decoded = None
+        if decoded is not None and isinstance(decoded.dtype, pl.Struct):
+            for f in decoded.dtype.fields:
+                counts = decoded.struct.field(f.name).drop_nulls().value_counts()
+                for reason, n in counts.iter_rows():
+                    self.mirror_skipped[(f.name, str(reason))] += int(n)
+            return
+        for text in texts.to_list():  # types disagree between records: one by one
+            try:
+                doc = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict):
+                for target, reason in doc.items():
+                    self.mirror_skipped[(str(target), str(reason))] += 1
 
     def restart_arms(self) -> list[str]:
         """The challengers to read the source again with: those the data named (the default

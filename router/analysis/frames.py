@@ -65,6 +65,7 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
         "arm": pl.String(),
         "forced": pl.Boolean(),
         "shadows": pl.String(),
+        "mirror_skipped": pl.String(),
     }
     if fields:
         schema["fields"] = pl.String()
@@ -298,6 +299,7 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         ),
         forced=_opt(df, "forced", pl.Boolean).fill_null(False),
         shadows=_opt(df, "shadows"),
+        skipped=_opt(df, "mirror_skipped"),
     )
 
 

@@ -26,6 +26,7 @@ from router.analysis.sections.arms import (
     arms_section,
     crossover_section,
     forced_counts,
+    mirror_coverage,
     view_split,
 )
 from router.analysis.sections.counts import counts_section, srm_section, window_section
@@ -121,6 +122,7 @@ def _report_from_arms(
     }
     top = reports[names[0]]
     top["counts"]["forced"] = forced_counts(arms)
+    top["counts"]["mirror_coverage"] = mirror_coverage(arms, reports)
     top["crossover"] = crossover_section(cross)
     if not single:
         top["arms"] = arms_section(arms, reports, shares)

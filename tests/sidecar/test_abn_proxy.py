@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from router.analysis import build_report
 from router.config import parse_config
 from router.sidecar.assign import bucket, initial_layout, owner_table
 from tests.helpers import (
@@ -197,3 +198,9 @@ async def test_shadow_budget_caps_mirroring_by_unit_hash(
     assert cut > 0 and budget.factor < 1.0  # the hash layer took over after the first tick
     skipped = [r["mirror_skipped"]["a"] for r in recs if not r["mirrored"]]
     assert set(skipped) <= {"budget", "budget_burst"} and len(skipped) == n - mirrored
+    # the report's coverage numbers show the budget's cut
+    cov = build_report(recs, [], experiment="t")["counts"]["mirror_coverage"]
+    assert cov["mirrored_pairs"] == {"a": mirrored}
+    assert cov["skipped"]["a"].get("budget", 0) == cut
+    assert cov["skipped"]["a"].get("budget_burst", 0) == burst
+    assert cov["coverage"]["a"] == pytest.approx(mirrored / n)

@@ -37,6 +37,35 @@ def forced_counts(arms: ArmSet) -> dict[str, Any]:
     }
 
 
+def mirror_coverage(arms: ArmSet, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mirrored pairs per challenger, and the requests of units inside a mirror share that were
+    not mirrored, by target and reason (``budget``: cut by unit hash to stay within the target's
+    ``mirror_max_rps``; ``budget_burst``: cut by its token bucket; ``throttled``: the shadow
+    guard; ``body_too_large``; ``not_queued``: the shadow queue was full)."""
+    skipped: dict[str, dict[str, int]] = {}
+    for (target, reason), n in sorted(arms.mirror_skipped.items()):
+        skipped.setdefault(target, {})[reason] = n
+    pairs = {n: rep["counts"]["mirrored_pairs"] for n, rep in reports.items()}
+    out: dict[str, Any] = {"mirrored_pairs": pairs, "skipped": skipped}
+    for target, reasons in skipped.items():
+        got = pairs.get(target)
+        if got is not None:
+            want = got + sum(reasons.values())
+            reasons_total = sum(reasons.values())
+            out.setdefault("coverage", {})[target] = f(got / want) if want else None
+            out.setdefault("budget_share", {})[target] = (
+                f((reasons.get("budget", 0) + reasons.get("budget_burst", 0)) / want)
+                if want and reasons_total
+                else 0.0
+            )
+    out["note"] = (
+        "coverage: mirrored pairs over the requests whose unit was in the mirror "
+        "share; a budget cut chooses units by hash, so the pairs stay a random "
+        "sample of units"
+    )
+    return out
+
+
 def crossover_section(cross: pl.DataFrame) -> dict[str, Any]:
     combos: Counter[str] = Counter("+".join(v) for v in cross["variants"].to_list())
     examples = [
