@@ -14,10 +14,20 @@ Runs everything in one go on this machine so the ratios are measured under the s
   p99 latency each proxy adds over direct calls (latency from the scheduled send time, so
   coordinated omission does not hide stalls).
 
+A/B/n (issue 16): ``router-abn4`` splits 50% over four challengers (12.5% each; the
+single-challenger ``router-split50`` is its pair), and ``--baseline DIR`` (a copy of another
+revision's source, e.g. ``git archive main | tar -x -C /tmp/main-src``) adds ``base-router`` and
+``base-router-mirror100``: that revision's router in the same run. ``--rounds N`` repeats the
+router scenarios interleaved (A, B, A, B, ...) and reports the median CPU per request, so the
+ratios compare runs under the same noise. The in-process ``assignment`` lines time the hot
+path's assignment (bucket, variant lookup, mirror routes) with one and with four challengers.
+
 Usage::
 
     python benchmarks/proxy_overhead.py                 # ~2 minutes
     python benchmarks/proxy_overhead.py --duration 10 --json results.json
+    python benchmarks/proxy_overhead.py --baseline /tmp/main-src --rounds 3 \
+        --only router base-router router-mirror100 base-router-mirror100 router-split50 router-abn4
 
 wrk and nginx come from Debian's packages (``apt-get install wrk nginx-light``).
 """
@@ -171,8 +181,8 @@ async def fixed_rate(port: int, rate: float, seconds: float) -> tuple[float, flo
 
 
 def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, split: float,
-               mirror: float) -> list[str]:  # fmt: skip
-    cfg = {
+               mirror: float, challengers: int = 1) -> list[str]:  # fmt: skip
+    cfg: dict[str, object] = {
         "listen": f"127.0.0.1:{port}",
         "champion": {"url": f"http://127.0.0.1:{champ}", "version": "a", "pool_size": 128},
         "challenger": {"url": f"http://127.0.0.1:{chall}", "version": "b", "pool_size": 128},
@@ -182,9 +192,50 @@ def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, spl
         "limits": {"shadow_queue": 10000, "capture_queue": 100000},
         "guard": {"enabled": False},
     }  # fmt: skip
+    if challengers > 1:  # the same stub behind every challenger, the split shared out
+        del cfg["challenger"]
+        cfg["experiment"] = {"name": "bench", "salt": "bench", "unit": {"header": "X-User-Id"}}
+        cfg["challengers"] = [
+            {"name": f"c{i}", "url": f"http://127.0.0.1:{chall}", "version": f"b{i}",
+             "pool_size": 128, "split": split / challengers, "mirror": mirror}
+            for i in range(challengers)
+        ]  # fmt: skip
     path = tmp / f"router-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return [sys.executable, "-m", "router", "serve", "-c", str(path), "--log-level", "WARNING"]
+
+
+def assignment_cost(challengers: int, n: int = 200_000) -> float:
+    """µs per request of the hot path's assignment in process: the unit's bucket, its variant
+    (one table lookup) and the mirror routes of the served variant (every challenger mirrors
+    10% here, so the champion's requests check one route per challenger)."""
+    from router.config import parse_config
+    from router.sidecar.app import RouterApp
+
+    cfg = parse_config({
+        "champion": {"url": "http://127.0.0.1:9", "version": "a"},
+        "challengers": [{"name": f"c{i}", "url": "http://127.0.0.1:9", "version": f"b{i}",
+                         "split": 0.5 / challengers, "mirror": 0.1} for i in range(challengers)],
+        "experiment": {"name": "bench", "salt": "bench"},
+        "capture": {"enabled": False},
+    })  # fmt: skip
+    app = RouterApp(cfg, tempfile.mkdtemp(prefix="bench-assign-"), None)
+    from router.sidecar.assign import bucket
+
+    units = [f"user-{i}" for i in range(n)]
+    salt, msalt = app.salt, app.mirror_salt
+    t0 = time.perf_counter()
+    hits = 0
+    for unit in units:
+        idx = app.owner[bucket(salt, unit)]
+        _variant = app.variants[idx]
+        routes = app.mirror_routes[idx]
+        if app.mirror_any and routes:
+            mb = bucket(msalt, unit)
+            for r in routes:
+                if mb < r.raw and mb < r.effective:
+                    hits += 1
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def nginx_conf(tmp: Path, port: int, champ: int, chall: int, mirror: bool) -> Path:
@@ -224,6 +275,8 @@ def main() -> int:
     ap.add_argument("--rate-seconds", type=float, default=6.0)
     ap.add_argument("--model-ms", type=float, default=2.0)
     ap.add_argument("--only", nargs="*", help="scenario names to run")
+    ap.add_argument("--baseline", type=Path, help="source of another revision to compare with")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the routers")
     ap.add_argument("--json", type=Path, help="write results here")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -254,10 +307,17 @@ def main() -> int:
 
     def scenarios(c: int, h: int) -> list[tuple[str, list[str] | None, int]]:
         out: list[tuple[str, list[str] | None, int]] = [("direct", None, c)]
-        for name, split, mirror in (("router", 0.0, 0.0), ("router-split50", 0.5, 0.0),
-                                    ("router-mirror100", 0.0, 1.0)):  # fmt: skip
+        for name, split, mirror, n in (("router", 0.0, 0.0, 1), ("router-split50", 0.5, 0.0, 1),
+                                       ("router-mirror100", 0.0, 1.0, 1),
+                                       ("router-abn4", 0.5, 0.0, 4)):  # fmt: skip
             p = free_port()
-            out.append((name, pinned("0", router_cmd(tmp, p, c, h, redis.url, split, mirror)), p))
+            cmd = router_cmd(tmp, p, c, h, redis.url, split, mirror, n)
+            out.append((name, pinned("0", cmd), p))
+            if args.baseline is not None and name in ("router", "router-mirror100"):
+                p = free_port()
+                cmd = router_cmd(tmp, p, c, h, redis.url, split, mirror)
+                base = ["env", f"PYTHONPATH={args.baseline.resolve()}", *cmd]
+                out.append((f"base-{name}", pinned("0", base), p))
         p = free_port()
         out.append(
             (
@@ -288,9 +348,10 @@ def main() -> int:
         wanted = set(args.only or [])
         secs = round(args.duration)
         print(f"saturation: wrk -t1 -c{args.connections} -d{secs}s, proxy on core 0")
-        for name, cmd, port in scenarios(champ, chall):
-            if wanted and name not in wanted:
-                continue
+        plan = [x for x in scenarios(champ, chall) if not wanted or x[0] in wanted]
+        routers = [x for x in plan if x[0].startswith(("router", "base-router"))]
+        plan += routers * (args.rounds - 1)  # A, B, ..., A, B, ...: the same noise for each
+        for name, cmd, port in plan:
             if cmd is None:
                 rps, p50, p99, n = run_wrk(port, args.duration, lua, args.connections)
                 results.append(Result(name, rps, p50, p99, None, n))
@@ -329,7 +390,11 @@ def main() -> int:
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    by = {r.scenario: r for r in results}
+    by: dict[str, Result] = {}
+    for r in results:  # the median CPU per request over the rounds
+        same = sorted((x for x in results if x.scenario == r.scenario),
+                      key=lambda x: x.cpu_us_per_request or 0.0)  # fmt: skip
+        by[r.scenario] = same[len(same) // 2]
     print("\nratios (same run):")
     for name in ("router", "router-split50", "router-mirror100"):
         r = by.get(name)
@@ -346,6 +411,19 @@ def main() -> int:
         if ng and ng.cpu_us_per_request and r.cpu_us_per_request:
             parts.append(f"{r.cpu_us_per_request / ng.cpu_us_per_request:.1f}x nginx's CPU")
         print(f"  {name:<17} " + "; ".join(parts))
+    for name in ("router", "router-mirror100"):
+        a, b = by.get(name), by.get(f"base-{name}")
+        if a and b and a.cpu_us_per_request and b.cpu_us_per_request:
+            print(f"  {name:<17} CPU/request {a.cpu_us_per_request / b.cpu_us_per_request:.3f}x "
+                  f"the baseline's ({a.cpu_us_per_request:.1f} vs {b.cpu_us_per_request:.1f} µs, "
+                  f"median of {args.rounds})")  # fmt: skip
+    one, four = by.get("router-split50"), by.get("router-abn4")
+    if one and four and one.cpu_us_per_request and four.cpu_us_per_request:
+        print(f"  four challengers  {four.cpu_us_per_request - one.cpu_us_per_request:+.1f} µs "
+              f"CPU/request against one (split 50% both)")  # fmt: skip
+    a1, a4 = assignment_cost(1), assignment_cost(4)
+    print(f"  assignment        {a1:.2f} µs with one challenger, {a4:.2f} µs with four "
+          f"({a4 - a1:+.2f} µs), in process")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
