@@ -411,16 +411,25 @@ def main() -> int:
         if ng and ng.cpu_us_per_request and r.cpu_us_per_request:
             parts.append(f"{r.cpu_us_per_request / ng.cpu_us_per_request:.1f}x nginx's CPU")
         print(f"  {name:<17} " + "; ".join(parts))
-    for name in ("router", "router-mirror100"):
-        a, b = by.get(name), by.get(f"base-{name}")
-        if a and b and a.cpu_us_per_request and b.cpu_us_per_request:
-            print(f"  {name:<17} CPU/request {a.cpu_us_per_request / b.cpu_us_per_request:.3f}x "
-                  f"the baseline's ({a.cpu_us_per_request:.1f} vs {b.cpu_us_per_request:.1f} µs, "
-                  f"median of {args.rounds})")  # fmt: skip
-    one, four = by.get("router-split50"), by.get("router-abn4")
-    if one and four and one.cpu_us_per_request and four.cpu_us_per_request:
-        print(f"  four challengers  {four.cpu_us_per_request - one.cpu_us_per_request:+.1f} µs "
-              f"CPU/request against one (split 50% both)")  # fmt: skip
+    def rounds(name: str) -> list[float]:
+        return [r.cpu_us_per_request or 0.0 for r in results if r.scenario == name]
+
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    for name in ("router", "router-mirror100"):  # paired per round: A and B ran side by side
+        a, b = rounds(name), rounds(f"base-{name}")
+        if a and len(a) == len(b) and all(b):
+            ratios = [x / y for x, y in zip(a, b, strict=True)]
+            print(f"  {name:<17} CPU/request {median(ratios):.3f}x the baseline's (median of "
+                  f"{len(ratios)} paired rounds: {', '.join(f'{r:.3f}' for r in ratios)})")  # fmt: skip
+    one, four = rounds("router-split50"), rounds("router-abn4")
+    if one and len(one) == len(four):
+        deltas = [y - x for x, y in zip(one, four, strict=True)]
+        print(f"  four challengers  {median(deltas):+.1f} µs CPU/request against one (split 50% "
+              f"both; median of {len(deltas)} paired rounds: "
+              f"{', '.join(f'{d:+.1f}' for d in deltas)})")  # fmt: skip
     a1, a4 = assignment_cost(1), assignment_cost(4)
     print(f"  assignment        {a1:.2f} µs with one challenger, {a4:.2f} µs with four "
           f"({a4 - a1:+.2f} µs), in process")  # fmt: skip

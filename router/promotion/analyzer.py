@@ -8,7 +8,8 @@ from typing import Any, Protocol
 
 
 class Analyse(Protocol):
-    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts``."""
+    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts`` (and
+    ``arms`` with several challengers; the controller then passes ``shares=`` too)."""
 
     def __call__(
         self,
@@ -41,12 +42,14 @@ def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) 
         split: float,
         since: float,
         until: float,
+        shares: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         if redis_url is not None:
             from router.analysis.run import Source, analyze
 
             src = Source(experiment, redis_url=redis_url, since=since, until=until)
-            return analyze(src, policy, kind=policy.prediction_kind or "score", split=split)
+            kind = policy.prediction_kind or "score"
+            return analyze(src, policy, kind=kind, split=split, shares=shares)
         report: dict[str, Any] = analysis.build_report(
             pairs,
             outcomes,
@@ -55,6 +58,7 @@ def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) 
             split=split,
             since=since,
             until=until,
+            shares=shares,
         )
         return report
 
@@ -75,4 +79,8 @@ def verdict_from_report(report: dict[str, Any], since: float, until: float) -> d
         "gates": [{k: g.get(k) for k in GATE_KEYS if k in g} for g in report.get("gates", [])],
         "counts": report.get("counts", {}),
         "window": {"since": since, "until": until},
+        # several challengers: their decisions, ranking and winner (router.promotion.contest)
+        "arms": {k: arms.get(k) for k in ("decisions", "ranking", "winner")}
+        if (arms := report.get("arms"))
+        else None,
     }

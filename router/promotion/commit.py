@@ -32,6 +32,7 @@ WEBHOOK_EVENTS = frozenset(
         "approved",
         "rejected",
         "promoted",
+        "challenger_dropped",
     }
 )
 

@@ -176,6 +176,7 @@ class Controller:
         if state is None or (self.opts.new_run and state.stage in TERMINAL):
             previous = state
             champion, challenger = await self.fleet.current_pins()
+            contenders = await self.fleet.current_challengers()
             done = await commit_and_apply(
                 self.store,
                 lambda cur: (
@@ -191,6 +192,7 @@ class Controller:
                         actor=self.opts.actor,
                         now=self.clock(),
                         previous=previous.outcome if previous is not None else None,
+                        contenders=contenders,
                     )
                 ),
                 fleet=self.fleet,
@@ -325,6 +327,7 @@ class Controller:
         split: float,
         since: float,
         until: float,
+        shares: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Run the analyzer off the event loop (it is CPU-bound), so lease renewal continues."""
         fn = self.analyse
@@ -334,6 +337,8 @@ class Controller:
             "since": since,
             "until": until,
         }
+        if shares is not None:  # several challengers (the analyser then takes ``shares=``)
+            kwargs["shares"] = shares
         if inspect.iscoroutinefunction(fn):
             result = await fn(pairs, outcomes, **kwargs)
         else:
@@ -397,7 +402,14 @@ class Controller:
                 pairs = await self._read(since, now)
                 outcomes = await self._read(since, now, outcomes=True)
             split = state.current_step.split
-            report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
+            shares = None
+            if state.contenders:  # the live challengers' shares (A/B/n SRM)
+                target = machine.desired(state)
+                live = {c.name for c in state.live_contenders}
+                shares = {s.name: s.split for s in target.challengers if s.name in live}
+                split = next(iter(shares.values()), split)
+            report = await self._run_analysis(pairs, outcomes, split=split, since=since,
+                                              until=now, shares=shares)  # fmt: skip
             report = await self._with_running(report, key)
             verdict = verdict_from_report(report, since, now)
             decided = self.clock()  # a new step starts now, not when its analysis began
