@@ -422,8 +422,9 @@ def main() -> int:
         a, b = rounds(name), rounds(f"base-{name}")
         if a and len(a) == len(b) and all(b):
             ratios = [x / y for x, y in zip(a, b, strict=True)]
+            each = ", ".join(f"{r:.3f}" for r in ratios)
             print(f"  {name:<17} CPU/request {median(ratios):.3f}x the baseline's (median of "
-                  f"{len(ratios)} paired rounds: {', '.join(f'{r:.3f}' for r in ratios)})")  # fmt: skip
+                  f"{len(ratios)} paired rounds: {each})")  # fmt: skip
     one, four = rounds("router-split50"), rounds("router-abn4")
     if one and len(one) == len(four):
         deltas = [y - x for x, y in zip(one, four, strict=True)]
