@@ -3,6 +3,7 @@ reconciliation against a real in-process router with three challengers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ def test_every_challenger_shares_each_step() -> None:
 
 
 def test_a_loser_is_dropped_at_once_and_the_others_go_on() -> None:
-    s = machine.on_verdict(started(), arms_verdict({"a": "continue", "b": "continue",
-                                                    "c": "promote"}, "c"), now=1100).state  # fmt: skip
+    first = arms_verdict({"a": "continue", "b": "continue", "c": "promote"}, "c")
+    s = machine.on_verdict(started(), first, now=1100).state
     t = machine.on_verdict(s, arms_verdict({"a": "continue", "b": "rollback", "c": "continue"}),
                            now=1200)  # fmt: skip
     assert [e.event for e in t.events] == ["challenger_dropped"]
@@ -144,13 +145,12 @@ async def test_the_fleet_moves_a_real_router_to_each_target(tmp_path: Path, redi
             ).state  # fmt: skip
             s = machine.on_verdict(s, arms_verdict({n: "promote" for n in "abc"}, "a"),
                                    now=1100).state  # fmt: skip
-            s = machine.on_verdict(s, arms_verdict({"a": "promote", "b": "continue",
-                                                    "c": "continue"}, "a"), now=1200).state  # fmt: skip
-            for state in (s, machine.on_verdict(s, arms_verdict(
-                    {"a": "continue", "b": "rollback", "c": "continue"}), now=1300).state):  # fmt: skip
-                champ_pin = Pin(urls["champion"], "champ-1")
-                state = state.__class__(**{**{k: getattr(state, k) for k in state.__slots__},
-                                           "champion": champ_pin})  # fmt: skip
+            won = arms_verdict({"a": "promote", "b": "continue", "c": "continue"}, "a")
+            s = machine.on_verdict(s, won, now=1200).state
+            lost = arms_verdict({"a": "continue", "b": "rollback", "c": "continue"})
+            champ_pin = Pin(urls["champion"], "champ-1")  # the router's champion, unchanged
+            for state in (s, machine.on_verdict(s, lost, now=1300).state):
+                state = replace(state, champion=champ_pin)
                 applied = await fleet.reconcile(machine.desired(state), note="test")
                 assert [a.result for a in applied] == ["applied"], applied
                 live = {c.name: (c.split, c.mirror) for c in router.app.state.challengers}
