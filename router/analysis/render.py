@@ -287,6 +287,7 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 ],
             )
         )
+    out += abn_sections(r)
     meta = r["meta"]
     out.append(
         (
@@ -298,6 +299,59 @@ def sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
             ],
         )
     )
+    return out
+
+
+def abn_sections(r: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The A/B/n parts: every challenger against the champion (``arms``), crossover units,
+    forced requests and mirror coverage (each only when the report has something to say)."""
+    out: list[tuple[str, list[str]]] = []
+    arms = r.get("arms")
+    if arms:
+        srm = arms["srm"]
+        lines = [
+            f"Ranking: {', '.join(arms['ranking'])}; winner: **{arms['winner'] or 'none'}**.",
+            f"SRM across all arms: {srm['state']} (p {_n(srm.get('p_value'))}, always-valid p "
+            f"{_n(srm.get('sequential_p_value'))}){' — **MISMATCH**' if srm['mismatch'] else ''}",
+            "",
+        ]
+        rows = []
+        for name, cmp_ in arms["comparisons"].items():
+            for metric, m in cmp_["metrics"].items():
+                rows.append([name, metric, m.get("absolute"), _ci(m.get("ci")),
+                             m.get("p_value"), m.get("p_value_holm_family")])  # fmt: skip
+        lines += _table(["challenger", "metric", "uplift", "CI", "p", "p (Holm, family)"], rows)
+        lines += [""] + [
+            f"- {n}: **{d['action']}** — {'; '.join(d['reasons'][:3]) or 'no reasons'}"
+            for n, d in arms["decisions"].items()
+        ]
+        lines += ["", f"{arms['multiple_testing']['method']} "
+                  f"({arms['multiple_testing']['family_size']} tests)."]  # fmt: skip
+        out.append(("Challengers", lines))
+    cross = r.get("crossover")
+    if cross and cross["units"]:
+        lines = [f"{cross['units']} units were served by more than one variant "
+                 f"({', '.join(f'{k}: {v}' for k, v in cross['by_variants'].items())}); they are "
+                 "left out of the SRM check and the unit-level statistics. Examples: "
+                 + ", ".join(f"{e['unit']} ({'+'.join(e['variants'])})"
+                             for e in cross["examples"])]  # fmt: skip
+        out.append(("Crossover units", lines))
+    c = r["counts"]
+    extra = []
+    forced = c.get("forced")
+    if forced and forced["requests"]:
+        by = ", ".join(f"{k} {v}" for k, v in forced["by_variant"].items())
+        extra.append(f"- forced requests (QA, left out of every statistic): {forced['requests']} "
+                     f"({by})")  # fmt: skip
+    cov = c.get("mirror_coverage")
+    if cov and cov.get("skipped"):
+        for target, reasons in cov["skipped"].items():
+            share = (cov.get("coverage") or {}).get(target)
+            extra.append(f"- not mirrored to {target}: "
+                         + ", ".join(f"{k} {v}" for k, v in reasons.items())
+                         + (f" (coverage {_n(share)})" if share is not None else ""))  # fmt: skip
+    if extra:
+        out.append(("Forced requests and mirror coverage", extra))
     return out
 
 

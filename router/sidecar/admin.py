@@ -104,9 +104,18 @@ async def handle_ops(app: RouterApp, request: Request, path: str) -> Response:
         pin: UpstreamPin = getattr(app.state, variant)
         parts = urlsplit(pin.url)
         err = await _tcp_ok(parts.hostname or "127.0.0.1", parts.port or 80)
-        needed = variant == "champion" or app.state.split > 0
+        needed = variant == "champion" or (app.state.split > 0 and not app.state.expired)
         checks[variant] = {"ok": err is None, "required": needed, "error": err}
         ok &= err is None or not needed
+    if len(app.state.challengers) > 1:  # A/B/n: each challenger, required while it serves
+        each: dict[str, Any] = {}
+        for c in app.state.challengers:
+            parts = urlsplit(c.url)
+            err = await _tcp_ok(parts.hostname or "127.0.0.1", parts.port or 80)
+            needed = c.split > 0 and not app.state.expired
+            each[c.name] = {"ok": err is None, "required": needed, "error": err}
+            ok &= err is None or not needed
+        checks["challengers"] = each
     if app.writer is not None:
         # Redis down is not a reason to take the router out of rotation while the spool takes
         # the records (see CaptureWriter.readiness; it never raises)
