@@ -440,13 +440,18 @@ class RouterConfig(_Strict):
         if not isinstance(data, dict):
             return data
         one, many = data.get("challenger"), data.get("challengers")
+        first = many[0] if isinstance(many, list) and many and isinstance(many[0], dict) else None
         if one is not None and many is not None:
-            raise ValueError("challenger: use either challenger: (one) or challengers: (a list)")
+            if one != first:  # (a dumped config repeats the first challenger: that is fine)
+                raise ValueError(
+                    "challenger: use either challenger: (one) or challengers: (a list)"
+                )
+            data = {k: v for k, v in data.items() if k != "challenger"}
         exp = data.get("experiment")
         if many is not None:
             if isinstance(exp, dict):
                 for key in ("split", "mirror"):
-                    if exp.get(key):
+                    if exp.get(key) and (first is None or exp[key] != first.get(key)):
                         raise ValueError(
                             f"experiment.{key}: with challengers: set {key} per challenger "
                             f"(challengers[i].{key})"

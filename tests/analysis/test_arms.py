@@ -234,3 +234,16 @@ def test_a_challenger_first_named_on_a_later_page_asks_for_a_second_read() -> No
     assert not again.restart and again.names == ["a", "b"]
     assert again.arms["b"].requests[1] == len(late)
     assert again.arms["a"].requests[0] == again.arms["b"].requests[0]  # the champion's
+
+
+def test_markdown_and_html_show_the_challengers() -> None:
+    from router.analysis.render import to_markdown
+    from router.analysis.render_html import to_html
+
+    recs, outs = abn_stream(300)
+    recs[0] = dict(recs[0], forced=True)
+    rep = build_report(recs, outs, experiment="e", policy=POLICY, shares=SHARES)
+    md = to_markdown(rep)
+    assert "## Challengers" in md and "p (Holm, family)" in md
+    assert "forced requests (QA, left out of every statistic): 1" in md
+    assert "Challengers" in to_html(rep)

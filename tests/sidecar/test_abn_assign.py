@@ -89,7 +89,7 @@ def test_a_change_moves_units_only_between_the_champion_and_that_challenger(
 
 
 @settings(max_examples=60, deadline=None)
-@given(shares=st.lists(st.integers(0, 30).map(lambda x: x / 100), min_size=1, max_size=4))
+@given(shares=st.lists(st.integers(0, 25).map(lambda x: x / 100), min_size=1, max_size=4))
 def test_one_challenger_is_todays_formula_and_the_shares_are_exact(shares: list[float]) -> None:
     layout = initial_layout(list(zip(NAMES, shares, strict=False)))
     for name, share in zip(NAMES, shares, strict=False):
@@ -203,3 +203,12 @@ def test_bad_challengers_name_the_field(data: dict[str, Any], key: str, words: s
     msg = str(err.value)
     assert msg.startswith(f"f.yaml: {key}: "), msg
     assert words in msg, msg
+
+
+def test_a_validated_config_round_trips_through_its_dump() -> None:
+    for data in (
+        _cfg(challenger={"url": "http://h:1", "version": "v2"}, experiment={"split": 0.2}),
+        _cfg(challengers=[_ch("a", split=0.1, mirror=0.3), _ch("b", split=0.4)]),
+    ):
+        cfg = parse_config(data)
+        assert parse_config(cfg.model_dump()) == cfg

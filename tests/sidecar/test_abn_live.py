@@ -4,6 +4,7 @@ against real upstream servers and a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import pytest
 from router.config import parse_config
 from router.sidecar.app import initial_state
 from router.sidecar.challengers import ChangeError, apply_change, expiry_deadline
-from tests.helpers import TOKEN, InProcessRouter, metric_sum, parse_metrics
+from tests.helpers import (
+    TOKEN,
+    InProcessRouter,
+    ServeProcess,
+    get_json,
+    metric_sum,
+    parse_metrics,
+)
 from tests.sidecar.test_abn_proxy import _abn_config, _servers
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -156,3 +164,35 @@ def test_expiry_deadline_and_pure_changes() -> None:
         apply_change(state, {"op": "add", "challenger": b})
     updated = apply_change(state, {"op": "update", "name": "a", "version": "a2"})
     assert updated[0].version == "a2" and updated[0].extents == state.challengers[0].extents
+
+
+async def test_a_live_change_reaches_every_worker_within_a_second(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with _servers("champion", "a", "b") as urls:
+        d = _abn_config(
+            urls, redis_url, tmp_path, [{"name": "a", "split": 0.1}, {"name": "b", "split": 0.1}]
+        ).model_dump()
+        router = ServeProcess(d, tmp_path, workers=2).start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                status, view = await _change(
+                    s, router.url, {"op": "update", "name": "b", "split": 0.3}
+                )
+                assert status == 200
+                version = view["version"]
+                t0 = time.monotonic()
+                pids: set[int] = set()
+                # every worker answers with the new version within a second (a new connection
+                # per request, so the kernel spreads them over the workers)
+                while time.monotonic() - t0 < 1.0 or len(pids) < 2:
+                    async with aiohttp.ClientSession() as fresh:
+                        st, state = await get_json(fresh, f"{router.url}/_router/state")
+                    assert st == 200
+                    pids.add(state["worker"]["pid"])
+                    if time.monotonic() - t0 > 1.0:
+                        assert state["state"]["version"] == version, state["worker"]
+                    assert time.monotonic() - t0 < 10, "only one worker answered"
+                assert len(pids) == 2
+        finally:
+            assert router.stop() == 0
