@@ -9,7 +9,10 @@ Where to start reading, in the order the data flows: :mod:`.run` (the I/O shell;
 :mod:`.outcomes_index`), :mod:`.accumulate` (mergeable aggregates, with its parts :mod:`.pairs`,
 :mod:`.segments`, :mod:`.fields`, :mod:`.units` and the sketches of :mod:`.sketches`),
 :mod:`.report` (assembles the :mod:`.sections` and :mod:`.data_quality`), :mod:`.gates` (gate
-rows and the decision), :mod:`.render` and :mod:`.render_html`. The statistics are pure
+rows and the decision), :mod:`.compare` (``--compare``: what changed since a previous look), then
+the renderers: :mod:`.render` (Markdown, and the list of sections), :mod:`.render_html` (with
+:mod:`.plots`), both drawing the :mod:`.doc` sections built by :mod:`.views`, every number
+through :mod:`.fmt`. The statistics are pure
 functions: :mod:`.stats`, :mod:`.proportions`, :mod:`.quantiles`, :mod:`.sample_size`,
 :mod:`.measures` (fixed horizon) and :mod:`.sequential` (always valid).
 """

@@ -1,177 +1,140 @@
-"""Render a report as one self-contained HTML page with plots.
-
-The page shows the Markdown sections of :func:`router.analysis.render.sections` and embeds its
-plots as base64 PNGs drawn with matplotlib (Agg backend), so it opens offline. Plots: prediction
-distributions of both models on the same requests, latency CDFs, uplift over time with the
-confidence-sequence band, per-segment bars.
-"""
+"""Render a report as one self-contained HTML page: the sections of
+:func:`router.analysis.render.sections`, each with its plots (:mod:`router.analysis.plots`)
+under it, statuses as words on a colour, every table within the page width. No script, no
+external resource: it opens offline and prints."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
+import re
 from typing import TYPE_CHECKING, Any
 
+from router.analysis.doc import (
+    ACTION_TONE,
+    Block,
+    Bullets,
+    Headline,
+    Note,
+    Para,
+    Section,
+    Status,
+    Table,
+)
+from router.analysis.plots import Figure, plots
 from router.analysis.render import sections
 
 if TYPE_CHECKING:
     from router.analysis.accumulate import Accumulator
 
+# tones: colour-blind-safe (Okabe-Ito), always beside the word
+TONE = {"good": "#007a5a", "bad": "#c0392b", "wait": "#9a6700", "none": "#6e7781"}
 
-ACTION_COLOUR = {
-    "promote": "#1a7f37",
-    "continue": "#0969da",
-    "hold": "#9a6700",
-    "rollback": "#cf222e",
-}
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def plots(r: dict[str, Any], acc: Accumulator | None) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: list[tuple[str, str]] = []
-    if acc is not None and acc.paired.sample.rows.size:
-        items = acc.paired.sample.items()
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.hist(items[:, 0], bins=40, alpha=0.55, label="champion", density=True)
-        ax.hist(items[:, 1], bins=40, alpha=0.55, label="challenger", density=True)
-        ax.set_xlabel("prediction")
-        ax.set_title("Predictions on the same (mirrored) requests")
-        ax.legend()
-        out.append(("Prediction distributions", _png(fig)))
-    if acc is not None and any(h.n for h in acc.latency):
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for v, name in ((0, "champion"), (1, "challenger")):
-            x, y = acc.latency[v].cdf_points()
-            if x.size:
-                ax.step(x, y, where="post", label=f"{name} (served)")
-            x, y = acc.paired.latency[v].cdf_points()
-            if x.size:
-                ax.step(x, y, where="post", linestyle="--", label=f"{name} (mirrored pairs)")
-        ax.set_xscale("log")
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("CDF")
-        ax.legend(fontsize=7)
-        ax.set_title("Latency CDFs")
-        out.append(("Latency", _png(fig)))
-    for name, m in r["metrics"].items():
-        ser = m.get("series") or []
-        if len(ser) < 2:
-            continue
-        t0 = ser[0]["ts"] or 0.0
-        xs = [((p["ts"] or 0.0) - t0) / 60 for p in ser]
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(xs, [p["absolute"] for p in ser], marker="o", label="uplift (absolute)")
-        lo = [p["sequential_ci"][0] for p in ser]
-        hi = [p["sequential_ci"][1] for p in ser]
-        if all(v is not None for v in lo + hi):
-            ax.fill_between(xs, lo, hi, alpha=0.25, label="confidence sequence")
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xlabel("minutes since first exposure")
-        ax.set_title(f"{name}: uplift over time")
-        ax.legend(fontsize=7)
-        out.append((f"Uplift over time: {name}", _png(fig)))
-    for fname, rows in r["segments"]["fields"].items():
-        vals = [x["value"] for x in rows][:20]
-        if not vals:
-            continue
-        use_acc = any(x["accuracy"][1] is not None for x in rows)
-        key, label = ("accuracy", "accuracy") if use_acc else ("positive_rate", "positive rate")
-        ch = [x[key][0] or 0.0 for x in rows][:20]
-        cl = [x[key][1] or 0.0 for x in rows][:20]
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        idx = list(range(len(vals)))
-        ax.bar([i - 0.2 for i in idx], ch, width=0.4, label="champion")
-        ax.bar([i + 0.2 for i in idx], cl, width=0.4, label="challenger")
-        ax.set_xticks(idx, vals, rotation=30, fontsize=8)
-        ax.set_title(f"{label} by {fname}")
-        ax.legend(fontsize=7)
-        out.append((f"Segments: {fname}", _png(fig)))
-    return out
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1120px;margin:1.5em auto;
+ padding:0 16px;color:#1f2328;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #d0d7de;
+ padding-bottom:.2em}
+nav{font-size:13px;color:#57606a}nav a{margin-right:.8em;color:#0969da;text-decoration:none}
+p.lede{color:#57606a;font-style:italic;margin-top:.2em}p.note{color:#57606a;font-size:13px}
+.tablewrap{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0;max-width:100%}
+td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.wide{min-width:18em;overflow-wrap:anywhere}
+.st{display:inline-block;padding:0 .45em;border-radius:3px;color:#fff;font-weight:600;
+ font-size:12px;white-space:nowrap}
+.headline{border-left:6px solid;padding:.6em 1em;background:#f6f8fa;margin:.8em 0}
+.headline .action{font-size:1.5em;font-weight:700}
+figure{margin:.8em 0;max-width:100%}figure img{max-width:100%;height:auto}
+figcaption{font-size:13px;color:#57606a}
+code{background:#f6f8fa;padding:0 .2em;border-radius:3px}
+"""
 
 
-def _md_to_html(lines: list[str]) -> str:
-    """Just enough Markdown for our own sections: tables, bullets, bold, code."""
-    out: list[str] = []
-    table: list[list[str]] = []
+def inline(text: str) -> str:
+    """``**bold**`` and ```code``` of the blocks' text, everything else escaped."""
+    s = html.escape(text, quote=False)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
 
-    def inline(s: str) -> str:
-        s = html.escape(s)
-        parts = s.split("**")
-        s = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
-        parts = s.split("`")
-        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
-    def flush() -> None:
-        if table:
-            head, *body = [r for r in table if not set("".join(r)) <= set("-")]
-            out.append(
-                "<table><tr>"
-                + "".join(f"<th>{inline(c)}</th>" for c in head)
-                + "</tr>"
-                + "".join(
-                    "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body
-                )
-                + "</table>"
-            )
-            table.clear()
+def status_html(s: Status) -> str:
+    return (f"<span class='st st-{s.tone}' style='background:{TONE[s.tone]}'>"
+            f"{html.escape(s.text)}</span>")  # fmt: skip
 
-    for raw in lines:
-        for ln in raw.split("\n"):
-            if ln.startswith("|"):
-                table.append([c.strip() for c in ln.strip("|").split("|")])
+
+def _status_words(text: str) -> str:
+    """``**PASS**`` in a sentence as a badge."""
+    for state in ("pass", "fail", "not_enough_data", "inconclusive", "not_evaluable"):
+        text = text.replace(f"<b>{Status(state).text}</b>", status_html(Status(state)))
+    return text
+
+
+def table_html(t: Table) -> str:
+    head = "".join(f"<th>{inline(h)}</th>" for h in t.head)
+    body = []
+    for row in t.rows:
+        cells = []
+        for i, c in enumerate(row):
+            if isinstance(c, Status):
+                cells.append(f"<td>{status_html(c)}</td>")
                 continue
-            flush()
-            if ln.startswith("- "):
-                out.append(f"<li>{inline(ln[2:])}</li>")
-            elif ln.strip():
-                out.append(f"<p>{inline(ln)}</p>")
-    flush()
-    return "\n".join(out)
+            cls = " class='num'" if t.aligned_right(i) else (
+                " class='wide'" if len(c) > 60 else "")  # fmt: skip
+            cells.append(f"<td{cls}>{inline(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<div class='tablewrap'><table><thead><tr>{head}</tr></thead><tbody>"
+            + "".join(body) + "</tbody></table></div>")  # fmt: skip
+
+
+def block_html(b: Block) -> str:
+    if isinstance(b, Headline):
+        colour = TONE[ACTION_TONE.get(b.action, "none")]
+        first = inline(b.sentences[0]) if b.sentences else ""
+        return (f"<div class='headline' style='border-color:{colour}'><span class='action' "
+                f"style='color:{colour}'>{html.escape(b.action.upper())}</span> "
+                f"<span>{first}</span></div>")  # fmt: skip
+    if isinstance(b, Para):
+        return f"<p>{_status_words(inline(b.text))}</p>"
+    if isinstance(b, Note):
+        return f"<p class='note'>{inline(b.text)}</p>"
+    if isinstance(b, Bullets):
+        return "<ul>" + "".join(f"<li>{_status_words(inline(x))}</li>" for x in b.items) + "</ul>"
+    if isinstance(b, Table):
+        return table_html(b)
+    raise TypeError(f"unknown block {type(b).__name__}")
+
+
+def figure_html(f: Figure) -> str:
+    return (f"<figure><img src='{f.uri}' alt='{html.escape(f.title)}'>"
+            f"<figcaption><b>{html.escape(f.title)}.</b> {html.escape(f.caption)}</figcaption>"
+            "</figure>")  # fmt: skip
+
+
+def section_html(s: Section, figures: list[Figure]) -> str:
+    parts = [f"<section id='{s.key}'><h2>{html.escape(s.title)}</h2>",
+             f"<p class='lede'>{inline(s.lede)}</p>"]  # fmt: skip
+    parts += [block_html(b) for b in s.blocks]
+    parts += [figure_html(f) for f in figures]
+    return "\n".join(parts) + "</section>"
 
 
 def to_html(r: dict[str, Any], acc: Accumulator | None = None) -> str:
-    action = r["decision"]["action"]
-    colour = ACTION_COLOUR.get(action, "#333")
-    body = [
-        f"<h1>Shadow report: {html.escape(r['experiment'])}</h1>",
-        f"<div class='decision' style='border-color:{colour}'><span style='color:{colour}'>"
-        f"{action.upper()}</span></div>",
-    ]
-    for title, lines in sections(r):
-        body.append(f"<h2>{html.escape(title)}</h2>")
-        body.append(_md_to_html(lines))
+    secs = sections(r)
     figs = plots(r, acc)
-    if figs:
-        body.append("<h2>Plots</h2>")
-        for title, uri in figs:
-            body.append(
-                f"<figure><img src='{uri}' alt='{html.escape(title)}'>"
-                f"<figcaption>{html.escape(title)}</figcaption></figure>"
-            )
-    css = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
-        ".decision{border:3px solid;padding:.5em 1em;font-size:1.6em;font-weight:bold;"
-        "display:inline-block}figure{display:inline-block;margin:.5em}"
-    )
+    keys = {s.key for s in secs}
+    body = [f"<h1>Shadow report: {html.escape(r['experiment'])}</h1>",
+            "<nav>" + "".join(f"<a href='#{s.key}'>{html.escape(s.title)}</a>" for s in secs)
+            + "</nav>"]  # fmt: skip
+    for s in secs:
+        body.append(section_html(s, [f for f in figs if f.section == s.key]))
+    orphans = [f for f in figs if f.section not in keys]
+    if orphans:
+        body.append("<section id='plots'><h2>Plots</h2>"
+                    + "".join(figure_html(f) for f in orphans) + "</section>")  # fmt: skip
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Shadow report "
-        f"{html.escape(r['experiment'])}</title><style>{css}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>Shadow report: {html.escape(r['experiment'])}</title><style>{CSS}</style>"
+        "</head><body>" + "\n".join(body) + "</body></html>"
     )

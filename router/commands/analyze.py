@@ -147,6 +147,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also write this window's field statistics as a reference file",
     )
     p.add_argument("--format", choices=["json", "md", "html"], default="md")
+    p.add_argument(
+        "--compare",
+        metavar="PREVIOUS.json",
+        help="show what changed since a previous look: a report (--format json) or the "
+        "promotion controller's state (router canary status --json)",
+    )
     p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument(
         "--workers",
@@ -187,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
     if why is not None:
         print(f"router: {why}", file=sys.stderr)
         return 2
+    previous = None
+    if args.compare:
+        previous = _previous_look(args.compare)
+        if previous is None:
+            return 2
     reference = None
     if args.reference_stats:
         try:
@@ -250,12 +261,34 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(
             target=importlib.import_module, args=("router.analysis.report",), daemon=True
         ).start()
-        return _analyse(args, src, policy, kind, track, reference, pages)
+        return _analyse(args, src, policy, kind, track, reference, pages, previous)
     finally:
         pages.close()
         if tmp:
             for path in tmp:
                 os.unlink(path)
+
+
+def _previous_look(path: str) -> dict[str, Any] | None:
+    """The previous look of ``--compare``, or None after saying why it cannot be used."""
+    import orjson
+
+    from router.analysis.compare import CompareError, previous_look
+
+    try:
+        with open(path, "rb") as fh:
+            doc = orjson.loads(fh.read())
+        previous_look(doc)
+    except OSError as exc:
+        print(f"router: --compare: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+    except orjson.JSONDecodeError as exc:
+        print(f"router: --compare: {path}: not JSON ({exc})", file=sys.stderr)
+        return None
+    except CompareError as exc:
+        print(f"router: --compare: {path}: {exc}", file=sys.stderr)
+        return None
+    return doc
 
 
 def _policy(path: str | None) -> Policy | None:
@@ -278,6 +311,7 @@ def _analyse(
     track: bool,
     reference: dict[str, Any] | None,
     pages: Pages,
+    previous: dict[str, Any] | None = None,
 ) -> int:
     """Fold the records being read, write the report; 3 when the data cannot be read."""
     import gc
@@ -351,6 +385,10 @@ def _analyse(
     if args.strict and warnings:
         print(f"router: --strict: policy warning: {'; '.join(warnings)}", file=sys.stderr)
         return 2
+    if previous is not None:
+        from router.analysis.compare import compare
+
+        report["comparison"] = compare(report, previous)
     if args.write_reference_stats:
         with open(args.write_reference_stats, "wb") as fh:
             fh.write(orjson.dumps(reference_stats(arms.primary), option=orjson.OPT_INDENT_2))

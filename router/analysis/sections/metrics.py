@@ -77,18 +77,7 @@ def _request_metric_arms(
     have a value); a request without a unit is a cluster of one. The mean is ``ΣX / ΣN`` and
     the per-cluster variance the delta method's
     ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``)."""
-    mid = acc.outcomes.metric_id(metric)
-    rv = acc.units.request_values()
-    if mid is not None and rv.height:
-        vals = rv.filter(pl.col("metric") == mid).select("unit", "s", "n")
-    else:
-        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64})
-    df = uv.single.select("unit", "challenger", "requests").join(vals, on="unit", how="left")
-    df = df.with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
-    den = pl.col("requests") if spec.missing_as_zero else pl.col("n")
-    df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
-    v = df["challenger"].to_numpy()
-    x, d = df["s"].to_numpy(), df["d"].to_numpy()
+    v, _t, x, d = _request_frame(acc, uv, metric, spec)
     out = []
     for i in (0, 1):
         co = CoMoments()
@@ -98,6 +87,63 @@ def _request_metric_arms(
         ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
         out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
                     "var": float(var)})  # fmt: skip
+    return out
+
+
+def _request_frame(
+    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(variant, first exposure, sum of values, requests counted) per unit served by a single
+    variant, for a ``per: request`` metric."""
+    mid = acc.outcomes.metric_id(metric)
+    rv = acc.units.request_values()
+    if mid is not None and rv.height:
+        vals = rv.filter(pl.col("metric") == mid).select("unit", "s", "n")
+    else:
+        vals = pl.DataFrame(schema={"unit": pl.String, "s": pl.Float64, "n": pl.Int64})
+    df = uv.single.select("unit", "challenger", "requests", "first_ts").join(
+        vals, on="unit", how="left"
+    )
+    df = df.with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
+    den = pl.col("requests") if spec.missing_as_zero else pl.col("n")
+    df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
+    return (
+        df["challenger"].cast(pl.Int8).to_numpy(),
+        df["first_ts"].cast(pl.Float64).to_numpy(),
+        df["s"].cast(pl.Float64).to_numpy(),
+        df["d"].to_numpy(),
+    )
+
+
+def _request_series(
+    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec, policy: Policy,
+    points: int = 12,
+) -> list[dict[str, Any]]:
+    """Uplift of a ``per: request`` metric by cumulative exposure cohort (the units first
+    exposed up to each time, as :func:`_series`), each cohort's ratio of unit sums with its
+    delta-method variance; requests without a unit have no exposure time and are left out."""
+    v, t, x, d = _request_frame(acc, uv, metric, spec)
+    if t.size < 4:
+        return []
+    order = np.argsort(t, kind="stable")
+    v, t, x, d = v[order], t[order], x[order], d[order]
+    out = []
+    for cut in np.linspace(t[0], t[-1], points + 1)[1:]:
+        k = int(np.searchsorted(t, cut, side="right"))
+        arms = []
+        for i in (0, 1):
+            sel = v[:k] == i
+            co = CoMoments()
+            co.add_arrays(x[:k][sel], d[:k][sel])
+            arms.append(co)
+        if min(co.n for co in arms) < 2:
+            continue
+        rv = [stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy) for co in arms]
+        n = (float(arms[0].n), float(arms[1].n))
+        up = _uplift(n, (float(rv[0][0]), float(rv[1][0])), (float(rv[0][1]), float(rv[1][1])),
+                     policy)  # fmt: skip
+        out.append({"ts": f(cut), "n": [int(n[0]), int(n[1])], "absolute": up["absolute"],
+                    "ci": up["ci"], "sequential_ci": up["sequential_ci"]})  # fmt: skip
     return out
 
 
@@ -127,6 +173,7 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
                 }
                 for i in (0, 1)
             }
+            series = _request_series(acc, uv, metric, spec, policy)
             entry["variance_method"] = (
                 "ratio of unit sums; variance per unit by the delta method (clustered by unit), "
                 "n = requests, units = clusters"
