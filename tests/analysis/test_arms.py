@@ -245,5 +245,5 @@ def test_markdown_and_html_show_the_challengers() -> None:
     rep = build_report(recs, outs, experiment="e", policy=POLICY, shares=SHARES)
     md = to_markdown(rep)
     assert "## Challengers" in md and "p (Holm, family)" in md
-    assert "forced requests (QA, left out of every statistic): 1" in md
+    assert "forced requests (QA), left out of every statistic: 1" in md
     assert "Challengers" in to_html(rep)
