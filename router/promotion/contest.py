@@ -25,7 +25,7 @@ yet; the analysis drops a single bad challenger).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from router.promotion.state import (
@@ -38,7 +38,6 @@ from router.promotion.state import (
     Pin,
     Share,
     State,
-    Transition,
 )
 
 BUCKETS = 10_000
@@ -102,9 +101,21 @@ def decisions_of(state: State, verdict: dict[str, Any]) -> dict[str, dict[str, A
     return {}
 
 
-def on_contest_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transition:
-    from router.promotion import machine
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What one analysis means for a contest, for :func:`router.promotion.machine.on_verdict`
+    to apply: the state with losers dropped (and, at the last step, the winner as the
+    challenger), their events, and either a rollback (every challenger dropped: its reasons and
+    data) or the one combined verdict to apply as with a single challenger."""
 
+    state: State
+    events: tuple[Event, ...]
+    verdict: dict[str, Any]
+    rollback: list[str] | None = None
+    data: dict[str, Any] | None = None
+
+
+def resolve(state: State, verdict: dict[str, Any], *, now: float) -> Resolution:
     decisions = decisions_of(state, verdict)
     losers = {
         n: [f"{n}: {r}" for r in d.get("reasons", [])] or [f"{n}: analyzer decided rollback"]
@@ -116,10 +127,8 @@ def on_contest_verdict(state: State, verdict: dict[str, Any], *, now: float) -> 
     live = [c.name for c in base.live_contenders]
     if not live:
         reasons = [r for rs in losers.values() for r in rs] or ["every challenger was dropped"]
-        t = machine.rollback(base, actor="controller:analysis", now=now,
-                             reasons=["every challenger dropped", *reasons],
-                             data={"source": "analysis", "dropped": sorted(losers)})  # fmt: skip
-        return Transition(t.state, (*events, *t.events))
+        return Resolution(base, tuple(events), verdict, ["every challenger dropped", *reasons],
+                          {"source": "analysis", "dropped": sorted(losers)})  # fmt: skip
     arms = verdict.get("arms") or {}
     winner = arms.get("winner") if arms else None
     if not arms and len(live) == 1 and decisions.get(live[0], {}).get("action") == "promote":
@@ -128,8 +137,9 @@ def on_contest_verdict(state: State, verdict: dict[str, Any], *, now: float) -> 
         winner = None
     rest = {n: d for n, d in decisions.items() if n in live}
     if winner is not None:
-        action, reasons = "promote", list(rest[winner].get("reasons", [])) if winner in rest else []
-        reasons = [f"{winner} wins: ranks first and passes every gate", *reasons]
+        action = "promote"
+        reasons = [f"{winner} wins: ranks first and passes every gate",
+                   *(rest.get(winner) or {}).get("reasons", [])]  # fmt: skip
         last = base.step + 1 >= len(base.steps)
         if last and not base.held:  # the winner alone goes to approval
             others = {n: [f"lost to {winner}"] for n in live if n != winner}
@@ -143,6 +153,4 @@ def on_contest_verdict(state: State, verdict: dict[str, Any], *, now: float) -> 
     else:
         action = "continue"
         reasons = [f"{n}: {r}" for n, d in rest.items() for r in d.get("reasons", [])]
-    single = dict(verdict, action=action, reasons=reasons)
-    t = machine.apply_verdict(base, single, now=now)
-    return Transition(t.state, (*events, *t.events))
+    return Resolution(base, tuple(events), dict(verdict, action=action, reasons=reasons))

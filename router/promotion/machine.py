@@ -204,9 +204,15 @@ def on_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transiti
     several challengers also ``arms``, see :mod:`router.promotion.contest`)."""
     if state.stage not in (SHADOW, CANARY):
         raise TransitionError(f"no analysis in stage {state.stage}")
-    if state.contenders:
-        return contest.on_contest_verdict(state, verdict, now=now)
-    return apply_verdict(state, verdict, now=now)
+    if not state.contenders:
+        return apply_verdict(state, verdict, now=now)
+    res = contest.resolve(state, verdict, now=now)
+    if res.rollback is not None:
+        t = rollback(res.state, actor="controller:analysis", reasons=res.rollback, now=now,
+                     data=res.data)  # fmt: skip
+    else:
+        t = apply_verdict(res.state, res.verdict, now=now)
+    return Transition(t.state, (*res.events, *t.events))
 
 
 def apply_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transition:
