@@ -410,7 +410,8 @@ def main() -> int:
         ng = by.get("nginx-mirror100" if "mirror" in name else "nginx")
         if ng and ng.cpu_us_per_request and r.cpu_us_per_request:
             parts.append(f"{r.cpu_us_per_request / ng.cpu_us_per_request:.1f}x nginx's CPU")
-        print(f"  {name:<17} " + "; ".join(parts))
+        if parts:
+            print(f"  {name:<17} " + "; ".join(parts))
     def rounds(name: str) -> list[float]:
         return [r.cpu_us_per_request or 0.0 for r in results if r.scenario == name]
 
