@@ -154,3 +154,47 @@ def resolve(state: State, verdict: dict[str, Any], *, now: float) -> Resolution:
         action = "continue"
         reasons = [f"{n}: {r}" for n, d in rest.items() for r in d.get("reasons", [])]
     return Resolution(base, tuple(events), dict(verdict, action=action, reasons=reasons))
+
+
+# ---- the fast guardrails, per challenger ------------------------------------------------------
+
+
+def arm_sides(rec: dict[str, Any], arm: str) -> dict[str, Any] | None:
+    """Record ``rec`` as challenger ``arm``'s view sees it (its champion side and ``arm``'s
+    answer as the challenger side), or None when another challenger served it (the record
+    projection of :mod:`router.analysis.arms`, for the fast guardrails)."""
+    if rec.get("forced"):
+        return None
+    served = rec.get("variant") or rec.get("served")
+    if served not in ("champion", arm):
+        return None
+    side = rec.get("challenger")
+    own = rec.get("arm") or ("challenger" if side is not None else None)
+    if own != arm:
+        side = (rec.get("shadows") or {}).get(arm)
+    return {"champion": rec.get("champion"), "challenger": side}
+
+
+class ArmTallies:
+    """One :class:`~router.promotion.guardrails.GuardrailState` per challenger of a contest,
+    each over that challenger's view of the step's records."""
+
+    def __init__(self, names: list[str]) -> None:
+        from router.promotion.guardrails import GuardrailState
+
+        self.states = {n: GuardrailState() for n in names}
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        for name, st in self.states.items():
+            st.add(v for r in records if (v := arm_sides(r, name)) is not None)
+
+
+def drop_for_guardrail(
+    state: State, name: str, result: dict[str, Any], *, now: float
+) -> tuple[State, tuple[Event, ...]]:
+    """Challenger ``name`` breached a fast guardrail: drop it (the caller rolls the canary
+    back when none is left)."""
+    reasons = [f"{name}: guardrail: {r}" for r in result.get("reasons", [])]
+    names = {name: reasons or [f"{name}: guardrail breached"]}
+    events = _dropped_events(state, names, "controller:guardrail")
+    return _drop(state, names, now, "guardrail"), tuple(events)

@@ -41,6 +41,7 @@ from router.promotion import machine
 from router.promotion.analyzer import Analyse, analyzer_from_policy, verdict_from_report
 from router.promotion.commit import WEBHOOK_EVENTS, commit_and_apply, make_sender, webhook_event
 from router.promotion.config import PromotionConfig
+from router.promotion.contest import ArmTallies
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
@@ -52,6 +53,17 @@ from router.promotion.webhooks import WebhookSender
 log = logging.getLogger("router.promotion.controller")
 
 
+def _dropping(
+    name: str, result: dict[str, Any], now: float, same_step: Callable[[State | None], bool]
+) -> Callable[[State | None], Transition | None]:
+    def fn(cur: State | None) -> Transition | None:
+        if cur is None or not same_step(cur):
+            return None
+        return machine.on_contender_guardrails(cur, name, result, now=now)
+
+    return fn
+
+
 @dataclass
 class StepGuard:
     """The current step's guardrail tallies and, per pair stream, the last entry id read."""
@@ -60,6 +72,7 @@ class StepGuard:
     since: float
     tallies: GuardrailState = field(default_factory=GuardrailState)
     cursors: dict[str, str] = field(default_factory=dict)
+    arms: ArmTallies | None = None  # a contest: one tally per challenger's view
 
 
 @dataclass
@@ -349,6 +362,27 @@ class Controller:
             raise TypeError(f"analyser returned {type(result).__name__}, expected a report dict")
         return result
 
+    async def _contender_guardrails(
+        self, state: State, now: float, since: float, same_step: Callable[[State | None], bool]
+    ) -> State:
+        assert self._guard is not None and self._guard.arms is not None
+        for c in state.live_contenders:
+            tally = self._guard.arms.states.get(c.name)
+            if tally is None:
+                continue
+            g = evaluate_guardrails(tally, self.cfg.guardrails)
+            if not g.breached:
+                continue
+            result = {
+                "breached": True, "reasons": g.reasons,
+                "checks": [x.to_json() for x in g.checks],
+                "counts": {"records": tally.records, "champion_calls": g.champion.calls,
+                           "challenger_calls": g.challenger.calls, "challenger": c.name},
+                "window": {"since": since, "until": now},
+            }  # fmt: skip
+            state = await self._commit(_dropping(c.name, result, now, same_step))
+        return state
+
     async def tick(self) -> State:
         """One control step; returns the (possibly new) state."""
         assert self.store is not None and self.lease is not None
@@ -368,13 +402,22 @@ class Controller:
         since = state.step_started_at + self.cfg.settle_s
         if self._guard is None or self._guard.key != key:
             self._guard = StepGuard(key, since)  # a new step (or a restart): a new sequence
-        self._guard.tallies.add(await self._read_new(self._guard))
+        new_records = await self._read_new(self._guard)
+        self._guard.tallies.add(new_records)
+        if state.contenders:
+            if self._guard.arms is None:
+                self._guard.arms = ArmTallies([c.name for c in state.contenders])
+            self._guard.arms.add(new_records)
 
         def same_step(cur: State | None) -> bool:
             return cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
 
         guard = evaluate_guardrails(self._guard.tallies, self.cfg.guardrails)
-        if guard.breached:
+        breached = guard.breached
+        if state.contenders:  # each challenger against the champion: a loser is dropped alone
+            state = await self._contender_guardrails(state, now, since, same_step)
+            breached = False
+        if breached:
             result = {
                 "breached": True,
                 "reasons": guard.reasons,

@@ -186,6 +186,25 @@ def on_guardrails(state: State, result: dict[str, Any], *, now: float) -> Transi
     )
 
 
+def on_contender_guardrails(
+    state: State, name: str, result: dict[str, Any], *, now: float
+) -> Transition | None:
+    """A contest's challenger ``name`` breached a fast guardrail (``result`` as for
+    :func:`on_guardrails`): it is dropped; the last one dropped rolls the canary back."""
+    if state.stage not in ACTIVE or not result.get("breached"):
+        return None
+    if name not in {c.name for c in state.live_contenders}:
+        return None
+    new, events = contest.drop_for_guardrail(state, name, result, now=now)
+    if new.live_contenders:
+        return Transition(new, events)
+    t = rollback(new, actor="controller:guardrail", now=now,
+                 reasons=["every challenger dropped", *result.get("reasons", [])],
+                 data={"source": "guardrail", "gates": result.get("checks", []),
+                       "counts": result.get("counts", {})})  # fmt: skip
+    return Transition(t.state, (*events, *t.events))
+
+
 def _verdict_summary(verdict: dict[str, Any], now: float) -> dict[str, Any]:
     return {
         "at": now,

@@ -157,3 +157,42 @@ async def test_the_fleet_moves_a_real_router_to_each_target(tmp_path: Path, redi
                 assert live == shares(state)
                 again = await fleet.reconcile(machine.desired(state), note="test")
                 assert [a.result for a in again] == ["unchanged"]  # idempotent
+
+
+def test_each_challenger_gets_its_own_view_for_the_fast_guardrails() -> None:
+    from router.promotion.contest import ArmTallies, arm_sides
+
+    ok = {"status": 200, "latency_ms": 5.0, "error": None}
+    bad = {"status": 500, "latency_ms": 5.0, "error": None}
+    recs = [
+        {"served": "champion", "champion": ok, "challenger": ok, "arm": "a", "shadows": {"b": bad}},
+        {"served": "challenger", "variant": "b", "arm": "b", "champion": None, "challenger": bad},
+        {"served": "challenger", "variant": "a", "arm": "a", "champion": ok, "challenger": ok},
+        {"served": "champion", "champion": ok, "challenger": None},
+        {"served": "challenger", "variant": "a", "forced": True, "challenger": bad},
+    ]
+    assert arm_sides(recs[0], "b") == {"champion": ok, "challenger": bad}
+    assert arm_sides(recs[1], "a") is None and arm_sides(recs[4], "a") is None
+    tallies = ArmTallies(["a", "b"])
+    tallies.add(recs)
+    a, b = tallies.states["a"], tallies.states["b"]
+    assert (a.records, a.challenger.calls, a.challenger.errors) == (3, 2, 0)
+    assert (b.records, b.challenger.calls, b.challenger.errors) == (3, 2, 2)
+    # single-challenger records (no arm) belong to the one challenger
+    assert arm_sides({"served": "champion", "champion": ok, "challenger": ok},
+                     "challenger") == {"champion": ok, "challenger": ok}  # fmt: skip
+
+
+def test_a_guardrail_breach_drops_that_challenger_and_the_last_rolls_back() -> None:
+    s = started()
+    result = {"breached": True, "reasons": ["error rate +0.3"], "checks": [], "counts": {}}
+    t = machine.on_contender_guardrails(s, "b", result, now=1050)
+    assert t is not None and [e.event for e in t.events] == ["challenger_dropped"]
+    assert t.events[0].data["reasons"] == ["b: guardrail: error rate +0.3"]
+    s = t.state
+    assert [c.name for c in s.live_contenders] == ["a", "c"] and s.stage == SHADOW
+    assert machine.on_contender_guardrails(s, "b", result, now=1060) is None  # already out
+    s = machine.on_contender_guardrails(s, "a", result, now=1070).state  # type: ignore[union-attr]
+    t = machine.on_contender_guardrails(s, "c", result, now=1080)
+    assert t is not None and t.state.stage == ROLLED_BACK
+    assert [e.event for e in t.events] == ["challenger_dropped", "rollback"]
