@@ -7,9 +7,10 @@ Each challenger's comparison is the full two-arm report of its view
 (challenger, outcome metric) pair with a fixed-horizon p-value; Holm's step-down adjustment
 over that family (``p_value_holm_family``) controls the family-wise error rate across
 challengers and metrics at ``alpha``. A challenger whose own gates say *promote* keeps that
-decision only when its primary metric (when the policy names one) is significant after this
-adjustment and it ranks first among such challengers; the others *hold* with the reason. Only
-one challenger can therefore be promoted from one report.
+decision only when its primary metric (when the policy names one and the window has a p-value
+for it: a shadow step has no live split) is significant after this adjustment, and it ranks
+first among such challengers; the others *hold* with the reason. Only one challenger can
+therefore be promoted from one report.
 
 **Ranking:** challengers by their primary metric's relative uplift, best first (the direction
 the policy calls better), those without a primary metric result last by name; guardrail
@@ -174,7 +175,7 @@ def arms_section(
         action, reasons = own["action"], list(own["reasons"])
         if action == "promote":
             adj = adj_of.get((n, primary)) if primary else None
-            if primary and (adj is None or adj >= p_alpha):
+            if primary and adj is not None and adj >= p_alpha:
                 action = "continue"
                 reasons.append(
                     f"{primary} not significant after Holm across the challengers "
