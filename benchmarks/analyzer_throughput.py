@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,11 +77,14 @@ def load_redis(url: str, pairs: Path, outs: Path) -> None:
         pipe.execute()
 
 
-def run_analyze(args: list[str]) -> dict[str, Any]:
+def run_analyze(args: list[str], tree: Path = ROOT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "router", "analyze", "--experiment", "bench", "--split", "0.5",
            "--format", "json", "-o", os.devnull, *args]
+    env = None if tree == ROOT else dict(os.environ, PYTHONPATH=str(tree))
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = ru.ru_utime + ru.ru_stime
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=tree, stderr=subprocess.PIPE, env=env)
     ps = psutil.Process(proc.pid)
     peak = peak_one = 0
     while proc.poll() is None:
@@ -92,10 +96,12 @@ def run_analyze(args: list[str]) -> dict[str, Any]:
             pass
         time.sleep(0.1)  # coarse: polling the process tree costs CPU of its own
     wall = time.perf_counter() - t0
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = cpu.ru_utime + cpu.ru_stime - cpu0
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"analyze failed: {err}")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "peak_rss_one_process_mb":
+    return {"wall_s": wall, "cpu_s": cpu_s, "peak_rss_mb": peak / 2**20, "peak_rss_one_process_mb":
             peak_one / 2**20, "decision": err.strip().split(":")[0]}
 
 
@@ -125,6 +131,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="parse threads of the second run")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--skip-redis", action="store_true")
+    ap.add_argument(
+        "--ab",
+        type=Path,
+        metavar="BASELINE_DIR",
+        help="A/B mode: JSONL analyses of this tree and of the checkout in BASELINE_DIR "
+        "alternated over --rounds on the same data; medians and their ratio",
+    )
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -138,6 +152,8 @@ def main() -> int:
         results["outcomes"] = n_out
         print(f"generated {a.records} records, {n_out} outcomes in "
               f"{time.perf_counter() - t:.1f} s ({pairs.stat().st_size / 2**20:.0f} MB JSONL)")
+        if a.ab is not None:
+            return ab_runs(a, pairs, outs, results)
         floor = min(parse_floor(pairs) for _ in range(2))
         results["parse_only_s"] = floor
         print(f"parse-only floor (start, import polars, parse the records): {floor:.2f} s")
@@ -168,6 +184,40 @@ def main() -> int:
         ratio = f"{r['vs_parse_only']:.2f}" if "vs_parse_only" in r else "–"
         print(f"{r['source']:<22} {r['records_per_s']:>12,.0f} {r['wall_s']:>8.1f} "
               f"{ratio:>13} {r['peak_rss_mb']:>12.0f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def ab_runs(a: argparse.Namespace, pairs: Path, outs: Path, results: dict[str, Any]) -> int:
+    """This tree against a baseline checkout, alternating (ABBA...) on the same JSONL data."""
+    import statistics
+
+    base = a.ab.resolve()
+    walls: dict[str, list[float]] = {"this": [], "base": []}
+    cpus: dict[str, list[float]] = {"this": [], "base": []}
+    argv = ["--pairs", str(pairs), "--outcomes", str(outs), "--workers", str(a.workers)]
+    for rnd in range(a.rounds):
+        order = [("this", ROOT), ("base", base)]
+        for name, tree in order if rnd % 2 == 0 else order[::-1]:
+            r = run_analyze(argv, tree)
+            walls[name].append(r["wall_s"])
+            cpus[name].append(r["cpu_s"])
+            print(f"  round {rnd + 1} {name}: {a.records / r['wall_s']:,.0f} records/s "
+                  f"({r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB)")  # fmt: skip
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    ratio = med["base"] / med["this"]
+    # the two runs of a round saw about the same machine: their ratio is the steadier figure
+    paired = statistics.median(b / t for b, t in zip(walls["base"], walls["this"], strict=True))
+    cpu_ratio = statistics.median(t / b for b, t in zip(cpus["base"], cpus["this"], strict=True))
+    print(f"median: this {a.records / med['this']:,.0f} records/s, baseline "
+          f"{a.records / med['base']:,.0f} records/s: throughput ratio {ratio:.3f}; "
+          f"median of the per-round ratios {paired:.3f}; CPU seconds this / baseline (median of "
+          f"the per-round ratios) {cpu_ratio:.3f}")
+    results["ab"] = {"baseline": str(base), "walls_s": walls, "median_s": med,
+                     "throughput_ratio": ratio, "paired_ratio": paired, "cpu_s": cpus,
+                     "cpu_ratio": cpu_ratio}  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -3,6 +3,9 @@
 Runs everything in one go on this machine so the ratios are measured under the same noise:
 
 * near-free upstream stubs (``stub_upstream.py``), a throwaway redis-server for capture;
+* A/B/n (issue 16), in ``--ab`` mode: ``router-abn4`` (50% split over four challengers) against
+  ``router-split50`` (one challenger at 50%), and the in-process cost of assignment with one
+  and with four challengers;
 * scenarios: ``direct`` (no proxy), ``router`` pass-through (capture on), ``router-split50``,
   ``router-mirror100`` (shadow to a second stub, capture on), ``naive`` and ``naive-mirror100``
   (``naive_proxy.py``), ``nginx`` and ``nginx-mirror100`` when nginx is installed;
@@ -14,20 +17,10 @@ Runs everything in one go on this machine so the ratios are measured under the s
   p99 latency each proxy adds over direct calls (latency from the scheduled send time, so
   coordinated omission does not hide stalls).
 
-A/B/n (issue 16): ``router-abn4`` splits 50% over four challengers (12.5% each; the
-single-challenger ``router-split50`` is its pair), and ``--baseline DIR`` (a copy of another
-revision's source, e.g. ``git archive main | tar -x -C /tmp/main-src``) adds ``base-router`` and
-``base-router-mirror100``: that revision's router in the same run. ``--rounds N`` repeats the
-router scenarios interleaved (A, B, A, B, ...) and reports the median CPU per request, so the
-ratios compare runs under the same noise. The in-process ``assignment`` lines time the hot
-path's assignment (bucket, variant lookup, mirror routes) with one and with four challengers.
-
 Usage::
 
     python benchmarks/proxy_overhead.py                 # ~2 minutes
     python benchmarks/proxy_overhead.py --duration 10 --json results.json
-    python benchmarks/proxy_overhead.py --baseline /tmp/main-src --rounds 3 \
-        --only router base-router router-mirror100 base-router-mirror100 router-split50 router-abn4
 
 wrk and nginx come from Debian's packages (``apt-get install wrk nginx-light``).
 """
@@ -50,6 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -100,10 +94,10 @@ def pinned(core: str, cmd: list[str]) -> list[str]:
 
 @contextmanager
 def running(
-    cmd: list[str], port: int, env: dict[str, str] | None = None
+    cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
         start_new_session=True,
     )  # fmt: skip
     try:
@@ -181,20 +175,21 @@ async def fixed_rate(port: int, rate: float, seconds: float) -> tuple[float, flo
 
 
 def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, split: float,
-               mirror: float, challengers: int = 1) -> list[str]:  # fmt: skip
-    cfg: dict[str, object] = {
+               mirror: float, challengers: int = 1, **experiment: object) -> list[str]:  # fmt: skip
+    cfg: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "champion": {"url": f"http://127.0.0.1:{champ}", "version": "a", "pool_size": 128},
         "challenger": {"url": f"http://127.0.0.1:{chall}", "version": "b", "pool_size": 128},
         "experiment": {"name": "bench", "salt": "bench", "split": split, "mirror": mirror,
-                       "unit": {"header": "X-User-Id"}},
+                       "unit": {"header": "X-User-Id"}, **experiment},
         "capture": {"redis": redis_url, "stream_maxlen": 200000},
         "limits": {"shadow_queue": 10000, "capture_queue": 100000},
         "guard": {"enabled": False},
     }  # fmt: skip
-    if challengers > 1:  # the same stub behind every challenger, the split shared out
+    if challengers > 1:  # A/B/n: the same stub behind every challenger, the split shared out
         del cfg["challenger"]
-        cfg["experiment"] = {"name": "bench", "salt": "bench", "unit": {"header": "X-User-Id"}}
+        cfg["experiment"].pop("split")
+        cfg["experiment"].pop("mirror")
         cfg["challengers"] = [
             {"name": f"c{i}", "url": f"http://127.0.0.1:{chall}", "version": f"b{i}",
              "pool_size": 128, "split": split / challengers, "mirror": mirror}
@@ -275,9 +270,15 @@ def main() -> int:
     ap.add_argument("--rate-seconds", type=float, default=6.0)
     ap.add_argument("--model-ms", type=float, default=2.0)
     ap.add_argument("--only", nargs="*", help="scenario names to run")
-    ap.add_argument("--baseline", type=Path, help="source of another revision to compare with")
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the routers")
     ap.add_argument("--json", type=Path, help="write results here")
+    ap.add_argument(
+        "--ab",
+        type=Path,
+        metavar="BASELINE_DIR",
+        help="A/B mode: the router scenarios only, this tree against the checkout in "
+        "BASELINE_DIR (e.g. a detached worktree of main), interleaved over --rounds",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (medians reported)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
@@ -307,17 +308,10 @@ def main() -> int:
 
     def scenarios(c: int, h: int) -> list[tuple[str, list[str] | None, int]]:
         out: list[tuple[str, list[str] | None, int]] = [("direct", None, c)]
-        for name, split, mirror, n in (("router", 0.0, 0.0, 1), ("router-split50", 0.5, 0.0, 1),
-                                       ("router-mirror100", 0.0, 1.0, 1),
-                                       ("router-abn4", 0.5, 0.0, 4)):  # fmt: skip
+        for name, split, mirror in (("router", 0.0, 0.0), ("router-split50", 0.5, 0.0),
+                                    ("router-mirror100", 0.0, 1.0)):  # fmt: skip
             p = free_port()
-            cmd = router_cmd(tmp, p, c, h, redis.url, split, mirror, n)
-            out.append((name, pinned("0", cmd), p))
-            if args.baseline is not None and name in ("router", "router-mirror100"):
-                p = free_port()
-                cmd = router_cmd(tmp, p, c, h, redis.url, split, mirror)
-                base = ["env", f"PYTHONPATH={args.baseline.resolve()}", *cmd]
-                out.append((f"base-{name}", pinned("0", base), p))
+            out.append((name, pinned("0", router_cmd(tmp, p, c, h, redis.url, split, mirror)), p))
         p = free_port()
         out.append(
             (
@@ -342,16 +336,27 @@ def main() -> int:
         subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for cmd, _ in stubs
     ]
+    if args.ab is not None:
+        try:
+            for _, p in stubs:
+                wait_port(p)
+            return ab_main(args, tmp, lua, champ, chall, redis.url)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait()
+            redis.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     try:
         for _, p in stubs:
             wait_port(p)
         wanted = set(args.only or [])
         secs = round(args.duration)
         print(f"saturation: wrk -t1 -c{args.connections} -d{secs}s, proxy on core 0")
-        plan = [x for x in scenarios(champ, chall) if not wanted or x[0] in wanted]
-        routers = [x for x in plan if x[0].startswith(("router", "base-router"))]
-        plan += routers * (args.rounds - 1)  # A, B, ..., A, B, ...: the same noise for each
-        for name, cmd, port in plan:
+        for name, cmd, port in scenarios(champ, chall):
+            if wanted and name not in wanted:
+                continue
             if cmd is None:
                 rps, p50, p99, n = run_wrk(port, args.duration, lua, args.connections)
                 results.append(Result(name, rps, p50, p99, None, n))
@@ -390,11 +395,7 @@ def main() -> int:
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    by: dict[str, Result] = {}
-    for r in results:  # the median CPU per request over the rounds
-        same = sorted((x for x in results if x.scenario == r.scenario),
-                      key=lambda x: x.cpu_us_per_request or 0.0)  # fmt: skip
-        by[r.scenario] = same[len(same) // 2]
+    by = {r.scenario: r for r in results}
     print("\nratios (same run):")
     for name in ("router", "router-split50", "router-mirror100"):
         r = by.get(name)
@@ -410,37 +411,89 @@ def main() -> int:
         ng = by.get("nginx-mirror100" if "mirror" in name else "nginx")
         if ng and ng.cpu_us_per_request and r.cpu_us_per_request:
             parts.append(f"{r.cpu_us_per_request / ng.cpu_us_per_request:.1f}x nginx's CPU")
-        if parts:
-            print(f"  {name:<17} " + "; ".join(parts))
-    def rounds(name: str) -> list[float]:
-        return [r.cpu_us_per_request or 0.0 for r in results if r.scenario == name]
-
-    def median(xs: list[float]) -> float:
-        xs = sorted(xs)
-        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-    for name in ("router", "router-mirror100"):  # paired per round: A and B ran side by side
-        a, b = rounds(name), rounds(f"base-{name}")
-        if a and len(a) == len(b) and all(b):
-            ratios = [x / y for x, y in zip(a, b, strict=True)]
-            each = ", ".join(f"{r:.3f}" for r in ratios)
-            print(f"  {name:<17} CPU/request {median(ratios):.3f}x the baseline's (median of "
-                  f"{len(ratios)} paired rounds: {each})")  # fmt: skip
-    one, four = rounds("router-split50"), rounds("router-abn4")
-    if one and len(one) == len(four):
-        deltas = [y - x for x, y in zip(one, four, strict=True)]
-        print(f"  four challengers  {median(deltas):+.1f} µs CPU/request against one (split 50% "
-              f"both; median of {len(deltas)} paired rounds: "
-              f"{', '.join(f'{d:+.1f}' for d in deltas)})")  # fmt: skip
-    a1, a4 = assignment_cost(1), assignment_cost(4)
-    print(f"  assignment        {a1:.2f} µs with one challenger, {a4:.2f} µs with four "
-          f"({a4 - a1:+.2f} µs), in process")  # fmt: skip
+        print(f"  {name:<17} " + "; ".join(parts))
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},
             "saturation": [asdict(r) for r in results],
             "fixed_rate": {k: {"p50_ms": v[0], "p99_ms": v[1]} for k, v in fixed.items()},
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }, indent=2))  # fmt: skip
+    return 0
+
+
+AB_SCENARIOS: list[tuple[str, float, float, dict[str, object], bool]] = [
+    # name, split, mirror, extra experiment keys, also on the baseline
+    ("router", 0.0, 0.0, {}, True),
+    ("router-mirror100", 0.0, 1.0, {}, True),
+    ("router-noise100", 0.0, 0.0, {"noise_floor": 1.0}, False),
+    ("router-mirror100-noise100", 0.0, 1.0, {"noise_floor": 1.0}, False),
+    # A/B/n (issue 16): four challengers sharing a 50% split, against one challenger at 50%
+    ("router-split50", 0.5, 0.0, {}, False),
+    ("router-abn4", 0.5, 0.0, {"challengers": 4}, False),
+]
+
+
+def ab_main(args: argparse.Namespace, tmp: Path, lua: Path, champ: int, chall: int,
+            redis_url: str) -> int:  # fmt: skip
+    """This tree's router against a baseline checkout's, saturated by wrk, the two runs of a
+    scenario back to back in every round (so drifting load on a shared machine hits both):
+    proxy CPU µs per request and requests/s, medians over the rounds, and their ratios."""
+    import statistics
+
+    base = args.ab.resolve()
+    env_base = dict(os.environ, PYTHONPATH=str(base))
+    runs: dict[str, list[Result]] = {}
+    for rnd in range(args.rounds):
+        for name, split, mirror, extra, on_base in AB_SCENARIOS:
+            trees = [("", ROOT, None)] + ([("@base", base, env_base)] if on_base else [])
+            if rnd % 2:
+                trees.reverse()
+            for suffix, cwd, env in trees:
+                p = free_port()
+                cmd = pinned("0", router_cmd(tmp, p, champ, chall, redis_url, split, mirror,
+                                             **extra))  # fmt: skip
+                with running(cmd, p, env=env, cwd=cwd) as proc:
+                    run_wrk(p, 1.0, lua, args.connections)  # warm up
+                    pids = process_tree(proc.pid)
+                    before = cpu_seconds(pids)
+                    rps, p50, p99, n = run_wrk(p, args.duration, lua, args.connections)
+                    used = cpu_seconds(pids) - before
+                r = Result(name + suffix, rps, p50, p99, used / n * 1e6, n)
+                runs.setdefault(r.scenario, []).append(r)
+                print(f"  round {rnd + 1} {r.scenario:<28} {rps:8.0f} req/s  "
+                      f"CPU {r.cpu_us_per_request:6.1f} µs/req")  # fmt: skip
+    med = {
+        k: {
+            "requests_per_s": statistics.median(r.requests_per_s for r in v),
+            "cpu_us_per_request": statistics.median(r.cpu_us_per_request or 0.0 for r in v),
+            "p99_ms": statistics.median(r.p99_ms for r in v),
+        }
+        for k, v in runs.items()
+    }
+    print(f"\nmedians over {args.rounds} rounds (this tree vs {base}):")
+    for k, v in med.items():
+        line = f"  {k:<28} {v['requests_per_s']:8.0f} req/s  CPU {v['cpu_us_per_request']:6.1f}"
+        b = med.get(k + "@base")
+        if b:
+            cpu_ratio = v["cpu_us_per_request"] / b["cpu_us_per_request"]
+            rps_ratio = v["requests_per_s"] / b["requests_per_s"]
+            line += f"  CPU ratio {cpu_ratio:.3f}, throughput ratio {rps_ratio:.3f}"
+        print(line)
+    one, four = runs.get("router-split50"), runs.get("router-abn4")
+    if one and four:
+        deltas = [(b.cpu_us_per_request or 0.0) - (a.cpu_us_per_request or 0.0)
+                  for a, b in zip(one, four, strict=False)]  # fmt: skip
+        print(f"  four challengers: {statistics.median(deltas):+.1f} µs CPU/request against one "
+              f"(split 50% both; per round {', '.join(f'{d:+.1f}' for d in deltas)})")  # fmt: skip
+    a1, a4 = assignment_cost(1), assignment_cost(4)
+    print(f"  assignment in process: {a1:.2f} µs with one challenger, {a4:.2f} µs with four "
+          f"({a4 - a1:+.2f} µs)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({
+            "ab": {"baseline": str(base), "rounds": args.rounds, "medians": med,
+                   "runs": {k: [asdict(r) for r in v] for k, v in runs.items()}},
             "args": {k: str(v) for k, v in vars(args).items()},
         }, indent=2))  # fmt: skip
     return 0

@@ -103,6 +103,28 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     else:
         lines += [f"**Proxy**: {px.get('status', 'not run')} {px.get('detail', '')}", ""]
+    sr = results.get("stream", {})
+    if sr.get("status") == "ok":
+        t, s = sr["ttfb"], sr["streams"]
+        lines += ["**Streaming** (`stream_overhead.py`): server-sent events through the router "
+                  "(pinned to one core) against the direct call", "",
+                  "| measure | direct | router | target |", "|---|---:|---:|---:|",
+                  f"| time to first byte, p50 ({t['requests']} streams) | "
+                  f"{t['direct_p50_ms']:.2f} ms | {t['router_p50_ms']:.2f} ms "
+                  f"(+{t['added_p50_ms']:.2f}) | +0.5 ms |",
+                  f"| the same, router in the client's process | "
+                  f"{sr['ttfb_in_process']['direct_p50_ms']:.2f} ms | "
+                  f"{sr['ttfb_in_process']['router_p50_ms']:.2f} ms "
+                  f"(+{sr['ttfb_in_process']['added_p50_ms']:.2f}) | +0.5 ms |",
+                  f"| first event's transit from the upstream's write, p50 | "
+                  f"{t['first_event_transit_direct_p50_ms']:.3f} ms | "
+                  f"{t['first_event_transit_router_p50_ms']:.3f} ms | |",
+                  f"| CPU per event ({s['streams']} streams x {s['events_per_stream']} events) | "
+                  f"– | {s['router_cpu_us_per_event']:.2f} µs | 10 µs |",
+                  f"| memory per stream (RSS over idle) | – | "
+                  f"{s['router_rss_over_idle_per_stream_kib']:.0f} KiB | bounded |", ""]
+    else:
+        lines += [f"**Streaming**: {sr.get('status', 'not run')} {sr.get('detail', '')}", ""]
     cap = results.get("capture", {})
     if cap.get("status") == "ok":
         lines += [f"**Capture** (`capture_throughput.py`, {cap.get('records', 0):,} records, "
@@ -136,13 +158,42 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     else:
         lines += [f"**Analyzer**: {an.get('status', 'not run')} {an.get('detail', '')}", ""]
+    lines += _render_archive(results.get("archive", {}))
     return "\n".join(lines)
+
+
+def _render_archive(ar: dict[str, Any]) -> list[str]:
+    if ar.get("status") != "ok":
+        return [f"**Archive**: {ar.get('status', 'not run')} {ar.get('detail', '')}", ""]
+    lines: list[str] = []
+    arch = ar.get("archiver")
+    if arch:
+        runs = ", ".join(f"{r['records_per_s']:,.0f} ("
+                         f"{r['cpu_s']:.1f} CPU-s)" for r in arch["runs"])
+        lines += [f"**Archiver** (`archive_throughput.py`, {arch['records']:,} records from Redis "
+                  f"into zstd Parquet, one process): records/s per run {runs}", ""]
+    win = ar.get("window")
+    if win:
+        lines += [f"**Analysis over an archive** ({win['records']:,} records over {win['days']} "
+                  f"days, {win['units']:,} units, `router analyze --archive` end to end)", "",
+                  "| run | executor | records | records/s | wall s | peak RSS |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in win["runs"]:
+            lines.append(f"| {r['tag']} | {r['executor']} | {r['records']:,} | "
+                         f"{r['records_per_s']:,.0f} | {r['wall_s']:.1f} | "
+                         f"{r['peak_rss_mb']:.0f} MB |")
+        if "mb_per_million_records" in win:
+            lines.append("")
+            lines.append(f"Memory growth: {win['mb_per_million_records']:.0f} MB per million "
+                         f"records, {win['mb_per_million_units']:.0f} MB per million units.")
+        lines.append("")
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--only", default="proxy,capture,analyzer")
+    ap.add_argument("--only", default="proxy,stream,capture,analyzer,archive")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +204,13 @@ def main() -> int:
     results["machine"] = machine()
     plan = {
         "proxy": ["proxy_overhead.py", "--duration", "3" if a.quick else "6"],
+        "stream": ["stream_overhead.py", *(["--streams", "50", "--events", "200"]
+                                           if a.quick else [])],
         "capture": ["capture_throughput.py", *(["--records", "50000"] if a.quick else [])],
         "analyzer": ["analyzer_throughput.py", "--records", "200000" if a.quick else "1000000"],
+        "archive": ["archive_throughput.py", "--records", "50000" if a.quick else "200000",
+                    "--window-records", "500000" if a.quick else "5000000",
+                    *(["--no-scale"] if a.quick else [])],
     }
     for name, argv in plan.items():
         if name in wanted:

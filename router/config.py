@@ -38,14 +38,89 @@ def _parse_hostport(value: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
+def _readable_file(v: str | None) -> str | None:
+    if v is not None and not os.access(v, os.R_OK):
+        raise ValueError(f"cannot read file {v!r}")
+    return v
+
+
+class UpstreamTLS(_Strict):
+    """TLS to an ``https://`` upstream. Verification is on unless ``verify: false``."""
+
+    verify: bool = Field(default=True, description="check the certificate chain and the name")
+    ca_bundle: str | None = Field(
+        default=None, description="PEM file of trusted CAs; default: the system's store"
+    )
+    client_cert: str | None = Field(default=None, description="PEM certificate for mTLS")
+    client_key: str | None = Field(default=None, description="its key (default: in client_cert)")
+    server_name: str | None = Field(
+        default=None, description="SNI and the name the certificate must match; default: host"
+    )
+
+    _files = field_validator("ca_bundle", "client_cert", "client_key")(_readable_file)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> UpstreamTLS:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key needs client_cert")
+        return self
+
+
 class UpstreamConfig(_Strict):
     """One model server (champion or challenger)."""
 
     url: str
     version: str = Field(min_length=1, description="pinned model version label, never an alias")
     connect_timeout: float = Field(default=1.0, gt=0, description="seconds")
-    timeout: float = Field(default=5.0, gt=0, description="seconds for the whole exchange")
+    timeout: float = Field(
+        default=5.0, gt=0,
+        description="seconds for the whole exchange (up to the headers of a streamed answer)",
+    )  # fmt: skip
     pool_size: int = Field(default=64, ge=1, le=4096, description="max keep-alive connections")
+    read_timeout: float | None = Field(
+        default=None, gt=0,
+        description="seconds between two reads of a streamed answer; default: timeout",
+    )  # fmt: skip
+    stream_max_duration: float = Field(
+        default=600.0, gt=0, description="seconds a streamed answer may last in all"
+    )
+    tls: UpstreamTLS = Field(default_factory=UpstreamTLS)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="added to every request to this upstream (replacing the client's); never "
+        "captured",
+    )
+    headers_from_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="header name -> environment variable holding its value (API keys)",
+    )
+
+    @field_validator("headers", "headers_from_env")
+    @classmethod
+    def _check_header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not name or not name.isascii() or any(c in name for c in " :\r\n\t"):
+                raise ValueError(f"bad header name {name!r}")
+            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                raise ValueError(f"header {name!r} is set by the router")
+            if any(c in value for c in "\r\n"):
+                raise ValueError(f"header {name!r}: value may not contain a line break")
+        return v
+
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers`` plus ``headers_from_env`` resolved now; raises ConfigError naming the
+        variable when one is unset."""
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        for name, env in self.headers_from_env.items():
+            value = os.environ.get(env)
+            if value is None:
+                raise ConfigError(f"headers_from_env.{name}: environment variable {env} is unset")
+            out.append((name.encode("latin-1"), value.strip().encode("latin-1")))
+        return out
+
+    @property
+    def is_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "https"
     mirror_max_rps: float | None = Field(
         default=None,
         gt=0,
@@ -57,8 +132,8 @@ class UpstreamConfig(_Strict):
     @classmethod
     def _check_url(cls, v: str) -> str:
         parts = urlsplit(v)
-        if parts.scheme != "http":
-            raise ValueError(f"must be an http:// URL (got {v!r})")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
         if not parts.hostname:
             raise ValueError(f"has no host (got {v!r})")
         try:
@@ -73,7 +148,8 @@ class UpstreamConfig(_Strict):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 80
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def base_path(self) -> str:
@@ -148,6 +224,36 @@ class SegmentField(_Strict):
         return self
 
 
+class ContractConfig(_Strict):
+    """How two responses to the same request are compared (challenger vs champion, and the
+    champion's repeat vs itself for the noise floor). Paths are in the record's notation:
+    dotted keys, ``[]`` for the elements of an array (``predictions[].score``)."""
+
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="paths left out of the diff, with everything under them (e.g. a request "
+        "time or a trace id that differs on every answer)",
+    )
+    compare_values: bool = Field(
+        default=False,
+        description="also list leaf values that differ (record contract 'changed'), not only "
+        "fields missing, extra or retyped",
+    )
+    tolerance: dict[str, float] = Field(
+        default_factory=dict,
+        description="absolute tolerance per numeric path: values within it count as equal",
+    )
+    default_tolerance: float = Field(default=0.0, ge=0, description="for other numeric paths")
+
+    @field_validator("tolerance")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for path, tol in v.items():
+            if not tol >= 0:
+                raise ValueError(f"tolerance of {path!r} must be >= 0 (got {tol!r})")
+        return v
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     salt: str = Field(min_length=1)
@@ -157,10 +263,27 @@ class ExperimentConfig(_Strict):
     unit: UnitSource = Field(default_factory=UnitSource)
     split: float = Field(default=0.0, ge=0.0, le=1.0)
     mirror: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise_floor: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of units whose champion-answered requests are sent to the "
+        "champion a second time (off the hot path, never answered to the client): the "
+        "champion-vs-champion pairs that measure its own nondeterminism",
+    )
+    noise_salt: str | None = Field(
+        default=None, description="salt of the noise-floor decision; default '<salt>:noise'"
+    )
+    contract: ContractConfig = Field(default_factory=ContractConfig)
     fallback: Literal["champion", "none"] = "champion"
     shadow_header: str = "X-Shadow-Request: 1"
     prediction_path: str | None = "score"
-    prediction_kind: Literal["score", "class", "vector", "value"] = "score"
+    prediction_kind: Literal["score", "class", "vector", "value", "text"] = "score"
+    prediction_format: Literal["json", "openai"] = Field(
+        default="json",
+        description="json: the value at prediction_path; openai: the text of an OpenAI-"
+        "compatible chat/completions answer, streamed (SSE) or not (prediction_kind: text)",
+    )
     segments: list[SegmentField] = Field(default_factory=list)
     force_header: str | None = Field(
         default="X-Router-Force",
@@ -212,6 +335,10 @@ class ExperimentConfig(_Strict):
     @property
     def effective_mirror_salt(self) -> str:
         return self.mirror_salt or f"{self.salt}:mirror"
+
+    @property
+    def effective_noise_salt(self) -> str:
+        return self.noise_salt or f"{self.salt}:noise"
 
     @property
     def shadow_header_pair(self) -> tuple[str, str]:
@@ -316,6 +443,11 @@ class CaptureConfig(_Strict):
     pair_shards: int = Field(
         default=1, ge=1, le=256, description="pair streams per experiment (for a hot experiment)"
     )
+    max_response_bytes: int = Field(
+        default=1024 * 1024, ge=0,
+        description="bytes of a streamed served answer kept for the record; the rest is passed "
+        "on but not kept (the side is marked truncated)",
+    )  # fmt: skip
     fields: list[str] = Field(default_factory=list, description="JSON body paths to keep")
     hash_fields: list[str] = Field(default_factory=list, description="paths kept only hashed")
 
@@ -392,6 +524,16 @@ class LimitsConfig(_Strict):
     shadow_max_response_bytes: int = Field(
         default=1024 * 1024, ge=0, description="bytes of a shadow answer kept; the rest discarded"
     )
+    buffer_response_bytes: int = Field(
+        default=64 * 1024, ge=0,
+        description="answers with a Content-Length up to this are buffered whole; longer, "
+        "chunked, close-delimited and text/event-stream answers are streamed through",
+    )  # fmt: skip
+    stream_buffer_bytes: int = Field(
+        default=64 * 1024, ge=1024,
+        description="bytes of a streamed answer held before the client is ready; the upstream "
+        "is not read above it",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _line_fits_head(self) -> LimitsConfig:
@@ -412,6 +554,57 @@ class GuardConfig(_Strict):
     recover_after_s: float = Field(default=5.0, ge=0)
 
 
+class ArchiveConfig(_Strict):
+    """``router archive``: the cold path from the capture streams to Parquet (README "Archive")."""
+
+    uri: str | None = Field(
+        default=None,
+        description="directory or s3://bucket/prefix; default <capture.data_dir>/archive",
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, description="delete hour partitions older than this; null keeps all"
+    )
+    group: str = Field(default="archiver", min_length=1, description="Redis consumer group")
+    consumer: str | None = Field(
+        default=None, min_length=1,
+        description="this archiver's name in its group (stable across restarts); default: host",
+    )
+    read_count: int = Field(default=10_000, ge=1, le=1_000_000, description="entries per read")
+    block_ms: int = Field(default=1000, ge=1, description="longest wait for new entries")
+    max_buffer_records: int = Field(
+        default=200_000, ge=1, description="entries held per stream before a file is written"
+    )
+    flush_interval_s: float = Field(
+        default=60.0, gt=0, description="longest time an entry waits in memory before a file"
+    )
+    claim_idle_s: float = Field(
+        default=600.0, gt=0,
+        description="take over another archiver's unacknowledged entries after this long",
+    )
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    compression_level: int | None = None
+    row_group_size: int = Field(default=131_072, ge=1024)
+    metrics_listen: str | None = Field(
+        default=None, description="HOST:PORT serving GET /metrics (Prometheus); off by default"
+    )
+
+    @model_validator(mode="after")
+    def _claim_after_flush(self) -> ArchiveConfig:
+        if self.claim_idle_s <= 2 * self.flush_interval_s:
+            raise ValueError("claim_idle_s must be more than twice flush_interval_s (an "
+                             "archiver's entries would be taken over while it still holds them)")
+        if self.metrics_listen is not None:
+            _parse_hostport(self.metrics_listen)
+        return self
+class ListenTLS(_Strict):
+    """TLS on the sidecar's listener (when it is not only on localhost)."""
+
+    cert: str = Field(description="PEM certificate chain")
+    key: str = Field(description="PEM private key")
+
+    _files = field_validator("cert", "key")(_readable_file)
+
+
 class RouterConfig(_Strict):
     """The whole file. ``challenger:`` (one model, shares in ``experiment.split`` / ``.mirror``)
     is shorthand for a one-element ``challengers:`` list named ``challenger``; after validation
@@ -419,6 +612,7 @@ class RouterConfig(_Strict):
     ``experiment.split`` / ``.mirror`` are its shares (what single-challenger code reads)."""
 
     listen: str = "127.0.0.1:8080"
+    listen_tls: ListenTLS | None = None
     champion: UpstreamConfig
     challenger: ChallengerConfig | None = None
     challengers: list[ChallengerConfig] = Field(default_factory=list)
@@ -427,6 +621,7 @@ class RouterConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("listen")
     @classmethod

@@ -64,6 +64,28 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_upstream_latency_seconds": MetricDef(
         "histogram", "Upstream exchange latency by variant and role", ("variant", "role")
     ),
+    "router_upstream_ttfb_seconds": MetricDef(
+        "histogram",
+        "Time from the upstream call to the first body byte, by variant and role",
+        ("variant", "role"),
+    ),
+    "router_streams": MetricDef(
+        "counter",
+        "Streamed upstream answers by variant, role and how they ended (complete, "
+        "upstream_error, client_aborted, fallback, shutdown)",
+        ("variant", "role", "outcome"),
+    ),
+    "router_stream_events": MetricDef(
+        "counter", "Server-sent events passed through or consumed, by variant and role",
+        ("variant", "role"),
+    ),
+    "router_stream_bytes": MetricDef(
+        "counter", "Body bytes of streamed answers, by variant and role", ("variant", "role")
+    ),
+    "router_capture_truncated": MetricDef(
+        "counter", "Served streamed answers longer than capture.max_response_bytes (the record "
+        "keeps the first bytes)", ("variant",),
+    ),
     "router_in_flight_requests": MetricDef("gauge", "Requests being handled right now"),
     "router_event_loop_lag_seconds": MetricDef(
         "histogram", "How late a 100 ms timer fires: time the event loop was blocked"
@@ -164,6 +186,34 @@ CATALOGUE: dict[str, MetricDef] = {
     ),
     "router_capture_healthy": MetricDef(
         "gauge", "Workers whose last Redis write succeeded (per worker 0 or 1, summed)"
+    ),
+    "router_archive_records": MetricDef(
+        "counter", "Stream entries written to the archive (kind: pairs, outcomes)", ("kind",)
+    ),
+    "router_archive_files": MetricDef("counter", "Parquet files written", ("kind",)),
+    "router_archive_bytes": MetricDef("counter", "Bytes of Parquet written", ("kind",)),
+    "router_archive_duplicates": MetricDef(
+        "counter", "Redelivered entries skipped because a file already holds them", ("kind",)
+    ),
+    "router_archive_raw": MetricDef(
+        "counter", "Entries kept whole in column raw (not JSON, or a field of another type)",
+        ("kind",),
+    ),
+    "router_archive_errors": MetricDef(
+        "counter",
+        "Archiver failures (stage: read, write, lag, retention; trimmed: entries trimmed "
+        "from a stream before they were archived)",
+        ("stage",),
+    ),
+    "router_archive_lag_entries": MetricDef(
+        "gauge", "Entries of a stream not yet archived (undelivered + pending)", ("stream",)
+    ),
+    "router_archive_lag_seconds": MetricDef(
+        "gauge", "Age of the oldest entry of a stream not yet archived", ("stream",)
+    ),
+    "router_archive_buffered": MetricDef("gauge", "Entries read and waiting for their file"),
+    "router_archive_partitions_deleted": MetricDef(
+        "counter", "Hour partitions deleted by archive.retention_days", ("kind",)
     ),
     "router_control_changes": MetricDef("counter", "Live split/mirror changes applied", ()),
     "router_outcomes": MetricDef("counter", "Outcome rows received", ("result",)),

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from router.analysis.cbpe import CbpeSums
 from router.analysis.fields import FieldHistograms
 from router.analysis.frames import (
     RECORD_SCHEMA,
@@ -48,12 +49,14 @@ def infer_metric_specs(
 ) -> dict[str, tuple[MetricSpec, bool]]:
     """Declared specs, plus inferred ones for undeclared metrics (binary → proportion). The label
     metric is the ground truth of the paired quality section, not a business metric of the live
-    split: it is not inferred (counting it twice would also put it in the Holm family)."""
+    split: it is not inferred (counting it twice would also put it in the Holm family); nor are
+    the metrics named as CUPED covariates (``policy.cuped.covariates``)."""
     out: dict[str, tuple[MetricSpec, bool]] = {
         name: (spec, False) for name, spec in policy.metrics.items()
     }
+    covariates = set(policy.cuped.covariates.values())  # pre-exposure values, not outcomes
     for name, info in sorted(outcomes.metrics.items()):
-        if name not in out and name != policy.label_metric:
+        if name not in out and name != policy.label_metric and name not in covariates:
             kind = "proportion" if info["binary"] else "mean"
             out[name] = (MetricSpec(type=kind), True)  # type: ignore[arg-type]
     return out
@@ -117,7 +120,14 @@ class Accumulator:
         self.joined_by_request = 0
 
         self.paired = PairAggregates(policy, kind)
+        # the noise floor: the champion against its own repeat on the same requests
+        self.noise = PairAggregates(policy, kind)
+        # expected accuracy without labels (CBPE) per model, over all its score predictions
+        self.cbpe = [CbpeSums(), CbpeSums()]
         self.fields = FieldHistograms()
+        # archive files that could not be read: how many, and the first few (path, reason)
+        self.unreadable_files = 0
+        self.unreadable_examples: list[tuple[str, str]] = []
 
     # ---------------------------------------------------------------- feeding
     @property
@@ -138,6 +148,8 @@ class Accumulator:
         search, aggregates by ``bincount`` per variant and segment; Python loops run per
         segment combination and per distinct contract break, not per record."""
         self.rejected.merge(page.rejected)
+        if page.skipped:
+            self._skip_files(page.skipped, len(page.skipped))
         cols = page.cols
         if not cols.height:
             return
@@ -182,6 +194,11 @@ class Accumulator:
                 for name in fields:
                     self.segments.overflow[name] += int(per_key[code])
         self._fold(cols, h, seg_keys)
+
+    def _skip_files(self, examples: list[tuple[str, str]], n: int) -> None:
+        self.unreadable_files += n
+        room = MAX_CONFLICT_EXAMPLES - len(self.unreadable_examples)
+        self.unreadable_examples.extend(examples[: max(0, room)])
 
     def _dedupe(self, cols: pl.DataFrame) -> np.ndarray | None:
         """The rows to keep (None: all): the first of each request id, within the page
@@ -309,6 +326,11 @@ class Accumulator:
         cpf = cp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
         hpf = hp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
 
+        if self.kind == "score" and cpf is not None and hpf is not None:
+            t = self.thresholds[0] if self.thresholds else 0.5
+            self.cbpe[0].add(cpf, labels, t)
+            self.cbpe[1].add(hpf, labels, t)
+
         # positive-decision rates per segment (disparity)
         for i, (ps, pf) in enumerate(((cp, cpf), (hp, hpf))):
             has, pos = self._positives(ps, pf)
@@ -327,6 +349,33 @@ class Accumulator:
         if pair.any():
             pr = np.nonzero(pair)[0]
             self.paired.add(cols, pr, h, cl, hl, ce, he, labels, cp, hp, cpf, hpf, combo, seg_of)
+        rin = (cols["r_in"] & cols["c_in"]).to_numpy()
+        if rin.any():
+            self._fold_noise(cols, np.nonzero(rin)[0], h, cl, ce, cp, cpf, combo, len(seg_of))
+
+    def _fold_noise(
+        self,
+        cols: pl.DataFrame,
+        pr: np.ndarray,
+        h: np.ndarray,
+        cl: np.ndarray,
+        ce: np.ndarray,
+        cp: pl.Series,
+        cpf: np.ndarray | None,
+        combo: np.ndarray,
+        nc: int,
+    ) -> None:
+        """Noise-floor pairs (the champion's answer and its repeat): the same aggregates as
+        the mirrored pairs, kept apart, with their own contract diffs; not per segment and
+        without labels (the quality of the champion against itself is not a question)."""
+        re = cols["re"].to_numpy()
+        rp = cols["rp"].set(pl.Series(re), None)
+        rpf = rp.cast(pl.Float64, strict=False).to_numpy() if cpf is not None else None
+        no_labels = np.full(cols.height, np.nan)
+        self.noise.add(
+            cols.select(contract=pl.col("contract_r")), pr, h, cl, cols["rl"].to_numpy(), ce,
+            re, no_labels, cp, rp, cpf, rpf, combo, [[] for _ in range(nc)],
+        )  # fmt: skip
 
     def _request_metrics(
         self,
@@ -385,6 +434,7 @@ class Accumulator:
         for name in ("records", "duplicates", "conflicts", "outside_window", "joined_by_request"):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.rejected.merge(o.rejected)
+        self._skip_files(o.unreadable_examples, o.unreadable_files)
         for rid in o.conflict_examples:
             if rid not in self.conflict_examples:
                 self.conflict_examples.append(rid)
@@ -410,4 +460,7 @@ class Accumulator:
         # segments under this accumulator's bound (see SegmentTable.merge)
         self.units.merge(o.units, self.segments.merge(o.segments))
         self.paired.merge(o.paired)
+        self.noise.merge(o.noise)
+        for v in (0, 1):
+            self.cbpe[v].merge(o.cbpe[v])
         self.fields.merge(o.fields)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 import polars as pl
@@ -172,6 +173,13 @@ class ArmSet:
         for name in self.order:
             self.arms[name] = make()
 
+    @classmethod
+    def of(cls, acc: Accumulator) -> ArmSet:
+        """A set holding one accumulator folded elsewhere (every record, one challenger)."""
+        out = cls(lambda: acc, [DEFAULT_ARM])
+        out.folded = True
+        return out
+
     def add_page(self, page: Page) -> None:
         cols = page.cols
         if cols.height and cols["forced"].any():
@@ -203,7 +211,7 @@ class ArmSet:
             view = cols if len(self.arms) == 1 and name == DEFAULT_ARM and not any(
                 n != DEFAULT_ARM for n in names
             ) else arm_view(cols, name)  # fmt: skip
-            acc.add_page(Page(view, page.segments, page.rejected, page.experiments))
+            acc.add_page(replace(page, cols=view))
 
     def _count_skipped(self, texts: pl.Series) -> None:
         try:

@@ -36,18 +36,30 @@ HASH_SEED = 0x5EED_CAFE
 MAX_EXAMPLES = 5  # locations kept per reason
 
 
-def _side(prediction: pl.DataType) -> pl.Struct:
-    return pl.Struct(
-        {"status": pl.Int64, "latency_ms": pl.Float64, "prediction": prediction, "error": pl.String}
-    )
+def _side(prediction: pl.DataType, text: bool = False) -> pl.Struct:
+    cols: dict[str, pl.DataType] = {
+        "status": pl.Int64(), "latency_ms": pl.Float64(), "prediction": prediction,
+        "error": pl.String(),
+    }  # fmt: skip
+    if text:  # the timing of streamed text answers (record additions of issue 15)
+        cols |= {"ttfb_ms": pl.Float64(), "duration_ms": pl.Float64(), "events": pl.Int64(),
+                 "usage": pl.Struct({"completion_tokens": pl.Int64()})}  # fmt: skip
+    return pl.Struct(cols)
 
 
-def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.DataType]:
+def _is_text(schema: dict[str, pl.DataType]) -> bool:
+    side = schema.get("champion")
+    return isinstance(side, pl.Struct) and any(fl.name == "ttfb_ms" for fl in side.fields)
+
+
+def record_schema(
+    numeric: bool = False, fields: bool = True, text: bool = False
+) -> dict[str, pl.DataType]:
     """The columns read from a record. Predictions are JSON text in general; ``numeric``
     (score and value kinds) reads them as floats, which parses faster, and a page where some
     prediction is not a number falls back to the general schema. ``fields`` (captured inputs)
     are read only when drift is analysed. Neither choice changes which lines are valid."""
-    side = _side(pl.Float64() if numeric else pl.String())
+    side = _side(pl.Float64() if numeric else pl.String(), text)
     schema: dict[str, pl.DataType] = {
         "v": pl.Float64(),
         "request_id": pl.String(),
@@ -60,6 +72,8 @@ def record_schema(numeric: bool = False, fields: bool = True) -> dict[str, pl.Da
         "champion": side,
         "challenger": side,
         "contract": pl.String(),
+        "champion_repeat": side,  # the noise floor's second champion answer (when sampled)
+        "contract_repeat": pl.String(),
         # additions of A/B/n (issue 16); absent in older records (null)
         "variant": pl.String(),
         "arm": pl.String(),
@@ -232,7 +246,7 @@ def _parse_records(
     try:
         df = read_lines(data, schema)
     except pl.exceptions.PolarsError:
-        general = record_schema(numeric=False, fields="fields" in schema)
+        general = record_schema(numeric=False, fields="fields" in schema, text=_is_text(schema))
         try:
             df = read_lines(data, general)
         except pl.exceptions.PolarsError:
@@ -243,7 +257,9 @@ def _parse_records(
     if rows is None:
         rows = nonblank(data.split(b"\n"))
         if len(rows) != df.height:  # polars and bytes.strip disagree on a blank line
-            df, rows, bad = line_by_line(data, record_schema(False, "fields" in schema))
+            df, rows, bad = line_by_line(
+                data, record_schema(False, "fields" in schema, _is_text(schema))
+            )
             why, segments = _record_problems(df, now)
             if why is None:
                 return df, sorted(bad), segments
@@ -263,7 +279,18 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
     prediction. Pure polars, so it runs off the folding thread."""
     champ, chall = pl.col("champion"), pl.col("challenger")
     cst, hst = champ.struct.field("status"), chall.struct.field("status")
+    rep = pl.col("champion_repeat")
+    rst = rep.struct.field("status")
     served = pl.col("served")
+    text: dict[str, pl.Expr] = {}
+    if _is_text(dict(df.schema)):
+        for p, side in (("c", champ), ("h", chall)):
+            tokens = side.struct.field("usage").struct.field("completion_tokens")
+            text[f"{p}ttft"] = side.struct.field("ttfb_ms")
+            text[f"{p}dur"] = side.struct.field("duration_ms").fill_null(
+                side.struct.field("latency_ms")
+            )
+            text[f"{p}tok"] = tokens.fill_null(side.struct.field("events")).cast(pl.Float64)
     return df.select(
         rid=pl.col("request_id"),
         h=rid_hash(pl.col("request_id")),
@@ -290,7 +317,13 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         cp=champ.struct.field("prediction"),
         hp=chall.struct.field("prediction"),
         contract=pl.col("contract"),
+        r_in=pl.col("champion_repeat").is_not_null(),
+        re=rep.struct.field("error").is_not_null() | rst.is_null() | (rst >= 500),
+        rl=rep.struct.field("latency_ms"),
+        rp=rep.struct.field("prediction"),
+        contract_r=pl.col("contract_repeat"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
+        **text,
         # A/B/n: the served variant's name, the name of the challenger in ``challenger``, a
         # forced request, further mirrored challengers (JSON text); see router.analysis.arms
         vn=pl.coalesce(_opt(df, "variant"), served),
@@ -317,6 +350,7 @@ class Page:
     segments: list[str]
     rejected: Invalid = field(default_factory=Invalid)
     experiments: list[str] = field(default_factory=list)  # the distinct experiment names
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable (file, reason)
 
     @property
     def invalid(self) -> int:
@@ -351,6 +385,35 @@ def prepare_records(
     for i, reason in bad:
         rejected.add(reason, chunk.where(i))
     return page_of(df, rejected, segments)
+
+
+def prepare_frame(
+    df: pl.DataFrame, names: Sequence[str], label: str, now: float | None = None
+) -> Page:
+    """A :class:`Page` of records already in columns (``df`` with :func:`record_schema`'s
+    columns: an archive file), judged by the same checks as lines of a file; an invalid row
+    ``i`` is named ``"<label> <names[i]>"``."""
+    now = time.time() if now is None else now
+    why, segments = _record_problems(df, now)
+    rejected = Invalid()
+    if why is None:
+        return page_of(df, rejected, segments)
+    bad_rows = why.is_not_null()
+    for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
+                         strict=True):  # fmt: skip
+        rejected.add(reason, f"{label} {names[i]}")
+    return page_of(df.filter(~bad_rows), rejected)
+
+
+def check_outcome_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """The valid rows of outcomes already in columns (:data:`OUTCOME_SCHEMA`), and
+    ``(row index, reason)`` of the others (the rules of :func:`parse_outcomes`)."""
+    why = _outcome_problems(df)
+    if why.null_count() == df.height:
+        return df, []
+    bad_rows = why.is_not_null()
+    bad = list(zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(), strict=True))
+    return df.filter(~bad_rows), bad
 
 
 def records_chunk(records: Iterable[Any]) -> tuple[Chunk, Invalid]:

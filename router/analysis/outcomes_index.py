@@ -111,32 +111,51 @@ class OutcomeIndex:
         experiment: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        unit_rows_only: bool = False,
     ) -> None:
-        """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time."""
+        """Outcome rows as JSON lines (from JSONL or a stream), a chunk of lines at a time.
+        ``unit_rows_only``: keep the unit-joined rows only (the pre-exposure history read from
+        before the window for CUPED; request-joined rows there count as outside the window)."""
         for chunk in chunks:
             if not isinstance(chunk, Chunk):
                 chunk = Chunk(chunk)
             df, bad = parse_outcomes(chunk.data)
-            self.total += df.height + len(bad)
-            self.invalid += len(bad)
-            for i, reason in bad:
-                self.rejected.add(reason, chunk.where(i))
-            if experiment:
-                other = pl.col("experiment").is_not_null() & (pl.col("experiment") != experiment)
-                others = df.filter(other)
-                if others.height:
-                    for name, n in others.group_by("experiment").len().iter_rows():
-                        count_experiment(self.other_experiments, name, n)
-                    df = df.filter(~other)
-            kept = df.with_columns(pl.col("ts").fill_null(0.0))
-            inside = pl.lit(True)
-            if since is not None:
-                inside = inside & ((pl.col("ts") == 0.0) | (pl.col("ts") >= since))
-            if until is not None:
-                inside = inside & (pl.col("ts") <= until)
-            win = kept.filter(inside)
-            self.outside_window += kept.height - win.height
-            self._ingest(win)
+            self.add_frame(df, [(chunk.where(i), reason) for i, reason in bad], experiment,
+                           since, until, unit_rows_only)  # fmt: skip
+
+    def add_frame(
+        self,
+        df: pl.DataFrame,
+        bad: list[tuple[str, str]],
+        experiment: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        unit_rows_only: bool = False,
+    ) -> None:
+        """Valid outcome rows in columns (:data:`OUTCOME_SCHEMA`), and ``(where, reason)`` of
+        the invalid rows read with them (``unit_rows_only`` as in :meth:`add_raw`)."""
+        self.total += df.height + len(bad)
+        self.invalid += len(bad)
+        for where, reason in bad:
+            self.rejected.add(reason, where)
+        if experiment:
+            other = pl.col("experiment").is_not_null() & (pl.col("experiment") != experiment)
+            others = df.filter(other)
+            if others.height:
+                for name, n in others.group_by("experiment").len().iter_rows():
+                    count_experiment(self.other_experiments, name, n)
+                df = df.filter(~other)
+        kept = df.with_columns(pl.col("ts").fill_null(0.0))
+        inside = pl.lit(True)
+        if since is not None:
+            inside = inside & ((pl.col("ts") == 0.0) | (pl.col("ts") >= since))
+        if until is not None:
+            inside = inside & (pl.col("ts") <= until)
+        if unit_rows_only:
+            inside = inside & (pl.col("request_id").fill_null("").str.len_bytes() == 0)
+        win = kept.filter(inside)
+        self.outside_window += kept.height - win.height
+        self._ingest(win)
 
     def _ingest(self, df: pl.DataFrame) -> None:
         """Compact valid rows: request-joined ones to fingerprints and metric ids."""

@@ -21,6 +21,7 @@ from router.analysis.ndjson import json_or_none
 from router.analysis.policy import Policy
 from router.analysis.segments import SegmentAgg
 from router.analysis.sketches import CoMoments, HashSample, LogHistogram, Moments
+from router.analysis.text import TextAggregates, TextPair
 
 EPS = 1e-15
 
@@ -125,6 +126,9 @@ class PairAggregates:
         self.sample = HashSample(policy.divergence.sample_size, 2)
         self.quality = Quality()
         self.labelled_sample = HashSample(policy.divergence.sample_size, 3)
+        dv = policy.divergence
+        self.text = TextAggregates(dv.text_examples, dv.text_example_chars,
+                                   tuple(dv.refusal_patterns), dv.text_example_mode)  # fmt: skip
 
     def add(
         self,
@@ -161,13 +165,16 @@ class PairAggregates:
             ct = orjson.loads(text)
             if not isinstance(ct, dict):
                 continue
-            for change in ("missing", "extra", "retyped"):
+            for change in ("missing", "extra", "retyped", "changed"):
                 paths = ct.get(change)
                 if isinstance(paths, list):
                     for path in paths:
                         self.contract[(change, str(path))] += 1
         pcombo = combo[pr]
         labels = labels_all[pr]
+        if self.kind == "text":
+            self._add_text(cols, pr[ok], h, combo, seg_of, cp, hp)
+            return
         if self.kind in ("class", "vector") or cpf is None or hpf is None:
             cps, hps = cp.gather(pr).to_list(), hp.gather(pr).to_list()
             for idx in np.nonzero(ok)[0].tolist():
@@ -257,6 +264,34 @@ class PairAggregates:
                 agg.correct[0] += int(c0[k])
                 agg.correct[1] += int(c1[k])
 
+    def _add_text(
+        self, cols: pl.DataFrame, rows: np.ndarray, h: np.ndarray, combo: np.ndarray,
+        seg_of: list[list[SegmentAgg]], cp: pl.Series, hp: pl.Series,
+    ) -> None:  # fmt: skip
+        """Text predictions (:mod:`router.analysis.text`), pair by pair; per segment the exact
+        matches count as agreement and ``1 - ratio`` as the absolute difference. The timing
+        columns are read when the page has them (not for the noise floor's pairs)."""
+        if not rows.size:
+            return
+        cps, hps = cp.gather(rows).to_list(), hp.gather(rows).to_list()
+        timing = "cttft" in cols.columns
+        if timing:
+            t = cols.select("cttft", "httft", "cdur", "hdur", "ctok", "htok").gather(rows)
+            tv = [t[c].to_list() for c in t.columns]
+        keys = h[rows].tolist()
+        for i, (a, b) in enumerate(zip(cps, hps, strict=True)):
+            if not isinstance(a, str) or not isinstance(b, str):
+                continue
+            pair = TextPair(a, b, key=int(keys[i]))
+            if timing:
+                (pair.c_ttft_ms, pair.h_ttft_ms, pair.c_duration_ms, pair.h_duration_ms,
+                 pair.c_tokens, pair.h_tokens) = (col[i] for col in tv)  # fmt: skip
+            same, ratio = self.text.add(pair)
+            for agg in seg_of[int(combo[rows[i]])]:
+                agg.pairs += 1
+                agg.agree += same
+                agg.abs_diff += 1.0 - ratio
+
     def _add_slow(
         self, cp: str | None, hp: str | None, label: float | None, segs: list[SegmentAgg]
     ) -> None:
@@ -325,6 +360,7 @@ class PairAggregates:
         self.sample.merge(o.sample)
         self.quality.merge(o.quality)
         self.labelled_sample.merge(o.labelled_sample)
+        self.text.merge(o.text)
 
 
 def _logloss_arr(p: np.ndarray, y: np.ndarray) -> np.ndarray:

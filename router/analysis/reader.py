@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -28,7 +28,9 @@ NUMERIC_KINDS = ("score", "value")
 
 @dataclass
 class Source:
-    """Where the data comes from: JSONL files or a Redis URL (exactly one)."""
+    """Where the data comes from: JSONL files, a Redis URL or an archive (exactly one; or an
+    archive and a Redis URL: the archive for what the streams no longer hold). ``coverage`` is
+    filled while an archive is read (:mod:`router.analysis.archive_read`)."""
 
     experiment: str
     pairs_file: str | None = None
@@ -37,6 +39,8 @@ class Source:
     since: float | None = None
     until: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    archive: str | None = None  # a directory or s3://… written by `router archive`
+    coverage: Any = None
 
 
 class InputError(Exception):
@@ -159,17 +163,19 @@ class Pages:
 
     def __init__(
         self,
-        chunks: Iterable[bytes | Chunk],
+        chunks: Iterable[Any],  # bytes | Chunk, or what ``prepare`` takes
         schema: dict[str, pl.DataType],
         workers: int = 2,
         ahead: int = 2,
         now: float | None = None,
+        prepare: Callable[[Any, float], Page] | None = None,
     ) -> None:
         self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
             maxsize=max(ahead, workers + 1)
         )
         self._stop = threading.Event()
         self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
+        self._prepare = prepare  # item -> Page (default: JSON lines, prepare_records)
         self._now = time.time() if now is None else now  # one clock for every page
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
         self._reader.start()
@@ -187,7 +193,10 @@ class Pages:
         try:
             with ThreadPoolExecutor(self._workers, thread_name_prefix="analyze-parse") as pool:
                 for chunk in self._chunks:
-                    job = pool.submit(prepare_records, chunk, self._schema, self._now)
+                    if self._prepare is not None:
+                        job = pool.submit(self._prepare, chunk, self._now)
+                    else:
+                        job = pool.submit(prepare_records, chunk, self._schema, self._now)
                     if not self._put(job):
                         return
         except BaseException as exc:  # handed to the consuming thread, which raises it
@@ -209,8 +218,56 @@ class Pages:
         self._reader.join(timeout=5)
 
 
+def stitched_items(
+    src: Any, numeric: bool, fields: bool, upto: float | None, schema: dict[str, Any]
+) -> tuple[Iterator[tuple[str, Any]], Callable[[Any, float], Page]]:
+    """Records of a window that Redis has partly trimmed: the archive's files up to where
+    the pairs streams begin, then the streams (``--archive`` with ``--redis``)."""
+    from router.analysis.archive_read import archive_files, redis_cutoff_ms
+    from router.capture.clients import make_sync_client
+    from router.capture.reader import discover_pair_keys
+
+    client = make_sync_client(src.redis_url)
+    keys = discover_pair_keys(client, src.experiment)
+    cutoff = redis_cutoff_ms(client, keys)
+    files, from_file = archive_files(src, numeric, fields, upto, cutoff)
+    src.coverage.redis_from = None if cutoff is None else cutoff / 1000
+
+    def items() -> Iterator[tuple[str, Any]]:
+        try:
+            for f in files:
+                yield "file", f
+            if cutoff is None:
+                return
+            since = cutoff / 1000 + 0.0005  # (exactly the cutoff millisecond, as _min_id reads)
+            since = max(since, src.since) if src.since is not None else since
+            for key in keys:
+                for chunk in stream_chunks(client, key, since, upto):
+                    yield "lines", chunk
+        finally:
+            client.close()
+
+    def prepare(item: tuple[str, Any], now: float) -> Page:
+        kind, what = item
+        if kind == "file":
+            return from_file(what, now)
+        return prepare_records(what, schema, now)
+
+    return items(), prepare
+
+
 def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> Pages:
     """Start reading ``src``'s records; the schema follows the prediction kind and reads the
     captured input fields only when drift is analysed."""
-    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields)
+    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields,
+                           text=kind == "text")  # fmt: skip
+    if src.archive and src.redis_url:  # the archive for what Redis trimmed, then Redis
+        items, prep = stitched_items(src, kind in NUMERIC_KINDS, track_fields, id_until(src),
+                                     schema)  # fmt: skip
+        return Pages(items, schema, workers, prepare=prep)
+    if src.archive:
+        from router.analysis.archive_read import archive_files
+
+        files, prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields, id_until(src))
+        return Pages(files, schema, workers, prepare=prepare)
     return Pages(record_chunks(src), schema, workers)

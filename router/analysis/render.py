@@ -12,6 +12,7 @@ section, write one in :mod:`router.analysis.views` and list it here. The HTML pa
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from router.analysis.doc import (
@@ -46,6 +47,13 @@ from router.analysis.views.paired import (
     latency_section,
     quality_section,
 )
+from router.analysis.views.power import (
+    cuped_section,
+    decision_table_section,
+    expected_accuracy_section,
+    noise_floor_section,
+    srm_segments_section,
+)
 
 SectionBuilder = Callable[[dict[str, Any]], Section | None]
 
@@ -53,15 +61,20 @@ SECTIONS: list[SectionBuilder] = [
     headline_section,
     compare_section,
     gates_section,
+    decision_table_section,
     challengers_section,
     metrics_section,
+    cuped_section,
     quality_section,
+    expected_accuracy_section,
     latency_section,
     errors_section,
     divergence_section,
+    noise_floor_section,
     segments_section,
     drift_section,
     traffic_section,
+    srm_segments_section,
     crossover_section,
     forced_and_coverage_section,
     data_quality_section,
@@ -123,8 +136,30 @@ def section_md(s: Section) -> list[str]:
     return out
 
 
+def archive_line(a: dict[str, Any]) -> str:
+    """One line on what an archive window held (``report["archive"]``)."""
+    bad = a["unreadable_files"]
+    text = (f"Archive {a['uri']}: {a['files']} files over {a['hours']} hours, "
+            f"{a['hours_without_data']} hours without data")  # fmt: skip
+    if a["empty_hour_ranges"]:
+        text += " (" + ", ".join(f"{lo} to {hi}" for lo, hi in a["empty_hour_ranges"][:5]) + ")"
+    if bad["count"]:
+        named = "; ".join(f"{e['path']}: {e['reason']}" for e in bad["examples"][:3])
+        text += f"; **{bad['count']} unreadable files skipped** ({named})"
+    if a.get("latest_archived") is not None:
+        when = datetime.fromtimestamp(a["latest_archived"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text += f"; archived up to {when}"
+    if a.get("ends_before_window"):
+        text += " (**the archive ends before the window does: is the archiver lagging?**)"
+    if a.get("cross_task_duplicates"):
+        text += f"; {a['cross_task_duplicates']} request ids folded in two tasks"
+    return text + "."
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Shadow report: {r['experiment']}", ""]
+    if r.get("archive"):
+        lines += [archive_line(r["archive"]), ""]
     for s in sections(r):
         lines += section_md(s)
     return "\n".join(lines).rstrip() + "\n"

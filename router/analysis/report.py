@@ -1,11 +1,11 @@
 """Turn an :class:`~router.analysis.accumulate.Accumulator` into the DESIGN.md report (pure).
 
-Top-level keys: ``experiment, window, counts, srm, latency, errors, divergence, quality, metrics,
-segments, drift, data_quality, gates, decision, meta``. Every number is finite or ``null``;
-every statistic that cannot be computed says why in a ``state`` field. Each section is computed
-by its module in :mod:`router.analysis.sections` (``data_quality`` by
-:mod:`router.analysis.data_quality`); this module assembles them in the report's key order, then
-the gates and the decision (:mod:`router.analysis.gates`).
+Top-level keys: ``experiment, window, counts, srm, latency, errors, divergence, noise_floor,
+quality, expected_accuracy, metrics, segments, drift, data_quality, gates, decision, meta``.
+Every number is finite or ``null``; every statistic that cannot be computed says why in a
+``state`` field. Each section is computed by its module in :mod:`router.analysis.sections`
+(``data_quality`` by :mod:`router.analysis.data_quality`); this module assembles them in the
+report's key order, then the gates and the decision (:mod:`router.analysis.gates`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ from router.analysis.sections.counts import counts_section, srm_section, window_
 from router.analysis.sections.divergence import divergence_section
 from router.analysis.sections.drift import drift_section
 from router.analysis.sections.errors import errors_section
+from router.analysis.sections.expected_accuracy import expected_accuracy_section
 from router.analysis.sections.latency import latency_section
 from router.analysis.sections.metrics import metrics_section
+from router.analysis.sections.noise_floor import noise_floor_section
 from router.analysis.sections.quality import quality_section
 from router.analysis.sections.segments import segments_section
+from router.analysis.sections.srm_segments import srm_by_segment
 from router.analysis.sections.unit_view import UnitView
 
 REPORT_VERSION = 1
@@ -73,10 +76,15 @@ def report_from(
             "latency": latency_section(acc, policy.alpha, policy.sequential.tau),
             "errors": errors_section(acc, policy.alpha),
             "divergence": divergence_section(acc, policy),
+            "noise_floor": None,
             "quality": None,  # (keeps the key order)
         }
+        report["noise_floor"] = noise_floor_section(acc, policy, report["divergence"])
+        if policy.srm.by_segment:
+            report["srm"]["by_segment"] = srm_by_segment(acc, policy, split, uv)
         metrics = metrics_section(acc, policy, uv)
         report["quality"] = quality.result()
+    report["expected_accuracy"] = expected_accuracy_section(acc, policy)
     report["metrics"] = metrics
     report["segments"] = segments_section(acc, policy, report["metrics"], uv)
     report["drift"] = drift_section(acc, policy, reference)

@@ -38,9 +38,35 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
-def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
+def load_outcomes(
+    src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
+) -> OutcomeIndex:
+    """The outcomes of ``src``. From Redis, also the unit-joined rows that arrived in the
+    ``history_s`` before the window's start: the pre-exposure history CUPED's covariates come
+    from (rows before a unit's first exposure are never counted as its outcomes)."""
     oi = OutcomeIndex(max_metrics)
-    if src.redis_url:
+    if src.redis_url and src.archive:  # the archive up to where the stream begins
+        from router.analysis.archive_read import (
+            load_archive_outcomes,
+            open_store,
+            redis_cutoff_ms,
+        )
+        from router.capture.clients import make_sync_client
+        from router.capture.reader import stream_keys
+
+        client = make_sync_client(src.redis_url)
+        try:
+            key = stream_keys(client, src.experiment, outcomes=True)[0]
+            cutoff = redis_cutoff_ms(client, [key])
+            load_archive_outcomes(oi, open_store(src), src.experiment, src.since, src.coverage,
+                                  before_ms=cutoff)  # fmt: skip
+            if cutoff is not None:
+                since = cutoff / 1000 + 0.0005  # (from exactly that millisecond)
+                since = max(since, src.since) if src.since is not None else since
+                oi.add_raw(stream_chunks(client, key, since, None), src.experiment)
+        finally:
+            client.close()
+    elif src.redis_url:
         from router.capture.clients import make_sync_client
         from router.capture.reader import stream_keys
 
@@ -48,11 +74,20 @@ def load_outcomes(src: Source, max_metrics: int = MAX_METRICS) -> OutcomeIndex:
         try:
             # outcomes arrive after their requests: read from the window start to now
             key = stream_keys(client, src.experiment, outcomes=True)[0]
+            if src.since is not None and history_s > 0:
+                # the units' pre-exposure history (CUPED): unit-joined rows only
+                history = stream_chunks(client, key, src.since - history_s, src.since)
+                oi.add_raw(history, src.experiment, unit_rows_only=True)
             oi.add_raw(stream_chunks(client, key, src.since, None), src.experiment)
         finally:
             client.close()
     elif src.outcomes_file:
         oi.add_raw(file_chunks(src.outcomes_file), src.experiment)
+    elif src.archive:
+        from router.analysis.archive_read import load_archive_outcomes, open_store
+
+        store = open_store(src)
+        load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage)
     return oi
 
 
@@ -71,6 +106,10 @@ def _id_span(src: Source) -> tuple[list[str], float | None, float | None]:
 
 
 def earliest_available(src: Source) -> float | None:
+    if src.archive:
+        from router.analysis.archive_read import earliest_archived
+
+        return earliest_archived(src)
     if not src.redis_url:
         return None
     return _id_span(src)[1]
@@ -103,10 +142,17 @@ def accumulate_arms(
     progress: Progress | None = None,
     pages: Pages | None = None,
     arms: list[str] | None = None,
+    executor: str = "threads",
 ) -> ArmSet:
     """Read ``src`` into one accumulator per challenger view (:mod:`router.analysis.arms`).
     When the records name a challenger not in ``arms`` (default: the one ``challenger``),
-    the source is read a second time with every challenger the first read found."""
+    the source is read a second time with every challenger the first read found. An archive
+    folded by other processes (``executor`` not ``threads``) gives one accumulator over every
+    record, as before A/B/n (its views per challenger are not built yet)."""
+    if src.archive and not src.redis_url and executor != "threads":
+        one = accumulate(src, policy, kind=kind, workers=workers, track_fields=track_fields,
+                         progress=progress, pages=pages, executor=executor)  # fmt: skip
+        return ArmSet.of(one)
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -146,13 +192,25 @@ def accumulate(
     progress: Progress | None = None,
     outcomes: OutcomeIndex | None = None,
     pages: Pages | None = None,
+    executor: str = "threads",
 ) -> Accumulator:
     """Read ``src`` into an accumulator (``workers`` pages parsed at once). ``pages``: records
     already being read (:func:`~router.analysis.reader.read_pages`, same kind and fields);
-    they are closed here."""
+    they are closed here. ``executor`` (an archive only): ``threads``, ``processes`` or
+    ``dask://HOST:PORT`` (:mod:`router.analysis.distribute`)."""
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
+        if src.archive and not src.redis_url and executor != "threads":
+            if pages is not None:
+                pages.close()
+            from router.analysis.distribute import fold_archive
+
+            oi = outcomes if outcomes is not None else load_outcomes(
+                src, policy.data_quality.max_metrics
+            )
+            return fold_archive(src, policy, oi, kind=kind, track_fields=track_fields,
+                                executor=executor, workers=workers)  # fmt: skip
         if pages is None:
             pages = read_pages(src, kind, track_fields, workers)  # parses while outcomes load
         with quiet_blas():
@@ -172,8 +230,9 @@ def _accumulate(
     pages: Pages,
 ) -> Accumulator:
     try:
+        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
         oi = outcomes if outcomes is not None else load_outcomes(
-            src, policy.data_quality.max_metrics
+            src, policy.data_quality.max_metrics, history
         )
         acc = Accumulator(
             policy,
@@ -201,11 +260,13 @@ def analyze(
     reference: dict[str, Any] | None = None,
     reference_src: Source | None = None,
     progress: Progress | None = None,
+    executor: str = "threads",
 ) -> dict[str, Any]:
     """The report of a source (see :func:`router.analysis.report.report_from`)."""
     track = reference is not None or reference_src is not None
     acc = accumulate_arms(src, policy, kind=kind, workers=workers, track_fields=track,
-                          progress=progress, arms=list(shares) if shares else None)  # fmt: skip
+                          progress=progress, executor=executor,
+                          arms=list(shares) if shares else None)  # fmt: skip
     if reference_src is not None:
         from router.analysis.sections.drift import reference_stats
 
@@ -216,7 +277,7 @@ def analyze(
     from router.analysis.report import report_from
 
     with quiet_blas():
-        return report_from(
+        report = report_from(
             acc,
             experiment=src.experiment,
             split=split,
@@ -224,6 +285,16 @@ def analyze(
             reference=reference,
             shares=shares,
         )
+    add_archive_section(report, src, acc.primary)
+    return report
+
+
+def add_archive_section(report: dict[str, Any], src: Source, acc: Accumulator) -> None:
+    """The report's ``archive`` key when the records came from an archive."""
+    if src.archive:
+        from router.analysis.archive_read import archive_section
+
+        report["archive"] = archive_section(src, acc)
 
 
 def read_json(path: str) -> Any:

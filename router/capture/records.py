@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from router.capture.textpred import openai_text
+
 RECORD_VERSION = 1
 _MISSING = object()
 
@@ -106,19 +108,86 @@ def shape(doc: Any, prefix: str = "", out: dict[str, str] | None = None) -> dict
     return out
 
 
-def contract_diff(champion: Any, challenger: Any) -> dict[str, list[str]] | None:
+@dataclass(frozen=True, slots=True)
+class ContractRules:
+    """How responses are compared (``experiment.contract``): paths ignored (with everything
+    under them), whether leaf values are compared, and absolute numeric tolerances per path."""
+
+    ignore: tuple[str, ...] = ()
+    compare_values: bool = False
+    tolerance: tuple[tuple[str, float], ...] = ()
+    default_tolerance: float = 0.0
+
+    def ignored(self, path: str) -> bool:
+        for p in self.ignore:
+            if path == p or path.startswith(p + ".") or path.startswith(p + "["):
+                return True
+        return False
+
+
+NO_RULES = ContractRules()
+
+
+def leaves(doc: Any, prefix: str = "", out: dict[str, list[Any]] | None = None) -> dict[str, list]:
+    """Leaf values (not objects or arrays) by path in :func:`shape`'s notation, in document
+    order (an array's elements share the path ``path[]``)."""
+    out = {} if out is None else out
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            leaves(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(doc, list):
+        for v in doc:
+            leaves(v, f"{prefix}[]", out)
+    else:
+        out.setdefault(prefix, []).append(doc)
+    return out
+
+
+def _same(a: Any, b: Any, tol: float) -> bool:
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) \
+            and not isinstance(b, bool):  # fmt: skip
+        return a == b or abs(a - b) <= tol
+    return bool(a == b)
+
+
+def contract_diff(
+    champion: Any, challenger: Any, rules: ContractRules = NO_RULES
+) -> dict[str, list[str]] | None:
     """Shape difference of the challenger's response against the champion's, or None if equal.
 
     ``missing``: paths the champion has and the challenger lacks; ``extra``: the reverse;
-    ``retyped``: same path, different JSON type (null counts as a type).
+    ``retyped``: same path, different JSON type (null counts as a type). With
+    ``rules.compare_values``, also ``changed``: leaf paths present in both whose values differ
+    (numbers by more than the path's tolerance; an array path when an element differs or the
+    arrays differ in length). Paths under ``rules.ignore`` are left out.
     """
     a, b = shape(champion), shape(challenger)
+    if rules.ignore:
+        a = {p: t for p, t in a.items() if not rules.ignored(p)}
+        b = {p: t for p, t in b.items() if not rules.ignored(p)}
     missing = sorted(p for p in a if p not in b)
     extra = sorted(p for p in b if p not in a)
     retyped = sorted(p for p in a if p in b and a[p] != b[p])
-    if not (missing or extra or retyped):
+    changed: list[str] = []
+    if rules.compare_values:
+        la, lb = leaves(champion), leaves(challenger)
+        tols = dict(rules.tolerance)
+        for p, va in la.items():
+            vb = lb.get(p)
+            if vb is None or a.get(p) is None or a.get(p) != b.get(p):
+                continue  # absent, ignored or retyped: reported above
+            tol = tols.get(p, rules.default_tolerance)
+            same = len(va) == len(vb) and all(_same(x, y, tol) for x, y in zip(va, vb, strict=True))
+            if not same:
+                changed.append(p)
+        changed.sort()
+    if not (missing or extra or retyped or changed):
         return None
-    return {"missing": missing, "extra": extra, "retyped": retyped}
+    out = {"missing": missing, "extra": extra, "retyped": retyped}
+    if rules.compare_values:
+        out["changed"] = changed
+    return out
 
 
 @dataclass(slots=True)
@@ -130,8 +199,13 @@ class Side:
     latency_ms: float | None = None
     body: bytes | None = None
     error: str | None = None
-    truncated: bool = False  # only the first bytes of the answer were kept (shadow side)
+    truncated: bool = False  # only the first bytes of the answer were kept
     response_bytes: int | None = None  # the full body size when truncated
+    ttfb_ms: float | None = None  # from the call to the first body byte
+    duration_ms: float | None = None  # from the call to the end of the body
+    body_bytes: int | None = None  # body size as received (record key "bytes")
+    events: int | None = None  # server-sent events (event streams only)
+    streamed: bool = False  # passed on as it arrived (not buffered whole)
 
 
 @dataclass(slots=True)
@@ -149,20 +223,24 @@ class PendingRecord:
     champion: Side | None = None
     challenger: Side | None = None
     request_body: bytes | None = None  # only kept when capture fields are configured
+    client_aborted: bool = False  # the client went away before a streamed answer ended
+    champion_repeat: Side | None = None  # the noise floor: the champion asked a second time
+    waiting: int = 0  # shadow jobs still running on this record (captured when the last ends)
     variant: str = ""  # the name of the variant that served ("champion" or a challenger's)
     arm: str | None = None  # the name of the challenger whose answer is in ``challenger``
     shadows: dict[str, Side] | None = None  # further challengers mirrored (A/B/n fan-out)
     forced: bool = False  # the variant was forced (X-Router-Force): kept out of statistics
     mirror_skipped: dict[str, str] | None = None  # shadow target -> why it was not mirrored
-    pending_shadows: int = 0  # shadow calls still running (capture waits for the last)
 
 
 @dataclass(frozen=True, slots=True)
 class FinalizeOptions:
     prediction_path: str | None = "score"
+    prediction_format: str = "json"  # json | openai (see router.capture.textpred)
     fields: tuple[str, ...] = ()
     hash_fields: tuple[str, ...] = ()
     hash_salt: str = ""
+    contract: ContractRules = NO_RULES
 
 
 def _parse(body: bytes | None) -> Any:
@@ -178,7 +256,18 @@ def _side_dict(side: Side | None, doc: Any, opts: FinalizeOptions) -> dict[str, 
     if side is None:
         return None
     prediction = None
-    if opts.prediction_path and doc is not _MISSING:
+    extra: dict[str, Any] = {}
+    if opts.prediction_format == "openai":
+        if side.body:
+            ans = openai_text(side.body, side.truncated)
+            prediction = ans.text
+            if ans.usage is not None:
+                extra["usage"] = ans.usage
+            if ans.finish_reason is not None:
+                extra["finish_reason"] = ans.finish_reason
+            if ans.error is not None:
+                extra["parse_error"] = ans.error
+    elif opts.prediction_path and doc is not _MISSING:
         prediction = lookup(doc, opts.prediction_path)
     out = {
         "version": side.version,
@@ -187,9 +276,22 @@ def _side_dict(side: Side | None, doc: Any, opts: FinalizeOptions) -> dict[str, 
         "prediction": prediction,
         "error": side.error,
     }
-    if side.truncated:  # additions to schema v1, present only on a truncated shadow answer
+    # additions to schema v1, each present only when known
+    if side.truncated:  # only the first bytes of the answer were kept
         out["truncated"] = True
         out["response_bytes"] = side.response_bytes
+    if side.ttfb_ms is not None:
+        out["ttfb_ms"] = side.ttfb_ms
+    if side.duration_ms is not None:
+        out["duration_ms"] = side.duration_ms
+    if side.body_bytes is not None:
+        out["bytes"] = side.body_bytes
+    if side.events is not None:
+        out["events"] = side.events
+    if side.streamed:
+        out["streamed"] = True
+    if extra:
+        out |= extra
     return out
 
 
@@ -223,7 +325,7 @@ def finalize(rec: PendingRecord, opts: FinalizeOptions) -> dict[str, Any]:
     chall_doc = _parse(rec.challenger.body) if rec.challenger is not None else _MISSING
     contract = None
     if rec.mirrored and champ_doc is not _MISSING and chall_doc is not _MISSING:
-        contract = contract_diff(champ_doc, chall_doc)
+        contract = contract_diff(champ_doc, chall_doc, opts.contract)
     out: dict[str, Any] = {
         "v": RECORD_VERSION,
         "experiment": rec.experiment,
@@ -238,6 +340,16 @@ def finalize(rec: PendingRecord, opts: FinalizeOptions) -> dict[str, Any]:
         "challenger": _side_dict(rec.challenger, chall_doc, opts),
         "contract": contract,
     }
+    if rec.client_aborted:  # addition to schema v1: a streamed answer the client left
+        out["client_aborted"] = True
+    if rec.champion_repeat is not None:  # additions to schema v1: a noise-floor pair
+        rep_doc = _parse(rec.champion_repeat.body)
+        out["champion_repeat"] = _side_dict(rec.champion_repeat, rep_doc, opts)
+        out["contract_repeat"] = (
+            contract_diff(champ_doc, rep_doc, opts.contract)
+            if champ_doc is not _MISSING and rep_doc is not _MISSING
+            else None
+        )
     # additions to schema v1 (A/B/n, issue 16), present only when they say something, so a
     # single-challenger record is unchanged: ``variant`` the served variant's name when it is
     # not ``served`` itself (a named challenger), ``arm`` the name of the challenger in

@@ -103,6 +103,18 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _executor(text: str) -> str:
+    if text in ("threads", "processes"):
+        return text
+    scheme, sep, rest = text.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme in ("dask", "tcp", "tls") and sep and host and port.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected threads, processes or dask://HOST:PORT, got {text!r}"
+    )
+
+
 def _shares(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in text.split(","):
@@ -122,6 +134,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--redis", help="Redis URL (default $REDIS_URL)")
     src.add_argument("--pairs", help="records JSONL (from `router export`), .gz allowed")
     src.add_argument("--synthetic", type=int, metavar="N", help="analyse N synthetic records")
+    p.add_argument("--archive", metavar="URI",
+                   help="a Parquet archive written by `router archive` (directory or s3://…); "
+                   "with --redis, the archive for what the streams no longer hold")  # fmt: skip
     p.add_argument("--outcomes", help="outcomes JSONL (with --pairs)")
     p.add_argument("--policy", help="policy YAML (default: built-in defaults)")
     p.add_argument("--since", type=_time_arg, help="window start (unix s or ISO-8601)")
@@ -135,7 +150,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--kind",
-        choices=["score", "class", "vector", "value"],
+        choices=["score", "class", "vector", "value", "text"],
         help="prediction kind (default: the policy's, else score)",
     )
     p.add_argument("--reference-since", type=_time_arg, help="reference window for input drift")
@@ -160,6 +175,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=2,
         help="pages of records parsed at once, beside the thread that folds them (default 2)",
     )
+    p.add_argument(
+        "--executor",
+        type=_executor,
+        help="with --archive: threads (one process), processes (a local pool of --workers "
+        "processes; the default) or dask://HOST:PORT (a Dask distributed scheduler)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument(
@@ -183,6 +204,16 @@ def run(args: argparse.Namespace) -> int:
     # cost more than the few reference cycles they would free (the fold disables it anyway)
     gc.disable()
 
+    if args.executor and not args.archive:
+        print("router: --executor needs --archive", file=sys.stderr)
+        return 2
+    if args.executor and args.executor != "threads" and args.archive and args.redis:
+        print("router: --executor: an archive read with --redis is folded in one process "
+              "(--executor threads)", file=sys.stderr)  # fmt: skip
+        return 2
+    args.executor = args.executor or (
+        "processes" if args.archive and not args.redis else "threads"
+    )
     if args.outcomes and not args.pairs:
         print("router: --outcomes needs --pairs", file=sys.stderr)
         return 2
@@ -216,10 +247,16 @@ def run(args: argparse.Namespace) -> int:
         if policy is None:
             return 2
     url = args.redis or os.environ.get("REDIS_URL")
-    if not (args.synthetic or args.pairs or url):
+    if args.archive:
+        url = args.redis  # (with --redis: the archive, then the streams)
+        if args.pairs or args.synthetic:
+            print("router: --archive goes with --redis only, not --pairs or --synthetic",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    if not (args.synthetic or args.pairs or url or args.archive):
         print(
-            "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE "
-            "or --synthetic N",
+            "router: no data source: pass --redis URL (or set REDIS_URL), --pairs FILE, "
+            "--archive URI or --synthetic N",
             file=sys.stderr,
         )
         return 2
@@ -240,20 +277,34 @@ def run(args: argparse.Namespace) -> int:
     elif args.pairs:
         src = Source(args.experiment, pairs_file=args.pairs, outcomes_file=args.outcomes,
                      since=args.since, until=args.until)  # fmt: skip
+    elif args.archive:
+        src = Source(args.experiment, archive=args.archive, redis_url=url, since=args.since,
+                     until=args.until)  # fmt: skip
     else:
         src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
     # start reading the records now: the policy, the analysis code and scipy import while the
     # first pages parse (the schema assumes numeric predictions unless told otherwise, and is
     # switched should the policy name another kind)
     guess = args.kind or (policy.prediction_kind if policy else None) or "score"
-    pages = read_pages(src, guess, track, args.workers)
+    try:
+        pages: Pages | None = None
+        if args.executor == "threads":
+            pages = read_pages(src, guess, track, args.workers)
+        elif src.archive:  # (fail early on an unreachable archive)
+            from router.analysis.archive_read import open_store
+
+            open_store(src)
+    except OSError as exc:  # (an archive is listed here: a missing bucket, no such directory)
+        print(f"router: cannot read data: {exc}", file=sys.stderr)
+        return 3
     try:
         if policy is None:
             policy = _policy(args.policy)
             if policy is None:
                 return 2
         kind = args.kind or policy.prediction_kind or "score"
-        if (kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS):
+        if pages is not None and ((kind in NUMERIC_KINDS) != (guess in NUMERIC_KINDS)
+                                  or (kind == "text") != (guess == "text")):
             pages.close()
             pages = read_pages(src, kind, track, args.workers)
 
@@ -263,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         ).start()
         return _analyse(args, src, policy, kind, track, reference, pages, previous)
     finally:
-        pages.close()
+        if pages is not None:
+            pages.close()
         if tmp:
             for path in tmp:
                 os.unlink(path)
@@ -310,7 +362,7 @@ def _analyse(
     kind: str,
     track: bool,
     reference: dict[str, Any] | None,
-    pages: Pages,
+    pages: Pages | None,
     previous: dict[str, Any] | None = None,
 ) -> int:
     """Fold the records being read, write the report; 3 when the data cannot be read."""
@@ -318,14 +370,21 @@ def _analyse(
 
     import orjson
 
+    from router.analysis.distribute import ExecutorUnavailable
     from router.analysis.outcomes_index import TooManyMetrics
     from router.analysis.reader import InputError, Source
-    from router.analysis.run import accumulate, accumulate_arms, earliest_available, quiet_blas
+    from router.analysis.run import (
+        accumulate,
+        accumulate_arms,
+        add_archive_section,
+        earliest_available,
+        quiet_blas,
+    )
 
     progress, close = _progress(args.progress)
     try:
         arms = accumulate_arms(src, policy, kind=kind, workers=args.workers, track_fields=track,
-                               progress=progress, pages=pages,
+                               progress=progress, pages=pages, executor=args.executor,
                                arms=list(args.shares) if args.shares else None)  # fmt: skip
         absent = _absent_experiment(args.experiment, src, arms.primary)
         if absent is not None:
@@ -345,6 +404,7 @@ def _analyse(
                 args.experiment,
                 pairs_file=src.pairs_file,
                 redis_url=src.redis_url,
+                archive=src.archive,
                 since=args.reference_since,
                 until=args.reference_until,
             )
@@ -362,6 +422,7 @@ def _analyse(
                 earliest_available=earliest_available(src),
                 reference=reference,
             )
+        add_archive_section(report, src, arms.primary)
     except InputError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
@@ -371,6 +432,9 @@ def _analyse(
         return 2
     except OSError as exc:
         print(f"router: cannot read data: {exc}", file=sys.stderr)
+        return 3
+    except ExecutorUnavailable as exc:
+        print(f"router: --executor {args.executor}: {exc}", file=sys.stderr)
         return 3
     except Exception as exc:
         from redis.exceptions import RedisError

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="start a new ramp when the stored one already ended (promoted or rolled back)",
     )
+    s.add_argument(
+        "--archive",
+        metavar="URI",
+        help="a `router archive` location: the part of a step's window Redis already trimmed "
+        "is read from it",
+    )
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=run, action="start")
 
@@ -138,6 +144,7 @@ async def _start(args: argparse.Namespace, url: str) -> int:
             policy=args.policy,
             lease_wait_s=args.wait_lease,
             new_run=args.new_run,
+            archive=args.archive,
         ),
         analyse=analyse,
     )

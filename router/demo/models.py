@@ -2,8 +2,9 @@
 
 Each serves ``POST /predict`` with a logistic regression over the request's ``features``
 (``{"user": {"id": …}, "features": [x0, x1, …]}`` → ``{"score": p, "label": 0|1, "model": v}``)
-and ``GET /healthz``. Knobs for experiments: extra latency, an error rate, and a response shape
-change (to exercise the contract diff).
+and ``GET /healthz``. Knobs for experiments: extra latency, an error rate, a response shape
+change (to exercise the contract diff), and nondeterminism (``noise_sd``, ``stamp``: to
+exercise the noise floor).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class ModelSpec:
     shadow_calls: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     keep_headers: int = 0  # how many request header sets to remember (tests)
+    # nondeterminism (sampling, GPU kernels, batch effects): N(0, noise_sd) added to the logit
+    # on every call, and a per-call "served_at" field (to exercise the contract's ignore list)
+    noise_sd: float = 0.0
+    stamp: bool = False
 
     def predict(self, features: Sequence[float]) -> float:
         z = self.bias + sum(w * x for w, x in zip(self.weights, features, strict=False))
@@ -69,6 +74,8 @@ def make_model_app(spec: ModelSpec) -> web.Application:
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
             return web.json_response({"error": "bad input"}, status=400)
         p = spec.predict(features)
+        if spec.noise_sd:
+            p = sigmoid(math.log(max(p, 1e-12) / max(1 - p, 1e-12)) + rng.gauss(0, spec.noise_sd))
         out: dict[str, object] = {
             "score": round(p, 6),
             "label": int(p >= 0.5),
@@ -76,6 +83,8 @@ def make_model_app(spec: ModelSpec) -> web.Application:
         }
         if spec.extra_field:
             out["explanation"] = {"top_feature": 0}
+        if spec.stamp:
+            out["served_at"] = rng.random()
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:

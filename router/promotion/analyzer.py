@@ -23,12 +23,16 @@ class Analyse(Protocol):
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
 
-def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) -> Analyse:
+def analyzer_from_policy(
+    policy_path: str | None, redis_url: str | None = None, archive: str | None = None
+) -> Analyse:
     """The default :class:`Analyse`: the analyzer with the loaded policy.
 
     With ``redis_url`` it streams the step's window from Redis itself (bounded memory however
     long the step; the ``pairs``/``outcomes`` arguments are then ignored and the controller
-    does not read them, see ``streaming``); without, it analyses the rows it is given."""
+    does not read them, see ``streaming``); with ``archive`` too, the part of the window the
+    streams no longer hold is read from the archive (``router archive``); without, it analyses
+    the rows it is given."""
     from router import analysis
     from router.analysis.policy import Policy
 
@@ -47,7 +51,8 @@ def analyzer_from_policy(policy_path: str | None, redis_url: str | None = None) 
         if redis_url is not None:
             from router.analysis.run import Source, analyze
 
-            src = Source(experiment, redis_url=redis_url, since=since, until=until)
+            src = Source(experiment, redis_url=redis_url, archive=archive, since=since,
+                         until=until)  # fmt: skip
             kind = policy.prediction_kind or "score"
             return analyze(src, policy, kind=kind, split=split, shares=shares)
         report: dict[str, Any] = analysis.build_report(

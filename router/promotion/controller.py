@@ -86,6 +86,7 @@ class ControllerOptions:
     lease_wait_s: float = 0.0
     actor: str = "controller"
     new_run: bool = False  # start a new ramp when the stored one is promoted or rolled back
+    archive: str | None = None  # a `router archive` location: windows Redis already trimmed
 
 
 class Controller:
@@ -115,7 +116,8 @@ class Controller:
     @property
     def analyse(self) -> Analyse:
         if self._analyse is None:
-            self._analyse = analyzer_from_policy(self.opts.policy, self.opts.redis_url)
+            self._analyse = analyzer_from_policy(self.opts.policy, self.opts.redis_url,
+                                                 self.opts.archive)  # fmt: skip
         return self._analyse
 
     def stop(self) -> None:

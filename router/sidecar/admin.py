@@ -321,6 +321,8 @@ async def handle_report(app: RouterApp, request: Request) -> Response:
             args += [f"--{key}", value]
     if app.cfg.admin.policy:
         args += ["--policy", app.cfg.admin.policy]
+    if app.cfg.archive.uri:  # windows the streams no longer hold come from the archive
+        args += ["--archive", app.cfg.archive.uri]
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdout=asyncio.subprocess.PIPE,

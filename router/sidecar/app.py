@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from router.capture.records import FinalizeOptions, PendingRecord
+from router.capture.records import ContractRules, FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
-from router.config import RouterConfig, UpstreamConfig
+from router.config import ContractConfig, RouterConfig, UpstreamConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
 from router.sidecar.assign import initial_layout, owner_table, threshold
 from router.sidecar.budget import ShadowBudget
-from router.sidecar.challengers import expiry_deadline
+from router.sidecar.challengers import LIVE_EXCLUDE, expiry_deadline
 from router.sidecar.control import (
     POLL_INTERVAL,
     ChallengerLive,
@@ -36,6 +36,7 @@ from router.sidecar.control import (
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
+from router.sidecar.tls import client_context
 from router.sidecar.upstream import UpstreamPool
 
 log = logging.getLogger("router")
@@ -46,14 +47,20 @@ PromotionView = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 command that starts the router (the sidecar never imports :mod:`router.promotion`)."""
 
 
-_UPSTREAM_KEYS = ("connect_timeout", "timeout", "pool_size", "mirror_max_rps")
+def contract_rules(c: ContractConfig) -> ContractRules:
+    return ContractRules(
+        ignore=tuple(c.ignore),
+        compare_values=c.compare_values,
+        tolerance=tuple(c.tolerance.items()),
+        default_tolerance=c.default_tolerance,
+    )
 
 
 def challenger_live(c: UpstreamConfig, name: str, split: float, mirror: float,
                     extents: tuple[tuple[int, int], ...]) -> ChallengerLive:  # fmt: skip
     return ChallengerLive(
         name=name, url=c.url, version=c.version, split=split, mirror=mirror, extents=extents,
-        upstream={k: getattr(c, k) for k in _UPSTREAM_KEYS},
+        upstream=c.model_dump(mode="json", exclude=set(LIVE_EXCLUDE)),
     )  # fmt: skip
 
 
@@ -71,10 +78,6 @@ def initial_state(cfg: RouterConfig) -> LiveState:
         ),
         started_at=time.time(),
     )
-
-
-def _upstream_of(c: ChallengerLive) -> UpstreamConfig:
-    return UpstreamConfig(url=c.url, version=c.version, **c.upstream)
 
 
 class MirrorRoute:
@@ -127,7 +130,13 @@ class RouterApp:
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)
         self.state = initial_state(cfg)
+        # the noise floor: units whose champion answers are repeated (throttled with mirroring)
+        self.noise_salt = exp.effective_noise_salt
+        self.noise_threshold_raw = threshold(exp.noise_floor)
+        self.noise_threshold = self.noise_threshold_raw
         self.upstreams: dict[str, UpstreamConfig] = {}
+        self.upstream_headers: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.upstream_header_names: dict[str, frozenset[bytes]] = {}
         self.variants: list[str] = ["champion"]  # index 0 the champion, i the i-th challenger
         self.owner = bytes(10_000)  # per bucket, the index of the variant that serves it
         self.mirror_routes: list[list[MirrorRoute]] = [[]]  # per served variant index
@@ -147,7 +156,7 @@ class RouterApp:
         self.writer: CaptureWriter | None = None
         self.shadow = ShadowDispatcher(
             self.metrics,
-            self.shadow_finished,
+            self.capture_submit,
             cfg.limits.shadow_queue,
             cfg.limits.shadow_concurrency,
         )
@@ -159,16 +168,28 @@ class RouterApp:
     def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
         ucfg = self.upstreams[variant]
         parts = urlsplit(pin.url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        tls = parts.scheme == "https"
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
         old = [p for p in (self.pools.get(variant), self.shadow_pools.get(variant)) if p]
+        limits = self.cfg.limits
+        common: dict[str, Any] = {
+            "connect_timeout": ucfg.connect_timeout,
+            "timeout": ucfg.timeout,
+            "stream_over": limits.buffer_response_bytes,
+            "stream_high": limits.stream_buffer_bytes,
+            "read_timeout": ucfg.read_timeout,
+            "stream_max_duration": ucfg.stream_max_duration,
+            "ssl": client_context(ucfg.tls) if tls else None,
+            "server_hostname": ucfg.tls.server_name if tls else None,
+        }
         self.pools[variant] = UpstreamPool(
-            host, port, pool_size=ucfg.pool_size, connect_timeout=ucfg.connect_timeout,
-            timeout=ucfg.timeout,
+            host, port, pool_size=ucfg.pool_size,
+            stream_keep=self.cfg.capture.max_response_bytes, **common,
         )  # fmt: skip
         self.shadow_pools[variant] = UpstreamPool(
             host, port, pool_size=self.shadow_pool_size(ucfg.pool_size),
-            connect_timeout=ucfg.connect_timeout, timeout=ucfg.timeout,
-            max_response_body=self.cfg.limits.shadow_max_response_bytes,
+            max_response_body=limits.shadow_max_response_bytes,
+            stream_keep=limits.shadow_max_response_bytes, **common,
         )  # fmt: skip
         self._base_paths[variant] = parts.path.rstrip("/").encode()
         if old:
@@ -199,6 +220,16 @@ class RouterApp:
     def timeout_of(self, variant: str) -> float:
         return self.upstreams[variant].timeout
 
+    def headers_for(
+        self, variant: str, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """``headers`` with the upstream's configured headers in place of the client's."""
+        extra = self.upstream_headers[variant]
+        if not extra:
+            return headers
+        names = self.upstream_header_names[variant]
+        return [*(h for h in headers if h[0].lower() not in names), *extra]
+
     def target_for(self, variant: str, target: bytes) -> bytes:
         base = self._base_paths.get(variant, b"")
         return base + target if base else target
@@ -209,15 +240,17 @@ class RouterApp:
             return False
         return self.writer.submit_record(rec)
 
-    def shadow_finished(self, rec: PendingRecord) -> bool:
-        """A shadow call of ``rec`` is done (or abandoned): capture the record once its last
-        shadow (a request may fan out to several challengers) is done."""
-        rec.pending_shadows -= 1
-        if rec.pending_shadows > 0:
-            return True
-        return self.capture_submit(rec)
-
     # ---- live state -----------------------------------------------------------------------
+    def _upstream_of(self, c: ChallengerLive) -> UpstreamConfig:
+        """A live challenger's upstream config: its live settings over the config file's
+        challenger of that name (which alone holds literal ``headers``)."""
+        base: dict[str, Any] = {}
+        for cc in self.cfg.challengers:
+            if cc.name == c.name:
+                base = cc.model_dump(exclude={"name", "split", "mirror"})
+        return UpstreamConfig.model_validate({**base, **c.upstream, "url": c.url,
+                                              "version": c.version})  # fmt: skip
+
     def _set_state(self, state: LiveState) -> None:
         """Derive the hot path's tables from ``state``: the variants, the bucket -> variant
         table, the upstream configs and the mirror routes (with their budgets)."""
@@ -227,9 +260,15 @@ class RouterApp:
         )
         upstreams: dict[str, UpstreamConfig] = {"champion": champ}
         for c in state.challengers:
-            upstreams[c.name] = _upstream_of(c)
+            upstreams[c.name] = self._upstream_of(c)
         names = [c.name for c in state.challengers]
         self.upstreams = upstreams
+        # per upstream: configured headers (API keys) added to each request, replacing the
+        # client's of the same names; never captured (records hold no request headers)
+        self.upstream_headers = {v: u.upstream_headers() for v, u in upstreams.items()}
+        self.upstream_header_names = {
+            v: frozenset(k.lower() for k, _ in h) for v, h in self.upstream_headers.items()
+        }
         self.variants = ["champion", *names]
         live = not state.expired
         # expired: every bucket back to the champion (the layout is kept for the record)
@@ -291,6 +330,7 @@ class RouterApp:
                 r.guarded = int(r.raw * factor)
                 budget = r.budget.factor if r.budget is not None else 1.0
                 r.effective = int(r.guarded * budget)
+        self.noise_threshold = int(self.noise_threshold_raw * factor)
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
@@ -309,9 +349,11 @@ class RouterApp:
                 self.metrics,
                 FinalizeOptions(
                     prediction_path=self.cfg.experiment.prediction_path,
+                    prediction_format=self.cfg.experiment.prediction_format,
                     fields=tuple(self.cfg.capture.fields),
                     hash_fields=tuple(self.cfg.capture.hash_fields),
                     hash_salt=self.cfg.experiment.salt,
+                    contract=contract_rules(self.cfg.experiment.contract),
                 ),
                 self.cfg.limits.capture_queue,
             )

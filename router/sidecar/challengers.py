@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from router.config import (
     ChallengerConfig,
+    ConfigError,
     ExperimentConfig,
     check_challengers,
     format_validation_error,
@@ -29,7 +30,10 @@ from router.config import (
 from router.sidecar.assign import resize
 from router.sidecar.control import ChallengerLive, LiveState
 
-_UPSTREAM_KEYS = ("connect_timeout", "timeout", "pool_size", "mirror_max_rps")
+# a challenger's upstream settings carried in the live state (plain data every worker applies);
+# literal ``headers`` values (API keys) never go there: a challenger from the config file gets
+# them from the file, one added live may use headers_from_env (names of variables only)
+LIVE_EXCLUDE = frozenset({"url", "version", "name", "split", "mirror", "headers"})
 OPS = ("add", "remove", "update")
 
 
@@ -53,9 +57,13 @@ def _validated(data: Any, where: str) -> ChallengerConfig:
 
 
 def _live(c: ChallengerConfig, extents: tuple[tuple[int, int], ...]) -> ChallengerLive:
+    try:
+        c.upstream_headers()  # every variable of headers_from_env is set (here and so on
+    except ConfigError as exc:  # every worker, which share this environment)
+        raise ChangeError(f"challenger.{exc}") from None
     return ChallengerLive(
         name=c.name, url=c.url, version=c.version, split=c.split, mirror=c.mirror,
-        extents=extents, upstream={k: getattr(c, k) for k in _UPSTREAM_KEYS},
+        extents=extents, upstream=c.model_dump(mode="json", exclude=set(LIVE_EXCLUDE)),
     )  # fmt: skip
 
 

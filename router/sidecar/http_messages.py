@@ -13,10 +13,13 @@ import asyncio
 import email.utils
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import orjson
+
+if TYPE_CHECKING:
+    from router.sidecar.upstream_stream import BodyStream
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _REASONS: dict[int, bytes] = {}
@@ -117,9 +120,12 @@ class Request:
 class Response:
     """A complete response. ``headers`` are raw ``(name, value)`` byte pairs; the server adds
     Content-Length (from the body, unless a HEAD answer carries its own), Date when absent, and
-    Connection as needed."""
+    Connection as needed.
 
-    __slots__ = ("body", "headers", "reason", "status")
+    With ``stream`` set, ``body`` is ignored: the server writes the head at once and then passes
+    the stream's bytes on as they arrive (see :func:`encode_stream_head`)."""
+
+    __slots__ = ("body", "headers", "reason", "status", "stream")
 
     def __init__(
         self,
@@ -132,6 +138,7 @@ class Response:
         self.body = body
         self.headers = headers if headers is not None else []
         self.reason = reason
+        self.stream: BodyStream | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower().encode()
@@ -187,6 +194,42 @@ def encode_response(resp: Response, head: bool, keep_alive: bool, http10: bool) 
     if not head and not no_body and resp.body:
         parts.append(resp.body)
     return b"".join(parts)
+
+
+def encode_stream_head(
+    resp: Response, length: int, keep_alive: bool, http10: bool
+) -> tuple[bytes, bool]:
+    """The head of a streamed answer and whether its body is sent chunked.
+
+    The upstream's Content-Length is kept when it had one (``length`` >= 0: the bytes pass
+    through as they are); otherwise HTTP/1.1 clients get ``Transfer-Encoding: chunked`` and
+    HTTP/1.0 clients a close-delimited body (``keep_alive`` must then be False)."""
+    status = resp.status
+    parts = [
+        b"HTTP/1.1 ", str(status).encode(), b" ", resp.reason or _reason(status), b"\r\n"
+    ]  # fmt: skip
+    has_date = False
+    for k, v in resp.headers:
+        lk = k.lower()
+        if lk == b"date":
+            has_date = True
+        elif lk in (b"content-length", b"connection", b"transfer-encoding", b"keep-alive"):
+            continue
+        parts += (k, b": ", v, b"\r\n")
+    if not has_date:
+        parts += (b"Date: ", _date.get(), b"\r\n")
+    chunked = False
+    if length >= 0:
+        parts += (b"Content-Length: ", str(length).encode(), b"\r\n")
+    elif not http10:
+        chunked = True
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif http10:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked
 
 
 def error_bytes(status: int, message: str, **extra: Any) -> bytes:

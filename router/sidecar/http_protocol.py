@@ -9,7 +9,12 @@ Per connection (an ``asyncio.Protocol`` fed by the event loop, parsed by ``httpt
   read and dropped, never merged into the headers;
 - ``Expect: 100-continue`` is answered only to HTTP/1.1 clients, only when a body is expected, and
   only once every response owed ahead of that request has been written;
-- responses are written with one ``transport.write``;
+- responses are written with one ``transport.write``; a streamed response (``Response.stream``)
+  is written as its bytes arrive, chunked to HTTP/1.1 clients (unless the upstream gave a
+  Content-Length), close-delimited to HTTP/1.0 ones. While the client's write buffer is above
+  ``write_buffer_high`` the stream is paused (its upstream is not read); a client that goes away
+  aborts the stream; a stream that fails mid-body closes the connection without the final
+  chunk, so the client sees a truncated answer, never a complete-looking one;
 - the last answer on a connection (``Connection: close``, HTTP/1.0, an error) is followed by a
   lingering close (half-close, discard input for ``LINGER_S``, as nginx's ``lingering_close``),
   so a client still sending reads its answer instead of a reset; requests pipelined behind a
@@ -33,7 +38,7 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -46,6 +51,10 @@ from router.sidecar.http_messages import (
     json_response,
     origin_form,
 )
+from router.sidecar.http_relay import StreamRelay
+
+if TYPE_CHECKING:
+    from router.sidecar.upstream_stream import BodyStream
 
 log = logging.getLogger("router.http")
 
@@ -81,7 +90,7 @@ _VERSIONS = frozenset(("1.1", "1.0"))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(StreamRelay, asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_mark",
@@ -138,6 +147,8 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._write_paused_since = 0.0
+        self._stream: BodyStream | None = None
+        self._chunked = False
         self.last_active = self._head_since = time.monotonic()
 
     # ---- connection ------------------------------------------------------------------------
@@ -165,12 +176,18 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         self.transport = None
         self._pending.clear()
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            stream.abort("client_aborted")
 
     def pause_writing(self) -> None:
         """The client does not read as fast as we answer: stop reading and dispatching."""
         self._write_paused = True
         self._write_paused_since = time.monotonic()
         self.server.on_event("write_paused")
+        if self._stream is not None:
+            self._stream.pause()
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -178,6 +195,8 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.last_active = self._head_since = time.monotonic()
+        if self._stream is not None:
+            self._stream.resume()
         if not self._busy:
             self._next()
 
@@ -484,6 +503,9 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error in request handler")
             resp = json_response({"error": "internal server error"}, 500)
         keep_alive = keep_alive and not self.server.stopping
+        if resp.stream is not None:
+            await self._relay(resp, resp.stream, req.method == "HEAD", keep_alive, http10)
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             data = encode_response(resp, req.method == "HEAD", keep_alive, http10)
@@ -494,6 +516,26 @@ class HttpProtocol(asyncio.Protocol):
                 self._pending.clear()
                 self._send_and_linger(data)
                 return
+        self.last_active = time.monotonic()
+        self._next()
+
+    def _after_relay(self, ok: bool, keep_alive: bool) -> None:
+        """A streamed answer ended (:meth:`StreamRelay._relay`): go on with the connection, or
+        close it. An incomplete answer is closed without the final chunk (as nginx does), so
+        the client sees a truncated answer and not a complete-looking one."""
+        transport = self.transport
+        if transport is None:
+            return
+        if not ok:
+            self._refused = True
+            self._pending.clear()
+            transport.close()
+            return
+        if not keep_alive:
+            self._refused = True
+            self._pending.clear()
+            self._send_and_linger(b"")
+            return
         self.last_active = time.monotonic()
         self._next()
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as _ssl
 import time
 from collections.abc import Callable
 
@@ -39,6 +40,7 @@ class HttpServer:
         limits: HttpLimits | None = None,
         on_refused: Callable[[int, str], None] | None = None,
         on_event: Callable[[str], None] | None = None,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if limits is None:
             limits = HttpLimits() if max_body is None else HttpLimits(max_body=max_body)
@@ -54,6 +56,7 @@ class HttpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._on_refused = on_refused
         self._on_event = on_event
+        self.ssl = ssl  # TLS on the listener (listen_tls), None for plain HTTP
 
     def on_refused(self, status: int, reason: str) -> None:
         if self._on_refused is not None:
@@ -74,7 +77,8 @@ class HttpServer:
     async def start(self, sock: socket.socket, backlog: int = 2048) -> None:
         loop = asyncio.get_running_loop()
         self.listener = await loop.create_server(
-            lambda: HttpProtocol(self), sock=sock, backlog=backlog
+            lambda: HttpProtocol(self), sock=sock, backlog=backlog, ssl=self.ssl,
+            ssl_handshake_timeout=self.limits.header_timeout if self.ssl is not None else None,
         )
         self._sweeper = loop.create_task(self._sweep())
 

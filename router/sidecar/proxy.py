@@ -6,7 +6,15 @@ headers (and a client-supplied shadow marker header: only the router marks shado
 ``X-Forwarded-*`` added, answer with the upstream's status, headers and body plus
 ``X-Request-Id`` and ``X-Router-Variant`` (replacing any the upstream set). Mirroring, capture and
 metrics export are handed off to background tasks; the only await on this path is the served
-model. The header rules and the request id are :mod:`router.sidecar.headers`.
+model. The header rules and the request id are :mod:`router.sidecar.headers`. The noise floor
+(:func:`in_noise_sample`) repeats the champion's call for a sample of units, off the hot path too.
+
+A streamed answer (:mod:`router.sidecar.upstream_stream`: chunked, close-delimited, an event
+stream, or longer than ``limits.buffer_response_bytes``) is returned at its headers and passed
+on by the server as it arrives; its side of the record (duration, size, events, the kept first
+``capture.max_response_bytes``) is filled when it ends, and only then is the shadow copy sent and
+the record captured. Challenger fallback happens only before the first byte was sent: a
+challenger that fails mid-stream leaves the client with a truncated answer, as a proxy must.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from functools import partial
 
 import orjson
 
@@ -28,6 +37,7 @@ from router.sidecar.headers import (
 )
 from router.sidecar.http_messages import Request, Response, json_error
 from router.sidecar.shadow import ShadowJob, error_kind
+from router.sidecar.upstream_stream import BodyStream
 from router.sidecar.upstream_types import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("router.proxy")
@@ -147,6 +157,9 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             elif resp is not None and resp.status >= 500:
                 reason = "5xx"
             if reason is not None:
+                if resp is not None and resp.stream is not None:
+                    resp.stream.abort("fallback")  # nothing was sent yet
+                    _count_stream(app, variant, "served", resp.stream)
                 m.inc("router_challenger_fallbacks", (reason,))
                 fallback = f"challenger-{reason}"
                 answered_by = "champion"
@@ -169,15 +182,102 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
         if resp.dropped_trailers:
             m.inc("router_trailers_dropped", ("response",), resp.dropped_trailers)
 
-        # --- shadow, off the hot path --------------------------------------------------------
-        if mirror_to:
-            _mirror(app, rec, mirror_to, method, target, [*fwd, app.shadow_header], body)
-        else:
-            app.capture_submit(rec)
+        stream = resp.stream
+        if stream is not None:
+            # passed on by the server as it arrives; the rest of the work when it ends
+            out.stream = stream
+            stream.when_done(
+                partial(_stream_ended, app, rec, answered_by, mirror_to, unit, method, target,
+                        fwd, body)
+            )  # fmt: skip
+            return out
+        _after_answer(app, rec, mirror_to, answered_by, unit, method, target, fwd, body)
         return out
     finally:
         m.add("router_in_flight_requests", -1.0)
         m.observe("router_request_duration_seconds", time.perf_counter() - t0)
+
+
+def _after_answer(
+    app: RouterApp,
+    rec: PendingRecord,
+    mirror_to: list[str],
+    answered_by: str,
+    unit: str,
+    method: bytes,
+    target: bytes,
+    fwd: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """The served answer is complete: the noise floor and the shadow copies (off the hot
+    path), or capture."""
+    repeat = bool(
+        app.noise_threshold
+        and answered_by == "champion"
+        and not rec.forced
+        and in_noise_sample(app, unit, body)
+    )
+    if repeat or mirror_to:
+        _shadow_jobs(app, rec, mirror_to, repeat, method, target, [*fwd, app.shadow_header], body)
+    else:
+        app.capture_submit(rec)
+
+
+def fill_stream_side(side: Side, stream: BodyStream, t0: float) -> None:
+    """A streamed answer's facts on its side of the record (served or shadow)."""
+    side.streamed = True
+    side.duration_ms = side.latency_ms = (stream.ended_at - t0) * 1000.0
+    if stream.first_at:
+        side.ttfb_ms = (stream.first_at - t0) * 1000.0
+    side.body_bytes = stream.size
+    if stream.event_stream:
+        side.events = stream.events
+    side.body = stream.body
+    if stream.truncated:
+        side.truncated = True
+        side.response_bytes = stream.size
+
+
+def _count_stream(app: RouterApp, variant: str, role: str, stream: BodyStream) -> None:
+    m = app.metrics
+    m.inc("router_streams", (variant, role, stream.outcome or "open"))
+    m.inc("router_stream_bytes", (variant, role), stream.size)
+    if stream.events:
+        m.inc("router_stream_events", (variant, role), stream.events)
+
+
+def _stream_ended(
+    app: RouterApp,
+    rec: PendingRecord,
+    variant: str,
+    mirror_to: list[str],
+    unit: str,
+    method: bytes,
+    target: bytes,
+    fwd: list[tuple[bytes, bytes]],
+    body: bytes,
+    stream: BodyStream,
+) -> None:
+    """The served stream ended (complete, failed, or the client went away)."""
+    side = rec.champion if variant == "champion" else rec.challenger
+    assert side is not None
+    t0 = stream.origin
+    fill_stream_side(side, stream, t0)
+    m = app.metrics
+    _count_stream(app, variant, "served", stream)
+    if stream.first_at:
+        m.observe("router_upstream_ttfb_seconds", stream.first_at - t0, (variant, "served"))
+    if stream.truncated:
+        m.inc("router_capture_truncated", (variant,))
+    if stream.dropped_trailers:
+        m.inc("router_trailers_dropped", ("response",), stream.dropped_trailers)
+    if stream.outcome == "client_aborted":
+        rec.client_aborted = True
+    elif stream.error is not None:
+        kind = error_kind(stream.error)
+        side.error = f"{kind}: mid-stream: {stream.error}"[:300]
+        m.inc("router_upstream_errors", (variant, "served", kind))
+    _after_answer(app, rec, mirror_to, variant, unit, method, target, fwd, body)
 
 
 def _forced_variant(app: RouterApp, hdrs: dict[str, str], unit: str) -> str | None:
@@ -219,20 +319,36 @@ def _mirror_refused(app: RouterApp, r: MirrorRoute, mb: int, too_big: bool) -> s
     return None
 
 
-def _mirror(
+def in_noise_sample(app: RouterApp, unit: str, body: bytes) -> bool:
+    """The unit is in the noise-floor sample (its own hash, ``<salt>:noise``): its champion
+    answer is asked a second time, as a shadow job filling ``rec.champion_repeat`` (never
+    answered to the client)."""
+    if bucket(app.noise_salt, unit) >= app.noise_threshold:
+        return False
+    if len(body) > app.cfg.limits.mirror_max_body:
+        app.metrics.inc("router_shadow_dropped", ("body_too_large",))
+        return False
+    return True
+
+
+def _shadow_jobs(
     app: RouterApp,
     rec: PendingRecord,
     targets: list[str],
+    repeat: bool,
     method: bytes,
     target: bytes,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> None:
-    """Hand one shadow job per target to the dispatcher; the record is captured when the last
-    finishes (or now, when none was taken). The first challenger mirrored fills the record's
-    ``challenger`` side (its name in ``arm``); further ones go to ``shadows``."""
-    rec.mirrored = True
-    rec.pending_shadows = len(targets)
+    """Hand one shadow job per target (and the noise floor's repeat) to the dispatcher; the
+    record is captured when the last one ends (``rec.waiting``), or now when none was taken.
+    The first challenger mirrored fills the record's ``challenger`` side (its name in
+    ``arm``); further ones go to ``shadows``."""
+    jobs: list[tuple[str, str, Side]] = []
+    if repeat:
+        rec.champion_repeat = Side(version=app.version_of("champion"))
+        jobs.append(("champion_repeat", "champion", rec.champion_repeat))
     for name in targets:
         side = Side(version=app.version_of(name))
         if name == "champion":
@@ -243,21 +359,28 @@ def _mirror(
             if rec.shadows is None:
                 rec.shadows = {}
             rec.shadows[name] = side
+        jobs.append((name, name, side))
+    rec.mirrored = bool(targets)
+    rec.waiting = len(jobs)
+    for label, model, side in jobs:
         job = ShadowJob(
             record=rec,
-            variant=name,
-            pool=app.shadow_pools[name],
+            variant=label,
+            pool=app.shadow_pools[model],
             method=method,
-            target=app.target_for(name, target),
-            headers=headers,
+            target=app.target_for(model, target),
+            headers=app.headers_for(model, headers),
             body=body,
-            timeout=app.timeout_of(name),
+            timeout=app.timeout_of(model),
             side=side,
         )
         if not app.shadow.offer(job):
-            _unmirror(rec, name, side)
-            rec.pending_shadows -= 1
-    if rec.pending_shadows <= 0:
+            if label == "champion_repeat":
+                rec.champion_repeat = None
+            else:
+                _unmirror(rec, label, side)
+            rec.waiting -= 1
+    if rec.waiting <= 0:
         app.capture_submit(rec)
 
 
@@ -298,7 +421,7 @@ async def call_upstream(
     t0 = time.perf_counter()
     try:
         resp = await app.pools[variant].request(
-            method, app.target_for(variant, target), headers, body
+            method, app.target_for(variant, target), app.headers_for(variant, headers), body
         )
     except UpstreamError as exc:
         elapsed = time.perf_counter() - t0
@@ -312,7 +435,16 @@ async def call_upstream(
     elapsed = time.perf_counter() - t0
     side.latency_ms = elapsed * 1000.0
     side.status = resp.status
-    side.body = resp.body
+    stream = resp.stream
+    if stream is None:
+        # buffered whole: duration is latency_ms; the TTFB histogram is for streams (a
+        # buffered answer's first byte is within a read of its last)
+        side.body = resp.body
+        side.body_bytes = len(resp.body)
+        if resp.first_byte_at:
+            side.ttfb_ms = (resp.first_byte_at - t0) * 1000.0
+    else:
+        stream.origin = t0  # (the side is filled when the stream ends)
     m.observe("router_upstream_latency_seconds", elapsed, (variant, "served"))
     if variant == "champion":
         app.guard.observe(time.time(), elapsed, resp.status >= 500)

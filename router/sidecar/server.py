@@ -37,6 +37,7 @@ from router.sidecar.control import ControlFile
 from router.sidecar.dispatch import handler_for
 from router.sidecar.http_limits import HttpLimits
 from router.sidecar.httpserver import HttpServer
+from router.sidecar.tls import server_context
 
 log = logging.getLogger("router.server")
 
@@ -152,6 +153,7 @@ class RunningRouter:
             limits=http_limits(cfg, self.app.descriptors_reserved()),
             on_refused=self.app.on_refused,
             on_event=self.app.on_event,
+            ssl=server_context(cfg.listen_tls) if cfg.listen_tls is not None else None,
         )
         self.app.open_connections = lambda: len(self.http.connections)
         self.port: int | None = None

@@ -11,6 +11,16 @@ Shadow answers are bounded: the shadow pools keep at most ``limits.shadow_max_re
 an answer's body and read the rest without keeping it (the latency still covers the whole answer).
 Such a side is recorded with ``truncated: true`` and ``response_bytes`` (the full body size) and
 counted in ``router_shadow_truncated_total``.
+
+A streamed shadow answer (an event stream, chunked, close-delimited or long) is consumed here in
+the background, within the same bounds (the worker is busy until it ends; ``read_timeout`` and
+``stream_max_duration`` of the upstream bound it), and its side records time to first byte,
+duration, size and events like a served stream.
+
+The noise floor (``experiment.noise_floor``) is a shadow job too: the champion asked a second
+time on its shadow pool, filling the record's ``champion_repeat`` side (``variant`` label
+``champion_repeat`` in the shadow metrics). A record with several jobs is captured when the
+last one ends (``PendingRecord.waiting``).
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ from dataclasses import dataclass
 from router.capture.records import PendingRecord, Side
 from router.metrics import Metrics
 from router.sidecar.upstream import UpstreamPool
+from router.sidecar.upstream_stream import BodyStream
 from router.sidecar.upstream_types import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamNotRetriedError,
     UpstreamTimeout,
+    UpstreamTLSError,
 )
 
 log = logging.getLogger("router.shadow")
@@ -38,7 +50,7 @@ log = logging.getLogger("router.shadow")
 @dataclass(slots=True)
 class ShadowJob:
     record: PendingRecord
-    variant: str  # the model that receives the shadow copy
+    variant: str  # the side of the record it fills: the other model, or "champion_repeat"
     pool: UpstreamPool
     method: bytes
     target: bytes
@@ -54,6 +66,8 @@ class ShadowJob:
 def error_kind(exc: BaseException) -> str:
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
+    if isinstance(exc, UpstreamTLSError):
+        return "tls"
     if isinstance(exc, UpstreamConnectError):
         return "connect"
     if isinstance(exc, UpstreamNotRetriedError):
@@ -115,7 +129,7 @@ class ShadowDispatcher:
             )
         except asyncio.CancelledError:
             side.error = "shutdown"
-            self.submit(job.record)
+            self.done(job.record)
             raise
         except Exception as exc:
             kind = error_kind(exc)
@@ -127,7 +141,21 @@ class ShadowDispatcher:
             elapsed = time.perf_counter() - t0
             side.latency_ms = elapsed * 1000.0
             side.status = resp.status
+            stream = resp.stream
+            if stream is not None:
+                try:
+                    await stream.drain()
+                except asyncio.CancelledError:
+                    side.error = "shutdown: mid-stream"
+                    self.done(job.record)
+                    raise
+                self._stream_side(job, side, stream, t0)
+                self.done(job.record)
+                return
             side.body = resp.body
+            side.body_bytes = len(resp.body) if resp.body_bytes < 0 else resp.body_bytes
+            if resp.first_byte_at:
+                side.ttfb_ms = (resp.first_byte_at - t0) * 1000.0
             if resp.truncated:
                 side.truncated = True
                 side.response_bytes = resp.body_bytes
@@ -138,7 +166,44 @@ class ShadowDispatcher:
             self.metrics.inc("router_shadow_completed", (job.variant,))
             if resp.status >= 500:
                 self.metrics.inc("router_shadow_failed", ("5xx",))
-        self.submit(job.record)
+        self.done(job.record)
+
+    def done(self, record: PendingRecord) -> None:
+        """One shadow job of ``record`` ended: capture it once its last job has (a record with
+        a challenger shadow and a noise-floor repeat waits for both)."""
+        record.waiting -= 1
+        if record.waiting <= 0:
+            self.submit(record)
+
+    def _stream_side(self, job: ShadowJob, side: Side, stream: BodyStream, t0: float) -> None:
+        m = self.metrics
+        variant = job.variant
+        side.streamed = True
+        side.duration_ms = side.latency_ms = (stream.ended_at - t0) * 1000.0
+        side.body_bytes = stream.size
+        side.body = stream.body
+        if stream.event_stream:
+            side.events = stream.events
+            m.inc("router_stream_events", (variant, "shadow"), stream.events)
+        if stream.first_at:
+            side.ttfb_ms = (stream.first_at - t0) * 1000.0
+            m.observe("router_upstream_ttfb_seconds", stream.first_at - t0, (variant, "shadow"))
+        m.inc("router_streams", (variant, "shadow", stream.outcome or "open"))
+        m.inc("router_stream_bytes", (variant, "shadow"), stream.size)
+        m.observe("router_upstream_latency_seconds", side.latency_ms / 1000.0, (variant, "shadow"))
+        if stream.truncated:
+            side.truncated = True
+            side.response_bytes = stream.size
+            m.inc("router_shadow_truncated", (variant,))
+        if stream.error is not None:
+            kind = error_kind(stream.error)
+            side.error = f"{kind}: mid-stream: {stream.error}"[:300]
+            m.inc("router_shadow_failed", (kind,))
+            m.inc("router_upstream_errors", (variant, "shadow", kind))
+        else:
+            m.inc("router_shadow_completed", (variant,))
+            if (side.status or 0) >= 500:
+                m.inc("router_shadow_failed", ("5xx",))
 
     async def stop(self, timeout: float) -> None:
         """Stop taking jobs, let queued ones finish within ``timeout``, record the rest."""
@@ -149,7 +214,7 @@ class ShadowDispatcher:
         while not self.queue.empty():
             job = self.queue.get_nowait()
             job.target_side().error = "shutdown: not sent"
-            self.submit(job.record)
+            self.done(job.record)
             self.queue.task_done()
         if left:
             log.warning("shadow: %d queued shadow requests not sent at shutdown", left)

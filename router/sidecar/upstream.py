@@ -33,12 +33,21 @@ Semantics
   client, counted as ``kind="not_retried"``). A *fresh* connection lost after the write is not
   retried either: that is a real upstream failure.
 * Cancelling the awaiting task aborts that connection and frees its pool slot.
+* Streaming (``stream_over`` set): an answer that is chunked, close-delimited, an event stream
+  or longer than ``stream_over`` bytes is returned at its headers with ``resp.stream``
+  (:mod:`router.sidecar.upstream_stream`); ``timeout`` then covers the exchange up to the
+  headers, ``read_timeout`` each pause between two reads of the body and
+  ``stream_max_duration`` the whole body. The connection keeps its slot until the stream ends,
+  and returns to the pool only after a complete body on a keep-alive connection.
+* TLS (``ssl`` set): the connection is wrapped with that context, the certificate is checked
+  against ``server_hostname`` (SNI), and a failed handshake is :class:`UpstreamTLSError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ssl as _ssl
 
 from router.sidecar.upstream_conn import CappedConn, Conn, Lost, build_request
 from router.sidecar.upstream_types import (
@@ -48,6 +57,7 @@ from router.sidecar.upstream_types import (
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
+    UpstreamTLSError,
 )
 
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -66,9 +76,23 @@ class UpstreamPool:
         timeout: float = 5.0,
         max_response_body: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        stream_over: int | None = None,
+        stream_keep: int = 1024 * 1024,
+        stream_high: int = 64 * 1024,
+        read_timeout: float | None = None,
+        stream_max_duration: float = 600.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
+        self.stream_over = stream_over  # (a plain attribute: read once per answer)
+        self.stream_keep = stream_keep
+        self.stream_high = stream_high
+        self.read_timeout = timeout if read_timeout is None else read_timeout
+        self.stream_max_duration = stream_max_duration
+        self._ssl = ssl
+        self._server_hostname = (server_hostname or host) if ssl is not None else None
         self._max_body = max_response_body
         self._conn_class: type[Conn] = Conn if max_response_body is None else CappedConn
         self._host = host
@@ -165,6 +189,8 @@ class UpstreamPool:
         deadlines = self._deadlines
         while deadlines and deadlines[0][2].done():
             deadlines.popleft()
+        if resp.stream is not None:
+            return resp  # the connection is released when the stream ends (stream_released)
         if self._max_body is not None:  # a CappedConn: hand over its count, reset it
             resp.truncated = conn.truncated  # type: ignore[attr-defined]
             resp.body_bytes = conn.size  # type: ignore[attr-defined]
@@ -293,7 +319,14 @@ class UpstreamPool:
             if limit <= 0:
                 raise TimeoutError
             async with asyncio.timeout(limit):
-                await loop.create_connection(lambda: conn, self._host, self._port)
+                if self._ssl is None:
+                    await loop.create_connection(lambda: conn, self._host, self._port)
+                else:
+                    await loop.create_connection(
+                        lambda: conn, self._host, self._port, ssl=self._ssl,
+                        server_hostname=self._server_hostname,
+                        ssl_handshake_timeout=max(limit, 0.001),
+                    )  # fmt: skip
         except TimeoutError:
             self._release_slot()
             if self._connect_timeout < remaining:
@@ -301,6 +334,9 @@ class UpstreamPool:
                     f"connect timed out after {self._connect_timeout:g}s", self._name
                 ) from None
             raise UpstreamTimeout("timed out while connecting", self._name) from None
+        except _ssl.SSLError as exc:
+            self._release_slot()
+            raise UpstreamTLSError(f"TLS handshake failed: {exc}", self._name) from exc
         except OSError as exc:
             self._release_slot()
             raise UpstreamConnectError(f"connect failed: {exc}", self._name) from exc
@@ -312,6 +348,21 @@ class UpstreamPool:
             self._release_slot()
             raise UpstreamError("pool is closed", self._name)
         return conn
+
+    def stream_released(self, conn: Conn) -> None:
+        """A streamed answer ended: reuse the connection after a complete keep-alive body,
+        otherwise close it and free its slot."""
+        if self._max_body is not None:  # a CappedConn: its counters are the stream's
+            conn.truncated = False  # type: ignore[attr-defined]
+            conn.size = 0  # type: ignore[attr-defined]
+        if conn.reusable() and not self._closed:
+            conn.reused = True
+            self._put_back(conn)
+        else:
+            conn.broken = True
+            if conn.transport is not None:
+                conn.transport.close()
+            self._release_slot()
 
     def _put_back(self, conn: Conn) -> None:
         """A reusable connection: hand it to the oldest waiter, or park it as idle."""

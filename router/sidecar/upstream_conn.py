@@ -15,6 +15,10 @@ per-connection ``httptools.HttpResponseParser``.
 * Trailers of a chunked answer are read and dropped (``UpstreamResponse.dropped_trailers``
   counts them); they never become headers.
 * An unsolicited ``101 Switching Protocols`` (we never ask for an upgrade) fails the exchange.
+* Streaming (pools with ``stream_over``): an answer that is chunked, close-delimited,
+  ``text/event-stream`` or longer than ``stream_over`` bytes is handed over at its headers with a
+  :class:`~router.sidecar.upstream_stream.BodyStream` that receives the body as it arrives; the
+  connection stays leased until the stream ends (:meth:`ConnOwner.stream_released`).
 * ``max_response_body`` (the shadow pools): at most that many body bytes are kept; the rest is
   read and discarded, the answer is marked ``truncated`` and ``body_bytes`` has its full size.
 * The request's own ``Content-Length`` / ``Transfer-Encoding`` headers are replaced: the body
@@ -27,11 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import Protocol
 
 import httptools
 
-from router.sidecar.upstream_types import UpstreamProtocolError, UpstreamResponse, UpstreamTimeout
+from router.sidecar.upstream_stream import BodyStream
+from router.sidecar.upstream_types import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 
 class Lost(Exception):
@@ -46,6 +57,7 @@ class Lost(Exception):
 _NO_CL_METHODS = frozenset((b"GET", b"HEAD"))
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
+_CONTENT_TYPE = b"content-type"
 
 
 def build_request(
@@ -78,6 +90,14 @@ class ConnOwner(Protocol):
     @property
     def max_response_body(self) -> int | None: ...
 
+    stream_over: int | None
+    stream_keep: int
+    stream_high: int
+    read_timeout: float
+    stream_max_duration: float
+
+    def stream_released(self, conn: Conn) -> None: ...
+
     def conn_made(self, conn: Conn) -> None: ...
 
     def conn_lost(self, conn: Conn) -> None: ...
@@ -94,7 +114,10 @@ class Conn(asyncio.Protocol):
         "alive",
         "body",
         "broken",
+        "chunked",
         "complete",
+        "ctype",
+        "first_at",
         "framed",
         "got_bytes",
         "head",
@@ -103,12 +126,15 @@ class Conn(asyncio.Protocol):
         "interim",
         "keep_alive",
         "leased",
+        "length_raw",
         "loop",
         "parser",
         "pool",
         "reason",
         "reset_parser",
         "reused",
+        "stream",
+        "stream_over",
         "timer",
         "trailer_mark",
         "transport",
@@ -140,6 +166,12 @@ class Conn(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.stream: BodyStream | None = None
+        self.stream_over = pool.stream_over  # None: never stream (a pool setting)
+        self.length_raw: bytes | None = None  # the answer's Content-Length value
+        self.ctype: bytes | None = None  # its Content-Type value
+        self.chunked = False
+        self.first_at = 0.0  # perf_counter of the first body byte of a buffered answer
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,7 +215,15 @@ class Conn(asyncio.Protocol):
         self.alive = False
         self.transport = None
         waiter = self.waiter
-        if not self.complete and waiter is not None and not waiter.done():
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            if not self.framed:
+                self.keep_alive = False
+                stream.finish()  # a read-until-close body: EOF ends it
+            else:
+                stream.fail(UpstreamProtocolError("connection lost mid-body", self.pool.upstream))
+        elif not self.complete and waiter is not None and not waiter.done():
             name = self.pool.upstream
             if self.headers_done and not self.framed and not self.head:
                 self.keep_alive = False  # read-until-close body: EOF ends it
@@ -213,8 +253,13 @@ class Conn(asyncio.Protocol):
         if n == 14:
             if name.lower() == _CONTENT_LENGTH:
                 self.framed = True
+                self.length_raw = value  # (parsed only when a streaming pool must decide)
+        elif n == 12:
+            if name.lower() == _CONTENT_TYPE:
+                self.ctype = value
         elif n == 17 and name.lower() == _TRANSFER_ENCODING and b"chunked" in value.lower():
             self.framed = True
+            self.chunked = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -235,8 +280,48 @@ class Conn(asyncio.Protocol):
         if self.head:
             self.reset_parser = True
             self._finish()
+            return
+        over = self.stream_over
+        if over is not None and status not in (204, 304):
+            raw = self.length_raw
+            if self.chunked or raw is None:
+                self._start_stream(status, -1)
+                return
+            length = int(raw)  # (llhttp has checked it is a number)
+            ctype = self.ctype
+            if length > over or (ctype is not None and b"event-stream" in ctype.lower()):
+                self._start_stream(status, length)
+
+    def _start_stream(self, status: int, length: int) -> None:
+        """Hand the head over now; the body follows through a :class:`BodyStream`."""
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.kill()  # the caller is gone (cancelled): nobody would consume the body
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pool = self.pool
+        headers, self.headers = self.headers, []  # later header lines are trailers: dropped
+        self.trailer_mark = 0
+        self.stream = stream = BodyStream(
+            self, pool.stream_released, self.loop,
+            length=length,
+            event_stream=self.ctype is not None and b"event-stream" in self.ctype.lower(),
+            keep_max=pool.stream_keep, high=pool.stream_high, read_timeout=pool.read_timeout,
+            max_duration=pool.stream_max_duration,
+        )  # fmt: skip
+        waiter.set_result(
+            UpstreamResponse(status, self.reason, headers, b"", self.keep_alive, stream=stream)
+        )
 
     def on_body(self, body: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.feed(body)
+            return
+        if not self.body:
+            self.first_at = time.perf_counter()
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -245,6 +330,12 @@ class Conn(asyncio.Protocol):
             self.framed = False
             self.reason = b""
             self.headers = []
+            return
+        stream = self.stream
+        if stream is not None:
+            self.complete = True
+            trailers, self.headers = self.headers, []
+            stream.finish(len(trailers))
             return
         if not self.complete:
             self._finish()
@@ -265,6 +356,10 @@ class Conn(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.body = []
+        self.length_raw = None
+        self.ctype = None
+        self.chunked = False
+        self.first_at = 0.0
         self.pool.watch(deadline, self, waiter)
         t = self.transport
         t.write(data)  # type: ignore[union-attr]
@@ -287,6 +382,7 @@ class Conn(asyncio.Protocol):
                 body[0] if len(body) == 1 else b"".join(body),
                 self.keep_alive,
             )
+            resp.first_byte_at = self.first_at
             mark = self.trailer_mark
             if len(self.headers) > mark:  # trailers of a chunked answer: never merged
                 resp.dropped_trailers = len(self.headers) - mark
@@ -303,6 +399,10 @@ class Conn(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.fail(exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc)))
 
     def on_timeout(self) -> None:
         self.timer = None
@@ -317,6 +417,10 @@ class Conn(asyncio.Protocol):
             self.timer = None
         if self.transport is not None:
             self.transport.abort()
+
+    @property
+    def upstream(self) -> str:
+        return self.pool.upstream
 
     def reusable(self) -> bool:
         return self.alive and self.keep_alive and not self.broken
@@ -335,6 +439,12 @@ class CappedConn(Conn):
         self.truncated = False
 
     def on_body(self, body: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.feed(body)
+            return
+        if not self.size:
+            self.first_at = time.perf_counter()
         before = self.size
         self.size = before + len(body)
         if self.size <= self.cap:

@@ -32,3 +32,20 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
         if q.info["pid"] not in before and str(tmp_path) in " ".join(q.info["cmdline"] or [])
     ]  # fmt: skip
     assert not leftovers, leftovers
+
+
+def test_llm_demo_streams_and_compares_text(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    p = subprocess.run(
+        [sys.executable, "-m", "router", "demo", "--llm", "--llm-requests", "60", "-o",
+         str(tmp_path / "llm.html")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert "time to first token, median of 10 streamed requests: direct" in out
+    assert "shadow verdict:" in out and "canary 50% verdict:" in out
+    assert "60 mirrored pairs: exact match" in out and "refusals added by the challenger" in out
+    assert "thumbs up: champion" in out
+    page = (tmp_path / "llm.html").read_text()
+    assert "exact match" in page and "The most different pairs" in page

@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from router.analysis.data_quality import data_quality_gates, empty_window_decision
-from router.analysis.gates import descriptive, evidence, guardrails, primary, quality
+from router.analysis.gates import (
+    descriptive,
+    divergence,
+    evidence,
+    guardrails,
+    metric_roles,
+    primary,
+    quality,
+)
 from router.analysis.gates.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -18,7 +26,7 @@ from router.analysis.gates.rules import (
 )
 from router.analysis.policy import Policy
 
-ROLLBACK_KINDS = ("guardrail", "schema", "primary")
+ROLLBACK_KINDS = ("guardrail", "schema", "primary", "goal")
 
 
 def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -27,6 +35,8 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     live = evidence.live(report)
     gates.append(evidence.min_samples(report, policy, live))
     gates.append(evidence.srm(report, policy))
+    if policy.srm.by_segment:
+        gates.append(evidence.srm_segments(report, policy))
     g = policy.guardrails
     if g.max_latency_p95_ms is not None:
         gates.append(guardrails.latency_p95(report, g.max_latency_p95_ms))
@@ -38,9 +48,11 @@ def evaluate(report: dict[str, Any], policy: Policy) -> tuple[list[dict[str, Any
     if g.max_contract_break_share is not None:
         gates.append(guardrails.contract(report, g.max_contract_break_share, policy.alpha))
     gates.extend(descriptive.drift_gates(report, policy))
+    gates.extend(divergence.divergence_gates(report, policy))
     gates.extend(descriptive.fairness_gates(report, policy))
     if policy.primary_metric is not None:
         gates.append(primary.primary_metric(report, policy, live))
+    gates.extend(metric_roles.metric_gates(report, policy, live))
     gates += data_quality_gates(report, policy, gates)
     return gates, decide(gates, report)
 
@@ -51,6 +63,14 @@ def decide(
     """Rollback > hold > continue (waiting on evidence) > promote (see
     :mod:`router.analysis.gates`)."""
     del policy  # the rows carry their thresholds
+    decision = _decide(gates, report)
+    table = metric_roles.decision_table(gates, report)
+    if table:
+        decision["metrics"] = table  # the goals and guardrails the decision follows from
+    return decision
+
+
+def _decide(gates: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
     warnings = [f"warning: {g['name']}: {g['reason']}" for g in gates if g["state"] == WARN]
     if report["counts"]["records"] == 0:
         return empty_window_decision(report)

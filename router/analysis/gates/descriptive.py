@@ -49,6 +49,20 @@ def drift_gates(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
         out.append(
             _descriptive("input_psi", "drift", state, val, g.max_input_psi, why, null_hypothesis=nh)
         )
+    if g.max_drifted_share is not None:
+        drift = report["drift"]
+        nh = "share of captured input fields drifted (size-chosen test) at most the limit"
+        val = drift.get("drifted_share")
+        if drift.get("state") != "ok":
+            state, why = NOT_APPLICABLE, "no reference for input drift"
+        elif val is None:
+            state, why = NOT_ENOUGH_DATA, "no captured input field could be tested"
+        else:
+            state = FAIL if val > g.max_drifted_share else PASS
+            names = ", ".join(drift["drifted_fields"][:5]) or "none"
+            why = f"{len(drift['drifted_fields'])} fields drifted ({names}): share {val:.4g}"
+        out.append(_descriptive("input_drift", "drift", state, val, g.max_drifted_share, why,
+                                null_hypothesis=nh))  # fmt: skip
     return out
 
 

@@ -66,3 +66,31 @@ def srm(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
         always_valid=True,
         p_value=srm.get("sequential_p_value"),
     )
+
+
+def srm_segments(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """A sample-ratio mismatch confined to some segment values (``srm.by_segment``)."""
+    bs = report["srm"].get("by_segment") or {}
+    st = bs.get("state", "not_applicable")
+    state = {"ok": FAIL if bs.get("mismatched") else PASS, "not_enough_data": NOT_ENOUGH_DATA,
+             "not_applicable": NOT_APPLICABLE}[st]  # fmt: skip
+    worst = (bs.get("rows") or [{}])[0]
+    reason = bs.get("reason", "not tested")
+    if worst.get("observed"):
+        p = fmt(worst["sequential_p_holm"])
+        reason += (
+            f" (lowest: {worst['field']}={worst['value']}, units {worst['observed'][0]} / "
+            f"{worst['observed'][1]}, Holm-adjusted always-valid p={p})"
+        )
+    return row(
+        "srm_segments",
+        "srm",
+        state,
+        worst.get("sequential_p_holm"),
+        policy.srm.alpha,
+        reason,
+        null_hypothesis="units are split as configured within every segment value",
+        test="the srm gate's test per segment value, Holm-adjusted over the values tested",
+        always_valid=True,
+        p_value=worst.get("sequential_p_holm"),
+    )

@@ -30,6 +30,12 @@ def primary_metric(report: dict[str, Any], policy: Policy, live: bool) -> dict[s
     )
     test = CS_NORMAL + (" on the relative uplift (delta method)" if pm.relative else "")
     m = report["metrics"].get(pm.name)
+    up = m["uplift"] if m is not None else None
+    if m is not None and policy.cuped.decide_on == "adjusted":
+        cu = m.get("cuped") or {}
+        if cu.get("state") == "ok" and cu.get("adjusted"):
+            up = cu["adjusted"]  # same keys as the unadjusted uplift
+            test += ", on the CUPED-adjusted uplift"
 
     def gate(state: str, value: Any, reason: str, ci: Any = None) -> dict[str, Any]:
         r = row(
@@ -44,18 +50,18 @@ def primary_metric(report: dict[str, Any], policy: Policy, live: bool) -> dict[s
             always_valid=True,
             ci=ci,
             better="higher",
-            p_value=m["uplift"]["sequential_p_value"] if m is not None else None,
+            p_value=up["sequential_p_value"] if up is not None else None,
         )
         r["eta_s"] = m.get("eta_s") if m is not None else None
+        r["metric"] = pm.name
         return r
 
     if not live:
         return gate(
             NOT_APPLICABLE, None, "no live split: the primary metric is judged in the canary steps"
         )
-    if m is None:
+    if m is None or up is None:
         return gate(NOT_ENOUGH_DATA, None, f"no outcomes for metric {pm.name!r} yet")
-    up = m["uplift"]
     lo, hi = up["relative_sequential_ci"] if pm.relative else up["sequential_ci"]
     if up["state"] == "not_enough_data":
         return gate(NOT_ENOUGH_DATA, None, f"{pm.name}: fewer than 2 units in an arm")

@@ -52,7 +52,7 @@ def apply_running(
             g["ci"] = [cur.low, cur.high]
             changed = True
             thr = g["threshold"]
-            if g["kind"] == "primary":
+            if g["kind"] in ("primary", "goal"):
                 g["state"] = state_of(primary_state(cur.low, cur.high, float(thr)))
             elif thr is not None and g.get("better") in ("lower", "higher"):
                 g["state"] = state_of(
@@ -63,7 +63,7 @@ def apply_running(
             changed = True
             srm = report.get("srm") or {}
             if (
-                g["kind"] == "srm"
+                name == "srm"
                 and cur.pvalue < float(g["threshold"])
                 and (srm.get("max_share_diff") or 0.0) > (srm.get("min_share_diff") or 0.0)
             ):

@@ -1,6 +1,7 @@
 """The ``metrics`` section: per outcome metric of the live split, challenger minus champion with
 Welch's test and the delta method (fixed horizon and always valid), the MDE, the sample size and
-its ETA, and the uplift by exposure cohort over time; Holm-adjusted p-values across metrics."""
+its ETA, and the uplift by exposure cohort over time; Holm-adjusted p-values across metrics;
+beside the uplift, its CUPED-adjusted form (:mod:`router.analysis.cuped`) under ``cuped``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from router.analysis import sample_size, sequential, stats
+from router.analysis import cuped, sample_size, sequential, stats
 from router.analysis.accumulate import VARIANTS, Accumulator
 from router.analysis.jsonsafe import f
 from router.analysis.policy import MetricSpec, Policy
 from router.analysis.sections import counts
-from router.analysis.sections.unit_view import UnitView
+from router.analysis.sections.unit_view import (
+    UnitView,
+    cap_values,
+    covariate_frame,
+    impute,
+    join_covariate,
+)
 from router.analysis.sketches import CoMoments
 from router.analysis.stats import Interval
 
@@ -25,19 +32,27 @@ def _uplift(
     mean: tuple[float, float],
     var: tuple[float, float],
     policy: Policy,
+    tau_var: tuple[float, float] | None = None,
+    rel: stats.RatioResult | None = None,
+    base: float | None = None,
 ) -> dict[str, Any]:
     """Challenger − champion of one metric: the absolute uplift with Welch's test (its p-value
     and interval from the same test, for proportions too: unpooled, as gbstats), the relative
     uplift with the delta method (which counts the control mean's uncertainty), and both in
     always-valid form (mSPRT). ``n`` are the independent units (clusters) per arm and ``var``
     their per-unit variance (for a ``per: request`` metric, the delta-method variance of the
-    ratio of unit sums)."""
+    ratio of unit sums). The CUPED-adjusted form passes adjusted means and variances, the
+    unadjusted variances as ``tau_var`` (the mixture's spread is a prior on the effect, which the
+    adjustment does not change), its relative uplift ``rel`` and the champion's unadjusted mean
+    ``base`` (the relative scale)."""
     alpha = policy.alpha
     w = stats.welch(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
-    rel = stats.relative_uplift(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
+    if rel is None:
+        rel = stats.relative_uplift(mean[0], var[0], n[0], mean[1], var[1], n[1], alpha)
     ok = w.state == stats.OK
     vd = (var[0] / n[0] + var[1] / n[1]) if ok else 0.0
-    pooled_sd = math.sqrt((var[0] + var[1]) / 2) if ok else 0.0
+    tv = tau_var or var
+    pooled_sd = math.sqrt(max((tv[0] + tv[1]) / 2, 0.0)) if ok else 0.0
     tau = policy.sequential.tau * pooled_sd
     seq = (
         stats.msprt(w.estimate, vd, tau, alpha)
@@ -47,7 +62,7 @@ def _uplift(
     rel_seq: list[float | None] = [None, None]
     if ok and rel.state == stats.OK and rel.estimate is not None and rel.variance:
         # the same mixture on the relative scale: tau in units of the control mean
-        rtau = tau / abs(mean[0])
+        rtau = tau / abs(mean[0] if base is None else base)
         _p, lo, hi = sequential.normal_mixture_ci(rel.estimate, rel.variance, rtau, alpha)
         rel_seq = [f(lo), f(hi)]
     return {
@@ -69,15 +84,23 @@ def _uplift(
 
 
 def _request_metric_arms(
-    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec
-) -> list[dict[str, float]]:
+    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec, policy: Policy
+) -> tuple[list[dict[str, float]], _Cuped | None]:
     """Per arm, a ``per: request`` metric as a ratio of unit sums (GrowthBook's and Statsig's
     ratio metrics): each unit served by one variant is a cluster with ``X`` = the sum of its
     requests' values and ``N`` = its requests (with ``missing: exclude``, its requests that
     have a value); a request without a unit is a cluster of one. The mean is ``ΣX / ΣN`` and
     the per-cluster variance the delta method's
-    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``)."""
-    v, _t, x, d = _request_frame(acc, uv, metric, spec)
+    ``(s²_X − 2 R s_XN + R² s²_N) / N̄²`` (equals gbstats ``RatioStatistic``). With CUPED on,
+    also each arm's co-moments of (covariate, linearised ratio) and the covariate counts."""
+    df = _request_units(acc, uv, metric, spec)
+    v = df["challenger"].cast(pl.Int8).to_numpy()
+    x, d = df["s"].cast(pl.Float64).to_numpy(), df["d"].to_numpy()
+    cup: _Cuped | None = None
+    if policy.cuped.enabled:
+        c, has = join_covariate(df["unit"], covariate_frame(acc, metric, spec, policy.cuped))
+        c = impute(c, has, spec)
+        cup = _Cuped([], [int(has[v == i].sum()) for i in (0, 1)])
     out = []
     for i in (0, 1):
         co = CoMoments()
@@ -87,14 +110,20 @@ def _request_metric_arms(
         ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
         out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
                     "var": float(var)})  # fmt: skip
-    return out
+        if cup is not None:
+            sel = v == i
+            cup.arms.append(cuped.ratio_comoments(c[sel], x[sel], d[sel],
+                                                  (solo.n, solo.mu, solo.m2)))  # fmt: skip
+    return out, cup
 
 
-def _request_frame(
+def _request_units(
     acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(variant, first exposure, sum of values, requests counted) per unit served by a single
-    variant, for a ``per: request`` metric."""
+) -> pl.DataFrame:
+    """Per unit served by a single variant, for a ``per: request`` metric: unit, challenger,
+    requests, first_ts, ``s`` (the sum of its values: the ratio's numerator, capped when the
+    metric is: :func:`~router.analysis.sections.unit_view.cap_values`) and ``d`` (the requests
+    counted: the denominator)."""
     mid = acc.outcomes.metric_id(metric)
     rv = acc.units.request_values()
     if mid is not None and rv.height:
@@ -107,6 +136,19 @@ def _request_frame(
     df = df.with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
     den = pl.col("requests") if spec.missing_as_zero else pl.col("n")
     df = df.with_columns(d=den.cast(pl.Float64)).filter(pl.col("d") > 0)
+    if spec.cap is not None or spec.cap_percentile is not None:
+        v = df["challenger"].cast(pl.Int8).to_numpy()
+        x, uv.capping[metric] = cap_values(df["s"].cast(pl.Float64).to_numpy(), v, spec)
+        df = df.with_columns(s=pl.Series(x))
+    return df
+
+
+def _request_frame(
+    acc: Accumulator, uv: UnitView, metric: str, spec: MetricSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(variant, first exposure, sum of values, requests counted) per unit served by a single
+    variant, for a ``per: request`` metric."""
+    df = _request_units(acc, uv, metric, spec)
     return (
         df["challenger"].cast(pl.Int8).to_numpy(),
         df["first_ts"].cast(pl.Float64).to_numpy(),
@@ -147,6 +189,57 @@ def _request_series(
     return out
 
 
+class _Cuped:
+    """Per arm, the (covariate, metric) co-moments of the units and how many had a covariate."""
+
+    def __init__(self, arms: list[CoMoments], with_covariate: list[int]) -> None:
+        self.arms = arms
+        self.with_covariate = with_covariate
+
+
+def _cuped_entry(
+    metric: str,
+    cup: _Cuped,
+    n: tuple[float, float],
+    mean: tuple[float, float],
+    var: tuple[float, float],
+    policy: Policy,
+) -> dict[str, Any]:
+    """The ``cuped`` part of a metric's entry: the adjusted uplift (same keys as ``uplift``),
+    theta, the covariate's source and coverage, and the variance reduction."""
+    cp = policy.cuped
+    source = cp.covariates.get(metric)
+    out: dict[str, Any] = {
+        "covariate": (
+            {"source": "metric", "metric": source}
+            if source
+            else {"source": "history", "history_s": cp.history_s}
+        ),
+        "units_with_covariate": {VARIANTS[i]: cup.with_covariate[i] for i in (0, 1)},
+        "missing_rule": "units without a pre-exposure value get 0 (sum and max metrics) or the "
+        "mean over the units with one (mean metrics)",
+    }
+    if not sum(cup.with_covariate):
+        return out | {"state": cuped.NO_COVARIATE, "adjusted": None}
+    arms = (cup.arms[0], cup.arms[1])
+    res = cuped.adjust(arms, policy.alpha)
+    if res.means is None or res.variances is None or res.diff is None:
+        return out | {"state": res.state, "adjusted": None}
+    up = _uplift(n, res.means, res.variances, policy, tau_var=var, rel=res.relative,
+                 base=mean[0])  # fmt: skip
+    vd = up.pop("_variance")
+    up["method"] = res.method
+    up["means"] = {VARIANTS[i]: f(res.means[i]) for i in (0, 1)}
+    return out | {
+        "state": res.state,
+        "theta": f(res.theta),
+        "correlation": f(res.correlation),
+        "variance_reduction": f(res.variance_reduction),
+        "adjusted": up,
+        "mde": f(sample_size.mde(vd, policy.alpha, policy.power)) if vd > 0 else None,
+    }
+
+
 def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str, Any]:
     out: dict[str, Any] = {}
     duration = counts.duration(acc) or 0.0
@@ -159,8 +252,9 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
             "missing": "zero" if spec.missing_as_zero else "exclude",
         }
         series: list[dict[str, Any]] = []
+        cup: _Cuped | None = None
         if spec.per == "request":
-            arms = _request_metric_arms(acc, uv, metric, spec)
+            arms, cup = _request_metric_arms(acc, uv, metric, spec, policy)
             n = (arms[0]["clusters"], arms[1]["clusters"])
             mean = (arms[0]["mean"], arms[1]["mean"])
             var = (arms[0]["var"], arms[1]["var"])
@@ -185,6 +279,13 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
             mean = tuple(float(s.mean()) if s.size else 0.0 for s in sel)  # type: ignore[assignment]
             var = tuple(float(s.var(ddof=1)) if s.size > 1 else 0.0 for s in sel)  # type: ignore[assignment]
             series = _series(v, t, x, spec, policy)
+            if policy.cuped.enabled:
+                c, has = uv.covariate(metric, spec, policy.cuped)
+                cup = _Cuped([], [int(has[v == i].sum()) for i in (0, 1)])
+                for i in (0, 1):
+                    co = CoMoments()
+                    co.add_arrays(c[v == i], x[v == i])
+                    cup.arms.append(co)
             entry["variants"] = {
                 VARIANTS[i]: {
                     "n": int(n[i]),
@@ -196,6 +297,10 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
         up = _uplift(n, mean, var, policy)
         vd = up.pop("_variance")
         entry["uplift"] = up
+        if metric in uv.capping:
+            entry["capping"] = uv.capping[metric]
+        if cup is not None:
+            entry["cuped"] = _cuped_entry(metric, cup, n, mean, var, policy)
         entry["mde"] = f(sample_size.mde(vd, policy.alpha, policy.power)) if vd > 0 else None
         entry |= _sample_size(metric, spec, n, mean, var, policy, duration)
         entry["series"] = series

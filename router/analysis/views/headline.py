@@ -38,7 +38,9 @@ def metric_sentence(r: dict[str, Any], name: str, primary: bool) -> str:
     level, diff = metric_fmts(m)
     ch, cl = m["variants"]["champion"], m["variants"]["challenger"]
     units = [x.get("units", x["n"]) for x in (ch, cl)]
-    role = "primary goal" if primary else "goal metric"
+    # the role the policy's metric table gives it (goal, guardrail), else monitored only
+    roles = {x["metric"]: x["role"] for x in r["decision"].get("metrics") or []}
+    role = "primary goal" if primary else roles.get(name, "monitored metric")
     head = f"**{name}** ({role}, live split): "
     up = m["uplift"]
     if up.get("absolute") is None or ch.get("mean") is None or cl.get("mean") is None:
@@ -51,7 +53,7 @@ def metric_sentence(r: dict[str, Any], name: str, primary: bool) -> str:
         ci = f"95% always-valid interval {fmt.interval(seq, diff)}"
     else:
         ci = f"95% interval {fmt.interval(up.get('ci'), diff)} (fixed horizon)"
-    verdict = _verdict(_gate(r, "primary_metric"), r) if primary else ""
+    verdict = _verdict(_gate(r, "primary_metric" if primary else f"metric_{name}"), r)
     return (
         head + f"challenger {level(cl['mean'])} vs champion {level(ch['mean'])}, "
         f"{diff(up['absolute'])}{rel}; {ci}; {fmt.count(units[1])} vs {fmt.count(units[0])} "

@@ -157,14 +157,17 @@ def divergence_section(r: dict[str, Any]) -> Section:
     if "ks" in dv:
         rows.append(["Kolmogorov-Smirnov D", f"{fmt.num(dv['ks']['statistic'])} "
                      f"(p {_p(dv['ks']['p_value'])})"])  # fmt: skip
-    blocks: list[Any] = [Para(f"{fmt.count(dv['n'])} comparable pairs."),
-                         Table(["figure", "value"], rows, numeric=[False, True])]  # fmt: skip
+    blocks: list[Any] = [Para(f"{fmt.count(dv['n'])} comparable pairs.")]
+    if rows:
+        blocks.append(Table(["figure", "value"], rows, numeric=[False, True]))
     if dv.get("flip_rate"):
         blocks.append(Para("Decision flip rate: share of requests where the two models land on "
                            "different sides of a decision threshold."))  # fmt: skip
         blocks.append(Table(["threshold", "flip rate"],
                             [[fmt.num(float(t)), fmt.pct(v)] for t, v in dv["flip_rate"].items()],
                             numeric=[True, True]))  # fmt: skip
+    if dv.get("text"):
+        blocks += text_blocks(dv["text"])
     paths = dv["contract"]["paths"][:10]
     if paths:
         blocks.append(Para("Response fields the challenger changes:"))
@@ -175,3 +178,45 @@ def divergence_section(r: dict[str, Any]) -> Section:
         blocks.append(Bullets(["Response contract: no field missing, added or retyped above the "
                                "noise share."]))  # fmt: skip
     return Section("divergence", title, lede, blocks)
+
+
+def text_blocks(t: dict[str, Any]) -> list[Any]:
+    """Text predictions (``divergence.text``): agreement, similarity, length, refusals, the
+    paired time to first token and speed, and the most different pairs."""
+    sim = t["similarity"]
+    ratio, tset, ex, lr = sim["ratio"], sim["token_set_ratio"], t["exact_match"], t["length_ratio"]
+
+    def with_ci(value: Any, ci: Any, f: Any = fmt.num) -> str:
+        return f"{f(value)} {fmt.bracket(ci, f)}"
+
+    rows = [
+        ["exact match", with_ci(ex["rate"], ex["ci"], fmt.pct)],
+        ["similarity (rapidfuzz ratio), mean", with_ci(ratio["mean"], ratio["ci"])],
+        ["similarity (ratio), p10 / median / p90",
+         " / ".join(fmt.num(ratio[q]) for q in ("p10", "p50", "p90"))],
+        ["similarity (token-set ratio), mean", with_ci(tset["mean"], tset["ci"])],
+        ["length ratio (challenger / champion)", with_ci(lr["geometric_mean"], lr["ci"])],
+    ]  # fmt: skip
+    for k, word in (("empty_to_text", "empty → text"), ("text_to_empty", "text → empty"),
+                    ("refusal_added", "refusal added"), ("refusal_removed", "refusal removed")):
+        rows.append([f"flips: {word}", f"{fmt.count(t['flips'][k]['n'])} "
+                     f"({fmt.pct(t['flips'][k]['rate'])})"])  # fmt: skip
+    for key, word, unit in (("ttft_ms", "time to first token", fmt.ms),
+                            ("tokens_per_s", "tokens per second", fmt.num)):
+        d = t[key]["paired_diff"]
+        if d["n"]:
+            rows.append([f"{word}: champion / challenger",
+                         f"{unit(t[key]['champion']['mean'])} / "
+                         f"{unit(t[key]['challenger']['mean'])}"])  # fmt: skip
+            rows.append([f"{word}: paired difference (n {fmt.count(d['n'])})",
+                         f"{fmt.signed(d['mean'])} {fmt.bracket(d['ci'], fmt.num)}"])  # fmt: skip
+    blocks: list[Any] = [
+        Para(f"Text predictions: {fmt.count(t['n'])} pairs where both answered."),
+        Table(["figure", "value"], rows, numeric=[False, True]),
+    ]
+    if t["examples"]:
+        blocks.append(Para("The most different pairs (lowest similarity):"))
+        blocks.append(Bullets([f"ratio {fmt.num(e['ratio'])}: champion “{e['champion']}” / "
+                               f"challenger “{e['challenger']}”"
+                               for e in t["examples"]]))  # fmt: skip
+    return blocks

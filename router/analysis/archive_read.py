@@ -1,0 +1,428 @@
+"""Records and outcomes read from a Parquet archive (``router archive``) into the analysis.
+
+The same pages and outcome rows as from JSONL or Redis, so the report over an archive equals
+the report over the same records read any other way: an archive file's columns are turned into
+the analyzer's record columns (:func:`record_frame`) and judged by the same checks
+(:func:`router.analysis.frames.prepare_frame`); entries the archiver kept whole in ``raw`` (not
+JSON, a field of another type) are judged as lines. Only the columns the analysis folds are
+read, and only the hour partitions of the window (records: stored from ``since`` to ``until``
+plus the replay slack, as from Redis; outcomes: stored from ``since`` on, whatever their hour,
+since outcomes arrive hours or days after their requests). One file is read at a time per
+parse thread, so memory is bounded by the largest file (the archiver writes at most
+``archive.max_buffer_records`` rows a file), not by the window.
+
+A file that cannot be read (truncated, corrupt, a foreign schema) is skipped, named and
+counted in :class:`Coverage`, never a crash; so are the window's hours without any file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, overload
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from router.analysis.frames import (
+    OUTCOME_SCHEMA,
+    Chunk,
+    Invalid,
+    Page,
+    check_outcome_frame,
+    parse_outcomes,
+    prepare_frame,
+    prepare_records,
+    record_schema,
+)
+from router.analysis.outcomes_index import OutcomeIndex
+from router.archive.layout import Hour, PartName
+from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, read_file
+from router.archive.store import ArchiveStore
+
+RECORD_COLUMNS = (
+    "stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit", "served",
+    "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
+    "contract_repeat", "raw",
+)  # fmt: skip
+OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
+                   "value", "ts", "raw")  # fmt: skip
+MAX_NAMED_FILES = 20
+MAX_NAMED_HOURS = 48
+
+
+@dataclass
+class Coverage:
+    """What an archive window held: files read, hours without data, files skipped."""
+
+    uri: str = ""
+    hours: int = 0
+    empty_hours: list[Hour] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unreadable_count: int = 0
+    outcome_files: int = 0
+    executor: str = "threads"
+    tasks: int = 1
+    cross_task_duplicates: int = 0  # request ids folded in two tasks (see .distribute)
+    redis_from: float | None = None  # records stored from then on came from Redis (stitched)
+    latest_archived: float | None = None  # the newest record stored in the archive (unix s)
+    ends_early: bool = False  # the window ends after the newest archived record (a lag)
+
+    def skip(self, exc: UnreadableFile) -> None:
+        self.unreadable_count += 1
+        if len(self.unreadable) < MAX_NAMED_FILES:
+            self.unreadable.append((exc.path, exc.reason))
+
+    def merge(self, o: Coverage) -> None:
+        self.unreadable_count += o.unreadable_count
+        room = MAX_NAMED_FILES - len(self.unreadable)
+        self.unreadable.extend(o.unreadable[:max(0, room)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "hours": self.hours,
+            "hours_without_data": len(self.empty_hours),
+            "empty_hour_ranges": _ranges(self.empty_hours)[:MAX_NAMED_HOURS],
+            "files": self.files,
+            "bytes": self.bytes,
+            "outcome_files": self.outcome_files,
+            "executor": self.executor,
+            "tasks": self.tasks,
+            "cross_task_duplicates": self.cross_task_duplicates,
+            "redis_from": self.redis_from,
+            "latest_archived": self.latest_archived,
+            "ends_before_window": self.ends_early,
+            "unreadable_files": {
+                "count": self.unreadable_count,
+                "examples": [{"path": p, "reason": r} for p, r in self.unreadable],
+            },
+        }
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+def _ranges(hours: list[Hour]) -> list[list[str]]:
+    """Consecutive empty hours as ``[first hour start, last hour end]`` (ISO-8601)."""
+    out: list[list[int]] = []
+    for h in sorted(hours):
+        if out and out[-1][1] == h.start:
+            out[-1][1] = h.end
+        else:
+            out.append([h.start, h.end])
+    return [[_iso(a), _iso(b)] for a, b in out]
+
+
+# ---------------------------------------------------------------------- records
+def _side(name: str, numeric: bool) -> pl.Expr:
+    c = pl.col(name)
+    pred = pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+    return (
+        pl.when(c.is_not_null())
+        .then(pl.struct(
+            status=c.struct.field("status").cast(pl.Int64),
+            latency_ms=c.struct.field("latency_ms"),
+            prediction=pred.cast(pl.Float64, strict=False) if numeric else pred,
+            error=c.struct.field("error"),
+        ))
+        .alias(name)
+    )  # fmt: skip
+
+
+def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
+    """The segment map as the JSON text a record's segment has in a line (key order kept),
+    through its distinct values; and those texts in first-seen order."""
+    distinct = df.select(pl.col("segment").unique(maintain_order=True)).to_series()
+    texts: list[str] = []
+    hashes: list[int] = []
+    for value, h in zip(distinct.to_list(), distinct.hash(1).to_list(), strict=True):
+        if value is None:
+            continue
+        texts.append(orjson.dumps(dict(value)).decode())
+        hashes.append(h)
+    if not texts:
+        return pl.lit(None, pl.String).alias("segment"), []
+    expr = pl.col("segment").hash(1).replace_strict(hashes, texts, default=None,
+                                                    return_dtype=pl.String)  # fmt: skip
+    return pl.when(pl.col("segment").is_not_null()).then(expr).alias("segment"), texts
+
+
+def record_frame(table: pa.Table, numeric: bool, fields: bool) -> pl.DataFrame:
+    """Archive columns (:data:`RECORD_COLUMNS`, and ``fields``) as the analyzer's record
+    columns (:func:`router.analysis.frames.record_schema`)."""
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    seg, _texts = _segment_text(df)
+    cols: list[pl.Expr | str] = [
+        pl.col("v").cast(pl.Float64),
+        "request_id",
+        "ts",
+        "served",
+        "experiment",
+        "unit",
+        "mirrored",
+        seg,
+        _side("champion", numeric),
+        _side("challenger", numeric),
+        _contract("contract"),
+    ]
+    # (v2 columns; read_file fills them with nulls for files written before)
+    cols += [_side("champion_repeat", numeric), _contract("contract_repeat")]
+    # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
+    extra = pl.col("extra") if "extra" in df.columns else pl.lit(None, pl.String)
+    cols += [
+        extra.str.json_path_match("$.variant").alias("variant"),
+        extra.str.json_path_match("$.arm").alias("arm"),
+        (extra.str.json_path_match("$.forced") == "true").alias("forced"),
+        extra.str.json_path_match("$.shadows").alias("shadows"),
+        extra.str.json_path_match("$.mirror_skipped").alias("mirror_skipped"),
+    ]
+    if fields:
+        cols.append(pl.col("fields"))
+    return df.select(cols)
+
+
+def _contract(name: str) -> pl.Expr:
+    """The contract struct as the JSON text a record's contract has."""
+    c = pl.col(name)
+    return pl.when(c.is_not_null()).then(c.struct.json_encode()).alias(name)
+
+
+def file_page(store: ArchiveStore, f: ArchiveFile, numeric: bool, fields: bool,
+              since: float | None, until: float | None, now: float,
+              before_ms: int | None = None) -> Page:  # fmt: skip
+    """The page of one archive file (an empty page naming the file when it is unreadable)."""
+    columns = list(RECORD_COLUMNS) + (["fields"] if fields else [])
+    try:
+        table = read_file(store, f, "pairs", columns, since, until, before_ms=before_ms)
+    except UnreadableFile as exc:
+        return Page(pl.DataFrame(), [], skipped=[(exc.path, exc.reason)])
+    raw = table.column("raw")
+    bad_page: Page | None = None
+    if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
+        is_raw = raw.is_valid()
+        whole = table.filter(is_raw)
+        table = table.filter(raw.is_null())
+        lines = [line.replace("\n", " ").encode() for line in whole.column("raw").to_pylist()]
+        chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
+                      label=f.path)  # fmt: skip
+        bad_page = prepare_records(chunk, record_schema(numeric, fields), now)
+    df = record_frame(table, numeric, fields)
+    page = prepare_frame(df, _Names(table), f.path, now)
+    if bad_page is not None:
+        if bad_page.cols.height:  # (a raw line that turned out valid: fold it too)
+            page = _concat(page, bad_page)
+        else:
+            page.rejected.merge(bad_page.rejected)
+    return page
+
+
+class _Names(Sequence[str]):
+    """Stream ids of a table's rows, read only when a row is named."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._col = table.column("stream_id")
+
+    def __len__(self) -> int:
+        return len(self._col)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [str(x) for x in self._col[i].to_pylist()]
+        return str(self._col[i].as_py())
+
+
+def _concat(a: Page, b: Page) -> Page:
+    """Two pages as one (the rare file with valid entries among those kept whole)."""
+    rejected = Invalid()
+    rejected.merge(a.rejected)
+    rejected.merge(b.rejected)
+    segs = list(dict.fromkeys(a.segments + b.segments))
+    remap_b = {i + 1: segs.index(t) + 1 for i, t in enumerate(b.segments)}
+    bcols = b.cols.with_columns(
+        pl.col("segc").replace_strict(remap_b, default=0, return_dtype=pl.Int64)
+    )
+    cols = pl.concat([a.cols, bcols.select(a.cols.columns)], how="vertical_relaxed")
+    return Page(cols.sort("h", maintain_order=True), segs, rejected,
+                sorted(set(a.experiments) | set(b.experiments)))  # fmt: skip
+
+
+def open_store(src: Any) -> ArchiveStore:
+    """The source's archive (opened once; raises StoreError when unreachable)."""
+    if src.coverage is None:
+        store = ArchiveStore.open(src.archive)
+        store.check(must_exist=True)
+        src.coverage = Coverage(uri=store.describe())
+        src.extra["archive_store"] = store
+    store_: ArchiveStore = src.extra["archive_store"]
+    return store_
+
+
+def archive_files(
+    src: Any, numeric: bool, fields: bool, upto: float | None, before_ms: int | None = None
+) -> tuple[list[ArchiveFile], Callable[[Any, float], Page]]:
+    """The record files of the source's window (records stored from ``since`` to ``until``
+    plus the replay slack) and the function that reads one into a page; the window's hours
+    without any file are noted in ``src.coverage``. ``upto``: the last stream time read
+    (:func:`router.analysis.reader.id_until`)."""
+    store = open_store(src)
+    last = upto if before_ms is None else min(upto or float("inf"), before_ms / 1000)
+    p = plan(store, "pairs", src.experiment, src.since, last)
+    cov: Coverage = src.coverage
+    cov.files, cov.bytes = len(p.files), sum(f.size for f in p.files)
+    cov.latest_archived = latest_archived(store, src.experiment)
+    cov.ends_early = before_ms is None and src.until is not None and (
+        cov.latest_archived is None or cov.latest_archived < src.until
+    )
+    end = Hour.of_ts(src.until) if src.until is not None else None
+    in_window = [h for h in p.empty_hours if end is None or h <= end]
+    cov.empty_hours = in_window
+    if src.until is not None and src.since is not None:
+        cov.hours = (Hour.of_ts(src.until).start - Hour.of_ts(src.since).start) // 3600 + 1
+    else:
+        cov.hours = p.hours
+    return p.files, partial(_file_page, store, numeric, fields, src.since, upto, before_ms)
+
+
+def _file_page(store: ArchiveStore, numeric: bool, fields: bool, since: float | None,
+               until: float | None, before_ms: int | None, f: ArchiveFile,
+               now: float) -> Page:  # fmt: skip
+    return file_page(store, f, numeric, fields, since, until, now, before_ms)
+
+
+# ---------------------------------------------------------------------- archive, then Redis
+def redis_cutoff_ms(client: Any, keys: list[str]) -> int | None:
+    """Where Redis takes over from the archive: the latest of the streams' first stream ids
+    (ms), so every entry before it (trimmed from some stream, or not) is read from the archive
+    and every entry from it on from Redis; None when the streams are empty."""
+    firsts = []
+    for key in keys:
+        head = client.xrange(key, min="-", max="+", count=1)
+        if head:
+            raw = head[0][0]
+            firsts.append(int((raw.decode() if isinstance(raw, bytes) else raw).split("-")[0]))
+    return max(firsts) if firsts else None
+
+
+# ---------------------------------------------------------------------- outcomes
+
+
+# ---------------------------------------------------------------------- outcomes
+OUTCOME_BATCH_ROWS = 500_000  # outcome rows checked and indexed at once (fewer polars calls)
+
+
+def load_archive_outcomes(
+    oi: OutcomeIndex, store: ArchiveStore, experiment: str, since: float | None,
+    coverage: Coverage, before_ms: int | None = None,
+) -> None:  # fmt: skip
+    """Every outcome stored from ``since`` on (all of them without ``since``; with
+    ``before_ms`` those stored before it) into ``oi``, in stream order. Files are read two at
+    a time and their rows indexed in batches of about :data:`OUTCOME_BATCH_ROWS`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    last = None if before_ms is None else before_ms / 1000
+
+    def read(f: ArchiveFile) -> pa.Table | UnreadableFile:
+        try:
+            return read_file(store, f, "outcomes", list(OUTCOME_COLUMNS), since, None,
+                             before_ms=before_ms)  # fmt: skip
+        except UnreadableFile as exc:
+            return exc
+
+    files = plan(store, "outcomes", experiment, since, last).files
+    batch: list[tuple[ArchiveFile, pa.Table]] = []
+    rows = 0
+    with ThreadPoolExecutor(2, thread_name_prefix="archive-outcomes") as pool:
+        for f, table in zip(files, pool.map(read, files), strict=True):
+            if isinstance(table, UnreadableFile):
+                coverage.skip(table)
+                continue
+            coverage.outcome_files += 1
+            raw = table.column("raw")
+            if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
+                _index(oi, batch, experiment)
+                batch, rows = [], 0
+                whole = table.filter(raw.is_valid())
+                table = table.filter(raw.is_null())
+                lines = [x.replace("\n", " ").encode() for x in whole.column("raw").to_pylist()]
+                chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
+                              label=f.path)  # fmt: skip
+                odf, obad = parse_outcomes(chunk.data)
+                oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment)
+            batch.append((f, table))
+            rows += table.num_rows
+            if rows >= OUTCOME_BATCH_ROWS:
+                _index(oi, batch, experiment)
+                batch, rows = [], 0
+    _index(oi, batch, experiment)
+
+
+def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str) -> None:
+    """Check and index the outcome rows of several files at once (bad rows named by file)."""
+    if not batch:
+        return
+    table = pa.concat_tables([t.select(list(OUTCOME_SCHEMA)) for _f, t in batch])
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    valid, bad = check_outcome_frame(df.cast(OUTCOME_SCHEMA))  # type: ignore[arg-type]
+    where: list[tuple[str, str]] = []
+    if bad:
+        starts = np.cumsum([0] + [t.num_rows for _f, t in batch])
+        for i, reason in bad:
+            k = int(np.searchsorted(starts, i, side="right")) - 1
+            f, t = batch[k]
+            where.append((f"{f.path} {t.column('stream_id')[i - int(starts[k])].as_py()}",
+                          reason))  # fmt: skip
+    oi.add_frame(valid, where, experiment)
+
+
+def latest_archived(store: ArchiveStore, experiment: str) -> float | None:
+    """When the newest record of the archive was stored (unix s; from its file's name)."""
+    newest = None
+    for _hour, rel in hours_of(store, "pairs", experiment):
+        newest = rel
+    if newest is None:
+        return None
+    names = [PartName.parse(e.name) for e in store.list_dir(newest) if not e.is_dir]
+    lasts = [n.last for n in names if n is not None]
+    return max(lasts)[0] / 1000.0 if lasts else None
+
+
+def earliest_archived(src: Any) -> float | None:
+    """When the oldest record of the archive was stored (unix s; from its file's name)."""
+    store = open_store(src)
+    for hour, rel in hours_of(store, "pairs", src.experiment):
+        del hour
+        names = [PartName.parse(e.name) for e in store.list_dir(rel) if not e.is_dir]
+        firsts = [n.first for n in names if n is not None]
+        if firsts:
+            return min(firsts)[0] / 1000.0
+    return None
+
+
+def archive_section(src: Any, acc: Any) -> dict[str, Any] | None:
+    """The report's ``archive`` key: the window's coverage (None for other sources)."""
+    if not src.archive or src.coverage is None:
+        return None
+    cov: Coverage = src.coverage
+    out = cov.as_dict()
+    unreadable = out["unreadable_files"]
+    unreadable["count"] += acc.unreadable_files
+    if not acc.unreadable_files:
+        return out
+    unreadable["examples"] = (unreadable["examples"] + [
+        {"path": p, "reason": r} for p, r in acc.unreadable_examples
+    ])[:MAX_NAMED_FILES]  # fmt: skip
+    return out

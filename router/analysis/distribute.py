@@ -1,0 +1,208 @@
+"""Fold an archive's files on several processes or machines, and merge the aggregates.
+
+``router analyze --archive URI --executor …``:
+
+- ``threads``: one process; files parsed on ``--workers`` threads and folded in order (the
+  pipeline of JSONL and Redis sources);
+- ``processes`` (the default for an archive): a local process pool of ``--workers`` processes;
+- ``dask://HOST:PORT`` (or ``tcp://…``): the workers of a Dask distributed scheduler
+  (``pip install 'shadow-router[dask]'``; the workers need this package and read access to the
+  archive, e.g. the same S3 bucket).
+
+The window's files are cut into contiguous runs (tasks, in time order); each task folds its
+files into an :class:`~router.analysis.accumulate.Accumulator` against the outcome index (sent
+once per worker: scattered by Dask, an initializer argument for the pool) and sends the
+accumulator back; the caller merges them in task order, so every executor gives the same
+report. Request ids repeated *across* tasks (a record replayed from a router's spool into a
+later hour) cannot be dropped once folded: they are counted in the report
+(``archive.cross_task_duplicates``, 0 in the single-process executor) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from router.analysis.accumulate import Accumulator
+from router.analysis.outcomes_index import OutcomeIndex
+from router.analysis.policy import Policy
+
+log = logging.getLogger(__name__)
+TASKS_PER_WORKER = 4
+MAX_FILES_PER_TASK = 64
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """What a task needs besides its files (sent once per worker)."""
+
+    uri: str
+    experiment: str
+    policy: Policy
+    outcomes: OutcomeIndex
+    kind: str
+    track_fields: bool
+    since: float | None
+    until: float | None
+    upto: float | None  # last stream time read (the window's end plus the replay slack)
+    numeric: bool
+    now: float
+
+
+class ExecutorUnavailable(RuntimeError):
+    """The executor cannot be used: dask not installed, or its scheduler unreachable."""
+
+
+_JOB: FoldJob | None = None  # a pool worker's job (set by its initializer)
+
+
+def _init_worker(job: FoldJob) -> None:
+    global _JOB
+    _JOB = job
+
+
+def fold_files(job: FoldJob, files: list[Any]) -> Accumulator:
+    """One task: fold ``files`` (in order) into a fresh accumulator; returned without its
+    outcome index (the caller has it)."""
+    from threadpoolctl import threadpool_limits
+
+    from router.analysis.archive_read import file_page
+    from router.archive.store import ArchiveStore
+
+    store = ArchiveStore.open(job.uri)
+    acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since, until=job.until,
+                      experiment=job.experiment, track_fields=job.track_fields)  # fmt: skip
+    acc.now = job.now
+    with threadpool_limits(limits=1, user_api="blas"):  # (see run.quiet_blas)
+        for f in files:
+            acc.add_page(file_page(store, f, job.numeric, job.track_fields, job.since, job.upto,
+                                   job.now))  # fmt: skip
+    acc.outcomes = OutcomeIndex()  # (not sent back)
+    return acc
+
+
+def _pool_task(files: list[Any]) -> Accumulator:
+    assert _JOB is not None, "worker not initialised"
+    return fold_files(_JOB, files)
+
+
+def _dask_task(files: list[Any], job: FoldJob) -> Accumulator:
+    return fold_files(job, files)
+
+
+def tasks_of(files: list[Any], workers: int) -> list[list[Any]]:
+    """Contiguous runs of files, about ``TASKS_PER_WORKER`` per worker (at most
+    ``MAX_FILES_PER_TASK`` files each), balanced by bytes."""
+    if not files:
+        return []
+    n = max(1, min(len(files), workers * TASKS_PER_WORKER))
+    n = max(n, -(-len(files) // MAX_FILES_PER_TASK))
+    cum = np.cumsum([max(1, f.size) for f in files], dtype=np.float64)
+    cuts = {int(np.searchsorted(cum, cum[-1] * k / n)) + 1 for k in range(1, n)}
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(files)), len(files)]
+    return [files[a:b] for a, b in pairwise(bounds) if b > a]
+
+
+class Merger:
+    """Merges task results into the first, in task order, as they arrive."""
+
+    def __init__(self, outcomes: OutcomeIndex) -> None:
+        self.outcomes = outcomes
+        self.acc: Accumulator | None = None
+        self.cross_task_duplicates = 0
+        self._waiting: dict[int, Accumulator] = {}
+        self._next = 0
+
+    def add(self, i: int, acc: Accumulator) -> None:
+        self._waiting[i] = acc
+        while self._next in self._waiting:
+            part = self._waiting.pop(self._next)
+            self._next += 1
+            if self.acc is None:
+                part.outcomes = self.outcomes
+                self.acc = part
+                continue
+            for run in part.seen.runs:
+                self.cross_task_duplicates += int(np.count_nonzero(self.acc.seen.contains(run)))
+            self.acc.merge(part)
+
+
+def run_tasks(job: FoldJob, tasks: list[list[Any]], executor: str, workers: int) -> Merger:
+    merger = Merger(job.outcomes)
+    t0 = time.perf_counter()
+    if executor == "processes":
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))),
+                                 mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(job,)) as pool:  # fmt: skip
+            futures: dict[Future[Accumulator], int] = {
+                pool.submit(_pool_task, t): i for i, t in enumerate(tasks)
+            }
+            for fut in _as_completed(futures):
+                merger.add(futures[fut], fut.result())
+    else:
+        _run_dask(job, tasks, executor, merger)
+    log.info("analyze: %d tasks on %s in %.2f s", len(tasks), executor, time.perf_counter() - t0)
+    return merger
+
+
+def _as_completed(futures: dict[Future[Accumulator], int]) -> Iterator[Future[Accumulator]]:
+    from concurrent.futures import as_completed
+
+    yield from as_completed(futures)
+
+
+def dask_address(executor: str) -> str:
+    return "tcp://" + executor.split("://", 1)[1] if executor.startswith("dask://") else executor
+
+
+def _run_dask(job: FoldJob, tasks: list[list[Any]], executor: str, merger: Merger) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ExecutorUnavailable("needs dask.distributed (pip install 'shadow-router[dask]')"
+                                  ) from None  # fmt: skip
+    try:
+        client = Client(dask_address(executor), timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorUnavailable(f"scheduler unreachable: {exc}") from None
+    with client:
+        shared = client.scatter(job, broadcast=True)
+        futures = [client.submit(_dask_task, t, shared, pure=False, key=f"router-fold-{i}-"
+                                 f"{time.time_ns()}") for i, t in enumerate(tasks)]  # fmt: skip
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            merger.add(index[fut.key], fut.result())
+            fut.release()
+
+
+def fold_archive(src: Any, policy: Policy, outcomes: OutcomeIndex, *, kind: str,
+                 track_fields: bool, executor: str, workers: int) -> Accumulator:  # fmt: skip
+    """The accumulator of an archive source's window, folded by ``executor``."""
+    from router.analysis.archive_read import archive_files
+    from router.analysis.reader import NUMERIC_KINDS, id_until
+
+    upto = id_until(src)
+    files, _prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields, upto)
+    job = FoldJob(src.archive, src.experiment, policy, outcomes, kind, track_fields, src.since,
+                  src.until, upto, kind in NUMERIC_KINDS, time.time())  # fmt: skip
+    tasks = tasks_of(files, workers)
+    if not tasks and executor == "processes":
+        return fold_files(job, [])
+    merger = run_tasks(job, tasks, executor, workers)  # (a scheduler is reached even so)
+    if merger.acc is None:
+        return fold_files(job, [])
+    merger.acc.outcomes = outcomes
+    src.coverage.executor = executor
+    src.coverage.tasks = len(tasks)
+    src.coverage.cross_task_duplicates = merger.cross_task_duplicates
+    return merger.acc

@@ -1,0 +1,387 @@
+"""The archiver: capture streams in, Parquet partitions out, through a consumer group.
+
+One :class:`Archiver` follows an experiment's pairs streams (every shard, Redis Cluster
+included) and its outcomes stream as member ``consumer`` of the group ``group`` (created at
+the start of each stream when missing, so a first run archives what the stream still holds).
+Per stream it
+
+1. reads its own pending entries first (what it had read, but not acknowledged, before a
+   restart under the same name), then entries idle over ``claim_idle_s`` in other members of
+   the group (``XAUTOCLAIM``: a crashed archiver's), then new ones (``XREADGROUP >``);
+2. holds them in memory until ``max_buffer_records`` are buffered or the oldest has waited
+   ``flush_interval_s`` (bounded: it stops reading a stream whose buffer is full);
+3. writes them with :class:`~router.archive.writer.PartitionWriter` (durably, atomically, under
+   names derived from their ids, leaving out entries already archived), and only then
+   acknowledges them (``XACK``).
+
+A SIGKILL at any point therefore neither loses an entry (unacknowledged entries are delivered
+again) nor duplicates one (the rewrite leaves out what a file already holds). Several archivers
+may share a group: Redis hands each entry to one of them.
+
+Failures (Redis unreachable, the store unwritable) are counted in
+``router_archive_errors_total{stage}``, logged, and retried with a backoff of up to 30 s; the
+entries stay unacknowledged meanwhile, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.archive.layout import KINDS, Hour, experiment_dir
+from router.archive.store import ArchiveStore, StoreError
+from router.archive.writer import PartitionWriter, WriteOptions
+from router.capture.keys import outcomes_key
+from router.capture.reader import discover_pair_keys, is_cluster_client
+from router.config import ArchiveConfig
+from router.metrics import Metrics
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 30.0
+LAG_INTERVAL_S = 5.0
+RETENTION_INTERVAL_S = 3600.0
+DISCOVER_INTERVAL_S = 60.0
+ACK_CHUNK = 10_000
+LAG_SCAN_CAP = 1000  # Redis 6.2 has no group lag: undelivered entries counted up to this
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+@dataclass
+class _Stream:
+    key: str
+    kind: str
+    ids: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # the ids in the buffer (a re-read is skipped)
+    since: float | None = None  # when the oldest buffered entry was read
+    recheck: bool = False  # the buffer holds entries delivered before (pending or claimed)
+    own_pending_done: bool = False
+    pending_cursor: str = "0"
+    claim_cursor: str = "0-0"
+    group_ready: bool = False
+    last_archived: str | None = None
+
+
+@dataclass
+class Totals:
+    records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    files: int = 0
+    duplicates: int = 0
+    errors: int = 0
+
+
+def default_consumer() -> str:
+    return socket.gethostname() or "archiver"
+
+
+class Archiver:
+    def __init__(
+        self,
+        client: Any,
+        store: ArchiveStore,
+        experiment: str,
+        cfg: ArchiveConfig,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client, self.store, self.experiment, self.cfg = client, store, experiment, cfg
+        self.group = cfg.group
+        self.consumer = cfg.consumer or default_consumer()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.writer = PartitionWriter(
+            store, experiment,
+            WriteOptions(cfg.compression, cfg.compression_level, cfg.row_group_size),
+        )  # fmt: skip
+        self.totals = Totals()
+        self.streams: dict[str, _Stream] = {}
+        self.stop_event = threading.Event()
+        self._next_lag = 0.0
+        self._next_retention = 0.0
+        self._next_discover = 0.0
+        self._backoff = 0.0
+        for kind in KINDS:
+            for name in ("router_archive_records", "router_archive_files",
+                         "router_archive_duplicates", "router_archive_raw"):  # fmt: skip
+                self.metrics.inc(name, (kind,), 0.0)
+        for stage in ("read", "write", "lag", "retention", "trimmed"):
+            self.metrics.inc("router_archive_errors", (stage,), 0.0)
+
+    # ------------------------------------------------------------------ streams
+    def discover(self) -> None:
+        """The experiment's pairs streams (shards appear as a router is reconfigured) and its
+        outcomes stream."""
+        keys = [(k, "pairs") for k in discover_pair_keys(self.client, self.experiment)]
+        cluster = is_cluster_client(self.client)
+        keys.append((outcomes_key(self.experiment, cluster=cluster), "outcomes"))
+        for key, kind in keys:
+            if key not in self.streams:
+                self.streams[key] = _Stream(key, kind)
+
+    def _ensure_group(self, st: _Stream) -> None:
+        from redis.exceptions import ResponseError
+
+        if st.group_ready:
+            return
+        try:
+            self.client.xgroup_create(st.key, self.group, id="0", mkstream=True)
+            log.info("archive: created consumer group %s on %s", self.group, st.key)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        st.group_ready = True
+
+    def _read(self, st: _Stream, block_ms: int | None) -> int:
+        """Read one page into the stream's buffer; the number of entries read."""
+        self._ensure_group(st)
+        room = self.cfg.max_buffer_records - len(st.ids)
+        if room <= 0:
+            return 0
+        count = min(self.cfg.read_count, room)
+        msgs: list[Any]
+        if not st.own_pending_done:  # (pending history: the entries after the cursor)
+            resp = self.client.xreadgroup(self.group, self.consumer,
+                                          {st.key: st.pending_cursor}, count=count)  # fmt: skip
+            msgs = [m for _k, ms in resp or [] for m in ms]
+            if msgs:
+                st.pending_cursor = _s(msgs[-1][0])
+            if len(msgs) < count:
+                st.own_pending_done = True
+                st.pending_cursor = "0"
+            msgs = self._drop_trimmed(st, msgs, [])
+            again = True
+        else:
+            resp = self.client.xautoclaim(
+                st.key, self.group, self.consumer, int(self.cfg.claim_idle_s * 1000),
+                start_id=st.claim_cursor, count=count,
+            )  # fmt: skip
+            st.claim_cursor = _s(resp[0])
+            # (Redis 7 drops the ids of trimmed entries from the group itself and lists them;
+            # 6.2 returns them without their id: they are now this consumer's own pending
+            # entries, which the next own-pending read names and acknowledges)
+            claimed = list(resp[1])
+            if any(i is None for i, _f in claimed):
+                st.own_pending_done = False
+                claimed = [m for m in claimed if m[0] is not None]
+            msgs = self._drop_trimmed(st, claimed, list(resp[2]) if len(resp) > 2 else [])
+            again = bool(msgs)
+            if not msgs:
+                resp = self.client.xreadgroup(self.group, self.consumer, {st.key: ">"},
+                                              count=count, block=block_ms)  # fmt: skip
+                msgs = [m for _k, ms in resp or [] for m in ms]
+        if not msgs:
+            return 0
+        if st.since is None:
+            st.since = self.clock()
+        st.recheck = st.recheck or again
+        for raw_id, fields in msgs:
+            sid = _s(raw_id)
+            if sid in st.held:  # (own pending entries read again after a takeover)
+                continue
+            st.held.add(sid)
+            payload = fields.get(b"r", fields.get("r")) if fields else None
+            if payload is None:  # (not a capture entry: archived as raw, never dropped)
+                payload = repr(fields).encode()
+            elif isinstance(payload, str):
+                payload = payload.encode()
+            st.ids.append(sid)
+            st.payloads.append(payload)
+        return len(msgs)
+
+    def _drop_trimmed(self, st: _Stream, msgs: list[Any], deleted: list[Any]) -> list[Any]:
+        """Pending entries the stream no longer holds (trimmed by ``MAXLEN``/``MINID`` before
+        they were archived: the archive lagged too far) are counted, logged and acknowledged."""
+        gone = [_s(i) for i, f in msgs if not f]  # (an entry always has a field)
+        if gone:
+            self.client.xack(st.key, self.group, *gone)
+        lost = len(gone) + len(deleted)
+        if lost:
+            log.error("archive: %d entries of %s were trimmed from the stream before they were "
+                      "archived (raise capture.stream_maxlen or run more archivers)", lost,
+                      st.key)  # fmt: skip
+            self.metrics.inc("router_archive_errors", ("trimmed",), float(lost))
+        return [m for m in msgs if m[1]] if gone else msgs
+
+    def _due(self, st: _Stream, now: float) -> bool:
+        if not st.ids:
+            return False
+        return (len(st.ids) >= self.cfg.max_buffer_records
+                or now - (st.since or now) >= self.cfg.flush_interval_s)  # fmt: skip
+
+    def flush(self, st: _Stream) -> None:
+        """Write the stream's buffer to the archive, then acknowledge it."""
+        if not st.ids:
+            return
+        res = self.writer.write(st.kind, st.key, st.ids, st.payloads, recheck=st.recheck)
+        for i in range(0, len(st.ids), ACK_CHUNK):
+            self.client.xack(st.key, self.group, *st.ids[i:i + ACK_CHUNK])
+        m, k = self.metrics, (st.kind,)
+        m.inc("router_archive_records", k, float(res.records))
+        m.inc("router_archive_files", k, float(res.files))
+        m.inc("router_archive_bytes", k, float(res.bytes))
+        m.inc("router_archive_duplicates", k, float(res.skipped))
+        if res.raw:
+            m.inc("router_archive_raw", k, float(res.raw))
+        self.totals.records[st.kind] += res.records
+        self.totals.files += res.files
+        self.totals.duplicates += res.skipped
+        if res.skipped:
+            log.info("archive: %d entries of %s were already archived (a rewrite after a "
+                     "restart or takeover): skipped", res.skipped, st.key)  # fmt: skip
+        st.last_archived = st.ids[-1]
+        st.ids, st.payloads, st.since, st.recheck = [], [], None, False
+        st.held = set()
+
+    def flush_all(self) -> None:
+        for st in self.streams.values():
+            self.flush(st)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(st.ids) for st in self.streams.values())
+
+    # ------------------------------------------------------------------ housekeeping
+    def update_lag(self) -> None:
+        """``router_archive_lag_entries`` and ``_seconds`` per stream (``XINFO GROUPS``)."""
+        now = self.clock()
+        for st in self.streams.values():
+            entries, oldest_ms = 0, None
+            for g in self.client.xinfo_groups(st.key):
+                if _s(g.get("name", g.get(b"name", ""))) != self.group:
+                    continue
+                pending = int(g.get("pending") or 0)
+                last = _s(g.get("last-delivered-id", "0-0"))
+                lag = g.get("lag")  # (Redis 7; counted here on 6.2, up to a bound)
+                if lag is None:
+                    after = self.client.xrange(st.key, min="(" + last, max="+",
+                                               count=LAG_SCAN_CAP)  # fmt: skip
+                    lag = len(after) if len(after) < LAG_SCAN_CAP else self.client.xlen(st.key)
+                entries = pending + int(lag or 0)
+                if pending:
+                    summary = self.client.xpending(st.key, self.group)
+                    low = summary.get("min") if isinstance(summary, dict) else summary[1]
+                    oldest_ms = int(_s(low).partition("-")[0]) if low else None
+                elif lag:
+                    first = self.client.xrange(st.key, min="(" + last, max="+", count=1)
+                    oldest_ms = int(_s(first[0][0]).partition("-")[0]) if first else None
+            self.metrics.set("router_archive_lag_entries", float(entries), (st.key,))
+            age = max(0.0, now - oldest_ms / 1000.0) if oldest_ms is not None else 0.0
+            self.metrics.set("router_archive_lag_seconds", age, (st.key,))
+        self.metrics.set("router_archive_buffered", float(self.buffered))
+
+    def apply_retention(self) -> int:
+        """Delete hour partitions that ended over ``retention_days`` ago; how many."""
+        if self.cfg.retention_days is None:
+            return 0
+        cutoff = self.clock() - self.cfg.retention_days * 86400.0
+        return delete_before(self.store, self.experiment, cutoff, self.metrics)
+
+    # ------------------------------------------------------------------ the loop
+    def read_round(self) -> int:
+        """One read over the streams (waiting, shared over them, when none has anything
+        new); the entries read."""
+        now = self.clock()
+        if now >= self._next_discover:
+            self.discover()
+            self._next_discover = now + DISCOVER_INTERVAL_S
+        got = 0
+        for st in self.streams.values():
+            got += self._read(st, None)
+        if not got:
+            wait = max(1, self.cfg.block_ms // max(1, len(self.streams)))
+            for st in self.streams.values():
+                if self.stop_event.is_set():
+                    break
+                got += self._read(st, wait)
+        self.metrics.set("router_archive_buffered", float(self.buffered))
+        return got
+
+    def flush_due(self) -> None:
+        now = self.clock()
+        for st in self.streams.values():
+            if self._due(st, now):
+                self.flush(st)
+
+    def step(self) -> int:
+        """One round: read, write what is due; the entries read."""
+        got = self.read_round()
+        self.flush_due()
+        return got
+
+    def _guarded(self, stage: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """``(True, fn())``; on a Redis or storage failure: counted, logged, a backoff wait,
+        ``(False, None)``."""
+        from redis.exceptions import RedisError
+
+        try:
+            result = fn()
+            self._backoff = 0.0
+            return True, result
+        except (RedisError, StoreError, OSError) as exc:
+            self.metrics.inc("router_archive_errors", (stage,))
+            self.totals.errors += 1
+            self._backoff = min(MAX_BACKOFF_S, max(0.2, self._backoff * 2))
+            log.error("archive: %s failed (%s: %s); retrying in %.1f s", stage,
+                      type(exc).__name__, exc, self._backoff)  # fmt: skip
+            self.stop_event.wait(self._backoff)
+            return False, None
+
+    def run(self, *, until_idle: bool = False) -> Totals:
+        """Archive until :attr:`stop_event` is set (SIGTERM), then write what is buffered.
+        ``until_idle``: stop once a round reads nothing and everything is written (tests,
+        backfills)."""
+        while not self.stop_event.is_set():
+            now = self.clock()
+            if now >= self._next_retention and self._guarded("retention", self.apply_retention)[0]:
+                self._next_retention = now + RETENTION_INTERVAL_S
+            ok, got = self._guarded("read", self.read_round)
+            if not ok or not self._guarded("write", self.flush_due)[0]:
+                continue
+            if self.clock() >= self._next_lag:
+                self._guarded("lag", self.update_lag)
+                self._next_lag = self.clock() + LAG_INTERVAL_S
+            idle = until_idle and got == 0
+            if idle and self._guarded("write", self.flush_all)[0] and not self.buffered:
+                break
+        # stopping: write what was read (else it stays pending, for the next run)
+        if self.buffered and not self._guarded("write", self.flush_all)[0]:
+            log.error("archive: %d entries left unacknowledged; the next run archives them",
+                      self.buffered)  # fmt: skip
+        return self.totals
+
+
+def delete_before(store: ArchiveStore, experiment: str, cutoff: float,
+                  metrics: Metrics | None = None) -> int:  # fmt: skip
+    """Delete the experiment's hour partitions (both kinds) that ended at or before
+    ``cutoff`` (unix s), and date directories left empty; the number of hours deleted."""
+    deleted = 0
+    for kind in KINDS:
+        base = experiment_dir(kind, experiment)
+        for day in store.list_dir(base):
+            if not day.is_dir or not day.name.startswith("date="):
+                continue
+            hours = [h for h in store.list_dir(f"{base}/{day.name}") if h.is_dir]
+            gone = 0
+            for h in hours:
+                hour = Hour.parse(f"{day.name}/{h.name}")
+                if hour is not None and hour.end <= cutoff:
+                    store.delete_dir(f"{base}/{day.name}/{h.name}")
+                    gone += 1
+            if hours and gone == len(hours):
+                store.delete_dir(f"{base}/{day.name}")
+            if gone:
+                log.info("archive: retention deleted %d hour partitions of %s/%s", gone, base,
+                         day.name)  # fmt: skip
+                if metrics is not None:
+                    metrics.inc("router_archive_partitions_deleted", (kind,), float(gone))
+            deleted += gone
+    return deleted

@@ -1,0 +1,183 @@
+"""Read an archive back: the files of a window, one at a time, and what the window lacks.
+
+:func:`plan` lists the hour partitions of an experiment that overlap a window (by the hour of
+the stream id, as the archiver wrote them) and says which hours have no file at all.
+:func:`read_file` reads one file's columns (projection) as an Arrow table, rows of the window
+only (stored within the window: whole hours outside it are never listed); a file that is not
+Parquet, is truncated, or has a foreign schema (another kind, or a column of another type)
+raises :class:`UnreadableFile` naming it and why, so a reader skips, counts and reports it.
+
+Files written before a column existed lack it: the column comes back as nulls (schema
+evolution only adds nullable columns, :mod:`router.archive.schema`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router.archive.layout import Hour, PartName, experiment_dir
+from router.archive.schema import META_KIND, schema_for
+from router.archive.store import ArchiveStore, StoreError
+
+
+class UnreadableFile(Exception):
+    """An archive file skipped: ``path`` and a one-line ``reason``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveFile:
+    path: str  # relative to the archive root
+    hour: Hour
+    size: int
+
+
+@dataclass
+class Plan:
+    """The files of a window, in time order, and the hours of the window without any file."""
+
+    files: list[ArchiveFile] = field(default_factory=list)
+    hours: int = 0  # hours of the window (when it is bounded), else hours with files
+    empty_hours: list[Hour] = field(default_factory=list)
+    other_entries: list[str] = field(default_factory=list)  # not partition files: ignored
+
+
+def hours_of(store: ArchiveStore, kind: str, experiment: str) -> Iterator[tuple[Hour, str]]:
+    """The hour partitions of an experiment in time order: ``(hour, path)``."""
+    base = experiment_dir(kind, experiment)
+    for day in sorted(store.list_dir(base), key=lambda e: e.name):
+        if not day.is_dir:
+            continue
+        for h in sorted(store.list_dir(f"{base}/{day.name}"), key=lambda e: e.name):
+            hour = Hour.parse(f"{day.name}/{h.name}") if h.is_dir else None
+            if hour is not None:
+                yield hour, f"{base}/{day.name}/{h.name}"
+
+
+def plan(
+    store: ArchiveStore, kind: str, experiment: str, since: float | None, until: float | None,
+) -> Plan:  # fmt: skip
+    """The ``kind`` files (pairs or outcomes) of hours overlapping ``[since, until]``."""
+    out = Plan()
+    lo = Hour.of_ts(since) if since is not None else None
+    hi = Hour.of_ts(until) if until is not None else None
+    seen: set[Hour] = set()
+    for hour, rel in hours_of(store, kind, experiment):
+        if (lo is not None and hour < lo) or (hi is not None and hour > hi):
+            continue
+        files = []
+        for e in sorted(store.list_dir(rel), key=lambda e: e.name):
+            if e.is_dir or e.name.startswith("."):
+                continue
+            if PartName.parse(e.name) is None and not e.name.endswith(".parquet"):
+                out.other_entries.append(f"{rel}/{e.name}")
+                continue
+            files.append(ArchiveFile(f"{rel}/{e.name}", hour, e.size))
+        if files:
+            seen.add(hour)
+            out.files.extend(files)
+    if seen:
+        first = lo if lo is not None else min(seen)
+        last = hi if hi is not None else max(seen)
+        all_hours = [Hour(t) for t in range(first.start, last.start + 1, 3600)]
+        out.hours = len(all_hours)
+        out.empty_hours = [h for h in all_hours if h not in seen]
+    elif lo is not None and hi is not None:
+        out.hours = (hi.start - lo.start) // 3600 + 1
+        out.empty_hours = [Hour(t) for t in range(lo.start, hi.start + 1, 3600)]
+    return out
+
+
+def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
+    if have.equals(want) or pa.types.is_null(have):
+        return True
+    if pa.types.is_struct(want) and pa.types.is_struct(have):
+        by_name = {f.name: f.type for f in have}
+        return all(f.name not in by_name or _compatible(by_name[f.name], f.type) for f in want)
+    return False
+
+
+def _project(table: pa.Table, kind: str, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of the archive schema, in that order; absent ones (older files) as nulls,
+    and struct columns completed with absent (null) fields."""
+    want = schema_for(kind)
+    arrays = []
+    for name in columns:
+        typ = want.field(name).type
+        if name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, typ))
+            continue
+        col = table.column(name)
+        if not col.type.equals(typ):
+            col = _conform(col, typ)
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def _conform(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
+    if pa.types.is_struct(typ) and pa.types.is_struct(col.type):
+        chunks = []
+        for chunk in col.chunks:
+            have = {f.name for f in chunk.type}
+            fields = [chunk.field(f.name).cast(f.type) if f.name in have
+                      else pa.nulls(len(chunk), f.type) for f in typ]  # fmt: skip
+            chunks.append(pa.StructArray.from_arrays(fields, fields=list(typ),
+                                                     mask=chunk.is_null()))  # fmt: skip
+        return pa.chunked_array(chunks, typ)
+    return col.cast(typ)
+
+
+def read_file(
+    store: ArchiveStore, f: ArchiveFile, kind: str, columns: Sequence[str],
+    since: float | None = None, until: float | None = None, *, before_ms: int | None = None,
+) -> pa.Table:  # fmt: skip
+    """``columns`` of the rows of ``f`` stored (stream id time) within ``[since, until]``, the
+    window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
+    those stored before that millisecond (the rest is read from Redis)."""
+    try:
+        pf = store.parquet(f.path)
+        meta_kind = (pf.schema_arrow.metadata or {}).get(META_KIND)
+        if meta_kind is not None and meta_kind.decode() != kind:
+            raise UnreadableFile(f.path, f"foreign schema: a {meta_kind.decode()} file among "
+                                         f"the {kind}")  # fmt: skip
+        have = pf.schema_arrow
+        want = schema_for(kind)
+        for name in columns:
+            if name in have.names and not _compatible(have.field(name).type,
+                                                      want.field(name).type):  # fmt: skip
+                raise UnreadableFile(f.path, f"foreign schema: column {name} is "
+                                             f"{have.field(name).type}, expected "
+                                             f"{want.field(name).type}")  # fmt: skip
+        missing_core = [c for c in ("stream_id",) if c not in have.names]
+        if missing_core:
+            raise UnreadableFile(f.path, "foreign schema: no stream_id column (not written "
+                                         "by router archive)")  # fmt: skip
+        present = [c for c in columns if c in have.names]
+        if "stored_at" not in present and (since, until, before_ms) != (None, None, None):
+            present.append("stored_at")
+        table = pf.read(columns=present)
+    except UnreadableFile:
+        raise
+    except FileNotFoundError:
+        raise UnreadableFile(f.path, "deleted while being read (retention?)") from None
+    except (StoreError, pa.ArrowException, OSError) as exc:
+        reason = str(exc).split(": not a readable Parquet file: ", 1)[-1]
+        raise UnreadableFile(f.path, f"unreadable ({reason})") from None
+    if (since, until, before_ms) != (None, None, None):
+        stored = pc.cast(table.column("stored_at"), pa.int64())  # ms
+        inside = pc.is_valid(stored)
+        if since is not None:
+            inside = pc.and_(inside, pc.greater_equal(stored, int(since * 1000)))
+        if until is not None:
+            inside = pc.and_(inside, pc.less_equal(stored, int(until * 1000)))
+        if before_ms is not None:
+            inside = pc.and_(inside, pc.less(stored, before_ms))
+        table = table.filter(inside)
+    return _project(table, kind, columns)
