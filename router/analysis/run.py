@@ -156,7 +156,8 @@ def accumulate_arms(
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        outcomes = load_outcomes(src, policy.data_quality.max_metrics)
+        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
+        outcomes = load_outcomes(src, policy.data_quality.max_metrics, history)
         while True:
             if pages is None:
                 pages = read_pages(src, kind, track_fields, workers)
