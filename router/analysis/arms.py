@@ -164,6 +164,7 @@ class ArmSet:
         self.seen: list[str] = []  # challengers the data named, in first-seen order
         self.restart = False
         self.folded = False  # a page was folded (the challengers can no longer change)
+        self._empty_pages: list[Page] = []  # pages without rows before that (replayed then)
         self.forced: Counter[str] = Counter()
         # requests of a unit inside a target's mirror share that were not mirrored, by
         # (target, reason): throttled (guard), budget / budget_burst (shadow budget),
@@ -193,6 +194,9 @@ class ArmSet:
             self.order = list(names)
             self.discovered = list(names)
             self.arms = {n: self.make() for n in names}
+            for acc in self.arms.values():  # pages without rows seen before (unreadable files)
+                for empty in self._empty_pages:
+                    acc.add_page(empty)
         for name in names:
             if name not in self.seen:
                 self.seen.append(name)
@@ -202,10 +206,16 @@ class ArmSet:
                     self.restart = True
         if self.restart:
             return  # only names are collected now (the caller reads again)
-        if cols.height:
-            self.folded = True
-            if cols["skipped"].null_count() < cols.height:
-                self._count_skipped(cols["skipped"].drop_nulls())
+        if not cols.height:  # (nothing to view: only unreadable files, or forced requests)
+            empty = replace(page, cols=cols)
+            if not self.folded:
+                self._empty_pages.append(empty)
+            for acc in self.arms.values():
+                acc.add_page(empty)
+            return
+        self.folded = True
+        if cols["skipped"].null_count() < cols.height:
+            self._count_skipped(cols["skipped"].drop_nulls())
         self.unit_variants.add(cols)
         for name, acc in self.arms.items():
             view = cols if len(self.arms) == 1 and name == DEFAULT_ARM and not any(
