@@ -554,6 +554,23 @@ class GuardConfig(_Strict):
     recover_after_s: float = Field(default=5.0, ge=0)
 
 
+class ControlConfig(_Strict):
+    """The fleet-wide live state (split, mirror, pins) in the capture Redis."""
+
+    shared: bool = Field(
+        default=True,
+        description="follow the experiment's live state in the capture Redis (every replica "
+        "applies every change); false, or capture disabled: per-process state from this file",
+    )
+    state_dir: str | None = Field(
+        default=None, description="last known live state on local disk (default "
+        "<capture.data_dir>/control)",
+    )  # fmt: skip
+    poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+
 class ArchiveConfig(_Strict):
     """``router archive``: the cold path from the capture streams to Parquet (README "Archive")."""
 
@@ -596,6 +613,8 @@ class ArchiveConfig(_Strict):
         if self.metrics_listen is not None:
             _parse_hostport(self.metrics_listen)
         return self
+
+
 class ListenTLS(_Strict):
     """TLS on the sidecar's listener (when it is not only on localhost)."""
 
@@ -621,6 +640,7 @@ class RouterConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("listen")

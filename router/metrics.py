@@ -216,6 +216,22 @@ CATALOGUE: dict[str, MetricDef] = {
         "counter", "Hour partitions deleted by archive.retention_days", ("kind",)
     ),
     "router_control_changes": MetricDef("counter", "Live split/mirror changes applied", ()),
+    "router_control_redis_ok": MetricDef(
+        "gauge", "Workers that reached the shared live state in Redis on their last read"
+    ),
+    "router_control_last_known": MetricDef(
+        "gauge", "Workers serving their last known live state (Redis unreachable at start-up)"
+    ),
+    "router_control_waiting": MetricDef(
+        "gauge", "Workers without a live state yet (not ready: no Redis, no last known state)"
+    ),
+    "router_control_errors": MetricDef(
+        "counter", "Live state errors (redis, heartbeat, invalid_document, last_known_write)",
+        ("kind",),
+    ),
+    "router_control_conflicts": MetricDef(
+        "counter", "Admin changes refused (409) because the live state changed underneath"
+    ),
     "router_outcomes": MetricDef("counter", "Outcome rows received", ("result",)),
 }
 

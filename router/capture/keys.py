@@ -49,3 +49,77 @@ def probe_key(stream_key: str) -> str:
 
 def stream_kind(key: str) -> str:
     return "outcomes" if key.endswith(":outcomes") else "pairs"
+
+
+class ControlKeys:
+    """Every key of an experiment's control plane: the live state, its change channel, the
+    replicas' heartbeats, the audit chain, the webhook outbox and the promotion controller's
+    state, lease and counters.
+
+    ``<experiment>:<name>`` on a single Redis (the names the controller always used), and
+    ``{<experiment>}:<name>`` on Redis Cluster: one hash slot per experiment, so a transition,
+    its audit records, the live state and the outbox commit in one script on one master."""
+
+    __slots__ = ("cluster", "experiment", "prefix")
+
+    def __init__(self, experiment: str, *, cluster: bool = False) -> None:
+        self.experiment = experiment
+        self.cluster = cluster
+        self.prefix = f"{{{experiment}}}" if cluster else experiment
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    @property
+    def live(self) -> str:
+        """The versioned live state document (JSON)."""
+        return self.key("live")
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel announcing a new live version (the message is the version)."""
+        return self.key("live:changes")
+
+    @property
+    def replicas(self) -> str:
+        """Hash: replica (worker) id -> heartbeat JSON (applied version, time, source)."""
+        return self.key("replicas")
+
+    @property
+    def audit(self) -> str:
+        return self.key("audit")
+
+    @property
+    def head(self) -> str:
+        return self.key("audit:head")
+
+    @property
+    def outbox(self) -> str:
+        """Hash: delivery id -> webhook outbox entry (JSON), until delivered."""
+        return self.key("outbox")
+
+    @property
+    def outbox_lease(self) -> str:
+        """Held by the one process delivering the outbox (controller, ``router webhooks``)."""
+        return self.key("outbox:lease")
+
+    @property
+    def webhooks(self) -> str:
+        """The experiment's webhook receivers and secret (JSON), written by ``canary start``."""
+        return self.key("webhooks")
+
+    @property
+    def promotion_state(self) -> str:
+        return self.key("promotion:state")
+
+    @property
+    def lease(self) -> str:
+        return self.key("promotion:lease")
+
+    @property
+    def metrics(self) -> str:
+        return self.key("promotion:metrics")
+
+    @property
+    def running(self) -> str:
+        return self.key("promotion:running")

@@ -64,12 +64,11 @@ async def _verify(url: str | None, experiment: str, mirror: str) -> int:
 
 
 async def _show(url: str, experiment: str, as_json: bool) -> int:
-    import redis.asyncio as aioredis
-
+    from router.capture.clients import make_client
     from router.promotion.audit import canonical_json, describe
     from router.promotion.store import PromotionStore
 
-    r = aioredis.Redis.from_url(url)
+    r = make_client(url, timeout=5.0)
     try:
         records = await PromotionStore(r, experiment).records()
     finally:

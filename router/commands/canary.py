@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = csub.add_parser("start", help="start (or resume) the controller for an experiment")
     _common(s)
     s.add_argument("--policy", help="analyzer policy YAML (gates), e.g. configs/policy.yaml")
-    s.add_argument("--routers", default="", help="router base URLs, comma-separated")
+    s.add_argument(
+        "--routers",
+        default="",
+        help="router base URLs, comma-separated: only for routers that do not share the "
+        "experiment's Redis (the others follow its live state)",
+    )
     s.add_argument(
         "--analyzer",
         metavar="MODULE:FUNC",
@@ -104,6 +109,7 @@ async def _run(args: argparse.Namespace) -> int:
         return fail(str(exc), 1)
     for a in res.applied:
         print(f"{a.url}: {a.result}" + (f" ({a.error})" if a.error else ""))
+    print(delivery_line(res.delivery))
     print(
         f"{args.experiment}: stage {res.state.stage}; audit seq {[r['seq'] for r in res.records]}"
     )
@@ -152,17 +158,6 @@ async def _start(args: argparse.Namespace, url: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ctl.stop)
     try:
-        from router.promotion.store import PromotionStore
-
-        if not routers:
-            import redis.asyncio as aioredis
-
-            r = aioredis.Redis.from_url(url)
-            try:
-                if await PromotionStore(r, args.experiment).load() is None:
-                    return fail("--routers is required to start a new experiment")
-            finally:
-                await r.aclose()
         state = await ctl.run()
     except (LeaseHeld, LeaseLost) as exc:
         return fail(str(exc), 4)
@@ -174,8 +169,19 @@ async def _start(args: argparse.Namespace, url: str) -> int:
     return 3 if state.stage == "rolled_back" else 0
 
 
+def delivery_line(p: Any) -> str:
+    """What became of a CLI action's webhooks (an :class:`router.promotion.outbox.Pass`)."""
+    if p is None:
+        return "webhooks: queued in the outbox; the running controller (router webhooks) sends them"
+    line = f"webhooks: {p.delivered} delivered"
+    if p.failed:
+        line += f", {p.failed} UNDELIVERABLE (kept in the outbox; see canary status)"
+    return line
+
+
 def format_status(st: dict[str, Any]) -> str:
     import datetime as dt
+    import time
 
     s = st["state"]
 
@@ -194,7 +200,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"target       split={st['target']['split']:g} mirror={st['target']['mirror']:g}",
         f"champion     {s['champion']['version']} ({s['champion']['url']})",
         f"challenger   {s['challenger']['version']} ({s['challenger']['url']})",
-        f"routers      {', '.join(s['routers'])}",
+        f"routers      {', '.join(s['routers']) or '(shared live state in Redis)'}",
         f"lease        {st['lease_holder'] or '(no controller running)'}",
         f"audit        {st['audit_records']} records",
     ]
@@ -227,6 +233,31 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(
             "metrics      " + " ".join(f"{k}={v}" for k, v in sorted(st["metrics"].items()))
         )
+    live = st.get("live")
+    if live:
+        lines.append(f"live state   v{live.get('version')} split={live.get('split')} "
+                     f"mirror={live.get('mirror')} by {live.get('updated_by')}")  # fmt: skip
+    now = time.time()
+    for rid, hb in sorted((st.get("replicas") or {}).items()):
+        age = now - float(hb.get("ts", 0))
+        flag = "  STALE" if age > 5 else ""
+        if live and hb.get("version") != live.get("version") and not flag:
+            flag = "  BEHIND"
+        lines.append(f"  replica {rid}: v{hb.get('version')} ({hb.get('source')}), "
+                     f"heartbeat {age:.1f}s ago{flag}")  # fmt: skip
+    conv = st.get("convergence")
+    if conv:
+        lines.append(
+            f"convergence  v{conv['version']}: "
+            + ("converged" if conv["converged"] else f"NOT converged, behind {conv['behind']}")
+            + f" in {conv['waited_s']}s over {conv['replicas']} replica(s)"
+            + (f"; stale {conv['stale']}" if conv.get("stale") else "")
+        )
+    ob = st.get("outbox")
+    if ob:
+        lines.append(f"webhooks     {ob['pending']} pending, {ob['undeliverable']} undeliverable")
+        for f in ob["failed"]:
+            lines.append(f"  {f['id']} {f['event']}: {f['error']}")
     lines.append("history")
     for h in s["history"]:
         lines.append(

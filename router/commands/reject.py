@@ -42,5 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 1)
     for a in res.applied:
         print(f"{a.url}: {a.result}" + (f" ({a.error})" if a.error else ""))
+    from router.commands.canary import delivery_line
+
+    print(delivery_line(res.delivery))
     print(f"{args.experiment}: stage {res.state.stage}")
     return 1 if any(a.result == "error" for a in res.applied) else 0

@@ -1,9 +1,12 @@
 """One-shot actions for the CLI (status, rollback, resume, approve, reject, audit), as async
 functions over a Redis URL, so the commands stay thin and the tests can call them directly.
 
-Manual actions commit their transition (atomically with the audit, like the controller), then
-reconcile the routers stored in the controller state and deliver webhooks (bounded wait), so they
-take effect within seconds even when no controller is running."""
+Manual actions commit their transition (atomically with the audit, the fleet's live state and
+the webhook outbox, like the controller), reconcile the routers listed in the controller state
+(``--routers``, for routers not sharing the Redis), and deliver the outbox themselves (bounded
+wait) when no controller or ``router webhooks`` worker holds it: so they take effect within
+seconds and their webhooks reach the experiment's receivers even when no controller is
+running, without the promotion file."""
 
 from __future__ import annotations
 
@@ -13,18 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
+import orjson
 
-from router.promotion import machine
+from router.capture.clients import make_client
+from router.capture.controlplane import ControlPlane
+from router.promotion import machine, outbox
 from router.promotion.approval import Questionnaire
 from router.promotion.audit import Problem, compare_copies, verify_chain
-from router.promotion.commit import commit_and_apply, make_sender
+from router.promotion.commit import commit_and_apply
 from router.promotion.config import PromotionConfig
-from router.promotion.lease import lease_key
 from router.promotion.machine import TransitionError
 from router.promotion.routers import Applied, RouterFleet
 from router.promotion.state import State, Transition
 from router.promotion.store import PromotionStore
+
+DELIVERY_WAIT_S = 60.0  # a CLI action's bounded wait for its webhooks (the rest stays queued)
 
 
 class NoExperiment(Exception):
@@ -36,6 +42,7 @@ class ActionResult:
     state: State
     records: list[dict[str, Any]]
     applied: list[Applied] = field(default_factory=list)
+    delivery: outbox.Pass | None = None  # None: another deliverer (the controller) sends them
 
 
 async def _act(
@@ -45,7 +52,7 @@ async def _act(
     fn: Callable[[State], Transition],
     token: str | None = None,
 ) -> ActionResult:
-    r = aioredis.Redis.from_url(redis_url)
+    r = make_client(redis_url, timeout=5.0)
     try:
         store = PromotionStore(r, experiment, cfg.audit.dir)
         state = await store.load()
@@ -59,24 +66,18 @@ async def _act(
             timeout_s=rc.timeout_s,
             retries=rc.retries,
         )
-        sender = make_sender(cfg, store)
-        if sender is not None:
-            await sender.start()
-        try:
-            async with fleet:
+        async with fleet:
 
-                def step(cur: State | None) -> Transition:
-                    if cur is None:
-                        raise NoExperiment(f"no promotion state for experiment {experiment!r}")
-                    return fn(cur)
+            def step(cur: State | None) -> Transition:
+                if cur is None:
+                    raise NoExperiment(f"no promotion state for experiment {experiment!r}")
+                return fn(cur)
 
-                done = await commit_and_apply(store, step, fleet=fleet, sender=sender)
-        finally:
-            if sender is not None:
-                await sender.stop(timeout=cfg.webhooks.timeout_s * 2)
+            done = await commit_and_apply(store, step, fleet=fleet, actor="operator")
         assert done is not None
         t, records, applied = done
-        return ActionResult(t.state, records, applied)
+        delivery = await outbox.Deliverer(r, experiment).deliver_now(DELIVERY_WAIT_S)
+        return ActionResult(t.state, records, applied, delivery)
     finally:
         await r.aclose()
 
@@ -135,14 +136,16 @@ async def reject(
 
 
 async def status(redis_url: str, experiment: str) -> dict[str, Any]:
-    r = aioredis.Redis.from_url(redis_url)
+    r = make_client(redis_url, timeout=5.0)
     try:
         store = PromotionStore(r, experiment)
         state = await store.load()
         if state is None:
             raise NoExperiment(f"no promotion state for experiment {experiment!r}")
-        holder: bytes | str | None = await r.get(lease_key(experiment))
+        holder: bytes | str | None = await r.get(store.keys.lease)
         head = await store.head()
+        plane = ControlPlane(r, experiment)
+        fleet_raw = await r.get(store.keys.key("promotion:fleet"))
         return {
             "state": state.to_json(),
             "target": {
@@ -152,6 +155,10 @@ async def status(redis_url: str, experiment: str) -> dict[str, Any]:
             "lease_holder": holder.decode() if isinstance(holder, bytes) else holder,
             "audit_records": head.count if head else 0,
             "metrics": await store.metrics(),
+            "live": await plane.read_live(),
+            "replicas": await plane.replicas(),
+            "convergence": orjson.loads(fleet_raw) if fleet_raw else None,
+            "outbox": outbox.summary(await outbox.entries(r, experiment)),
         }
     finally:
         await r.aclose()
@@ -170,7 +177,7 @@ async def verify(redis_url: str | None, experiment: str, mirror: str | None) -> 
     count = 0
     primary: list[dict[str, Any] | None] = []
     if redis_url is not None:
-        r = aioredis.Redis.from_url(redis_url)
+        r = make_client(redis_url, timeout=5.0)
         try:
             store = PromotionStore(r, experiment)
             primary = await store.records()

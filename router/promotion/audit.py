@@ -6,36 +6,30 @@ separators=(",", ":"), ensure_ascii=False)``). ``prev`` of the first record is 6
 counts from 0. Together with the head (count and last hash, stored apart from the list and
 updated in the same transaction) this detects edited, inserted, deleted and truncated records.
 
-Everything here is pure; :mod:`router.promotion.store` does the Redis and JSONL I/O.
+The hashing rule itself is :mod:`router.capture.chain` (every writer of the chain uses it, the
+routers' admin API included). Everything here is pure; :mod:`router.promotion.store` does the
+Redis and JSONL I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-GENESIS = "0" * 64
+from router.capture.chain import GENESIS, canonical_json, chain_record, record_hash
 
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
-
-
-def chain_record(body: dict[str, Any], *, seq: int, prev: str) -> dict[str, Any]:
-    """Return ``body`` extended with ``seq``, ``prev`` and its own ``hash``."""
-    if "hash" in body or "prev" in body or "seq" in body:
-        raise ValueError("audit body must not set seq, prev or hash")
-    rec = dict(body, seq=seq, prev=prev)
-    rec["hash"] = record_hash(rec)
-    return rec
+__all__ = [
+    "GENESIS",
+    "Head",
+    "Problem",
+    "canonical_json",
+    "chain_record",
+    "compare_copies",
+    "describe",
+    "record_hash",
+    "verify_chain",
+]
 
 
 @dataclass(frozen=True, slots=True)

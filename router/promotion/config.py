@@ -111,6 +111,21 @@ class LeaseConfig(_Strict):
     ttl_s: float = Field(default=15.0, gt=0.0)
 
 
+class FleetConfig(_Strict):
+    """Routers sharing the experiment's Redis report the live-state version they applied
+    (heartbeats); the controller waits for them before a step's clock starts."""
+
+    converge_timeout_s: float = Field(
+        default=10.0, ge=0.0, description="longest wait for every replica to apply a change"
+    )
+    stale_after_s: float = Field(
+        default=5.0, gt=0.0, description="a replica whose last heartbeat is older is stale"
+    )
+    forget_after_s: float = Field(
+        default=300.0, gt=0.0, description="heartbeats older than this are removed (pod gone)"
+    )
+
+
 class AuditConfig(_Strict):
     dir: str = ".router-data/audit"
 
@@ -131,6 +146,7 @@ class PromotionConfig(_Strict):
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     routers: RoutersConfig = Field(default_factory=RoutersConfig)
     lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")

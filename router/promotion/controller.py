@@ -10,14 +10,23 @@ Each tick (every ``check_interval_s``):
    last analysis, run the analyzer on the step's window (in a thread), intersect its gates'
    confidence sequences with those of the step's earlier looks (the running state in Redis,
    :func:`router.analysis.gates.running.apply_running`) and apply the decision;
-3. reconcile every router to the state's target (compare before set, so a no-op when in sync).
+3. keep the fleet's shared live state at the state's target (and reconcile routers listed
+   with ``--routers`` through their admin API; compare before set, so a no-op when in sync).
+
+Routers that share the experiment's Redis follow its live state; the controller commits the
+target into it with every transition, then waits (``fleet.converge_timeout_s``) until every
+replica's heartbeat reports the new version before the step's clock starts (the step's
+``step_started_at`` moves to the convergence time), and reports stale and lagging replicas
+(log, ``canary status``, counters). No list of router addresses is needed: a new pod reads the
+live state before it is ready.
 
 Both kinds of checks look many times per step; their intervals are confidence sequences, so
 each keeps its false-rollback and false-promote rates at or below alpha over all the looks.
 
-Transitions go through :meth:`PromotionStore.update` (atomic with their audit records, fenced by
-the lease), then the routers are reconciled and webhooks queued
-(:func:`router.promotion.commit.commit_and_apply`); the analyzer is called through
+Transitions go through :meth:`PromotionStore.update` (atomic with their audit records, the live
+state and the webhook outbox, fenced by the lease), then listed routers are reconciled
+(:func:`router.promotion.commit.commit_and_apply`); a background task delivers the outbox
+(:mod:`router.promotion.outbox`); the analyzer is called through
 :mod:`router.promotion.analyzer`. A restarted controller loads the state from Redis, re-applies
 the target (no change if already applied) and continues the same step from its original start
 time: nothing is repeated.
@@ -32,23 +41,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from router.capture.clients import make_client
 from router.promotion import machine
 from router.promotion.analyzer import Analyse, analyzer_from_policy, verdict_from_report
-from router.promotion.commit import WEBHOOK_EVENTS, commit_and_apply, make_sender, webhook_event
+from router.promotion.commit import commit_and_apply
 from router.promotion.config import PromotionConfig
 from router.promotion.contest import ArmTallies
+from router.promotion.fleet import converge
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
 from router.promotion.lease import Lease
-from router.promotion.routers import Applied, RouterFleet
-from router.promotion.state import TERMINAL, State, Transition
-from router.promotion.store import LeaseLost, PromotionStore
-from router.promotion.webhooks import WebhookSender
+from router.promotion.outbox import Deliverer, publish_receivers
+from router.promotion.routers import Applied, RouterError, RouterFleet
+from router.promotion.state import ACTIVE, TERMINAL, Pin, State, Transition
+from router.promotion.store import LeaseLost, PromotionStore, live_changes
 
 log = logging.getLogger("router.promotion.controller")
 
@@ -80,7 +89,7 @@ class ControllerOptions:
     experiment: str
     redis_url: str
     cfg: PromotionConfig
-    routers: list[str]
+    routers: list[str] = field(default_factory=list)  # only for routers not sharing Redis
     policy: str | None = None
     token: str | None = None  # admin token; default: env var named by cfg.routers.token_env
     lease_wait_s: float = 0.0
@@ -105,7 +114,10 @@ class Controller:
         self.store: PromotionStore | None = None
         self.lease: Lease | None = None
         self.fleet: RouterFleet | None = None
-        self.sender: WebhookSender | None = None
+        self.deliverer: Deliverer | None = None
+        self._deliver_stop = asyncio.Event()
+        self._deliver_task: asyncio.Task[None] | None = None
+        self.convergence: dict[str, Any] | None = None  # the last wait for the fleet
         self.state: State | None = None
         self._stop = asyncio.Event()
         self._reader: Any = None  # blocking Redis client of _read
@@ -127,7 +139,7 @@ class Controller:
     async def run(self) -> State:
         """Run until the experiment is promoted or rolled back (or :meth:`stop`)."""
         _ = self.analyse  # fail fast (before taking the lease) when the analyzer is unavailable
-        self.redis = aioredis.Redis.from_url(self.opts.redis_url)
+        self.redis = make_client(self.opts.redis_url, timeout=5.0)
         self.store = PromotionStore(self.redis, self.exp, self.cfg.audit.dir)
         self.lease = Lease(self.redis, self.exp, self.cfg.lease.ttl_s)
         try:
@@ -179,19 +191,17 @@ class Controller:
             urls, token, prefix=r.admin_prefix, timeout_s=r.timeout_s, retries=r.retries
         )
         await self.fleet.__aenter__()
-        self.sender = make_sender(self.cfg, self.store)
-        if self.sender is not None:
-            await self.sender.start()
-            for rec in await self.store.webhooks_pending(WEBHOOK_EVENTS):
-                log.info(
-                    "%s: re-sending webhook %s (audit seq %d)", self.exp, rec["event"], rec["seq"]
-                )
-                self.sender.submit(webhook_event(rec))
+        await publish_receivers(self.redis, self.exp, self.cfg.webhooks)
+        self.deliverer = Deliverer(self.redis, self.exp, lease_ttl_s=self.cfg.lease.ttl_s)
+        self._deliver_task = asyncio.create_task(
+            self.deliverer.run(self._deliver_stop, interval_s=min(self.cfg.check_interval_s, 1.0)),
+            name="webhook-outbox",
+        )
         await self.store.sync_mirror()
         if state is None or (self.opts.new_run and state.stage in TERMINAL):
             previous = state
-            champion, challenger = await self.fleet.current_pins()
-            contenders = await self.fleet.current_challengers()
+            champion, challenger = await self._current_pins(urls)
+            contenders = await self._current_challengers(urls)
             done = await commit_and_apply(
                 self.store,
                 lambda cur: (
@@ -211,12 +221,12 @@ class Controller:
                     )
                 ),
                 fleet=self.fleet,
-                sender=self.sender,
                 lease_token=self.lease.token,
             )
             state = done[0].state if done else await self.store.load()
             if state is None:
                 raise RuntimeError("controller state vanished during start")
+            state = await self._after_commit(state)
         else:
             if state.stage in TERMINAL:
                 log.info("%s: already %s (--new-run starts a new ramp)", self.exp, state.stage)
@@ -226,9 +236,53 @@ class Controller:
         self.state = state
         return state
 
+    async def _current_pins(self, urls: list[str]) -> tuple[Pin, Pin]:
+        """The champion and challenger of a new ramp: from the fleet's live state in Redis, else
+        from the listed routers."""
+        assert self.store is not None and self.store.plane is not None
+        live = await self.store.plane.read_live()
+        if live is not None:
+            return Pin.from_json(live["champion"]), Pin.from_json(live["challenger"])
+        if not urls:
+            raise RouterError(
+                f"no live state for experiment {self.exp!r} in Redis: start the routers "
+                "(router serve, capture on this Redis) first, or pass --routers"
+            )
+        assert self.fleet is not None
+        return await self.fleet.current_pins()
+
+    async def _current_challengers(self, urls: list[str]) -> list[tuple[str, Pin]]:
+        """Every challenger of a new ramp (name, pin): from the fleet's live state in Redis,
+        else from the listed routers."""
+        assert self.store is not None and self.store.plane is not None
+        live = await self.store.plane.read_live()
+        if live is not None:
+            return [(str(c["name"]), Pin(str(c["url"]), str(c["version"])))
+                    for c in live.get("challengers") or []]  # fmt: skip
+        if not urls:
+            return []
+        assert self.fleet is not None
+        return await self.fleet.current_challengers()
+
+    async def _stop_delivery(self) -> None:
+        """Stop the outbox task; a last bounded pass sends what the final transitions queued."""
+        if self._deliver_task is None:
+            return
+        self._deliver_stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._deliver_task, self.cfg.webhooks.timeout_s * 2)
+        d = self.deliverer
+        if d is not None:
+            w = self.cfg.webhooks
+            budget = min(w.timeout_s * w.max_attempts + sum(
+                min(w.backoff_initial_s * 2**i, w.backoff_max_s) for i in range(w.max_attempts)
+            ), 60.0)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await d.deliver_now(budget)
+        self._deliver_task = None
+
     async def _teardown(self, release: bool) -> None:
-        if self.sender is not None:
-            await self.sender.stop(timeout=self.cfg.webhooks.timeout_s)
+        await self._stop_delivery()
         if self.fleet is not None:
             await self.fleet.__aexit__(None, None, None)
         if self.lease is not None and release:
@@ -306,17 +360,62 @@ class Controller:
                 return
 
     async def _reconcile(self, state: State) -> list[Applied]:
-        assert self.fleet is not None and self.lease is not None
+        """Keep the shared live state (and listed routers) at the state's target: a change made
+        by hand in between is undone, audited like any other change."""
+        assert self.fleet is not None and self.lease is not None and self.store is not None
         if not self.lease.valid:
             raise LeaseLost("lease expired; not touching the routers")
-        return await self.fleet.reconcile(
-            machine.desired(state), note=f"promotion {state.stage} step {state.step}"
+        note = f"promotion {state.stage} step {state.step}"
+        plane = self.store.plane
+        assert plane is not None
+        live = await plane.read_live()
+        if live is not None:
+            changes = live_changes(live, machine.desired(state))
+            if changes:
+                log.warning("%s: live state drifted from the target (%s); restoring", self.exp,
+                            changes)  # fmt: skip
+                done = await plane.change_live(
+                    changes, expected=None, actor=self.opts.actor, note=f"{note} (reconcile)"
+                )
+                if done.live is not None:
+                    await self.converge(int(done.live["version"]))
+        if not self.fleet.urls:
+            return []
+        return await self.fleet.reconcile(machine.desired(state), note=note)
+
+    async def converge(self, version: int) -> dict[str, Any]:
+        """Wait for the fleet to apply ``version`` (see :func:`router.promotion.fleet.converge`)."""
+        assert self.store is not None
+        self.convergence = await converge(self.store, self.cfg.fleet, version)
+        return self.convergence
+
+    async def _after_commit(self, state: State) -> State:
+        """After a commit that changed the live state: wait for the fleet, then start the
+        step's clock at the convergence time (so its window holds only the new split)."""
+        assert self.store is not None and self.lease is not None
+        live = self.store.last_live
+        self.store.last_live = None
+        if live is None:
+            return state
+        result = await self.converge(int(live["version"]))
+        at = float(result["at"])
+        if state.stage not in ACTIVE or state.step_started_at >= at:
+            return state
+        key = (state.stage, state.step, state.step_started_at)
+        done = await self.store.update(
+            lambda cur: (
+                Transition(replace(cur, step_started_at=at))
+                if cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
+                else None
+            ),
+            lease_token=self.lease.token,
         )
+        return done[0].state if done else state
 
     async def _commit(self, fn: Callable[[State | None], Transition | None]) -> State:
         assert self.store is not None and self.lease is not None
         done = await commit_and_apply(
-            self.store, fn, fleet=self.fleet, sender=self.sender, lease_token=self.lease.token
+            self.store, fn, fleet=self.fleet, lease_token=self.lease.token
         )
         if done is not None:
             t, records, _ = done
@@ -329,7 +428,7 @@ class Controller:
                     rec["stage_to"],
                     "; ".join(rec["data"].get("reasons", [])),
                 )
-            return t.state
+            return await self._after_commit(t.state)
         state = await self.store.load()
         assert state is not None
         return state

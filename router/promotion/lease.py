@@ -3,7 +3,9 @@
 Acquire: ``SET key token NX PX ttl``. Renew and release run as Lua scripts that first check the
 token, so a controller whose lease expired (and was taken by another) can neither extend nor
 delete the new holder's lease. The holder renews every ``ttl/3``; state commits also check the
-token inside their transaction (fencing), see :mod:`router.promotion.store`.
+token inside their transaction (fencing), see :mod:`router.promotion.store`. One key per lease,
+so it works on Redis Cluster as on a single Redis. The webhook outbox's deliverer uses the same
+class on its own key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import socket
 import time
 import uuid
 from typing import Any
+
+from router.capture.controlplane import is_cluster_client
+from router.capture.keys import ControlKeys
 
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -30,8 +35,8 @@ return 0
 """
 
 
-def lease_key(experiment: str) -> str:
-    return f"{experiment}:promotion:lease"
+def lease_key(experiment: str, cluster: bool = False) -> str:
+    return ControlKeys(experiment, cluster=cluster).lease
 
 
 def new_token() -> str:
@@ -43,9 +48,17 @@ class LeaseHeld(Exception):
 
 
 class Lease:
-    def __init__(self, redis: Any, experiment: str, ttl_s: float, token: str | None = None):
+    def __init__(
+        self,
+        redis: Any,
+        experiment: str,
+        ttl_s: float,
+        token: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> None:
         self.redis = redis
-        self.key = lease_key(experiment)
+        self.key = key or lease_key(experiment, is_cluster_client(redis))
         self.ttl_ms = max(int(ttl_s * 1000), 1)
         self.token = token or new_token()
         self._renew = redis.register_script(RENEW_LUA)

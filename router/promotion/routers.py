@@ -168,6 +168,12 @@ class RouterFleet:
                     f"{url}{self.prefix}/experiment", json=dict(change, note=note)
                 ) as r:
                     body = await r.json(content_type=None)
+                    if r.status == 409 and isinstance(body, dict) and body.get("state"):
+                        # a router sharing the live state saw it move (another replica, the
+                        # controller's own commit): done if it is already at the target
+                        if not diff(target, body["state"]):
+                            return Applied(url, "applied", change)
+                        raise RouterError(f"POST experiment: HTTP 409: {body.get('error')}")
                     if r.status != 200:
                         cls = RouterRejected if 400 <= r.status < 500 else RouterError
                         raise cls(f"POST experiment: HTTP {r.status}: {body}")

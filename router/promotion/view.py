@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from router.capture.controlplane import is_cluster_client
 from router.promotion.machine import desired
 from router.promotion.state import State
 from router.promotion.store import state_key
@@ -48,7 +49,7 @@ def summarize(state: State) -> dict[str, Any]:
 
 async def promotion_view(redis: Any, experiment: str) -> dict[str, Any] | None:
     """``None`` when no controller ever ran for ``experiment``."""
-    raw = await redis.get(state_key(experiment))
+    raw = await redis.get(state_key(experiment, is_cluster_client(redis)))
     if not raw:
         return None
     return summarize(State.from_json(orjson.loads(raw)))

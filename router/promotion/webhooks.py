@@ -3,8 +3,10 @@
 Each POST carries::
 
     Content-Type: application/json
-    X-Shadow-Router-Event: <event>              # step_changed, rollback, hold, approval_requested,
-                                                # approved, rejected, promoted
+    X-Shadow-Router-Event: <event>              # step_changed, rollback, hold, resumed,
+                                                # approval_requested, approved, rejected,
+                                                # promoted, live_created, live_changed,
+                                                # live_restored (every audited transition)
     X-Shadow-Router-Delivery: <event id>        # stable across retries; deduplicate on it
     X-Shadow-Router-Timestamp: <unix seconds>
     X-Shadow-Router-Signature: sha256=<hex>
@@ -15,12 +17,13 @@ raw request body and compare in constant time (:func:`verify_signature`), and re
 older than a few minutes to stop replays. The body has a Slack-compatible ``text`` field, so a
 Slack incoming-webhook URL works as a target.
 
-Delivery: :class:`WebhookSender` keeps a bounded in-memory queue and one background task; a full
-queue drops the event (logged and counted), failures (connect errors, timeouts, non-2xx) are
-retried with exponential backoff up to ``max_attempts``, then logged and counted as failed.
-Events come from committed audit records; the seqs whose delivery finished are remembered in
-Redis, and a restarted controller re-sends the rest, so delivery is at least once (receivers
-deduplicate on ``X-Shadow-Router-Delivery``).
+Delivery of the audited transitions goes through the durable outbox in Redis
+(:mod:`router.promotion.outbox`), which calls :meth:`WebhookSender.deliver` (signing, retries,
+the stable delivery id); an entry stays in the outbox until delivered, so delivery is at least
+once (receivers deduplicate on ``X-Shadow-Router-Delivery``). :meth:`WebhookSender.submit` is
+the in-memory path: a bounded queue and one background task; a full queue drops the event
+(logged and counted), failures (connect errors, timeouts, non-2xx) are retried with
+exponential backoff up to ``max_attempts``, then logged and counted as failed.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ class WebhookSender:
         self._incomplete: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._session: Any = None
+        self.last_error: dict[str, str] = {}  # url -> the last failure's short reason
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
@@ -248,6 +252,7 @@ class WebhookSender:
                 await asyncio.sleep(self.delays[attempt])
             else:
                 self._count("failed")
+                self.last_error[url] = f"{err} (after {attempt + 1} attempts)"
                 log.error(
                     "webhook %s to %s failed after %d attempts: %s",
                     payload.get("event"),

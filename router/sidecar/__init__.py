@@ -5,8 +5,8 @@ Owns the HTTP/1.1 server (:mod:`.httpserver`, :mod:`.http_protocol`, :mod:`.http
 :mod:`.upstream_types`), the request flow (:mod:`.dispatch` routes to :mod:`.proxy` or
 :mod:`.admin`; :mod:`.headers` says what crosses the proxy), one worker's parts and background
 tasks (:mod:`.app`: pools, capture writer, :mod:`.shadow` dispatcher, :mod:`.guard`, live state
-in :mod:`.control`), the deterministic assignment (:mod:`.assign`) and the worker processes
-(:mod:`.server`).
+in :mod:`.control`, followed fleet-wide in Redis by :mod:`.fleet`), the deterministic
+assignment (:mod:`.assign`) and the worker processes (:mod:`.server`).
 
 May import :mod:`router.capture` (records, the writer, outcome rows, the managed redis-server)
 and the foundation (:mod:`router.config`, :mod:`router.metrics`, :mod:`router.netutil`); never

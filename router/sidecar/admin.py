@@ -12,11 +12,16 @@ configured, so an unconfigured admin API is closed, not open):
 
 - ``GET  <prefix>/state``: live experiment state, guard state and counters.
 - ``POST <prefix>/experiment``: ``{"split": f, "mirror": f, "champion": {"url", "version"},
-  "challenger": {...}, "expired": bool, "note": str}`` (any subset; split, mirror and challenger
-  are the first challenger's; ``expired: false`` re-opens an expired experiment); applied on
-  every worker within a second.
+  "challenger": {...}, "note": str, "expected_version": int}`` (any subset). With the shared
+  live state (capture on a Redis) the change is a compare-and-set on the fleet's live state,
+  based on ``expected_version`` (default: the version this worker applied): 409 with the
+  current version and state when it moved, 503 when Redis is unreachable (never applied to one
+  replica only); every replica applies it within a second, and it is audited. Without Redis it
+  is applied on every worker of this router within a second.
+  ``"expired": false`` re-opens an expired experiment; split, mirror and challenger are the
+  first challenger's.
 - ``GET|POST <prefix>/challengers``: list, add, remove and re-weight challengers live
-  (:mod:`router.sidecar.admin_challengers`).
+  (:mod:`router.sidecar.admin_challengers`), through the same shared live state.
 - ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history
   (through the injected promotion view; 503 naming the reason when the router has none).
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
@@ -35,11 +40,13 @@ import os
 import re
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from router.capture.controlplane import LiveConflict
 from router.capture.outcomes import parse_outcomes
 from router.metrics import merge_snapshots, render_prometheus
 from router.sidecar.app import RouterApp
@@ -116,6 +123,13 @@ async def handle_ops(app: RouterApp, request: Request, path: str) -> Response:
             each[c.name] = {"ok": err is None, "required": needed, "error": err}
             ok &= err is None or not needed
         checks["challengers"] = each
+    if app.fleet is not None:
+        # serving the last known state while Redis is down keeps the router in rotation (and
+        # says so); only a worker with no state decided yet is not ready
+        checks["control"] = app.fleet.readiness()
+        ok &= bool(checks["control"]["ok"])
+    else:
+        checks["control"] = {"ok": True, "shared": False, "version": app.state.version}
     if app.writer is not None:
         # Redis down is not a reason to take the router out of rotation while the spool takes
         # the records (see CaptureWriter.readiness; it never raises)
@@ -132,13 +146,14 @@ def state_view(app: RouterApp) -> dict[str, Any]:
     return {
         "experiment": app.cfg.experiment.name,
         "state": app.state.to_json(),
+        "control": app.fleet.readiness() if app.fleet is not None else {"shared": False},
         "guard": {
             "throttled": g.throttled,
             "reason": g.reason,
             "window_requests": g.requests,
             "error_rate": g.error_rate,
             "p99_ms": g.p99_ms,
-            "effective_mirror": app.mirror_threshold / 10000,
+            "effective_mirror": app.live.mirror_threshold / 10000,
         },
         "worker": {"pid": os.getpid(), "uptime_s": round(time.time() - app.started_at, 3)},
         "capture": app.writer.status() if app.writer is not None else {"enabled": False},
@@ -209,7 +224,8 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
             body = orjson.loads(request.body)
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
-            unknown = set(body) - {"split", "mirror", "champion", "challenger", "note", "expired"}
+            unknown = set(body) - {"split", "mirror", "champion", "challenger", "note",
+                                   "expected_version", "expired"}  # fmt: skip
             if unknown:
                 raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
             changes: dict[str, Any] = {}
@@ -225,19 +241,49 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
                 if not isinstance(body["expired"], bool):
                     raise ValueError("expired: must be true or false")
                 changes["expired"] = body["expired"]
-            note = str(body.get("note", ""))
+            note = str(body.get("note", ""))[:500]
+            expected = body.get("expected_version")
+            if expected is not None and (
+                isinstance(expected, bool) or not isinstance(expected, int)
+            ):
+                raise ValueError("expected_version: must be an integer")
         except (orjson.JSONDecodeError, ValueError) as exc:
             return json_error(400, "invalid change", detail=str(exc))
         if not changes:
             return json_error(400, "invalid change", detail="nothing to change")
+        by = f"admin@{request.peer}"
+        if app.fleet is not None:
+            return await _shared_change(app, changes, expected, by, note)
         try:
-            new = app.control.update(by=f"admin@{request.peer}", note=note, **changes)
+            new = app.control.update(by=by, note=note, **changes)
         except ValueError as exc:  # the first challenger's new split does not fit the others'
             return json_error(400, "invalid change", detail=f"split: {exc}")
         app.apply_state(new)
         log.warning("admin change v%d: %s", new.version, {k: str(v) for k, v in changes.items()})
         return _json(state_view(app))
     return json_error(404, "no such admin endpoint", path=path)
+
+
+async def _shared_change(
+    app: RouterApp, changes: dict[str, Any], expected: int | None, by: str, note: str
+) -> Response:
+    """Compare-and-set the fleet's live state (see :meth:`FleetFollower.change`)."""
+    assert app.fleet is not None
+    doc = {k: (asdict(v) if isinstance(v, UpstreamPin) else v) for k, v in changes.items()}
+    try:
+        new = await app.fleet.change(doc, expected=expected, actor=by, note=note)
+    except LiveConflict as exc:
+        app.metrics.inc("router_control_conflicts")
+        cur = exc.current or {}
+        return _json({"error": "live state changed underneath: re-read and retry",
+                      "current_version": cur.get("version"), "state": cur}, 409)  # fmt: skip
+    except Exception as exc:  # Redis unreachable: refuse, never apply to one replica only
+        app.metrics.inc("router_control_errors", ("admin_change",))
+        log.error("admin change refused: shared live state unavailable: %s", exc)
+        return json_error(503, "shared live state unavailable; nothing changed",
+                          detail=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    log.warning("admin change v%d (fleet-wide): %s", new.version, doc)
+    return _json(state_view(app))
 
 
 async def handle_outcomes(app: RouterApp, request: Request) -> Response:

@@ -9,9 +9,11 @@
     {"op": "remove", "name": "b"}
 
 The change is validated like the config file (400 naming the field otherwise), written to the
-live state atomically, applied by this worker at once and by every other within a second (they
-poll the live state), and logged with who made it; the live state keeps ``updated_by`` and
-``note``. Removing a challenger closes its connection pools once their requests finished.
+live state atomically (with the shared live state in Redis: a compare-and-set on the version
+this worker applied, audited as ``live_changed`` and sent to webhooks; 409 when it moved, 503
+when Redis is unreachable), applied by this worker at once and by every other within a second,
+and logged with who made it; the live state keeps ``updated_by`` and ``note``. Removing a
+challenger closes its connection pools once their requests finished.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any
 
 import orjson
 
+from router.capture.controlplane import LiveConflict
 from router.sidecar.app import RouterApp
 from router.sidecar.challengers import ChangeError, apply_change
+from router.sidecar.control import with_challengers
 from router.sidecar.http_messages import Request, Response, json_error, json_response
 
 log = logging.getLogger("router.admin")
@@ -50,15 +54,40 @@ async def handle_challengers(app: RouterApp, request: Request) -> Response:
         return json_error(400, "invalid change", detail=f"body is not JSON: {exc}")
     if not isinstance(body, dict):
         return json_error(400, "invalid change", detail="body must be a JSON object")
-    note = str(body.get("note", ""))
+    note = str(body.get("note", ""))[:500]
     by = f"admin@{request.peer}"
     try:
-        new = app.control.modify(by, note, lambda cur: {"challengers": apply_change(cur, body)})
+        if app.fleet is not None:  # the fleet's shared live state: compare-and-set, audited
+            changed = with_challengers(app.state, apply_change(app.state, body))
+            doc = {
+                "challengers": [c.to_json() for c in changed.challengers],
+                "split": changed.split,
+                "mirror": changed.mirror,
+                "challenger": {"url": changed.challenger.url,
+                               "version": changed.challenger.version},
+            }  # fmt: skip
+            try:
+                new = await app.fleet.change(doc, expected=app.state.version, actor=by,
+                                             note=note)  # fmt: skip
+            except LiveConflict as exc:
+                app.metrics.inc("router_control_conflicts")
+                return json_response({"error": "live state changed underneath: retry",
+                                      "current_version": (exc.current or {}).get("version")},
+                                     409)  # fmt: skip
+            except Exception as exc:  # Redis unreachable: never applied to one replica only
+                app.metrics.inc("router_control_errors", ("admin_change",))
+                return json_error(503, "shared live state unavailable; nothing changed",
+                                  detail=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        else:
+            got = app.control.modify(
+                by, note, lambda cur: {"challengers": apply_change(cur, body)}
+            )
+            assert got is not None  # (the change function never declines)
+            new = got
+            app.apply_state(new)
     except ChangeError as exc:
         app.metrics.inc("router_admin_changes", ("rejected",))
         return json_error(400, "invalid change", detail=str(exc))
-    assert new is not None  # (the change function never declines)
-    app.apply_state(new)
     app.metrics.inc("router_admin_changes", ("applied",))
     log.warning("admin change v%d by %s: challengers %s %s%s", new.version, by, body.get("op"),
                 body.get("name") or (body.get("challenger") or {}).get("name"),

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -30,9 +31,11 @@ from router.sidecar.control import (
     POLL_INTERVAL,
     ChallengerLive,
     ControlFile,
+    Live,
     LiveState,
     UpstreamPin,
 )
+from router.sidecar.fleet import FleetFollower
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
 from router.sidecar.shadow import ShadowDispatcher
@@ -129,7 +132,8 @@ class RouterApp:
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
         self.guard = ShadowGuard(cfg.guard)
-        self.state = initial_state(cfg)
+        self.live = Live.of(initial_state(cfg))  # swapped whole by apply_state
+        self.fleet: FleetFollower | None = None  # the shared live state in Redis, when used
         # the noise floor: units whose champion answers are repeated (throttled with mirroring)
         self.noise_salt = exp.effective_noise_salt
         self.noise_threshold_raw = threshold(exp.noise_floor)
@@ -214,6 +218,15 @@ class RouterApp:
         for p in pools:
             await p.close()
 
+    @property
+    def state(self) -> LiveState:
+        return self.live.state
+
+    @property
+    def shared_state(self) -> bool:
+        """The fleet shares one live state in the capture Redis (see :mod:`.fleet`)."""
+        return bool(self.cfg.control.shared and self.cfg.capture.enabled and self.redis_url)
+
     def version_of(self, variant: str) -> str:
         return self.upstreams[variant].version
 
@@ -253,8 +266,12 @@ class RouterApp:
 
     def _set_state(self, state: LiveState) -> None:
         """Derive the hot path's tables from ``state``: the variants, the bucket -> variant
-        table, the upstream configs and the mirror routes (with their budgets)."""
-        self.state = state
+        table, the upstream configs and the mirror routes (with their budgets), and the
+        single-challenger :class:`Live` view (expired: nothing split or mirrored)."""
+        live_view = Live.of(state, self.guard.mirror_factor())
+        if state.expired:
+            live_view = Live(state, 0, 0, 0)
+        self.live = live_view
         champ = self.cfg.champion.model_copy(
             update={"url": state.champion.url, "version": state.champion.version}
         )
@@ -294,13 +311,12 @@ class RouterApp:
                 routes.append([])
         self.mirror_routes = routes
         self.mirror_any = any(routes)
-        # single-challenger views (admin state, older callers)
-        self.split_threshold = threshold(state.split) if live else 0
-        self.mirror_threshold_raw = threshold(state.mirror) if live else 0
         self._apply_guard()
 
     def apply_state(self, state: LiveState) -> None:
-        old = self.state
+        """Make ``state`` live: one swap of :attr:`live` and of the A/B/n tables (new pools
+        first when a URL moved; a removed challenger's pools closed once idle)."""
+        old = self.live.state
         old_upstreams = self.upstreams
         self._set_state(state)
         for variant, ucfg in self.upstreams.items():
@@ -323,8 +339,9 @@ class RouterApp:
             )  # fmt: skip
 
     def _apply_guard(self) -> None:
+        live = self.live
         factor = self.guard.mirror_factor()
-        self.mirror_threshold = int(self.mirror_threshold_raw * factor)
+        self.live = replace(live, mirror_threshold=int(live.mirror_threshold_raw * factor))
         for routes in self.mirror_routes:
             for r in routes:
                 r.guarded = int(r.raw * factor)
@@ -332,16 +349,27 @@ class RouterApp:
                 r.effective = int(r.guarded * budget)
         self.noise_threshold = int(self.noise_threshold_raw * factor)
 
+    @property
+    def mirror_threshold(self) -> int:
+        return self.live.mirror_threshold
+
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
-        if initialise_control:
-            self.control.initialise(self.state)
-        current = self.control.read()
-        if current is not None and current.challengers:
-            self._set_state(current)
-        self.control.changed()
         for variant, ucfg in self.upstreams.items():
             self._make_pools(variant, UpstreamPin(ucfg.url, ucfg.version))
+        if self.shared_state:
+            assert self.redis_url is not None
+            self.fleet = FleetFollower(
+                self.cfg, self.redis_url, self.metrics, self.apply_state, self.state
+            )
+            await self.fleet.start()  # the current (or last known) state before serving
+        else:
+            if initialise_control:
+                self.control.initialise(self.state)
+            current = self.control.read()
+            if current is not None:
+                self.apply_state(current)
+            self.control.changed()
         if self.cfg.capture.enabled and self.redis_url:
             self.writer = CaptureWriter(
                 self.cfg.capture,
@@ -360,13 +388,14 @@ class RouterApp:
             await self.writer.start()
         self.shadow.start()
         self._tasks = [
-            asyncio.create_task(self._poll_control(), name="control-poll"),
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
             asyncio.create_task(self._budget_loop(), name="shadow-budget"),
             asyncio.create_task(self._expiry_loop(), name="experiment-expiry"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
             asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
+        if self.fleet is None:
+            self._tasks.append(asyncio.create_task(self._poll_control(), name="control-poll"))
 
     async def _poll_control(self) -> None:
         while True:
@@ -395,14 +424,27 @@ class RouterApp:
         while True:
             deadline = expiry_deadline(exp, self.state.started_at)
             if deadline is not None and not self.state.expired and time.time() >= deadline:
-                self.expire(deadline)
+                try:
+                    await self.expire(deadline)
+                except Exception as exc:  # Redis away: retried on the next turn
+                    self.metrics.inc("router_control_errors", ("expiry",))
+                    log.error("experiment expiry not written yet: %s", exc)
             await asyncio.sleep(interval)
 
-    def expire(self, deadline: float) -> None:
+    async def expire(self, deadline: float) -> None:
         """Every unit back to the champion and mirroring off, in the live state every worker
-        follows (once: the first worker to see the deadline writes it, under the lock)."""
+        follows (once: the first worker to see the deadline writes it). With the shared live
+        state the change is audited (``live_changed``) and sent to webhooks like any other."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))
         note = f"experiment expired at {when}: split and mirror returned to the champion"
+        if self.fleet is not None:  # (a second writer finds it already so: nothing written)
+            before = self.state.version
+            got = await self.fleet.change({"expired": True}, expected=None, actor="expiry",
+                                          note=note)  # fmt: skip
+            if got.version != before:
+                self.metrics.inc("router_experiment_expired")
+                log.warning("live state v%d: %s", got.version, note)
+            return
         new = self.control.modify(
             "expiry", note, lambda cur: None if cur.expired else {"expired": True}
         )
@@ -451,6 +493,8 @@ class RouterApp:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.shadow.stop(self.cfg.limits.drain_timeout_s)
         if self.writer is not None:
             await self.writer.stop(self.cfg.limits.drain_timeout_s)

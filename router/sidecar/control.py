@@ -1,8 +1,11 @@
-"""Live experiment state shared by the worker processes of one router.
+"""Live experiment state: the plain data, and the file shared by the workers of one router.
 
-The state (split, mirror, upstream pins) lives in ``<run_dir>/control.json``. A worker that
-receives an admin change writes the new state atomically (write + rename, under an ``flock`` so
-two concurrent changes cannot lose one) with an incremented ``version``. Every worker polls the
+With capture on a Redis, the fleet shares one versioned live state in that Redis and every
+worker follows it (:mod:`router.sidecar.fleet`); this file is then unused. Without one (capture
+disabled, or ``control.shared: false``) the state (split, mirror, upstream pins) lives in
+``<run_dir>/control.json``. A worker that receives an admin change writes the new state
+atomically (write + rename, under an ``flock`` so two concurrent changes cannot lose one) with
+an incremented ``version``. Every worker polls the
 file's (mtime, size) every ``POLL_INTERVAL`` seconds and applies a newer version, so a change
 reaches all workers well within one second. It starts from the config file at each ``serve``.
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from router.sidecar.assign import resize
+from router.sidecar.assign import resize, threshold
 
 POLL_INTERVAL = 0.2
 
@@ -87,6 +90,24 @@ class LiveState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LiveState:
+        """The state of a document; written by a single-challenger client (the promotion
+        controller's target, an admin change of ``split``), the first challenger follows the
+        single-challenger fields, and a ``shares`` key (``{name: [split, mirror]}``, the
+        controller's multi-challenger target) re-weights those challengers, lowered shares
+        first: each a deterministic function of the document, so every replica derives the
+        same bucket layout (:func:`router.sidecar.assign.resize`)."""
+        state = cls._read(d)
+        try:
+            state = with_first_challenger(state)
+            shares = d.get("shares")
+            if isinstance(shares, dict) and state.challengers:
+                state = with_shares(state, shares)
+        except ValueError:  # shares that do not fit: the layout as it was (counted by callers)
+            pass
+        return state
+
+    @classmethod
+    def _read(cls, d: dict[str, Any]) -> LiveState:
         return cls(
             version=int(d["version"]),
             split=float(d["split"]),
@@ -124,6 +145,22 @@ def with_first_challenger(state: LiveState) -> LiveState:
     return replace(state, challengers=(new_first, *state.challengers[1:]))
 
 
+def with_shares(state: LiveState, shares: dict[str, Any]) -> LiveState:
+    """``state`` with the named challengers' split and mirror set (lowered splits first)."""
+    by = {c.name: c for c in state.challengers}
+    want = {n: (float(v[0]), float(v[1])) for n, v in shares.items() if n in by}
+    layout = state.layout()
+    order = sorted(want, key=lambda n: want[n][0] - by[n].split)  # decreases first
+    for n in order:
+        layout = resize(layout, n, want[n][0])
+    out = tuple(
+        replace(c, split=want[c.name][0], mirror=want[c.name][1], extents=layout[c.name])
+        if c.name in want else c
+        for c in state.challengers
+    )
+    return with_challengers(state, out)
+
+
 def with_challengers(state: LiveState, challengers: tuple[ChallengerLive, ...]) -> LiveState:
     """``state`` with a new list of challengers, the single-challenger fields following the
     first."""
@@ -132,6 +169,23 @@ def with_challengers(state: LiveState, challengers: tuple[ChallengerLive, ...]) 
         state, challengers=challengers, split=first.split, mirror=first.mirror,
         challenger=UpstreamPin(first.url, first.version),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the hot path reads of the live state, as one object: applying a new state (or a
+    shadow-guard change) builds a new one and swaps ``RouterApp.live`` in one assignment, so a
+    request reads one consistent view."""
+
+    state: LiveState
+    split_threshold: int
+    mirror_threshold_raw: int
+    mirror_threshold: int  # after the shadow guard's factor
+
+    @classmethod
+    def of(cls, state: LiveState, mirror_factor: float = 1.0) -> Live:
+        raw = threshold(state.mirror)
+        return cls(state, threshold(state.split), raw, int(raw * mirror_factor))
 
 
 class ControlFile:

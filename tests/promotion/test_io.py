@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from router.cli import main as cli_main
-from router.promotion import machine
+from router.promotion import machine, outbox
 from router.promotion.audit import canonical_json
 from router.promotion.config import parse_promotion_config
 from router.promotion.lease import Lease, LeaseHeld
@@ -260,13 +260,8 @@ async def test_restarted_controller_resends_only_undelivered_webhooks(
     runner, url = await start_app(app)
     r = aioredis.Redis.from_url(redis_url)
     try:
-        # a controller committed two transitions, delivered the first webhook, then died
-        store = PromotionStore(r, "exp", tmp_path)
-        await store.update(lambda cur: _start())
-        await store.update(
-            lambda cur: machine.rollback(cur, actor="op", reasons=["x"], now=1001.0)  # type: ignore[arg-type]
-        )
-        await store.mark_webhook_done(0)
+        # a controller committed two transitions (each queued in the outbox with its audit
+        # record), delivered the first webhook, then died
         cfg = parse_promotion_config(
             {
                 "webhooks": {"urls": [f"{url}/hook"]},
@@ -274,11 +269,19 @@ async def test_restarted_controller_resends_only_undelivered_webhooks(
                 "audit": {"dir": str(tmp_path)},
             }
         )
+        await outbox.publish_receivers(r, "exp", cfg.webhooks)
+        store = PromotionStore(r, "exp", tmp_path)
+        await store.update(lambda cur: _start())
+        await store.update(
+            lambda cur: machine.rollback(cur, actor="op", reasons=["x"], now=1001.0)  # type: ignore[arg-type]
+        )
+        assert [e["id"] for e in await outbox.entries(r, "exp")] == ["exp:0", "exp:1"]
+        await r.hdel(store.keys.outbox, "exp:0")  # delivered before the crash
         opts = ControllerOptions(experiment="exp", redis_url=redis_url, cfg=cfg, routers=[])
         final = await Controller(opts, analyse=lambda *a, **k: {}).run()
         assert final.stage == "rolled_back"
         assert [(e["event"], e["id"]) for e in got] == [("rollback", "exp:1")]
-        assert await store.webhooks_pending(frozenset({"step_changed", "rollback"})) == []
+        assert await outbox.entries(r, "exp") == []
         await Controller(opts, analyse=lambda *a, **k: {}).run()
         assert len(got) == 1  # nothing left to send
     finally:

@@ -83,9 +83,14 @@ async def test_add_reweight_remove_move_only_the_changed_challenger(
                 assert removed[u] == expected
 
             # the change is in the live state every worker polls
-            state = router.app.control.read()
+            state = router.app.state
             assert [c.name for c in state.challengers] == ["a", "c"]
             assert state.updated_by.startswith("admin@")
+            # ... which is the fleet's shared live state in Redis (audited there)
+            assert router.app.fleet is not None
+            doc = await router.app.fleet.plane.read_live()
+            assert [c["name"] for c in doc["challengers"]] == ["a", "c"]
+            assert doc["version"] == state.version
 
             # bad changes: 400 naming the field; nothing applied
             bad = [

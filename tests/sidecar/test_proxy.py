@@ -30,6 +30,8 @@ from tests.helpers import (
     wait_for,
 )
 
+PER_PROCESS = {"shared": False}  # routers whose upstreams differ within one test
+
 
 async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     async with session.get(f"{url}/metrics") as r:
@@ -148,9 +150,9 @@ async def test_challenger_failure_falls_back_to_champion(tmp_path: Path, redis_u
     dead = f"http://127.0.0.1:{free_port()}"
     try:
         for challenger_url, reason in ((chall, "5xx"), (dead, "connect")):
-            cfg = make_config(
-                config_dict(champ, challenger_url, redis_url, tmp=tmp_path, split=1.0)
-            )
+            d = config_dict(champ, challenger_url, redis_url, tmp=tmp_path, split=1.0)
+            d["control"] = PER_PROCESS  # one config per router, not one fleet's ramp
+            cfg = make_config(d)
             async with InProcessRouter(cfg, tmp_path / f"run-{reason}", redis_url) as router:
                 async with aiohttp.ClientSession() as s:
                     for i in range(5):
@@ -327,7 +329,8 @@ async def test_bad_input_and_upstream_failures(tmp_path: Path, redis_url: str) -
     r1, slow = await start_app(echo_app("champion", delay=3.0))
     dead = f"http://127.0.0.1:{free_port()}"
     try:
-        cfg = make_config(config_dict(dead, dead, redis_url, tmp=tmp_path))
+        cfg = make_config(dict(config_dict(dead, dead, redis_url, tmp=tmp_path),
+                               control=PER_PROCESS))  # fmt: skip
         async with (
             InProcessRouter(cfg, tmp_path / "a", redis_url) as router,
             aiohttp.ClientSession() as s,
@@ -350,6 +353,7 @@ async def test_bad_input_and_upstream_failures(tmp_path: Path, redis_url: str) -
                 assert r.status == 503
                 assert (await r.json())["checks"]["champion"]["ok"] is False
         d = config_dict(slow, dead, redis_url, tmp=tmp_path)
+        d["control"] = PER_PROCESS
         d["champion"]["timeout"] = 0.3
         async with (
             InProcessRouter(make_config(d), tmp_path / "b", redis_url) as router,
@@ -467,7 +471,10 @@ async def test_outcomes_endpoint(echo_pair: Any, tmp_path: Path, redis_url: str)
 async def test_dead_redis_is_survived_counted_and_reported(echo_pair: Any, tmp_path: Path) -> None:
     champ, chall = echo_pair
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    cfg = make_config(config_dict(champ, chall, dead_redis, tmp=tmp_path, mirror=1.0))
+    # (a fleet-shared live state would keep this router not ready: it has never seen Redis,
+    # so it cannot know the ramp; tests/sidecar/test_fleet.py covers that)
+    d = config_dict(champ, chall, dead_redis, tmp=tmp_path, mirror=1.0)
+    cfg = make_config(dict(d, control=PER_PROCESS))
     async with (
         InProcessRouter(cfg, tmp_path / "run", dead_redis) as router,
         aiohttp.ClientSession() as s,
@@ -693,7 +700,9 @@ async def test_item9_client_shadow_marker_stripped_and_upstream_101_is_502(
         raw_upstream(lambda h, b: _ok_json({"score": 1})) as (champ, seen),
         raw_upstream(lambda h, b: upgrade) as (switching, _),
     ):
-        cfg = make_config(config_dict(champ, champ, redis_url, tmp=tmp_path))
+        cfg = make_config(
+            dict(config_dict(champ, champ, redis_url, tmp=tmp_path), control=PER_PROCESS)
+        )
         async with (
             InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
             aiohttp.ClientSession() as s,
@@ -701,7 +710,9 @@ async def test_item9_client_shadow_marker_stripped_and_upstream_101_is_502(
             async with s.get(f"{router.url}/p", headers={"X-Shadow-Request": "1"}) as r:
                 assert r.status == 200
             assert b"x-shadow-request" not in seen[0][0].lower()
-        cfg = make_config(config_dict(switching, switching, redis_url, tmp=tmp_path))
+        cfg = make_config(
+            dict(config_dict(switching, switching, redis_url, tmp=tmp_path), control=PER_PROCESS)
+        )
         async with (
             InProcessRouter(cfg, tmp_path / "run2", redis_url) as router,
             aiohttp.ClientSession() as s,
