@@ -3,7 +3,9 @@
 1. **Archiver**: N synthetic records (``router.demo.synth``) loaded into a throwaway
    redis-server, archived by :class:`router.archive.archiver.Archiver` in this process (consumer
    group, conversion, zstd Parquet, fsync, rename, XACK), twice (two consumer groups over the
-   same stream, so both runs see the same data in the same session).
+   same stream, so both runs see the same data in the same session); records of two shapes,
+   interleaved: ``v1`` (DESIGN.md v1 keys only) and ``today`` (with the per-side timing, size
+   and text keys a router writes since issue 15), and their CPU ratio.
 2. **Analysis over a window**: a window of W records over D days written directly as hour
    partitions (vectorised, the archiver's schema: every hour a file of pairs, outcomes an hour
    later), then ``router analyze --archive DIR --format json`` as a subprocess with each
@@ -27,6 +29,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +64,31 @@ START = 1_795_000_000 // 3600 * 3600  # an hour boundary in 2026
 
 
 # ---------------------------------------------------------------------- 1. the archiver
-def bench_archiver(n: int) -> dict[str, Any]:
+SHAPES = ("v1", "today")  # records as DESIGN.md v1; as the router writes them since issue 15
+
+
+def _today(rec: dict[str, Any], i: int) -> dict[str, Any]:
+    """A synthetic record with the per-side keys a router writes since issue 15 (a buffered
+    answer: time to first byte and body size on every side that answered; every 50th a
+    streamed text-style side with its event count and usage; every 200th client-aborted)."""
+    for name in ("champion", "challenger"):
+        side = rec.get(name)
+        if side is None:
+            continue
+        lat = side["latency_ms"]
+        side["ttfb_ms"] = round(lat * 0.8, 3)
+        side["bytes"] = 120 + i % 40
+        if i % 50 == 0:
+            side |= {"streamed": True, "duration_ms": lat, "events": 12,
+                     "usage": {"prompt_tokens": 9, "completion_tokens": 11},
+                     "finish_reason": "stop"}  # fmt: skip
+    if i % 200 == 0:
+        rec["client_aborted"] = True
+    return rec
+
+
+def bench_archiver(n: int, shapes: list[str]) -> dict[str, Any]:
+    """Each shape of record archived twice, the runs interleaved (A B A B) in one session."""
     import redis
 
     from router.archive.archiver import Archiver
@@ -75,26 +103,40 @@ def bench_archiver(n: int) -> dict[str, Any]:
     try:
         client = redis.Redis.from_url(rp.url)
         pipe = client.pipeline(transaction=False)
-        for i, (rec, _rows) in enumerate(generate(SynthSpec(experiment=EXP, n=n, seed=3))):
-            pipe.xadd(f"{EXP}:pairs", {"r": orjson.dumps(rec)})
-            if i % 5000 == 4999:
-                pipe.execute()
+        for shape in shapes:
+            for i, (rec, _rows) in enumerate(generate(SynthSpec(experiment=shape, n=n, seed=3))):
+                doc = _today(rec, i) if shape == "today" else rec
+                pipe.xadd(f"{shape}:pairs", {"r": orjson.dumps(doc)})
+                if i % 5000 == 4999:
+                    pipe.execute()
         pipe.execute()
-        runs = []
+        out: dict[str, Any] = {"records": n}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in shapes}
         for run in range(2):
-            cfg = ArchiveConfig(group=f"bench-{run}")
-            a = Archiver(client, ArchiveStore.open(str(tmp / f"archive-{run}")), EXP, cfg)
-            t, c = time.perf_counter(), time.process_time()
-            totals = a.run(until_idle=True)
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            assert totals.records["pairs"] == n, totals
-            size = sum(p.stat().st_size for p in (tmp / f"archive-{run}").rglob("*.parquet"))
-            runs.append({"wall_s": wall, "records_per_s": n / wall, "cpu_s": cpu,
-                         "files": totals.files, "bytes_per_record": size / n})  # fmt: skip
-            print(f"archiver run {run + 1}: {n / wall:,.0f} records/s ({wall:.2f} s, "
-                  f"{cpu:.2f} CPU-s, {size / n:.1f} bytes a record in Parquet)", flush=True)
-        return {"records": n, "runs": runs,
-                "records_per_s": max(r["records_per_s"] for r in runs)}  # fmt: skip
+            for shape in shapes:
+                cfg = ArchiveConfig(group=f"bench-{run}")
+                root = tmp / f"archive-{shape}-{run}"
+                a = Archiver(client, ArchiveStore.open(str(root)), shape, cfg)
+                t, c = time.perf_counter(), time.process_time()
+                totals = a.run(until_idle=True)
+                wall, cpu = time.perf_counter() - t, time.process_time() - c
+                assert totals.records["pairs"] == n, totals
+                size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+                runs[shape].append({"wall_s": wall, "records_per_s": n / wall, "cpu_s": cpu,
+                                    "files": totals.files, "bytes_per_record": size / n})
+                print(f"archiver ({shape} records) run {run + 1}: {n / wall:,.0f} records/s "
+                      f"({wall:.2f} s, {cpu:.2f} CPU-s, {size / n:.1f} bytes a record in "
+                      "Parquet)", flush=True)  # fmt: skip
+        for shape in shapes:
+            out[shape] = {"runs": runs[shape],
+                          "records_per_s": max(r["records_per_s"] for r in runs[shape]),
+                          "cpu_s": min(r["cpu_s"] for r in runs[shape])}  # fmt: skip
+        if len(shapes) == 2:
+            ratio = out[shapes[1]]["cpu_s"] / out[shapes[0]]["cpu_s"]
+            out["cpu_ratio"] = ratio
+            print(f"archiver CPU, {shapes[1]} / {shapes[0]} records: {ratio:.2f}", flush=True)
+        out["records_per_s"] = out[shapes[-1]]["records_per_s"]
+        return out
     finally:
         rp.stop()
 
@@ -107,11 +149,11 @@ def _side(rng: np.random.Generator, n: int, version: str, score: np.ndarray,
     lat = rng.lognormal(3.0, 0.4, n)
     pred = pc.cast(pa.array(np.round(score, 6)), pa.string())
     pred = pc.if_else(pa.array(err), pa.nulls(n, pa.string()), pred)
-    null_s, null_b = pa.nulls(n, pa.string()), pa.nulls(n, pa.bool_())
-    null_i = pa.nulls(n, pa.int64())
-    arrays = [pa.array([version] * n, pa.string()), pa.array(status), pa.array(lat), pred,
-              null_s, pc.if_else(pa.array(err), pa.scalar("HTTP 500"), null_s), null_b, null_i,
-              null_s]  # fmt: skip
+    null_s = pa.nulls(n, pa.string())
+    given = {"version": pa.array([version] * n, pa.string()), "status": pa.array(status),
+             "latency_ms": pa.array(lat), "prediction": pred,
+             "error": pc.if_else(pa.array(err), pa.scalar("HTTP 500"), null_s)}  # fmt: skip
+    arrays = [given.get(f.name, pa.nulls(n, f.type)) for f in SIDE_TYPE]  # (the rest null)
     return pa.StructArray.from_arrays(arrays, fields=list(SIDE_TYPE),
                                       mask=pa.array(~present))  # fmt: skip
 
@@ -165,7 +207,8 @@ def write_window(root: Path, records: int, days: int, units: int, seed: int = 5)
             "contract": pa.nulls(n, CONTRACT_TYPE), "fields": pa.nulls(n, pa.string()),
             "extra": pa.nulls(n, pa.string()), "raw": pa.nulls(n, pa.string()),
         }  # fmt: skip
-        table = pa.Table.from_arrays([cols[f.name] for f in PAIRS_SCHEMA],
+        table = pa.Table.from_arrays([cols.get(f.name, pa.nulls(n, f.type))
+                                      for f in PAIRS_SCHEMA],
                                      schema=with_metadata(PAIRS_SCHEMA, "pairs"))  # fmt: skip
         _write(root, "pairs", hour, table, ms, seq)
         # outcomes an hour later: a label for half the requests, conversions by unit
@@ -208,11 +251,11 @@ def _write(root: Path, kind: str, hour: Hour, table: pa.Table, ms: np.ndarray,
 
 
 def bench_window(records: int, days: int, units: int, executors: list[str],
-                 scale_runs: bool) -> dict[str, Any]:  # fmt: skip
+                 scale_runs: bool, rollups: bool = True) -> dict[str, Any]:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="archive-window-"))
     out: dict[str, Any] = {"records": records, "days": days, "units": units, "runs": []}
 
-    def one(tag: str, n: int, u: int, executor: str) -> dict[str, Any]:
+    def one(tag: str, n: int, u: int, executor: str, rollups: bool = False) -> dict[str, Any]:
         root = tmp / f"{n}-{u}"
         if not root.exists():
             t = time.perf_counter()
@@ -222,7 +265,9 @@ def bench_window(records: int, days: int, units: int, executors: list[str],
                   f"({size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
             (root / "info.json").write_text(json.dumps(info | {"bytes": size}))
         info = json.loads((root / "info.json").read_text())
-        r = run_analyze(["--archive", str(root), "--executor", executor, "--workers", "2"])
+        extra = ["--rollups"] if rollups else []
+        r = run_analyze(["--archive", str(root), "--executor", executor, "--workers", "2",
+                         *extra])  # fmt: skip
         row = {"tag": tag, "executor": executor, "records": info["records"],
                "outcomes": info["outcomes"], "units": u, "parquet_mb": info["bytes"] / 2**20,
                **r, "records_per_s": info["records"] / r["wall_s"]}  # fmt: skip
@@ -233,6 +278,19 @@ def bench_window(records: int, days: int, units: int, executors: list[str],
 
     for ex in executors:
         one("full", records, units, ex)
+    if rollups:  # `router rollup` over every hour, then the window from the rollups
+        t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "router", "rollup", "--archive",
+                        str(tmp / f"{records}-{units}"), "--experiment", EXP],
+                       check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+        c2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        size = sum(p.stat().st_size for p in (tmp / f"{records}-{units}" / "rollups").rglob("*"))
+        out["rollup_build"] = {"wall_s": time.perf_counter() - t, "bytes": size,
+                               "cpu_s": c2.ru_utime + c2.ru_stime - c.ru_utime - c.ru_stime}
+        print(f"router rollup: {out['rollup_build']['wall_s']:.1f} s, "
+              f"{size / 2**20:.0f} MiB of rollups", flush=True)
+        for ex in executors[:1]:
+            one("rollups", records, units, ex, rollups=True)
     if scale_runs:
         half = one("half", records // 2, units, executors[0])
         full = next(r for r in out["runs"] if r["tag"] == "full" and r["executor"] == executors[0])
@@ -254,16 +312,21 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=200_000)
     ap.add_argument("--executors", default="threads,processes")
     ap.add_argument("--no-scale", action="store_true", help="skip the half/2x-units runs")
+    ap.add_argument("--no-rollups", action="store_true",
+                    help="skip `router rollup` and the window from rollups")
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help="records archived: v1 (DESIGN.md v1 keys), today (issue 15's keys)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     os.environ.setdefault("POLARS_MAX_THREADS", "2")
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
                                            "python": platform.python_version()}}
     if a.records:
-        results["archiver"] = bench_archiver(a.records)
+        results["archiver"] = bench_archiver(a.records, a.shapes.split(","))
     if a.window_records:
         results["window"] = bench_window(a.window_records, a.days, a.units,
-                                         a.executors.split(","), not a.no_scale)  # fmt: skip
+                                         a.executors.split(","), not a.no_scale,
+                                         not a.no_rollups)  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -168,10 +168,14 @@ def _render_archive(ar: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     arch = ar.get("archiver")
     if arch:
-        runs = ", ".join(f"{r['records_per_s']:,.0f} ("
-                         f"{r['cpu_s']:.1f} CPU-s)" for r in arch["runs"])
-        lines += [f"**Archiver** (`archive_throughput.py`, {arch['records']:,} records from Redis "
-                  f"into zstd Parquet, one process): records/s per run {runs}", ""]
+        shapes = [s for s in ("v1", "today") if s in arch] or ["runs"]
+        for shape in shapes:
+            rs = arch[shape]["runs"] if shape in arch else arch["runs"]
+            runs = ", ".join(f"{r['records_per_s']:,.0f} ("
+                             f"{r['cpu_s']:.1f} CPU-s)" for r in rs)
+            lines += [f"**Archiver** (`archive_throughput.py`, {arch['records']:,} {shape} "
+                      f"records from Redis into zstd Parquet, one process): records/s per run "
+                      f"{runs}", ""]
     win = ar.get("window")
     if win:
         lines += [f"**Analysis over an archive** ({win['records']:,} records over {win['days']} "
@@ -182,6 +186,12 @@ def _render_archive(ar: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['tag']} | {r['executor']} | {r['records']:,} | "
                          f"{r['records_per_s']:,.0f} | {r['wall_s']:.1f} | "
                          f"{r['peak_rss_mb']:.0f} MB |")
+        if "rollup_build" in win:
+            rb = win["rollup_build"]
+            lines.append("")
+            lines.append(f"`router rollup` over the window: {rb['wall_s']:.1f} s, "
+                         f"{rb['bytes'] / 2**20:.0f} MiB of rollups (the `rollups` run merges "
+                         "them: `analyze --archive --rollups`).")
         if "mb_per_million_records" in win:
             lines.append("")
             lines.append(f"Memory growth: {win['mb_per_million_records']:.0f} MB per million "

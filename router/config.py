@@ -604,6 +604,11 @@ class ArchiveConfig(_Strict):
     metrics_listen: str | None = Field(
         default=None, description="HOST:PORT serving GET /metrics (Prometheus); off by default"
     )
+    rollup_lateness_s: float = Field(
+        default=21_600.0, ge=0,
+        description="`router rollup` aggregates an hour this long after it ends (outcomes "
+        "arriving later make `analyze --rollups` re-fold that hour)",
+    )
 
     @model_validator(mode="after")
     def _claim_after_flush(self) -> ArchiveConfig:

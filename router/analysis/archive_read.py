@@ -37,7 +37,6 @@ from router.analysis.frames import (
     parse_outcomes,
     prepare_frame,
     prepare_records,
-    record_schema,
 )
 from router.analysis.outcomes_index import OutcomeIndex
 from router.archive.layout import Hour, PartName
@@ -73,6 +72,7 @@ class Coverage:
     redis_from: float | None = None  # records stored from then on came from Redis (stitched)
     latest_archived: float | None = None  # the newest record stored in the archive (unix s)
     ends_early: bool = False  # the window ends after the newest archived record (a lag)
+    rollups: dict[str, Any] | None = None  # --rollups: hours merged and re-folded (.rollups)
 
     def skip(self, exc: UnreadableFile) -> None:
         self.unreadable_count += 1
@@ -99,6 +99,7 @@ class Coverage:
             "redis_from": self.redis_from,
             "latest_archived": self.latest_archived,
             "ends_before_window": self.ends_early,
+            "rollups": self.rollups,
             "unreadable_files": {
                 "count": self.unreadable_count,
                 "examples": [{"path": p, "reason": r} for p, r in self.unreadable],
@@ -122,19 +123,27 @@ def _ranges(hours: list[Hour]) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------- records
-def _side(name: str, numeric: bool) -> pl.Expr:
+def _side_field(c: pl.Expr, name: str, dtype: Any) -> pl.Expr:
+    """One field of a side as the record schema reads it from a line."""
+    if name == "prediction":
+        pred = pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+        return pred.cast(pl.Float64, strict=False) if dtype == pl.Float64 else pred
+    if name == "usage":  # JSON text in the archive; the fields the schema reads from it
+        assert isinstance(dtype, pl.Struct)
+        usage = c.struct.field("usage")
+        return pl.struct([
+            usage.str.json_path_match(f"$.{f.name}").cast(f.dtype, strict=False).alias(f.name)
+            for f in dtype.fields
+        ])  # fmt: skip
+    return c.struct.field(name).cast(dtype)
+
+
+def _side(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A side struct with the fields (and types) of the record schema's side ``dtype``."""
+    assert isinstance(dtype, pl.Struct)
     c = pl.col(name)
-    pred = pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
-    return (
-        pl.when(c.is_not_null())
-        .then(pl.struct(
-            status=c.struct.field("status").cast(pl.Int64),
-            latency_ms=c.struct.field("latency_ms"),
-            prediction=pred.cast(pl.Float64, strict=False) if numeric else pred,
-            error=c.struct.field("error"),
-        ))
-        .alias(name)
-    )  # fmt: skip
+    fields = [_side_field(c, f.name, f.dtype).alias(f.name) for f in dtype.fields]
+    return pl.when(c.is_not_null()).then(pl.struct(fields)).alias(name)
 
 
 def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
@@ -155,39 +164,37 @@ def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
     return pl.when(pl.col("segment").is_not_null()).then(expr).alias("segment"), texts
 
 
-def record_frame(table: pa.Table, numeric: bool, fields: bool) -> pl.DataFrame:
-    """Archive columns (:data:`RECORD_COLUMNS`, and ``fields``) as the analyzer's record
-    columns (:func:`router.analysis.frames.record_schema`)."""
+_FROM_EXTRA = ("variant", "arm", "forced", "shadows", "mirror_skipped")
+
+
+def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Archive columns (:func:`columns_for` the schema) as the analyzer's record columns:
+    those of ``schema`` (:func:`router.analysis.frames.record_schema`: numeric or text
+    predictions, the text kind's timing, captured fields), as a page of lines would hold."""
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     seg, _texts = _segment_text(df)
-    cols: list[pl.Expr | str] = [
-        pl.col("v").cast(pl.Float64),
-        "request_id",
-        "ts",
-        "served",
-        "experiment",
-        "unit",
-        "mirrored",
-        seg,
-        _side("champion", numeric),
-        _side("challenger", numeric),
-        _contract("contract"),
-    ]
-    # (v2 columns; read_file fills them with nulls for files written before)
-    cols += [_side("champion_repeat", numeric), _contract("contract_repeat")]
+    cols: list[pl.Expr] = []
     # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
     extra = pl.col("extra") if "extra" in df.columns else pl.lit(None, pl.String)
-    cols += [
-        extra.str.json_path_match("$.variant").alias("variant"),
-        extra.str.json_path_match("$.arm").alias("arm"),
-        (extra.str.json_path_match("$.forced") == "true").alias("forced"),
-        extra.str.json_path_match("$.shadows").alias("shadows"),
-        extra.str.json_path_match("$.mirror_skipped").alias("mirror_skipped"),
-    ]
-    if fields:
-        cols.append(pl.col("fields"))
+    for name, dtype in schema.items():
+        if name == "segment":
+            cols.append(seg)
+        elif name in _FROM_EXTRA:
+            got = extra.str.json_path_match(f"$.{name}")
+            cols.append((got == "true" if dtype == pl.Boolean else got).alias(name))
+        elif isinstance(dtype, pl.Struct):  # (a side; v2 columns of files written before
+            cols.append(_side(name, dtype))  # are nulls, filled by read_file)
+        elif name in ("contract", "contract_repeat"):
+            cols.append(_contract(name))
+        else:
+            cols.append(pl.col(name).cast(dtype))
     return df.select(cols)
+
+
+def columns_for(schema: dict[str, pl.DataType]) -> list[str]:
+    """The archive columns read for a record schema."""
+    return list(RECORD_COLUMNS) + (["fields"] if "fields" in schema else [])
 
 
 def _contract(name: str) -> pl.Expr:
@@ -196,13 +203,14 @@ def _contract(name: str) -> pl.Expr:
     return pl.when(c.is_not_null()).then(c.struct.json_encode()).alias(name)
 
 
-def file_page(store: ArchiveStore, f: ArchiveFile, numeric: bool, fields: bool,
+def file_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType],
               since: float | None, until: float | None, now: float,
               before_ms: int | None = None) -> Page:  # fmt: skip
-    """The page of one archive file (an empty page naming the file when it is unreadable)."""
-    columns = list(RECORD_COLUMNS) + (["fields"] if fields else [])
+    """The page of one archive file with the columns of the record ``schema`` (an empty page
+    naming the file when it is unreadable)."""
     try:
-        table = read_file(store, f, "pairs", columns, since, until, before_ms=before_ms)
+        table = read_file(store, f, "pairs", columns_for(schema), since, until,
+                          before_ms=before_ms)  # fmt: skip
     except UnreadableFile as exc:
         return Page(pl.DataFrame(), [], skipped=[(exc.path, exc.reason)])
     raw = table.column("raw")
@@ -214,8 +222,8 @@ def file_page(store: ArchiveStore, f: ArchiveFile, numeric: bool, fields: bool,
         lines = [line.replace("\n", " ").encode() for line in whole.column("raw").to_pylist()]
         chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
                       label=f.path)  # fmt: skip
-        bad_page = prepare_records(chunk, record_schema(numeric, fields), now)
-    df = record_frame(table, numeric, fields)
+        bad_page = prepare_records(chunk, schema, now)
+    df = record_frame(table, schema)
     page = prepare_frame(df, _Names(table), f.path, now)
     if bad_page is not None:
         if bad_page.cols.height:  # (a raw line that turned out valid: fold it too)
@@ -271,10 +279,11 @@ def open_store(src: Any) -> ArchiveStore:
 
 
 def archive_files(
-    src: Any, numeric: bool, fields: bool, upto: float | None, before_ms: int | None = None
+    src: Any, schema: dict[str, pl.DataType], upto: float | None, before_ms: int | None = None
 ) -> tuple[list[ArchiveFile], Callable[[Any, float], Page]]:
     """The record files of the source's window (records stored from ``since`` to ``until``
-    plus the replay slack) and the function that reads one into a page; the window's hours
+    plus the replay slack) and the function that reads one into a page of the record
+    ``schema`` (:func:`router.analysis.frames.record_schema`); the window's hours
     without any file are noted in ``src.coverage``. ``upto``: the last stream time read
     (:func:`router.analysis.reader.id_until`)."""
     store = open_store(src)
@@ -293,13 +302,13 @@ def archive_files(
         cov.hours = (Hour.of_ts(src.until).start - Hour.of_ts(src.since).start) // 3600 + 1
     else:
         cov.hours = p.hours
-    return p.files, partial(_file_page, store, numeric, fields, src.since, upto, before_ms)
+    return p.files, partial(_file_page, store, schema, src.since, upto, before_ms)
 
 
-def _file_page(store: ArchiveStore, numeric: bool, fields: bool, since: float | None,
+def _file_page(store: ArchiveStore, schema: dict[str, pl.DataType], since: float | None,
                until: float | None, before_ms: int | None, f: ArchiveFile,
                now: float) -> Page:  # fmt: skip
-    return file_page(store, f, numeric, fields, since, until, now, before_ms)
+    return file_page(store, f, schema, since, until, now, before_ms)
 
 
 # ---------------------------------------------------------------------- archive, then Redis

@@ -53,7 +53,7 @@ class FoldJob:
     since: float | None
     until: float | None
     upto: float | None  # last stream time read (the window's end plus the replay slack)
-    numeric: bool
+    schema: dict[str, Any]  # the record columns read (router.analysis.frames.record_schema)
     now: float
 
 
@@ -83,8 +83,7 @@ def fold_files(job: FoldJob, files: list[Any]) -> Accumulator:
     acc.now = job.now
     with threadpool_limits(limits=1, user_api="blas"):  # (see run.quiet_blas)
         for f in files:
-            acc.add_page(file_page(store, f, job.numeric, job.track_fields, job.since, job.upto,
-                                   job.now))  # fmt: skip
+            acc.add_page(file_page(store, f, job.schema, job.since, job.upto, job.now))
     acc.outcomes = OutcomeIndex()  # (not sent back)
     return acc
 
@@ -189,12 +188,14 @@ def fold_archive(src: Any, policy: Policy, outcomes: OutcomeIndex, *, kind: str,
                  track_fields: bool, executor: str, workers: int) -> Accumulator:  # fmt: skip
     """The accumulator of an archive source's window, folded by ``executor``."""
     from router.analysis.archive_read import archive_files
+    from router.analysis.frames import record_schema
     from router.analysis.reader import NUMERIC_KINDS, id_until
 
     upto = id_until(src)
-    files, _prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields, upto)
+    schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields, text=kind == "text")
+    files, _prepare = archive_files(src, schema, upto)
     job = FoldJob(src.archive, src.experiment, policy, outcomes, kind, track_fields, src.since,
-                  src.until, upto, kind in NUMERIC_KINDS, time.time())  # fmt: skip
+                  src.until, upto, schema, time.time())  # fmt: skip
     tasks = tasks_of(files, workers)
     if not tasks and executor == "processes":
         return fold_files(job, [])

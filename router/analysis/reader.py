@@ -41,6 +41,7 @@ class Source:
     extra: dict[str, Any] = field(default_factory=dict)
     archive: str | None = None  # a directory or s3://… written by `router archive`
     coverage: Any = None
+    rollups: bool = False  # an archive: merge usable hourly rollups (router.analysis.rollups)
 
 
 class InputError(Exception):
@@ -219,7 +220,7 @@ class Pages:
 
 
 def stitched_items(
-    src: Any, numeric: bool, fields: bool, upto: float | None, schema: dict[str, Any]
+    src: Any, upto: float | None, schema: dict[str, Any]
 ) -> tuple[Iterator[tuple[str, Any]], Callable[[Any, float], Page]]:
     """Records of a window that Redis has partly trimmed: the archive's files up to where
     the pairs streams begin, then the streams (``--archive`` with ``--redis``)."""
@@ -230,7 +231,7 @@ def stitched_items(
     client = make_sync_client(src.redis_url)
     keys = discover_pair_keys(client, src.experiment)
     cutoff = redis_cutoff_ms(client, keys)
-    files, from_file = archive_files(src, numeric, fields, upto, cutoff)
+    files, from_file = archive_files(src, schema, upto, cutoff)
     src.coverage.redis_from = None if cutoff is None else cutoff / 1000
 
     def items() -> Iterator[tuple[str, Any]]:
@@ -262,12 +263,11 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
     schema = record_schema(numeric=kind in NUMERIC_KINDS, fields=track_fields,
                            text=kind == "text")  # fmt: skip
     if src.archive and src.redis_url:  # the archive for what Redis trimmed, then Redis
-        items, prep = stitched_items(src, kind in NUMERIC_KINDS, track_fields, id_until(src),
-                                     schema)  # fmt: skip
+        items, prep = stitched_items(src, id_until(src), schema)
         return Pages(items, schema, workers, prepare=prep)
     if src.archive:
         from router.analysis.archive_read import archive_files
 
-        files, prepare = archive_files(src, kind in NUMERIC_KINDS, track_fields, id_until(src))
+        files, prepare = archive_files(src, schema, id_until(src))
         return Pages(files, schema, workers, prepare=prepare)
     return Pages(record_chunks(src), schema, workers)

@@ -147,9 +147,9 @@ def accumulate_arms(
     """Read ``src`` into one accumulator per challenger view (:mod:`router.analysis.arms`).
     When the records name a challenger not in ``arms`` (default: the one ``challenger``),
     the source is read a second time with every challenger the first read found. An archive
-    folded by other processes (``executor`` not ``threads``) gives one accumulator over every
-    record, as before A/B/n (its views per challenger are not built yet)."""
-    if src.archive and not src.redis_url and executor != "threads":
+    folded by other processes (``executor`` not ``threads``) or from hourly rollups gives one
+    accumulator over every record, as before A/B/n (views per challenger not built there yet)."""
+    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
         one = accumulate(src, policy, kind=kind, workers=workers, track_fields=track_fields,
                          progress=progress, pages=pages, executor=executor)  # fmt: skip
         return ArmSet.of(one)
@@ -202,6 +202,22 @@ def accumulate(
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
+        if src.archive and not src.redis_url and src.rollups:
+            from router.analysis.rollups import fold_with_rollups
+
+            if pages is not None:
+                pages.close()
+                pages = None
+            oi = outcomes if outcomes is not None else load_outcomes(
+                src, policy.data_quality.max_metrics
+            )
+            done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
+            if done is not None:
+                src.coverage.rollups = done[1].as_dict()
+                return done[0]
+            outcomes = oi  # a request id in two parts: the whole window re-folded
+            src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
+                                    "fallback": "a request id in two hours"}  # fmt: skip
         if src.archive and not src.redis_url and executor != "threads":
             if pages is not None:
                 pages.close()

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.archive.layout import KINDS, Hour, experiment_dir
+from router.archive.layout import KINDS, ROLLUPS, Hour, experiment_dir
 from router.archive.store import ArchiveStore, StoreError
 from router.archive.writer import PartitionWriter, WriteOptions
 from router.capture.keys import outcomes_key
@@ -361,10 +361,11 @@ class Archiver:
 
 def delete_before(store: ArchiveStore, experiment: str, cutoff: float,
                   metrics: Metrics | None = None) -> int:  # fmt: skip
-    """Delete the experiment's hour partitions (both kinds) that ended at or before
-    ``cutoff`` (unix s), and date directories left empty; the number of hours deleted."""
+    """Delete the experiment's hour partitions (pairs, outcomes, and their rollups) that
+    ended at or before ``cutoff`` (unix s), and date directories left empty; the number of
+    hours deleted."""
     deleted = 0
-    for kind in KINDS:
+    for kind in (*KINDS, ROLLUPS):
         base = experiment_dir(kind, experiment)
         for day in store.list_dir(base):
             if not day.is_dir or not day.name.startswith("date="):

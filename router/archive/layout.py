@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 KINDS = ("pairs", "outcomes")
+ROLLUPS = "rollups"  # hourly aggregates beside the partitions (router.analysis.rollups)
 _PART = re.compile(r"^part-(x|\d+)-(\d+)-(\d+)_(\d+)-(\d+)\.parquet$")
 _HOUR_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
 

@@ -130,6 +130,38 @@ class ArchiveStore:
         except OSError as exc:
             raise StoreError(f"cannot write {self.describe(rel_dir + '/' + name)}: {exc}") from None
 
+    def write_bytes(self, rel_dir: str, name: str, data: bytes) -> int:
+        """Write ``data`` as ``rel_dir/name`` durably and atomically (as :meth:`write_table`)."""
+        final = f"{self.path(rel_dir)}/{name}"
+        try:
+            if not self.local:
+                self.fs.create_dir(self.path(rel_dir), recursive=True)
+                with self.fs.open_output_stream(final) as out:
+                    out.write(data)
+                return len(data)
+            os.makedirs(self.path(rel_dir), exist_ok=True)
+            tmp = f"{self.path(rel_dir)}/{TMP_PREFIX}{name}.{socket.gethostname()}.{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.path(rel_dir))
+            return len(data)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.describe(rel_dir + '/' + name)}: {exc}") from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        """A whole file (FileNotFoundError when it is not there)."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as fh:
+                data: bytes = fh.read()
+                return data
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.describe(rel)}: {exc}") from None
+
     def delete_dir(self, rel: str) -> None:
         try:
             self.fs.delete_dir(self.path(rel))

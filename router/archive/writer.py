@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from router.archive.convert import entries_table
 from router.archive.layout import Hour, PartName, parse_id, partition_dir, shard_of
-from router.archive.schema import entries_table
 from router.archive.store import ArchiveStore
 
 log = logging.getLogger(__name__)

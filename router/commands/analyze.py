@@ -181,6 +181,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --archive: threads (one process), processes (a local pool of --workers "
         "processes; the default) or dask://HOST:PORT (a Dask distributed scheduler)",
     )
+    p.add_argument("--rollups", action="store_true",
+                   help="with --archive: merge the hours' rollups (`router rollup`) where they "
+                   "match this policy and the outcomes, re-fold the other hours")  # fmt: skip
     p.add_argument("--seed", type=int, default=1, help="seed of --synthetic")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument(
@@ -214,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     args.executor = args.executor or (
         "processes" if args.archive and not args.redis else "threads"
     )
+    if args.rollups and (not args.archive or args.redis):
+        print("router: --rollups needs --archive (without --redis)", file=sys.stderr)
+        return 2
     if args.outcomes and not args.pairs:
         print("router: --outcomes needs --pairs", file=sys.stderr)
         return 2
@@ -279,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
                      since=args.since, until=args.until)  # fmt: skip
     elif args.archive:
         src = Source(args.experiment, archive=args.archive, redis_url=url, since=args.since,
-                     until=args.until)  # fmt: skip
+                     until=args.until, rollups=args.rollups)  # fmt: skip
     else:
         src = Source(args.experiment, redis_url=url, since=args.since, until=args.until)
     # start reading the records now: the policy, the analysis code and scipy import while the

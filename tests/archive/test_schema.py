@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from router.archive.convert import decodes_fast, entries_table
 from router.archive.layout import Hour, PartName, shard_of
 from router.archive.scan import ArchiveFile, UnreadableFile, read_file
 from router.archive.schema import (
@@ -16,7 +17,6 @@ from router.archive.schema import (
     OUTCOMES_SCHEMA,
     PAIRS_SCHEMA,
     SIDE_TYPE,
-    entries_table,
 )
 from router.archive.store import ArchiveStore
 
@@ -83,13 +83,56 @@ def test_predictions_of_any_json_type(prediction: object, text: str, as_text: st
 
 def test_unknown_keys_are_kept_as_json_not_dropped() -> None:
     rec = {**REC, "router_version": "2.0",
-           "champion": {**REC["champion"], "ttfb_ms": 3.5, "bytes": 120}}  # type: ignore[dict-item]
+           "champion": {**REC["champion"], "cache_hit": True, "gpu": "a100"}}  # type: ignore[dict-item]
     fast, slow = _rows("pairs", [REC, rec])  # one batch: the slow path for both
     assert fast["extra"] is None and fast["champion"]["extra"] is None
     assert orjson.loads(slow["extra"]) == {"router_version": "2.0"}
-    assert orjson.loads(slow["champion"]["extra"]) == {"ttfb_ms": 3.5, "bytes": 120}
+    assert orjson.loads(slow["champion"]["extra"]) == {"cache_hit": True, "gpu": "a100"}
     assert slow["champion"]["latency_ms"] == 12.5 and slow["segment"] == fast["segment"]
     assert fast["champion"] == {**slow["champion"], "extra": None}
+
+
+STREAMED = {"version": "c1", "status": 200, "latency_ms": 812.5, "prediction": "Hi there.",
+            "error": None, "ttfb_ms": 95.25, "duration_ms": 812.5, "bytes": 2048,
+            "streamed": True, "events": 14, "finish_reason": "stop",
+            "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}  # fmt: skip
+BUFFERED = {"version": "c2", "status": 200, "latency_ms": 40.0, "prediction": "Hello.",
+            "error": None, "ttfb_ms": 38.5, "bytes": 310, "parse_error": "no choices"}  # fmt: skip
+
+
+def test_issue_15_keys_are_typed_columns_on_the_fast_path() -> None:
+    """Schema v2: the per-side timing, size and text keys and ``client_aborted`` are columns
+    (not ``extra``), and today's records take the msgspec fast path."""
+    today = {**REC, "champion": STREAMED, "challenger": BUFFERED, "client_aborted": True,
+             "champion_repeat": {**STREAMED, "ttfb_ms": 90.0}}  # fmt: skip
+    payloads = [orjson.dumps(today), orjson.dumps(REC)]
+    assert decodes_fast(payloads) is not None
+    row, plain = _rows("pairs", [today, REC])
+    c, h, r = row["champion"], row["challenger"], row["champion_repeat"]
+    assert (c["ttfb_ms"], c["duration_ms"], c["bytes"], c["streamed"], c["events"]) == (
+        95.25, 812.5, 2048, True, 14)  # fmt: skip
+    assert orjson.loads(c["usage"]) == STREAMED["usage"] and c["finish_reason"] == "stop"
+    assert c["prediction_text"] == "Hi there." and c["extra"] is None and c["parse_error"] is None
+    assert (h["ttfb_ms"], h["bytes"], h["parse_error"]) == (38.5, 310, "no choices")
+    assert h["duration_ms"] is None and h["streamed"] is None and h["usage"] is None
+    assert r["ttfb_ms"] == 90.0 and row["client_aborted"] is True and row["extra"] is None
+    assert plain["client_aborted"] is None and plain["champion"]["ttfb_ms"] is None
+    # the slow path (an unknown key elsewhere in the batch) gives the same columns
+    odd = {**REC, "router_version": "3"}
+    slow, _odd = _rows("pairs", [today, odd])
+    assert decodes_fast([orjson.dumps(today), orjson.dumps(odd)]) is None
+    assert slow == row
+
+
+@pytest.mark.parametrize(
+    "side",
+    [{"ttfb_ms": "fast"}, {"events": 1.5}, {"bytes": 2**63}, {"streamed": "yes"},
+     {"finish_reason": 3}],
+)  # fmt: skip
+def test_an_issue_15_key_of_another_type_keeps_the_entry_whole(side: dict[str, object]) -> None:
+    payload = orjson.dumps({**REC, "champion": {**STREAMED, **side}})
+    (row,) = _rows("pairs", [payload])
+    assert row["raw"] == payload.decode() and row["champion"] is None
 
 
 @pytest.mark.parametrize(
@@ -160,6 +203,11 @@ def test_schemas_have_the_documented_columns() -> None:
     assert PAIRS_SCHEMA.names == [
         "stream_id", "stream", "stored_at", "v", "experiment", "request_id", "ts", "unit",
         "bucket", "served", "mirrored", "segment", "champion", "challenger", "contract",
-        "champion_repeat", "contract_repeat", "fields", "extra", "raw",
+        "champion_repeat", "contract_repeat", "client_aborted", "fields", "extra", "raw",
+    ]  # fmt: skip
+    assert [f.name for f in SIDE_TYPE] == [
+        "version", "status", "latency_ms", "prediction", "prediction_text", "error", "truncated",
+        "response_bytes", "extra", "ttfb_ms", "duration_ms", "bytes", "streamed", "events",
+        "usage", "finish_reason", "parse_error",
     ]  # fmt: skip
     assert OUTCOMES_SCHEMA.names[-2:] == ["extra", "raw"]
