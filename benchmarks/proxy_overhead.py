@@ -3,6 +3,9 @@
 Runs everything in one go on this machine so the ratios are measured under the same noise:
 
 * near-free upstream stubs (``stub_upstream.py``), a throwaway redis-server for capture;
+* A/B/n (issue 16), in ``--ab`` mode: ``router-abn4`` (50% split over four challengers) against
+  ``router-split50`` (one challenger at 50%), and the in-process cost of assignment with one
+  and with four challengers;
 * scenarios: ``direct`` (no proxy), ``router`` pass-through (capture on), ``router-split50``,
   ``router-mirror100`` (shadow to a second stub, capture on), ``naive`` and ``naive-mirror100``
   (``naive_proxy.py``), ``nginx`` and ``nginx-mirror100`` when nginx is installed;
@@ -40,6 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -171,8 +175,8 @@ async def fixed_rate(port: int, rate: float, seconds: float) -> tuple[float, flo
 
 
 def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, split: float,
-               mirror: float, **experiment: object) -> list[str]:  # fmt: skip
-    cfg = {
+               mirror: float, challengers: int = 1, **experiment: object) -> list[str]:  # fmt: skip
+    cfg: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "champion": {"url": f"http://127.0.0.1:{champ}", "version": "a", "pool_size": 128},
         "challenger": {"url": f"http://127.0.0.1:{chall}", "version": "b", "pool_size": 128},
@@ -182,9 +186,51 @@ def router_cmd(tmp: Path, port: int, champ: int, chall: int, redis_url: str, spl
         "limits": {"shadow_queue": 10000, "capture_queue": 100000},
         "guard": {"enabled": False},
     }  # fmt: skip
+    if challengers > 1:  # A/B/n: the same stub behind every challenger, the split shared out
+        del cfg["challenger"]
+        cfg["experiment"].pop("split")
+        cfg["experiment"].pop("mirror")
+        cfg["challengers"] = [
+            {"name": f"c{i}", "url": f"http://127.0.0.1:{chall}", "version": f"b{i}",
+             "pool_size": 128, "split": split / challengers, "mirror": mirror}
+            for i in range(challengers)
+        ]  # fmt: skip
     path = tmp / f"router-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return [sys.executable, "-m", "router", "serve", "-c", str(path), "--log-level", "WARNING"]
+
+
+def assignment_cost(challengers: int, n: int = 200_000) -> float:
+    """µs per request of the hot path's assignment in process: the unit's bucket, its variant
+    (one table lookup) and the mirror routes of the served variant (every challenger mirrors
+    10% here, so the champion's requests check one route per challenger)."""
+    from router.config import parse_config
+    from router.sidecar.app import RouterApp
+
+    cfg = parse_config({
+        "champion": {"url": "http://127.0.0.1:9", "version": "a"},
+        "challengers": [{"name": f"c{i}", "url": "http://127.0.0.1:9", "version": f"b{i}",
+                         "split": 0.5 / challengers, "mirror": 0.1} for i in range(challengers)],
+        "experiment": {"name": "bench", "salt": "bench"},
+        "capture": {"enabled": False},
+    })  # fmt: skip
+    app = RouterApp(cfg, tempfile.mkdtemp(prefix="bench-assign-"), None)
+    from router.sidecar.assign import bucket
+
+    units = [f"user-{i}" for i in range(n)]
+    salt, msalt = app.salt, app.mirror_salt
+    t0 = time.perf_counter()
+    hits = 0
+    for unit in units:
+        idx = app.owner[bucket(salt, unit)]
+        _variant = app.variants[idx]
+        routes = app.mirror_routes[idx]
+        if app.mirror_any and routes:
+            mb = bucket(msalt, unit)
+            for r in routes:
+                if mb < r.raw and mb < r.effective:
+                    hits += 1
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def nginx_conf(tmp: Path, port: int, champ: int, chall: int, mirror: bool) -> Path:
@@ -383,6 +429,9 @@ AB_SCENARIOS: list[tuple[str, float, float, dict[str, object], bool]] = [
     ("router-mirror100", 0.0, 1.0, {}, True),
     ("router-noise100", 0.0, 0.0, {"noise_floor": 1.0}, False),
     ("router-mirror100-noise100", 0.0, 1.0, {"noise_floor": 1.0}, False),
+    # A/B/n (issue 16): four challengers sharing a 50% split, against one challenger at 50%
+    ("router-split50", 0.5, 0.0, {}, False),
+    ("router-abn4", 0.5, 0.0, {"challengers": 4}, False),
 ]
 
 
@@ -432,6 +481,15 @@ def ab_main(args: argparse.Namespace, tmp: Path, lua: Path, champ: int, chall: i
             rps_ratio = v["requests_per_s"] / b["requests_per_s"]
             line += f"  CPU ratio {cpu_ratio:.3f}, throughput ratio {rps_ratio:.3f}"
         print(line)
+    one, four = runs.get("router-split50"), runs.get("router-abn4")
+    if one and four:
+        deltas = [(b.cpu_us_per_request or 0.0) - (a.cpu_us_per_request or 0.0)
+                  for a, b in zip(one, four, strict=False)]  # fmt: skip
+        print(f"  four challengers: {statistics.median(deltas):+.1f} µs CPU/request against one "
+              f"(split 50% both; per round {', '.join(f'{d:+.1f}' for d in deltas)})")  # fmt: skip
+    a1, a4 = assignment_cost(1), assignment_cost(4)
+    print(f"  assignment in process: {a1:.2f} µs with one challenger, {a4:.2f} µs with four "
+          f"({a4 - a1:+.2f} µs)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({
             "ab": {"baseline": str(base), "rounds": args.rounds, "medians": med,

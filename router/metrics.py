@@ -120,7 +120,27 @@ CATALOGUE: dict[str, MetricDef] = {
     "router_shadow_dispatched": MetricDef("counter", "Shadow requests queued", ("variant",)),
     "router_shadow_completed": MetricDef("counter", "Shadow requests answered", ("variant",)),
     "router_shadow_dropped": MetricDef(
-        "counter", "Shadow requests not sent (queue full, body too large, shutdown)", ("reason",)
+        "counter",
+        "Shadow requests not sent (queue_full, body_too_large, shutdown, budget: cut by unit "
+        "hash to keep within mirror_max_rps, budget_burst: cut by the budget's token bucket)",
+        ("reason",),
+    ),
+    "router_shadow_budget_factor": MetricDef(
+        "gauge", "Share of a shadow target's mirror units kept by its budget (1: no cut)",
+        ("target",),
+    ),
+    "router_forced_requests": MetricDef(
+        "counter",
+        "Requests with the force header: honoured, rejected (no valid token and unit not "
+        "allowed: header stripped), unknown_variant (400)",
+        ("outcome",),
+    ),
+    "router_admin_changes": MetricDef(
+        "counter", "Live challenger changes through the admin API (applied, rejected)",
+        ("outcome",),
+    ),
+    "router_experiment_expired": MetricDef(
+        "counter", "Times the experiment expired and traffic returned to the champion"
     ),
     "router_shadow_failed": MetricDef(
         "counter", "Shadow requests that failed (connect, timeout, protocol)", ("kind",)
@@ -389,8 +409,10 @@ def declare_defaults(metrics: Metrics) -> None:
         "router_control_changes",
     ):
         metrics.inc(name, (), 0.0)
-    for reason in ("queue_full", "body_too_large", "shutdown"):
+    for reason in ("queue_full", "body_too_large", "shutdown", "budget", "budget_burst"):
         metrics.inc("router_shadow_dropped", (reason,), 0.0)
+    for outcome in ("honoured", "rejected", "unknown_variant"):
+        metrics.inc("router_forced_requests", (outcome,), 0.0)
     for reason in ("queue_full", "spool_full"):
         metrics.inc("router_capture_dropped", (reason,), 0.0)
     for name in ("router_capture_spooled", "router_capture_replayed",

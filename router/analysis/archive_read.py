@@ -164,6 +164,9 @@ def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
     return pl.when(pl.col("segment").is_not_null()).then(expr).alias("segment"), texts
 
 
+_FROM_EXTRA = ("variant", "arm", "forced", "shadows", "mirror_skipped")
+
+
 def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Archive columns (:func:`columns_for` the schema) as the analyzer's record columns:
     those of ``schema`` (:func:`router.analysis.frames.record_schema`: numeric or text
@@ -172,9 +175,14 @@ def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFram
     assert isinstance(df, pl.DataFrame)
     seg, _texts = _segment_text(df)
     cols: list[pl.Expr] = []
+    # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
+    extra = pl.col("extra") if "extra" in df.columns else pl.lit(None, pl.String)
     for name, dtype in schema.items():
         if name == "segment":
             cols.append(seg)
+        elif name in _FROM_EXTRA:
+            got = extra.str.json_path_match(f"$.{name}")
+            cols.append((got == "true" if dtype == pl.Boolean else got).alias(name))
         elif isinstance(dtype, pl.Struct):  # (a side; v2 columns of files written before
             cols.append(_side(name, dtype))  # are nulls, filled by read_file)
         elif name in ("contract", "contract_repeat"):

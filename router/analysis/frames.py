@@ -74,6 +74,12 @@ def record_schema(
         "contract": pl.String(),
         "champion_repeat": side,  # the noise floor's second champion answer (when sampled)
         "contract_repeat": pl.String(),
+        # additions of A/B/n (issue 16); absent in older records (null)
+        "variant": pl.String(),
+        "arm": pl.String(),
+        "forced": pl.Boolean(),
+        "shadows": pl.String(),
+        "mirror_skipped": pl.String(),
     }
     if fields:
         schema["fields"] = pl.String()
@@ -318,7 +324,20 @@ def record_columns(df: pl.DataFrame) -> pl.DataFrame:
         contract_r=pl.col("contract_repeat"),
         fields=pl.col("fields") if "fields" in df.columns else pl.lit(None, pl.String),
         **text,
+        # A/B/n: the served variant's name, the name of the challenger in ``challenger``, a
+        # forced request, further mirrored challengers (JSON text); see router.analysis.arms
+        vn=pl.coalesce(_opt(df, "variant"), served),
+        arm=pl.when(chall.is_not_null()).then(
+            pl.coalesce(_opt(df, "arm"), pl.lit("challenger"))
+        ),
+        forced=_opt(df, "forced", pl.Boolean).fill_null(False),
+        shadows=_opt(df, "shadows"),
+        skipped=_opt(df, "mirror_skipped"),
     )
+
+
+def _opt(df: pl.DataFrame, name: str, dtype: Any = pl.String) -> pl.Expr:
+    return pl.col(name) if name in df.columns else pl.lit(None, dtype)
 
 
 @dataclass

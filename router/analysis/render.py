@@ -26,6 +26,11 @@ from router.analysis.doc import (
     Table,
     cell_text,
 )
+from router.analysis.views.arms import (
+    challengers_section,
+    crossover_section,
+    forced_and_coverage_section,
+)
 from router.analysis.views.compare import compare_section
 from router.analysis.views.data import (
     data_quality_section,
@@ -57,6 +62,7 @@ SECTIONS: list[SectionBuilder] = [
     compare_section,
     gates_section,
     decision_table_section,
+    challengers_section,
     metrics_section,
     cuped_section,
     quality_section,
@@ -69,6 +75,8 @@ SECTIONS: list[SectionBuilder] = [
     drift_section,
     traffic_section,
     srm_segments_section,
+    crossover_section,
+    forced_and_coverage_section,
     data_quality_section,
     method_section,
 ]

@@ -16,10 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from router.analysis.accumulate import Accumulator
+from router.analysis.arms import ArmSet
 from router.analysis.data_quality import data_quality_section
+from router.analysis.frames import RECORD_SCHEMA, prepare_records, records_chunk
 from router.analysis.gates.decision import evaluate
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
+from router.analysis.sections.arms import (
+    arms_section,
+    crossover_section,
+    forced_counts,
+    mirror_coverage,
+    view_split,
+)
 from router.analysis.sections.counts import counts_section, srm_section, window_section
 from router.analysis.sections.divergence import divergence_section
 from router.analysis.sections.drift import drift_section
@@ -37,13 +46,21 @@ REPORT_VERSION = 1
 
 
 def report_from(
-    acc: Accumulator,
+    acc: Accumulator | ArmSet,
     *,
     experiment: str,
     split: float | None = None,
     earliest_available: float | None = None,
     reference: dict[str, Any] | None = None,
+    shares: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """The report of an accumulator, or of the challengers' views of an :class:`ArmSet`: then
+    the top-level sections are the first challenger's comparison with the champion, plus
+    ``counts.forced``, ``crossover`` and, with several challengers, ``arms``
+    (:mod:`router.analysis.sections.arms`). ``shares``: each challenger's split share (A/B/n
+    SRM); ``split``: the one challenger's."""
+    if isinstance(acc, ArmSet):
+        return _report_from_arms(acc, experiment, split, earliest_available, reference, shares)
     policy = acc.policy
     # the quality section (its AUC bootstrap is most of the report's time) runs beside the
     # others: numpy releases the GIL in most of it
@@ -90,6 +107,40 @@ def report_from(
     return report
 
 
+def _report_from_arms(
+    arms: ArmSet,
+    experiment: str,
+    split: float | None,
+    earliest_available: float | None,
+    reference: dict[str, Any] | None,
+    shares: dict[str, float] | None,
+) -> dict[str, Any]:
+    cross = arms.mark_crossover()
+    names = arms.names
+    single = len(names) == 1
+    reports = {
+        n: report_from(
+            arms.arms[n],
+            experiment=experiment,
+            split=view_split(n, shares, split, single),
+            earliest_available=earliest_available,
+            reference=reference,
+        )
+        for n in names
+    }
+    top = reports[names[0]]
+    top["counts"]["forced"] = forced_counts(arms)
+    top["counts"]["mirror_coverage"] = mirror_coverage(arms, reports)
+    top["crossover"] = crossover_section(cross)
+    if not single:
+        top["arms"] = arms_section(arms, reports, shares)
+        top["meta"]["arms"] = (
+            f"top-level sections compare the first challenger ({names[0]}) with the champion; "
+            "arms holds every challenger, the Holm family across them and their decisions"
+        )
+    return top
+
+
 def build_report(
     pairs: Iterable[dict[str, Any]],
     outcomes: Iterable[dict[str, Any]],
@@ -102,24 +153,32 @@ def build_report(
     prediction_kind: str | None = None,
     earliest_available: float | None = None,
     reference: dict[str, Any] | None = None,
+    shares: dict[str, float] | None = None,
+    arms: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The whole analysis of in-memory records and outcomes (DESIGN.md schemas)."""
+    """The whole analysis of in-memory records and outcomes (DESIGN.md schemas); with several
+    challengers in the records, one comparison per challenger (see :func:`report_from`)."""
     policy = policy or Policy()
     oi = OutcomeIndex(policy.data_quality.max_metrics)
     oi.add_all(outcomes, experiment)
-    acc = Accumulator(
-        policy,
-        oi,
-        kind=prediction_kind or policy.prediction_kind or "score",
-        since=since,
-        until=until,
-        experiment=experiment,
-    )
-    acc.add(pairs)
+    kind = prediction_kind or policy.prediction_kind or "score"
+
+    def make() -> Accumulator:
+        return Accumulator(policy, oi, kind=kind, since=since, until=until, experiment=experiment)
+
+    chunk, rejected = records_chunk(pairs)
+    page = prepare_records(chunk, RECORD_SCHEMA)
+    page.rejected.merge(rejected)
+    aset = ArmSet(make, arms or (list(shares) if shares else None))
+    aset.add_page(page)
+    if aset.restart:  # challengers not known in advance: fold again with all of them
+        aset = ArmSet(make, aset.restart_arms())
+        aset.add_page(page)
     return report_from(
-        acc,
+        aset,
         experiment=experiment,
         split=split,
         earliest_available=earliest_available,
         reference=reference,
+        shares=shares,
     )

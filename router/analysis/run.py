@@ -19,6 +19,7 @@ import orjson
 from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator
+from router.analysis.arms import ArmSet
 from router.analysis.frames import Page
 from router.analysis.outcomes_index import MAX_METRICS, OutcomeIndex
 from router.analysis.policy import Policy
@@ -114,7 +115,9 @@ def earliest_available(src: Source) -> float | None:
     return _id_span(src)[1]
 
 
-def fold(acc: Accumulator, pages: Iterable[Page], progress: Progress | None = None) -> None:
+def fold(
+    acc: Accumulator | ArmSet, pages: Iterable[Page], progress: Progress | None = None
+) -> None:
     """Fold parsed pages into ``acc`` in order."""
     for page in pages:
         acc.add_page(page)
@@ -127,6 +130,57 @@ def quiet_blas() -> threadpool_limits:
     after every call (measured: about 0.4 CPU-seconds per million records on 2 cores, and 3
     before the folding code stopped calling ``np.dot``)."""
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def accumulate_arms(
+    src: Source,
+    policy: Policy,
+    *,
+    kind: str = "score",
+    workers: int = 2,
+    track_fields: bool = True,
+    progress: Progress | None = None,
+    pages: Pages | None = None,
+    arms: list[str] | None = None,
+    executor: str = "threads",
+) -> ArmSet:
+    """Read ``src`` into one accumulator per challenger view (:mod:`router.analysis.arms`).
+    When the records name a challenger not in ``arms`` (default: the one ``challenger``),
+    the source is read a second time with every challenger the first read found. An archive
+    folded by other processes (``executor`` not ``threads``) or from hourly rollups gives one
+    accumulator over every record, as before A/B/n (views per challenger not built there yet)."""
+    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
+        one = accumulate(src, policy, kind=kind, workers=workers, track_fields=track_fields,
+                         progress=progress, pages=pages, executor=executor)  # fmt: skip
+        return ArmSet.of(one)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
+        outcomes = load_outcomes(src, policy.data_quality.max_metrics, history)
+        while True:
+            if pages is None:
+                pages = read_pages(src, kind, track_fields, workers)
+
+            def make() -> Accumulator:
+                return Accumulator(policy, outcomes, kind=kind, since=src.since,
+                                   until=src.until, experiment=src.experiment,
+                                   track_fields=track_fields)  # fmt: skip
+
+            aset = ArmSet(make, arms)
+            try:
+                with quiet_blas():
+                    fold(aset, pages, progress)
+            finally:
+                pages.close()
+            if not aset.restart:
+                return aset
+            log.info("records name challengers %s: reading again with one view each",
+                     aset.restart_arms())  # fmt: skip
+            arms, pages = aset.restart_arms(), None
+    finally:
+        if gc_was:
+            gc.enable()
 
 
 def accumulate(
@@ -218,6 +272,7 @@ def analyze(
     *,
     kind: str = "score",
     split: float | None = None,
+    shares: dict[str, float] | None = None,
     workers: int = 2,
     reference: dict[str, Any] | None = None,
     reference_src: Source | None = None,
@@ -226,8 +281,9 @@ def analyze(
 ) -> dict[str, Any]:
     """The report of a source (see :func:`router.analysis.report.report_from`)."""
     track = reference is not None or reference_src is not None
-    acc = accumulate(src, policy, kind=kind, workers=workers, track_fields=track,
-                     progress=progress, executor=executor)  # fmt: skip
+    acc = accumulate_arms(src, policy, kind=kind, workers=workers, track_fields=track,
+                          progress=progress, executor=executor,
+                          arms=list(shares) if shares else None)  # fmt: skip
     if reference_src is not None:
         from router.analysis.sections.drift import reference_stats
 
@@ -244,8 +300,9 @@ def analyze(
             split=split,
             earliest_available=earliest_available(src),
             reference=reference,
+            shares=shares,
         )
-    add_archive_section(report, src, acc)
+    add_archive_section(report, src, acc.primary)
     return report
 
 

@@ -143,6 +143,22 @@ class UnitTable:
         (``n``) and maximum of its requests' reduced values."""
         return self._request_values.table()
 
+    def mark_both(self, units: pl.Series) -> None:
+        """Count ``units`` (crossover units: served by another variant too, see
+        :mod:`router.analysis.arms`) as in both variants, which leaves them out of the SRM
+        check and of every unit-level statistic; their first exposure and requests stay."""
+        ex = self.exposures()
+        hit = ex.filter(pl.col("unit").is_in(units.implode()))
+        if hit.height:
+            self._exposures.add(
+                hit.with_columns(
+                    champion=pl.lit(True),
+                    challenger=pl.lit(True),
+                    first_ts=pl.lit(float("inf")),
+                    requests=pl.lit(0, pl.Int64),
+                )
+            )
+
     def counts(self) -> list[int]:
         """Units served only by the champion, only by the challenger, and by both."""
         ex = self.exposures()

@@ -226,6 +226,11 @@ class PendingRecord:
     client_aborted: bool = False  # the client went away before a streamed answer ended
     champion_repeat: Side | None = None  # the noise floor: the champion asked a second time
     waiting: int = 0  # shadow jobs still running on this record (captured when the last ends)
+    variant: str = ""  # the name of the variant that served ("champion" or a challenger's)
+    arm: str | None = None  # the name of the challenger whose answer is in ``challenger``
+    shadows: dict[str, Side] | None = None  # further challengers mirrored (A/B/n fan-out)
+    forced: bool = False  # the variant was forced (X-Router-Force): kept out of statistics
+    mirror_skipped: dict[str, str] | None = None  # shadow target -> why it was not mirrored
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +350,22 @@ def finalize(rec: PendingRecord, opts: FinalizeOptions) -> dict[str, Any]:
             if champ_doc is not _MISSING and rep_doc is not _MISSING
             else None
         )
+    # additions to schema v1 (A/B/n, issue 16), present only when they say something, so a
+    # single-challenger record is unchanged: ``variant`` the served variant's name when it is
+    # not ``served`` itself (a named challenger), ``arm`` the name of the challenger in
+    # ``challenger`` when it is not "challenger"
+    if rec.variant and rec.variant != rec.served:
+        out["variant"] = rec.variant
+    if rec.arm is not None and rec.arm != "challenger":
+        out["arm"] = rec.arm
+    if rec.shadows:
+        out["shadows"] = {
+            name: _side_dict(side, _parse(side.body), opts) for name, side in rec.shadows.items()
+        }
+    if rec.forced:
+        out["forced"] = True
+    if rec.mirror_skipped:
+        out["mirror_skipped"] = rec.mirror_skipped
     fields = captured_fields(rec.request_body, opts)
     if fields is not None:
         out["fields"] = fields

@@ -115,6 +115,18 @@ def _executor(text: str) -> str:
     )
 
 
+def _shares(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=F[,NAME=F...], got {item!r}")
+        out[name.strip()] = _fraction(value.strip())
+    if sum(out.values()) > 1.0 + 1e-9:
+        raise argparse.ArgumentTypeError(f"the shares sum to {sum(out.values()):g}, over 1")
+    return out
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("analyze", help="analyse captured pairs and outcomes; decide promotion")
     p.add_argument("--experiment", required=True)
@@ -130,6 +142,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--since", type=_time_arg, help="window start (unix s or ISO-8601)")
     p.add_argument("--until", type=_time_arg, help="window end (unix s or ISO-8601)")
     p.add_argument("--split", type=_fraction, help="configured live split, for the SRM check")
+    p.add_argument(
+        "--shares",
+        type=_shares,
+        metavar="NAME=F,...",
+        help="each challenger's split share (A/B/n), for the SRM checks across all arms",
+    )
     p.add_argument(
         "--kind",
         choices=["score", "class", "vector", "value", "text"],
@@ -363,6 +381,7 @@ def _analyse(
     from router.analysis.reader import InputError, Source
     from router.analysis.run import (
         accumulate,
+        accumulate_arms,
         add_archive_section,
         earliest_available,
         quiet_blas,
@@ -370,9 +389,10 @@ def _analyse(
 
     progress, close = _progress(args.progress)
     try:
-        acc = accumulate(src, policy, kind=kind, workers=args.workers, track_fields=track,
-                         progress=progress, pages=pages, executor=args.executor)  # fmt: skip
-        absent = _absent_experiment(args.experiment, src, acc)
+        arms = accumulate_arms(src, policy, kind=kind, workers=args.workers, track_fields=track,
+                               progress=progress, pages=pages, executor=args.executor,
+                               arms=list(args.shares) if args.shares else None)  # fmt: skip
+        absent = _absent_experiment(args.experiment, src, arms.primary)
         if absent is not None:
             print(f"router: {absent}", file=sys.stderr)
             return 2
@@ -401,13 +421,14 @@ def _analyse(
             )
         with quiet_blas():
             report = report_from(
-                acc,
+                arms,
                 experiment=args.experiment,
                 split=args.split,
+                shares=args.shares,
                 earliest_available=earliest_available(src),
                 reference=reference,
             )
-        add_archive_section(report, src, acc)
+        add_archive_section(report, src, arms.primary)
     except InputError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
@@ -440,7 +461,7 @@ def _analyse(
         report["comparison"] = compare(report, previous)
     if args.write_reference_stats:
         with open(args.write_reference_stats, "wb") as fh:
-            fh.write(orjson.dumps(reference_stats(acc), option=orjson.OPT_INDENT_2))
+            fh.write(orjson.dumps(reference_stats(arms.primary), option=orjson.OPT_INDENT_2))
     if args.format == "json":
         out = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     elif args.format == "md":
@@ -450,7 +471,7 @@ def _analyse(
     else:
         from router.analysis.render_html import to_html
 
-        out = to_html(report, acc).encode()
+        out = to_html(report, arms.primary).encode()
     if args.output:
         with open(args.output, "wb") as fh:
             fh.write(out)

@@ -201,12 +201,12 @@ DEMO_POLICY = {
 def _report(redis_url: str, since: float, until: float, split: float) -> tuple[Any, Any]:
     from router.analysis import parse_policy
     from router.analysis.report import report_from
-    from router.analysis.run import Source, accumulate
+    from router.analysis.run import Source, accumulate_arms
 
     policy = parse_policy(DEMO_POLICY, "demo policy")
     src = Source("demo", redis_url=redis_url, since=since, until=until)
-    acc = accumulate(src, policy)
-    return report_from(acc, experiment="demo", split=split), acc
+    arms = accumulate_arms(src, policy)
+    return report_from(arms, experiment="demo", split=split), arms.primary
 
 
 def _summary(title: str, r: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 
 
 class Analyse(Protocol):
-    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts``."""
+    """Analyse one window: returns a report with ``decision``, ``gates`` and ``counts`` (and
+    ``arms`` with several challengers; the controller then passes ``shares=`` too)."""
 
     def __call__(
         self,
@@ -45,13 +46,15 @@ def analyzer_from_policy(
         split: float,
         since: float,
         until: float,
+        shares: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         if redis_url is not None:
             from router.analysis.run import Source, analyze
 
             src = Source(experiment, redis_url=redis_url, archive=archive, since=since,
                          until=until)  # fmt: skip
-            return analyze(src, policy, kind=policy.prediction_kind or "score", split=split)
+            kind = policy.prediction_kind or "score"
+            return analyze(src, policy, kind=kind, split=split, shares=shares)
         report: dict[str, Any] = analysis.build_report(
             pairs,
             outcomes,
@@ -60,6 +63,7 @@ def analyzer_from_policy(
             split=split,
             since=since,
             until=until,
+            shares=shares,
         )
         return report
 
@@ -80,4 +84,8 @@ def verdict_from_report(report: dict[str, Any], since: float, until: float) -> d
         "gates": [{k: g.get(k) for k in GATE_KEYS if k in g} for g in report.get("gates", [])],
         "counts": report.get("counts", {}),
         "window": {"since": since, "until": until},
+        # several challengers: their decisions, ranking and winner (router.promotion.contest)
+        "arms": {k: arms.get(k) for k in ("decisions", "ranking", "winner")}
+        if (arms := report.get("arms"))
+        else None,
     }

@@ -49,6 +49,7 @@ from router.promotion import machine
 from router.promotion.analyzer import Analyse, analyzer_from_policy, verdict_from_report
 from router.promotion.commit import commit_and_apply
 from router.promotion.config import PromotionConfig
+from router.promotion.contest import ArmTallies
 from router.promotion.fleet import converge
 from router.promotion.guardrails import GuardrailState
 from router.promotion.guardrails import evaluate as evaluate_guardrails
@@ -61,6 +62,17 @@ from router.promotion.store import LeaseLost, PromotionStore, live_changes
 log = logging.getLogger("router.promotion.controller")
 
 
+def _dropping(
+    name: str, result: dict[str, Any], now: float, same_step: Callable[[State | None], bool]
+) -> Callable[[State | None], Transition | None]:
+    def fn(cur: State | None) -> Transition | None:
+        if cur is None or not same_step(cur):
+            return None
+        return machine.on_contender_guardrails(cur, name, result, now=now)
+
+    return fn
+
+
 @dataclass
 class StepGuard:
     """The current step's guardrail tallies and, per pair stream, the last entry id read."""
@@ -69,6 +81,7 @@ class StepGuard:
     since: float
     tallies: GuardrailState = field(default_factory=GuardrailState)
     cursors: dict[str, str] = field(default_factory=dict)
+    arms: ArmTallies | None = None  # a contest: one tally per challenger's view
 
 
 @dataclass
@@ -188,6 +201,7 @@ class Controller:
         if state is None or (self.opts.new_run and state.stage in TERMINAL):
             previous = state
             champion, challenger = await self._current_pins(urls)
+            contenders = await self._current_challengers(urls)
             done = await commit_and_apply(
                 self.store,
                 lambda cur: (
@@ -203,6 +217,7 @@ class Controller:
                         actor=self.opts.actor,
                         now=self.clock(),
                         previous=previous.outcome if previous is not None else None,
+                        contenders=contenders,
                     )
                 ),
                 fleet=self.fleet,
@@ -235,6 +250,19 @@ class Controller:
             )
         assert self.fleet is not None
         return await self.fleet.current_pins()
+
+    async def _current_challengers(self, urls: list[str]) -> list[tuple[str, Pin]]:
+        """Every challenger of a new ramp (name, pin): from the fleet's live state in Redis,
+        else from the listed routers."""
+        assert self.store is not None and self.store.plane is not None
+        live = await self.store.plane.read_live()
+        if live is not None:
+            return [(str(c["name"]), Pin(str(c["url"]), str(c["version"])))
+                    for c in live.get("challengers") or []]  # fmt: skip
+        if not urls:
+            return []
+        assert self.fleet is not None
+        return await self.fleet.current_challengers()
 
     async def _stop_delivery(self) -> None:
         """Stop the outbox task; a last bounded pass sends what the final transitions queued."""
@@ -413,6 +441,7 @@ class Controller:
         split: float,
         since: float,
         until: float,
+        shares: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Run the analyzer off the event loop (it is CPU-bound), so lease renewal continues."""
         fn = self.analyse
@@ -422,6 +451,8 @@ class Controller:
             "since": since,
             "until": until,
         }
+        if shares is not None:  # several challengers (the analyser then takes ``shares=``)
+            kwargs["shares"] = shares
         if inspect.iscoroutinefunction(fn):
             result = await fn(pairs, outcomes, **kwargs)
         else:
@@ -431,6 +462,27 @@ class Controller:
         if not isinstance(result, dict):
             raise TypeError(f"analyser returned {type(result).__name__}, expected a report dict")
         return result
+
+    async def _contender_guardrails(
+        self, state: State, now: float, since: float, same_step: Callable[[State | None], bool]
+    ) -> State:
+        assert self._guard is not None and self._guard.arms is not None
+        for c in state.live_contenders:
+            tally = self._guard.arms.states.get(c.name)
+            if tally is None:
+                continue
+            g = evaluate_guardrails(tally, self.cfg.guardrails)
+            if not g.breached:
+                continue
+            result = {
+                "breached": True, "reasons": g.reasons,
+                "checks": [x.to_json() for x in g.checks],
+                "counts": {"records": tally.records, "champion_calls": g.champion.calls,
+                           "challenger_calls": g.challenger.calls, "challenger": c.name},
+                "window": {"since": since, "until": now},
+            }  # fmt: skip
+            state = await self._commit(_dropping(c.name, result, now, same_step))
+        return state
 
     async def tick(self) -> State:
         """One control step; returns the (possibly new) state."""
@@ -451,13 +503,22 @@ class Controller:
         since = state.step_started_at + self.cfg.settle_s
         if self._guard is None or self._guard.key != key:
             self._guard = StepGuard(key, since)  # a new step (or a restart): a new sequence
-        self._guard.tallies.add(await self._read_new(self._guard))
+        new_records = await self._read_new(self._guard)
+        self._guard.tallies.add(new_records)
+        if state.contenders:
+            if self._guard.arms is None:
+                self._guard.arms = ArmTallies([c.name for c in state.contenders])
+            self._guard.arms.add(new_records)
 
         def same_step(cur: State | None) -> bool:
             return cur is not None and (cur.stage, cur.step, cur.step_started_at) == key
 
         guard = evaluate_guardrails(self._guard.tallies, self.cfg.guardrails)
-        if guard.breached:
+        breached = guard.breached
+        if state.contenders:  # each challenger against the champion: a loser is dropped alone
+            state = await self._contender_guardrails(state, now, since, same_step)
+            breached = False
+        if breached:
             result = {
                 "breached": True,
                 "reasons": guard.reasons,
@@ -485,7 +546,14 @@ class Controller:
                 pairs = await self._read(since, now)
                 outcomes = await self._read(since, now, outcomes=True)
             split = state.current_step.split
-            report = await self._run_analysis(pairs, outcomes, split=split, since=since, until=now)
+            shares = None
+            if state.contenders:  # the live challengers' shares (A/B/n SRM)
+                target = machine.desired(state)
+                live = {c.name for c in state.live_contenders}
+                shares = {s.name: s.split for s in target.challengers if s.name in live}
+                split = next(iter(shares.values()), split)
+            report = await self._run_analysis(pairs, outcomes, split=split, since=since,
+                                              until=now, shares=shares)  # fmt: skip
             report = await self._with_running(report, key)
             verdict = verdict_from_report(report, since, now)
             decided = self.clock()  # a new step starts now, not when its analysis began

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
+from router.promotion import contest
 from router.promotion.approval import Questionnaire, is_rubber_stamp
 from router.promotion.config import PromotionConfig
 from router.promotion.state import (
@@ -73,8 +74,11 @@ def start(
     actor: str,
     now: float,
     previous: dict[str, Any] | None = None,
+    contenders: list[tuple[str, Pin]] | None = None,
 ) -> Transition:
-    """A new ramp from step 0. ``previous``: the outcome of the run it replaces, if any."""
+    """A new ramp from step 0. ``previous``: the outcome of the run it replaces, if any.
+    ``contenders``: the routers' challengers (name, pin) when there are several: they are
+    ramped together (:mod:`router.promotion.contest`)."""
     steps = steps_from_config(cfg)
     first = steps[0]
     state = State(
@@ -93,6 +97,7 @@ def start(
         updated_at=now,
         policy=policy,
         history=({"at": now, "event": "started", "from": None, "to": first.stage, "step": 0},),
+        contenders=contest.contenders_of(contenders) if contenders and len(contenders) > 1 else (),
     )
     ev = Event(
         "step_changed",
@@ -109,6 +114,7 @@ def start(
             "steps": [asdict(s) for s in steps],
             "reasons": ["canary started"],
             "previous_run": previous,
+            "challengers": [c.name for c in state.contenders] or None,
         },
     )
     return Transition(state, (ev,))
@@ -116,6 +122,10 @@ def start(
 
 def desired(state: State) -> Target:
     """The router configuration implied by ``state`` (applied idempotently)."""
+    if state.contenders:
+        first = contest.shares(state)[0]
+        return Target(first.split, first.mirror, state.champion, state.contenders[0].pin,
+                      contest.shares(state))  # fmt: skip
     if state.stage in (SHADOW, CANARY, AWAITING):
         step = state.current_step
         return Target(step.split, step.mirror, state.champion, state.challenger)
@@ -176,6 +186,25 @@ def on_guardrails(state: State, result: dict[str, Any], *, now: float) -> Transi
     )
 
 
+def on_contender_guardrails(
+    state: State, name: str, result: dict[str, Any], *, now: float
+) -> Transition | None:
+    """A contest's challenger ``name`` breached a fast guardrail (``result`` as for
+    :func:`on_guardrails`): it is dropped; the last one dropped rolls the canary back."""
+    if state.stage not in ACTIVE or not result.get("breached"):
+        return None
+    if name not in {c.name for c in state.live_contenders}:
+        return None
+    new, events = contest.drop_for_guardrail(state, name, result, now=now)
+    if new.live_contenders:
+        return Transition(new, events)
+    t = rollback(new, actor="controller:guardrail", now=now,
+                 reasons=["every challenger dropped", *result.get("reasons", [])],
+                 data={"source": "guardrail", "gates": result.get("checks", []),
+                       "counts": result.get("counts", {})})  # fmt: skip
+    return Transition(t.state, (*events, *t.events))
+
+
 def _verdict_summary(verdict: dict[str, Any], now: float) -> dict[str, Any]:
     return {
         "at": now,
@@ -190,7 +219,23 @@ def _verdict_summary(verdict: dict[str, Any], now: float) -> dict[str, Any]:
 def on_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transition:
     """Apply the analyzer's decision for the current step's window.
 
-    ``verdict``: ``{"action", "reasons", "gates", "counts", "window"}`` (from the report)."""
+    ``verdict``: ``{"action", "reasons", "gates", "counts", "window"}`` (from the report; with
+    several challengers also ``arms``, see :mod:`router.promotion.contest`)."""
+    if state.stage not in (SHADOW, CANARY):
+        raise TransitionError(f"no analysis in stage {state.stage}")
+    if not state.contenders:
+        return apply_verdict(state, verdict, now=now)
+    res = contest.resolve(state, verdict, now=now)
+    if res.rollback is not None:
+        t = rollback(res.state, actor="controller:analysis", reasons=res.rollback, now=now,
+                     data=res.data)  # fmt: skip
+    else:
+        t = apply_verdict(res.state, res.verdict, now=now)
+    return Transition(t.state, (*res.events, *t.events))
+
+
+def apply_verdict(state: State, verdict: dict[str, Any], *, now: float) -> Transition:
+    """:func:`on_verdict` for one decision (one challenger, or the contest's combined one)."""
     if state.stage not in (SHADOW, CANARY):
         raise TransitionError(f"no analysis in stage {state.stage}")
     action = verdict.get("action")

@@ -31,10 +31,11 @@ class RouterRejected(RouterError):
 def diff(target: Target, live: dict[str, Any]) -> dict[str, Any]:
     """The admin change that moves ``live`` (the ``state`` of ``GET /state``) to ``target``."""
     change: dict[str, Any] = {}
+    multi = bool(target.challengers)  # then the shares go through <prefix>/challengers
     for key in ("split", "mirror"):
-        if abs(float(live.get(key, -1.0)) - getattr(target, key)) > 1e-9:
+        if not multi and abs(float(live.get(key, -1.0)) - getattr(target, key)) > 1e-9:
             change[key] = getattr(target, key)
-    for key in ("champion", "challenger"):
+    for key in ("champion",) if multi else ("champion", "challenger"):
         pin: Pin = getattr(target, key)
         cur = live.get(key) or {}
         if str(cur.get("url", "")).rstrip("/") != pin.url.rstrip("/") or cur.get("version") != str(
@@ -42,6 +43,25 @@ def diff(target: Target, live: dict[str, Any]) -> dict[str, Any]:
         ):
             change[key] = pin.to_json()
     return change
+
+
+def challenger_ops(target: Target, live: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``<prefix>/challengers`` updates that move each challenger's shares in ``live`` to
+    ``target``'s; the ones that lower a split first, so the shares never sum over 1 on the way.
+    A challenger of the target the router does not run is an error (it must be configured)."""
+    have = {c["name"]: c for c in live.get("challengers") or []}
+    down: list[dict[str, Any]] = []
+    up: list[dict[str, Any]] = []
+    for share in target.challengers:
+        cur = have.get(share.name)
+        if cur is None:
+            raise RouterRejected(f"the router runs no challenger named {share.name!r}")
+        ds = share.split - float(cur["split"])
+        if abs(ds) > 1e-9 or abs(share.mirror - float(cur["mirror"])) > 1e-9:
+            op = {"op": "update", "name": share.name, "split": share.split,
+                  "mirror": share.mirror}  # fmt: skip
+            (down if ds < 0 else up).append(op)
+    return down + up
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +127,42 @@ class RouterFleet:
             )
         return pins.pop()
 
+    async def current_challengers(self) -> list[tuple[str, Pin]]:
+        """Every challenger the routers run (name, pin), which must agree across replicas."""
+        states = await self.states()
+        seen = {
+            tuple((c["name"], c["url"], c["version"]) for c in s.get("challengers") or [])
+            for s in states.values()
+        }
+        if len(seen) != 1:
+            raise RouterError(f"routers disagree on their challengers: {sorted(seen)}")
+        return [(n, Pin(u, v)) for n, u, v in seen.pop()]
+
+    async def _post(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(f"{url}{self.prefix}{path}", json=body) as r:
+            got = await r.json(content_type=None)
+            if r.status != 200:
+                cls = RouterRejected if 400 <= r.status < 500 else RouterError
+                raise cls(f"POST {path}: HTTP {r.status}: {got}")
+            return dict(got)
+
     async def _apply_one(self, url: str, target: Target, note: str) -> Applied:
         last_err = ""
         change: dict[str, Any] = {}
         for attempt in range(self.retries):
             try:
                 live = await self.get_state(url)
+                ops = challenger_ops(target, live) if target.challengers else []
+                for op in ops:
+                    await self._post(url, "/challengers", dict(op, note=note))
+                if ops:
+                    live = await self.get_state(url)
+                    if challenger_ops(target, live):
+                        raise RouterError("router challengers after POST still differ")
                 change = diff(target, live)
                 if not change:
+                    if ops:
+                        return Applied(url, "applied", {"challengers": ops})
                     return Applied(url, "unchanged" if attempt == 0 else "applied", {})
                 async with self.session.post(
                     f"{url}{self.prefix}/experiment", json=dict(change, note=note)
@@ -131,7 +179,7 @@ class RouterFleet:
                         raise cls(f"POST experiment: HTTP {r.status}: {body}")
                     if diff(target, body["state"]):
                         raise RouterError("router state after POST still differs from target")
-                return Applied(url, "applied", change)
+                return Applied(url, "applied", dict(change, challengers=ops) if ops else change)
             except (aiohttp.ClientError, TimeoutError, RouterError, KeyError, ValueError) as exc:
                 last_err = f"{type(exc).__name__}: {exc}"
                 log.warning("router %s: attempt %d failed: %s", url, attempt + 1, last_err)

@@ -44,13 +44,38 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class Contender:
+    """One challenger of a multi-challenger canary: its name on the routers, its pin, and why it
+    was dropped (None while it competes)."""
+
+    name: str
+    pin: Pin
+    dropped: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Contender:
+        return cls(name=str(d["name"]), pin=Pin.from_json(d["pin"]), dropped=d.get("dropped"))
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A challenger's split and mirror shares on the routers."""
+
+    name: str
+    split: float
+    mirror: float
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
-    """What every router should be set to."""
+    """What every router should be set to (``challengers``: each challenger's shares, in a
+    multi-challenger canary; empty otherwise)."""
 
     split: float
     mirror: float
     champion: Pin
     challenger: Pin
+    challengers: tuple[Share, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +116,22 @@ class State:
     last_analysis_at: float | None = None
     last_verdict: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
+    contenders: tuple[Contender, ...] = ()  # a multi-challenger canary (router.promotion.contest)
 
     @property
     def current_step(self) -> Step:
         return self.steps[min(self.step, len(self.steps) - 1)]
+
+    @property
+    def live_contenders(self) -> tuple[Contender, ...]:
+        return tuple(c for c in self.contenders if c.dropped is None)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["steps"] = [asdict(s) for s in self.steps]
         d["routers"] = list(self.routers)
         d["history"] = list(self.history)
+        d["contenders"] = [asdict(c) for c in self.contenders]
         return d
 
     @classmethod
@@ -128,6 +159,7 @@ class State:
             last_analysis_at=d.get("last_analysis_at"),
             last_verdict=d.get("last_verdict"),
             history=tuple(d.get("history", ())),
+            contenders=tuple(Contender.from_json(c) for c in d.get("contenders") or ()),
         )
 
 

@@ -78,12 +78,15 @@ def running_key(experiment: str, cluster: bool = False) -> str:
 
 def target_fields(target: Target) -> dict[str, Any]:
     """The live-state fields of a router target (the keys the controller owns)."""
-    return {
+    out: dict[str, Any] = {
         "split": target.split,
         "mirror": target.mirror,
         "champion": target.champion.to_json(),
         "challenger": target.challenger.to_json(),
     }
+    if target.challengers:  # a contest: every challenger's shares (the routers lay them out)
+        out["shares"] = {s.name: [s.split, s.mirror] for s in target.challengers}
+    return out
 
 
 def live_changes(live: dict[str, Any], target: Target) -> dict[str, Any]:
@@ -91,7 +94,10 @@ def live_changes(live: dict[str, Any], target: Target) -> dict[str, Any]:
     out = {}
     for k, v in target_fields(target).items():
         cur = live.get(k)
-        if isinstance(v, float):
+        if k == "shares":
+            if cur != v:
+                out[k] = v
+        elif isinstance(v, float):
             if not isinstance(cur, (int, float)) or abs(float(cur) - v) > 1e-9:
                 out[k] = v
         elif not isinstance(cur, dict) or {"url": str(cur.get("url", "")).rstrip("/"),

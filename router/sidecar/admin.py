@@ -18,6 +18,10 @@ configured, so an unconfigured admin API is closed, not open):
   current version and state when it moved, 503 when Redis is unreachable (never applied to one
   replica only); every replica applies it within a second, and it is audited. Without Redis it
   is applied on every worker of this router within a second.
+  ``"expired": false`` re-opens an expired experiment; split, mirror and challenger are the
+  first challenger's.
+- ``GET|POST <prefix>/challengers``: list, add, remove and re-weight challengers live
+  (:mod:`router.sidecar.admin_challengers`), through the same shared live state.
 - ``GET  <prefix>/promotion?experiment=NAME``: the promotion controller's stage, step, history
   (through the injected promotion view; 503 naming the reason when the router has none).
 - ``GET  <prefix>/report?experiment=NAME&format=json|md|html[&since=T&until=T]``: the analyzer's
@@ -107,9 +111,18 @@ async def handle_ops(app: RouterApp, request: Request, path: str) -> Response:
         pin: UpstreamPin = getattr(app.state, variant)
         parts = urlsplit(pin.url)
         err = await _tcp_ok(parts.hostname or "127.0.0.1", parts.port or 80)
-        needed = variant == "champion" or app.state.split > 0
+        needed = variant == "champion" or (app.state.split > 0 and not app.state.expired)
         checks[variant] = {"ok": err is None, "required": needed, "error": err}
         ok &= err is None or not needed
+    if len(app.state.challengers) > 1:  # A/B/n: each challenger, required while it serves
+        each: dict[str, Any] = {}
+        for c in app.state.challengers:
+            parts = urlsplit(c.url)
+            err = await _tcp_ok(parts.hostname or "127.0.0.1", parts.port or 80)
+            needed = c.split > 0 and not app.state.expired
+            each[c.name] = {"ok": err is None, "required": needed, "error": err}
+            ok &= err is None or not needed
+        checks["challengers"] = each
     if app.fleet is not None:
         # serving the last known state while Redis is down keeps the router in rotation (and
         # says so); only a worker with no state decided yet is not ready
@@ -202,13 +215,17 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
         return await handle_report(app, request)
     if sub == "/promotion" and request.method == "GET":
         return await handle_promotion(app, request)
+    if sub == "/challengers":
+        from router.sidecar.admin_challengers import handle_challengers
+
+        return await handle_challengers(app, request)
     if sub == "/experiment" and request.method == "POST":
         try:
             body = orjson.loads(request.body)
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
             unknown = set(body) - {"split", "mirror", "champion", "challenger", "note",
-                                   "expected_version"}  # fmt: skip
+                                   "expected_version", "expired"}  # fmt: skip
             if unknown:
                 raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
             changes: dict[str, Any] = {}
@@ -220,6 +237,10 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
                 p = _pin(body, key)
                 if p is not None:
                     changes[key] = p
+            if "expired" in body:  # false re-opens an expired experiment
+                if not isinstance(body["expired"], bool):
+                    raise ValueError("expired: must be true or false")
+                changes["expired"] = body["expired"]
             note = str(body.get("note", ""))[:500]
             expected = body.get("expected_version")
             if expected is not None and (
@@ -233,7 +254,10 @@ async def handle_admin(app: RouterApp, request: Request) -> Response:
         by = f"admin@{request.peer}"
         if app.fleet is not None:
             return await _shared_change(app, changes, expected, by, note)
-        new = app.control.update(by=by, note=note, **changes)
+        try:
+            new = app.control.update(by=by, note=note, **changes)
+        except ValueError as exc:  # the first challenger's new split does not fit the others'
+            return json_error(400, "invalid change", detail=f"split: {exc}")
         app.apply_state(new)
         log.warning("admin change v%d: %s", new.version, {k: str(v) for k, v in changes.items()})
         return _json(state_view(app))

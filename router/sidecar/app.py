@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -21,10 +22,19 @@ from urllib.parse import urlsplit
 
 from router.capture.records import ContractRules, FinalizeOptions, PendingRecord
 from router.capture.writer import CaptureWriter
-from router.config import ContractConfig, RouterConfig
+from router.config import ContractConfig, RouterConfig, UpstreamConfig
 from router.metrics import SNAPSHOT_INTERVAL, Metrics, SnapshotStore, declare_defaults
-from router.sidecar.assign import threshold
-from router.sidecar.control import POLL_INTERVAL, ControlFile, Live, LiveState, UpstreamPin
+from router.sidecar.assign import initial_layout, owner_table, threshold
+from router.sidecar.budget import ShadowBudget
+from router.sidecar.challengers import LIVE_EXCLUDE, expiry_deadline
+from router.sidecar.control import (
+    POLL_INTERVAL,
+    ChallengerLive,
+    ControlFile,
+    Live,
+    LiveState,
+    UpstreamPin,
+)
 from router.sidecar.fleet import FleetFollower
 from router.sidecar.guard import ShadowGuard
 from router.sidecar.headers import HOP_BY_HOP
@@ -49,14 +59,43 @@ def contract_rules(c: ContractConfig) -> ContractRules:
     )
 
 
+def challenger_live(c: UpstreamConfig, name: str, split: float, mirror: float,
+                    extents: tuple[tuple[int, int], ...]) -> ChallengerLive:  # fmt: skip
+    return ChallengerLive(
+        name=name, url=c.url, version=c.version, split=split, mirror=mirror, extents=extents,
+        upstream=c.model_dump(mode="json", exclude=set(LIVE_EXCLUDE)),
+    )  # fmt: skip
+
+
 def initial_state(cfg: RouterConfig) -> LiveState:
+    first = cfg.first_challenger
+    layout = initial_layout([(c.name, c.split) for c in cfg.challengers])
     return LiveState(
         version=1,
-        split=cfg.experiment.split,
-        mirror=cfg.experiment.mirror,
+        split=first.split,
+        mirror=first.mirror,
         champion=UpstreamPin(cfg.champion.url, cfg.champion.version),
-        challenger=UpstreamPin(cfg.challenger.url, cfg.challenger.version),
+        challenger=UpstreamPin(first.url, first.version),
+        challengers=tuple(
+            challenger_live(c, c.name, c.split, c.mirror, layout[c.name]) for c in cfg.challengers
+        ),
+        started_at=time.time(),
     )
+
+
+class MirrorRoute:
+    """Where a request served by one variant is mirrored to: the target's name, the mirror
+    threshold of its share (``raw``), the threshold after the guard (``guarded``) and after the
+    shadow budget too (``effective``), and the target's budget (None: no budget)."""
+
+    __slots__ = ("budget", "effective", "guarded", "raw", "target")
+
+    def __init__(self, target: str, raw: int, budget: ShadowBudget | None) -> None:
+        self.target = target
+        self.raw = raw
+        self.guarded = raw
+        self.effective = raw
+        self.budget = budget
 
 
 class RouterApp:
@@ -86,6 +125,9 @@ class RouterApp:
         # never forwarded from a client: hop-by-hop headers, and the shadow marker (only the
         # router marks shadow requests)
         self.drop_headers = HOP_BY_HOP | {name.lower().encode()}
+        if exp.force_header:  # the force headers are the router's, never the model's
+            self.drop_headers |= {exp.force_header.lower().encode(),
+                                  exp.force_token_header.lower().encode()}  # fmt: skip
         self.drop_headers_id = self.drop_headers | {b"x-request-id"}  # (the client's id replaced)
         self.keep_body = bool(cfg.capture.fields or cfg.capture.hash_fields)
         self.admin_prefix = cfg.admin.prefix
@@ -96,18 +138,23 @@ class RouterApp:
         self.noise_salt = exp.effective_noise_salt
         self.noise_threshold_raw = threshold(exp.noise_floor)
         self.noise_threshold = self.noise_threshold_raw
+        self.upstreams: dict[str, UpstreamConfig] = {}
+        self.upstream_headers: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.upstream_header_names: dict[str, frozenset[bytes]] = {}
+        self.variants: list[str] = ["champion"]  # index 0 the champion, i the i-th challenger
+        self.owner = bytes(10_000)  # per bucket, the index of the variant that serves it
+        self.mirror_routes: list[list[MirrorRoute]] = [[]]  # per served variant index
+        self.mirror_any = False
+        self.budgets: dict[str, ShadowBudget] = {}
+        self._set_state(self.state)
+        self.force_header = exp.force_header.lower() if exp.force_header else None
+        self.force_token_header = exp.force_token_header.lower()
+        token_env = cfg.admin.force_token_env
+        self.force_token = (os.environ.get(token_env, "") if token_env else "").encode()
+        self.force_units = frozenset(exp.force_units)
         self.pools: dict[str, UpstreamPool] = {}
         self.shadow_pools: dict[str, UpstreamPool] = {}
         self._base_paths: dict[str, bytes] = {}
-        # per upstream: configured headers (API keys) added to each request, replacing the
-        # client's of the same names; never captured (records hold no request headers)
-        self.upstream_headers: dict[str, list[tuple[bytes, bytes]]] = {
-            "champion": cfg.champion.upstream_headers(),
-            "challenger": cfg.challenger.upstream_headers(),
-        }
-        self.upstream_header_names: dict[str, frozenset[bytes]] = {
-            v: frozenset(k.lower() for k, _ in h) for v, h in self.upstream_headers.items()
-        }
         self.redis_url = redis_url
         self.promotion_view = promotion_view  # GET <prefix>/promotion; None: answered 503
         self.writer: CaptureWriter | None = None
@@ -123,7 +170,7 @@ class RouterApp:
 
     # ---- upstreams ----------------------------------------------------------------------
     def _make_pools(self, variant: str, pin: UpstreamPin) -> None:
-        ucfg = self.cfg.champion if variant == "champion" else self.cfg.challenger
+        ucfg = self.upstreams[variant]
         parts = urlsplit(pin.url)
         tls = parts.scheme == "https"
         host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
@@ -160,7 +207,7 @@ class RouterApp:
         pool twice over (a live change keeps the old pools until their requests finish), plus
         64 for Redis, the spool, snapshots, the listening socket and the event loop."""
         pools = 0
-        for ucfg in (self.cfg.champion, self.cfg.challenger):
+        for ucfg in (self.cfg.champion, *self.cfg.challengers):
             pools += ucfg.pool_size + self.shadow_pool_size(ucfg.pool_size)
         return 2 * pools + 64
 
@@ -181,12 +228,10 @@ class RouterApp:
         return bool(self.cfg.control.shared and self.cfg.capture.enabled and self.redis_url)
 
     def version_of(self, variant: str) -> str:
-        state = self.live.state
-        pin = state.champion if variant == "champion" else state.challenger
-        return pin.version
+        return self.upstreams[variant].version
 
     def timeout_of(self, variant: str) -> float:
-        return (self.cfg.champion if variant == "champion" else self.cfg.challenger).timeout
+        return self.upstreams[variant].timeout
 
     def headers_for(
         self, variant: str, headers: list[tuple[bytes, bytes]]
@@ -209,19 +254,87 @@ class RouterApp:
         return self.writer.submit_record(rec)
 
     # ---- live state -----------------------------------------------------------------------
+    def _upstream_of(self, c: ChallengerLive) -> UpstreamConfig:
+        """A live challenger's upstream config: its live settings over the config file's
+        challenger of that name (which alone holds literal ``headers``)."""
+        base: dict[str, Any] = {}
+        for cc in self.cfg.challengers:
+            if cc.name == c.name:
+                base = cc.model_dump(exclude={"name", "split", "mirror"})
+        return UpstreamConfig.model_validate({**base, **c.upstream, "url": c.url,
+                                              "version": c.version})  # fmt: skip
+
+    def _set_state(self, state: LiveState) -> None:
+        """Derive the hot path's tables from ``state``: the variants, the bucket -> variant
+        table, the upstream configs and the mirror routes (with their budgets), and the
+        single-challenger :class:`Live` view (expired: nothing split or mirrored)."""
+        live_view = Live.of(state, self.guard.mirror_factor())
+        if state.expired:
+            live_view = Live(state, 0, 0, 0)
+        self.live = live_view
+        champ = self.cfg.champion.model_copy(
+            update={"url": state.champion.url, "version": state.champion.version}
+        )
+        upstreams: dict[str, UpstreamConfig] = {"champion": champ}
+        for c in state.challengers:
+            upstreams[c.name] = self._upstream_of(c)
+        names = [c.name for c in state.challengers]
+        self.upstreams = upstreams
+        # per upstream: configured headers (API keys) added to each request, replacing the
+        # client's of the same names; never captured (records hold no request headers)
+        self.upstream_headers = {v: u.upstream_headers() for v, u in upstreams.items()}
+        self.upstream_header_names = {
+            v: frozenset(k.lower() for k, _ in h) for v, h in self.upstream_headers.items()
+        }
+        self.variants = ["champion", *names]
+        live = not state.expired
+        # expired: every bucket back to the champion (the layout is kept for the record)
+        self.owner = owner_table(state.layout(), names) if live else bytes(10_000)
+        now = time.monotonic()
+        budgets: dict[str, ShadowBudget] = {}
+        for name, ucfg in upstreams.items():
+            if ucfg.mirror_max_rps:
+                old = self.budgets.get(name)
+                if old is not None and old.max_rps == ucfg.mirror_max_rps:
+                    budgets[name] = old
+                else:
+                    budgets[name] = ShadowBudget(ucfg.mirror_max_rps, now)
+        self.budgets = budgets
+        champion_routes: list[MirrorRoute] = []
+        routes: list[list[MirrorRoute]] = [champion_routes]
+        for c in state.challengers:
+            raw = threshold(c.mirror) if live else 0
+            if raw:
+                champion_routes.append(MirrorRoute(c.name, raw, budgets.get(c.name)))
+                routes.append([MirrorRoute("champion", raw, budgets.get("champion"))])
+            else:
+                routes.append([])
+        self.mirror_routes = routes
+        self.mirror_any = any(routes)
+        self._apply_guard()
+
     def apply_state(self, state: LiveState) -> None:
-        """Make ``state`` live: one swap of :attr:`live` (new pools first when a URL moved)."""
+        """Make ``state`` live: one swap of :attr:`live` and of the A/B/n tables (new pools
+        first when a URL moved; a removed challenger's pools closed once idle)."""
         old = self.live.state
-        for variant in ("champion", "challenger"):
-            if getattr(old, variant).url != getattr(state, variant).url:
-                self._make_pools(variant, getattr(state, variant))
-        self.live = Live.of(state, self.guard.mirror_factor())
+        old_upstreams = self.upstreams
+        self._set_state(state)
+        for variant, ucfg in self.upstreams.items():
+            before = old_upstreams.get(variant)
+            if before is None or before.url != ucfg.url or before.pool_size != ucfg.pool_size:
+                self._make_pools(variant, UpstreamPin(ucfg.url, ucfg.version))
+        gone = [v for v in self.pools if v not in self.upstreams]
+        if gone:
+            closing = [p for v in gone for p in (self.pools.pop(v), self.shadow_pools.pop(v))]
+            asyncio.get_running_loop().create_task(self._close_later(closing, 30.0))
         if state.version != old.version:
             self.metrics.inc("router_control_changes")
             log.info(
-                "live state v%d applied: split=%g mirror=%g champion=%s@%s challenger=%s@%s "
-                "(by %s%s)", state.version, state.split, state.mirror, state.champion.version,
-                state.champion.url, state.challenger.version, state.challenger.url,
+                "live state v%d applied: champion=%s@%s challengers=[%s]%s (by %s%s)",
+                state.version, state.champion.version, state.champion.url,
+                ", ".join(f"{c.name}={c.version}@{c.url} split={c.split:g} mirror={c.mirror:g}"
+                          for c in state.challengers),
+                " EXPIRED: all traffic to the champion" if state.expired else "",
                 state.updated_by, f": {state.note}" if state.note else "",
             )  # fmt: skip
 
@@ -229,6 +342,11 @@ class RouterApp:
         live = self.live
         factor = self.guard.mirror_factor()
         self.live = replace(live, mirror_threshold=int(live.mirror_threshold_raw * factor))
+        for routes in self.mirror_routes:
+            for r in routes:
+                r.guarded = int(r.raw * factor)
+                budget = r.budget.factor if r.budget is not None else 1.0
+                r.effective = int(r.guarded * budget)
         self.noise_threshold = int(self.noise_threshold_raw * factor)
 
     @property
@@ -237,8 +355,8 @@ class RouterApp:
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, *, initialise_control: bool) -> None:
-        for variant in ("champion", "challenger"):
-            self._make_pools(variant, getattr(self.state, variant))
+        for variant, ucfg in self.upstreams.items():
+            self._make_pools(variant, UpstreamPin(ucfg.url, ucfg.version))
         if self.shared_state:
             assert self.redis_url is not None
             self.fleet = FleetFollower(
@@ -271,6 +389,8 @@ class RouterApp:
         self.shadow.start()
         self._tasks = [
             asyncio.create_task(self._guard_loop(), name="shadow-guard"),
+            asyncio.create_task(self._budget_loop(), name="shadow-budget"),
+            asyncio.create_task(self._expiry_loop(), name="experiment-expiry"),
             asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"),
             asyncio.create_task(self._lag_loop(), name="loop-lag"),
         ]
@@ -295,6 +415,58 @@ class RouterApp:
                 self.metrics.inc("router_shadow_guard_changes", (label,))
                 self.metrics.set("router_shadow_guard_active", 1.0 if change.throttled else 0.0)
                 log.warning("shadow guard: mirroring %s (%s)", label, change.reason)
+
+    async def _expiry_loop(self, interval: float = 0.5) -> None:
+        """Ends the experiment when ``experiment.expires_at`` or ``max_duration_s`` passes."""
+        exp = self.cfg.experiment
+        if exp.expires_at is None and exp.max_duration_s is None:
+            return
+        while True:
+            deadline = expiry_deadline(exp, self.state.started_at)
+            if deadline is not None and not self.state.expired and time.time() >= deadline:
+                try:
+                    await self.expire(deadline)
+                except Exception as exc:  # Redis away: retried on the next turn
+                    self.metrics.inc("router_control_errors", ("expiry",))
+                    log.error("experiment expiry not written yet: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def expire(self, deadline: float) -> None:
+        """Every unit back to the champion and mirroring off, in the live state every worker
+        follows (once: the first worker to see the deadline writes it). With the shared live
+        state the change is audited (``live_changed``) and sent to webhooks like any other."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))
+        note = f"experiment expired at {when}: split and mirror returned to the champion"
+        if self.fleet is not None:  # (a second writer finds it already so: nothing written)
+            before = self.state.version
+            got = await self.fleet.change({"expired": True}, expected=None, actor="expiry",
+                                          note=note)  # fmt: skip
+            if got.version != before:
+                self.metrics.inc("router_experiment_expired")
+                log.warning("live state v%d: %s", got.version, note)
+            return
+        new = self.control.modify(
+            "expiry", note, lambda cur: None if cur.expired else {"expired": True}
+        )
+        if new is None:
+            return  # another worker expired it first; the poll applies it here
+        self.apply_state(new)
+        self.metrics.inc("router_experiment_expired")
+        log.warning("live state v%d: %s", new.version, note)
+
+    async def _budget_loop(self) -> None:
+        """Once a second: each shadow budget re-estimates its demand (see
+        :mod:`router.sidecar.budget`) and the mirror thresholds follow."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            changed = False
+            for b in self.budgets.values():
+                changed |= b.tick(now)
+            if changed:
+                self._apply_guard()
+                for name, b in self.budgets.items():
+                    self.metrics.set("router_shadow_budget_factor", b.factor, (name,))
 
     async def _lag_loop(self, interval: float = 0.1) -> None:
         """Event-loop lag: anything that blocks the loop delays every request by this much."""

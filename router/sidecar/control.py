@@ -16,14 +16,14 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from router.sidecar.assign import threshold
+from router.sidecar.assign import resize, threshold
 
 POLL_INTERVAL = 0.2
 
@@ -35,7 +35,42 @@ class UpstreamPin:
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengerLive:
+    """One challenger's live data: its upstream, its shares, and the bucket extents it owns
+    (``[lo, hi)`` ranges, see :mod:`router.sidecar.assign`). ``upstream`` holds the rest of its
+    validated config (timeouts, pool size, shadow budget) so every worker builds the same pools."""
+
+    name: str
+    url: str
+    version: str
+    split: float
+    mirror: float
+    extents: tuple[tuple[int, int], ...]
+    upstream: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extents"] = [list(e) for e in self.extents]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChallengerLive:
+        return cls(
+            name=str(d["name"]),
+            url=str(d["url"]),
+            version=str(d["version"]),
+            split=float(d["split"]),
+            mirror=float(d["mirror"]),
+            extents=tuple((int(lo), int(hi)) for lo, hi in d["extents"]),
+            upstream=dict(d.get("upstream") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LiveState:
+    """``split``, ``mirror`` and ``challenger`` are the first challenger's (what single-challenger
+    clients read and write); ``challengers`` holds every challenger (A/B/n)."""
+
     version: int
     split: float
     mirror: float
@@ -44,12 +79,35 @@ class LiveState:
     updated_at: float = field(default_factory=time.time)
     updated_by: str = "config"
     note: str = ""
+    challengers: tuple[ChallengerLive, ...] = ()
+    expired: bool = False  # the experiment expired: every unit to the champion, no mirroring
+    started_at: float = 0.0  # when this live state was first created (max_duration_s counts)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["challengers"] = [c.to_json() for c in self.challengers]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LiveState:
+        """The state of a document; written by a single-challenger client (the promotion
+        controller's target, an admin change of ``split``), the first challenger follows the
+        single-challenger fields, and a ``shares`` key (``{name: [split, mirror]}``, the
+        controller's multi-challenger target) re-weights those challengers, lowered shares
+        first: each a deterministic function of the document, so every replica derives the
+        same bucket layout (:func:`router.sidecar.assign.resize`)."""
+        state = cls._read(d)
+        try:
+            state = with_first_challenger(state)
+            shares = d.get("shares")
+            if isinstance(shares, dict) and state.challengers:
+                state = with_shares(state, shares)
+        except ValueError:  # shares that do not fit: the layout as it was (counted by callers)
+            pass
+        return state
+
+    @classmethod
+    def _read(cls, d: dict[str, Any]) -> LiveState:
         return cls(
             version=int(d["version"]),
             split=float(d["split"]),
@@ -59,7 +117,58 @@ class LiveState:
             updated_at=float(d.get("updated_at", 0.0)),
             updated_by=str(d.get("updated_by", "")),
             note=str(d.get("note", "")),
+            challengers=tuple(ChallengerLive.from_json(c) for c in d.get("challengers") or ()),
+            expired=bool(d.get("expired", False)),
+            started_at=float(d.get("started_at", 0.0)),
         )
+
+    def layout(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        return {c.name: c.extents for c in self.challengers}
+
+
+def with_first_challenger(state: LiveState) -> LiveState:
+    """Keep the two views consistent after a change of the single-challenger fields (split,
+    mirror, challenger): the first challenger takes them, its extents resized so that only
+    champion buckets move (see :func:`router.sidecar.assign.resize`)."""
+    if not state.challengers:
+        return state
+    first = state.challengers[0]
+    if (first.split, first.mirror, first.url, first.version) == (
+        state.split, state.mirror, state.challenger.url, state.challenger.version
+    ):
+        return state
+    layout = resize(state.layout(), first.name, state.split)
+    new_first = replace(
+        first, split=state.split, mirror=state.mirror, url=state.challenger.url,
+        version=state.challenger.version, extents=layout[first.name],
+    )  # fmt: skip
+    return replace(state, challengers=(new_first, *state.challengers[1:]))
+
+
+def with_shares(state: LiveState, shares: dict[str, Any]) -> LiveState:
+    """``state`` with the named challengers' split and mirror set (lowered splits first)."""
+    by = {c.name: c for c in state.challengers}
+    want = {n: (float(v[0]), float(v[1])) for n, v in shares.items() if n in by}
+    layout = state.layout()
+    order = sorted(want, key=lambda n: want[n][0] - by[n].split)  # decreases first
+    for n in order:
+        layout = resize(layout, n, want[n][0])
+    out = tuple(
+        replace(c, split=want[c.name][0], mirror=want[c.name][1], extents=layout[c.name])
+        if c.name in want else c
+        for c in state.challengers
+    )
+    return with_challengers(state, out)
+
+
+def with_challengers(state: LiveState, challengers: tuple[ChallengerLive, ...]) -> LiveState:
+    """``state`` with a new list of challengers, the single-challenger fields following the
+    first."""
+    first = challengers[0]
+    return replace(
+        state, challengers=challengers, split=first.split, mirror=first.mirror,
+        challenger=UpstreamPin(first.url, first.version),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +232,40 @@ class ControlFile:
         self._stamp = stamp
         return True
 
-    def update(self, by: str, note: str = "", **changes: Any) -> LiveState:
-        """Apply ``changes`` (split, mirror, champion, challenger) atomically; return new state."""
+    def modify(
+        self, by: str, note: str, change: Callable[[LiveState], dict[str, Any] | None]
+    ) -> LiveState | None:
+        """Read, change and write atomically: ``change(current)`` returns the changes to apply
+        (as :meth:`update` takes them), or None to leave the state alone (then None is
+        returned). Its exceptions propagate, nothing written."""
         with self._locked():
             current = self.read()
             if current is None:
                 raise RuntimeError(f"control state missing at {self.path}")
-            new = replace(
-                current,
-                version=current.version + 1,
-                updated_at=time.time(),
-                updated_by=by,
-                note=note,
-                **changes,
-            )
-            self._write(new)
-            return new
+            changes = change(current)
+            if changes is None:
+                return None
+            return self._apply(current, by, note, changes)
+
+    def update(self, by: str, note: str = "", **changes: Any) -> LiveState:
+        """Apply ``changes`` (split, mirror, champion, challenger, challengers, expired) atomically;
+        return the new state."""
+        with self._locked():
+            current = self.read()
+            if current is None:
+                raise RuntimeError(f"control state missing at {self.path}")
+            return self._apply(current, by, note, changes)
+
+    def _apply(self, current: LiveState, by: str, note: str, changes: dict[str, Any]) -> LiveState:
+        many = changes.pop("challengers", None)
+        new = replace(
+            current,
+            version=current.version + 1,
+            updated_at=time.time(),
+            updated_by=by,
+            note=note,
+            **changes,
+        )
+        new = with_first_challenger(new) if many is None else with_challengers(new, many)
+        self._write(new)
+        return new

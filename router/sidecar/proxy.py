@@ -7,7 +7,7 @@ headers (and a client-supplied shadow marker header: only the router marks shado
 ``X-Request-Id`` and ``X-Router-Variant`` (replacing any the upstream set). Mirroring, capture and
 metrics export are handed off to background tasks; the only await on this path is the served
 model. The header rules and the request id are :mod:`router.sidecar.headers`. The noise floor
-(:func:`noise_floor`) repeats the champion's call for a sample of units, off the hot path too.
+(:func:`in_noise_sample`) repeats the champion's call for a sample of units, off the hot path too.
 
 A streamed answer (:mod:`router.sidecar.upstream_stream`: chunked, close-delimited, an event
 stream, or longer than ``limits.buffer_response_bytes``) is returned at its headers and passed
@@ -19,13 +19,15 @@ challenger that fails mid-stream leaves the client with a truncated answer, as a
 
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 from functools import partial
 
 import orjson
 
 from router.capture.records import PendingRecord, Side, get_path
-from router.sidecar.app import RouterApp
+from router.sidecar.app import MirrorRoute, RouterApp
 from router.sidecar.assign import bucket
 from router.sidecar.headers import (
     client_response,
@@ -37,6 +39,8 @@ from router.sidecar.http_messages import Request, Response, json_error
 from router.sidecar.shadow import ShadowJob, error_kind
 from router.sidecar.upstream_stream import BodyStream
 from router.sidecar.upstream_types import UpstreamError, UpstreamResponse, UpstreamTimeout
+
+log = logging.getLogger("router.proxy")
 
 
 def _status_class(status: int) -> str:
@@ -86,19 +90,37 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             segment[seg.name] = val
 
     # --- assignment ------------------------------------------------------------------------
-    live = app.live  # one consistent view of the live state (swapped whole on a change)
     b = bucket(app.salt, unit)
-    served = "challenger" if b < live.split_threshold else "champion"
-    mirrored = False
-    if live.mirror_threshold_raw:
-        mb = bucket(app.mirror_salt, unit)
-        if mb < live.mirror_threshold_raw:
-            if mb >= live.mirror_threshold:  # the shadow guard throttled this unit's mirroring
-                m.inc("router_shadow_throttled")
-            elif len(body) > limits.mirror_max_body:
-                m.inc("router_shadow_dropped", ("body_too_large",))
-            else:
-                mirrored = True
+    idx = app.owner[b]  # 0: the champion; i: the i-th challenger (see assign.owner_table)
+    forced = False
+    if app.force_header is not None and app.force_header in hdrs:
+        wanted = _forced_variant(app, hdrs, unit)
+        if wanted is not None:
+            if wanted not in app.upstreams:
+                m.inc("router_forced_requests", ("unknown_variant",))
+                return json_error(400, f"unknown variant in {app.cfg.experiment.force_header}",
+                                  variant=wanted, known=app.variants)  # fmt: skip
+            m.inc("router_forced_requests", ("honoured",))
+            idx = app.variants.index(wanted)
+            forced = True
+    variant = app.variants[idx]
+    served = "challenger" if idx else "champion"
+    mirror_to: list[str] = []
+    skipped: dict[str, str] | None = None
+    if app.mirror_any and not forced:
+        routes = app.mirror_routes[idx]
+        if routes:
+            mb = bucket(app.mirror_salt, unit)
+            for r in routes:
+                if mb >= r.raw:
+                    continue
+                why = _mirror_refused(app, r, mb, len(body) > limits.mirror_max_body)
+                if why is None:
+                    mirror_to.append(r.target)
+                else:
+                    if skipped is None:
+                        skipped = {}
+                    skipped[r.target] = why
 
     fwd = forward_headers(
         request, request_id, keep_id, app.drop_headers if keep_id else app.drop_headers_id
@@ -116,15 +138,19 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
         mirrored=False,
         segment=segment,
         request_body=body if app.keep_body else None,
+        variant=variant,
+        arm=variant if idx else None,
+        forced=forced,
+        mirror_skipped=skipped,
     )
 
     # --- the served call ---------------------------------------------------------------------
     m.add("router_in_flight_requests", 1.0)
     fallback: str | None = None
-    answered_by = served
+    answered_by = variant
     try:
-        resp, err = await call_upstream(app, served, method, target, fwd, body, rec)
-        if served == "challenger" and app.fallback_to_champion:
+        resp, err = await call_upstream(app, variant, method, target, fwd, body, rec)
+        if idx and app.fallback_to_champion and not forced:
             reason = None
             if err is not None:
                 reason = error_kind(err)
@@ -133,11 +159,11 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             if reason is not None:
                 if resp is not None and resp.stream is not None:
                     resp.stream.abort("fallback")  # nothing was sent yet
-                    _count_stream(app, "challenger", "served", resp.stream)
+                    _count_stream(app, variant, "served", resp.stream)
                 m.inc("router_challenger_fallbacks", (reason,))
                 fallback = f"challenger-{reason}"
                 answered_by = "champion"
-                mirrored = False  # both models were called on the live path already
+                mirror_to = []  # both models were called on the live path already
                 resp, err = await call_upstream(app, "champion", method, target, fwd, body, rec)
         if err is not None or resp is None:
             rec.mirrored = False
@@ -161,11 +187,11 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
             # passed on by the server as it arrives; the rest of the work when it ends
             out.stream = stream
             stream.when_done(
-                partial(_stream_ended, app, rec, answered_by, mirrored, served, unit, method,
-                        target, fwd, body)
+                partial(_stream_ended, app, rec, answered_by, mirror_to, unit, method, target,
+                        fwd, body)
             )  # fmt: skip
             return out
-        _after_answer(app, rec, mirrored, served, answered_by, unit, method, target, fwd, body)
+        _after_answer(app, rec, mirror_to, answered_by, unit, method, target, fwd, body)
         return out
     finally:
         m.add("router_in_flight_requests", -1.0)
@@ -175,8 +201,7 @@ async def handle_proxy(app: RouterApp, request: Request) -> Response:
 def _after_answer(
     app: RouterApp,
     rec: PendingRecord,
-    mirrored: bool,
-    served: str,
+    mirror_to: list[str],
     answered_by: str,
     unit: str,
     method: bytes,
@@ -184,32 +209,16 @@ def _after_answer(
     fwd: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> None:
-    """The served answer is complete: the noise floor and the shadow copy (off the hot path),
-    or capture."""
-    if (
+    """The served answer is complete: the noise floor and the shadow copies (off the hot
+    path), or capture."""
+    repeat = bool(
         app.noise_threshold
         and answered_by == "champion"
-        and noise_floor(app, rec, unit, method, target, fwd, body, mirrored)
-    ):
-        return  # the noise floor took the record over (and the challenger's shadow)
-    if mirrored:
-        other = "champion" if served == "challenger" else "challenger"
-        setattr(rec, other, Side(version=app.version_of(other)))
-        rec.mirrored = True
-        job = ShadowJob(
-            record=rec,
-            variant=other,
-            pool=app.shadow_pools[other],
-            method=method,
-            target=app.target_for(other, target),
-            headers=app.headers_for(other, [*fwd, app.shadow_header]),
-            body=body,
-            timeout=app.timeout_of(other),
-        )
-        if not app.shadow.offer(job):
-            setattr(rec, other, None)
-            rec.mirrored = False
-            app.capture_submit(rec)
+        and not rec.forced
+        and in_noise_sample(app, unit, body)
+    )
+    if repeat or mirror_to:
+        _shadow_jobs(app, rec, mirror_to, repeat, method, target, [*fwd, app.shadow_header], body)
     else:
         app.capture_submit(rec)
 
@@ -241,8 +250,7 @@ def _stream_ended(
     app: RouterApp,
     rec: PendingRecord,
     variant: str,
-    mirrored: bool,
-    served: str,
+    mirror_to: list[str],
     unit: str,
     method: bytes,
     target: bytes,
@@ -251,7 +259,8 @@ def _stream_ended(
     stream: BodyStream,
 ) -> None:
     """The served stream ended (complete, failed, or the client went away)."""
-    side: Side = getattr(rec, variant)
+    side = rec.champion if variant == "champion" else rec.challenger
+    assert side is not None
     t0 = stream.origin
     fill_stream_side(side, stream, t0)
     m = app.metrics
@@ -268,50 +277,129 @@ def _stream_ended(
         kind = error_kind(stream.error)
         side.error = f"{kind}: mid-stream: {stream.error}"[:300]
         m.inc("router_upstream_errors", (variant, "served", kind))
-    _after_answer(app, rec, mirrored, served, variant, unit, method, target, fwd, body)
+    _after_answer(app, rec, mirror_to, variant, unit, method, target, fwd, body)
 
 
-def noise_floor(
-    app: RouterApp,
-    rec: PendingRecord,
-    unit: str,
-    method: bytes,
-    target: bytes,
-    fwd: list[tuple[bytes, bytes]],
-    body: bytes,
-    mirrored: bool,
-) -> bool:
-    """For a unit in the noise-floor sample (its own hash, ``<salt>:noise``), send the request
-    to the champion a second time as a shadow job filling ``rec.champion_repeat`` (never
-    answered to the client), together with the challenger's shadow when ``mirrored``, and
-    capture ``rec`` when the last job ends. True when it took the record over; False when the
-    unit is not in the sample (the caller goes on as without a noise floor)."""
+def _forced_variant(app: RouterApp, hdrs: dict[str, str], unit: str) -> str | None:
+    """The variant a request forces, when it may (a valid force token, compared in constant
+    time, or a unit on ``experiment.force_units``); otherwise None, counted and logged (the
+    header is never forwarded either way)."""
+    wanted = hdrs[app.force_header or ""].strip()
+    token = hdrs.get(app.force_token_header, "").strip().encode()
+    if (app.force_token and hmac.compare_digest(token, app.force_token)) or (
+        unit in app.force_units
+    ):
+        return wanted
+    m = app.metrics
+    m.inc("router_forced_requests", ("rejected",))
+    if m.counter_value("router_forced_requests") % 1000 == 1:  # the first, then every 1000th
+        log.warning("force header without a valid token from a unit not allowed: stripped "
+                    "(router_forced_requests_total{outcome=\"rejected\"})")  # fmt: skip
+    return None
+
+
+def _mirror_refused(app: RouterApp, r: MirrorRoute, mb: int, too_big: bool) -> str | None:
+    """Why a unit inside route ``r``'s mirror share is not mirrored now (counted), or None."""
+    m = app.metrics
+    if mb >= r.guarded:  # the shadow guard throttled this unit's mirroring
+        m.inc("router_shadow_throttled")
+        return "throttled"
+    budget = r.budget
+    if budget is not None:
+        budget.eligible += 1
+        if mb >= r.effective:  # cut by unit hash to keep within the budget
+            m.inc("router_shadow_dropped", ("budget",))
+            return "budget"
+    if too_big:
+        m.inc("router_shadow_dropped", ("body_too_large",))
+        return "body_too_large"
+    if budget is not None and not budget.take(time.monotonic()):
+        m.inc("router_shadow_dropped", ("budget_burst",))
+        return "budget_burst"
+    return None
+
+
+def in_noise_sample(app: RouterApp, unit: str, body: bytes) -> bool:
+    """The unit is in the noise-floor sample (its own hash, ``<salt>:noise``): its champion
+    answer is asked a second time, as a shadow job filling ``rec.champion_repeat`` (never
+    answered to the client)."""
     if bucket(app.noise_salt, unit) >= app.noise_threshold:
         return False
     if len(body) > app.cfg.limits.mirror_max_body:
         app.metrics.inc("router_shadow_dropped", ("body_too_large",))
         return False
-    headers = [*fwd, app.shadow_header]
-    jobs = [("champion_repeat", "champion")]
-    if mirrored:
-        jobs.append(("challenger", "challenger"))
+    return True
+
+
+def _shadow_jobs(
+    app: RouterApp,
+    rec: PendingRecord,
+    targets: list[str],
+    repeat: bool,
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Hand one shadow job per target (and the noise floor's repeat) to the dispatcher; the
+    record is captured when the last one ends (``rec.waiting``), or now when none was taken.
+    The first challenger mirrored fills the record's ``challenger`` side (its name in
+    ``arm``); further ones go to ``shadows``."""
+    jobs: list[tuple[str, str, Side]] = []
+    if repeat:
+        rec.champion_repeat = Side(version=app.version_of("champion"))
+        jobs.append(("champion_repeat", "champion", rec.champion_repeat))
+    for name in targets:
+        side = Side(version=app.version_of(name))
+        if name == "champion":
+            rec.champion = side
+        elif rec.challenger is None:
+            rec.challenger, rec.arm = side, name
+        else:
+            if rec.shadows is None:
+                rec.shadows = {}
+            rec.shadows[name] = side
+        jobs.append((name, name, side))
+    rec.mirrored = bool(targets)
     rec.waiting = len(jobs)
-    for side, model in jobs:
-        setattr(rec, side, Side(version=app.version_of(model)))
-        if side == "challenger":
-            rec.mirrored = True
-        job = ShadowJob(record=rec, variant=side, pool=app.shadow_pools[model], method=method,
-                        target=app.target_for(model, target),
-                        headers=app.headers_for(model, headers), body=body,
-                        timeout=app.timeout_of(model))  # fmt: skip
+    for label, model, side in jobs:
+        job = ShadowJob(
+            record=rec,
+            variant=label,
+            pool=app.shadow_pools[model],
+            method=method,
+            target=app.target_for(model, target),
+            headers=app.headers_for(model, headers),
+            body=body,
+            timeout=app.timeout_of(model),
+            side=side,
+        )
         if not app.shadow.offer(job):
-            setattr(rec, side, None)
-            if side == "challenger":
-                rec.mirrored = False
+            if label == "champion_repeat":
+                rec.champion_repeat = None
+            else:
+                _unmirror(rec, label, side)
             rec.waiting -= 1
     if rec.waiting <= 0:
         app.capture_submit(rec)
-    return True
+
+
+def _unmirror(rec: PendingRecord, name: str, side: Side) -> None:
+    if rec.champion is side:
+        rec.champion = None
+    elif rec.challenger is side:
+        rec.challenger, rec.arm = None, None
+        if rec.shadows:  # promote a further shadow to the record's challenger side
+            first = next(iter(rec.shadows))
+            rec.challenger, rec.arm = rec.shadows.pop(first), first
+    elif rec.shadows is not None:
+        rec.shadows.pop(name, None)
+    if rec.shadows == {}:
+        rec.shadows = None
+    rec.mirrored = (rec.champion is not None) and (rec.challenger is not None)
+    if rec.mirror_skipped is None:
+        rec.mirror_skipped = {}
+    rec.mirror_skipped[name] = "not_queued"  # shadow queue full, or shutting down
 
 
 async def call_upstream(
@@ -325,7 +413,10 @@ async def call_upstream(
 ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
     """Call ``variant`` on the served pool, fill its side of ``rec``, feed the guard."""
     side = Side(version=app.version_of(variant))
-    setattr(rec, variant, side)
+    if variant == "champion":
+        rec.champion = side
+    else:
+        rec.challenger = side
     m = app.metrics
     t0 = time.perf_counter()
     try:

@@ -299,10 +299,10 @@ def serve(
         sock = bind_socket(cfg.listen_host, cfg.listen_port)
         ControlFile(run_dir).initialise(initial_state(cfg))
         log.info(
-            "shadow-router listening on %s with %d worker(s); champion %s@%s, challenger %s@%s, "
-            "split=%g mirror=%g", cfg.listen, workers, cfg.champion.version, cfg.champion.url,
-            cfg.challenger.version, cfg.challenger.url, cfg.experiment.split,
-            cfg.experiment.mirror,
+            "shadow-router listening on %s with %d worker(s); champion %s@%s, challengers %s",
+            cfg.listen, workers, cfg.champion.version, cfg.champion.url,
+            ", ".join(f"{c.name}={c.version}@{c.url} split={c.split:g} mirror={c.mirror:g}"
+                      for c in cfg.challengers),
         )  # fmt: skip
         if workers <= 1:
             run_worker(cfg, sock, run_dir, redis_url, False, promotion_view)

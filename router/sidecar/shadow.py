@@ -57,6 +57,10 @@ class ShadowJob:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     timeout: float
+    side: Side | None = None  # the side to fill; default: the record's side named ``variant``
+
+    def target_side(self) -> Side:
+        return self.side if self.side is not None else getattr(self.record, self.variant)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -117,7 +121,7 @@ class ShadowDispatcher:
                 self.queue.task_done()
 
     async def _run(self, job: ShadowJob) -> None:
-        side: Side = getattr(job.record, job.variant)
+        side = job.target_side()
         t0 = time.perf_counter()
         try:
             resp = await job.pool.request(
@@ -209,7 +213,7 @@ class ShadowDispatcher:
         left = self.queue.qsize()
         while not self.queue.empty():
             job = self.queue.get_nowait()
-            getattr(job.record, job.variant).error = "shutdown: not sent"
+            job.target_side().error = "shutdown: not sent"
             self.done(job.record)
             self.queue.task_done()
         if left:
