@@ -191,19 +191,10 @@ class UpstreamPool:
             deadlines.popleft()
         if resp.stream is not None:
             return resp  # the connection is released when the stream ends (stream_released)
-        if self._max_body is not None:  # a CappedConn: hand over its count, reset it
+        if self._max_body is not None:  # a CappedConn: hand over its count
             resp.truncated = conn.truncated  # type: ignore[attr-defined]
             resp.body_bytes = conn.size  # type: ignore[attr-defined]
-            conn.truncated = False  # type: ignore[attr-defined]
-            conn.size = 0  # type: ignore[attr-defined]
-        if conn.reusable() and not self._closed:
-            conn.reused = True
-            self._put_back(conn)
-        else:
-            conn.broken = True
-            if conn.transport is not None:
-                conn.transport.close()
-            self._release_slot()
+        self.stream_released(conn)
         return resp
 
     async def close(self) -> None:
@@ -350,9 +341,9 @@ class UpstreamPool:
         return conn
 
     def stream_released(self, conn: Conn) -> None:
-        """A streamed answer ended: reuse the connection after a complete keep-alive body,
-        otherwise close it and free its slot."""
-        if self._max_body is not None:  # a CappedConn: its counters are the stream's
+        """An answer ended (a buffered one, or a stream): reuse the connection after a complete
+        keep-alive body, otherwise close it and free its slot."""
+        if self._max_body is not None:  # a CappedConn: reset its counters for the next answer
             conn.truncated = False  # type: ignore[attr-defined]
             conn.size = 0  # type: ignore[attr-defined]
         if conn.reusable() and not self._closed:
