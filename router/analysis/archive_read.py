@@ -17,7 +17,8 @@ counted in :class:`Coverage`, never a crash; so are the window's hours without a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -354,7 +355,7 @@ def load_archive_outcomes(
     batch: list[tuple[ArchiveFile, pa.Table]] = []
     rows = 0
     with ThreadPoolExecutor(2, thread_name_prefix="archive-outcomes") as pool:
-        for f, table in zip(files, pool.map(read, files), strict=True):
+        for f, table in zip(files, _read_ahead(pool, read, files), strict=True):
             if isinstance(table, UnreadableFile):
                 coverage.skip(table)
                 continue
@@ -376,6 +377,27 @@ def load_archive_outcomes(
                 _index(oi, batch, experiment)
                 batch, rows = [], 0
     _index(oi, batch, experiment)
+
+
+OUTCOME_READ_AHEAD = 4  # outcome files read ahead of the indexing (bounds the tables held)
+
+
+def _read_ahead(pool: Any, read: Callable[[ArchiveFile], Any],
+                files: list[ArchiveFile]) -> Iterator[Any]:  # fmt: skip
+    """``pool.map(read, files)`` holding at most :data:`OUTCOME_READ_AHEAD` results (``map``
+    submits every file at once, so a fast reader would hold the window's outcomes in memory)."""
+    pending: deque[Any] = deque()
+    it = iter(files)
+    for f in it:
+        pending.append(pool.submit(read, f))
+        if len(pending) >= OUTCOME_READ_AHEAD:
+            break
+    while pending:
+        result = pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(read, nxt))
+        yield result
 
 
 def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str) -> None:

@@ -116,9 +116,14 @@ class Merger:
     def __init__(self, outcomes: OutcomeIndex) -> None:
         self.outcomes = outcomes
         self.acc: Accumulator | None = None
-        self.cross_task_duplicates = 0
         self._waiting: dict[int, Accumulator] = {}
         self._next = 0
+
+    @property
+    def cross_task_duplicates(self) -> int:
+        """Request ids folded in two tasks: the repeats the merged id sets drop (one sort of
+        the window's ids, the first time this is asked after a merge)."""
+        return self.acc.seen.compact() if self.acc is not None else 0
 
     def add(self, i: int, acc: Accumulator) -> None:
         self._waiting[i] = acc
@@ -129,9 +134,7 @@ class Merger:
                 part.outcomes = self.outcomes
                 self.acc = part
                 continue
-            for run in part.seen.runs:
-                self.cross_task_duplicates += int(np.count_nonzero(self.acc.seen.contains(run)))
-            self.acc.merge(part)
+            self.acc.merge(part)  # (request ids in two tasks: counted by seen.compact)
 
 
 def run_tasks(job: FoldJob, tasks: list[list[Any]], executor: str, workers: int) -> Merger:

@@ -68,6 +68,20 @@ class OutcomeIndex:
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
         self._final: dict[str, Any] | None = None
+        self._sealed = False  # a copy unpickled in a worker: the index only, read-only
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to the processes and Dask workers of :mod:`router.analysis.distribute`)
+        as the finished index only: the sorted arrays and the unit-joined rows, 18 bytes a
+        request-joined row, not the frames it was built from (and not sorted again there)."""
+        self._finalise()
+        state = self.__dict__.copy()
+        state.update(_rows=[], _req=[], _unit=[], _sealed=True)
+        return state
+
+    def _check_open(self) -> None:
+        if self._sealed:
+            raise RuntimeError("an unpickled outcome index is read-only (rows cannot be added)")
 
     # ------------------------------------------------------------------ loading
     def add_all(
@@ -102,6 +116,7 @@ class OutcomeIndex:
         if (since is not None and ts and ts < since) or (until is not None and ts > until):
             self.outside_window += 1
             return
+        self._check_open()
         self._final = None
         self._rows.append({k: row[k] for k in _COLS})
 
@@ -161,6 +176,7 @@ class OutcomeIndex:
         """Compact valid rows: request-joined ones to fingerprints and metric ids."""
         if not df.height:
             return
+        self._check_open()
         self._final = None
         df = df.select(
             pl.when(pl.col("id").str.len_bytes() > 0).then(pl.col("id")),
@@ -246,13 +262,11 @@ class OutcomeIndex:
         :attr:`rows` (empty when it has none)."""
         h = self.rows[0]
         if presorted:
-            return np.searchsorted(h, rid_hashes, "left"), np.searchsorted(h, rid_hashes, "right")
+            return _slices(h, rid_hashes)
         order = np.argsort(rid_hashes)  # sorted queries walk the index cache-friendly
-        q = rid_hashes[order]
-        left = np.empty(q.size, dtype=np.int64)
-        right = np.empty(q.size, dtype=np.int64)
-        left[order] = np.searchsorted(h, q, "left")
-        right[order] = np.searchsorted(h, q, "right")
+        left = np.empty(rid_hashes.size, dtype=np.int64)
+        right = np.empty(rid_hashes.size, dtype=np.int64)
+        left[order], right[order] = _slices(h, rid_hashes[order])
         return left, right
 
     @property
@@ -304,6 +318,22 @@ _REQ_SCHEMA: dict[str, pl.DataType] = {
     "v": pl.Float64(),
 }
 _UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
+
+
+def _slices(h: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``searchsorted(h, q, "left")`` and ``(…, "right")`` with one binary search: a request
+    has a few outcome rows at most, so the right ends are found by stepping from the left ones
+    (one pass per row of the longest run), not by a second search through the whole index."""
+    left = np.searchsorted(h, q, "left")
+    right = left.copy()
+    idx = np.arange(q.size)
+    while idx.size:
+        at = right[idx]
+        inside = at < h.size
+        idx, at = idx[inside], at[inside]
+        idx = idx[h[at] == q[idx]]
+        right[idx] += 1
+    return left, right
 
 
 def _dedupe(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -252,12 +252,17 @@ class HashSample:
 class IdSet:
     """A set of int64 fingerprints kept as sorted runs of doubling size (a small LSM tree):
     membership by binary search in each run, insertion amortised O(log n) per id, 8 bytes an id
-    instead of the ~80 of a Python set of ints."""
+    instead of the ~80 of a Python set of ints. :meth:`merge` only takes the other set's runs
+    (they may hold ids of this one): the repeats are dropped, and counted in :attr:`repeats`,
+    by one sort when the size or the values are next needed (:meth:`compact`)."""
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
+        self.repeats = 0  # ids merged in that were here already (see merge)
+        self._overlap = False  # runs may share ids (after a merge)
 
     def __len__(self) -> int:
+        self.compact()
         return sum(r.size for r in self.runs)
 
     def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
@@ -279,6 +284,7 @@ class IdSet:
         """Add ids known to be absent and distinct."""
         if not h.size:
             return
+        self.compact()
         run = np.sort(h.astype(np.int64))
         while self.runs and self.runs[-1].size <= run.size:
             run = np.concatenate([self.runs.pop(), run])
@@ -286,10 +292,32 @@ class IdSet:
         self.runs.append(run)
 
     def merge(self, o: IdSet) -> None:
-        for run in o.runs:
-            self.add_new(run[~self.contains(run)])
+        """Add the ids of ``o`` (those here already are counted in :attr:`repeats` at the
+        next :meth:`compact`; membership is right at once)."""
+        if o.runs:
+            o.compact()
+            self._overlap = self._overlap or bool(self.runs)
+            self.runs.extend(o.runs)
+        self.repeats += o.repeats
+
+    def compact(self) -> int:
+        """Drop the ids that merges brought in twice, counting them in :attr:`repeats`
+        (one sort of every id, after merges only); returns :attr:`repeats`."""
+        if self._overlap:
+            both = np.sort(np.concatenate(self.runs))
+            again = both[1:] == both[:-1]
+            n = int(np.count_nonzero(again))
+            if n:
+                both = both[np.concatenate(([True], ~again))]
+            self.runs = [both]
+            self.repeats += n
+            self._overlap = False
+        return self.repeats
 
     def values(self) -> np.ndarray:
+        self.compact()
+        if len(self.runs) == 1:
+            return self.runs[0].copy()
         return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, dtype=np.int64)
 
 
@@ -301,8 +329,11 @@ class LazyIdSet:
     def __init__(self) -> None:
         self._set = IdSet()
         self._pending: list[np.ndarray] = []
+        self._merged = False  # pending holds another set's ids (they may repeat ours)
 
     def __len__(self) -> int:
+        if self._merged:
+            self._flush()
         return len(self._set) + sum(p.size for p in self._pending)
 
     def add_new(self, h: np.ndarray) -> None:
@@ -312,14 +343,21 @@ class LazyIdSet:
 
     def _flush(self) -> None:
         if self._pending:
-            self._set.add_new(np.concatenate(self._pending))
+            new = np.concatenate(self._pending)
+            if self._merged:  # (only then can an id repeat)
+                new = np.unique(new)
+                new = new[~self._set.contains(new, presorted=True)]
+            self._set.add_new(new)
             self._pending = []
+        self._merged = False
 
     def contains(self, h: np.ndarray) -> np.ndarray:
         self._flush()
         return self._set.contains(h)
 
     def merge(self, o: LazyIdSet) -> None:
-        o._flush()
-        self._flush()
-        self._set.merge(o._set)
+        """Add the ids of ``o``, lazily too: sorted and deduplicated at the next query."""
+        o._set.compact()
+        self._pending.extend(o._set.runs)
+        self._pending.extend(o._pending)
+        self._merged = self._merged or bool(o._set.runs or o._pending)
