@@ -32,11 +32,9 @@ from typing import Any
 
 import numpy as np
 from rapidfuzz import fuzz
-from scipy import stats as st
 
 from router.analysis.jsonsafe import f
 from router.analysis.policy import DEFAULT_REFUSALS
-from router.analysis.proportions import wilson_interval
 from router.analysis.sketches import Moments
 
 BINS = 20
@@ -173,6 +171,8 @@ def mean_ci(m: Moments, alpha: float) -> dict[str, Any]:
     if var is None or m.n < 2:
         return {"n": int(m.n), "mean": f(m.mu), "ci": [None, None], "sd": None}
     se = math.sqrt(var / m.n)
+    from scipy import stats as st  # (report time only: workers that fold never import it)
+
     q = float(st.t.ppf(1 - alpha / 2, m.n - 1))
     return {"n": int(m.n), "mean": f(m.mu), "ci": [f(m.mu - q * se), f(m.mu + q * se)],
             "sd": f(math.sqrt(var))}  # fmt: skip
@@ -199,6 +199,8 @@ def text_section(t: TextAggregates, alpha: float) -> dict[str, Any]:
     n = t.n
     if not n:
         return {"n": 0, "state": "not_enough_data"}
+    from router.analysis.proportions import wilson_interval  # (report time only)
+
     ex = wilson_interval(t.exact, n, alpha)
     llr = mean_ci(t.log_length_ratio, alpha)
 
