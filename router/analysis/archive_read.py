@@ -198,6 +198,17 @@ def columns_for(schema: dict[str, pl.DataType]) -> list[str]:
     return list(RECORD_COLUMNS) + (["fields"] if "fields" in schema else [])
 
 
+def leaves_for(schema: dict[str, pl.DataType]) -> dict[str, list[str]]:
+    """The fields of each side column read for a record schema (those :func:`_side_field`
+    reads: a side's other fields are never decoded)."""
+    out: dict[str, list[str]] = {}
+    for name, dtype in schema.items():
+        if isinstance(dtype, pl.Struct) and name in RECORD_COLUMNS:
+            fields = [f.name for f in dtype.fields]
+            out[name] = fields + (["prediction_text"] if "prediction" in fields else [])
+    return out
+
+
 def _contract(name: str) -> pl.Expr:
     """The contract struct as the JSON text a record's contract has."""
     c = pl.col(name)
@@ -211,7 +222,7 @@ def file_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType
     naming the file when it is unreadable)."""
     try:
         table = read_file(store, f, "pairs", columns_for(schema), since, until,
-                          before_ms=before_ms)  # fmt: skip
+                          before_ms=before_ms, leaves=leaves_for(schema))  # fmt: skip
     except UnreadableFile as exc:
         return Page(pl.DataFrame(), [], skipped=[(exc.path, exc.reason)])
     raw = table.column("raw")

@@ -13,7 +13,7 @@ evolution only adds nullable columns, :mod:`router.archive.schema`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -104,13 +104,17 @@ def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
-def _project(table: pa.Table, kind: str, columns: Sequence[str]) -> pa.Table:
+def _project(table: pa.Table, kind: str, columns: Sequence[str],
+             leaves: Mapping[str, Sequence[str]] | None = None) -> pa.Table:  # fmt: skip
     """``columns`` of the archive schema, in that order; absent ones (older files) as nulls,
-    and struct columns completed with absent (null) fields."""
+    and struct columns completed with absent (null) fields (of ``leaves``: those fields only,
+    in the schema's order)."""
     want = schema_for(kind)
     arrays = []
     for name in columns:
         typ = want.field(name).type
+        if leaves and name in leaves and pa.types.is_struct(typ):
+            typ = pa.struct([fl for fl in typ if fl.name in leaves[name]])
         if name not in table.column_names:
             arrays.append(pa.nulls(table.num_rows, typ))
             continue
@@ -137,10 +141,13 @@ def _conform(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
 def read_file(
     store: ArchiveStore, f: ArchiveFile, kind: str, columns: Sequence[str],
     since: float | None = None, until: float | None = None, *, before_ms: int | None = None,
+    leaves: Mapping[str, Sequence[str]] | None = None,
 ) -> pa.Table:  # fmt: skip
     """``columns`` of the rows of ``f`` stored (stream id time) within ``[since, until]``, the
     window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
-    those stored before that millisecond (the rest is read from Redis)."""
+    those stored before that millisecond (the rest is read from Redis). ``leaves``: of these
+    struct columns, only the named fields are read (and returned: a side's other fields are
+    never decoded)."""
     try:
         pf = store.parquet(f.path)
         meta_kind = (pf.schema_arrow.metadata or {}).get(META_KIND)
@@ -162,7 +169,7 @@ def read_file(
         present = [c for c in columns if c in have.names]
         if "stored_at" not in present and (since, until, before_ms) != (None, None, None):
             present.append("stored_at")
-        table = pf.read(columns=present)
+        table = pf.read(columns=_leaf_paths(have, present, leaves))
     except UnreadableFile:
         raise
     except FileNotFoundError:
@@ -180,4 +187,22 @@ def read_file(
         if before_ms is not None:
             inside = pc.and_(inside, pc.less(stored, before_ms))
         table = table.filter(inside)
-    return _project(table, kind, columns)
+    return _project(table, kind, columns, leaves)
+
+
+def _leaf_paths(have: pa.Schema, present: list[str],
+                leaves: Mapping[str, Sequence[str]] | None) -> list[str]:  # fmt: skip
+    """The column paths to read: ``struct.field`` for the wanted fields of a struct column of
+    ``leaves`` that the file has (the whole column when it has none of them)."""
+    if not leaves:
+        return present
+    out: list[str] = []
+    for name in present:
+        typ = have.field(name).type
+        if name in leaves and pa.types.is_struct(typ):
+            got = {fl.name for fl in typ}
+            paths = [f"{name}.{leaf}" for leaf in leaves[name] if leaf in got]
+            out.extend(paths or [name])
+        else:
+            out.append(name)
+    return out
