@@ -29,6 +29,7 @@ from router.analysis.frames import (
     parse_outcomes,
     rid_hash,
 )
+from router.analysis.sketches import IdSet
 from router.capture.outcomes import validate_outcome
 
 _COLS = ["id", "request_id", "unit", "metric", "value", "ts"]
@@ -63,7 +64,8 @@ class OutcomeIndex:
         self.other_experiments: Counter[str] = Counter()
         self._duplicates = 0
         self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
-        self._req: list[pl.DataFrame] = []  # ident, h, m, v (26 bytes a row)
+        self._req: list[pl.DataFrame] = []  # h, m, v (18 bytes a row), deduplicated
+        self._req_ids = IdSet()  # the identities of the request-joined rows kept (8 bytes)
         self._unit: list[pl.DataFrame] = []  # ident, unit, metric, value, ts
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
@@ -76,7 +78,7 @@ class OutcomeIndex:
         request-joined row, not the frames it was built from (and not sorted again there)."""
         self._finalise()
         state = self.__dict__.copy()
-        state.update(_rows=[], _req=[], _unit=[], _sealed=True)
+        state.update(_rows=[], _req=[], _unit=[], _req_ids=IdSet(), _sealed=True)
         return state
 
     def _check_open(self) -> None:
@@ -198,14 +200,23 @@ class OutcomeIndex:
             for name in req["metric"].unique(maintain_order=True).to_list():
                 if name not in self._ids:
                     self._register(name)
-            self._req.append(
-                req.select(
-                    ident=ident,
-                    h=rid_hash(pl.col("request_id")),
-                    m=pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16),
-                    v=pl.col("value"),
-                )
+            part = req.select(
+                ident=ident,
+                h=rid_hash(pl.col("request_id")),
+                m=pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16),
+                v=pl.col("value"),
             )
+            # deduplicated as they come (the first occurrence kept), against a set of the
+            # identities kept: no global pass over every row (and its copies) at the end
+            part = part.filter(pl.col("ident").is_first_distinct())
+            ids = part["ident"].to_numpy().view(np.int64)
+            new = ~self._req_ids.contains(ids)
+            if not new.all():
+                part = part.filter(new)
+                ids = ids[new]
+            self._req_ids.add_new(ids)
+            self._duplicates += req.height - part.height
+            self._req.append(part.drop("ident"))
         units = df.filter(~by_req)
         if units.height:
             self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
@@ -228,16 +239,17 @@ class OutcomeIndex:
                 schema = {k: OUTCOME_SCHEMA[k] for k in _COLS}
                 self._ingest(pl.DataFrame(self._rows, schema=schema))
                 self._rows = []
-            req = _dedupe(self._req, _REQ_SCHEMA)
+            req = pl.concat(self._req) if len(self._req) > 1 else (
+                self._req[0] if self._req else pl.DataFrame(schema=_REQ_SCHEMA))
             units = _dedupe(self._unit, _UNIT_SCHEMA)
-            self._duplicates += sum(f.height for f in self._req) - req.height
             self._duplicates += sum(f.height for f in self._unit) - units.height
             srt = req.sort("h", maintain_order=True)
+            del req  # (the unsorted copy: freed before the metric summary below)
             # one sorted frame kept; the arrays below are views of it (no second copy)
             self._req, self._unit = [srt], [units]
             metrics: dict[str, dict[str, Any]] = {}
             binary = pl.col("v").is_in([0.0, 1.0]).all()
-            for m, n, b in req.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
+            for m, n, b in srt.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
                 metrics[self._names[m]] = {"n": int(n), "binary": bool(b)}
             kinds = units.group_by("metric", maintain_order=True).agg(
                 pl.len(), pl.col("value").is_in([0.0, 1.0]).all()
@@ -312,7 +324,6 @@ class OutcomeIndex:
 
 
 _REQ_SCHEMA: dict[str, pl.DataType] = {
-    "ident": pl.UInt64(),
     "h": pl.Int64(),
     "m": pl.UInt16(),
     "v": pl.Float64(),
