@@ -239,8 +239,8 @@ class OutcomeIndex:
                 schema = {k: OUTCOME_SCHEMA[k] for k in _COLS}
                 self._ingest(pl.DataFrame(self._rows, schema=schema))
                 self._rows = []
-            req = pl.concat(self._req) if len(self._req) > 1 else (
-                self._req[0] if self._req else pl.DataFrame(schema=_REQ_SCHEMA))
+            parts = self._req or [pl.DataFrame(schema=_REQ_SCHEMA)]
+            req = pl.concat(parts) if len(parts) > 1 else parts[0]
             units = _dedupe(self._unit, _UNIT_SCHEMA)
             self._duplicates += sum(f.height for f in self._unit) - units.height
             srt = req.sort("h", maintain_order=True)

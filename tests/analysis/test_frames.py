@@ -80,6 +80,50 @@ def test_idset_matches_a_python_set() -> None:
     assert ids.values().tolist() == sorted(ref | {int(x) for x in extra})
 
 
+def test_idset_merges_count_the_ids_they_held_already() -> None:
+    rng = np.random.default_rng(37)
+    base, ref, repeats = IdSet(), set(), 0
+    for _ in range(6):  # parts that share some ids with the parts before them
+        part = IdSet()
+        fresh = np.unique(rng.integers(-(2**40), 2**40, 400))
+        old = np.array(sorted(ref)[:7], dtype=np.int64)
+        ids = np.setdiff1d(np.unique(np.concatenate([fresh, old])), [])
+        for i in range(0, ids.size, 90):  # several runs in the part
+            part.add_new(ids[i : i + 90])
+        repeats += len(ref & {int(x) for x in ids})
+        base.merge(part)
+        assert base.contains(ids).all()  # membership holds before any compaction
+        ref |= {int(x) for x in ids}
+    assert base.compact() == repeats and len(base) == len(ref)
+    assert base.values().tolist() == sorted(ref)
+    base.add_new(np.array([2**41], dtype=np.int64))
+    assert len(base) == len(ref) + 1 and base.repeats == repeats
+
+
+def test_outcome_lookup_and_a_pickled_index() -> None:
+    import pickle
+
+    from router.analysis.outcomes_index import _slices
+
+    rng = np.random.default_rng(38)
+    for _ in range(200):
+        h = np.sort(rng.integers(0, 40, rng.integers(0, 60)))
+        q = np.sort(rng.integers(-5, 50, rng.integers(0, 40)))
+        left, right = _slices(h, q)
+        assert left.tolist() == np.searchsorted(h, q, "left").tolist()
+        assert right.tolist() == np.searchsorted(h, q, "right").tolist()
+    _recs, outs = dataset(SynthSpec(n=800, seed=38))
+    oi = OutcomeIndex()
+    oi.add_all(outs + outs[:50], "synth")  # replayed rows: counted once
+    copy = pickle.loads(pickle.dumps(oi))
+    for a, b in zip(oi.rows, copy.rows, strict=True):
+        assert a.tolist() == b.tolist()
+    assert copy.metrics == oi.metrics and copy.duplicate_rows == oi.duplicate_rows == 50
+    assert copy.by_unit.equals(oi.by_unit)
+    with pytest.raises(RuntimeError, match="read-only"):
+        copy.add_all(outs[:1], "synth")
+
+
 def test_chunks_keep_lines_whole(tmp_path: Path) -> None:
     lines = [orjson.dumps({"i": i, "pad": "x" * (i % 13)}) for i in range(200)]
     path = tmp_path / "f.jsonl"
