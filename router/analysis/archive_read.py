@@ -215,16 +215,58 @@ def _contract(name: str) -> pl.Expr:
     return pl.when(c.is_not_null()).then(c.struct.json_encode()).alias(name)
 
 
-def file_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType],
-              since: float | None, until: float | None, now: float,
-              before_ms: int | None = None) -> Page:  # fmt: skip
-    """The page of one archive file with the columns of the record ``schema`` (an empty page
-    naming the file when it is unreadable)."""
-    try:
-        table = read_file(store, f, "pairs", columns_for(schema), since, until,
-                          before_ms=before_ms, leaves=leaves_for(schema))  # fmt: skip
-    except UnreadableFile as exc:
-        return Page(pl.DataFrame(), [], skipped=[(exc.path, exc.reason)])
+PAGE_BYTES = 4 << 20  # small files are read together into a page of about this much Parquet
+PAGE_FILES = 64  # files in one page at most
+
+
+def file_groups(files: list[ArchiveFile]) -> list[list[ArchiveFile]]:
+    """Consecutive files (in their order) folded as one page: a page of a few thousand rows
+    costs about as much as one of tens of thousands (the polars plans, the Parquet footer, the
+    per-page numpy calls), and the archiver writes a file a minute; a file of at least
+    :data:`PAGE_BYTES` stays alone, so a page is never much larger than the largest file."""
+    groups: list[list[ArchiveFile]] = []
+    size = 0
+    for f in files:
+        if groups and size + f.size <= PAGE_BYTES and len(groups[-1]) < PAGE_FILES:
+            groups[-1].append(f)
+            size += f.size
+        else:
+            groups.append([f])
+            size = f.size
+    return groups
+
+
+def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
+              schema: dict[str, pl.DataType], since: float | None, until: float | None,
+              now: float, before_ms: int | None = None) -> Page:  # fmt: skip
+    """The page of one archive file (or of a :func:`file_groups` group of consecutive files,
+    folded as the files one after the other would be) with the columns of the record
+    ``schema``; unreadable files are named in ``skipped``."""
+    group = f if isinstance(f, list) else [f]
+    tables: list[tuple[ArchiveFile, pa.Table]] = []
+    skipped: list[tuple[str, str]] = []
+    for one in group:
+        try:
+            tables.append((one, read_file(store, one, "pairs", columns_for(schema), since,
+                                          until, before_ms=before_ms,
+                                          leaves=leaves_for(schema))))  # fmt: skip
+        except UnreadableFile as exc:
+            skipped.append((exc.path, exc.reason))
+    if not tables:
+        return Page(pl.DataFrame(), [], skipped=skipped)
+    if len(tables) > 1 and all(t.column("raw").null_count == t.num_rows for _f, t in tables):
+        table = pa.concat_tables([t for _f, t in tables])
+        page = prepare_frame(record_frame(table, schema), _Names(tables), "", now)
+    else:  # (entries kept whole: each file's page in turn, its lines after its rows)
+        page = _table_page(*tables[0], schema, now)
+        for one, t in tables[1:]:
+            page = _concat(page, _table_page(one, t, schema, now))
+    page.skipped = skipped
+    return page
+
+
+def _table_page(f: ArchiveFile, table: pa.Table, schema: dict[str, pl.DataType],
+                now: float) -> Page:  # fmt: skip
     raw = table.column("raw")
     bad_page: Page | None = None
     if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
@@ -236,7 +278,7 @@ def file_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType
                       label=f.path)  # fmt: skip
         bad_page = prepare_records(chunk, schema, now)
     df = record_frame(table, schema)
-    page = prepare_frame(df, _Names(table), f.path, now)
+    page = prepare_frame(df, _Names([(f, table)]), "", now)
     if bad_page is not None:
         if bad_page.cols.height:  # (a raw line that turned out valid: fold it too)
             page = _concat(page, bad_page)
@@ -246,13 +288,20 @@ def file_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType
 
 
 class _Names(Sequence[str]):
-    """Stream ids of a table's rows, read only when a row is named."""
+    """``"<file> <stream id>"`` of the rows of tables read one after the other, read only
+    when a row is named."""
 
-    def __init__(self, table: pa.Table) -> None:
-        self._col = table.column("stream_id")
+    def __init__(self, tables: list[tuple[ArchiveFile, pa.Table]]) -> None:
+        self._parts = [(f.path, t.column("stream_id")) for f, t in tables]
+        self._starts = np.cumsum([0] + [len(c) for _p, c in self._parts])
 
     def __len__(self) -> int:
-        return len(self._col)
+        return int(self._starts[-1])
+
+    def _one(self, i: int) -> str:
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        path, col = self._parts[k]
+        return f"{path} {col[i - int(self._starts[k])].as_py()}"
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -260,8 +309,8 @@ class _Names(Sequence[str]):
     def __getitem__(self, i: slice) -> list[str]: ...
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [str(x) for x in self._col[i].to_pylist()]
-        return str(self._col[i].as_py())
+            return [self._one(j) for j in range(*i.indices(len(self)))]
+        return self._one(i if i >= 0 else len(self) + i)
 
 
 def _concat(a: Page, b: Page) -> Page:
@@ -318,7 +367,7 @@ def archive_files(
 
 
 def _file_page(store: ArchiveStore, schema: dict[str, pl.DataType], since: float | None,
-               until: float | None, before_ms: int | None, f: ArchiveFile,
+               until: float | None, before_ms: int | None, f: ArchiveFile | list[ArchiveFile],
                now: float) -> Page:  # fmt: skip
     return file_page(store, f, schema, since, until, now, before_ms)
 

@@ -74,7 +74,7 @@ def fold_files(job: FoldJob, files: list[Any]) -> Accumulator:
     outcome index (the caller has it)."""
     from threadpoolctl import threadpool_limits
 
-    from router.analysis.archive_read import file_page
+    from router.analysis.archive_read import file_groups, file_page
     from router.archive.store import ArchiveStore
 
     store = ArchiveStore.open(job.uri)
@@ -82,8 +82,8 @@ def fold_files(job: FoldJob, files: list[Any]) -> Accumulator:
                       experiment=job.experiment, track_fields=job.track_fields)  # fmt: skip
     acc.now = job.now
     with threadpool_limits(limits=1, user_api="blas"):  # (see run.quiet_blas)
-        for f in files:
-            acc.add_page(file_page(store, f, job.schema, job.since, job.upto, job.now))
+        for group in file_groups(files):  # (small files read together: one page)
+            acc.add_page(file_page(store, group, job.schema, job.since, job.upto, job.now))
     acc.outcomes = OutcomeIndex()  # (not sent back)
     return acc
 

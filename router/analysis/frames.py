@@ -392,7 +392,7 @@ def prepare_frame(
 ) -> Page:
     """A :class:`Page` of records already in columns (``df`` with :func:`record_schema`'s
     columns: an archive file), judged by the same checks as lines of a file; an invalid row
-    ``i`` is named ``"<label> <names[i]>"``."""
+    ``i`` is named ``"<label> <names[i]>"`` (``names[i]`` without a label)."""
     now = time.time() if now is None else now
     why, segments = _record_problems(df, now)
     rejected = Invalid()
@@ -401,7 +401,7 @@ def prepare_frame(
     bad_rows = why.is_not_null()
     for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
                          strict=True):  # fmt: skip
-        rejected.add(reason, f"{label} {names[i]}")
+        rejected.add(reason, f"{label} {names[i]}" if label else names[i])
     return page_of(df.filter(~bad_rows), rejected)
 
 

@@ -224,7 +224,7 @@ def stitched_items(
 ) -> tuple[Iterator[tuple[str, Any]], Callable[[Any, float], Page]]:
     """Records of a window that Redis has partly trimmed: the archive's files up to where
     the pairs streams begin, then the streams (``--archive`` with ``--redis``)."""
-    from router.analysis.archive_read import archive_files, redis_cutoff_ms
+    from router.analysis.archive_read import archive_files, file_groups, redis_cutoff_ms
     from router.capture.clients import make_sync_client
     from router.capture.reader import discover_pair_keys
 
@@ -236,8 +236,8 @@ def stitched_items(
 
     def items() -> Iterator[tuple[str, Any]]:
         try:
-            for f in files:
-                yield "file", f
+            for group in file_groups(files):  # (small files read together: one page)
+                yield "file", group
             if cutoff is None:
                 return
             since = cutoff / 1000 + 0.0005  # (exactly the cutoff millisecond, as _min_id reads)
@@ -266,8 +266,8 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
         items, prep = stitched_items(src, id_until(src), schema)
         return Pages(items, schema, workers, prepare=prep)
     if src.archive:
-        from router.analysis.archive_read import archive_files
+        from router.analysis.archive_read import archive_files, file_groups
 
         files, prepare = archive_files(src, schema, id_until(src))
-        return Pages(files, schema, workers, prepare=prepare)
+        return Pages(file_groups(files), schema, workers, prepare=prepare)
     return Pages(record_chunks(src), schema, workers)

@@ -232,3 +232,24 @@ def test_a_window_redis_already_trimmed_is_read_from_the_archive(
     assert verdict["archive"]["redis_from"] == cut / 1000
     only_redis = analyze(Source("e", redis_url=url), policy)
     assert only_redis["data_quality"]["records"]["read"] < records["read"] / 2
+
+
+def test_small_files_folded_together_equal_one_page_a_file(
+    archived: tuple[str, Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive small files are read into one page (archive_read.file_groups): the report
+    is the one of a page a file, and a group stays within its bounds."""
+    from router.analysis import archive_read
+
+    _url, root, _n = archived
+    policy = load_policy(None)
+    grouped = analyze(Source("e", archive=str(root)), policy)
+    store = ArchiveStore.open(str(root))
+    files = archive_read.plan(store, "pairs", "e", None, None).files
+    groups = archive_read.file_groups(files)
+    assert len(groups) < len(files) and [f for g in groups for f in g] == files
+    monkeypatch.setattr(archive_read, "PAGE_FILES", 1)  # a page a file, as before
+    assert len(archive_read.file_groups(files)) == len(files)
+    single = analyze(Source("e", archive=str(root)), policy)
+    assert_same(grouped, single)
+    assert grouped["data_quality"] == single["data_quality"]  # (examples too: same places)
