@@ -206,13 +206,6 @@ class ArmSet:
             for name in self.order:
                 self.arms[name] = make()
 
-    @classmethod
-    def of(cls, acc: Accumulator) -> ArmSet:
-        """A set holding one accumulator folded elsewhere (every record, one challenger)."""
-        out = cls(lambda: acc, [DEFAULT_ARM])
-        out.folded = True
-        return out
-
     def add_page(self, page: Page) -> None:
         cols = page.cols
         if cols.height and cols["forced"].any():

@@ -281,9 +281,8 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
                   src.until, upto, schema, now)  # fmt: skip
     fp = fingerprint(policy, kind, track_fields, src.experiment)
     use = RollupUse()
-    runs: list[list[ArchiveFile]] = []  # (a rollup part: its hour's files)
-    parts: list[ArmSet] = []
-    from_rollup: list[bool] = []
+    # parts in hour order: (its files, its rollup or None for a run of hours re-folded)
+    entries: list[tuple[list[ArchiveFile], ArmSet | None]] = []
     for start, fs in sorted(_by_hour(files).items()):
         r = _stored(store, src.experiment, start, fp, _file_key(fs))
         why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto)
@@ -291,29 +290,25 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
             _remap(r, oi)
             for acc in r.arms.arms.values():
                 acc.policy, acc.outcomes = policy, oi
-            runs.append(list(fs))
-            parts.append(r.arms)
-            from_rollup.append(True)
+            entries.append((list(fs), r.arms))
             use.used += 1
             continue
         use.refolded[why or "missing"] += 1
-        if from_rollup and not from_rollup[-1]:
-            runs[-1].extend(fs)
+        if entries and entries[-1][1] is None:
+            entries[-1][0].extend(fs)
         else:
-            runs.append(list(fs))
-            from_rollup.append(False)
-    for i, is_rollup in enumerate(from_rollup):  # the re-folds: the views their records name
-        if not is_rollup:
-            parts.insert(i, fold_files(job, runs[i], arms))
+            entries.append((list(fs), None))
+    # the re-folds with the views their records name; then the views the window needs
+    parts = [a if a is not None else fold_files(job, fs, arms) for fs, a in entries]
     agreed = agreed_arms(arms, [p.part_names() for p in parts])
     merger = Merger(oi, agreed)
-    for i in range(len(parts)):
+    for i, (fs, held) in enumerate(entries):
         part, parts[i] = parts[i], ArmSet(None)  # (its slot freed once merged)
         if part.restart or set(part.views()) != set(agreed):
-            if from_rollup[i]:  # a rollup without a view the window needs
+            if held is not None:  # a rollup without a view the window needs
                 use.used -= 1
                 use.refolded["arms"] += 1
-            part = fold_files(job, runs[i], agreed)
+            part = fold_files(job, fs, agreed)
         merger.add(i, attach(part, oi))
     if merger.cross_task_duplicates:
         return None
