@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
+def _history(policy: Policy) -> float:
+    """Seconds of outcome history before the window that CUPED's covariates need."""
+    return policy.cuped.history_s if policy.cuped.enabled else 0.0
+
+
 def load_outcomes(
     src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
 ) -> OutcomeIndex:
@@ -58,7 +63,17 @@ def load_outcomes(
         try:
             key = stream_keys(client, src.experiment, outcomes=True)[0]
             cutoff = redis_cutoff_ms(client, [key])
-            load_archive_outcomes(oi, open_store(src), src.experiment, src.since, src.coverage,
+            store = open_store(src)
+            if src.since is not None and history_s > 0:  # the history (CUPED): unit rows
+                end_ms = int(src.since * 1000)
+                load_archive_outcomes(oi, store, src.experiment, src.since - history_s,
+                                      src.coverage, before_ms=min(cutoff or end_ms, end_ms),
+                                      unit_rows_only=True)  # fmt: skip
+                if cutoff is not None and cutoff < end_ms:  # its part the stream still holds
+                    start = max(cutoff / 1000 + 0.0005, src.since - history_s)
+                    oi.add_raw(stream_chunks(client, key, start, src.since), src.experiment,
+                               unit_rows_only=True)  # fmt: skip
+            load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage,
                                   before_ms=cutoff)  # fmt: skip
             if cutoff is not None:
                 since = cutoff / 1000 + 0.0005  # (from exactly that millisecond)
@@ -87,6 +102,10 @@ def load_outcomes(
         from router.analysis.archive_read import load_archive_outcomes, open_store
 
         store = open_store(src)
+        if src.since is not None and history_s > 0:  # the history (CUPED): unit rows only
+            load_archive_outcomes(oi, store, src.experiment, src.since - history_s,
+                                  src.coverage, before_ms=int(src.since * 1000),
+                                  unit_rows_only=True)  # fmt: skip
         load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage)
     return oi
 
@@ -143,44 +162,74 @@ def accumulate_arms(
     pages: Pages | None = None,
     arms: list[str] | None = None,
     executor: str = "threads",
+    outcomes: OutcomeIndex | None = None,
 ) -> ArmSet:
     """Read ``src`` into one accumulator per challenger view (:mod:`router.analysis.arms`).
     When the records name a challenger not in ``arms`` (default: the one ``challenger``),
     the source is read a second time with every challenger the first read found. An archive
-    folded by other processes (``executor`` not ``threads``) or from hourly rollups gives one
-    accumulator over every record, as before A/B/n (views per challenger not built there yet)."""
-    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
-        one = accumulate(src, policy, kind=kind, workers=workers, track_fields=track_fields,
-                         progress=progress, pages=pages, executor=executor)  # fmt: skip
-        return ArmSet.of(one)
+    folded by other processes (``executor`` not ``threads``, :mod:`router.analysis.distribute`)
+    or from hourly rollups (:mod:`router.analysis.rollups`) is folded in parts, each into an
+    :class:`ArmSet`, merged view by view with the challengers agreed across the parts.
+    ``outcomes``: the outcome index to join (default: the source's)."""
     gc_was = gc.isenabled()
-    gc.disable()
+    gc.disable()  # millions of short-lived containers; no cycles are created
     try:
-        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
-        outcomes = load_outcomes(src, policy.data_quality.max_metrics, history)
-        while True:
-            if pages is None:
-                pages = read_pages(src, kind, track_fields, workers)
-
-            def make() -> Accumulator:
-                return Accumulator(policy, outcomes, kind=kind, since=src.since,
-                                   until=src.until, experiment=src.experiment,
-                                   track_fields=track_fields)  # fmt: skip
-
-            aset = ArmSet(make, arms)
-            try:
-                with quiet_blas():
-                    fold(aset, pages, progress)
-            finally:
-                pages.close()
-            if not aset.restart:
-                return aset
-            log.info("records name challengers %s: reading again with one view each",
-                     aset.restart_arms())  # fmt: skip
-            arms, pages = aset.restart_arms(), None
+        return _accumulate_arms(src, policy, kind, workers, track_fields, progress, pages, arms,
+                                executor, outcomes)  # fmt: skip
     finally:
         if gc_was:
             gc.enable()
+
+
+def _accumulate_arms(src: Source, policy: Policy, kind: str, workers: int, track_fields: bool,
+                     progress: Progress | None, pages: Pages | None, arms: list[str] | None,
+                     executor: str, outcomes: OutcomeIndex | None) -> ArmSet:  # fmt: skip
+    if src.archive and not src.redis_url and src.rollups:
+        from router.analysis.rollups import fold_with_rollups
+
+        if pages is not None:
+            pages.close()
+            pages = None
+        if outcomes is None:
+            outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+        done = fold_with_rollups(src, policy, outcomes, kind=kind, track_fields=track_fields,
+                                 arms=arms)  # fmt: skip
+        if done is not None:
+            src.coverage.rollups = done[1].as_dict()
+            return done[0]
+        src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
+                                "fallback": "a request id in two hours"}  # fmt: skip
+    if src.archive and not src.redis_url and executor != "threads":
+        if pages is not None:
+            pages.close()
+        from router.analysis.distribute import fold_archive
+
+        if outcomes is None:
+            outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+        return fold_archive(src, policy, outcomes, kind=kind, track_fields=track_fields,
+                            executor=executor, workers=workers, arms=arms)  # fmt: skip
+    if outcomes is None:
+        outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+    oi = outcomes
+    while True:
+        if pages is None:
+            pages = read_pages(src, kind, track_fields, workers)
+
+        def make() -> Accumulator:
+            return Accumulator(policy, oi, kind=kind, since=src.since, until=src.until,
+                               experiment=src.experiment, track_fields=track_fields)  # fmt: skip
+
+        aset = ArmSet(make, arms)
+        try:
+            with quiet_blas():
+                fold(aset, pages, progress)
+        finally:
+            pages.close()
+        if not aset.restart:
+            return aset
+        log.info("records name challengers %s: reading again with one view each",
+                 aset.restart_arms())  # fmt: skip
+        arms, pages = aset.restart_arms(), None
 
 
 def accumulate(
@@ -199,35 +248,14 @@ def accumulate(
     already being read (:func:`~router.analysis.reader.read_pages`, same kind and fields);
     they are closed here. ``executor`` (an archive only): ``threads``, ``processes`` or
     ``dask://HOST:PORT`` (:mod:`router.analysis.distribute`)."""
+    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
+        # folded in parts: the first challenger's view (every record of a two-arm stream)
+        return accumulate_arms(src, policy, kind=kind, workers=workers, track_fields=track_fields,
+                               progress=progress, pages=pages, executor=executor,
+                               outcomes=outcomes).primary  # fmt: skip
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
-        if src.archive and not src.redis_url and src.rollups:
-            from router.analysis.rollups import fold_with_rollups
-
-            if pages is not None:
-                pages.close()
-                pages = None
-            oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics
-            )
-            done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
-            if done is not None:
-                src.coverage.rollups = done[1].as_dict()
-                return done[0]
-            outcomes = oi  # a request id in two parts: the whole window re-folded
-            src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
-                                    "fallback": "a request id in two hours"}  # fmt: skip
-        if src.archive and not src.redis_url and executor != "threads":
-            if pages is not None:
-                pages.close()
-            from router.analysis.distribute import fold_archive
-
-            oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics
-            )
-            return fold_archive(src, policy, oi, kind=kind, track_fields=track_fields,
-                                executor=executor, workers=workers)  # fmt: skip
         if pages is None:
             pages = read_pages(src, kind, track_fields, workers)  # parses while outcomes load
         with quiet_blas():

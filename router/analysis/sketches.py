@@ -285,19 +285,23 @@ class IdSet:
         if not h.size:
             return
         self.compact()
-        run = np.sort(h.astype(np.int64))
+        self._push(np.sort(h.astype(np.int64)))
+
+    def _push(self, run: np.ndarray) -> None:
+        """Add a sorted run, merging it with the runs no larger than it (a binary counter)."""
         while self.runs and self.runs[-1].size <= run.size:
             run = np.concatenate([self.runs.pop(), run])
             run.sort(kind="stable")  # two sorted halves: merged in linear time
         self.runs.append(run)
 
     def merge(self, o: IdSet) -> None:
-        """Add the ids of ``o`` (those here already are counted in :attr:`repeats` at the
-        next :meth:`compact`; membership is right at once)."""
-        if o.runs:
-            o.compact()
+        """Add the ids of ``o``: its sorted runs are merged in as they are, so an id of both
+        is held twice until the next :meth:`compact` (which counts it in :attr:`repeats`);
+        membership is right at once, and no search of this set is made."""
+        o.compact()
+        for run in sorted(o.runs, key=len, reverse=True):
             self._overlap = self._overlap or bool(self.runs)
-            self.runs.extend(o.runs)
+            self._push(run)
         self.repeats += o.repeats
 
     def compact(self) -> int:
