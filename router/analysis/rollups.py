@@ -556,9 +556,11 @@ def _stored(store: ArchiveStore, experiment: str, start: int, fp: str,
 
 # ---------------------------------------------------------------------- using
 def usable(r: Rollup, oi: OutcomeIndex, policy: Policy, since: float | None,
-           until: float | None, upto: float | None) -> str | None:  # fmt: skip
+           until: float | None, upto: float | None,
+           specs: dict[str, Any] | None = None) -> str | None:  # fmt: skip
     """Why the rollup cannot stand in for its hour's re-fold, by what it holds (None: it
-    can, unless its outcome stamp or its request ids say otherwise)."""
+    can, unless its outcome stamp or its request ids say otherwise). ``specs``: the metric
+    specs inferred from ``oi`` (computed when not given)."""
     acc = r.acc
     if (since is not None and r.hour < since) or (upto is not None and Hour(r.hour).end > upto):
         return "window"
@@ -569,7 +571,7 @@ def usable(r: Rollup, oi: OutcomeIndex, policy: Policy, since: float | None,
         return "window"
     if any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts):
         return "rejected"
-    if infer_metric_specs(policy, oi) != acc.specs:
+    if (specs if specs is not None else infer_metric_specs(policy, oi)) != acc.specs:
         return "metrics"
     return None
 
@@ -707,9 +709,11 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
     hours = _by_hour(files)
     outcomes = _Outcomes.read(store, src.experiment, src.since, src.coverage)
     rollups: dict[int, Rollup] = {}
+    specs = infer_metric_specs(policy, oi)
     for start, fs in sorted(hours.items()):
         r = _stored(store, src.experiment, start, fp, _file_key(fs))
-        why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto)
+        why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto,
+                                                  specs)  # fmt: skip
         if isinstance(r, Rollup) and why is None:
             stamp = _read_stamp(store, src.experiment, start, fp)
             try:

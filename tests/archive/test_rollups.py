@@ -182,6 +182,12 @@ def test_a_replay_in_a_later_hour_is_dropped_once(replayed: tuple[redis.Redis, P
     assert merged["archive"]["rollups"]["refolded_hours"] == {"replayed": 2}
     assert merged["counts"]["duplicates_skipped"] == 3
     assert_same(raw, merged)
+    # the id file the late record points at, gone: that hour re-folded, and with it the next
+    (second,) = _rollup_files(root, "ids-*.npy")[1:2]
+    second.unlink()
+    merged = analyze(Source("e", archive=str(root), rollups=True), policy)
+    assert merged["archive"]["rollups"]["refolded_hours"] == {"unreadable": 1, "replayed": 1}
+    assert_same(raw, merged)
 
 
 def test_a_replay_found_among_late_records_of_two_hours(redis_url: str, tmp_path: Path) -> None:
