@@ -119,10 +119,12 @@ class RollupUse:
     used: int = 0
     refolded: Counter[str] = field(default_factory=Counter)
     fallback: str | None = None  # (kept for the report's shape: rollups never fall back now)
+    outcome_index: str = "read"  # or "snapshot": the last `router rollup`'s (OutcomeSnapshot)
 
     def as_dict(self) -> dict[str, Any]:
         return {"used_hours": self.used, "refolded_hours": dict(self.refolded),
-                "fallback": self.fallback, "unchecked": UNCHECKED}  # fmt: skip
+                "fallback": self.fallback, "outcome_index": self.outcome_index,
+                "unchecked": UNCHECKED}  # fmt: skip
 
 
 @functools.cache
@@ -399,6 +401,83 @@ def _stamp_ok(stamp: tuple[str, FileKey] | None, outcomes: _Outcomes, fp: str,
     return not (late.size and _hits(ids(), late).any())
 
 
+# ---------------------------------------------------------------------- outcome snapshot
+class OutcomeSnapshot(OutcomeIndex):
+    """The outcome index of the last ``router rollup`` without its request-joined rows:
+    every count, the metric names and kinds, and the unit-joined rows the report needs, but
+    nothing to join records to. Used when every hour is served by its rollup and the outcome
+    files are exactly those the build read (:func:`outcome_snapshot`); an analysis that
+    re-folds an hour reads the outcomes again."""
+
+    requests: int  # request-joined rows (deduplicated)
+    plan: list[list[Any]]  # every outcome file of the build (name, size), unreadable ones too
+    outcome_files: int
+    unreadable: list[tuple[str, str]]
+    unreadable_count: int
+
+    @classmethod
+    def of(cls, oi: OutcomeIndex, plan_key: list[list[Any]], coverage: Any) -> OutcomeSnapshot:
+        final = oi._finalise()
+        snap = cls.__new__(cls)
+        snap.__dict__.update(oi.__dict__)
+        snap._rows, snap._req, snap._unit = [], [], []
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.float64))
+        snap._final = dict(final, rows=empty)
+        snap.requests = oi.by_request_total
+        snap.plan = plan_key
+        snap.outcome_files = coverage.outcome_files
+        snap.unreadable = list(coverage.unreadable)
+        snap.unreadable_count = coverage.unreadable_count
+        return snap
+
+    @property
+    def by_request_total(self) -> int:
+        return self.requests
+
+
+def _plan_key(files: list[ArchiveFile]) -> list[list[Any]]:
+    return sorted([f.path, f.size] for f in files)
+
+
+def outcome_snapshot(src: Any, policy: Policy, kind: str,
+                     track_fields: bool) -> OutcomeSnapshot | None:  # fmt: skip
+    """The last ``router rollup``'s outcome snapshot when the outcome files the analysis
+    would read are exactly those it read (none archived since, none deleted, none cut by
+    ``since``), None otherwise."""
+    from router.analysis.archive_read import open_store
+
+    store = open_store(src)
+    fp = fingerprint(policy, kind, track_fields, src.experiment)
+    mdir = manifest_dir(src.experiment, fp)
+    names = [e.name for e in store.list_dir(mdir) if e.name.startswith("snapshot-")]
+    if len(names) != 1:
+        return None
+    files = plan(store, "outcomes", src.experiment, src.since, None).files
+    if src.since is not None:
+        for f in files:
+            name = PartName.parse(f.path.rsplit("/", 1)[-1])
+            if name is None or name.first[0] < src.since * 1000:
+                return None  # (a file cut by since: not read whole)
+    try:
+        snap = loads(store.read_bytes(f"{mdir}/{names[0]}"))
+    except Exception as exc:  # (a corrupt pickle raises anything: never a crash)
+        log.warning("outcome snapshot %s unreadable: %s: %s", store.describe(f"{mdir}/{names[0]}"),
+                    type(exc).__name__, exc)  # fmt: skip
+        return None
+    if not isinstance(snap, OutcomeSnapshot) or snap.plan != _plan_key(files):
+        return None
+    return snap
+
+
+def _snapshot_coverage(snap: OutcomeSnapshot, cov: Any) -> None:
+    """What reading the outcomes would have added to the coverage."""
+    from router.analysis.archive_read import MAX_NAMED_FILES
+
+    cov.outcome_files += snap.outcome_files
+    cov.unreadable_count += snap.unreadable_count
+    cov.unreadable.extend(snap.unreadable[: max(0, MAX_NAMED_FILES - len(cov.unreadable))])
+
+
 # ---------------------------------------------------------------------- building
 def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "score",
                   track_fields: bool = False, lateness_s: float = DEFAULT_LATENESS_S,
@@ -430,6 +509,9 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
     sha = hashlib.sha256(orjson.dumps(outcomes.key)).hexdigest()[:24]
     mdir = manifest_dir(experiment, fp)
     store.write_bytes(mdir, f"outcomes-{sha}.json", orjson.dumps(outcomes.key))
+    all_files = _plan_key(plan(store, "outcomes", experiment, None, None).files)
+    snap = OutcomeSnapshot.of(oi, all_files, cov)
+    store.write_bytes(mdir, f"snapshot-{sha}.pkl", pickle.dumps(snap, pickle.HIGHEST_PROTOCOL))
     todo = {s: fs for s, fs in complete.items() if s not in have}
     for s, r in have.items():  # re-stamp, or rebuild what a late outcome joins
         stamp = _read_stamp(store, experiment, s, fp)
@@ -468,7 +550,7 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
         store.write_bytes(d, f"rollup-{fp}.pkl", pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
         written.append(start)
     for e in store.list_dir(mdir):  # older manifests: no stamp of this fingerprint names them
-        if not e.is_dir and e.name != f"outcomes-{sha}.json" and e.name.startswith("outcomes-"):
+        if not e.is_dir and e.name not in (f"outcomes-{sha}.json", f"snapshot-{sha}.pkl"):
             store.delete_file(f"{mdir}/{e.name}")
     log.info("rollups: %d hours written", len(written))
     return written
@@ -490,7 +572,8 @@ def _compact(acc: Accumulator) -> None:
 def _manifest_moved(store: ArchiveStore, experiment: str, fp: str,
                     have: dict[int, Rollup]) -> bool:  # fmt: skip
     """Whether the outcome files differ from those the rollups were last stamped with."""
-    names = [e.name for e in store.list_dir(manifest_dir(experiment, fp)) if not e.is_dir]
+    names = [e.name for e in store.list_dir(manifest_dir(experiment, fp))
+             if not e.is_dir and e.name.startswith("outcomes-")]  # fmt: skip
     if len(names) != 1:
         return True
     try:
@@ -690,7 +773,9 @@ class _Window:
 def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
                       track_fields: bool) -> tuple[Accumulator, RollupUse] | None:  # fmt: skip
     """The window's accumulator from rollups where usable and raw re-folds elsewhere, merged
-    in hour order (the hours between two copies of a replayed record re-folded as one run)."""
+    in hour order (the hours between two copies of a replayed record re-folded as one run).
+    None when ``oi`` is an :class:`OutcomeSnapshot` and an hour must be re-folded (it has no
+    request rows to join): read the outcomes and call again."""
     from router.analysis.archive_read import archive_files, open_store
     from router.analysis.distribute import FoldJob
     from router.analysis.frames import record_schema
@@ -744,6 +829,11 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
             if pair[0] <= s <= pair[1] and s in rollups:
                 del rollups[s]
                 use.refolded["replayed"] += 1
+    if isinstance(oi, OutcomeSnapshot):
+        if len(rollups) < len(hours) or not hours:
+            return None
+        use.outcome_index = "snapshot"
+        _snapshot_coverage(oi, src.coverage)
     acc: Accumulator | None = None
     for part in parts:
         if len(part) == 1 and part[0] in rollups:

@@ -203,21 +203,25 @@ def accumulate(
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
         if src.archive and not src.redis_url and src.rollups:
-            from router.analysis.rollups import fold_with_rollups
+            from router.analysis.rollups import fold_with_rollups, outcome_snapshot
 
             if pages is not None:
                 pages.close()
                 pages = None
-            oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics
+            oi = outcomes if outcomes is not None else outcome_snapshot(
+                src, policy, kind, track_fields
             )
-            done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
-            if done is not None:
-                src.coverage.rollups = done[1].as_dict()
-                return done[0]
-            outcomes = oi  # a request id in two parts: the whole window re-folded
-            src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
-                                    "fallback": "a request id in two hours"}  # fmt: skip
+            done = None
+            if oi is not None:  # (the last rollup's outcome snapshot, when still current)
+                done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
+            if done is None:
+                oi = outcomes if outcomes is not None else load_outcomes(
+                    src, policy.data_quality.max_metrics
+                )
+                done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
+            assert done is not None
+            src.coverage.rollups = done[1].as_dict()
+            return done[0]
         if src.archive and not src.redis_url and executor != "threads":
             if pages is not None:
                 pages.close()

@@ -50,7 +50,8 @@ def test_the_report_from_rollups_equals_the_raw_refold(rolled: tuple[redis.Redis
     raw = analyze(Source("e", archive=str(root)), policy, executor="threads")
     merged = analyze(Source("e", archive=str(root), rollups=True), policy)
     assert merged["archive"]["rollups"] == {"used_hours": 3, "refolded_hours": {},
-                                            "fallback": None, "unchecked": UNCHECKED}  # fmt: skip
+                                            "fallback": None, "outcome_index": "snapshot",
+                                            "unchecked": UNCHECKED}  # fmt: skip
     means = [v["mean"] for m in merged["metrics"].values() for v in m["variants"].values()]
     assert means and max(means) > 0  # (outcomes joined into the rollups)
     assert_same(raw, merged)
@@ -224,8 +225,12 @@ def test_late_outcomes_restamp_or_rebuild(rolled: tuple[redis.Redis, Path]) -> N
     _archive(client, root)
     merged = analyze(Source("e", archive=str(root), rollups=True), policy)
     assert merged["archive"]["rollups"]["used_hours"] == 3
+    assert merged["archive"]["rollups"]["outcome_index"] == "read"  # (a file since the build)
     assert_same(analyze(Source("e", archive=str(root)), policy, executor="threads"), merged)
     assert build_rollups(str(root), "e", policy) == []  # (re-stamped, none rebuilt)
+    merged = analyze(Source("e", archive=str(root), rollups=True), policy)
+    assert merged["archive"]["rollups"]["outcome_index"] == "snapshot"  # (the new build's)
+    assert_same(analyze(Source("e", archive=str(root)), policy, executor="threads"), merged)
     assert len(list((root / "rollups").rglob("manifests/*/outcomes-*.json"))) == 1
     late = stray | {"request_id": "1-000002000", "ts": T0_MS / 1000 + 42 * 3600}
     client.xadd("e:outcomes", {"r": orjson.dumps(late)}, id=f"{T0_MS + 42 * HOUR_MS}-0")
