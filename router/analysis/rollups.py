@@ -4,13 +4,14 @@ partition and merged instead of re-folded (issue 14, item 2).
 A rollup is the :class:`~router.analysis.accumulate.Accumulator` of one hour partition's
 records (the state the Dask executor already pickles and merges) *without* its request-id
 sets, folded against the outcomes archived when it was built, written once the hour is older
-than ``lateness_s`` (:func:`build_rollups`; ``router rollup``) as three files in
+than ``lateness_s`` (:func:`build_rollups`; ``router rollup``) as four files in
 ``<uri>/rollups/experiment=<e>/date=…/hour=…/``:
 
-- ``rollup-<fingerprint>.pkl``: the accumulator, the hour's pairs files (name and size), the
-  metric names of its outcome index, and the fingerprints of the hour's *late* records (those
-  whose ``ts`` lies in another hour: a record replayed from a router's spool) with their
-  ``ts`` hours;
+- ``rollup-<fingerprint>.pkl`` (written last): the hour's pairs files (name and size), the
+  metric names of its outcome index, what the checks below read (records' ``ts`` span, metric
+  specs), and the fingerprints of the hour's *late* records (those whose ``ts`` lies in
+  another hour: a record replayed from a router's spool) with their ``ts`` hours;
+- ``acc-<fingerprint>.pkl``: the accumulator, read only to be merged (one at a time);
 - ``ids-<fingerprint>.npy``: every request-id fingerprint of the hour, sorted (int64; read
   only when a late record of another hour points at this one, or an outcome arrived since);
 - ``outcomes-<fingerprint>.json``: the outcome files (name, size) holding a row that joins
@@ -109,7 +110,20 @@ class Rollup:
     ids: int  # request ids of the hour (the id file's length)
     foreign: np.ndarray  # fingerprints of its late records (ts in another hour), sorted
     foreign_hours: np.ndarray  # the hour (start) of each one's ts
-    acc: Accumulator  # without its request-id sets (seen, seen_content)
+    first_ts: float | None  # of its records
+    last_ts: float | None
+    future: bool  # a record was judged "in the future" when it was built
+    specs: dict[str, Any]  # the metric specs it was folded with
+    # the accumulator (without its request-id sets) is stored apart, in acc-<fp>.pkl, and
+    # read only to be merged (_load_acc)
+
+
+class _AccGone(Exception):
+    """An hour's stored accumulator is missing or unreadable (read only when merged)."""
+
+    def __init__(self, start: int, reason: str) -> None:
+        super().__init__(reason)
+        self.start = start
 
 
 @dataclass
@@ -538,15 +552,20 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
         acc = folded.acc
         ids = acc.seen.values()
         joined = index.joined(ids) if index is not None else ()
+        future = any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts)
         r = Rollup(AGGREGATE_VERSION, fp, start, _file_key(files), now, list(oi.metric_names),
-                   int(ids.size), folded.foreign, folded.foreign_hours, acc)  # fmt: skip
+                   int(ids.size), folded.foreign, folded.foreign_hours, acc.first_ts,
+                   acc.last_ts, future, acc.specs)  # fmt: skip
         acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
         acc.outcomes = OutcomeIndex()  # (the analysis' own is given back when loaded)
         acc.seen, acc.seen_content = IdSet(), LazyIdSet()  # (the id file holds them)
         _compact(acc)
         d = rollup_dir(experiment, Hour(start))
+        body = pickle.dumps((fp, start, now, acc), protocol=pickle.HIGHEST_PROTOCOL)
+        store.write_bytes(d, f"acc-{fp}.pkl", body)
         store.write_bytes(d, f"ids-{fp}.npy", _npy(ids))
         _write_stamp(store, experiment, start, fp, sha, joined)
+        # (written last: a rollup is complete once it is there)
         store.write_bytes(d, f"rollup-{fp}.pkl", pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
         written.append(start)
     for e in store.list_dir(mdir):  # older manifests: no stamp of this fingerprint names them
@@ -644,27 +663,41 @@ def usable(r: Rollup, oi: OutcomeIndex, policy: Policy, since: float | None,
     """Why the rollup cannot stand in for its hour's re-fold, by what it holds (None: it
     can, unless its outcome stamp or its request ids say otherwise). ``specs``: the metric
     specs inferred from ``oi`` (computed when not given)."""
-    acc = r.acc
     if (since is not None and r.hour < since) or (upto is not None and Hour(r.hour).end > upto):
         return "window"
-    first, last = acc.first_ts, acc.last_ts
+    first, last = r.first_ts, r.last_ts
     if (since is not None and first is not None and first < since) or (
         until is not None and last is not None and last > until
     ):
         return "window"
-    if any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts):
+    if r.future:
         return "rejected"
-    if (specs if specs is not None else infer_metric_specs(policy, oi)) != acc.specs:
+    if (specs if specs is not None else infer_metric_specs(policy, oi)) != r.specs:
         return "metrics"
     return None
 
 
-def _remap(r: Rollup, oi: OutcomeIndex) -> None:
+def _load_acc(store: ArchiveStore, experiment: str, r: Rollup) -> Accumulator:
+    """The accumulator of a rollup (:class:`_AccGone` when missing, unreadable or from
+    another build than the rollup)."""
+    rel = f"{rollup_dir(experiment, Hour(r.hour))}/acc-{r.fingerprint}.pkl"
+    try:
+        fp, start, built_at, acc = loads(store.read_bytes(rel))
+    except Exception as exc:  # (a corrupt pickle raises anything: never a crash)
+        raise _AccGone(r.hour, f"{store.describe(rel)}: {type(exc).__name__}: {exc}") from None
+    if (fp, start, built_at) != (r.fingerprint, r.hour, r.built_at) or not isinstance(
+        acc, Accumulator
+    ):
+        raise _AccGone(r.hour, f"{store.describe(rel)}: not the rollup's")
+    return acc
+
+
+def _remap(r: Rollup, acc: Accumulator, oi: OutcomeIndex) -> None:
     """Metric ids of the rollup's unit tables as the analysis' outcome index numbers them."""
     names = oi.metric_names
     ids = np.array([names.index(n) if n in names else -1 for n in r.metric_names] or [0],
                    dtype=np.int64)  # fmt: skip
-    for pending in (r.acc.units._metrics, r.acc.units._request_values):
+    for pending in (acc.units._metrics, acc.units._request_values):
         t = pending.table()
         if t.height:
             pending.frames = [t.with_columns(
@@ -770,8 +803,10 @@ class _Window:
         return None
 
 
-def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
-                      track_fields: bool) -> tuple[Accumulator, RollupUse] | None:  # fmt: skip
+def fold_with_rollups(
+    src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str, track_fields: bool,
+    broken: frozenset[int] = frozenset(),
+) -> tuple[Accumulator, RollupUse] | None:  # fmt: skip
     """The window's accumulator from rollups where usable and raw re-folds elsewhere, merged
     in hour order (the hours between two copies of a replayed record re-folded as one run).
     None when ``oi`` is an :class:`OutcomeSnapshot` and an hour must be re-folded (it has no
@@ -797,6 +832,7 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
     specs = infer_metric_specs(policy, oi)
     for start, fs in sorted(hours.items()):
         r = _stored(store, src.experiment, start, fp, _file_key(fs))
+        r = "unreadable" if start in broken else r  # (its accumulator, found so before)
         why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto,
                                                   specs)  # fmt: skip
         if isinstance(r, Rollup) and why is None:
@@ -833,14 +869,20 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
         if len(rollups) < len(hours) or not hours:
             return None
         use.outcome_index = "snapshot"
-        _snapshot_coverage(oi, src.coverage)
     acc: Accumulator | None = None
     for part in parts:
         if len(part) == 1 and part[0] in rollups:
             r = rollups[part[0]]
-            _remap(r, oi)
-            r.acc.policy, r.acc.outcomes = policy, oi
-            one = r.acc
+            try:
+                one = _load_acc(store, src.experiment, r)
+            except _AccGone as exc:  # (gone since it was listed): that hour re-folded
+                log.warning("rollups: %s", exc)
+                if isinstance(oi, OutcomeSnapshot):
+                    return None
+                return fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields,
+                                         broken=broken | {exc.start})  # fmt: skip
+            _remap(r, one, oi)
+            one.policy, one.outcomes = policy, oi
             use.used += 1
         else:
             one = window.folded(part).acc
@@ -853,4 +895,6 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
         acc = _fold(job, []).acc
     acc.outcomes, acc.policy, acc.now = oi, policy, now
     acc.since, acc.until, acc.experiment = src.since, src.until, src.experiment
+    if isinstance(oi, OutcomeSnapshot):
+        _snapshot_coverage(oi, src.coverage)
     return acc, use

@@ -294,6 +294,13 @@ def test_a_rollup_of_another_version_is_refolded(rolled: tuple[redis.Redis, Path
     ids.write_bytes(ids.read_bytes()[:-8])  # an id file cut short (read when needed)
     policy = load_policy(None)
     merged = analyze(Source("e", archive=str(root), rollups=True), policy)
-    assert merged["archive"]["rollups"]["refolded_hours"]["version"] == 1
-    assert_same(analyze(Source("e", archive=str(root)), policy, executor="threads"), merged)
+    assert merged["archive"]["rollups"]["refolded_hours"] == {"version": 1}
+    raw = analyze(Source("e", archive=str(root)), policy, executor="threads")
+    assert_same(raw, merged)
     assert build_rollups(str(root), "e", policy) == [T0_MS // 1000]  # (rebuilt)
+    # an hour's accumulator gone (read only when merged): that hour re-folded
+    _rollup_files(root, "acc-*.pkl")[2].unlink()
+    merged = analyze(Source("e", archive=str(root), rollups=True), policy)
+    assert merged["archive"]["rollups"]["refolded_hours"] == {"unreadable": 1}
+    assert merged["archive"]["rollups"]["outcome_index"] == "read"
+    assert_same(raw, merged)
