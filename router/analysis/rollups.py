@@ -511,6 +511,8 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
     fp = fingerprint(policy, kind, track_fields, experiment)
     hours = _by_hour(plan(store, "pairs", experiment, None, None).files)
     complete = {s: fs for s, fs in hours.items() if Hour(s).end <= now - lateness_s}
+    if not complete:
+        return []
     stored = {s: (None if rebuild else _stored(store, experiment, s, fp, _file_key(fs)))
               for s, fs in complete.items()}  # fmt: skip
     have = {s: r for s, r in stored.items() if isinstance(r, Rollup)}
@@ -849,7 +851,10 @@ def fold_with_rollups(
         else:
             use.refolded[why or "missing"] += 1
     window = _Window(store, src.experiment, fp, job, hours, rollups)
+    snapshot = isinstance(oi, OutcomeSnapshot)
     while True:
+        if snapshot and (len(rollups) < len(hours) or not hours):
+            return None  # (before any raw fold: it would join no request row)
         parts = window.parts()
         window.drop_stale_runs(parts)
         try:
@@ -865,9 +870,7 @@ def fold_with_rollups(
             if pair[0] <= s <= pair[1] and s in rollups:
                 del rollups[s]
                 use.refolded["replayed"] += 1
-    if isinstance(oi, OutcomeSnapshot):
-        if len(rollups) < len(hours) or not hours:
-            return None
+    if snapshot:
         use.outcome_index = "snapshot"
     acc: Accumulator | None = None
     for part in parts:
