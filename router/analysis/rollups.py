@@ -1,17 +1,18 @@
 """Hourly rollups of an archive: each complete hour's folded aggregate, stored beside its
 partition and merged instead of re-folded (issue 14, item 2).
 
-A rollup is the :class:`~router.analysis.accumulate.Accumulator` of one hour partition's
-records (the state the Dask executor already pickles and merges) *without* its request-id
-sets, folded against the outcomes archived when it was built, written once the hour is older
-than ``lateness_s`` (:func:`build_rollups`; ``router rollup``) as four files in
+A rollup is the :class:`~router.analysis.arms.ArmSet` of one hour partition's records (one
+:class:`~router.analysis.accumulate.Accumulator` per challenger's view; the state the Dask
+executor already pickles and merges) *without* its request-id sets, folded against the
+outcomes archived when it was built, written once the hour is older than ``lateness_s``
+(:func:`build_rollups`; ``router rollup``) as four files in
 ``<uri>/rollups/experiment=<e>/date=…/hour=…/``:
 
 - ``rollup-<fingerprint>.pkl`` (written last): the hour's pairs files (name and size), the
   metric names of its outcome index, what the checks below read (records' ``ts`` span, metric
   specs), and the fingerprints of the hour's *late* records (those whose ``ts`` lies in
   another hour: a record replayed from a router's spool) with their ``ts`` hours;
-- ``acc-<fingerprint>.pkl``: the accumulator, read only to be merged (one at a time);
+- ``acc-<fingerprint>.pkl``: the views, read only to be merged (one hour at a time);
 - ``ids-<fingerprint>.npy``: every request-id fingerprint of the hour, sorted (int64; read
   only when a late record of another hour points at this one, or an outcome arrived since);
 - ``outcomes-<fingerprint>.json``: the outcome files (name, size) holding a row that joins
@@ -43,7 +44,11 @@ and re-folds the hour from raw Parquet otherwise (counted per reason in the repo
 - ``metrics``: the metric specs the analysis infers from its outcomes equal the rollup's
   (a new metric, a metric no longer binary); metric ids are remapped by name;
 - ``rejected``: no record of the hour was judged "in the future" at build time;
-- ``replayed``: a request id of the hour is also in another part (below).
+- ``replayed``: a request id of the hour is also in another part (below);
+- ``arms`` (A/B/n): the rollup holds a view for each challenger the window's analysis needs
+  (:func:`~router.analysis.arms.agreed_arms`): a rollup holds the views of the challengers its
+  own hour names, so an hour before a challenger was added (whose champion-served requests
+  belong to that challenger's view too) is re-folded with every view.
 
 Parts (rollups, and runs of re-folded hours) are merged in hour order, which gives the
 sequential fold's aggregates, provided no request id is in two parts: a duplicate kept in two
@@ -83,6 +88,7 @@ import orjson
 import polars as pl
 
 from router.analysis.accumulate import Accumulator, infer_metric_specs
+from router.analysis.arms import ArmSet, agreed_arms
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 from router.analysis.sketches import IdSet, LazyIdSet
@@ -114,8 +120,10 @@ class Rollup:
     last_ts: float | None
     future: bool  # a record was judged "in the future" when it was built
     specs: dict[str, Any]  # the metric specs it was folded with
-    # the accumulator (without its request-id sets) is stored apart, in acc-<fp>.pkl, and
-    # read only to be merged (_load_acc)
+    views: list[str]  # the challengers it holds a view of
+    names: list[str]  # the challengers its records name (ArmSet.part_names)
+    # the views (without their request-id sets) are stored apart, in acc-<fp>.pkl, and read
+    # only to be merged (_load_acc)
 
 
 class _AccGone(Exception):
@@ -182,6 +190,7 @@ _ALLOWED = {
     ("re", "_compile"),  # (the text kind's refusal pattern)
     # the reducers a pending unit table holds
     ("router.analysis.units", "_reduce_exposures"), ("router.analysis.units", "_reduce_metrics"),
+    ("router.analysis.arms", "_reduce_unit_variants"),
 }  # fmt: skip
 
 
@@ -223,40 +232,53 @@ def _by_hour(files: list[ArchiveFile]) -> dict[int, list[ArchiveFile]]:
 
 @dataclass
 class _Folded:
-    """A run of hours folded from raw: the accumulator and its late records."""
+    """A run of hours folded from raw: its views and its late records."""
 
-    acc: Accumulator
+    aset: ArmSet  # (detached: without outcome index, see router.analysis.distribute.detach)
     foreign: np.ndarray  # fingerprints (kept records only), with
     foreign_hours: np.ndarray  # the hour of each one's ts
 
 
-def _fold(job: Any, files: list[ArchiveFile]) -> _Folded:
-    """Fold ``files`` in order (as :func:`router.analysis.distribute.fold_files`), noting the
-    records whose ``ts`` is not in their partition's hour."""
+def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None) -> _Folded:
+    """Fold ``files`` in order into the views of ``arms`` (None: those the files name), as
+    :func:`router.analysis.distribute.fold_files` does, noting the records whose ``ts`` is
+    not in their partition's hour."""
     from threadpoolctl import threadpool_limits
 
     from router.analysis.archive_read import file_page
+    from router.analysis.distribute import detach
 
     store = ArchiveStore.open(job.uri)
-    acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since, until=job.until,
-                      experiment=job.experiment, track_fields=job.track_fields)  # fmt: skip
-    acc.now = job.now
-    hs: list[np.ndarray] = []
-    ts_hours: list[np.ndarray] = []
+
+    def make() -> Accumulator:
+        acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since,
+                          until=job.until, experiment=job.experiment,
+                          track_fields=job.track_fields)  # fmt: skip
+        acc.now = job.now
+        return acc
+
     with threadpool_limits(limits=1, user_api="blas"):
-        for f in files:
-            page = file_page(store, f, job.schema, job.since, job.upto, job.now)
-            if page.cols.height:
-                th = (np.floor_divide(page.cols["ts"].to_numpy(), 3600)).astype(np.int64) * 3600
-                late = th != f.hour.start
-                if late.any():
-                    hs.append(page.cols["h"].to_numpy()[late])
-                    ts_hours.append(th[late])
-            acc.add_page(page)
-    h = np.concatenate(hs) if hs else np.zeros(0, np.int64)
-    th = np.concatenate(ts_hours) if ts_hours else np.zeros(0, np.int64)
-    keep = acc.seen.contains(h)  # (not those dropped: another experiment, outside the window)
-    return _Folded(acc, *_pairs(h[keep], th[keep]))
+        while True:
+            aset = ArmSet(make, arms)
+            hs: list[np.ndarray] = []
+            ts_hours: list[np.ndarray] = []
+            for f in files:
+                page = file_page(store, f, job.schema, job.since, job.upto, job.now)
+                if page.cols.height:
+                    ts = page.cols["ts"].to_numpy()
+                    th = np.floor_divide(ts, 3600).astype(np.int64) * 3600
+                    late = th != f.hour.start
+                    if late.any():
+                        hs.append(page.cols["h"].to_numpy()[late])
+                        ts_hours.append(th[late])
+                aset.add_page(page)
+            if not aset.restart:
+                break
+            arms = aset.restart_arms()
+    h, th = _pairs(np.concatenate(hs) if hs else np.zeros(0, np.int64),
+                   np.concatenate(ts_hours) if ts_hours else np.zeros(0, np.int64))  # fmt: skip
+    keep = aset.holds(h)  # (not those dropped: another experiment, outside the window)
+    return _Folded(detach(aset), h[keep], th[keep])
 
 
 def _pairs(h: np.ndarray, th: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -550,20 +572,27 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
     written = []
     index = _OutcomeFiles(outcomes) if todo else None
     for start, files in sorted(todo.items()):
-        folded = _fold(job, files)
-        acc = folded.acc
-        ids = acc.seen.values()
+        folded = _fold(job, files)  # (the challengers the hour names)
+        aset = folded.aset
+        ids = aset.request_ids()
         joined = index.joined(ids) if index is not None else ()
-        future = any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts)
+        views = list(aset.arms.values())
+        firsts = [a.first_ts for a in views if a.first_ts is not None]
+        lasts = [a.last_ts for a in views if a.last_ts is not None]
+        future = any(
+            reason.startswith(FUTURE_REASON) for a in views for reason in a.rejected.counts
+        )
         r = Rollup(AGGREGATE_VERSION, fp, start, _file_key(files), now, list(oi.metric_names),
-                   int(ids.size), folded.foreign, folded.foreign_hours, acc.first_ts,
-                   acc.last_ts, future, acc.specs)  # fmt: skip
-        acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
-        acc.outcomes = OutcomeIndex()  # (the analysis' own is given back when loaded)
-        acc.seen, acc.seen_content = IdSet(), LazyIdSet()  # (the id file holds them)
-        _compact(acc)
+                   int(ids.size), folded.foreign, folded.foreign_hours,
+                   min(firsts) if firsts else None, max(lasts) if lasts else None, future,
+                   views[0].specs, aset.views(), aset.part_names())  # fmt: skip
+        aset.unit_variants._pairs.table()  # (compacted)
+        for acc in views:
+            acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
+            acc.seen, acc.seen_content = IdSet(), LazyIdSet()  # (the id file holds them)
+            _compact(acc)
         d = rollup_dir(experiment, Hour(start))
-        body = pickle.dumps((fp, start, now, acc), protocol=pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps((fp, start, now, aset), protocol=pickle.HIGHEST_PROTOCOL)
         store.write_bytes(d, f"acc-{fp}.pkl", body)
         store.write_bytes(d, f"ids-{fp}.npy", _npy(ids))
         _write_stamp(store, experiment, start, fp, sha, joined)
@@ -679,32 +708,31 @@ def usable(r: Rollup, oi: OutcomeIndex, policy: Policy, since: float | None,
     return None
 
 
-def _load_acc(store: ArchiveStore, experiment: str, r: Rollup) -> Accumulator:
-    """The accumulator of a rollup (:class:`_AccGone` when missing, unreadable or from
-    another build than the rollup)."""
+def _load_acc(store: ArchiveStore, experiment: str, r: Rollup) -> ArmSet:
+    """The views of a rollup (:class:`_AccGone` when missing, unreadable or from another
+    build than the rollup)."""
     rel = f"{rollup_dir(experiment, Hour(r.hour))}/acc-{r.fingerprint}.pkl"
     try:
         fp, start, built_at, acc = loads(store.read_bytes(rel))
     except Exception as exc:  # (a corrupt pickle raises anything: never a crash)
         raise _AccGone(r.hour, f"{store.describe(rel)}: {type(exc).__name__}: {exc}") from None
-    if (fp, start, built_at) != (r.fingerprint, r.hour, r.built_at) or not isinstance(
-        acc, Accumulator
-    ):
+    if (fp, start, built_at) != (r.fingerprint, r.hour, r.built_at) or not isinstance(acc, ArmSet):
         raise _AccGone(r.hour, f"{store.describe(rel)}: not the rollup's")
     return acc
 
 
-def _remap(r: Rollup, acc: Accumulator, oi: OutcomeIndex) -> None:
+def _remap(r: Rollup, aset: ArmSet, oi: OutcomeIndex) -> None:
     """Metric ids of the rollup's unit tables as the analysis' outcome index numbers them."""
     names = oi.metric_names
     ids = np.array([names.index(n) if n in names else -1 for n in r.metric_names] or [0],
                    dtype=np.int64)  # fmt: skip
-    for pending in (acc.units._metrics, acc.units._request_values):
-        t = pending.table()
-        if t.height:
-            pending.frames = [t.with_columns(
-                pl.Series("metric", ids[t["metric"].to_numpy()], dtype=pl.Int64)
-            )]  # fmt: skip
+    for acc in aset.arms.values():
+        for pending in (acc.units._metrics, acc.units._request_values):
+            t = pending.table()
+            if t.height:
+                pending.frames = [t.with_columns(
+                    pl.Series("metric", ids[t["metric"].to_numpy()], dtype=pl.Int64)
+                )]  # fmt: skip
 
 
 class _IdsGone(Exception):
@@ -772,7 +800,7 @@ class _Window:
         """Which of the sorted ``h`` the part holds (in hour ``start`` for a rollup)."""
         if len(part) == 1 and part[0] in self.rollups:
             return _hits(self.ids(start), h)
-        return self.folded(part).acc.seen.contains(h, presorted=True)
+        return self.folded(part).aset.holds(h)
 
     def overlap(self, parts: list[tuple[int, ...]]) -> tuple[int, int] | None:
         """Two parts holding the same request id (the hours of the first and the second),
@@ -807,14 +835,16 @@ class _Window:
 
 def fold_with_rollups(
     src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str, track_fields: bool,
-    broken: frozenset[int] = frozenset(),
-) -> tuple[Accumulator, RollupUse] | None:  # fmt: skip
-    """The window's accumulator from rollups where usable and raw re-folds elsewhere, merged
-    in hour order (the hours between two copies of a replayed record re-folded as one run).
-    None when ``oi`` is an :class:`OutcomeSnapshot` and an hour must be re-folded (it has no
-    request rows to join): read the outcomes and call again."""
+    arms: list[str] | None = None, broken: frozenset[int] = frozenset(),
+) -> tuple[ArmSet, RollupUse] | None:  # fmt: skip
+    """The window's challenger views from rollups where usable and raw re-folds elsewhere,
+    merged in hour order (the hours between two copies of a replayed record re-folded as one
+    run). ``arms``: the challengers asked for (``--shares``), else those the records name; a
+    part without the views the window needs is re-folded with them (rollups counted as
+    ``arms``). None when ``oi`` is an :class:`OutcomeSnapshot` and an hour must be re-folded
+    (it has no request rows to join): read the outcomes and call again."""
     from router.analysis.archive_read import archive_files, open_store
-    from router.analysis.distribute import FoldJob
+    from router.analysis.distribute import FoldJob, attach
     from router.analysis.frames import record_schema
     from router.analysis.reader import NUMERIC_KINDS, id_until
 
@@ -870,34 +900,54 @@ def fold_with_rollups(
             if pair[0] <= s <= pair[1] and s in rollups:
                 del rollups[s]
                 use.refolded["replayed"] += 1
+    # the views the window needs: those a sequential fold of the parts would end with
+    names = [rollups[p[0]].names if len(p) == 1 and p[0] in rollups
+             else window.folded(p).aset.part_names() for p in parts]  # fmt: skip
+    agreed = agreed_arms(arms, names)
+    if snapshot and any(set(rollups[p[0]].views) != set(agreed) for p in parts):
+        return None  # (a rollup without a view the window needs: re-folded, below)
     if snapshot:
         use.outcome_index = "snapshot"
-    acc: Accumulator | None = None
+    out: ArmSet | None = None
     for part in parts:
+        files_of = [f for s in part for f in hours[s]]
         if len(part) == 1 and part[0] in rollups:
             r = rollups[part[0]]
-            try:
-                one = _load_acc(store, src.experiment, r)
-            except _AccGone as exc:  # (gone since it was listed): that hour re-folded
-                log.warning("rollups: %s", exc)
-                if isinstance(oi, OutcomeSnapshot):
-                    return None
-                return fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields,
-                                         broken=broken | {exc.start})  # fmt: skip
-            _remap(r, one, oi)
-            one.policy, one.outcomes = policy, oi
-            use.used += 1
+            if set(r.views) != set(agreed):  # a rollup without a view the window needs
+                use.refolded["arms"] += 1
+                one = _fold(job, files_of, agreed).aset
+            else:
+                try:
+                    one = _load_acc(store, src.experiment, r)
+                except _AccGone as exc:  # (gone since it was listed): that hour re-folded
+                    log.warning("rollups: %s", exc)
+                    if snapshot:
+                        return None
+                    return fold_with_rollups(src, policy, oi, kind=kind,
+                                             track_fields=track_fields, arms=arms,
+                                             broken=broken | {exc.start})  # fmt: skip
+                _remap(r, one, oi)
+                use.used += 1
         else:
-            one = window.folded(part).acc
-        if acc is None:
-            one.outcomes = oi
-            acc = one
+            one = window.folded(part).aset
+            window.runs.pop(part)  # (merged below: not kept twice)
+            if set(one.views()) != set(agreed):
+                one = _fold(job, files_of, agreed).aset
+        attach(one, oi)
+        for acc in one.arms.values():
+            acc.policy = policy
+        if out is None:
+            out = one
         else:
-            acc.merge(one)
-    if acc is None:
-        acc = _fold(job, []).acc
-    acc.outcomes, acc.policy, acc.now = oi, policy, now
-    acc.since, acc.until, acc.experiment = src.since, src.until, src.experiment
-    if isinstance(oi, OutcomeSnapshot):
+            out.merge(one)
+    if out is None:
+        out = attach(_fold(job, [], agreed).aset, oi)
+    out.arms = {n: out.arms[n] for n in agreed}  # (the agreed order)
+    out.order = list(agreed)
+    for acc in out.arms.values():
+        acc.outcomes, acc.policy, acc.now = oi, policy, now
+        acc.since, acc.until, acc.experiment = src.since, src.until, src.experiment
+    if snapshot:
+        assert isinstance(oi, OutcomeSnapshot)
         _snapshot_coverage(oi, src.coverage)
-    return acc, use
+    return out, use
