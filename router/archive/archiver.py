@@ -223,7 +223,7 @@ class Archiver:
             return
         res = self.writer.write(st.kind, st.key, st.ids, st.payloads, recheck=st.recheck)
         for i in range(0, len(st.ids), ACK_CHUNK):
-            self.client.xack(st.key, self.group, *st.ids[i:i + ACK_CHUNK])
+            self.client.xack(st.key, self.group, *st.ids[i : i + ACK_CHUNK])
         m, k = self.metrics, (st.kind,)
         m.inc("router_archive_records", k, float(res.records))
         m.inc("router_archive_files", k, float(res.files))
