@@ -18,6 +18,7 @@ from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -295,8 +296,17 @@ _NO_SIDE = _FastSide()  # (the children of an absent side: every field null)
 
 
 def _raw_column(raws: Sequence[msgspec.Raw]) -> pa.Array:
-    """JSON text (``msgspec.Raw``) as a string column; the JSON null as null (vectorised)."""
-    arr = pa.array(list(map(bytes, raws)), pa.binary()).cast(pa.string())
+    """JSON text (``msgspec.Raw``) as a string column, the JSON null as null: the texts
+    joined into one buffer, their lengths the offsets (no Python object per value)."""
+    data = b"".join(raws)
+    if len(data) >= 2**31:  # (beyond 32-bit offsets: one bytes object per value)
+        arr = pa.array(list(map(bytes, raws)), pa.binary()).cast(pa.string())
+    else:
+        offsets = np.zeros(len(raws) + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, raws), np.int32, len(raws)), out=offsets[1:])
+        arr = pa.Array.from_buffers(
+            pa.binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        ).cast(pa.string())  # (validates UTF-8)
     return pc.if_else(pc.equal(arr, "null"), pa.scalar(None, pa.string()), arr)
 
 
@@ -319,7 +329,7 @@ def _fast_side_array(sides: list[Any]) -> pa.StructArray:
     filled = [s if s is not None else _NO_SIDE for s in sides] if absent else sides
     mask = pa.array([s is None for s in sides], pa.bool_()) if absent else None
     if absent == n:
-        return pa.nulls(n, SIDE_TYPE)  # type: ignore[return-value]
+        return pa.nulls(n, SIDE_TYPE)
     cols: dict[str, Any] = {
         name: list(map(attrgetter(attr), filled)) for name, attr in _SIDE_ATTRS
     }  # (a list per field: no per-row tuples, which would wake the garbage collector)
@@ -355,16 +365,11 @@ def _fast_value(name: str, x: Any) -> Any:
 
 
 def decodes_fast(payloads: Sequence[bytes]) -> list[_FastRecord] | None:
-    """The batch as fast records (one C call over the payloads as lines), None when any
-    record needs the slow path."""
-    buf = b"\n".join(payloads)
-    if buf.count(b"\n") != len(payloads) - 1:  # (a payload with a line break: one by one)
-        return None
+    """The batch as fast records (msgspec, in C), None when any record needs the slow path."""
     try:
-        decoded = _DECODE_RECORD.decode_lines(buf)
+        return list(map(_DECODE_RECORD.decode, payloads))
     except msgspec.DecodeError:
         return None
-    return decoded if len(decoded) == len(payloads) else None  # (an empty payload)
 
 
 def _pairs_columns(payloads: Sequence[bytes]) -> tuple[list[pa.Array], list[str | None]]:
