@@ -40,7 +40,7 @@ import pyarrow as pa
 from router.archive.convert import entries_table
 from router.archive.layout import KINDS, ROLLUPS, Hour, experiment_dir
 from router.archive.store import ArchiveStore, StoreError
-from router.archive.writer import PartitionWriter, WriteOptions
+from router.archive.writer import PartitionWriter, WriteOptions, WriteResult
 from router.capture.keys import outcomes_key
 from router.capture.reader import discover_pair_keys, is_cluster_client
 from router.config import ArchiveConfig
@@ -75,6 +75,18 @@ class _Stream:
     next_claim: float = 0.0  # when to look for other members' idle entries again
     group_ready: bool = False
     last_archived: str | None = None
+
+
+@dataclass
+class _Batch:
+    """A stream's buffer being written (by the converter thread)."""
+
+    st: _Stream
+    ids: list[str]
+    payloads: list[bytes]
+    pages: list[Future[pa.Table]]
+    recheck: bool
+    since: float | None
 
 
 @dataclass
@@ -156,6 +168,7 @@ class Archiver:
         self.totals = Totals()
         self._raw = _raw_client(client)
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="archive-convert")
+        self._writing: tuple[_Batch, Future[WriteResult]] | None = None
         self.streams: dict[str, _Stream] = {}
         self.stop_event = threading.Event()
         self._next_lag = 0.0
@@ -251,8 +264,9 @@ class Archiver:
         if st.since is None:
             st.since = self.clock()
         st.recheck = st.recheck or again
-        # (new entries, ">", were never delivered before: only a re-read can repeat the buffer)
-        held = set(st.ids) if again and st.ids else None
+        # (new entries, ">", were never delivered before: only a re-read can repeat what is
+        # buffered or being written)
+        held = self._held(st) if again else None
         ids: list[str] = []
         payloads: list[bytes] = []
         for raw_id, fields in msgs:
@@ -273,6 +287,13 @@ class Archiver:
             st.pages.append(self._converter.submit(entries_table, st.kind, st.key, ids,
                                                    payloads))  # fmt: skip
         return len(msgs)
+
+    def _held(self, st: _Stream) -> set[str]:
+        """The ids of the stream's entries read and not yet acknowledged."""
+        held = set(st.ids)
+        if self._writing is not None and self._writing[0].st is st:
+            held.update(self._writing[0].ids)
+        return held
 
     def _drop_trimmed(self, st: _Stream, msgs: list[Any], deleted: list[Any]) -> list[Any]:
         """Pending entries the stream no longer holds (trimmed by ``MAXLEN``/``MINID`` before
@@ -295,17 +316,55 @@ class Archiver:
                 or now - (st.since or now) >= self.cfg.flush_interval_s)  # fmt: skip
 
     def flush(self, st: _Stream) -> None:
-        """Write the stream's buffer to the archive, then acknowledge it."""
+        """Write the stream's buffer to the archive, then acknowledge it (and wait)."""
+        self.start_flush(st)
+        self.finish_write(wait=True)
+
+    def start_flush(self, st: _Stream) -> None:
+        """Hand the stream's buffer to the converter thread, which writes it after converting
+        the pages read before it and then acknowledges it, while this thread reads on. One
+        batch is written at a time: this waits for the previous one (and raises its error)."""
         if not st.ids:
             return
-        tables = [page.result() for page in st.pages]
+        self.finish_write(wait=True)
+        batch = _Batch(st, st.ids, st.payloads, st.pages, st.recheck, st.since)
+        st.ids, st.payloads, st.pages, st.since, st.recheck = [], [], [], None, False
+        self._writing = (batch, self._converter.submit(self._write_batch, batch))
+
+    def _write_batch(self, b: _Batch) -> WriteResult:
+        """(On the converter thread: its pages, queued before, are converted.)"""
+        tables = [page.result() for page in b.pages]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        res = self.writer.write_table(st.kind, st.key, table, recheck=st.recheck)
+        res = self.writer.write_table(b.st.kind, b.st.key, table, recheck=b.recheck)
         pipe = self.client.pipeline(transaction=False)  # (one round trip)
-        for i in range(0, len(st.ids), ACK_CHUNK):
-            pipe.xack(st.key, self.group, *st.ids[i:i + ACK_CHUNK])
+        for i in range(0, len(b.ids), ACK_CHUNK):
+            pipe.xack(b.st.key, self.group, *b.ids[i : i + ACK_CHUNK])
         pipe.execute()
-        m, k = self.metrics, (st.kind,)
+        return res
+
+    def finish_write(self, *, wait: bool) -> None:
+        """Account for the batch being written once it is done (``wait``: wait for it). A
+        batch that failed goes back into its stream's buffer, ahead of what was read since,
+        to be written again (its partitions listed afresh: some hours may be written), and
+        its error is raised."""
+        if self._writing is None:
+            return
+        b, done = self._writing
+        if not wait and not done.done():
+            return
+        self._writing = None
+        try:
+            res = done.result()
+        except BaseException:
+            st = b.st
+            st.ids, st.payloads, st.pages = (
+                b.ids + st.ids,
+                b.payloads + st.payloads,
+                b.pages + st.pages,
+            )
+            st.recheck, st.since = True, b.since
+            raise
+        st, m, k = b.st, self.metrics, (b.st.kind,)
         m.inc("router_archive_records", k, float(res.records))
         m.inc("router_archive_files", k, float(res.files))
         m.inc("router_archive_bytes", k, float(res.bytes))
@@ -318,16 +377,18 @@ class Archiver:
         if res.skipped:
             log.info("archive: %d entries of %s were already archived (a rewrite after a "
                      "restart or takeover): skipped", res.skipped, st.key)  # fmt: skip
-        st.last_archived = st.ids[-1]
-        st.ids, st.payloads, st.pages, st.since, st.recheck = [], [], [], None, False
+        st.last_archived = b.ids[-1]
 
     def flush_all(self) -> None:
         for st in self.streams.values():
-            self.flush(st)
+            self.start_flush(st)
+        self.finish_write(wait=True)
 
     @property
     def buffered(self) -> int:
-        return sum(len(st.ids) for st in self.streams.values())
+        """Entries read and not yet acknowledged (in buffers, or being written)."""
+        writing = len(self._writing[0].ids) if self._writing is not None else 0
+        return writing + sum(len(st.ids) for st in self.streams.values())
 
     # ------------------------------------------------------------------ housekeeping
     def update_lag(self) -> None:
@@ -386,10 +447,13 @@ class Archiver:
         return got
 
     def flush_due(self) -> None:
+        """Account for a finished write (raising its error), then start writing what is
+        due."""
+        self.finish_write(wait=False)
         now = self.clock()
         for st in self.streams.values():
             if self._due(st, now):
-                self.flush(st)
+                self.start_flush(st)
 
     def step(self) -> int:
         """One round: read, write what is due; the entries read."""
