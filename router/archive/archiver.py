@@ -169,6 +169,7 @@ class Archiver:
         self._raw = _raw_client(client)
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="archive-convert")
         self._writing: tuple[_Batch, Future[WriteResult]] | None = None
+        self._full = False  # a buffer had no room in the last round (written back after a failure)
         self.streams: dict[str, _Stream] = {}
         self.stop_event = threading.Event()
         self._next_lag = 0.0
@@ -225,6 +226,7 @@ class Archiver:
         self._ensure_group(st)
         room = self.cfg.max_buffer_records - len(st.ids)
         if room <= 0:
+            self._full = True
             return 0
         count = min(self.cfg.read_count, room)
         msgs: list[Any]
@@ -434,10 +436,10 @@ class Archiver:
         if now >= self._next_discover:
             self.discover()
             self._next_discover = now + DISCOVER_INTERVAL_S
-        got = 0
+        got, self._full = 0, False
         for st in self.streams.values():
             got += self._read(st, None)
-        if not got:
+        if not got and not self._full:
             wait = max(1, self.cfg.block_ms // max(1, len(self.streams)))
             for st in self.streams.values():
                 if self.stop_event.is_set():
@@ -494,7 +496,7 @@ class Archiver:
             if self.clock() >= self._next_lag:
                 self._guarded("lag", self.update_lag)
                 self._next_lag = self.clock() + LAG_INTERVAL_S
-            idle = until_idle and got == 0
+            idle = until_idle and got == 0 and not self._full  # (not: a buffer was full)
             if idle and self._guarded("write", self.flush_all)[0] and not self.buffered:
                 break
         # stopping: write what was read (else it stays pending, for the next run)
