@@ -7,12 +7,19 @@ Per stream it
 
 1. reads its own pending entries first (what it had read, but not acknowledged, before a
    restart under the same name), then entries idle over ``claim_idle_s`` in other members of
-   the group (``XAUTOCLAIM``: a crashed archiver's), then new ones (``XREADGROUP >``);
+   the group (``XAUTOCLAIM``; once a whole pass found none, the next pass starts after
+   ``claim_idle_s / 4``, 30 s at most), then new ones (``XREADGROUP >``, its reply left as
+   hiredis parses it: no tuple and dict per entry);
 2. holds them in memory until ``max_buffer_records`` are buffered or the oldest has waited
-   ``flush_interval_s`` (bounded: it stops reading a stream whose buffer is full);
+   ``flush_interval_s`` (bounded: it stops reading a stream whose buffer is full), each page
+   converted to Arrow columns on the *converter thread* as soon as it is read;
 3. writes them with :class:`~router.archive.writer.PartitionWriter` (durably, atomically, under
    names derived from their ids, leaving out entries already archived), and only then
-   acknowledges them (``XACK``).
+   acknowledges them (``XACK``, the chunks in one pipeline). The write and the acknowledgement
+   run on the converter thread too, while this thread reads the next buffer (*write-behind*):
+   one batch at a time, so memory holds at most ``max_buffer_records`` per stream plus the
+   batch being written; a batch whose write failed goes back into its stream's buffer and is
+   written again.
 
 A SIGKILL at any point therefore neither loses an entry (unacknowledged entries are delivered
 again) nor duplicates one (the rewrite leaves out what a file already holds). Several archivers

@@ -1,13 +1,14 @@
 """Stream entries converted into the archive's rows (:mod:`router.archive.schema`; pure, no I/O).
 
-Two paths give the same rows. The **fast path** decodes a whole batch of pairs with msgspec
-into :class:`_FastRecord` (every key known, every value of its column's type: the common
-case, today's records included) and builds the columns with list comprehensions. A batch with
-any other record takes the **slow path**, entry by entry: known keys typed by hand, unknown
-keys kept as JSON text in ``extra``/``<side>.extra``, an entry that does not fit kept whole in
-``raw``. When the record gains a field, it gains a column in the schema *and* a field here in
-the fast structs, or every batch of the new records takes the slow path (tests/archive check
-that today's records decode fast).
+Two paths give the same rows. The **fast path** decodes a whole batch of pairs (a page of a
+stream, as the archiver reads it) with msgspec into :class:`_FastRecord` (every key known, every
+value of its column's type: the common case, today's records included) and builds each column
+from one C-level ``map`` over the records (the JSON-text columns from one joined buffer, without
+a Python object per value). A batch with any other record takes the **slow path**, entry by
+entry: known keys typed by hand, unknown keys kept as JSON text in ``extra``/``<side>.extra``, an
+entry that does not fit kept whole in ``raw``. When the record gains a field, it gains a column
+in the schema *and* a field here in the fast structs, or every batch of the new records takes
+the slow path (tests/archive check that today's records decode fast).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Stream entries into Parquet partition files, exactly once (the archiver's write step).
 
-:meth:`PartitionWriter.write` splits a batch of one stream's entries by the UTC hour of their
-stream id, leaves out entries some file of that partition already holds (a crash between a
-file's rename and the stream acknowledgement makes the entries come back: own pending entries
-on restart, or another archiver's ``XAUTOCLAIM``), and writes the rest as one file per hour named
-by its id range (:mod:`router.archive.layout`). The caller acknowledges the entries only after
-``write`` returned, so every entry ends up in exactly one file.
+:meth:`PartitionWriter.write_table` takes a batch of one stream's entries, converted
+(:func:`~router.archive.convert.entries_table`, pages concatenated; :meth:`~PartitionWriter.write`
+converts them itself), orders it by stream id and splits it by the UTC hour of the ids (Arrow and
+numpy: no Python work per entry), leaves out entries some file of that partition already holds (a
+crash between a file's rename and the stream acknowledgement makes the entries come back: own
+pending entries on restart, or another archiver's ``XAUTOCLAIM``), and writes the rest as one
+file per hour named by its id range (:mod:`router.archive.layout`). The caller acknowledges the
+entries only after the write returned, so every entry ends up in exactly one file.
 
 Which files might hold an entry is known from file names alone (each names its stream shard and
 id range); only files whose range overlaps the batch are opened, and only their ``stream_id``
