@@ -16,7 +16,7 @@ Per stream it
 3. writes them with :class:`~router.archive.writer.PartitionWriter` (durably, atomically, under
    names derived from their ids, leaving out entries already archived), and only then
    acknowledges them (``XACK``, the chunks in one pipeline). The write and the acknowledgement
-   run on the converter thread too, while this thread reads the next buffer (*write-behind*):
+   run on a *writer thread*, while this thread reads the next buffer (*write-behind*):
    one batch at a time, so memory holds at most ``max_buffer_records`` per stream plus the
    batch being written; a batch whose write failed goes back into its stream's buffer and is
    written again.
@@ -86,7 +86,7 @@ class _Stream:
 
 @dataclass
 class _Batch:
-    """A stream's buffer being written (by the converter thread)."""
+    """A stream's buffer being written (by the writer thread)."""
 
     st: _Stream
     ids: list[str]
@@ -175,6 +175,7 @@ class Archiver:
         self.totals = Totals()
         self._raw = _raw_client(client)
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="archive-convert")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="archive-write")
         self._writing: tuple[_Batch, Future[WriteResult]] | None = None
         self._full = False  # a buffer had no room in the last round (written back after a failure)
         self.streams: dict[str, _Stream] = {}
@@ -330,18 +331,19 @@ class Archiver:
         self.finish_write(wait=True)
 
     def start_flush(self, st: _Stream) -> None:
-        """Hand the stream's buffer to the converter thread, which writes it after converting
-        the pages read before it and then acknowledges it, while this thread reads on. One
-        batch is written at a time: this waits for the previous one (and raises its error)."""
+        """Hand the stream's buffer to the writer thread, which writes it once its pages are
+        converted and then acknowledges it, while this thread reads on (and the converter
+        converts on: Parquet encoding runs without the GIL). One batch is written at a time:
+        this waits for the previous one (and raises its error)."""
         if not st.ids:
             return
         self.finish_write(wait=True)
         batch = _Batch(st, st.ids, st.payloads, st.pages, st.recheck, st.since)
         st.ids, st.payloads, st.pages, st.since, st.recheck = [], [], [], None, False
-        self._writing = (batch, self._converter.submit(self._write_batch, batch))
+        self._writing = (batch, self._writer.submit(self._write_batch, batch))
 
     def _write_batch(self, b: _Batch) -> WriteResult:
-        """(On the converter thread: its pages, queued before, are converted.)"""
+        """(On the writer thread: waits for the batch's pages to be converted.)"""
         tables = [page.result() for page in b.pages]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         res = self.writer.write_table(b.st.kind, b.st.key, table, recheck=b.recheck)
