@@ -334,11 +334,13 @@ OUTCOME_BATCH_ROWS = 500_000  # outcome rows checked and indexed at once (fewer 
 
 def load_archive_outcomes(
     oi: OutcomeIndex, store: ArchiveStore, experiment: str, since: float | None,
-    coverage: Coverage, before_ms: int | None = None,
+    coverage: Coverage, before_ms: int | None = None, *, unit_rows_only: bool = False,
 ) -> None:  # fmt: skip
     """Every outcome stored from ``since`` on (all of them without ``since``; with
     ``before_ms`` those stored before it) into ``oi``, in stream order. Files are read two at
-    a time and their rows indexed in batches of about :data:`OUTCOME_BATCH_ROWS`."""
+    a time and their rows indexed in batches of about :data:`OUTCOME_BATCH_ROWS`.
+    ``unit_rows_only``: the pre-exposure history before a window (CUPED), as
+    :meth:`OutcomeIndex.add_raw` takes it (its files are not counted again in the coverage)."""
     from concurrent.futures import ThreadPoolExecutor
 
     last = None if before_ms is None else before_ms / 1000
@@ -358,10 +360,10 @@ def load_archive_outcomes(
             if isinstance(table, UnreadableFile):
                 coverage.skip(table)
                 continue
-            coverage.outcome_files += 1
+            coverage.outcome_files += 0 if unit_rows_only else 1
             raw = table.column("raw")
             if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
-                _index(oi, batch, experiment)
+                _index(oi, batch, experiment, unit_rows_only)
                 batch, rows = [], 0
                 whole = table.filter(raw.is_valid())
                 table = table.filter(raw.is_null())
@@ -369,16 +371,18 @@ def load_archive_outcomes(
                 chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
                               label=f.path)  # fmt: skip
                 odf, obad = parse_outcomes(chunk.data)
-                oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment)
+                oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment,
+                             unit_rows_only=unit_rows_only)  # fmt: skip
             batch.append((f, table))
             rows += table.num_rows
             if rows >= OUTCOME_BATCH_ROWS:
-                _index(oi, batch, experiment)
+                _index(oi, batch, experiment, unit_rows_only)
                 batch, rows = [], 0
-    _index(oi, batch, experiment)
+    _index(oi, batch, experiment, unit_rows_only)
 
 
-def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str) -> None:
+def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str,
+           unit_rows_only: bool = False) -> None:  # fmt: skip
     """Check and index the outcome rows of several files at once (bad rows named by file)."""
     if not batch:
         return
@@ -394,7 +398,7 @@ def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experime
             f, t = batch[k]
             where.append((f"{f.path} {t.column('stream_id')[i - int(starts[k])].as_py()}",
                           reason))  # fmt: skip
-    oi.add_frame(valid, where, experiment)
+    oi.add_frame(valid, where, experiment, unit_rows_only=unit_rows_only)
 
 
 def latest_archived(store: ArchiveStore, experiment: str) -> float | None:

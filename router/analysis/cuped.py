@@ -21,11 +21,21 @@ variance of GrowthBook's gbstats (``TTest`` over ``RegressionAdjustedStatistic``
 (``per: request``) are adjusted on their linearisation (Deng et al. 2018): a unit's
 ``(X − R N) / N̄`` carries the ratio's delta-method variance, and its co-moments with the
 covariate give the same formulas (:func:`ratio_comoments`).
+
+Units without a pre-exposure value get a fixed value (0, or the mean for mean metrics) **and a
+has-history indicator as a second covariate** (:func:`adjust_with_indicator`; the "missing
+indicator" method of regression adjustment): the indicator absorbs the level of the units with
+history, so the slope is learnt where there is history and the variance falls by about the
+share of units with history times ρ², where the fixed value alone would let the gap between 0
+and the history's level swamp the slope. The adjusted difference is then the variant
+coefficient of ``y ~ 1 + variant + x + has``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +62,7 @@ class CupedResult:
     diff: stats.DiffResult | None = None
     relative: stats.RatioResult | None = None
     variance_reduction: float | None = None
+    theta_indicator: float | None = None  # the has-history indicator's slope, when used
     method: str = (
         "CUPED (Deng et al. 2013): pooled within-arm OLS slope theta, adjusted means "
         "y_i - theta (x_i - x_pooled), Welch's test on the adjusted values"
@@ -160,3 +171,53 @@ def ratio_comoments(
     cll = max(cxx_ - 2 * r * cxn + r * r * cnn, 0.0) / nb**2
     clc = (cxc - r * cnc) / nb
     return CoMoments(k, cb, r, ccc, cll, clc)
+
+
+Arms = tuple[CoMoments, CoMoments]
+INDICATOR_METHOD = (
+    "CUPED (Deng et al. 2013) with a has-history indicator: pooled within-arm OLS slopes of the "
+    "covariate and of the indicator, adjusted means y_i - theta.(z_i - z_pooled), Welch's test "
+    "on the adjusted values"
+)
+
+
+def adjust_with_indicator(
+    comoments: Callable[[np.ndarray], Arms],
+    c: np.ndarray,
+    has: np.ndarray,
+    alpha: float = 0.05,
+) -> CupedResult:
+    """CUPED with the covariate ``c`` (per unit, a fixed value where ``has`` is false) and the
+    indicator ``has`` as a second covariate. ``comoments(z)`` gives each arm's co-moments of a
+    per-unit covariate ``z`` (aligned with ``c``) and the metric (or its linearisation). The
+    two slopes solve the pooled within-arm normal equations
+    ``[[Scc, Sch], [Sch, Shh]] θ = [Scy, Shy]`` (``Sch`` from the co-moments of ``c + h``:
+    ``(S(c+h) − Scc − Shh) / 2``); the adjustment is then the one-covariate one on the
+    composite ``θ_c c + θ_h h`` with slope 1, whose correlation is the multiple correlation.
+    When every unit or none has history, the indicator is constant: :func:`adjust` on ``c``."""
+    h = np.asarray(has, dtype=float)
+    if h.size == 0 or h.min() == h.max():
+        return adjust(comoments(c), alpha)
+    a, b, ab = comoments(c), comoments(h), comoments(c + h)
+    scc = a[0].cxx + a[1].cxx
+    shh = b[0].cxx + b[1].cxx
+    sch = (ab[0].cxx + ab[1].cxx - scc - shh) / 2.0
+    scy = a[0].cxy + a[1].cxy
+    shy = b[0].cxy + b[1].cxy
+    n = a[0].n + a[1].n
+    if a[0].n < 2 or a[1].n < 2:
+        return CupedResult(stats.NOT_ENOUGH_DATA)
+    scale = max(abs(a[0].mx), abs(a[1].mx), 1.0) ** 2
+    det = scc * shh - sch * sch
+    if not shh > 1e-24 * max(n, 1.0):  # the indicator is constant within arms
+        return adjust(a, alpha)
+    if not det > 1e-12 * max(scc * shh, 1e-300) or not scc > 1e-24 * scale * max(n, 1.0):
+        # c carries nothing beyond the indicator (e.g. constant where present)
+        th_c, th_h = 0.0, shy / shh
+    else:
+        th_c = (shh * scy - sch * shy) / det
+        th_h = (scc * shy - sch * scy) / det
+    if th_c == 0.0 and th_h == 0.0:
+        return CupedResult(COVARIATE_CONSTANT)
+    res = adjust(comoments(th_c * np.asarray(c, dtype=float) + th_h * h), alpha, theta=1.0)
+    return dataclasses.replace(res, theta=th_c, theta_indicator=th_h, method=INDICATOR_METHOD)

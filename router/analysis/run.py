@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], object]
 
 
+def _history(policy: Policy) -> float:
+    """Seconds of outcome history before the window that CUPED's covariates need."""
+    return policy.cuped.history_s if policy.cuped.enabled else 0.0
+
+
 def load_outcomes(
     src: Source, max_metrics: int = MAX_METRICS, history_s: float = 0.0
 ) -> OutcomeIndex:
@@ -58,7 +63,17 @@ def load_outcomes(
         try:
             key = stream_keys(client, src.experiment, outcomes=True)[0]
             cutoff = redis_cutoff_ms(client, [key])
-            load_archive_outcomes(oi, open_store(src), src.experiment, src.since, src.coverage,
+            store = open_store(src)
+            if src.since is not None and history_s > 0:  # the history (CUPED): unit rows
+                end_ms = int(src.since * 1000)
+                load_archive_outcomes(oi, store, src.experiment, src.since - history_s,
+                                      src.coverage, before_ms=min(cutoff or end_ms, end_ms),
+                                      unit_rows_only=True)  # fmt: skip
+                if cutoff is not None and cutoff < end_ms:  # its part the stream still holds
+                    start = max(cutoff / 1000 + 0.0005, src.since - history_s)
+                    oi.add_raw(stream_chunks(client, key, start, src.since), src.experiment,
+                               unit_rows_only=True)  # fmt: skip
+            load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage,
                                   before_ms=cutoff)  # fmt: skip
             if cutoff is not None:
                 since = cutoff / 1000 + 0.0005  # (from exactly that millisecond)
@@ -87,6 +102,10 @@ def load_outcomes(
         from router.analysis.archive_read import load_archive_outcomes, open_store
 
         store = open_store(src)
+        if src.since is not None and history_s > 0:  # the history (CUPED): unit rows only
+            load_archive_outcomes(oi, store, src.experiment, src.since - history_s,
+                                  src.coverage, before_ms=int(src.since * 1000),
+                                  unit_rows_only=True)  # fmt: skip
         load_archive_outcomes(oi, store, src.experiment, src.since, src.coverage)
     return oi
 
@@ -209,7 +228,7 @@ def accumulate(
                 pages.close()
                 pages = None
             oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics
+                src, policy.data_quality.max_metrics, _history(policy)
             )
             done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
             if done is not None:
@@ -224,7 +243,7 @@ def accumulate(
             from router.analysis.distribute import fold_archive
 
             oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics
+                src, policy.data_quality.max_metrics, _history(policy)
             )
             return fold_archive(src, policy, oi, kind=kind, track_fields=track_fields,
                                 executor=executor, workers=workers)  # fmt: skip

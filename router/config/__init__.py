@@ -125,6 +125,11 @@ class RouterConfig(_Strict):
     @model_validator(mode="after")
     def _check_challengers(self) -> RouterConfig:
         check_challengers(self.challengers)
+        if len(self.challengers) > self.limits.max_challengers:
+            raise ValueError(
+                f"limits.max_challengers: {len(self.challengers)} challengers configured, at "
+                f"most {self.limits.max_challengers}"
+            )
         first = self.challengers[0]
         # plain assignment would re-run validation; these are derived views
         object.__setattr__(self, "challenger", first)

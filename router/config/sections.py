@@ -107,6 +107,11 @@ class LimitsConfig(_Strict):
     max_connections: int = Field(
         default=1024, ge=1, le=1_000_000, description="client connections per worker; more: 503"
     )
+    max_challengers: int = Field(
+        default=4, ge=1, le=64,
+        description="challengers a worker can hold: file descriptors for this many challengers' "
+        "pools are reserved at start, so a live add beyond it is refused",
+    )  # fmt: skip
     write_buffer_bytes: int = Field(
         default=1024 * 1024,
         ge=16 * 1024,

@@ -210,42 +210,55 @@ def _report(redis_url: str, since: float, until: float, split: float) -> tuple[A
 
 
 def _summary(title: str, r: dict[str, Any]) -> None:
+    """The verdict in the terminal, every figure through the report's formatter
+    (:mod:`router.analysis.fmt`: 3 significant digits, percent and points, p-values, ms)."""
+    from router.analysis import fmt
+
     d = r["decision"]
     c = r["counts"]
     print(f"\n{title}: {d['action'].upper()}")
     for reason in d["reasons"]:
-        print(f"  - {reason}")
-    print(f"  records {c['records']} (champion {c['per_variant']['champion']}, challenger "
-          f"{c['per_variant']['challenger']}), mirrored pairs {c['mirrored_pairs']}, "
-          f"outcomes joined {c['outcomes']['joined']}")  # fmt: skip
+        print(f"  - {fmt.tidy(reason)}")
+    print(f"  records {fmt.count(c['records'])} (champion "
+          f"{fmt.count(c['per_variant']['champion'])}, challenger "
+          f"{fmt.count(c['per_variant']['challenger'])}), mirrored pairs "
+          f"{fmt.count(c['mirrored_pairs'])}, outcomes joined "
+          f"{fmt.count(c['outcomes']['joined'])}")  # fmt: skip
     dv = r["divergence"]
     if dv.get("n"):
-        print(f"  divergence: mean |Δscore| {dv['mean_abs_diff']:.4f}, Spearman "
-              f"{dv['spearman']:.3f}, PSI {dv['psi']:.3f} ({dv['psi_band']}), decision flips "
-              f"{next(iter(dv['flip_rate'].values())):.1%}")  # fmt: skip
+        print(f"  divergence: mean |Δscore| {fmt.num(dv['mean_abs_diff'])}, Spearman "
+              f"{fmt.num(dv['spearman'])}, PSI {fmt.num(dv['psi'])} ({dv['psi_band']}), "
+              f"decision flips {fmt.pct(next(iter(dv['flip_rate'].values())))}")  # fmt: skip
     q = r["quality"]
     if q.get("state") == "ok":
         m = q["models"]
         acc_t = q["tests"].get("accuracy", {})
-        print(f"  accuracy on {q['n']} labelled pairs: champion {m['champion']['accuracy']:.3f},"
-              f" challenger {m['challenger']['accuracy']:.3f} (McNemar p = "
-              f"{acc_t.get('p_value', float('nan')):.2g}); AUC {m['champion']['roc_auc']:.3f} vs"
-              f" {m['challenger']['roc_auc']:.3f}")  # fmt: skip
+        print(f"  accuracy on {fmt.count(q['n'])} labelled pairs: champion "
+              f"{fmt.pct(m['champion']['accuracy'])}, challenger "
+              f"{fmt.pct(m['challenger']['accuracy'])} (McNemar p "
+              f"{_p(fmt.pvalue(acc_t.get('p_value')))}); AUC "
+              f"{fmt.num(m['champion']['roc_auc'])} vs "
+              f"{fmt.num(m['challenger']['roc_auc'])}")  # fmt: skip
     lat = r["latency"]["paired"]["quantiles"]["p95"]
     if lat["delta_ms"] is not None:
-        print(f"  latency p95 on the same requests: champion {lat['champion']:.2f} ms, "
-              f"challenger {lat['challenger']:.2f} ms")  # fmt: skip
+        print(f"  latency p95 on the same requests: champion {fmt.ms(lat['champion'])}, "
+              f"challenger {fmt.ms(lat['challenger'])}")  # fmt: skip
     conv = r["metrics"].get("conversion")
     if conv and conv["uplift"]["absolute"] is not None:
         up = conv["uplift"]
-        lo, hi = up["sequential_ci"]
-        print(f"  conversion: champion {conv['variants']['champion']['mean']:.4f}, challenger "
-              f"{conv['variants']['challenger']['mean']:.4f}; uplift {up['absolute']:+.4f} "
-              f"(95% CI {up['ci'][0]:+.4f}..{up['ci'][1]:+.4f}; always-valid "
-              f"{lo:+.4f}..{hi:+.4f}, p = {up['sequential_p_value']:.2g})")  # fmt: skip
+        print(f"  conversion: champion {fmt.pct(conv['variants']['champion']['mean'])}, "
+              f"challenger {fmt.pct(conv['variants']['challenger']['mean'])}; uplift "
+              f"{fmt.pp(up['absolute'])} (95% CI {fmt.interval(up['ci'], fmt.pp)}; "
+              f"always-valid {fmt.interval(up['sequential_ci'], fmt.pp)}, p "
+              f"{_p(fmt.pvalue(up['sequential_p_value']))})")  # fmt: skip
     failed = [g["name"] for g in r["gates"] if not g["passed"]]
     print(f"  gates: {len(r['gates']) - len(failed)}/{len(r['gates'])} pass"
           + (f" (failing: {', '.join(failed)})" if failed else ""))  # fmt: skip
+
+
+def _p(text: str) -> str:
+    """``= 0.034`` or ``< 0.001`` after a ``p``."""
+    return text if text.startswith("<") else f"= {text}"
 
 
 async def run_demo(opts: DemoOptions) -> int:

@@ -6,6 +6,7 @@ level or under a ``promotion:`` key, so it can later move into ``policy.yaml`` u
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,17 @@ class GuardrailConfig(_Strict):
     latency_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
     max_latency_ratio: float = Field(default=1.5, ge=1.0)
     min_latency_delta_ms: float = Field(default=20.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _warn_deprecated(self) -> GuardrailConfig:
+        for key in ("window_s", "min_z"):
+            if getattr(self, key) is not None:
+                logging.getLogger("router.promotion").warning(
+                    "guardrails.%s is deprecated and ignored: the guardrails judge every record "
+                    "of the step with an always-valid interval at guardrails.alpha; remove it",
+                    key,
+                )
+        return self
 
 
 class ApprovalConfig(_Strict):

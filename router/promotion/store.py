@@ -26,6 +26,7 @@ from the Redis list (by position) after each commit, so it catches up after a cr
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import time
@@ -220,8 +221,8 @@ class PromotionStore:
             except LeaseMismatch as exc:
                 raise LeaseLost(str(exc)) from None
             self.last_live = done.live
-            if done.records:
-                self.sync_mirror_records(done.records)
+            if done.records:  # (file lock, write and fsync: off the event loop)
+                await asyncio.to_thread(self.sync_mirror_records, done.records)
             return t, done.records
         raise ConflictError(f"{exp}: state changed {attempts} times while applying a transition")
 
@@ -259,10 +260,10 @@ class PromotionStore:
         """Append every record the JSONL mirror is missing (by position); returns how many."""
         if self.mirror_path is None:
             return 0
-        have = self._mirror_lines()
+        have = await asyncio.to_thread(self._mirror_lines)
         raw = await self.redis.lrange(self.keys.audit, have, -1)
         recs = [r for r in (parse_record(x) for x in raw) if r is not None]
-        return self.sync_mirror_records(recs)
+        return await asyncio.to_thread(self.sync_mirror_records, recs)
 
     def mirror_records(self) -> list[dict[str, Any] | None]:
         if self.mirror_path is None or not self.mirror_path.exists():

@@ -383,6 +383,12 @@ async def handle_report(app: RouterApp, request: Request) -> Response:
         return json_error(504, "report timed out", timeout_s=app.cfg.admin.report_timeout_s)
     if proc.returncode != 0:
         detail = err.decode(errors="replace").strip().splitlines()[-3:]
+        if proc.returncode == 2:  # the analyzer refused this window or data (it says why)
+            log.warning("report for %s refused: %s", experiment, " | ".join(detail))
+            return json_error(422, "report refused", detail=detail)
+        if proc.returncode == 3:  # Redis or the archive could not be read
+            log.error("report for %s: data unavailable: %s", experiment, " | ".join(detail))
+            return json_error(503, "report data unavailable", detail=detail)
         log.error("report for %s failed: %s", experiment, " | ".join(detail))
         return json_error(500, "report failed", detail=detail)
     return Response(200, out, [(b"Content-Type", _REPORT_TYPES[fmt].encode())])

@@ -26,7 +26,7 @@ import orjson
 from router.capture.controlplane import LiveConflict
 from router.sidecar.app import RouterApp
 from router.sidecar.challengers import ChangeError, apply_change
-from router.sidecar.control import with_challengers
+from router.sidecar.control import ChallengerLive, LiveState, with_challengers
 from router.sidecar.http_messages import Request, Response, json_error, json_response
 
 log = logging.getLogger("router.admin")
@@ -41,6 +41,16 @@ def challengers_view(app: RouterApp) -> dict[str, Any]:
         "updated_by": s.updated_by,
         "note": s.note,
     }
+
+
+def _fitting(app: RouterApp, state: LiveState, body: dict[str, Any]) -> tuple[ChallengerLive, ...]:
+    """The challengers after the change, refused (:class:`ChangeError`) when their pools do not
+    fit the file descriptors this worker reserved at start."""
+    changed = apply_change(state, body)
+    why = app.check_pools(changed)
+    if why is not None:
+        raise ChangeError(why)
+    return changed
 
 
 async def handle_challengers(app: RouterApp, request: Request) -> Response:
@@ -58,7 +68,7 @@ async def handle_challengers(app: RouterApp, request: Request) -> Response:
     by = f"admin@{request.peer}"
     try:
         if app.fleet is not None:  # the fleet's shared live state: compare-and-set, audited
-            changed = with_challengers(app.state, apply_change(app.state, body))
+            changed = with_challengers(app.state, _fitting(app, app.state, body))
             doc = {
                 "challengers": [c.to_json() for c in changed.challengers],
                 "split": changed.split,
@@ -80,7 +90,7 @@ async def handle_challengers(app: RouterApp, request: Request) -> Response:
                                   detail=f"{type(exc).__name__}: {exc}")  # fmt: skip
         else:
             got = app.control.modify(
-                by, note, lambda cur: {"challengers": apply_change(cur, body)}
+                by, note, lambda cur: {"challengers": _fitting(app, cur, body)}
             )
             assert got is not None  # (the change function never declines)
             new = got

@@ -202,14 +202,44 @@ class RouterApp:
     def shadow_pool_size(self, pool_size: int) -> int:
         return max(1, min(pool_size, self.cfg.limits.shadow_concurrency))
 
+    def pool_connections(self, pool_sizes: list[int]) -> int:
+        """Upstream connections the champion and challengers with these ``pool_size``s can
+        open: each pool plus its shadow pool."""
+        sizes = [self.cfg.champion.pool_size, *pool_sizes]
+        return sum(p + self.shadow_pool_size(p) for p in sizes)
+
+    @property
+    def pool_budget(self) -> int:
+        """Upstream connections reserved at start: the configured challengers' pools, and room
+        for ``limits.max_challengers`` in all, each as large as the largest configured one
+        (a live change beyond it is refused: :meth:`check_pools`)."""
+        sizes = [c.pool_size for c in self.cfg.challengers]
+        room = max(0, self.cfg.limits.max_challengers - len(sizes))
+        return self.pool_connections(sizes + [max(sizes)] * room)
+
+    def check_pools(self, challengers: tuple[ChallengerLive, ...]) -> str | None:
+        """Why these challengers do not fit the descriptors this worker reserved at start,
+        or None when they do."""
+        limit = self.cfg.limits.max_challengers
+        if len(challengers) > limit:
+            return (f"limits.max_challengers: {len(challengers)} challengers, at most {limit} "
+                    "(descriptors for that many were reserved at start; raise it and restart)")
+        default = self.cfg.challengers[0].pool_size
+        need = self.pool_connections(
+            [int(c.upstream.get("pool_size", default)) for c in challengers]
+        )
+        if need > self.pool_budget:
+            return (f"pool_size: these challengers' pools need {need} upstream connections per "
+                    f"worker, {self.pool_budget} were reserved at start (file descriptors: "
+                    "limits.max_challengers times the largest configured pool_size)")
+        return None
+
     def descriptors_reserved(self) -> int:
         """File descriptors this worker may need besides client connections: every upstream
-        pool twice over (a live change keeps the old pools until their requests finish), plus
-        64 for Redis, the spool, snapshots, the listening socket and the event loop."""
-        pools = 0
-        for ucfg in (self.cfg.champion, *self.cfg.challengers):
-            pools += ucfg.pool_size + self.shadow_pool_size(ucfg.pool_size)
-        return 2 * pools + 64
+        pool of :attr:`pool_budget` twice over (a live change keeps the old pools until their
+        requests finish), plus 64 for Redis, the spool, snapshots, the listening socket and
+        the event loop."""
+        return 2 * self.pool_budget + 64
 
     @staticmethod
     async def _close_later(pools: list[UpstreamPool], delay: float) -> None:

@@ -68,6 +68,60 @@ def test_equals_statsmodels_ols(n0: int, n1: int, noise1: float) -> None:
     assert se == pytest.approx(fit.bse[1], rel=1e-3)
 
 
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_missing_history_indicator_equals_statsmodels_ols(share: float) -> None:
+    """Units without history get 0 and a has-history indicator as a second covariate: the
+    adjusted difference is the variant coefficient of ``y ~ 1 + variant + c + has`` exactly,
+    theta and the indicator's slope are the fit's, and the variance falls by about the share
+    with history times rho² (a plain 0 would cost most of that when the history's level is far
+    from 0)."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(int(share * 10))
+    n0, n1 = 3000, 4000
+    v = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+    pre = rng.normal(10, 1, n0 + n1)
+    y = 2 + 0.8 * (pre - 10) + 0.6 * rng.normal(0, 1, n0 + n1) + 0.1 * v
+    has = rng.random(n0 + n1) < share
+    c = np.where(has, pre, 0.0)
+
+    def comoments(z: np.ndarray) -> tuple[CoMoments, CoMoments]:
+        return _co(z[v == 0], y[v == 0]), _co(z[v == 1], y[v == 1])
+
+    r = cuped.adjust_with_indicator(comoments, c, has)
+    design = np.column_stack([np.ones(n0 + n1), v, c, has.astype(float)])
+    fit = sm.OLS(y, design).fit(cov_type="HC2")
+    assert r.state == "ok" and r.diff is not None and r.variances is not None
+    assert r.diff.estimate == pytest.approx(fit.params[1], abs=1e-10)
+    assert r.theta == pytest.approx(fit.params[2], abs=1e-10)
+    assert r.theta_indicator == pytest.approx(fit.params[3], abs=1e-9)
+    se = math.sqrt(r.variances[0] / n0 + r.variances[1] / n1)
+    assert se == pytest.approx(fit.bse[1], rel=2e-3)
+    expected = share * 0.64 / (0.64 + 0.36)  # share x rho² (here rho² = 0.64)
+    assert r.variance_reduction == pytest.approx(expected, abs=0.05)
+    plain = cuped.adjust(comoments(c))  # the old rule: the zeros swamp the slope
+    assert plain.variance_reduction is not None and plain.variance_reduction < expected - 0.1
+
+
+def test_indicator_is_dropped_when_every_unit_or_none_has_history() -> None:
+    rng = np.random.default_rng(4)
+    x0, x1 = rng.normal(5, 2, 500), rng.normal(5, 2, 600)
+    y0, y1 = 1 + 0.8 * x0 + rng.normal(0, 1, 500), 1.3 + 0.8 * x1 + rng.normal(0, 1, 600)
+    c, y = np.r_[x0, x1], np.r_[y0, y1]
+    v = np.r_[np.zeros(500, int), np.ones(600, int)]
+
+    def comoments(z: np.ndarray) -> tuple[CoMoments, CoMoments]:
+        return _co(z[v == 0], y[v == 0]), _co(z[v == 1], y[v == 1])
+
+    both = cuped.adjust_with_indicator(comoments, c, np.ones(c.size, bool))
+    one = cuped.adjust((_co(x0, y0), _co(x1, y1)))
+    assert both.theta_indicator is None
+    assert both.diff is not None and one.diff is not None
+    assert both.diff.estimate == pytest.approx(one.diff.estimate, abs=1e-12)
+    none = cuped.adjust_with_indicator(comoments, np.zeros(c.size), np.zeros(c.size, bool))
+    assert none.state == cuped.COVARIATE_CONSTANT
+
+
 def test_equals_gbstats_regression_adjusted_ttest() -> None:
     from gbstats.frequentist.tests import FrequentistConfig, TwoSidedTTest
     from gbstats.models.statistics import RegressionAdjustedStatistic, SampleMeanStatistic
@@ -187,6 +241,38 @@ def test_simulation_aa_false_positives_coverage_and_narrowing() -> None:
     assert float(((s["slo"] <= 0) & (s["shi"] >= 0)).mean()) >= 0.95
 
 
+def test_simulation_aa_with_missing_history_and_the_indicator() -> None:
+    """Half the units without history (covariate 0 plus the indicator): the A/A false-positive
+    rate stays near alpha, the interval covers, and it narrows by about what the units with
+    history allow (Var x (1 - share rho²): 1 - sqrt(1 - 0.5 x 0.49) = 13.1% at rho 0.7)."""
+    reps = 5_000 if FULL else 1_000
+    rng = np.random.default_rng(23)
+    n = 200
+    v = np.r_[np.zeros(n, int), np.ones(n, int)]
+    p, cover, narrow = [], [], []
+    for _ in range(reps):
+        x = rng.normal(10, 1, 2 * n)
+        y = 0.7 * (x - 10) + math.sqrt(1 - 0.49) * rng.normal(0, 1, 2 * n)
+        has = rng.random(2 * n) < 0.5
+        c = np.where(has, x, 0.0)
+
+        def comoments(z: np.ndarray, y: np.ndarray = y) -> tuple[CoMoments, CoMoments]:
+            return _co(z[v == 0], y[v == 0]), _co(z[v == 1], y[v == 1])
+
+        r = cuped.adjust_with_indicator(comoments, c, has)
+        assert r.diff is not None and r.diff.ci.low is not None and r.diff.ci.high is not None
+        w = stats.welch(float(y[:n].mean()), float(y[:n].var(ddof=1)), n,
+                        float(y[n:].mean()), float(y[n:].var(ddof=1)), n)  # fmt: skip
+        assert w.ci.low is not None and w.ci.high is not None
+        p.append(r.diff.pvalue or 1.0)
+        cover.append(r.diff.ci.low <= 0 <= r.diff.ci.high)
+        narrow.append(1 - (r.diff.ci.high - r.diff.ci.low) / (w.ci.high - w.ci.low))
+    fpr = float((np.asarray(p) < 0.05).mean())
+    assert 0.03 <= fpr <= 0.07, fpr
+    assert 0.93 <= float(np.mean(cover)) <= 0.97
+    assert float(np.median(narrow)) == pytest.approx(1 - math.sqrt(1 - 0.5 * 0.49), abs=0.03)
+
+
 def test_simulation_coverage_under_an_effect_and_variance_reduction() -> None:
     reps = 5_000 if FULL else 1_000
     s = _sim(rho=0.5, effect=0.3, reps=reps, n=300, seed=23)
@@ -272,12 +358,14 @@ def test_ratio_metric_with_a_named_covariate_and_units_without_history() -> None
     assert sp["state"] == "ok" and sp["covariate"] == {"source": "metric", "metric": "rev_pre"}
     with_cov = sum(sp["units_with_covariate"].values())
     assert 0.65 * 3000 < with_cov < 0.75 * 3000
-    # the units without history get 0 (a sum metric): here their real pre-values are ~10, so
-    # the rule costs most of the reduction, but never validity or (beyond noise) variance
-    assert sp["variance_reduction"] > -0.01
+    # the units without history get 0 (a sum metric) and a has-history indicator: their real
+    # pre-values are ~10, which a plain 0 would turn into most of the slope; with the
+    # indicator the units with history keep their reduction (about 0.7 x rho² = 0.45)
     assert sp["adjusted"]["absolute"] == pytest.approx(0.0, abs=0.1)
+    assert sp["theta_has_history"] is not None
     rv = rep["metrics"]["rev"]["cuped"]
-    assert rv["state"] == "ok" and rv["variance_reduction"] > -0.01
+    assert rv["state"] == "ok" and rv["variance_reduction"] == pytest.approx(0.45, abs=0.06)
+    assert sp["variance_reduction"] > 0.2
     # with every unit's history present, the named covariate gives the full reduction
     recs, outs = _experiment(3000, 0.8, 0.0, seed=2, cov_metric="rev_pre")
     rep = build_report(recs, outs, experiment="e", policy=pol)

@@ -84,3 +84,34 @@ def test_simulated_family_wise_false_alarms_stay_below_alpha() -> None:
         uncorrected += any(r["sequential_p_value"] < 0.05 for r in res["rows"])
     assert alarms / reps <= 0.05
     assert alarms <= uncorrected
+
+
+def test_controller_looks_keep_each_values_smallest_p_and_re_holm() -> None:
+    """Across the promotion controller's looks of one step, each segment value's always-valid
+    p-value is kept at its running minimum (an always-valid p-value's running minimum is one
+    too) and Holm is applied afresh over those: a mismatch an earlier look proved is not
+    forgotten because this look's sample is quieter, and it still needs this look's share
+    deviation above srm.min_share_diff."""
+    from router.analysis.gates.running import apply_running
+
+    rep = build_report(_records(3000, 0.15, seed=3), [], experiment="e", split=0.5,
+                       policy=parse_policy({}))  # fmt: skip
+    gate = next(g for g in rep["gates"] if g["name"] == "srm_segments")
+    assert gate["state"] == "pass"
+    gates, decision, running = apply_running(rep, None)
+    first = running["srm_segments"]
+    assert first["looks"] == 1 and set(first["values"]) >= {"platform=ios", "region=eu"}
+    # an earlier look of this step had ios at p = 1e-7: Holm over 5 values gives 5e-7 < alpha
+    prior = {"srm_segments": {"values": {"platform=ios": 1e-7}, "looks": 3, "p_value": 5e-7}}
+    gates, decision, running = apply_running(rep, prior)
+    g = next(x for x in gates if x["name"] == "srm_segments")
+    assert g["state"] == "fail" and "platform=ios" in g["reason"]
+    assert g["p_value"] == 5e-7 and decision["action"] in ("hold", "rollback")
+    assert running["srm_segments"]["values"]["platform=ios"] == 1e-7
+    assert running["srm_segments"]["looks"] == 4
+    # the same small p on a value whose deviation now is below min_share_diff: no mismatch
+    quiet = _records(3000, 0.0, seed=4)
+    rep2 = build_report(quiet, [], experiment="e", split=0.5,
+                        policy=parse_policy({"srm": {"min_share_diff": 0.05}}))  # fmt: skip
+    gates2, _d, _r = apply_running(rep2, prior)
+    assert next(x for x in gates2 if x["name"] == "srm_segments")["state"] == "pass"

@@ -232,3 +232,37 @@ def test_a_window_redis_already_trimmed_is_read_from_the_archive(
     assert verdict["archive"]["redis_from"] == cut / 1000
     only_redis = analyze(Source("e", redis_url=url), policy)
     assert only_redis["data_quality"]["records"]["read"] < records["read"] / 2
+
+
+def test_cuped_history_before_the_window_is_read_from_the_archive(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With --since, the archive's outcomes over cuped.history_s before it are read too (unit
+    rows only, as from Redis): the adjusted results equal the Redis report's, with either
+    executor."""
+    from router.analysis import parse_policy
+    from tests.analysis.test_cuped import T0 as C0
+    from tests.analysis.test_cuped import _experiment
+    from tests.analysis.test_report import xadd_records
+
+    recs, outs = _experiment(1200, 0.8, 0.0, seed=7)
+    stray = {"v": 1, "experiment": "e", "request_id": "old-request", "metric": "rev",
+             "value": 1.0, "ts": C0 - 1800.0}  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    xadd_records(client, "e:pairs", recs)
+    rows = [o if "ts" in o else o | {"ts": C0 + 1300.0} for o in [*outs, stray]]
+    xadd_records(client, "e:outcomes", sorted(rows, key=lambda o: o["ts"]))
+    root = tmp_path / "archive"
+    Archiver(client, ArchiveStore.open(str(root)), "e", ArchiveConfig()).run(until_idle=True)
+    client.close()
+    policy = parse_policy({})
+    since = C0 - 1.0
+    from_redis = analyze(Source("e", redis_url=redis_url, since=since), policy, split=0.5)
+    for executor in ("threads", "processes"):
+        rep = analyze(Source("e", archive=str(root), since=since), policy, split=0.5,
+                      executor=executor, workers=2)  # fmt: skip
+        cu = rep["metrics"]["rev"]["cuped"]
+        assert cu["state"] == "ok" and sum(cu["units_with_covariate"].values()) == 1200
+        assert cu == from_redis["metrics"]["rev"]["cuped"]
+        assert rep["counts"]["outcomes"]["outside_window"] == 1  # the request-joined stray

@@ -220,3 +220,18 @@ def test_shipped_config_and_errors_name_the_key(tmp_path: Any) -> None:
     with pytest.raises(PromotionConfigError, match="unknown top-level"):
         parse_promotion_config({"promotion": {}, "extra": 1}, "f.yaml")
     assert parse_promotion_config({"approval": {"high_stakes": True}}).approval.required == 2
+
+
+def test_deprecated_guardrail_keys_load_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """``guardrails.window_s`` and ``min_z`` still load (old files) but say they do nothing."""
+    from router.promotion.config import parse_promotion_config
+
+    with caplog.at_level("WARNING", logger="router.promotion"):
+        parse_promotion_config({"guardrails": {"window_s": 60, "min_z": 3}})
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "guardrails.window_s is deprecated and ignored" in said
+    assert "guardrails.min_z is deprecated and ignored" in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="router.promotion"):
+        parse_promotion_config({"guardrails": {"alpha": 0.05}})
+    assert not caplog.records

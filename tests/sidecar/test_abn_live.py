@@ -201,3 +201,36 @@ async def test_a_live_change_reaches_every_worker_within_a_second(
                 assert len(pids) == 2
         finally:
             assert router.stop() == 0
+
+
+async def test_live_challengers_stay_within_the_descriptors_reserved_at_start(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A worker reserves file descriptors at start for ``limits.max_challengers`` challengers'
+    pools: a live add beyond that many, or a pool size whose pools no longer fit what was
+    reserved, is refused with 400 naming the limit, and nothing changes."""
+    from router.config import ConfigError
+    from tests.sidecar.test_abn_proxy import _abn_config as abn
+
+    async with _servers("champion", "a", "b", "c") as urls:
+        two = [{"name": "a", "split": 0.2}, {"name": "b", "split": 0.2}]
+        base = abn(urls, redis_url, tmp_path, two).model_dump(mode="json", by_alias=True)
+        base.pop("challenger", None)
+        base["limits"]["max_challengers"] = 2
+        cfg = parse_config(base, "test")
+        with pytest.raises(ConfigError, match=r"limits\.max_challengers"):
+            parse_config({**base, "challengers": [*base["challengers"], {
+                **base["challengers"][0], "name": "c"}]}, "test")  # fmt: skip
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            status, body = await _change(s, router.url, {"op": "add", "challenger": {
+                "name": "c", "url": urls["c"], "version": "v-c", "split": 0.1}})  # fmt: skip
+            assert status == 400 and "limits.max_challengers" in body["detail"], body
+            huge = {"op": "update", "name": "a", "pool_size": 4096}
+            status, body = await _change(s, router.url, huge)
+            assert status == 400 and "descriptors" in body["detail"], body
+            status, view = await _change(s, router.url, {"op": "update", "name": "a",
+                                                         "split": 0.25})  # fmt: skip
+            assert status == 200 and [c["name"] for c in view["challengers"]] == ["a", "b"]

@@ -48,6 +48,12 @@ async def test_report_endpoint_serves_json_md_and_html(tmp_path: Path, redis_url
                 assert r.status == 400
             async with s.get(f"{router.url}/_router/report?experiment=../x", headers=auth) as r:
                 assert r.status == 400
+            # the analyzer refuses the window (exit 2): the caller's request, not a server fault
+            async with s.get(f"{base}&since=2000000000&until=1900000000", headers=auth) as r:
+                assert r.status == 422, await r.text()
+                body = await r.json()
+                assert body["error"] == "report refused"
+                assert any("since" in line for line in body["detail"])
     finally:
         await champion.stop()
         await challenger.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.analysis import sequential as sq
+from router.analysis import stats
 from router.analysis.gates.decision import decide
 from router.analysis.gates.rows import ci_text, fmt
 from router.analysis.gates.rules import (
@@ -35,6 +36,9 @@ def apply_running(
     for g in report["gates"]:
         g = dict(g)
         name = g["name"]
+        if name == "srm_segments" and g["state"] in (PASS, FAIL):
+            out.append(_srm_segments(g, report, prior.get(name) or {}, running))
+            continue
         if not g.get("always_valid") or g["state"] not in (PASS, FAIL, INCONCLUSIVE):
             out.append(g)
             continue
@@ -78,3 +82,49 @@ def apply_running(
             )
         out.append(g)
     return out, decide(out, report), running
+
+
+MAX_SEGMENT_VALUES = 1000  # segment values whose running p-value is kept (the smallest)
+
+
+def _srm_segments(
+    g: dict[str, Any], report: dict[str, Any], before: dict[str, Any], running: dict[str, Any]
+) -> dict[str, Any]:
+    """The per-segment-value SRM gate across looks: each value's always-valid p-value at its
+    running minimum (values an earlier look tested stay in the family), Holm applied afresh
+    over them, and a mismatch where the adjusted p is below ``srm.alpha`` and this look's
+    share deviation of that value is above ``srm.min_share_diff`` (as within one look)."""
+    srm = report.get("srm") or {}
+    rows = (srm.get("by_segment") or {}).get("rows") or []
+    vals: dict[str, float] = {
+        str(k): float(v) for k, v in (before.get("values") or {}).items() if v is not None
+    }
+    dev: dict[str, float] = {}
+    for r in rows:
+        key = f"{r['field']}={r['value']}"
+        dev[key] = float(r.get("max_share_diff") or 0.0)
+        p = r.get("sequential_p_value")
+        if p is not None:
+            vals[key] = min(float(p), vals.get(key, 1.0))
+    if len(vals) > MAX_SEGMENT_VALUES:
+        vals = dict(sorted(vals.items(), key=lambda kv: kv[1])[:MAX_SEGMENT_VALUES])
+    keys = sorted(vals)
+    adjusted = stats.holm([vals[k] for k in keys])
+    alpha, min_dev = float(g["threshold"]), float(srm.get("min_share_diff") or 0.0)
+    mismatched = [k for k, a in zip(keys, adjusted, strict=True)
+                  if a is not None and a < alpha and dev.get(k, 0.0) > min_dev]  # fmt: skip
+    looks = int(before.get("looks", 0)) + 1
+    smallest = min((a for a in adjusted if a is not None), default=None)
+    running["srm_segments"] = {"values": vals, "looks": looks, "p_value": smallest}
+    if looks == 1 and not before:
+        return g  # the first look: nothing earlier to combine
+    g["p_value"] = smallest
+    g["state"] = FAIL if mismatched else PASS
+    g["passed"] = not mismatched
+    g["significant"] = bool(mismatched)
+    g["reason"] += (
+        f"; over {looks} looks of this step (each value's smallest always-valid p, Holm over "
+        f"{len(keys)} values): "
+        + (f"mismatch in {', '.join(mismatched)}" if mismatched else "none mismatched")
+    )
+    return g

@@ -6,6 +6,7 @@ beside the uplift, its CUPED-adjusted form (:mod:`router.analysis.cuped`) under 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,19 @@ def _request_metric_arms(
     if policy.cuped.enabled:
         c, has = join_covariate(df["unit"], covariate_frame(acc, metric, spec, policy.cuped))
         c = impute(c, has, spec)
-        cup = _Cuped([], [int(has[v == i].sum()) for i in (0, 1)])
+        solos = [acc.request_metric_moments[metric][i] for i in (0, 1)]
+        sels = [v == i for i in (0, 1)]
+
+        def comoments(z: np.ndarray) -> tuple[CoMoments, CoMoments]:
+            a, b = (
+                cuped.ratio_comoments(
+                    z[sel], x[sel], d[sel], (solo.n, solo.mu, solo.m2)
+                )
+                for sel, solo in zip(sels, solos, strict=True)
+            )
+            return a, b
+
+        cup = _Cuped(comoments, c, has, [int(has[v == i].sum()) for i in (0, 1)])
     out = []
     for i in (0, 1):
         co = CoMoments()
@@ -110,10 +123,6 @@ def _request_metric_arms(
         ratio, var = stats.ratio_variance(co.n, co.mx, co.my, co.cxx, co.cyy, co.cxy)
         out.append({"clusters": co.n, "requests": co.my * co.n, "mean": float(ratio),
                     "var": float(var)})  # fmt: skip
-        if cup is not None:
-            sel = v == i
-            cup.arms.append(cuped.ratio_comoments(c[sel], x[sel], d[sel],
-                                                  (solo.n, solo.mu, solo.m2)))  # fmt: skip
     return out, cup
 
 
@@ -190,11 +199,35 @@ def _request_series(
 
 
 class _Cuped:
-    """Per arm, the (covariate, metric) co-moments of the units and how many had a covariate."""
+    """A metric's CUPED inputs: per unit the covariate ``c`` (imputed where ``has`` is false),
+    ``comoments(z)`` giving each arm's co-moments of a per-unit covariate ``z`` and the metric
+    (or its linearisation), and per arm how many units had a covariate."""
 
-    def __init__(self, arms: list[CoMoments], with_covariate: list[int]) -> None:
-        self.arms = arms
+    def __init__(
+        self,
+        comoments: Callable[[np.ndarray], tuple[CoMoments, CoMoments]],
+        c: np.ndarray,
+        has: np.ndarray,
+        with_covariate: list[int],
+    ) -> None:
+        self.comoments, self.c, self.has = comoments, c, has
         self.with_covariate = with_covariate
+
+
+def _unit_comoments(
+    v: np.ndarray, y: np.ndarray
+) -> Callable[[np.ndarray], tuple[CoMoments, CoMoments]]:
+    """Each arm's co-moments of a per-unit covariate and the unit metric ``y``."""
+
+    def comoments(z: np.ndarray) -> tuple[CoMoments, CoMoments]:
+        arms = []
+        for i in (0, 1):
+            co = CoMoments()
+            co.add_arrays(z[v == i], y[v == i])
+            arms.append(co)
+        return arms[0], arms[1]
+
+    return comoments
 
 
 def _cuped_entry(
@@ -217,12 +250,12 @@ def _cuped_entry(
         ),
         "units_with_covariate": {VARIANTS[i]: cup.with_covariate[i] for i in (0, 1)},
         "missing_rule": "units without a pre-exposure value get 0 (sum and max metrics) or the "
-        "mean over the units with one (mean metrics)",
+        "mean over the units with one (mean metrics), and a has-history indicator as a second "
+        "covariate",
     }
     if not sum(cup.with_covariate):
         return out | {"state": cuped.NO_COVARIATE, "adjusted": None}
-    arms = (cup.arms[0], cup.arms[1])
-    res = cuped.adjust(arms, policy.alpha)
+    res = cuped.adjust_with_indicator(cup.comoments, cup.c, cup.has, policy.alpha)
     if res.means is None or res.variances is None or res.diff is None:
         return out | {"state": res.state, "adjusted": None}
     up = _uplift(n, res.means, res.variances, policy, tau_var=var, rel=res.relative,
@@ -233,6 +266,7 @@ def _cuped_entry(
     return out | {
         "state": res.state,
         "theta": f(res.theta),
+        "theta_has_history": f(res.theta_indicator),
         "correlation": f(res.correlation),
         "variance_reduction": f(res.variance_reduction),
         "adjusted": up,
@@ -281,11 +315,8 @@ def metrics_section(acc: Accumulator, policy: Policy, uv: UnitView) -> dict[str,
             series = _series(v, t, x, spec, policy)
             if policy.cuped.enabled:
                 c, has = uv.covariate(metric, spec, policy.cuped)
-                cup = _Cuped([], [int(has[v == i].sum()) for i in (0, 1)])
-                for i in (0, 1):
-                    co = CoMoments()
-                    co.add_arrays(c[v == i], x[v == i])
-                    cup.arms.append(co)
+                cup = _Cuped(_unit_comoments(v, x), c, has,
+                             [int(has[v == i].sum()) for i in (0, 1)])  # fmt: skip
             entry["variants"] = {
                 VARIANTS[i]: {
                     "n": int(n[i]),

@@ -63,13 +63,22 @@ def cuped_section(r: dict[str, Any]) -> Section | None:
                 f"{src}, {fmt.count(with_cov)} units with one)"
             )
             continue
+        total = sum(m["variants"][v].get("units", m["variants"][v]["n"])
+                    for v in ("champion", "challenger"))  # fmt: skip
+        without = (
+            f", {fmt.count(total - with_cov)} without history (indicator slope "
+            f"{fmt.num(cu['theta_has_history'])})"
+            if cu.get("theta_has_history") is not None and total > with_cov
+            else ""
+        )
         lines.append(
             f"**{name}**: unadjusted {fmt.signed(up['absolute'])} {fmt.bracket(up['ci'])} "
             f"(p {fmt.pvalue(up['p_value'])}); CUPED-adjusted {fmt.signed(adj['absolute'])} "
             f"{fmt.bracket(adj['ci'])} (p {fmt.pvalue(adj['p_value'])}, always-valid "
             f"{fmt.bracket(adj['sequential_ci'])}); variance reduction "
             f"{fmt.pct(cu['variance_reduction'])} (theta {fmt.num(cu['theta'])}, r "
-            f"{fmt.num(cu['correlation'])}; covariate: {src}, {fmt.count(with_cov)} units)"
+            f"{fmt.num(cu['correlation'])}; covariate: {src}, {fmt.count(with_cov)} units"
+            f"{without})"
         )
     if not lines:
         return None
