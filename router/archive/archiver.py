@@ -137,7 +137,7 @@ def _identity(response: Any, **_options: Any) -> Any:
 def _raw_client(client: Any) -> Any:
     """A second handle on ``client``'s connection pool whose XREADGROUP replies are left as
     the protocol parser (hiredis) gives them: redis-py would build a tuple and a dict per
-    entry, a fifth of the archiver's work. None for a cluster client (which keeps the parsed
+    entry (a tenth of the archiver's CPU). None for a cluster client (which keeps the parsed
     replies; :meth:`Archiver._read` takes both)."""
     import redis
 

@@ -75,6 +75,29 @@ def test_every_entry_exactly_once_in_hour_partitions_readable_by_duckdb(
     assert again.records == dict.fromkeys(KINDS, 0) and len(_ids(tmp_path)) == filled.pairs
 
 
+def test_unparsed_and_parsed_replies_archive_the_same_rows(redis_url: str, tmp_path: Path) -> None:
+    """XREADGROUP replies are read as hiredis parses them (lists); a cluster client's come
+    parsed by redis-py (tuples and dicts): both give the same rows, an entry without the record
+    field (kept whole in ``raw``) included."""
+    client = redis.Redis.from_url(redis_url)
+    filled = fill(client, n=400, step_ms=5000, extra=BAD_ENTRIES)
+    client.xadd("e:pairs", {"x": "1", "y": "2"})  # (not a capture entry)
+    rows = {}
+    for mode in ("unparsed", "parsed"):
+        a = _archiver(redis_url, tmp_path / mode, group=f"g-{mode}", read_count=150)
+        assert a._raw is not None
+        if mode == "parsed":
+            a._raw = None  # (as with a cluster client)
+        a.run(until_idle=True)
+        glob = f"{tmp_path / mode}/pairs/**/*.parquet"
+        sql = f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false) ORDER BY 1"
+        rows[mode] = duckdb.sql(sql).fetchall()
+    assert rows["unparsed"] == rows["parsed"] and len(rows["parsed"]) == filled.pairs + 1
+    assert [r[-1] for r in rows["parsed"] if r[-1] and "b'x'" in r[-1]] == [
+        "{b'x': b'1', b'y': b'2'}"
+    ]
+
+
 def test_a_crash_between_write_and_ack_rewrites_nothing(redis_url: str, tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_url)
     filled = fill(client, n=1500, step_ms=5000)
