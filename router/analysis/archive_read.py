@@ -43,10 +43,11 @@ from router.archive.layout import Hour, PartName
 from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, read_file
 from router.archive.store import ArchiveStore
 
+# (extra: the keys the archive schema does not know, A/B/n's among them; see record_frame)
 RECORD_COLUMNS = (
     "stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit", "served",
     "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
-    "contract_repeat", "raw",
+    "contract_repeat", "extra", "raw",
 )  # fmt: skip
 OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
                    "value", "ts", "raw")  # fmt: skip

@@ -26,14 +26,22 @@ belongs to every view); when a page names a challenger not known yet, the set ma
 ``restart`` and only collects names from then on: the caller reads the source again with
 :attr:`ArmSet.discovered` (:func:`router.analysis.run.analyze` and
 :func:`router.analysis.report.build_report` do).
+
+Folded in parts (an archive's tasks on processes or Dask, hourly rollups), each part is an
+:class:`ArmSet` of its own records; parts merge (:meth:`ArmSet.merge`) only when they hold the
+same views. The views the whole window needs are those a sequential fold of the parts in order
+would end with (:func:`agreed_arms`); a part folded with other views (it never named a
+challenger that a later part names, so its champion-served records are missing from that
+challenger's view) is folded again with the agreed ones (:mod:`router.analysis.distribute`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+import numpy as np
 import orjson
 import polars as pl
 
@@ -143,6 +151,9 @@ class UnitVariants:
     def add(self, cols: pl.DataFrame) -> None:
         self._pairs.add(cols.select("unit", "vn").drop_nulls().unique())
 
+    def merge(self, o: UnitVariants) -> None:
+        self._pairs.add(o._pairs.table())
+
     def crossover(self) -> pl.DataFrame:
         """One row per unit served by more than one variant: unit, the sorted variants."""
         t = self._pairs.table()
@@ -152,11 +163,31 @@ class UnitVariants:
         return g.filter(pl.col("variants").list.len() > 1).sort("unit")
 
 
+def agreed_arms(given: list[str] | None, parts: Iterable[list[str]]) -> list[str]:
+    """The views a window folded in parts needs: those a sequential fold of the parts' records
+    in order ends with. ``given``: the challengers asked for (``--shares``), else None;
+    ``parts``: each part's :meth:`ArmSet.part_names`, in order. Without ``given``: every
+    challenger named, in order of first mention (the default ``challenger`` when none is);
+    with it, ``given`` when nothing else is named, else the named ones of ``given`` followed by
+    the others (as :meth:`ArmSet.restart_arms` after a sequential fold)."""
+    named: list[str] = []
+    for names in parts:
+        named.extend(n for n in names if n not in named)
+    if given is None:
+        return named or [DEFAULT_ARM]
+    others = [n for n in named if n not in given]
+    if not others:
+        return list(given)
+    return [n for n in [*given, *others] if n in named]
+
+
 class ArmSet:
     """One accumulator per challenger view, plus forced counts and the unit/variant table."""
 
-    def __init__(self, make: Callable[[], Accumulator], arms: list[str] | None = None) -> None:
-        self.make = make
+    def __init__(
+        self, make: Callable[[], Accumulator] | None, arms: list[str] | None = None
+    ) -> None:
+        self.make = make  # (None once folded and sent elsewhere: closures do not pickle)
         self.arms: dict[str, Accumulator] = {}
         self.order = list(arms) if arms else [DEFAULT_ARM]
         self.fixed = arms is not None
@@ -171,15 +202,9 @@ class ArmSet:
         # body_too_large, not_queued
         self.mirror_skipped: Counter[tuple[str, str]] = Counter()
         self.unit_variants = UnitVariants()
-        for name in self.order:
-            self.arms[name] = make()
-
-    @classmethod
-    def of(cls, acc: Accumulator) -> ArmSet:
-        """A set holding one accumulator folded elsewhere (every record, one challenger)."""
-        out = cls(lambda: acc, [DEFAULT_ARM])
-        out.folded = True
-        return out
+        if make is not None:
+            for name in self.order:
+                self.arms[name] = make()
 
     def add_page(self, page: Page) -> None:
         cols = page.cols
@@ -191,9 +216,11 @@ class ArmSet:
         names = page_arms(cols) if cols.height else []
         if not self.fixed and not self.folded and names:
             # nothing folded yet: the first page that names challengers sets them
+            assert self.make is not None, "an ArmSet sent back is not folded into"
+            make = self.make
             self.order = list(names)
             self.discovered = list(names)
-            self.arms = {n: self.make() for n in names}
+            self.arms = {n: make() for n in names}
             for acc in self.arms.values():  # pages without rows seen before (unreadable files)
                 for empty in self._empty_pages:
                     acc.add_page(empty)
@@ -222,6 +249,45 @@ class ArmSet:
                 n != DEFAULT_ARM for n in names
             ) else arm_view(cols, name)  # fmt: skip
             acc.add_page(replace(page, cols=view))
+
+    def views(self) -> list[str]:
+        """The challengers this set holds a view of, in order."""
+        return list(self.arms)
+
+    def part_names(self) -> list[str]:
+        """The challengers this part's records named, in the order a sequential fold meets
+        them (see :func:`agreed_arms`)."""
+        return [n for n in self.discovered if n in self.seen]
+
+    def merge(self, o: ArmSet) -> None:
+        """Fold another part (records after this one's, the same views in any order) into
+        this one."""
+        if set(o.views()) != set(self.views()) or self.restart or o.restart:
+            raise ValueError(f"cannot merge views {o.views()} into {self.views()}")
+        for name, acc in self.arms.items():
+            acc.merge(o.arms[name])
+        self.forced.update(o.forced)
+        self.mirror_skipped.update(o.mirror_skipped)
+        self.unit_variants.merge(o.unit_variants)
+        for name in o.part_names():
+            if name not in self.seen:
+                self.seen.append(name)
+            if name not in self.discovered:
+                self.discovered.append(name)
+        self.folded = self.folded or o.folded
+
+    def request_ids(self) -> np.ndarray:
+        """The request-id fingerprints of the records of every view, sorted, each once (a
+        champion-served request is in each view)."""
+        ids = [acc.seen.values() for acc in self.arms.values()]
+        return ids[0] if len(ids) == 1 else np.unique(np.concatenate(ids))
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of the sorted fingerprints ``ids`` some view of this set holds."""
+        found = np.zeros(ids.size, dtype=bool)
+        for acc in self.arms.values():
+            found |= acc.seen.contains(ids, presorted=True)
+        return found
 
     def _count_skipped(self, texts: pl.Series) -> None:
         try:

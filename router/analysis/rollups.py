@@ -1,8 +1,9 @@
 """Hourly rollups of an archive: each complete hour's folded aggregate, stored beside its
 partition and merged instead of re-folded (issue 14, item 2).
 
-A rollup is the :class:`~router.analysis.accumulate.Accumulator` of one hour partition's
-records (the state the Dask executor already pickles and merges), folded against the outcomes
+A rollup is the :class:`~router.analysis.arms.ArmSet` of one hour partition's records (one
+:class:`~router.analysis.accumulate.Accumulator` per challenger's view; the state the Dask
+executor already pickles and merges), folded against the outcomes
 archived when it was built, and written to
 ``<uri>/rollups/experiment=<e>/date=…/hour=…/rollup-<fingerprint>.pkl`` once the hour is older
 than ``lateness_s`` (:func:`build_rollups`; ``router rollup``). It is tagged with
@@ -26,7 +27,11 @@ and re-folds the hour from raw Parquet otherwise (counted per reason in the repo
   re-fold of that hour;
 - ``metrics``: the metric specs the analysis infers from its outcomes equal the rollup's
   (a new metric, a metric no longer binary); metric ids are remapped by name;
-- ``rejected``: no record of the hour was judged "in the future" at build time.
+- ``rejected``: no record of the hour was judged "in the future" at build time;
+- ``arms`` (A/B/n): the rollup holds a view for each challenger the window's analysis needs
+  (:func:`~router.analysis.arms.agreed_arms`): a rollup holds the views of the challengers its
+  own hour names, so an hour before a challenger was added (whose champion-served requests
+  belong to that challenger's view too) is re-folded with every view.
 
 Parts (rollups, and runs of re-folded hours) are merged in hour order, which gives the
 sequential fold's aggregates; a request id in two parts (a replay across hours) cannot be
@@ -51,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from router.analysis.accumulate import Accumulator, infer_metric_specs
+from router.analysis.accumulate import infer_metric_specs
+from router.analysis.arms import ArmSet, agreed_arms
 from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import Policy
 from router.archive.layout import ROLLUPS, Hour, partition_dir
@@ -73,7 +79,7 @@ class Rollup:
     built_at: float
     metric_names: list[str]
     joined: str  # digest of the outcome rows joined
-    acc: Accumulator
+    arms: ArmSet  # the views of the challengers the hour names
 
 
 @dataclass
@@ -118,10 +124,10 @@ def _name_codes(names: list[str]) -> np.ndarray:
     return np.array(codes or [0], dtype=np.int64)
 
 
-def joined_digest(acc: Accumulator, oi: OutcomeIndex) -> str:
-    """A digest of the outcome rows of ``oi`` that join to ``acc``'s requests, in index
-    order (request-id fingerprint, metric name, value)."""
-    ids = acc.seen.values()
+def joined_digest(arms: ArmSet, oi: OutcomeIndex) -> str:
+    """A digest of the outcome rows of ``oi`` that join to the requests of ``arms``' views,
+    in index order (request-id fingerprint, metric name, value)."""
+    ids = arms.request_ids()
     h, m, v = oi.rows
     left, right = oi.lookup(ids, presorted=True)
     cnt = right - left
@@ -181,10 +187,11 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
                   now)  # fmt: skip
     written = []
     for start, files in sorted(todo.items()):
-        acc = fold_files(job, files)
+        arms = fold_files(job, files)  # (the challengers the hour names)
         r = Rollup(AGGREGATE_VERSION, fp, start, _file_key(files), now,
-                   list(oi.metric_names), joined_digest(acc, oi), acc)  # fmt: skip
-        acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
+                   list(oi.metric_names), joined_digest(arms, oi), arms)  # fmt: skip
+        for acc in arms.arms.values():
+            acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
         blob = pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
         store.write_bytes(rollup_dir(experiment, Hour(start)), f"rollup-{fp}.pkl", blob)
         written.append(start)
@@ -213,20 +220,24 @@ def _stored(store: ArchiveStore, experiment: str, start: int, fp: str,
 # ---------------------------------------------------------------------- using
 def usable(r: Rollup, oi: OutcomeIndex, policy: Policy, since: float | None,
            until: float | None, upto: float | None) -> str | None:  # fmt: skip
-    """Why the rollup cannot stand in for its hour's re-fold (None: it can)."""
-    acc = r.acc
+    """Why the rollup cannot stand in for its hour's re-fold (None: it can; whether it holds
+    the views the window needs is known once every hour's challengers are)."""
     if (since is not None and r.hour < since) or (upto is not None and Hour(r.hour).end > upto):
         return "window"
-    first, last = acc.first_ts, acc.last_ts
-    if (since is not None and first is not None and first < since) or (
-        until is not None and last is not None and last > until
-    ):
-        return "window"
-    if any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts):
-        return "rejected"
-    if infer_metric_specs(policy, oi) != acc.specs:
+    views = list(r.arms.arms.values())
+    for acc in views:
+        first, last = acc.first_ts, acc.last_ts
+        if (since is not None and first is not None and first < since) or (
+            until is not None and last is not None and last > until
+        ):
+            return "window"
+    for acc in views:
+        if any(reason.startswith(FUTURE_REASON) for reason in acc.rejected.counts):
+            return "rejected"
+    specs = infer_metric_specs(policy, oi)
+    if any(acc.specs != specs for acc in views):
         return "metrics"
-    if joined_digest(acc, oi) != r.joined:
+    if joined_digest(r.arms, oi) != r.joined:
         return "outcomes"
     return None
 
@@ -238,20 +249,25 @@ def _remap(r: Rollup, oi: OutcomeIndex) -> None:
     names = oi.metric_names
     ids = np.array([names.index(n) if n in names else -1 for n in r.metric_names] or [0],
                    dtype=np.int64)  # fmt: skip
-    for pending in (r.acc.units._metrics, r.acc.units._request_values):
-        t = pending.table()
-        if t.height:
-            pending.frames = [t.with_columns(
-                pl.Series("metric", ids[t["metric"].to_numpy()], dtype=pl.Int64)
-            )]  # fmt: skip
+    for acc in r.arms.arms.values():
+        for pending in (acc.units._metrics, acc.units._request_values):
+            t = pending.table()
+            if t.height:
+                pending.frames = [t.with_columns(
+                    pl.Series("metric", ids[t["metric"].to_numpy()], dtype=pl.Int64)
+                )]  # fmt: skip
 
 
 def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
-                      track_fields: bool) -> tuple[Accumulator, RollupUse] | None:  # fmt: skip
-    """The window's accumulator from rollups where usable and raw re-folds elsewhere, merged
-    in hour order; None when the whole window must be re-folded (a request id in two parts)."""
+                      track_fields: bool, arms: list[str] | None = None,
+                      ) -> tuple[ArmSet, RollupUse] | None:  # fmt: skip
+    """The window's challenger views from rollups where usable and raw re-folds elsewhere,
+    merged in hour order; None when the whole window must be re-folded (a request id in two
+    parts). ``arms``: the challengers asked for (``--shares``), else those the records name;
+    a part without the views the window needs is re-folded with them (rollups counted as
+    ``arms``)."""
     from router.analysis.archive_read import archive_files, open_store
-    from router.analysis.distribute import FoldJob, Merger, fold_files
+    from router.analysis.distribute import FoldJob, Merger, attach, fold_files
     from router.analysis.frames import record_schema
     from router.analysis.reader import NUMERIC_KINDS, id_until
 
@@ -265,27 +281,41 @@ def fold_with_rollups(src: Any, policy: Policy, oi: OutcomeIndex, *, kind: str,
                   src.until, upto, schema, now)  # fmt: skip
     fp = fingerprint(policy, kind, track_fields, src.experiment)
     use = RollupUse()
-    parts: list[Accumulator | list[ArchiveFile]] = []
+    # parts in hour order: (its files, its rollup or None for a run of hours re-folded)
+    entries: list[tuple[list[ArchiveFile], ArmSet | None]] = []
     for start, fs in sorted(_by_hour(files).items()):
         r = _stored(store, src.experiment, start, fp, _file_key(fs))
         why = r if isinstance(r, str) else usable(r, oi, policy, src.since, src.until, upto)
         if isinstance(r, Rollup) and why is None:
             _remap(r, oi)
-            r.acc.policy, r.acc.outcomes = policy, oi
-            parts.append(r.acc)
+            for acc in r.arms.arms.values():
+                acc.policy, acc.outcomes = policy, oi
+            entries.append((list(fs), r.arms))
             use.used += 1
             continue
         use.refolded[why or "missing"] += 1
-        if parts and isinstance(parts[-1], list):
-            parts[-1].extend(fs)
+        if entries and entries[-1][1] is None:
+            entries[-1][0].extend(fs)
         else:
-            parts.append(list(fs))
-    merger = Merger(oi)
-    for i, part in enumerate(parts):
-        merger.add(i, fold_files(job, part) if isinstance(part, list) else part)
+            entries.append((list(fs), None))
+    # the re-folds with the views their records name; then the views the window needs
+    parts = [a if a is not None else fold_files(job, fs, arms) for fs, a in entries]
+    agreed = agreed_arms(arms, [p.part_names() for p in parts])
+    merger = Merger(oi, agreed)
+    for i, (fs, held) in enumerate(entries):
+        part, parts[i] = parts[i], ArmSet(None)  # (its slot freed once merged)
+        if part.restart or set(part.views()) != set(agreed):
+            if held is not None:  # a rollup without a view the window needs
+                use.used -= 1
+                use.refolded["arms"] += 1
+            part = fold_files(job, fs, agreed)
+        merger.add(i, attach(part, oi))
     if merger.cross_task_duplicates:
         return None
-    acc = merger.acc if merger.acc is not None else fold_files(job, [])
-    acc.outcomes, acc.policy, acc.now = oi, policy, now
-    acc.since, acc.until, acc.experiment = src.since, src.until, src.experiment
-    return acc, use
+    out = merger.result() if parts else None
+    if out is None:
+        out = attach(fold_files(job, [], agreed), oi)
+    for acc in out.arms.values():
+        acc.outcomes, acc.policy, acc.now = oi, policy, now
+        acc.since, acc.until, acc.experiment = src.since, src.until, src.experiment
+    return out, use

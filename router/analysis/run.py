@@ -162,44 +162,74 @@ def accumulate_arms(
     pages: Pages | None = None,
     arms: list[str] | None = None,
     executor: str = "threads",
+    outcomes: OutcomeIndex | None = None,
 ) -> ArmSet:
     """Read ``src`` into one accumulator per challenger view (:mod:`router.analysis.arms`).
     When the records name a challenger not in ``arms`` (default: the one ``challenger``),
     the source is read a second time with every challenger the first read found. An archive
-    folded by other processes (``executor`` not ``threads``) or from hourly rollups gives one
-    accumulator over every record, as before A/B/n (views per challenger not built there yet)."""
-    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
-        one = accumulate(src, policy, kind=kind, workers=workers, track_fields=track_fields,
-                         progress=progress, pages=pages, executor=executor)  # fmt: skip
-        return ArmSet.of(one)
+    folded by other processes (``executor`` not ``threads``, :mod:`router.analysis.distribute`)
+    or from hourly rollups (:mod:`router.analysis.rollups`) is folded in parts, each into an
+    :class:`ArmSet`, merged view by view with the challengers agreed across the parts.
+    ``outcomes``: the outcome index to join (default: the source's)."""
     gc_was = gc.isenabled()
-    gc.disable()
+    gc.disable()  # millions of short-lived containers; no cycles are created
     try:
-        history = policy.cuped.history_s if policy.cuped.enabled else 0.0
-        outcomes = load_outcomes(src, policy.data_quality.max_metrics, history)
-        while True:
-            if pages is None:
-                pages = read_pages(src, kind, track_fields, workers)
-
-            def make() -> Accumulator:
-                return Accumulator(policy, outcomes, kind=kind, since=src.since,
-                                   until=src.until, experiment=src.experiment,
-                                   track_fields=track_fields)  # fmt: skip
-
-            aset = ArmSet(make, arms)
-            try:
-                with quiet_blas():
-                    fold(aset, pages, progress)
-            finally:
-                pages.close()
-            if not aset.restart:
-                return aset
-            log.info("records name challengers %s: reading again with one view each",
-                     aset.restart_arms())  # fmt: skip
-            arms, pages = aset.restart_arms(), None
+        return _accumulate_arms(src, policy, kind, workers, track_fields, progress, pages, arms,
+                                executor, outcomes)  # fmt: skip
     finally:
         if gc_was:
             gc.enable()
+
+
+def _accumulate_arms(src: Source, policy: Policy, kind: str, workers: int, track_fields: bool,
+                     progress: Progress | None, pages: Pages | None, arms: list[str] | None,
+                     executor: str, outcomes: OutcomeIndex | None) -> ArmSet:  # fmt: skip
+    if src.archive and not src.redis_url and src.rollups:
+        from router.analysis.rollups import fold_with_rollups
+
+        if pages is not None:
+            pages.close()
+            pages = None
+        if outcomes is None:
+            outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+        done = fold_with_rollups(src, policy, outcomes, kind=kind, track_fields=track_fields,
+                                 arms=arms)  # fmt: skip
+        if done is not None:
+            src.coverage.rollups = done[1].as_dict()
+            return done[0]
+        src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
+                                "fallback": "a request id in two hours"}  # fmt: skip
+    if src.archive and not src.redis_url and executor != "threads":
+        if pages is not None:
+            pages.close()
+        from router.analysis.distribute import fold_archive
+
+        if outcomes is None:
+            outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+        return fold_archive(src, policy, outcomes, kind=kind, track_fields=track_fields,
+                            executor=executor, workers=workers, arms=arms)  # fmt: skip
+    if outcomes is None:
+        outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+    oi = outcomes
+    while True:
+        if pages is None:
+            pages = read_pages(src, kind, track_fields, workers)
+
+        def make() -> Accumulator:
+            return Accumulator(policy, oi, kind=kind, since=src.since, until=src.until,
+                               experiment=src.experiment, track_fields=track_fields)  # fmt: skip
+
+        aset = ArmSet(make, arms)
+        try:
+            with quiet_blas():
+                fold(aset, pages, progress)
+        finally:
+            pages.close()
+        if not aset.restart:
+            return aset
+        log.info("records name challengers %s: reading again with one view each",
+                 aset.restart_arms())  # fmt: skip
+        arms, pages = aset.restart_arms(), None
 
 
 def accumulate(
@@ -218,35 +248,14 @@ def accumulate(
     already being read (:func:`~router.analysis.reader.read_pages`, same kind and fields);
     they are closed here. ``executor`` (an archive only): ``threads``, ``processes`` or
     ``dask://HOST:PORT`` (:mod:`router.analysis.distribute`)."""
+    if src.archive and not src.redis_url and (executor != "threads" or src.rollups):
+        # folded in parts: the first challenger's view (every record of a two-arm stream)
+        return accumulate_arms(src, policy, kind=kind, workers=workers, track_fields=track_fields,
+                               progress=progress, pages=pages, executor=executor,
+                               outcomes=outcomes).primary  # fmt: skip
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived containers; no cycles are created
     try:
-        if src.archive and not src.redis_url and src.rollups:
-            from router.analysis.rollups import fold_with_rollups
-
-            if pages is not None:
-                pages.close()
-                pages = None
-            oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics, _history(policy)
-            )
-            done = fold_with_rollups(src, policy, oi, kind=kind, track_fields=track_fields)
-            if done is not None:
-                src.coverage.rollups = done[1].as_dict()
-                return done[0]
-            outcomes = oi  # a request id in two parts: the whole window re-folded
-            src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
-                                    "fallback": "a request id in two hours"}  # fmt: skip
-        if src.archive and not src.redis_url and executor != "threads":
-            if pages is not None:
-                pages.close()
-            from router.analysis.distribute import fold_archive
-
-            oi = outcomes if outcomes is not None else load_outcomes(
-                src, policy.data_quality.max_metrics, _history(policy)
-            )
-            return fold_archive(src, policy, oi, kind=kind, track_fields=track_fields,
-                                executor=executor, workers=workers)  # fmt: skip
         if pages is None:
             pages = read_pages(src, kind, track_fields, workers)  # parses while outcomes load
         with quiet_blas():

@@ -358,7 +358,11 @@ async def handle_report(app: RouterApp, request: Request) -> Response:
             "--redis", app.redis_url, "--format", fmt,
             "--kind", app.cfg.experiment.prediction_kind]  # fmt: skip
     if experiment == app.cfg.experiment.name:  # the live split, for the sample-ratio check
-        args += ["--split", repr(app.state.split)]
+        challengers = app.state.challengers
+        if len(challengers) > 1:  # A/B/n: every challenger's share
+            args += ["--shares", ",".join(f"{c.name}={c.split!r}" for c in challengers)]
+        else:
+            args += ["--split", repr(app.state.split)]
     for key in ("since", "until"):
         value = q.get(key)
         if value is not None:

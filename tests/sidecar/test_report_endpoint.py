@@ -57,3 +57,33 @@ async def test_report_endpoint_serves_json_md_and_html(tmp_path: Path, redis_url
     finally:
         await champion.stop()
         await challenger.stop()
+
+
+async def test_report_endpoint_passes_every_challengers_share(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With several challengers the router passes ``--shares`` (each challenger's live split),
+    so the A/B/n sample-ratio check across all arms runs instead of saying the shares are
+    unknown."""
+    from tests.sidecar.test_abn_proxy import _abn_config, _servers
+
+    async with _servers("champion", "a", "b") as urls:
+        cfg = _abn_config(urls, redis_url, tmp_path,
+                          [{"name": "a", "split": 0.3}, {"name": "b", "split": 0.2}],
+                          name="abn")  # fmt: skip
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            InProcessRouter(cfg, tmp_path / "run", redis_url) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            for i in range(300):
+                async with s.post(f"{router.url}/p", headers={"X-User-Id": f"u{i}"}) as r:
+                    assert r.status == 200
+            assert await wait_for(lambda: len(read_stream(redis_url, "abn:pairs")) == 300)
+            async with s.get(f"{router.url}/_router/report?experiment=abn",
+                             headers=auth) as r:  # fmt: skip
+                assert r.status == 200, await r.text()
+                rep = await r.json()
+    srm = rep["arms"]["srm"]
+    assert srm["shares"] == {"a": 0.3, "b": 0.2}
+    assert srm["state"] == "ok" and not srm["mismatch"], srm
