@@ -117,15 +117,19 @@ def bench_archiver(n: int, shapes: list[str]) -> dict[str, Any]:
                 cfg = ArchiveConfig(group=f"bench-{run}")
                 root = tmp / f"archive-{shape}-{run}"
                 a = Archiver(client, ArchiveStore.open(str(root)), shape, cfg)
-                t, c = time.perf_counter(), time.process_time()
+                t, c, rc = time.perf_counter(), time.process_time(), _cpu_of(rp)
                 totals = a.run(until_idle=True)
                 wall, cpu = time.perf_counter() - t, time.process_time() - c
+                redis_cpu = _cpu_of(rp) - rc
                 assert totals.records["pairs"] == n, totals
                 size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
                 runs[shape].append({"wall_s": wall, "records_per_s": n / wall, "cpu_s": cpu,
-                                    "files": totals.files, "bytes_per_record": size / n})
+                                    "cpu_s_per_100k": cpu * 1e5 / n,
+                                    "redis_cpu_s": redis_cpu, "files": totals.files,
+                                    "bytes_per_record": size / n})  # fmt: skip
                 print(f"archiver ({shape} records) run {run + 1}: {n / wall:,.0f} records/s "
-                      f"({wall:.2f} s, {cpu:.2f} CPU-s, {size / n:.1f} bytes a record in "
+                      f"({wall:.2f} s, {cpu:.2f} CPU-s = {cpu * 1e5 / n:.2f} per 100k; "
+                      f"redis-server {redis_cpu:.2f} CPU-s; {size / n:.1f} bytes a record in "
                       "Parquet)", flush=True)  # fmt: skip
         for shape in shapes:
             out[shape] = {"runs": runs[shape],
@@ -139,6 +143,15 @@ def bench_archiver(n: int, shapes: list[str]) -> dict[str, Any]:
         return out
     finally:
         rp.stop()
+
+
+def _cpu_of(rp: Any) -> float:
+    """CPU seconds (user + system) the redis-server process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{rp.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):
+        return float("nan")
 
 
 # ---------------------------------------------------------------------- 2. a window of Parquet

@@ -185,20 +185,25 @@ def _accumulate_arms(src: Source, policy: Policy, kind: str, workers: int, track
                      progress: Progress | None, pages: Pages | None, arms: list[str] | None,
                      executor: str, outcomes: OutcomeIndex | None) -> ArmSet:  # fmt: skip
     if src.archive and not src.redis_url and src.rollups:
-        from router.analysis.rollups import fold_with_rollups
+        from router.analysis.rollups import fold_with_rollups, outcome_snapshot
 
         if pages is not None:
             pages.close()
             pages = None
-        if outcomes is None:
-            outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
-        done = fold_with_rollups(src, policy, outcomes, kind=kind, track_fields=track_fields,
-                                 arms=arms)  # fmt: skip
-        if done is not None:
-            src.coverage.rollups = done[1].as_dict()
-            return done[0]
-        src.coverage.rollups = {"used_hours": 0, "refolded_hours": {},
-                                "fallback": "a request id in two hours"}  # fmt: skip
+        # the last rollup's outcome snapshot when still current (see rollups.py), else a read
+        snap = outcome_snapshot(src, policy, kind, track_fields) if outcomes is None else None
+        done = None
+        if snap is not None:
+            done = fold_with_rollups(src, policy, snap, kind=kind, track_fields=track_fields,
+                                     arms=arms)  # fmt: skip
+        if done is None:  # (an hour re-folded: it needs the outcomes' request rows)
+            if outcomes is None:
+                outcomes = load_outcomes(src, policy.data_quality.max_metrics, _history(policy))
+            done = fold_with_rollups(src, policy, outcomes, kind=kind,
+                                     track_fields=track_fields, arms=arms)  # fmt: skip
+        assert done is not None
+        src.coverage.rollups = done[1].as_dict()
+        return done[0]
     if src.archive and not src.redis_url and executor != "threads":
         if pages is not None:
             pages.close()

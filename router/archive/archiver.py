@@ -7,12 +7,19 @@ Per stream it
 
 1. reads its own pending entries first (what it had read, but not acknowledged, before a
    restart under the same name), then entries idle over ``claim_idle_s`` in other members of
-   the group (``XAUTOCLAIM``: a crashed archiver's), then new ones (``XREADGROUP >``);
+   the group (``XAUTOCLAIM``; once a whole pass found none, the next pass starts after
+   ``claim_idle_s / 4``, 30 s at most), then new ones (``XREADGROUP >``, its reply left as
+   hiredis parses it: no tuple and dict per entry);
 2. holds them in memory until ``max_buffer_records`` are buffered or the oldest has waited
-   ``flush_interval_s`` (bounded: it stops reading a stream whose buffer is full);
+   ``flush_interval_s`` (bounded: it stops reading a stream whose buffer is full), each page
+   converted to Arrow columns on the *converter thread* as soon as it is read;
 3. writes them with :class:`~router.archive.writer.PartitionWriter` (durably, atomically, under
    names derived from their ids, leaving out entries already archived), and only then
-   acknowledges them (``XACK``).
+   acknowledges them (``XACK``, the chunks in one pipeline). The write and the acknowledgement
+   run on a *writer thread*, while this thread reads the next buffer (*write-behind*):
+   one batch at a time, so memory holds at most ``max_buffer_records`` per stream plus the
+   batch being written; a batch whose write failed goes back into its stream's buffer and is
+   written again.
 
 A SIGKILL at any point therefore neither loses an entry (unacknowledged entries are delivered
 again) nor duplicates one (the rewrite leaves out what a file already holds). Several archivers
@@ -25,17 +32,22 @@ entries stay unacknowledged meanwhile, so nothing is lost.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
+from router.archive.convert import entries_table
 from router.archive.layout import KINDS, ROLLUPS, Hour, experiment_dir
 from router.archive.store import ArchiveStore, StoreError
-from router.archive.writer import PartitionWriter, WriteOptions
+from router.archive.writer import PartitionWriter, WriteOptions, WriteResult
 from router.capture.keys import outcomes_key
 from router.capture.reader import discover_pair_keys, is_cluster_client
 from router.config import ArchiveConfig
@@ -47,6 +59,7 @@ LAG_INTERVAL_S = 5.0
 RETENTION_INTERVAL_S = 3600.0
 DISCOVER_INTERVAL_S = 60.0
 ACK_CHUNK = 10_000
+CLAIM_INTERVAL_S = 30.0  # longest wait between passes over the group's idle entries
 LAG_SCAN_CAP = 1000  # Redis 6.2 has no group lag: undelivered entries counted up to this
 
 
@@ -60,14 +73,27 @@ class _Stream:
     kind: str
     ids: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
-    held: set[str] = field(default_factory=set)  # the ids in the buffer (a re-read is skipped)
+    pages: list[Future[pa.Table]] = field(default_factory=list)  # (the buffer, converted)
     since: float | None = None  # when the oldest buffered entry was read
     recheck: bool = False  # the buffer holds entries delivered before (pending or claimed)
     own_pending_done: bool = False
     pending_cursor: str = "0"
     claim_cursor: str = "0-0"
+    next_claim: float = 0.0  # when to look for other members' idle entries again
     group_ready: bool = False
     last_archived: str | None = None
+
+
+@dataclass
+class _Batch:
+    """A stream's buffer being written (by the writer thread)."""
+
+    st: _Stream
+    ids: list[str]
+    payloads: list[bytes]
+    pages: list[Future[pa.Table]]
+    recheck: bool
+    since: float | None
 
 
 @dataclass
@@ -76,6 +102,50 @@ class Totals:
     files: int = 0
     duplicates: int = 0
     errors: int = 0
+
+
+def _payload(fields: Any) -> bytes:
+    """The record of an entry (field ``r``); an entry that is not a capture entry is archived
+    as its fields' text (kept in column raw, never dropped)."""
+    if isinstance(fields, list):  # (an unparsed reply: field, value, field, value, ...)
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    payload = fields.get(b"r", fields.get("r")) if fields else None
+    if payload is None:
+        return repr(fields).encode()
+    return payload.encode() if isinstance(payload, str) else bytes(payload)
+
+
+_frozen = False
+
+
+def _freeze_heap() -> None:
+    """Move what the process holds at the start (modules, classes, configuration) out of the
+    garbage collector's sight, once per process: the archiver allocates millions of short-lived
+    containers (reply lists, segment dicts), and every full collection would walk the whole
+    heap again (a third of the Redis read's CPU without this)."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+
+
+def _identity(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def _raw_client(client: Any) -> Any:
+    """A second handle on ``client``'s connection pool whose XREADGROUP replies are left as
+    the protocol parser (hiredis) gives them: redis-py would build a tuple and a dict per
+    entry (a tenth of the archiver's CPU). None for a cluster client (which keeps the parsed
+    replies; :meth:`Archiver._read` takes both)."""
+    import redis
+
+    if is_cluster_client(client) or not isinstance(client, redis.Redis):
+        return None
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XREADGROUP", _identity)
+    return raw
 
 
 def default_consumer() -> str:
@@ -103,6 +173,11 @@ class Archiver:
             WriteOptions(cfg.compression, cfg.compression_level, cfg.row_group_size),
         )  # fmt: skip
         self.totals = Totals()
+        self._raw = _raw_client(client)
+        self._converter = ThreadPoolExecutor(1, thread_name_prefix="archive-convert")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="archive-write")
+        self._writing: tuple[_Batch, Future[WriteResult]] | None = None
+        self._full = False  # a buffer had no room in the last round (written back after a failure)
         self.streams: dict[str, _Stream] = {}
         self.stop_event = threading.Event()
         self._next_lag = 0.0
@@ -140,18 +215,31 @@ class Archiver:
                 raise
         st.group_ready = True
 
+    def _xreadgroup(self, st: _Stream, start: str, count: int,
+                    block_ms: int | None = None) -> list[Any]:  # fmt: skip
+        """The entries (``[id, fields]``) of one XREADGROUP page, unparsed where the client
+        allows it (:func:`_raw_client`)."""
+        client = self._raw if self._raw is not None else self.client
+        resp = client.xreadgroup(self.group, self.consumer, {st.key: start}, count=count,
+                                 block=block_ms)  # fmt: skip
+        if not resp:
+            return []
+        if isinstance(resp, dict):  # (RESP3)
+            return [m for ms in resp.values() for m in ms]
+        return [m for _k, ms in resp for m in ms]
+
     def _read(self, st: _Stream, block_ms: int | None) -> int:
-        """Read one page into the stream's buffer; the number of entries read."""
+        """Read one page into the stream's buffer (its conversion queued on the converter
+        thread); the number of entries read."""
         self._ensure_group(st)
         room = self.cfg.max_buffer_records - len(st.ids)
         if room <= 0:
+            self._full = True
             return 0
         count = min(self.cfg.read_count, room)
         msgs: list[Any]
         if not st.own_pending_done:  # (pending history: the entries after the cursor)
-            resp = self.client.xreadgroup(self.group, self.consumer,
-                                          {st.key: st.pending_cursor}, count=count)  # fmt: skip
-            msgs = [m for _k, ms in resp or [] for m in ms]
+            msgs = self._xreadgroup(st, st.pending_cursor, count)
             if msgs:
                 st.pending_cursor = _s(msgs[-1][0])
             if len(msgs) < count:
@@ -160,42 +248,62 @@ class Archiver:
             msgs = self._drop_trimmed(st, msgs, [])
             again = True
         else:
-            resp = self.client.xautoclaim(
-                st.key, self.group, self.consumer, int(self.cfg.claim_idle_s * 1000),
-                start_id=st.claim_cursor, count=count,
-            )  # fmt: skip
-            st.claim_cursor = _s(resp[0])
-            # (Redis 7 drops the ids of trimmed entries from the group itself and lists them;
-            # 6.2 returns them without their id: they are now this consumer's own pending
-            # entries, which the next own-pending read names and acknowledges)
-            claimed = list(resp[1])
-            if any(i is None for i, _f in claimed):
-                st.own_pending_done = False
-                claimed = [m for m in claimed if m[0] is not None]
-            msgs = self._drop_trimmed(st, claimed, list(resp[2]) if len(resp) > 2 else [])
+            msgs, now = [], self.clock()
+            if now >= st.next_claim:
+                resp = self.client.xautoclaim(
+                    st.key, self.group, self.consumer, int(self.cfg.claim_idle_s * 1000),
+                    start_id=st.claim_cursor, count=count,
+                )  # fmt: skip
+                st.claim_cursor = _s(resp[0])
+                # (Redis 7 drops the ids of trimmed entries from the group itself and lists
+                # them; 6.2 returns them without their id: they are now this consumer's own
+                # pending entries, which the next own-pending read names and acknowledges)
+                claimed = list(resp[1])
+                if any(i is None for i, _f in claimed):
+                    st.own_pending_done = False
+                    claimed = [m for m in claimed if m[0] is not None]
+                msgs = self._drop_trimmed(st, claimed,
+                                          list(resp[2]) if len(resp) > 2 else [])  # fmt: skip
+                if not msgs and st.claim_cursor == "0-0":  # (a whole pass found nothing)
+                    st.next_claim = now + min(CLAIM_INTERVAL_S, self.cfg.claim_idle_s / 4)
             again = bool(msgs)
             if not msgs:
-                resp = self.client.xreadgroup(self.group, self.consumer, {st.key: ">"},
-                                              count=count, block=block_ms)  # fmt: skip
-                msgs = [m for _k, ms in resp or [] for m in ms]
+                msgs = self._xreadgroup(st, ">", count, block_ms)
         if not msgs:
             return 0
         if st.since is None:
             st.since = self.clock()
         st.recheck = st.recheck or again
+        # (new entries, ">", were never delivered before: only a re-read can repeat what is
+        # buffered or being written)
+        held = self._held(st) if again else None
+        ids: list[str] = []
+        payloads: list[bytes] = []
         for raw_id, fields in msgs:
-            sid = _s(raw_id)
-            if sid in st.held:  # (own pending entries read again after a takeover)
-                continue
-            st.held.add(sid)
-            payload = fields.get(b"r", fields.get("r")) if fields else None
-            if payload is None:  # (not a capture entry: archived as raw, never dropped)
-                payload = repr(fields).encode()
-            elif isinstance(payload, str):
-                payload = payload.encode()
-            st.ids.append(sid)
-            st.payloads.append(payload)
+            sid = raw_id.decode() if type(raw_id) is bytes else str(raw_id)
+            if held is not None:
+                if sid in held:  # (own pending entries read again after a takeover)
+                    continue
+                held.add(sid)
+            if type(fields) is list and len(fields) == 2 and fields[0] == b"r":
+                payload = fields[1]  # (a capture entry, unparsed)
+            else:
+                payload = _payload(fields)
+            ids.append(sid)
+            payloads.append(payload)
+        if ids:
+            st.ids += ids
+            st.payloads += payloads
+            st.pages.append(self._converter.submit(entries_table, st.kind, st.key, ids,
+                                                   payloads))  # fmt: skip
         return len(msgs)
+
+    def _held(self, st: _Stream) -> set[str]:
+        """The ids of the stream's entries read and not yet acknowledged."""
+        held = set(st.ids)
+        if self._writing is not None and self._writing[0].st is st:
+            held.update(self._writing[0].ids)
+        return held
 
     def _drop_trimmed(self, st: _Stream, msgs: list[Any], deleted: list[Any]) -> list[Any]:
         """Pending entries the stream no longer holds (trimmed by ``MAXLEN``/``MINID`` before
@@ -218,13 +326,56 @@ class Archiver:
                 or now - (st.since or now) >= self.cfg.flush_interval_s)  # fmt: skip
 
     def flush(self, st: _Stream) -> None:
-        """Write the stream's buffer to the archive, then acknowledge it."""
+        """Write the stream's buffer to the archive, then acknowledge it (and wait)."""
+        self.start_flush(st)
+        self.finish_write(wait=True)
+
+    def start_flush(self, st: _Stream) -> None:
+        """Hand the stream's buffer to the writer thread, which writes it once its pages are
+        converted and then acknowledges it, while this thread reads on (and the converter
+        converts on: Parquet encoding runs without the GIL). One batch is written at a time:
+        this waits for the previous one (and raises its error)."""
         if not st.ids:
             return
-        res = self.writer.write(st.kind, st.key, st.ids, st.payloads, recheck=st.recheck)
-        for i in range(0, len(st.ids), ACK_CHUNK):
-            self.client.xack(st.key, self.group, *st.ids[i:i + ACK_CHUNK])
-        m, k = self.metrics, (st.kind,)
+        self.finish_write(wait=True)
+        batch = _Batch(st, st.ids, st.payloads, st.pages, st.recheck, st.since)
+        st.ids, st.payloads, st.pages, st.since, st.recheck = [], [], [], None, False
+        self._writing = (batch, self._writer.submit(self._write_batch, batch))
+
+    def _write_batch(self, b: _Batch) -> WriteResult:
+        """(On the writer thread: waits for the batch's pages to be converted.)"""
+        tables = [page.result() for page in b.pages]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        res = self.writer.write_table(b.st.kind, b.st.key, table, recheck=b.recheck)
+        pipe = self.client.pipeline(transaction=False)  # (one round trip)
+        for i in range(0, len(b.ids), ACK_CHUNK):
+            pipe.xack(b.st.key, self.group, *b.ids[i : i + ACK_CHUNK])
+        pipe.execute()
+        return res
+
+    def finish_write(self, *, wait: bool) -> None:
+        """Account for the batch being written once it is done (``wait``: wait for it). A
+        batch that failed goes back into its stream's buffer, ahead of what was read since,
+        to be written again (its partitions listed afresh: some hours may be written), and
+        its error is raised."""
+        if self._writing is None:
+            return
+        b, done = self._writing
+        if not wait and not done.done():
+            return
+        self._writing = None
+        try:
+            res = done.result()
+        except BaseException:
+            st = b.st
+            st.ids, st.payloads, st.pages = (
+                b.ids + st.ids,
+                b.payloads + st.payloads,
+                b.pages + st.pages,
+            )
+            st.recheck, st.since = True, b.since
+            raise
+        st, m, k = b.st, self.metrics, (b.st.kind,)
         m.inc("router_archive_records", k, float(res.records))
         m.inc("router_archive_files", k, float(res.files))
         m.inc("router_archive_bytes", k, float(res.bytes))
@@ -237,17 +388,18 @@ class Archiver:
         if res.skipped:
             log.info("archive: %d entries of %s were already archived (a rewrite after a "
                      "restart or takeover): skipped", res.skipped, st.key)  # fmt: skip
-        st.last_archived = st.ids[-1]
-        st.ids, st.payloads, st.since, st.recheck = [], [], None, False
-        st.held = set()
+        st.last_archived = b.ids[-1]
 
     def flush_all(self) -> None:
         for st in self.streams.values():
-            self.flush(st)
+            self.start_flush(st)
+        self.finish_write(wait=True)
 
     @property
     def buffered(self) -> int:
-        return sum(len(st.ids) for st in self.streams.values())
+        """Entries read and not yet acknowledged (in buffers, or being written)."""
+        writing = len(self._writing[0].ids) if self._writing is not None else 0
+        return writing + sum(len(st.ids) for st in self.streams.values())
 
     # ------------------------------------------------------------------ housekeeping
     def update_lag(self) -> None:
@@ -293,10 +445,10 @@ class Archiver:
         if now >= self._next_discover:
             self.discover()
             self._next_discover = now + DISCOVER_INTERVAL_S
-        got = 0
+        got, self._full = 0, False
         for st in self.streams.values():
             got += self._read(st, None)
-        if not got:
+        if not got and not self._full:
             wait = max(1, self.cfg.block_ms // max(1, len(self.streams)))
             for st in self.streams.values():
                 if self.stop_event.is_set():
@@ -306,10 +458,13 @@ class Archiver:
         return got
 
     def flush_due(self) -> None:
+        """Account for a finished write (raising its error), then start writing what is
+        due."""
+        self.finish_write(wait=False)
         now = self.clock()
         for st in self.streams.values():
             if self._due(st, now):
-                self.flush(st)
+                self.start_flush(st)
 
     def step(self) -> int:
         """One round: read, write what is due; the entries read."""
@@ -339,6 +494,7 @@ class Archiver:
         """Archive until :attr:`stop_event` is set (SIGTERM), then write what is buffered.
         ``until_idle``: stop once a round reads nothing and everything is written (tests,
         backfills)."""
+        _freeze_heap()
         while not self.stop_event.is_set():
             now = self.clock()
             if now >= self._next_retention and self._guarded("retention", self.apply_retention)[0]:
@@ -349,7 +505,7 @@ class Archiver:
             if self.clock() >= self._next_lag:
                 self._guarded("lag", self.update_lag)
                 self._next_lag = self.clock() + LAG_INTERVAL_S
-            idle = until_idle and got == 0
+            idle = until_idle and got == 0 and not self._full  # (not: a buffer was full)
             if idle and self._guarded("write", self.flush_all)[0] and not self.buffered:
                 break
         # stopping: write what was read (else it stays pending, for the next run)

@@ -1,24 +1,28 @@
 """Stream entries converted into the archive's rows (:mod:`router.archive.schema`; pure, no I/O).
 
-Two paths give the same rows. The **fast path** decodes a whole batch of pairs with msgspec
-into :class:`_FastRecord` (every key known, every value of its column's type: the common
-case, today's records included) and builds the columns with list comprehensions. A batch with
-any other record takes the **slow path**, entry by entry: known keys typed by hand, unknown
-keys kept as JSON text in ``extra``/``<side>.extra``, an entry that does not fit kept whole in
-``raw``. When the record gains a field, it gains a column in the schema *and* a field here in
-the fast structs, or every batch of the new records takes the slow path (tests/archive check
-that today's records decode fast).
+Two paths give the same rows. The **fast path** decodes a whole batch of pairs (a page of a
+stream, as the archiver reads it) with msgspec into :class:`_FastRecord` (every key known, every
+value of its column's type: the common case, today's records included) and builds each column
+from one C-level ``map`` over the records (the JSON-text columns from one joined buffer, without
+a Python object per value). A batch with any other record takes the **slow path**, entry by
+entry: known keys typed by hand, unknown keys kept as JSON text in ``extra``/``<side>.extra``, an
+entry that does not fit kept whole in ``raw``. When the record gains a field, it gains a column
+in the schema *and* a field here in the fast structs, or every batch of the new records takes
+the slow path (tests/archive check that today's records decode fast).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from router.archive.schema import (
     CONTRACT_KEYS,
@@ -190,7 +194,8 @@ _Int64 = Annotated[int, msgspec.Meta(ge=-_INT64, le=_INT64 - 1)]
 _Int16 = Annotated[int, msgspec.Meta(ge=-(2**15), lt=2**15)]
 
 
-class _FastSide(msgspec.Struct, forbid_unknown_fields=True):
+# (gc=False: the structs hold no cycles; untracked, a batch of them costs the collector nothing)
+class _FastSide(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     version: str | None = None
     status: _Int32 | None = None
     latency_ms: float | None = None
@@ -208,7 +213,7 @@ class _FastSide(msgspec.Struct, forbid_unknown_fields=True):
     parse_error: str | None = None
 
 
-class _FastContract(msgspec.Struct, forbid_unknown_fields=True):
+class _FastContract(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     missing: list[str] | None = None
     extra: list[str] | None = None
     retyped: list[str] | None = None
@@ -221,7 +226,7 @@ def _contract_value(c: _FastContract | None) -> dict[str, list[str] | None] | No
     return {"missing": c.missing, "extra": c.extra, "retyped": c.retyped, "changed": c.changed}
 
 
-class _FastRecord(msgspec.Struct, forbid_unknown_fields=True):
+class _FastRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A record whose every key is known and typed as its column: converted by msgspec and
     list comprehensions (the common case); anything else takes :func:`_record_row`."""
 
@@ -244,7 +249,6 @@ class _FastRecord(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODE_RECORD = msgspec.json.Decoder(_FastRecord)
-_DECODE_RECORDS = msgspec.json.Decoder(list[_FastRecord])
 _SIDE_FIELDS = [f.name for f in SIDE_TYPE]
 _SIDES = ("champion", "challenger", "champion_repeat")
 _CONTRACTS = ("contract", "contract_repeat")
@@ -284,30 +288,71 @@ def _fast_side(s: _FastSide) -> dict[str, Any]:
     }  # fmt: skip
 
 
+_SIDE_ATTRS = [
+    (f.name, "body_bytes" if f.name == "bytes" else f.name)
+    for f in SIDE_TYPE
+    if f.name not in ("prediction_text", "extra")
+]
+_NO_SIDE = _FastSide()  # (the children of an absent side: every field null)
+
+
+def _raw_column(raws: Sequence[msgspec.Raw]) -> pa.Array:
+    """JSON text (``msgspec.Raw``) as a string column, the JSON null as null: the texts
+    joined into one buffer, their lengths the offsets (no Python object per value)."""
+    data = b"".join(raws)
+    if len(data) >= 2**31:  # (beyond 32-bit offsets: one bytes object per value)
+        arr = pa.array(list(map(bytes, raws)), pa.binary()).cast(pa.string())
+    else:
+        offsets = np.zeros(len(raws) + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, raws), np.int32, len(raws)), out=offsets[1:])
+        arr = pa.Array.from_buffers(
+            pa.binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        ).cast(pa.string())  # (validates UTF-8)
+    return pc.if_else(pc.equal(arr, "null"), pa.scalar(None, pa.string()), arr)
+
+
+def _text_column(pred: pa.Array) -> pa.Array:
+    """``prediction_text``: the prediction when it is a JSON string, unquoted (Python only
+    for those rows)."""
+    quoted = pc.fill_null(pc.starts_with(pred, '"'), False)
+    if not pc.any(quoted).as_py():
+        return pa.nulls(len(pred), pa.string())
+    texts = [orjson.loads(t) if q else None
+             for t, q in zip(pred.to_pylist(), quoted.to_pylist(), strict=True)]  # fmt: skip
+    return pa.array(texts, pa.string())
+
+
+def _fast_side_array(sides: list[Any]) -> pa.StructArray:
+    """Fast structs (or None) as the struct column: a list per field (C-level ``map``), the
+    JSON-text fields vectorised."""
+    n = len(sides)
+    absent = sides.count(None)
+    filled = [s if s is not None else _NO_SIDE for s in sides] if absent else sides
+    mask = pa.array([s is None for s in sides], pa.bool_()) if absent else None
+    if absent == n:
+        return pa.nulls(n, SIDE_TYPE)
+    cols: dict[str, Any] = {
+        name: list(map(attrgetter(attr), filled)) for name, attr in _SIDE_ATTRS
+    }  # (a list per field: no per-row tuples, which would wake the garbage collector)
+    pred = cols["prediction"] = _raw_column(cols["prediction"])
+    cols["prediction_text"] = _text_column(pred)
+    cols["usage"] = _raw_column(cols["usage"])
+    cols["extra"] = None
+    arrays = [
+        c if isinstance(c, pa.Array) else pa.nulls(n, f.type) if c is None else pa.array(c, f.type)
+        for f in SIDE_TYPE
+        for c in (cols[f.name],)
+    ]
+    return pa.StructArray.from_arrays(arrays, fields=list(SIDE_TYPE), mask=mask)
+
+
 def _side_array(sides: list[Any]) -> pa.Array:
     """Sides (fast structs, the slow path's dicts, None) as the struct column."""
-    present = [s for s in sides if s is not None]
-    if len(present) == len(sides) and all(isinstance(s, _FastSide) for s in present):
-        raws = [bytes(s.prediction) for s in sides]
-        cols: dict[str, list[Any]] = {
-            "version": [s.version for s in sides], "status": [s.status for s in sides],
-            "latency_ms": [s.latency_ms for s in sides],
-            "prediction": [None if r == b"null" else r.decode() for r in raws],
-            "prediction_text": [orjson.loads(r) if r[:1] == b'"' else None for r in raws],
-            "error": [s.error for s in sides], "truncated": [s.truncated for s in sides],
-            "response_bytes": [s.response_bytes for s in sides], "extra": [None] * len(sides),
-            "ttfb_ms": [s.ttfb_ms for s in sides], "duration_ms": [s.duration_ms for s in sides],
-            "bytes": [s.body_bytes for s in sides], "streamed": [s.streamed for s in sides],
-            "events": [s.events for s in sides], "usage": [_raw_text(s.usage) for s in sides],
-            "finish_reason": [s.finish_reason for s in sides],
-            "parse_error": [s.parse_error for s in sides],
-        }  # fmt: skip
-        mask = None
-    else:
-        rows = [None if s is None else s if isinstance(s, dict) else _fast_side(s)
-                for s in sides]  # fmt: skip
-        cols = {k: [None if r is None else r[k] for r in rows] for k in _SIDE_FIELDS}
-        mask = pa.array([s is None for s in sides], pa.bool_())
+    if all(s is None or isinstance(s, _FastSide) for s in sides):
+        return _fast_side_array(sides)
+    rows = [None if s is None else s if isinstance(s, dict) else _fast_side(s) for s in sides]
+    cols = {k: [None if r is None else r[k] for r in rows] for k in _SIDE_FIELDS}
+    mask = pa.array([s is None for s in sides], pa.bool_())
     arrays = [pa.array(cols[f.name], f.type) for f in SIDE_TYPE]
     return pa.StructArray.from_arrays(arrays, fields=list(SIDE_TYPE), mask=mask)
 
@@ -321,31 +366,33 @@ def _fast_value(name: str, x: Any) -> Any:
 
 
 def decodes_fast(payloads: Sequence[bytes]) -> list[_FastRecord] | None:
-    """The batch as fast records (one C call), None when any record needs the slow path."""
+    """The batch as fast records (msgspec, in C), None when any record needs the slow path."""
     try:
-        decoded = _DECODE_RECORDS.decode(b"[" + b",".join(payloads) + b"]")
+        return list(map(_DECODE_RECORD.decode, payloads))
     except msgspec.DecodeError:
         return None
-    return decoded if len(decoded) == len(payloads) else None  # (a payload of several values)
 
 
 def _pairs_columns(payloads: Sequence[bytes]) -> tuple[list[pa.Array], list[str | None]]:
     fast = decodes_fast(payloads)
     out: list[pa.Array] = []
     if fast is not None:
+        n = len(fast)
         for name in _PAIR_COLUMNS:
             typ = PAIRS_SCHEMA.field(name).type
+            vals = list(map(attrgetter(name), fast)) if name != "extra" else []
             if name in _SIDES:
-                out.append(_side_array([getattr(r, name) for r in fast]))
+                out.append(_fast_side_array(vals))
             elif name == "extra":
-                out.append(pa.nulls(len(fast), typ))
+                out.append(pa.nulls(n, typ))
             elif name in _CONTRACTS:
-                out.append(pa.array([_contract_value(getattr(r, name)) for r in fast], typ))
+                out.append(pa.array([None if c is None else _contract_value(c) for c in vals],
+                                    typ))  # fmt: skip
             elif name == "fields":
-                out.append(pa.array([_raw_text(r.fields) for r in fast], typ))
+                out.append(_raw_column(vals))
             else:
-                out.append(pa.array([getattr(r, name) for r in fast], typ))
-        return out, [None] * len(fast)
+                out.append(pa.array(vals, typ))
+        return out, [None] * n
     rows = [_slow_record(p) for p in payloads]
     raw = [None if r is not None else p.decode("utf-8", "replace")
            for r, p in zip(rows, payloads, strict=True)]  # fmt: skip
@@ -393,12 +440,23 @@ def entries_table(
     schema = schema_for(kind)
     typed, raw = (_pairs_columns if kind == "pairs" else _outcome_columns)(payloads)
     n = len(ids)
-    stored = [int(i.partition("-")[0]) for i in ids]
+    id_col = pa.array(ids, pa.string())
     arrays = [
-        pa.array(list(ids), pa.string()),
+        id_col,
         pa.array([stream] * n, pa.string()),
-        pa.array(stored, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        stored_ms(id_col).cast(pa.timestamp("ms", tz="UTC")),
         *typed,
         pa.array(raw, pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=with_metadata(schema, kind))
+
+
+def stored_ms(ids: pa.Array) -> pa.Array:
+    """The milliseconds part of stream ids (``<ms>-<seq>``) as int64 (vectorised)."""
+    return pc.cast(pc.list_element(pc.split_pattern(ids, "-", max_splits=1), 0), pa.int64())
+
+
+def id_seq(ids: pa.Array) -> pa.Array:
+    """The sequence part of stream ids (0 when an id has none) as int64 (vectorised)."""
+    seq = pc.replace_substring_regex(ids, r"^[^-]*-?", "")
+    return pc.cast(pc.if_else(pc.equal(seq, ""), "0", seq), pa.int64())

@@ -1,11 +1,13 @@
 """Stream entries into Parquet partition files, exactly once (the archiver's write step).
 
-:meth:`PartitionWriter.write` splits a batch of one stream's entries by the UTC hour of their
-stream id, leaves out entries some file of that partition already holds (a crash between a
-file's rename and the stream acknowledgement makes the entries come back: own pending entries
-on restart, or another archiver's ``XAUTOCLAIM``), and writes the rest as one file per hour named
-by its id range (:mod:`router.archive.layout`). The caller acknowledges the entries only after
-``write`` returned, so every entry ends up in exactly one file.
+:meth:`PartitionWriter.write_table` takes a batch of one stream's entries, converted
+(:func:`~router.archive.convert.entries_table`, pages concatenated; :meth:`~PartitionWriter.write`
+converts them itself), orders it by stream id and splits it by the UTC hour of the ids (Arrow and
+numpy: no Python work per entry), leaves out entries some file of that partition already holds (a
+crash between a file's rename and the stream acknowledgement makes the entries come back: own
+pending entries on restart, or another archiver's ``XAUTOCLAIM``), and writes the rest as one
+file per hour named by its id range (:mod:`router.archive.layout`). The caller acknowledges the
+entries only after the write returned, so every entry ends up in exactly one file.
 
 Which files might hold an entry is known from file names alone (each names its stream shard and
 id range); only files whose range overlaps the batch are opened, and only their ``stream_id``
@@ -20,8 +22,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from router.archive.convert import entries_table
-from router.archive.layout import Hour, PartName, parse_id, partition_dir, shard_of
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router.archive.convert import entries_table, id_seq, stored_ms
+from router.archive.layout import Hour, PartName, partition_dir, shard_of
 from router.archive.store import ArchiveStore
 
 log = logging.getLogger(__name__)
@@ -62,14 +68,13 @@ class PartitionWriter:
         self._parts.move_to_end(rel_dir)
         return parts
 
-    def _already_written(self, rel_dir: str, shard: str, ids: list[str],
-                         refresh: bool) -> set[str]:  # fmt: skip
-        first, last = min(parse_id(i) for i in ids), max(parse_id(i) for i in ids)
-        found: set[str] = set()
+    def _already_written(self, rel_dir: str, shard: str, first: tuple[int, int],
+                         last: tuple[int, int], refresh: bool) -> list[str]:  # fmt: skip
+        found: list[str] = []
         for part in self._listing(rel_dir, refresh):
             if part.shard == shard and part.overlaps(first, last):
                 pf = self.store.parquet(f"{rel_dir}/{part.name}")
-                found.update(pf.read(columns=["stream_id"]).column(0).to_pylist())
+                found += pf.read(columns=["stream_id"]).column(0).to_pylist()
         return found
 
     def write(
@@ -78,40 +83,61 @@ class PartitionWriter:
     ) -> WriteResult:  # fmt: skip
         """Archive entries of ``stream`` (``kind``: pairs or outcomes). ``recheck``: the entries
         may have been delivered before (pending, claimed): list their partitions afresh."""
+        return self.write_table(kind, stream, entries_table(kind, stream, ids, payloads),
+                                recheck=recheck)  # fmt: skip
+
+    def write_table(self, kind: str, stream: str, table: pa.Table, *,
+                    recheck: bool = False) -> WriteResult:  # fmt: skip
+        """Archive converted entries of ``stream`` (:func:`~router.archive.convert.
+        entries_table`, in any order; pages of one stream concatenated)."""
         result = WriteResult()
+        if not table.num_rows:
+            return result
         shard = shard_of(stream) if kind == "pairs" else "x"
-        by_hour: dict[Hour, list[int]] = {}
-        for i, sid in enumerate(ids):
-            by_hour.setdefault(Hour.of_ms(parse_id(sid)[0]), []).append(i)
-        for hour, rows in sorted(by_hour.items()):
-            rel_dir = partition_dir(kind, self.experiment, hour)
-            hids = [ids[i] for i in rows]
-            have = self._already_written(rel_dir, shard, hids, recheck)
+        ids = table.column("stream_id").combine_chunks()
+        ms = stored_ms(ids).to_numpy()
+        seq = id_seq(ids).to_numpy()
+        hours = ms // 3_600_000
+        if len(ms) > 1 and not _ascending(ms, seq):
+            order = np.lexsort((seq, ms))
+            table, ms, seq, hours = table.take(order), ms[order], seq[order], hours[order]
+            ids = table.column("stream_id").combine_chunks()
+        bounds = np.flatnonzero(np.diff(hours)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(ms)], strict=True):
+            rel_dir = partition_dir(kind, self.experiment, Hour(int(hours[lo]) * 3600))
+            part = table.slice(lo, hi - lo)
+            pms, pseq = ms[lo:hi], seq[lo:hi]
+            first, last = (int(pms[0]), int(pseq[0])), (int(pms[-1]), int(pseq[-1]))
+            have = self._already_written(rel_dir, shard, first, last, recheck)
             if have:
-                keep = [i for i in rows if ids[i] not in have]
-                result.skipped += len(rows) - len(keep)
-                rows = keep
-                if not rows:
+                keep = pc.invert(pc.is_in(ids.slice(lo, hi - lo), pa.array(have, pa.string())))
+                kept = int(pc.sum(keep).as_py() or 0)
+                result.skipped += (hi - lo) - kept
+                if not kept:
                     continue
-                hids = [ids[i] for i in rows]
-            order = sorted(range(len(rows)), key=lambda k: parse_id(hids[k]))
-            rows = [rows[k] for k in order]
-            hids = [hids[k] for k in order]
-            table = entries_table(kind, stream, hids, [payloads[i] for i in rows])
-            name = PartName(shard, parse_id(hids[0]), parse_id(hids[-1]))
+                idx = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+                part, pms, pseq = part.take(idx), pms[idx], pseq[idx]
+                first, last = (int(pms[0]), int(pseq[0])), (int(pms[-1]), int(pseq[-1]))
+            name = PartName(shard, first, last)
             size = self.store.write_table(
-                rel_dir, name.name, table, compression=self.options.compression,
+                rel_dir, name.name, part, compression=self.options.compression,
                 compression_level=self.options.compression_level,
                 row_group_size=self.options.row_group_size,
             )  # fmt: skip
             self._listing(rel_dir, False).append(name)
-            result.records += table.num_rows
+            result.records += part.num_rows
             result.files += 1
             result.bytes += size
             result.paths.append(f"{rel_dir}/{name.name}")
-            bad = table.num_rows - table.column("raw").null_count
+            bad = part.num_rows - part.column("raw").null_count
             result.raw += bad
             if bad:
                 log.warning("archive: %d entries of %s kept whole in column raw (not JSON, or "
                             "a field of another type) in %s", bad, stream, name.name)  # fmt: skip
         return result
+
+
+def _ascending(ms: np.ndarray, seq: np.ndarray) -> bool:
+    """Whether ids (as their two parts) are in ascending order (a page of a stream is)."""
+    dm = np.diff(ms)
+    return bool(np.all((dm > 0) | ((dm == 0) & (np.diff(seq) > 0))))

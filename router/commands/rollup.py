@@ -4,10 +4,12 @@
 Writes the hourly rollups of an archive (:mod:`router.analysis.rollups`): for every hour
 partition that ended ``--lateness`` seconds ago (default 6 h, covering outcome lateness) and
 has no rollup for this policy, kind and set of files yet, the analyzer's aggregate of its
-records with the outcomes archived so far. With ``-c`` the archive, experiment, prediction
-kind and lateness (``archive.rollup_lateness_s``) default to the config's. Run it from cron
-after ``router archive``; ``router analyze --archive URI --rollups`` then merges them. Exit
-codes: 0 done, 2 bad arguments, config or policy, 3 the archive unreachable.
+records with the outcomes archived so far; the hours already rolled up are checked against the
+outcomes archived since (re-stamped, or rebuilt when one joins their requests). With ``-c`` the
+archive, experiment, prediction kind and lateness (``archive.rollup_lateness_s``) default to the
+config's. Run it from cron after ``router archive``; ``router analyze --archive URI --rollups``
+then merges them. Exit codes: 0 done, 2 bad arguments, config or policy, 3 the archive
+unreachable.
 """
 
 from __future__ import annotations

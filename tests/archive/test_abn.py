@@ -16,7 +16,7 @@ import redis
 
 from router.analysis import parse_policy
 from router.analysis.reader import Source
-from router.analysis.rollups import build_rollups
+from router.analysis.rollups import UNCHECKED, build_rollups
 from router.analysis.run import analyze
 from router.archive.archiver import Archiver
 from router.archive.store import ArchiveStore
@@ -167,7 +167,8 @@ def test_a_single_named_challenger_with_forced_and_crossover(
     assert len(build_rollups(str(root), "e", POLICY)) == 3
     rep = analyze(Source("e", archive=str(root), rollups=True), POLICY)
     assert rep["archive"]["rollups"] == {"used_hours": 3, "refolded_hours": {},
-                                         "fallback": None}  # fmt: skip
+                                         "fallback": None, "outcome_index": "snapshot",
+                                         "unchecked": UNCHECKED}  # fmt: skip
     assert_same(rep, ref)
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 import redis
 
 from router.archive.archiver import Archiver
 from router.archive.layout import KINDS
-from router.archive.store import ArchiveStore
+from router.archive.store import ArchiveStore, StoreError
 from router.config import ArchiveConfig
 from router.metrics import Metrics
 from tests.archive.conftest import BAD_ENTRIES, HOUR_MS, T0_MS, fill
@@ -74,6 +75,29 @@ def test_every_entry_exactly_once_in_hour_partitions_readable_by_duckdb(
     assert again.records == dict.fromkeys(KINDS, 0) and len(_ids(tmp_path)) == filled.pairs
 
 
+def test_unparsed_and_parsed_replies_archive_the_same_rows(redis_url: str, tmp_path: Path) -> None:
+    """XREADGROUP replies are read as hiredis parses them (lists); a cluster client's come
+    parsed by redis-py (tuples and dicts): both give the same rows, an entry without the record
+    field (kept whole in ``raw``) included."""
+    client = redis.Redis.from_url(redis_url)
+    filled = fill(client, n=400, step_ms=5000, extra=BAD_ENTRIES)
+    client.xadd("e:pairs", {"x": "1", "y": "2"})  # (not a capture entry)
+    rows = {}
+    for mode in ("unparsed", "parsed"):
+        a = _archiver(redis_url, tmp_path / mode, group=f"g-{mode}", read_count=150)
+        assert a._raw is not None
+        if mode == "parsed":
+            a._raw = None  # (as with a cluster client)
+        a.run(until_idle=True)
+        glob = f"{tmp_path / mode}/pairs/**/*.parquet"
+        sql = f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false) ORDER BY 1"
+        rows[mode] = duckdb.sql(sql).fetchall()
+    assert rows["unparsed"] == rows["parsed"] and len(rows["parsed"]) == filled.pairs + 1
+    assert [r[-1] for r in rows["parsed"] if r[-1] and "b'x'" in r[-1]] == [
+        "{b'x': b'1', b'y': b'2'}"
+    ]
+
+
 def test_a_crash_between_write_and_ack_rewrites_nothing(redis_url: str, tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_url)
     filled = fill(client, n=1500, step_ms=5000)
@@ -112,6 +136,36 @@ def test_another_archiver_takes_over_what_a_dead_one_held(redis_url: str, tmp_pa
     assert sorted(_ids(tmp_path)) == sorted(filled.pair_ids)
     info = {g["name"].decode(): g for g in client.xinfo_consumers("e:pairs", "archiver")}
     assert info["dead"]["pending"] == 0
+
+
+def test_a_write_that_failed_is_written_again_and_nothing_is_lost(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A buffer is written (and acknowledged) on the converter thread while the next is read;
+    when the write fails, the batch goes back into its buffer, stays unacknowledged, and the
+    next write archives it exactly once."""
+    client = redis.Redis.from_url(redis_url)
+    filled = fill(client, n=900, step_ms=5000)
+    (tmp_path / "pairs").write_text("in the way")  # the pairs directory cannot be made
+    a = _archiver(redis_url, tmp_path, read_count=200, max_buffer_records=300)
+    a.discover()
+    a.read_round()
+    a.read_round()
+    a.start_flush(a.streams["e:pairs"])  # (in the background)
+    assert a.read_round() > 0  # reading goes on meanwhile
+    with pytest.raises(StoreError):
+        a.finish_write(wait=True)
+    st = a.streams["e:pairs"]
+    assert len(st.ids) == len(set(st.ids)) == a.buffered - len(a.streams["e:outcomes"].ids)
+    assert st.ids[:300] == sorted(st.ids[:300]) and st.recheck
+    assert client.xpending("e:pairs", "archiver")["pending"] == len(st.ids)
+    assert a.totals.records["pairs"] == 0
+    (tmp_path / "pairs").unlink()
+    totals = a.run(until_idle=True)
+    ids = _ids(tmp_path)
+    assert sorted(ids) == sorted(filled.pair_ids) and len(set(ids)) == len(ids)
+    assert totals.records["pairs"] == 900 and totals.duplicates == 0
+    assert client.xpending("e:pairs", "archiver")["pending"] == 0
 
 
 def test_archivers_share_a_sharded_experiment(redis_url: str, tmp_path: Path) -> None:
