@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     guess = args.kind or (policy.prediction_kind if policy else None) or "score"
     try:
         pages: Pages | None = None
-        if args.executor == "threads":
+        if args.executor == "threads" and not args.rollups:  # (rollups: no raw read yet)
             pages = read_pages(src, guess, track, args.workers)
         elif src.archive:  # (fail early on an unreachable archive)
             from router.analysis.archive_read import open_store
