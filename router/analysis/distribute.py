@@ -69,6 +69,15 @@ class FoldJob:
     schema: dict[str, Any]  # the record columns read (router.analysis.frames.record_schema)
     now: float
 
+    def accumulator(self) -> Accumulator:
+        """An empty accumulator of this job (its "now" the analysis's, so every task judges
+        "in the future" alike)."""
+        acc = Accumulator(self.policy, self.outcomes, kind=self.kind, since=self.since,
+                          until=self.until, experiment=self.experiment,
+                          track_fields=self.track_fields)  # fmt: skip
+        acc.now = self.now
+        return acc
+
 
 class ExecutorUnavailable(RuntimeError):
     """The executor cannot be used: dask not installed, or its scheduler unreachable."""
@@ -93,13 +102,7 @@ def fold_files(job: FoldJob, files: list[Any], arms: list[str] | None = None) ->
 
     store = ArchiveStore.open(job.uri)
 
-    def make() -> Accumulator:
-        acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since,
-                          until=job.until, experiment=job.experiment,
-                          track_fields=job.track_fields)  # fmt: skip
-        acc.now = job.now
-        return acc
-
+    make = job.accumulator
     with threadpool_limits(limits=1, user_api="blas"):  # (see run.quiet_blas)
         while True:
             aset = ArmSet(make, arms)

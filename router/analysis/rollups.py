@@ -250,13 +250,7 @@ def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None) -> 
 
     store = ArchiveStore.open(job.uri)
 
-    def make() -> Accumulator:
-        acc = Accumulator(job.policy, job.outcomes, kind=job.kind, since=job.since,
-                          until=job.until, experiment=job.experiment,
-                          track_fields=job.track_fields)  # fmt: skip
-        acc.now = job.now
-        return acc
-
+    make = job.accumulator
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
             aset = ArmSet(make, arms)
