@@ -12,10 +12,8 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-import orjson
 from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator
@@ -345,7 +343,3 @@ def add_archive_section(report: dict[str, Any], src: Source, acc: Accumulator) -
         from router.analysis.archive_read import archive_section
 
         report["archive"] = archive_section(src, acc)
-
-
-def read_json(path: str) -> Any:
-    return orjson.loads(Path(path).read_bytes())

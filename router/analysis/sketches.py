@@ -164,14 +164,6 @@ class LogHistogram:
             return None
         return self._at_rank(min(math.ceil(q * n) - 1, n - 1) if q > 0 else 0)
 
-    def quantile_ci(self, q: float, alpha: float = 0.05) -> tuple[float | None, float | None]:
-        """The distribution-free interval of :func:`router.analysis.quantiles.quantile_interval`;
-        a side is None when its order statistic does not exist yet (not enough data)."""
-        from router.analysis.quantiles import quantile_interval  # scipy: report time only
-
-        qi = quantile_interval(self.n, q, alpha)
-        return self.bounds_at_ranks(qi.low, qi.high)
-
     def bounds_at_ranks(self, low: int, high: int) -> tuple[float | None, float | None]:
         """``[X_(low), X_(high)]`` (1-based order statistics) widened to their bins' edges, so
         the binning never narrows an interval; None for a rank outside ``1..n``."""
