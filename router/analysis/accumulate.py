@@ -272,20 +272,11 @@ class Accumulator:
         if unit_col.null_count() < n:
             self.units.add_exposures(unit_col, va, ts, gids[combo])
 
-        # the request join: every outcome row of these requests, by binary search
+        # the request join: every outcome row of these requests (records sorted by fingerprint)
         labels = np.full(n, np.nan)
-        left, right = self.outcomes.lookup(h, presorted=True)
-        cnt = right - left
-        hits = np.nonzero(cnt)[0]
-        if hits.size:
-            _h, o_met, o_val = self.outcomes.rows
-            counts = cnt[hits]
-            starts = np.repeat(left[hits], counts)
-            idx = starts + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            row_of = np.repeat(hits, counts)
-            mets = o_met[idx].astype(np.int64)
-            vals = o_val[idx]
-            self.joined_by_request += int(idx.size)
+        row_of, mets, vals = self.outcomes.join(h)
+        if row_of.size:
+            self.joined_by_request += int(row_of.size)
             lab_id = self.outcomes.metric_id(self.label_metric)
             if lab_id is not None:
                 sel = mets == lab_id

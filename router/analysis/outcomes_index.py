@@ -6,9 +6,13 @@ are deduplicated so a replayed or retried outcome counts once: on their ``id`` w
 one (``POST /outcomes`` gives every row one), else on ``(request_id, unit, metric, value,
 ts)``. Rows of other experiments are counted by name, not analysed.
 
-Rows are kept as polars frames while loading. Request-joined rows end up in flat sorted arrays
-(request-id fingerprint, metric index, value: 18 bytes a row), joined to a page of records with
-``numpy.searchsorted``; unit-joined rows stay a small frame. At most ``max_metrics`` distinct
+Rows are kept as polars frames while loading, with their identity (8 bytes a row); they are
+deduplicated once, when the index is first used, by one polars pass with the sort.
+Request-joined rows end up in flat sorted arrays (request-id fingerprint, metric index, value:
+18 bytes a row) with a directory of their fingerprints' top bits (2 bytes a row at most), joined
+to a page of records sorted by the same fingerprint (:meth:`OutcomeIndex.join`) in a few
+vectorised steps, not a binary search through the whole index per record; unit-joined rows stay
+a small frame. At most ``max_metrics`` distinct
 metric names are analysed; more is an error (:class:`TooManyMetrics`), not a silent cut.
 """
 
@@ -29,7 +33,6 @@ from router.analysis.frames import (
     parse_outcomes,
     rid_hash,
 )
-from router.analysis.sketches import IdSet
 from router.capture.outcomes import validate_outcome
 
 _COLS = ["id", "request_id", "unit", "metric", "value", "ts"]
@@ -64,8 +67,11 @@ class OutcomeIndex:
         self.other_experiments: Counter[str] = Counter()
         self._duplicates = 0
         self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
-        self._req: list[pl.DataFrame] = []  # h, m, v (18 bytes a row), deduplicated
-        self._req_ids = IdSet()  # the identities of the request-joined rows kept (8 bytes)
+        # ident, h, m, v (26 bytes a row) as added, deduplicated and sorted by _finalise into
+        # _sorted (h, m, v: 18 bytes a row) and _kept (the identities of its rows, 8 bytes)
+        self._req: list[pl.DataFrame] = []
+        self._sorted = pl.DataFrame(schema=_SORTED_SCHEMA)
+        self._kept: list[pl.Series] = []
         self._unit: list[pl.DataFrame] = []  # ident, unit, metric, value, ts
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
@@ -78,7 +84,7 @@ class OutcomeIndex:
         request-joined row, not the frames it was built from (and not sorted again there)."""
         self._finalise()
         state = self.__dict__.copy()
-        state.update(_rows=[], _req=[], _unit=[], _req_ids=IdSet(), _sealed=True)
+        state.update(_rows=[], _req=[], _unit=[], _sorted=None, _kept=[], _sealed=True)
         return state
 
     def _check_open(self) -> None:
@@ -200,23 +206,13 @@ class OutcomeIndex:
             for name in req["metric"].unique(maintain_order=True).to_list():
                 if name not in self._ids:
                     self._register(name)
-            part = req.select(
+            # deduplicated (the first occurrence of an identity kept) once, with the sort
+            self._req.append(req.select(
                 ident=ident,
                 h=rid_hash(pl.col("request_id")),
                 m=pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16),
                 v=pl.col("value"),
-            )
-            # deduplicated as they come (the first occurrence kept), against a set of the
-            # identities kept: no global pass over every row (and its copies) at the end
-            part = part.filter(pl.col("ident").is_first_distinct())
-            ids = part["ident"].to_numpy().view(np.int64)
-            new = ~self._req_ids.contains(ids)
-            if not new.all():
-                part = part.filter(new)
-                ids = ids[new]
-            self._req_ids.add_new(ids)
-            self._duplicates += req.height - part.height
-            self._req.append(part.drop("ident"))
+            ))  # fmt: skip
         units = df.filter(~by_req)
         if units.height:
             self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
@@ -239,14 +235,10 @@ class OutcomeIndex:
                 schema = {k: OUTCOME_SCHEMA[k] for k in _COLS}
                 self._ingest(pl.DataFrame(self._rows, schema=schema))
                 self._rows = []
-            parts = self._req or [pl.DataFrame(schema=_REQ_SCHEMA)]
-            req = pl.concat(parts) if len(parts) > 1 else parts[0]
             units = _dedupe(self._unit, _UNIT_SCHEMA)
             self._duplicates += sum(f.height for f in self._unit) - units.height
-            srt = req.sort("h", maintain_order=True)
-            del req  # (the unsorted copy: freed before the metric summary below)
-            # one sorted frame kept; the arrays below are views of it (no second copy)
-            self._req, self._unit = [srt], [units]
+            srt = self._sort_requests()
+            self._unit = [units]
             metrics: dict[str, dict[str, Any]] = {}
             binary = pl.col("v").is_in([0.0, 1.0]).all()
             for m, n, b in srt.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
@@ -260,8 +252,10 @@ class OutcomeIndex:
                 info = metrics.setdefault(name, {"n": 0, "binary": True})
                 info["n"] += int(n)
                 info["binary"] = info["binary"] and bool(b)
+            h = srt["h"].to_numpy()
             self._final = {
-                "rows": (srt["h"].to_numpy(), srt["m"].to_numpy(), srt["v"].to_numpy()),
+                "rows": (h, srt["m"].to_numpy(), srt["v"].to_numpy()),
+                "directory": _directory(h),
                 "by_unit": units.drop("ident"),
                 "metrics": metrics,
             }
@@ -280,6 +274,70 @@ class OutcomeIndex:
         right = np.empty(rid_hashes.size, dtype=np.int64)
         left[order], right[order] = _slices(h, rid_hashes[order])
         return left, right
+
+    def join(self, rid_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The outcome rows of requests with these fingerprints (sorted: a page of records):
+        ``(record, metric index, value)`` per joined row, by record, each record's rows in
+        the order they were added (the same rows and order as slicing :meth:`lookup`'s
+        ``[left, right)`` of each record in turn).
+
+        Each fingerprint starts at the first row of its directory bucket (a bucket holds a
+        few rows) and steps on while the rows are not past it: a few vectorised passes, each
+        over fewer fingerprints, instead of a binary search of the whole index per record
+        (stepping out of a bucket is harmless: the next one's rows are all past it)."""
+        final = self._finalise()
+        h, met, val = final["rows"]
+        n = h.size
+        bits, starts = final.get("directory") or (0, None)
+        if starts is None or starts[-1] != n:  # (an index without one: a snapshot)
+            bits, starts = _directory(h)
+        q = rid_hashes
+        if not n or not q.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        at = starts[_bucket(q, bits)].astype(np.int64)
+        np.minimum(at, n - 1, out=at)
+        idx = np.arange(q.size)
+        recs: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        while idx.size:
+            hv = h[at]
+            eq = hv == q
+            if eq.any():
+                recs.append(idx[eq])
+                pos.append(at[eq])
+            at += 1
+            go = (hv <= q) & (at < n)
+            if not go.all():
+                idx, at, q = idx[go], at[go], q[go]
+        if not recs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        row_of, where = (recs[0], pos[0]) if len(recs) == 1 else _by_record(recs, pos)
+        return row_of, met[where].astype(np.int64), val[where]
+
+    def _sort_requests(self) -> pl.DataFrame:
+        """The request-joined rows deduplicated (each identity's first occurrence, in the
+        order added) and sorted by fingerprint (stable: the rows of one request keep their
+        order): the rows added since the last call after those sorted then, which are
+        distinct, so they all stay. Duplicates are rare: one count of the distinct identities
+        finds there are none, and only then are they filtered out. The frames added are
+        sorted as they are (their chunks), not concatenated first."""
+        parts, self._req = self._req, []
+        if not parts:
+            return self._sorted
+        new = pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]
+        del parts
+        before = sum(s.len() for s in self._kept)
+        idents = pl.concat([*self._kept, new["ident"]], rechunk=False)
+        if idents.n_unique() < idents.len():
+            first = idents.is_first_distinct().slice(before)
+            self._duplicates += new.height - int(first.sum())
+            new = new.filter(first)
+        del idents
+        self._kept.append(new["ident"])
+        both = pl.concat([self._sorted, new.drop("ident")], rechunk=False)
+        del new
+        self._sorted = both.sort("h", maintain_order=True)
+        return self._sorted
 
     @property
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,11 +382,42 @@ class OutcomeIndex:
 
 
 _REQ_SCHEMA: dict[str, pl.DataType] = {
+    "ident": pl.UInt64(),
     "h": pl.Int64(),
     "m": pl.UInt16(),
     "v": pl.Float64(),
 }
+_SORTED_SCHEMA = {k: v for k, v in _REQ_SCHEMA.items() if k != "ident"}
 _UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
+
+
+DIRECTORY_ROWS = 2  # index rows per directory bucket, at least (about 2 to 4)
+
+
+def _directory(h: np.ndarray) -> tuple[int, np.ndarray]:
+    """The bucket directory of sorted fingerprints ``h``: ``(bits, starts)``, where the rows
+    whose top ``bits`` bits are bucket ``i`` (:func:`_bucket`) are ``h[starts[i]:starts[i+1]]``.
+    Fingerprints are uniform, so buckets hold :data:`DIRECTORY_ROWS` to twice that rows on
+    average; ``starts`` is 4 bytes a bucket (2 bytes an index row at most)."""
+    bits = max(1, min(32, int(h.size // DIRECTORY_ROWS).bit_length() - 1))
+    counts = np.bincount(_bucket(h, bits), minlength=(1 << bits) + 1)
+    starts = np.zeros((1 << bits) + 2, dtype=np.int32 if h.size < 2**31 else np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return bits, starts
+
+
+def _bucket(h: np.ndarray, bits: int) -> np.ndarray:
+    """The directory bucket of signed fingerprints: their top ``bits`` bits, ordered as the
+    fingerprints are (the sign bit flipped)."""
+    return (h >> (64 - bits)) + (1 << (bits - 1))
+
+
+def _by_record(recs: list[np.ndarray], pos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Joined rows found over several passes, by record (each record's rows were found in
+    index order, one a pass: a stable sort keeps that order)."""
+    row_of, where = np.concatenate(recs), np.concatenate(pos)
+    order = np.argsort(row_of, kind="stable")
+    return row_of[order], where[order]
 
 
 def _slices(h: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
