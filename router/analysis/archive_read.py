@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from router.analysis.frames import (
     OUTCOME_SCHEMA,
@@ -50,8 +51,8 @@ RECORD_COLUMNS = (
     "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
     "contract_repeat", "extra", "raw",
 )  # fmt: skip
-OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
-                   "value", "ts", "raw")  # fmt: skip
+# (the stream id only names a bad row or one kept whole: read again then, see _Ids)
+OUTCOME_COLUMNS = (*OUTCOME_SCHEMA, "raw")
 MAX_NAMED_FILES = 20
 MAX_NAMED_HOURS = 48
 
@@ -414,8 +415,9 @@ def load_archive_outcomes(
         except UnreadableFile as exc:
             return exc
 
+    ids = _Ids(store, since, before_ms)
     files = plan(store, "outcomes", experiment, since, last).files
-    batch: list[tuple[ArchiveFile, pa.Table]] = []
+    batch: list[tuple[ArchiveFile, pa.Table, pa.Array | None]] = []
     rows = 0
     with ThreadPoolExecutor(2, thread_name_prefix="archive-outcomes") as pool:
         for f, table in zip(files, _read_ahead(pool, read, files), strict=True):
@@ -424,23 +426,49 @@ def load_archive_outcomes(
                 continue
             coverage.outcome_files += 0 if unit_rows_only else 1
             raw = table.column("raw")
+            kept = None
             if raw.null_count < table.num_rows:  # entries kept whole: judged as lines
-                _index(oi, batch, experiment, unit_rows_only)
+                _index(oi, batch, experiment, ids, unit_rows_only)
                 batch, rows = [], 0
-                whole = table.filter(raw.is_valid())
-                table = table.filter(raw.is_null())
+                is_raw = raw.is_valid()
+                whole = table.filter(is_raw)
+                kept = pc.invert(is_raw)
+                table = table.filter(kept)
                 lines = [x.replace("\n", " ").encode() for x in whole.column("raw").to_pylist()]
-                chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
+                chunk = Chunk(b"\n".join(lines), names=ids.names(f, len(raw), is_raw),
                               label=f.path)  # fmt: skip
                 odf, obad = parse_outcomes(chunk.data)
                 oi.add_frame(odf, [(chunk.where(i), r) for i, r in obad], experiment,
                              unit_rows_only=unit_rows_only)  # fmt: skip
-            batch.append((f, table))
+            batch.append((f, table, kept))
             rows += table.num_rows
             if rows >= OUTCOME_BATCH_ROWS:
-                _index(oi, batch, experiment, unit_rows_only)
+                _index(oi, batch, experiment, ids, unit_rows_only)
                 batch, rows = [], 0
-    _index(oi, batch, experiment, unit_rows_only)
+    _index(oi, batch, experiment, ids, unit_rows_only)
+
+
+class _Ids:
+    """The stream ids of an outcome file's rows, read only to name some of them (a bad row, an
+    entry kept whole): the file is read again with the same window, so its rows are the same
+    and in the same order; should that fail (the file deleted meanwhile), rows are named by
+    their place in the file."""
+
+    def __init__(self, store: ArchiveStore, since: float | None, before_ms: int | None) -> None:
+        self.store, self.since, self.before_ms = store, since, before_ms
+
+    def names(self, f: ArchiveFile, n: int, rows: pa.Array | None = None) -> list[str]:
+        """The stream ids of ``f``'s ``n`` rows read (of those where ``rows`` is true)."""
+        try:
+            col = read_file(self.store, f, "outcomes", ["stream_id"], self.since, None,
+                            before_ms=self.before_ms).column("stream_id")  # fmt: skip
+        except UnreadableFile:
+            col = None
+        if col is None or len(col) != n:
+            col = pa.chunked_array([pa.array([f"row {i + 1}" for i in range(n)], pa.string())])
+        if rows is not None:
+            col = col.filter(rows)
+        return [str(x) for x in col.to_pylist()]
 
 
 OUTCOME_READ_AHEAD = 4  # outcome files read ahead of the indexing (bounds the tables held)
@@ -464,23 +492,26 @@ def _read_ahead(pool: Any, read: Callable[[ArchiveFile], Any],
         yield result
 
 
-def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table]], experiment: str,
-           unit_rows_only: bool = False) -> None:  # fmt: skip
-    """Check and index the outcome rows of several files at once (bad rows named by file)."""
+def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table, pa.Array | None]],
+           experiment: str, ids: _Ids, unit_rows_only: bool = False) -> None:  # fmt: skip
+    """Check and index the outcome rows of several files at once (bad rows named by file;
+    ``batch``: each file's table, and which of its rows the table holds when not all)."""
     if not batch:
         return
-    table = pa.concat_tables([t.select(list(OUTCOME_SCHEMA)) for _f, t in batch])
+    table = pa.concat_tables([t.select(list(OUTCOME_SCHEMA)) for _f, t, _k in batch])
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     valid, bad = check_outcome_frame(df.cast(OUTCOME_SCHEMA))  # type: ignore[arg-type]
     where: list[tuple[str, str]] = []
     if bad:
-        starts = np.cumsum([0] + [t.num_rows for _f, t in batch])
+        starts = np.cumsum([0] + [t.num_rows for _f, t, _k in batch])
+        names: dict[int, list[str]] = {}
         for i, reason in bad:
             k = int(np.searchsorted(starts, i, side="right")) - 1
-            f, t = batch[k]
-            where.append((f"{f.path} {t.column('stream_id')[i - int(starts[k])].as_py()}",
-                          reason))  # fmt: skip
+            f, _t, kept = batch[k]
+            if k not in names:
+                names[k] = ids.names(f, len(kept) if kept is not None else _t.num_rows, kept)
+            where.append((f"{f.path} {names[k][i - int(starts[k])]}", reason))
     oi.add_frame(valid, where, experiment, unit_rows_only=unit_rows_only)
 
 
