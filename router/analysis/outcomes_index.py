@@ -7,13 +7,15 @@ one (``POST /outcomes`` gives every row one), else on ``(request_id, unit, metri
 ts)``. Rows of other experiments are counted by name, not analysed.
 
 Rows are kept as polars frames while loading, with their identity (8 bytes a row); they are
-deduplicated once, when the index is first used, by one polars pass with the sort.
-Request-joined rows end up in flat sorted arrays (request-id fingerprint, metric index, value:
-18 bytes a row) with a directory of their fingerprints' top bits (2 bytes a row at most), joined
-to a page of records sorted by the same fingerprint (:meth:`OutcomeIndex.join`) in a few
-vectorised steps, not a binary search through the whole index per record; unit-joined rows stay
-a small frame. At most ``max_metrics`` distinct
-metric names are analysed; more is an error (:class:`TooManyMetrics`), not a silent cut.
+deduplicated once, when the index is first used (a count of the distinct identities; a filter
+only when there are duplicates), and sorted. Request-joined rows end up in flat sorted arrays
+(request-id fingerprint, metric index, value: 18 bytes a row) with a directory of their
+fingerprints' top bits (4 bytes a row at most), joined to a page of records sorted by the same
+fingerprint (:meth:`OutcomeIndex.join`) in a few vectorised steps, not a binary search through
+the whole index per record. The identities are kept until the first join (rows may be added
+until then), then freed: an index joined to records is read-only. Unit-joined rows stay a small
+frame. At most ``max_metrics`` distinct metric names are analysed; more is an error
+(:class:`TooManyMetrics`), not a silent cut.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class OutcomeIndex:
         self._ids: dict[str, int] = {}
         self._final: dict[str, Any] | None = None
         self._sealed = False  # a copy unpickled in a worker: the index only, read-only
+        self._joined = False  # joined to records: read-only, the identities freed (join)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to the processes and Dask workers of :mod:`router.analysis.distribute`)
@@ -90,6 +93,9 @@ class OutcomeIndex:
     def _check_open(self) -> None:
         if self._sealed:
             raise RuntimeError("an unpickled outcome index is read-only (rows cannot be added)")
+        if getattr(self, "_joined", False):
+            raise RuntimeError("outcome rows cannot be added to an index already joined to "
+                               "records (those joins would be stale)")  # fmt: skip
 
     # ------------------------------------------------------------------ loading
     def add_all(
@@ -286,6 +292,8 @@ class OutcomeIndex:
         over fewer fingerprints, instead of a binary search of the whole index per record
         (stepping out of a bucket is harmless: the next one's rows are all past it)."""
         final = self._finalise()
+        if not self._joined:  # (read-only from now on: the identities are not needed)
+            self._joined, self._kept = True, []
         h, met, val = final["rows"]
         n = h.size
         bits, starts = final.get("directory") or (0, None)
@@ -391,14 +399,14 @@ _SORTED_SCHEMA = {k: v for k, v in _REQ_SCHEMA.items() if k != "ident"}
 _UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
 
 
-DIRECTORY_ROWS = 2  # index rows per directory bucket, at least (about 2 to 4)
+DIRECTORY_ROWS = 1  # index rows per directory bucket, at least (about 1 to 2)
 
 
 def _directory(h: np.ndarray) -> tuple[int, np.ndarray]:
     """The bucket directory of sorted fingerprints ``h``: ``(bits, starts)``, where the rows
     whose top ``bits`` bits are bucket ``i`` (:func:`_bucket`) are ``h[starts[i]:starts[i+1]]``.
     Fingerprints are uniform, so buckets hold :data:`DIRECTORY_ROWS` to twice that rows on
-    average; ``starts`` is 4 bytes a bucket (2 bytes an index row at most)."""
+    average; ``starts`` is 4 bytes a bucket (4 bytes an index row at most)."""
     bits = max(1, min(32, int(h.size // DIRECTORY_ROWS).bit_length() - 1))
     counts = np.bincount(_bucket(h, bits), minlength=(1 << bits) + 1)
     starts = np.zeros((1 << bits) + 2, dtype=np.int32 if h.size < 2**31 else np.int64)
