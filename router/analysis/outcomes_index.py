@@ -259,9 +259,12 @@ class OutcomeIndex:
                 info["n"] += int(n)
                 info["binary"] = info["binary"] and bool(b)
             h = srt["h"].to_numpy()
+            runs = np.zeros(h.size, dtype=bool)  # the next row has the same fingerprint
+            np.equal(h[1:], h[:-1], out=runs[:-1])
             self._final = {
                 "rows": (h, srt["m"].to_numpy(), srt["v"].to_numpy()),
                 "directory": _directory(h),
+                "runs": runs if runs.any() else None,  # (1 byte a row, only when needed)
                 "by_unit": units.drop("ident"),
                 "metrics": metrics,
             }
@@ -307,14 +310,18 @@ class OutcomeIndex:
         idx = np.arange(q.size)
         recs: list[np.ndarray] = []
         pos: list[np.ndarray] = []
+        runs = final.get("runs")  # (None: no fingerprint has two rows; see _finalise)
         while idx.size:
             hv = h[at]
             eq = hv == q
+            go = hv < q
             if eq.any():
                 recs.append(idx[eq])
                 pos.append(at[eq])
+                if runs is not None:  # (on to the fingerprint's next row)
+                    go |= eq & runs[at]
             at += 1
-            go = (hv <= q) & (at < n)
+            go &= at < n
             if not go.all():
                 idx, at, q = idx[go], at[go], q[go]
         if not recs:

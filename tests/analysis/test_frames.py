@@ -124,6 +124,46 @@ def test_outcome_lookup_and_a_pickled_index() -> None:
         copy.add_all(outs[:1], "synth")
 
 
+def _join_by_lookup(oi: OutcomeIndex, q: np.ndarray) -> tuple[list[int], list[int], list[float]]:
+    """The request join as slices of :meth:`OutcomeIndex.lookup`, record by record."""
+    left, right = oi.lookup(q)
+    _h, met, val = oi.rows
+    rec = [i for i in range(q.size) for _ in range(int(right[i] - left[i]))]
+    at = [j for i in range(q.size) for j in range(int(left[i]), int(right[i]))]
+    return rec, met[at].tolist(), val[at].tolist()
+
+
+def test_the_join_equals_slicing_the_lookup() -> None:
+    """The directory join (OutcomeIndex.join) finds every outcome row of each record, several
+    rows of one request in the order they were added, duplicates (by id or by content) once;
+    fingerprints at the edges of the int64 range and of the directory's buckets included."""
+    rng = np.random.default_rng(14)
+    for trial in range(60):
+        oi = OutcomeIndex()
+        n = int(rng.integers(0, 400))
+        rids = [f"r{int(x)}" for x in rng.integers(0, max(1, n // 2), n)]  # (repeats: runs)
+        rows = []
+        for k, rid in enumerate(rids):
+            row = {"experiment": "e", "request_id": rid, "metric": ["a", "b"][k % 2],
+                   "value": float(rng.integers(0, 3)), "ts": 1.7e9 + k}  # fmt: skip
+            if k % 3 == 0:
+                row["id"] = f"id{k}"
+            rows.append(row)
+        oi.add_all(rows + rows[: n // 4], "e")  # (replays: deduplicated)
+        assert oi.duplicate_rows == n // 4
+        h = oi.rows[0]
+        extra = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max, 0, -1], np.int64)
+        pool = np.concatenate([h, h + 1, h - 1, extra, rng.integers(-(2**63), 2**63 - 1, 50)])
+        q = np.unique(rng.choice(pool, size=min(pool.size, 300), replace=False))
+        if trial % 2:
+            q = rng.permutation(q)  # (the join does not need sorted records)
+        rec, met, val = oi.join(q)
+        want = _join_by_lookup(oi, q)
+        assert (rec.tolist(), met.tolist(), val.tolist()) == want
+    with pytest.raises(RuntimeError, match="already joined"):
+        oi.add_all(rows[:1], "e")
+
+
 def test_chunks_keep_lines_whole(tmp_path: Path) -> None:
     lines = [orjson.dumps({"i": i, "pad": "x" * (i % 13)}) for i in range(200)]
     path = tmp_path / "f.jsonl"
