@@ -85,8 +85,9 @@ class OutcomeIndex:
         """Pickled (to the processes and Dask workers of :mod:`router.analysis.distribute`)
         as the finished index only: the sorted arrays and the unit-joined rows, 18 bytes a
         request-joined row, not the frames it was built from (and not sorted again there)."""
-        self._finalise()
+        final = self._finalise()
         state = self.__dict__.copy()
+        state["_final"] = dict(final, directory=None)  # (rebuilt at the first join: 10 ms)
         state.update(_rows=[], _req=[], _unit=[], _sorted=None, _kept=[], _sealed=True)
         return state
 
@@ -300,8 +301,8 @@ class OutcomeIndex:
         h, met, val = final["rows"]
         n = h.size
         bits, starts = final.get("directory") or (0, None)
-        if starts is None or starts[-1] != n:  # (an index without one: a snapshot)
-            bits, starts = _directory(h)
+        if starts is None or starts[-1] != n:  # (not pickled; a snapshot has none)
+            bits, starts = final["directory"] = _directory(h)
         q = rid_hashes
         if not n or not q.size:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
