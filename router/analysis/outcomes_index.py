@@ -87,7 +87,7 @@ class OutcomeIndex:
         request-joined row, not the frames it was built from (and not sorted again there)."""
         final = self._finalise()
         state = self.__dict__.copy()
-        state["_final"] = dict(final, directory=None)  # (rebuilt at the first join: 10 ms)
+        state["_final"] = dict(final, directory=None)  # (built at the first join there)
         state.update(_rows=[], _req=[], _unit=[], _sorted=None, _kept=[], _sealed=True)
         return state
 
@@ -264,7 +264,7 @@ class OutcomeIndex:
             np.equal(h[1:], h[:-1], out=runs[:-1])
             self._final = {
                 "rows": (h, srt["m"].to_numpy(), srt["v"].to_numpy()),
-                "directory": _directory(h),
+                "directory": None,  # (built at the first join: see join)
                 "runs": runs if runs.any() else None,  # (1 byte a row, only when needed)
                 "by_unit": units.drop("ident"),
                 "metrics": metrics,
@@ -301,7 +301,7 @@ class OutcomeIndex:
         h, met, val = final["rows"]
         n = h.size
         bits, starts = final.get("directory") or (0, None)
-        if starts is None or starts[-1] != n:  # (not pickled; a snapshot has none)
+        if starts is None or starts[-1] != n:  # (the first join; a snapshot has none)
             bits, starts = final["directory"] = _directory(h)
         q = rid_hashes
         if not n or not q.size:
