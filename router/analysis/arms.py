@@ -62,10 +62,10 @@ def page_arms(cols: pl.DataFrame) -> list[str]:
     """The challengers a page names (served, ``arm`` and ``shadows``): ``challenger`` first,
     then by name (a page is in request-id hash order, so first-seen order means nothing)."""
     # the distinct served variants and arms in one polars plan (a plan costs more than the
-    # work on a page of a two-arm stream, where each column holds one or two values)
+    # work on a page of a two-arm stream, where each column holds one or two values); in no
+    # particular order, as the names are sorted below
     served, armed = cols.select(
-        pl.col("vn").unique(maintain_order=True).implode(),
-        pl.col("arm").drop_nulls().unique(maintain_order=True).implode(),
+        pl.col("vn").unique().implode(), pl.col("arm").drop_nulls().unique().implode()
     ).row(0)
     names: list[str] = []
     for v in served:
