@@ -45,12 +45,13 @@ from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, rea
 from router.archive.store import ArchiveStore
 
 # (extra: the keys the archive schema does not know, A/B/n's among them; see record_frame)
+# (stored_at: read_file reads it itself when a window filters the rows)
 RECORD_COLUMNS = (
-    "stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit", "served",
+    "stream_id", "v", "experiment", "request_id", "ts", "unit", "served",
     "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
     "contract_repeat", "extra", "raw",
 )  # fmt: skip
-OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
+OUTCOME_COLUMNS = ("stream_id", "id", "experiment", "request_id", "unit", "metric",
                    "value", "ts", "raw")  # fmt: skip
 MAX_NAMED_FILES = 20
 MAX_NAMED_HOURS = 48
@@ -125,10 +126,12 @@ def _ranges(hours: list[Hour]) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------- records
-def _side_field(c: pl.Expr, name: str, dtype: Any) -> pl.Expr:
-    """One field of a side as the record schema reads it from a line."""
+def _side_field(c: pl.Expr, name: str, dtype: Any, text: bool = True) -> pl.Expr:
+    """One field of a side as the record schema reads it from a line (``text``: the side's
+    ``prediction_text`` is not null throughout)."""
     if name == "prediction":
-        pred = pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+        pred = (pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+                if text else c.struct.field("prediction"))  # fmt: skip
         return pred.cast(pl.Float64, strict=False) if dtype == pl.Float64 else pred
     if name == "usage":  # JSON text in the archive; the fields the schema reads from it
         assert isinstance(dtype, pl.Struct)
@@ -140,11 +143,11 @@ def _side_field(c: pl.Expr, name: str, dtype: Any) -> pl.Expr:
     return c.struct.field(name).cast(dtype)
 
 
-def _side(name: str, dtype: pl.DataType) -> pl.Expr:
+def _side(name: str, dtype: pl.DataType, text: bool = True) -> pl.Expr:
     """A side struct with the fields (and types) of the record schema's side ``dtype``."""
     assert isinstance(dtype, pl.Struct)
     c = pl.col(name)
-    fields = [_side_field(c, f.name, f.dtype).alias(f.name) for f in dtype.fields]
+    fields = [_side_field(c, f.name, f.dtype, text).alias(f.name) for f in dtype.fields]
     return pl.when(c.is_not_null()).then(pl.struct(fields)).alias(name)
 
 
@@ -172,26 +175,43 @@ _FROM_EXTRA = ("variant", "arm", "forced", "shadows", "mirror_skipped")
 def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Archive columns (:func:`columns_for` the schema) as the analyzer's record columns:
     those of ``schema`` (:func:`router.analysis.frames.record_schema`: numeric or text
-    predictions, the text kind's timing, captured fields), as a page of lines would hold."""
-    df = pl.from_arrow(table)
+    predictions, the text kind's timing, captured fields), as a page of lines would hold.
+    Columns null in every row (v2 columns of older files, the repeat side, ``extra``) are not
+    converted: their record columns are nulls of the record type, as converting them gives."""
+    n = table.num_rows
+    null = {name for name in table.column_names if table.column(name).null_count == n}
+    null.discard("request_id")  # (one column converted, for the height of an empty page)
+    keep = [c for c in table.column_names if c not in null and c not in ("stream_id", "raw")]
+    df = pl.from_arrow(table.select(keep))
     assert isinstance(df, pl.DataFrame)
-    seg, _texts = _segment_text(df)
+    seg, _texts = _segment_text(df) if "segment" in keep else (None, [])
     cols: list[pl.Expr] = []
     # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
-    extra = pl.col("extra") if "extra" in df.columns else pl.lit(None, pl.String)
+    extra = pl.col("extra") if "extra" in keep else None
     for name, dtype in schema.items():
-        if name == "segment":
+        source = "extra" if name in _FROM_EXTRA else name
+        if name == "segment" and seg is not None:
             cols.append(seg)
-        elif name in _FROM_EXTRA:
+        elif source not in keep:  # (null throughout, or not in the table)
+            cols.append(pl.lit(None, dtype).alias(name))
+        elif name in _FROM_EXTRA and extra is not None:
             got = extra.str.json_path_match(f"$.{name}")
             cols.append((got == "true" if dtype == pl.Boolean else got).alias(name))
-        elif isinstance(dtype, pl.Struct):  # (a side; v2 columns of files written before
-            cols.append(_side(name, dtype))  # are nulls, filled by read_file)
+        elif isinstance(dtype, pl.Struct):  # (a side; v2 fields of files written before
+            # are nulls, filled by read_file)
+            cols.append(_side(name, dtype, _any(table.column(name), "prediction_text")))
         elif name in ("contract", "contract_repeat"):
             cols.append(_contract(name))
         else:
             cols.append(pl.col(name).cast(dtype))
     return df.select(cols)
+
+
+def _any(col: pa.ChunkedArray, name: str) -> bool:
+    """Whether field ``name`` of a struct column holds a value in some row (rows whose struct
+    is null counted too: a needless yes only costs the reading of the field)."""
+    k = col.type.get_field_index(name)
+    return k >= 0 and any(chunk.field(k).null_count < len(chunk) for chunk in col.chunks)
 
 
 def columns_for(schema: dict[str, pl.DataType]) -> list[str]:
