@@ -157,7 +157,7 @@ def read_file(
             raise UnreadableFile(f.path, f"foreign schema: a {meta_kind.decode()} file among "
                                          f"the {kind}")  # fmt: skip
         want = schema_for(kind)
-        for name in columns:
+        for name in dict.fromkeys([*columns, "stream_id"]):  # (the rows' names: always)
             if name in have.names and not _compatible(have.field(name).type,
                                                       want.field(name).type):  # fmt: skip
                 raise UnreadableFile(f.path, f"foreign schema: column {name} is "
