@@ -8,7 +8,10 @@ Parquet, is truncated, or has a foreign schema (another kind, or a column of ano
 raises :class:`UnreadableFile` naming it and why, so a reader skips, counts and reports it.
 
 Files written before a column existed lack it: the column comes back as nulls (schema
-evolution only adds nullable columns, :mod:`router.archive.schema`).
+evolution only adds nullable columns, :mod:`router.archive.schema`). A column (or side field)
+that the row groups' statistics show null in every row is not decoded either: its nulls are
+made, the same as reading it would give; a window that holds the whole file (by the
+statistics of ``stored_at``) filters nothing.
 """
 
 from __future__ import annotations
