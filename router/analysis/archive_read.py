@@ -53,7 +53,7 @@ RECORD_COLUMNS = (
     "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
     "contract_repeat", "extra", "raw",
 )  # fmt: skip
-# (the stream id only names a bad row or one kept whole: read again then, see _Ids)
+# (the stream id only names a bad row or one kept whole: read again then, see _OutcomeIds)
 OUTCOME_COLUMNS = (*OUTCOME_SCHEMA, "raw")
 MAX_NAMED_FILES = 20
 MAX_NAMED_HOURS = 48
@@ -478,7 +478,7 @@ def load_archive_outcomes(
         except UnreadableFile as exc:
             return exc
 
-    ids = _Ids(store, since, before_ms)
+    ids = _OutcomeIds(store, since, before_ms)
     files = plan(store, "outcomes", experiment, since, last).files
     batch: list[tuple[ArchiveFile, pa.Table, pa.Array | None]] = []
     rows = 0
@@ -511,7 +511,7 @@ def load_archive_outcomes(
     _index(oi, batch, experiment, ids, unit_rows_only)
 
 
-class _Ids:
+class _OutcomeIds:
     """The stream ids of an outcome file's rows, read only to name some of them (a bad row, an
     entry kept whole): the file is read again with the same window, so its rows are the same
     and in the same order; should that fail (the file deleted meanwhile), rows are named by
@@ -556,7 +556,7 @@ def _read_ahead(pool: Any, read: Callable[[ArchiveFile], Any],
 
 
 def _index(oi: OutcomeIndex, batch: list[tuple[ArchiveFile, pa.Table, pa.Array | None]],
-           experiment: str, ids: _Ids, unit_rows_only: bool = False) -> None:  # fmt: skip
+           experiment: str, ids: _OutcomeIds, unit_rows_only: bool = False) -> None:  # fmt: skip
     """Check and index the outcome rows of several files at once (bad rows named by file;
     ``batch``: each file's table, and which of its rows the table holds when not all)."""
     if not batch:
