@@ -300,15 +300,15 @@ class IdSet:
         return word, mask
 
     def _mark(self, h: np.ndarray) -> None:
-        """Set the bits of the sorted ids ``h`` (their words ascend: OR-reduced per word)."""
+        """Set the bits of the sorted ids ``h`` (their words ascend: OR-reduced per word), a
+        block at a time (the temporaries of a whole run would be several times its size)."""
         assert self._words is not None
-        if not h.size:
-            return
-        word, mask = self._locate(h)
-        starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
-        if starts.size < word.size:
-            word, mask = word[starts], np.bitwise_or.reduceat(mask, starts)
-        self._words[word] |= mask
+        for i in range(0, h.size, _BLOCK):
+            word, mask = self._locate(h[i : i + _BLOCK])
+            starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            if starts.size < word.size:
+                word, mask = word[starts], np.bitwise_or.reduceat(mask, starts)
+            self._words[word] |= mask
 
     def _filter(self, need: int) -> np.ndarray:
         """The filter, (re)built from the runs when missing or when ``need`` ids outgrow it."""
@@ -320,10 +320,14 @@ class IdSet:
         return words
 
     def _maybe(self, h: np.ndarray) -> np.ndarray:
-        """Which of ``h`` may be held (all that are, and 1-3% of the others)."""
+        """Which of ``h`` may be held (all that are, and 1-3% of the others); a block at a
+        time, as :meth:`_mark`."""
         words = self._filter(self._held)
-        word, mask = self._locate(h)
-        return (words[word] & mask) == mask
+        out = np.empty(h.size, dtype=bool)
+        for i in range(0, h.size, _BLOCK):
+            word, mask = self._locate(h[i : i + _BLOCK])
+            np.equal(words[word] & mask, mask, out=out[i : i + _BLOCK])
+        return out
 
     # ------------------------------------------------------------ the set
     def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
@@ -413,6 +417,7 @@ class IdSet:
 
 _SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
 _ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
+_BLOCK = 1 << 16  # ids the filter takes at a time
 
 
 class LazyIdSet:

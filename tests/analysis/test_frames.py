@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from router.analysis import Policy, build_report
+from router.analysis import sketches
 from router.analysis import units as units_mod
 from router.analysis.accumulate import Accumulator
 from router.analysis.frames import prepare_records, record_schema
@@ -100,7 +101,7 @@ def test_idset_merges_count_the_ids_they_held_already() -> None:
     assert len(base) == len(ref) + 1 and base.repeats == repeats
 
 
-@pytest.mark.parametrize("cap", [IdSet.RUN_CAP, 700])
+@pytest.mark.parametrize("cap", [1 << 22, 700])
 def test_idset_filter_and_capped_runs_stay_exact(monkeypatch: pytest.MonkeyPatch,
                                                  cap: int) -> None:  # fmt: skip
     """Full-width fingerprints through the filter's growth, capped runs, merges and pickling:
@@ -108,6 +109,8 @@ def test_idset_filter_and_capped_runs_stay_exact(monkeypatch: pytest.MonkeyPatch
     import pickle
 
     monkeypatch.setattr(IdSet, "RUN_CAP", cap)
+    if cap < IdSet.RUN_CAP:
+        monkeypatch.setattr(sketches, "_BLOCK", 100)  # the filter's passes in blocks
     rng = np.random.default_rng(41)
     ids, ref = IdSet(), set()
     pool = rng.integers(-(2**63), 2**63 - 1, 30_000, dtype=np.int64)
