@@ -12,8 +12,7 @@ import orjson
 import polars as pl
 import pytest
 
-from router.analysis import Policy, build_report
-from router.analysis import sketches
+from router.analysis import Policy, build_report, sketches
 from router.analysis import units as units_mod
 from router.analysis.accumulate import Accumulator
 from router.analysis.frames import prepare_records, record_schema
