@@ -169,6 +169,10 @@ class Controller:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.cfg.check_interval_s)
+            try:  # records a CLI command committed during the last tick (a rollback that ended it)
+                await self.store.sync_mirror()
+            except Exception:
+                log.exception("%s: the audit mirror could not be brought up to date", self.exp)
             clean = True
             return state
         finally:

@@ -222,7 +222,9 @@ class PromotionStore:
                 raise LeaseLost(str(exc)) from None
             self.last_live = done.live
             if done.records:  # (file lock, write and fsync: off the event loop)
-                await asyncio.to_thread(self.sync_mirror_records, done.records)
+                wrote = await asyncio.to_thread(self.sync_mirror_records, done.records)
+                if not wrote:  # a gap: another writer's earlier record is not mirrored yet
+                    await self.sync_mirror()  # (filled from Redis, in order)
             return t, done.records
         raise ConflictError(f"{exp}: state changed {attempts} times while applying a transition")
 

@@ -101,6 +101,41 @@ async def test_store_commits_state_and_chained_audit_atomically(
         await r.aclose()
 
 
+async def test_mirror_has_no_gap_when_another_writer_mirrors_first(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two writers of one audit (a controller and a CLI command): A commits record 0 and is
+    slow to mirror it; B commits record 1 and mirrors first. The mirror must still end up
+    holding both, in order (B fills the gap from Redis), not just record 0."""
+    import threading
+
+    r = aioredis.Redis.from_url(redis_url)
+    a, b = PromotionStore(r, "exp", tmp_path), PromotionStore(r, "exp", tmp_path)
+    gate = threading.Event()
+    real = a.sync_mirror_records
+
+    def slow(records: list[dict[str, Any]]) -> int:
+        gate.wait(10)
+        return real(records)
+
+    a.sync_mirror_records = slow  # type: ignore[method-assign]
+    try:
+        first = asyncio.create_task(a.update(lambda cur: _start()))
+        deadline = time.monotonic() + 10
+        while len(await b.records()) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        verdict = {"action": "rollback", "reasons": ["bad"], "gates": []}
+        await b.update(lambda cur: machine.on_verdict(cur, verdict, now=1001.0))  # type: ignore[arg-type]
+        gate.set()
+        await first
+        recs = await b.records()
+        assert len(recs) == 2
+        assert b.mirror_records() == recs
+    finally:
+        gate.set()
+        await r.aclose()
+
+
 async def _cli(*args: str) -> tuple[int, str]:
     """Run ``router ARGS`` (it calls asyncio.run itself, so in a thread), capturing stdout."""
     import contextlib
