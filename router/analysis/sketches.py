@@ -417,7 +417,7 @@ class IdSet:
 
 _SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
 _ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
-_BLOCK = 1 << 16  # ids the filter takes at a time
+_BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache, never mmap-ed)
 
 
 class LazyIdSet:
