@@ -44,6 +44,11 @@ VARIANTS = ("champion", "challenger")
 MAX_CONFLICT_EXAMPLES = 5
 
 
+def _ints(s: pl.Series, null: int) -> np.ndarray:
+    """An integer column as numpy, nulls as ``null`` (without a polars plan when it has none)."""
+    return s.to_numpy() if not s.null_count() else s.fill_null(null).to_numpy()
+
+
 def infer_metric_specs(
     policy: Policy, outcomes: OutcomeIndex
 ) -> dict[str, tuple[MetricSpec, bool]]:
@@ -255,17 +260,10 @@ class Accumulator:
             m = va == v
             self.requests[v] += rows_v[v]
             self.errors[v] += int(np.count_nonzero(erra & m))
-            lv = lat[m & has_lat]
-            self.latency[v].add_array(lv)
-            self.latency_moments[v].add_array(lv)
-        status = np.where(
-            is0, cols["cs"].fill_null(-1).to_numpy(), cols["hs"].fill_null(-1).to_numpy()
-        )
-        cls_codes, cls_counts = np.unique(va * 100_000 + np.where(status >= 0, status // 100, -1),
-                                          return_counts=True)  # fmt: skip
-        for code, cnt in zip(cls_codes.tolist(), cls_counts.tolist(), strict=True):
-            v, c = divmod(code + 1, 100_000)
-            self.status_classes[v][f"{c - 1}xx" if c > 0 else "none"] += cnt
+            # (a take: a random boolean mask indexes ~3x slower; the histogram: below)
+            self.latency_moments[v].add_array(lat[np.flatnonzero(m & has_lat)])
+        status = np.where(is0, _ints(cols["cs"], -1), _ints(cols["hs"], -1))
+        self._count_status_classes(va, np.where(status >= 0, status // 100, -1))
 
         # units: exposures now, outcome values through the request join below
         unit_col = cols["unit"]
@@ -310,6 +308,9 @@ class Accumulator:
         hist = np.bincount(
             cv[has_lat] * LAT_BINS + lat_bin(lat[has_lat]), minlength=2 * nc * LAT_BINS
         ).reshape(nc, 2, LAT_BINS)
+        per_variant = hist.sum(axis=0)  # (the same bins summed over the segment combinations)
+        for v in (0, 1):
+            self.latency[v].counts += per_variant[v]
         for k, aggs in enumerate(seg_of):
             for agg in aggs:
                 for v in (0, 1):
@@ -337,7 +338,7 @@ class Accumulator:
             if has is None or pos is None:
                 continue
             npred = np.bincount(combo[has], minlength=nc)
-            npos = np.bincount(combo[pos], minlength=nc)
+            npos = np.bincount(combo[np.flatnonzero(pos)], minlength=nc)
             for k, aggs in enumerate(seg_of):
                 for agg in aggs:
                     agg.predictions[i] += int(npred[k])
@@ -352,6 +353,23 @@ class Accumulator:
         rin = (cols["r_in"] & cols["c_in"]).to_numpy()
         if rin.any():
             self._fold_noise(cols, np.nonzero(rin)[0], h, cl, ce, cp, cpf, combo, len(seg_of))
+
+    def _count_status_classes(self, va: np.ndarray, cls: np.ndarray) -> None:
+        """Status classes (``cls``: status // 100, -1 for none) per variant, in the order of
+        (variant, class). A ``bincount`` when the classes are few and small (HTTP statuses: a
+        sort of the page costs ~30x more), else a sort."""
+        top = int(cls.max()) if cls.size else 0
+        if 0 <= top < 1_000 and int(cls.min()) >= -1:
+            width = top + 2
+            counts = np.bincount(va * width + (cls + 1), minlength=2 * width)
+            for code in np.nonzero(counts)[0].tolist():
+                v, c = divmod(code, width)
+                self.status_classes[v][f"{c - 1}xx" if c > 0 else "none"] += int(counts[code])
+            return
+        cls_codes, cls_counts = np.unique(va * 100_000 + cls, return_counts=True)
+        for code, cnt in zip(cls_codes.tolist(), cls_counts.tolist(), strict=True):
+            v, c = divmod(code + 1, 100_000)
+            self.status_classes[v][f"{c - 1}xx" if c > 0 else "none"] += cnt
 
     def _fold_noise(
         self,

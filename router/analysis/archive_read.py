@@ -45,12 +45,14 @@ from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, rea
 from router.archive.store import ArchiveStore
 
 # (extra: the keys the archive schema does not know, A/B/n's among them; see record_frame)
+# (stored_at: read_file reads it itself when a window filters the rows)
+# (stream_id: read only when a row is named, see _Names)
 RECORD_COLUMNS = (
-    "stream_id", "stored_at", "v", "experiment", "request_id", "ts", "unit", "served",
+    "v", "experiment", "request_id", "ts", "unit", "served",
     "mirrored", "segment", "champion", "challenger", "contract", "champion_repeat",
     "contract_repeat", "extra", "raw",
 )  # fmt: skip
-OUTCOME_COLUMNS = ("stream_id", "stored_at", "id", "experiment", "request_id", "unit", "metric",
+OUTCOME_COLUMNS = ("stream_id", "id", "experiment", "request_id", "unit", "metric",
                    "value", "ts", "raw")  # fmt: skip
 MAX_NAMED_FILES = 20
 MAX_NAMED_HOURS = 48
@@ -125,10 +127,12 @@ def _ranges(hours: list[Hour]) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------- records
-def _side_field(c: pl.Expr, name: str, dtype: Any) -> pl.Expr:
-    """One field of a side as the record schema reads it from a line."""
+def _side_field(c: pl.Expr, name: str, dtype: Any, text: bool = True) -> pl.Expr:
+    """One field of a side as the record schema reads it from a line (``text``: the side's
+    ``prediction_text`` is not null throughout)."""
     if name == "prediction":
-        pred = pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+        pred = (pl.coalesce(c.struct.field("prediction_text"), c.struct.field("prediction"))
+                if text else c.struct.field("prediction"))  # fmt: skip
         return pred.cast(pl.Float64, strict=False) if dtype == pl.Float64 else pred
     if name == "usage":  # JSON text in the archive; the fields the schema reads from it
         assert isinstance(dtype, pl.Struct)
@@ -140,29 +144,30 @@ def _side_field(c: pl.Expr, name: str, dtype: Any) -> pl.Expr:
     return c.struct.field(name).cast(dtype)
 
 
-def _side(name: str, dtype: pl.DataType) -> pl.Expr:
+def _side(name: str, dtype: pl.DataType, text: bool = True) -> pl.Expr:
     """A side struct with the fields (and types) of the record schema's side ``dtype``."""
     assert isinstance(dtype, pl.Struct)
     c = pl.col(name)
-    fields = [_side_field(c, f.name, f.dtype).alias(f.name) for f in dtype.fields]
+    fields = [_side_field(c, f.name, f.dtype, text).alias(f.name) for f in dtype.fields]
     return pl.when(c.is_not_null()).then(pl.struct(fields)).alias(name)
 
 
 def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
     """The segment map as the JSON text a record's segment has in a line (key order kept),
-    through its distinct values; and those texts in first-seen order."""
-    distinct = df.select(pl.col("segment").unique(maintain_order=True)).to_series()
+    through its distinct values (by their hash); and those texts in first-seen order."""
+    hashed = df.select(pl.col("segment").hash(1)).to_series()
+    first = hashed.is_first_distinct()
+    distinct = df["segment"].filter(first)
     texts: list[str] = []
     hashes: list[int] = []
-    for value, h in zip(distinct.to_list(), distinct.hash(1).to_list(), strict=True):
+    for value, h in zip(distinct.to_list(), hashed.filter(first).to_list(), strict=True):
         if value is None:
             continue
         texts.append(orjson.dumps(dict(value)).decode())
         hashes.append(h)
     if not texts:
         return pl.lit(None, pl.String).alias("segment"), []
-    expr = pl.col("segment").hash(1).replace_strict(hashes, texts, default=None,
-                                                    return_dtype=pl.String)  # fmt: skip
+    expr = pl.lit(hashed.replace_strict(hashes, texts, default=None, return_dtype=pl.String))
     return pl.when(pl.col("segment").is_not_null()).then(expr).alias("segment"), texts
 
 
@@ -172,26 +177,43 @@ _FROM_EXTRA = ("variant", "arm", "forced", "shadows", "mirror_skipped")
 def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Archive columns (:func:`columns_for` the schema) as the analyzer's record columns:
     those of ``schema`` (:func:`router.analysis.frames.record_schema`: numeric or text
-    predictions, the text kind's timing, captured fields), as a page of lines would hold."""
-    df = pl.from_arrow(table)
+    predictions, the text kind's timing, captured fields), as a page of lines would hold.
+    Columns null in every row (v2 columns of older files, the repeat side, ``extra``) are not
+    converted: their record columns are nulls of the record type, as converting them gives."""
+    n = table.num_rows
+    null = {name for name in table.column_names if table.column(name).null_count == n}
+    null.discard("request_id")  # (one column converted, for the height of an empty page)
+    keep = [c for c in table.column_names if c not in null and c not in ("stream_id", "raw")]
+    df = pl.from_arrow(table.select(keep))
     assert isinstance(df, pl.DataFrame)
-    seg, _texts = _segment_text(df)
+    seg, _texts = _segment_text(df) if "segment" in keep else (None, [])
     cols: list[pl.Expr] = []
     # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
-    extra = pl.col("extra") if "extra" in df.columns else pl.lit(None, pl.String)
+    extra = pl.col("extra") if "extra" in keep else None
     for name, dtype in schema.items():
-        if name == "segment":
+        source = "extra" if name in _FROM_EXTRA else name
+        if name == "segment" and seg is not None:
             cols.append(seg)
-        elif name in _FROM_EXTRA:
+        elif source not in keep:  # (null throughout, or not in the table)
+            cols.append(pl.lit(None, dtype).alias(name))
+        elif name in _FROM_EXTRA and extra is not None:
             got = extra.str.json_path_match(f"$.{name}")
             cols.append((got == "true" if dtype == pl.Boolean else got).alias(name))
-        elif isinstance(dtype, pl.Struct):  # (a side; v2 columns of files written before
-            cols.append(_side(name, dtype))  # are nulls, filled by read_file)
+        elif isinstance(dtype, pl.Struct):  # (a side; v2 fields of files written before
+            # are nulls, filled by read_file)
+            cols.append(_side(name, dtype, _any(table.column(name), "prediction_text")))
         elif name in ("contract", "contract_repeat"):
             cols.append(_contract(name))
         else:
             cols.append(pl.col(name).cast(dtype))
     return df.select(cols)
+
+
+def _any(col: pa.ChunkedArray, name: str) -> bool:
+    """Whether field ``name`` of a struct column holds a value in some row (rows whose struct
+    is null counted too: a needless yes only costs the reading of the field)."""
+    k = col.type.get_field_index(name)
+    return k >= 0 and any(chunk.field(k).null_count < len(chunk) for chunk in col.chunks)
 
 
 def columns_for(schema: dict[str, pl.DataType]) -> list[str]:
@@ -244,13 +266,13 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
     folded as the files one after the other would be) with the columns of the record
     ``schema``; unreadable files are named in ``skipped``."""
     group = f if isinstance(f, list) else [f]
-    tables: list[tuple[ArchiveFile, pa.Table]] = []
+    tables: list[tuple[_Ids, pa.Table]] = []
     skipped: list[tuple[str, str]] = []
     for one in group:
         try:
-            tables.append((one, read_file(store, one, "pairs", columns_for(schema), since,
-                                          until, before_ms=before_ms,
-                                          leaves=leaves_for(schema))))  # fmt: skip
+            tables.append((_Ids(store, one, since, until, before_ms),
+                           read_file(store, one, "pairs", columns_for(schema), since, until,
+                                     before_ms=before_ms, leaves=leaves_for(schema))))  # fmt: skip
         except UnreadableFile as exc:
             skipped.append((exc.path, exc.reason))
     if not tables:
@@ -260,13 +282,13 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
         page = prepare_frame(record_frame(table, schema), _Names(tables), "", now)
     else:  # (entries kept whole: each file's page in turn, its lines after its rows)
         page = _table_page(*tables[0], schema, now)
-        for one, t in tables[1:]:
-            page = _concat(page, _table_page(one, t, schema, now))
+        for ids, t in tables[1:]:
+            page = _concat(page, _table_page(ids, t, schema, now))
     page.skipped = skipped
     return page
 
 
-def _table_page(f: ArchiveFile, table: pa.Table, schema: dict[str, pl.DataType],
+def _table_page(ids: _Ids, table: pa.Table, schema: dict[str, pl.DataType],
                 now: float) -> Page:  # fmt: skip
     raw = table.column("raw")
     bad_page: Page | None = None
@@ -275,11 +297,13 @@ def _table_page(f: ArchiveFile, table: pa.Table, schema: dict[str, pl.DataType],
         whole = table.filter(is_raw)
         table = table.filter(raw.is_null())
         lines = [line.replace("\n", " ").encode() for line in whole.column("raw").to_pylist()]
-        chunk = Chunk(b"\n".join(lines), names=whole.column("stream_id").to_pylist(),
-                      label=f.path)  # fmt: skip
+        got = ids.of(is_raw)
+        names = got.to_pylist() if got is not None else ["?"] * len(lines)
+        chunk = Chunk(b"\n".join(lines), names=names, label=ids.f.path)
         bad_page = prepare_records(chunk, schema, now)
+        ids = ids.only(raw.is_null())
     df = record_frame(table, schema)
-    page = prepare_frame(df, _Names([(f, table)]), "", now)
+    page = prepare_frame(df, _Names([(ids, table)]), "", now)
     if bad_page is not None:
         if bad_page.cols.height:  # (a raw line that turned out valid: fold it too)
             page = _concat(page, bad_page)
@@ -288,21 +312,60 @@ def _table_page(f: ArchiveFile, table: pa.Table, schema: dict[str, pl.DataType],
     return page
 
 
+class _Ids:
+    """The stream ids of the rows :func:`read_file` returns for a file, read (the same rows)
+    only when asked for: they name invalid rows, which are rare, and are a tenth of the
+    decoding of a file otherwise (a file deleted meanwhile: its rows are named ``?``)."""
+
+    def __init__(self, store: ArchiveStore, f: ArchiveFile, since: float | None,
+                 until: float | None, before_ms: int | None,
+                 mask: pa.ChunkedArray | None = None) -> None:  # fmt: skip
+        self.store, self.f, self.window, self.mask = store, f, (since, until, before_ms), mask
+        self._ids: pa.ChunkedArray | None = None
+        self._read = False
+
+    def only(self, mask: pa.ChunkedArray) -> _Ids:
+        """The ids of the rows of ``mask`` (of this file's rows)."""
+        out = _Ids(self.store, self.f, *self.window, mask=mask)
+        if self._read:
+            out._read, out._ids = True, self.of(mask)
+        return out
+
+    def of(self, mask: pa.ChunkedArray | None = None) -> pa.ChunkedArray | None:
+        """The ids (of the rows of ``mask``); None when the file cannot be read again."""
+        if not self._read:
+            self._read = True
+            since, until, before_ms = self.window
+            try:
+                ids = read_file(self.store, self.f, "pairs", ["stream_id"], since, until,
+                                before_ms=before_ms).column("stream_id")  # fmt: skip
+            except UnreadableFile:
+                ids = None
+            if ids is not None and self.mask is not None:
+                ids = ids.filter(self.mask)
+            self._ids = ids
+        if self._ids is None:
+            return None
+        return self._ids.filter(mask) if mask is not None else self._ids
+
+
 class _Names(Sequence[str]):
     """``"<file> <stream id>"`` of the rows of tables read one after the other, read only
     when a row is named."""
 
-    def __init__(self, tables: list[tuple[ArchiveFile, pa.Table]]) -> None:
-        self._parts = [(f.path, t.column("stream_id")) for f, t in tables]
-        self._starts = np.cumsum([0] + [len(c) for _p, c in self._parts])
+    def __init__(self, tables: list[tuple[_Ids, pa.Table]]) -> None:
+        self._parts = [(ids, t.num_rows) for ids, t in tables]
+        self._starts = np.cumsum([0] + [n for _ids, n in self._parts])
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
     def _one(self, i: int) -> str:
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
-        path, col = self._parts[k]
-        return f"{path} {col[i - int(self._starts[k])].as_py()}"
+        ids, n = self._parts[k]
+        col = ids.of()
+        j = i - int(self._starts[k])
+        return f"{ids.f.path} {col[j].as_py() if col is not None and len(col) == n else '?'}"
 
     @overload
     def __getitem__(self, i: int) -> str: ...

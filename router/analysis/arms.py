@@ -61,20 +61,24 @@ def _quoted(name: str) -> str:
 def page_arms(cols: pl.DataFrame) -> list[str]:
     """The challengers a page names (served, ``arm`` and ``shadows``): ``challenger`` first,
     then by name (a page is in request-id hash order, so first-seen order means nothing)."""
+    # the distinct served variants and arms in one polars plan (a plan costs more than the
+    # work on a page of a two-arm stream, where each column holds one or two values); in no
+    # particular order, as the names are sorted below
+    served, armed = cols.select(
+        pl.col("vn").unique().implode(), pl.col("arm").drop_nulls().unique().implode()
+    ).row(0)
     names: list[str] = []
-    for v in cols["vn"].unique(maintain_order=True).to_list():
+    for v in served:
         if v not in (None, "champion", DEFAULT_ARM) and v not in names:
             names.append(v)
-    for v in cols["arm"].drop_nulls().unique(maintain_order=True).to_list():
+    for v in armed:
         if v not in names and v != DEFAULT_ARM:
             names.append(v)
     if cols["shadows"].null_count() < cols.height:
         for name in _shadow_names(cols["shadows"].drop_nulls()):
             if name not in names:
                 names.append(name)
-    involved_default = bool(
-        ((cols["vn"] == DEFAULT_ARM) | (cols["arm"] == DEFAULT_ARM)).fill_null(False).any()
-    )
+    involved_default = DEFAULT_ARM in served or DEFAULT_ARM in armed
     return ([DEFAULT_ARM] if involved_default else []) + sorted(names)
 
 

@@ -34,22 +34,28 @@ class CbpeSums:
 
     def add(self, p: np.ndarray, labels: np.ndarray, threshold: float) -> None:
         """Scores ``p`` (NaN: none) and their labels (NaN: not labelled), aligned."""
-        ok = np.isfinite(p) & (p >= 0) & (p <= 1)
-        if not ok.any():
+        ok = (p >= 0) & (p <= 1)  # (False for NaN; ±inf are outside)
+        if ok.all():
+            pp, lab = p, labels
+        elif ok.any():
+            pp, lab = p[ok], labels[ok]
+        else:
             return
-        pp, lab = p[ok], labels[ok]
         pos = pp >= threshold
         q = np.where(pos, pp, 1.0 - pp)
+        qv = q * (1.0 - q)
         self.n += int(q.size)
         self.q += float(q.sum())
-        self.qv += float((q * (1.0 - q)).sum())
+        self.qv += float(qv.sum())
         has = np.isfinite(lab)
         if has.any():
-            ql = q[has]
-            self.n_lab += int(ql.size)
-            self.q_lab += float(ql.sum())
-            self.qv_lab += float((ql * (1.0 - ql)).sum())
-            self.correct_lab += int(np.count_nonzero(pos[has] == (lab[has] >= 0.5)))
+            sel = np.flatnonzero(has)  # (a take: a random boolean mask indexes ~3x slower)
+            self.n_lab += int(sel.size)
+            self.q_lab += float(q[sel].sum())
+            self.qv_lab += float(qv[sel].sum())
+            # right: predicted positive and labelled >= 0.5, or negative and below (NaN: neither)
+            right = np.where(pos, lab >= 0.5, lab < 0.5) & has
+            self.correct_lab += int(np.count_nonzero(right))
 
     def merge(self, o: CbpeSums) -> None:
         self.n += o.n

@@ -362,7 +362,9 @@ def page_of(
 ) -> Page:
     """The :class:`Page` of valid records ``df`` (``segments``: its distinct segment texts in
     first-seen order, when known)."""
-    cols = record_columns(df).sort("h", maintain_order=True)
+    # (one thread: the pages are prepared two at a time already, and polars' own threads
+    # cost a fifth more CPU here for no gain)
+    cols = record_columns(df).sort("h", maintain_order=True, multithreaded=False)
     if segments is None:
         segments = df["segment"].drop_nulls().unique(maintain_order=True).to_list()
     code = pl.col("seg").replace_strict(

@@ -150,18 +150,23 @@ class PairAggregates:
         """Mirrored pairs (rows ``pr`` of the page): paired latency and errors, the response
         contract, divergence, label-joined quality, per segment."""
         self.pairs += int(pr.size)
-        a, b = cl[pr], hl[pr]
+        rows = _Rows(pr, cl.size)
+        a, b = rows(cl), rows(hl)
         both = np.isfinite(a) & np.isfinite(b)
         self.latency[0].add_array(a[both])
         self.latency[1].add_array(b[both])
         self.latency_diff.add_array(b[both] - a[both])
-        cea, hea = ce[pr], he[pr]
+        cea, hea = rows(ce), rows(he)
         for i in (0, 1):
             for j in (0, 1):
                 self.errors[i, j] += int(np.count_nonzero((cea == bool(i)) & (hea == bool(j))))
         ok = ~cea & ~hea
         self.comparable += int(np.count_nonzero(ok))
-        for text in cols["contract"].gather(pr[ok]).drop_nulls().to_list():
+        contract = cols["contract"]
+        texts = [] if contract.null_count() == contract.len() else (
+            contract.gather(pr[ok]).drop_nulls().to_list()
+        )  # fmt: skip
+        for text in texts:
             ct = orjson.loads(text)
             if not isinstance(ct, dict):
                 continue
@@ -170,8 +175,8 @@ class PairAggregates:
                 if isinstance(paths, list):
                     for path in paths:
                         self.contract[(change, str(path))] += 1
-        pcombo = combo[pr]
-        labels = labels_all[pr]
+        pcombo = rows(combo)
+        labels = rows(labels_all)
         if self.kind == "text":
             self._add_text(cols, pr[ok], h, combo, seg_of, cp, hp)
             return
@@ -184,8 +189,8 @@ class PairAggregates:
                     seg_of[int(pcombo[idx])],
                 )  # fmt: skip
             return
-        ph = h[pr]
-        x_all, y_all = cpf[pr], hpf[pr]
+        ph = rows(h)
+        x_all, y_all = rows(cpf), rows(hpf)
         valid = ok & np.isfinite(x_all) & np.isfinite(y_all)
         x, y = x_all[valid], y_all[valid]
         if not x.size:
@@ -201,7 +206,7 @@ class PairAggregates:
         for i, t in enumerate(self.thresholds):
             self.flips[i] += int(np.count_nonzero((x >= t) != (y >= t)))
         vidx = np.nonzero(valid)[0]
-        self.sample.add_batch(ph[vidx], np.column_stack([x, y]))
+        self.sample.add_columns(ph[vidx], [x, y])
         nc = len(seg_of)
         sc = pcombo[valid]
         npairs = np.bincount(sc, minlength=nc)
@@ -221,7 +226,8 @@ class PairAggregates:
         has = np.isfinite(lab_all)
         if not has.any():
             return
-        x, y, lab, sc = x[has], y[has], lab_all[has], sc[has]
+        sel = np.flatnonzero(has)  # (a take: a random boolean mask indexes ~3x slower)
+        x, y, lab, sc = x[sel], y[sel], lab_all[sel], sc[sel]
         q = self.quality
         if self.kind == "score":
             yl = lab >= 0.5
@@ -238,8 +244,8 @@ class PairAggregates:
             q.with_loss += int(l0.size)
             q.brier[0] += float(((x - ylf) ** 2).sum())
             q.brier[1] += float(((y - ylf) ** 2).sum())
-            hidx = vidx[has]
-            self.labelled_sample.add_batch(ph[hidx], np.column_stack([ylf, x, y]))
+            hidx = vidx[sel]
+            self.labelled_sample.add_columns(ph[hidx], [ylf, x, y])
         else:  # value: squared and absolute errors against the label
             e0, e1 = (x - lab) ** 2, (y - lab) ** 2
             q.loss[0] += float(e0.sum())
@@ -361,6 +367,18 @@ class PairAggregates:
         self.quality.merge(o.quality)
         self.labelled_sample.merge(o.labelled_sample)
         self.text.merge(o.text)
+
+
+class _Rows:
+    """Rows ``pr`` of a page's columns: a copy of those rows, or the column itself when every
+    row is a pair (a fully mirrored stream), which saves a gather per column."""
+
+    def __init__(self, pr: np.ndarray, n: int) -> None:
+        self.pr = pr
+        self.some = pr.size != n  # (pr is sorted and unique: all rows iff n of them)
+
+    def __call__(self, col: np.ndarray) -> np.ndarray:
+        return col[self.pr] if self.some else col
 
 
 def _logloss_arr(p: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -195,33 +196,77 @@ class HashSample:
     def __init__(self, k: int, width: int) -> None:
         self.k = k
         self.width = width
-        self.hashes = np.zeros(0, dtype=np.int64)
-        self.rows = np.zeros((0, width), dtype=float)
+        self._h = np.zeros(0, dtype=np.int64)
+        self._r = np.zeros((0, width), dtype=float)
+        # rows offered since the last concatenation, in order: offers append here, and the
+        # held rows are concatenated when next read or trimmed (not once per page: a page
+        # offers a few rows once the sample is full, and the sample is k to 2k rows)
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._size = 0  # rows held, pending parts included
+        self._max = 0  # the largest hash held (when _size)
         self.seen = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "hashes" in state:  # pickled before the pending parts (a stored rollup)
+            state["_h"], state["_r"] = state.pop("hashes"), state.pop("rows")
+            state["_parts"], state["_size"] = [], int(state["_h"].size)
+            state["_max"] = int(state["_h"].max()) if state["_h"].size else 0
+        self.__dict__.update(state)
+
+    @property
+    def hashes(self) -> np.ndarray:
+        self._join()
+        return self._h
+
+    @property
+    def rows(self) -> np.ndarray:
+        self._join()
+        return self._r
+
+    def _join(self) -> None:
+        if self._parts:
+            self._h = np.concatenate([self._h, *(h for h, _ in self._parts)])
+            self._r = np.concatenate([self._r, *(r for _, r in self._parts)])
+            self._parts = []
 
     def add_batch(self, hashes: np.ndarray, rows: np.ndarray) -> None:
         self.seen += int(hashes.size)
         if hashes.size:
             self._offer(hashes.astype(np.int64), rows.reshape(hashes.size, self.width))
 
+    def add_columns(self, hashes: np.ndarray, columns: list[np.ndarray]) -> None:
+        """:meth:`add_batch` of the rows whose values are ``columns`` (aligned with
+        ``hashes``): once the sample is full only rows that can enter it are stacked."""
+        self.seen += int(hashes.size)
+        if self._size >= self.k and hashes.size:
+            keep = hashes <= self._max
+            if not keep.all():
+                hashes, columns = hashes[keep], [c[keep] for c in columns]
+        if hashes.size:
+            self._offer(hashes.astype(np.int64), np.column_stack(columns))
+
     def _offer(self, h: np.ndarray, rows: np.ndarray) -> None:
-        if self.hashes.size >= self.k:
-            keep = h <= self.hashes.max()
+        if self._size >= self.k:
+            keep = h <= self._max
             h, rows = h[keep], rows[keep]
         if not h.size:
             return
-        self.hashes = np.concatenate([self.hashes, h])
-        self.rows = np.concatenate([self.rows, rows])
-        if self.hashes.size > 2 * self.k:  # trim lazily: amortised O(1) sorts per row
+        top = int(h.max())
+        self._max = top if not self._size else max(self._max, top)
+        self._parts.append((h, rows))
+        self._size += int(h.size)
+        if self._size > 2 * self.k:  # trim lazily: amortised O(1) sorts per row
             self._trim()
 
     def _trim(self) -> None:
-        if self.hashes.size > self.k:
-            keep = np.argpartition(self.hashes, self.k - 1)[: self.k]
-            kth = self.hashes[keep].max()
-            if np.count_nonzero(self.hashes <= kth) > self.k:  # a tie at the cut: total order
+        self._join()
+        if self._h.size > self.k:
+            keep = np.argpartition(self._h, self.k - 1)[: self.k]
+            kth = self._h[keep].max()
+            if np.count_nonzero(self._h <= kth) > self.k:  # a tie at the cut: total order
                 keep = self._order()[: self.k]
-            self.hashes, self.rows = self.hashes[keep], self.rows[keep]
+            self._h, self._r = self._h[keep], self._r[keep]
+            self._size, self._max = self.k, int(kth)
 
     def _order(self) -> np.ndarray:
         keys = [self.rows[:, j] for j in range(self.width - 1, -1, -1)] + [self.hashes]

@@ -101,7 +101,9 @@ class UnitTable:
                 "combo": combo.astype(np.int64),
                 "requests": np.ones(len(unit), dtype=np.int64),
             }
-        ).filter(pl.col("unit").is_not_null())
+        )
+        if unit.null_count():
+            df = df.filter(pl.col("unit").is_not_null())
         self._exposures.add(df)  # reduced with the others when they outgrow the table
 
     def add_metrics(self, unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> None:

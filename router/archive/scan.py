@@ -8,7 +8,10 @@ Parquet, is truncated, or has a foreign schema (another kind, or a column of ano
 raises :class:`UnreadableFile` naming it and why, so a reader skips, counts and reports it.
 
 Files written before a column existed lack it: the column comes back as nulls (schema
-evolution only adds nullable columns, :mod:`router.archive.schema`).
+evolution only adds nullable columns, :mod:`router.archive.schema`). A column (or side field)
+that the row groups' statistics show null in every row is not decoded either: its nulls are
+made, the same as reading it would give; a window that holds the whole file (by the
+statistics of ``stored_at``) filters nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from router.archive.layout import Hour, PartName, experiment_dir
 from router.archive.schema import META_KIND, schema_for
@@ -150,13 +154,13 @@ def read_file(
     never decoded)."""
     try:
         pf = store.parquet(f.path)
-        meta_kind = (pf.schema_arrow.metadata or {}).get(META_KIND)
+        have = pf.schema_arrow  # (converted from the Parquet schema at each call: once)
+        meta_kind = (have.metadata or {}).get(META_KIND)
         if meta_kind is not None and meta_kind.decode() != kind:
             raise UnreadableFile(f.path, f"foreign schema: a {meta_kind.decode()} file among "
                                          f"the {kind}")  # fmt: skip
-        have = pf.schema_arrow
         want = schema_for(kind)
-        for name in columns:
+        for name in dict.fromkeys([*columns, "stream_id"]):  # (the rows' names: always)
             if name in have.names and not _compatible(have.field(name).type,
                                                       want.field(name).type):  # fmt: skip
                 raise UnreadableFile(f.path, f"foreign schema: column {name} is "
@@ -167,9 +171,15 @@ def read_file(
             raise UnreadableFile(f.path, "foreign schema: no stream_id column (not written "
                                          "by router archive)")  # fmt: skip
         present = [c for c in columns if c in have.names]
-        if "stored_at" not in present and (since, until, before_ms) != (None, None, None):
+        window = (since, until, before_ms) != (None, None, None)
+        if window and _inside(pf, have, since, until, before_ms):
+            window = False  # (every row is: no filter, stored_at read only when asked for)
+        if "stored_at" not in present and window:
             present.append("stored_at")
-        table = pf.read(columns=_leaf_paths(have, present, leaves))
+        paths, later = _read_plan(pf, have, present, leaves)
+        table = pf.read(columns=paths, use_threads=False)
+        if later:
+            table = _read_later(pf, table, later)
     except UnreadableFile:
         raise
     except FileNotFoundError:
@@ -177,7 +187,7 @@ def read_file(
     except (StoreError, pa.ArrowException, OSError) as exc:
         reason = str(exc).split(": not a readable Parquet file: ", 1)[-1]
         raise UnreadableFile(f.path, f"unreadable ({reason})") from None
-    if (since, until, before_ms) != (None, None, None):
+    if window:
         stored = pc.cast(table.column("stored_at"), pa.int64())  # ms
         inside = pc.is_valid(stored)
         if since is not None:
@@ -190,19 +200,141 @@ def read_file(
     return _project(table, kind, columns, leaves)
 
 
-def _leaf_paths(have: pa.Schema, present: list[str],
-                leaves: Mapping[str, Sequence[str]] | None) -> list[str]:  # fmt: skip
+# ---------------------------------------------------------------------- statistics
+# A file's column chunk statistics say when a column holds nothing but nulls (the v2 columns
+# of a v1 record, the repeat side when no repeat was sampled, ``raw`` when every entry fit the
+# columns): such a column is not decoded, its nulls are made instead (:func:`_project`), which
+# is exactly what reading it would return. A file without statistics (another writer, or
+# statistics switched off) is read whole, as before.
+
+
+_LAYOUTS: dict[tuple[bytes, int], dict[str, tuple[list[int], bool]]] = {}
+
+
+def _leaf_map(pf: pq.ParquetFile) -> dict[str, tuple[list[int], bool]]:
+    """Of each top-level column and each field of a struct (``name``, ``name.field``), the
+    indices of its Parquet leaf columns and whether any is repeated (in a list or a map);
+    worked out once per Arrow schema the files were written with."""
+    md = pf.metadata
+    arrow = (md.metadata or {}).get(b"ARROW:schema")
+    key = (arrow, md.num_columns) if arrow is not None else None
+    out = _LAYOUTS.get(key) if key is not None else None
+    if out is not None:
+        return out
+    out = {}
+    ps = md.schema
+    for j in range(md.num_columns):
+        col = ps.column(j)
+        parts = col.path.split(".")
+        for path in dict.fromkeys((parts[0], ".".join(parts[:2]))):
+            idx, rep = out.get(path, ([], False))
+            out[path] = ([*idx, j], rep or col.max_repetition_level > 0)
+    if key is not None and len(_LAYOUTS) < 64:  # (a few archiver versions)
+        _LAYOUTS[key] = out
+    return out
+
+
+class _Stats:
+    """Which columns of a file are null in every row, by its row groups' statistics."""
+
+    def __init__(self, pf: pq.ParquetFile) -> None:
+        md = pf.metadata
+        self.leaves = _leaf_map(pf)
+        self.groups = [md.row_group(i) for i in range(md.num_row_groups)]
+
+    def null(self, path: str) -> tuple[bool, bool]:
+        """Whether every value of every leaf of ``path`` is null (as far as the statistics
+        tell: False when some row group has none), and whether a leaf is repeated (then a
+        null-count equal to the rows does not mean null values: an empty list has none)."""
+        idx, repeated = self.leaves.get(path, ([], False))
+        if not idx:
+            return False, repeated
+        for rg in self.groups:
+            n = rg.num_rows
+            for j in idx:
+                st = rg.column(j).statistics
+                if st is None or not st.has_null_count or st.null_count != n:
+                    return False, repeated
+        return True, repeated
+
+
+def _read_plan(pf: pq.ParquetFile, have: pa.Schema, present: list[str],
+               leaves: Mapping[str, Sequence[str]] | None,
+               ) -> tuple[list[str], dict[str, list[str]]]:  # fmt: skip
     """The column paths to read: ``struct.field`` for the wanted fields of a struct column of
-    ``leaves`` that the file has (the whole column when it has none of them)."""
-    if not leaves:
-        return present
+    ``leaves`` that the file has (the whole column when it has none of them), except those
+    the statistics show are null throughout; and, of a struct column read through one field
+    only because all its fields may be null, the fields still to read when the struct itself
+    is not null in every row (:func:`_read_later`)."""
+    stats = _Stats(pf)
     out: list[str] = []
+    later: dict[str, list[str]] = {}
     for name in present:
         typ = have.field(name).type
-        if name in leaves and pa.types.is_struct(typ):
-            got = {fl.name for fl in typ}
-            paths = [f"{name}.{leaf}" for leaf in leaves[name] if leaf in got]
-            out.extend(paths or [name])
-        else:
-            out.append(name)
-    return out
+        if not pa.types.is_struct(typ):
+            null, repeated = stats.null(name)
+            if not null or repeated or name in ("stream_id", "stored_at"):
+                out.append(name)
+            continue
+        got = [fl.name for fl in typ]
+        fields = [fl for fl in leaves[name] if fl in got] if leaves and name in leaves else got
+        if not fields:
+            out.append(name)  # (none of the wanted fields: the whole column, for its nulls)
+            continue
+        data: list[str] = []
+        maybe: list[str] = []  # (null statistics, but under a list: empty lists have none)
+        for fl in fields:
+            null, repeated = stats.null(f"{name}.{fl}")
+            if not null:
+                data.append(fl)
+            elif repeated:
+                maybe.append(fl)
+        if data:
+            out.extend(f"{name}.{fl}" for fl in fields if fl in data or fl in maybe)
+        else:  # one field tells where the struct is null; the others are read if needed
+            probe = (maybe or fields)[0]
+            out.append(f"{name}.{probe}")
+            if maybe[1:]:
+                later[name] = [f"{name}.{fl}" for fl in maybe[1:]]
+    return out, later
+
+
+def _read_later(pf: pq.ParquetFile, table: pa.Table, later: dict[str, list[str]]) -> pa.Table:
+    """Fields left out by :func:`_read_plan` of struct columns that are not null throughout
+    after all: read now, the struct column read again whole (of those fields)."""
+    for name, paths in later.items():
+        col = table.column(name)
+        if col.null_count == table.num_rows:
+            continue
+        first = [f"{name}.{fl.name}" for fl in col.type]
+        again = pf.read(columns=first + paths, use_threads=False).column(name)
+        table = table.set_column(table.column_names.index(name), name, again)
+    return table
+
+
+def _inside(pf: pq.ParquetFile, have: pa.Schema, since: float | None, until: float | None,
+            before_ms: int | None) -> bool:  # fmt: skip
+    """Whether every row of the file was stored within the window, by the statistics of
+    ``stored_at`` (milliseconds, never null): then no row is filtered out."""
+    if "stored_at" not in have.names:
+        return False
+    if not have.field("stored_at").type.equals(pa.timestamp("ms", tz="UTC")):
+        return False
+    idx, _repeated = _leaf_map(pf).get("stored_at", ([], False))
+    if len(idx) != 1:
+        return False
+    md = pf.metadata
+    for i in range(md.num_row_groups):
+        st = md.row_group(i).column(idx[0]).statistics
+        if st is None or not st.has_min_max or not st.has_null_count or st.null_count:
+            return False
+        lo, hi = st.min_raw, st.max_raw
+        if not isinstance(lo, int) or not isinstance(hi, int):
+            return False
+        if since is not None and lo < int(since * 1000):
+            return False
+        if until is not None and hi > int(until * 1000):
+            return False
+        if before_ms is not None and hi >= before_ms:
+            return False
+    return True

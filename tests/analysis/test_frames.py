@@ -263,3 +263,39 @@ def test_cli_switches_the_reader_when_the_policy_names_another_kind(
     assert got["counts"]["invalid_records"] == 0
     for key in ("divergence", "quality", "counts"):
         assert_close(got[key], mem[key], key)
+
+
+def test_hash_sample_batches_and_old_pickles_agree() -> None:
+    """Rows offered as columns (pending until a trim) sample as rows offered stacked, and a
+    sample pickled before the pending parts existed (a stored rollup) loads and goes on."""
+    from router.analysis.sketches import HashSample
+
+    rng = np.random.default_rng(39)
+    a, b = HashSample(50, 2), HashSample(50, 2)
+    for _ in range(30):
+        h = rng.integers(-(2**62), 2**62, 40)
+        x, y = rng.random(40), rng.random(40)
+        a.add_batch(h, np.column_stack([x, y]))
+        b.add_columns(h, [x, y])
+    assert np.array_equal(a.items(), b.items()) and a.seen == b.seen
+    old = HashSample.__new__(HashSample)
+    old.__setstate__({"k": 50, "width": 2, "hashes": b.hashes, "rows": b.rows, "seen": b.seen})
+    h = rng.integers(-(2**62), 2**62, 40)
+    old.add_columns(h, [np.ones(40), np.zeros(40)])
+    b.add_columns(h, [np.ones(40), np.zeros(40)])
+    assert np.array_equal(old.items(), b.items())
+
+
+def test_status_classes_beyond_http_fold_as_before() -> None:
+    """Status classes are counted by bincount while they are small; any other status (a
+    negative or a huge one) takes the sort, with the same names and order."""
+    recs, _ = dataset(SynthSpec(n=400, seed=40))
+    statuses = [200, 503, 404, -1, 99_999, 123_456]
+    for i, r in enumerate(recs[:50]):
+        side = "champion" if r["served"] == "champion" else "challenger"
+        r[side] = dict(r[side], status=statuses[i % len(statuses)])
+    acc = Accumulator(Policy(), OutcomeIndex(), experiment="synth")
+    acc.add(recs)
+    both = acc.status_classes[0] + acc.status_classes[1]
+    assert both["999xx"] == 8 and both["1234xx"] == 8 and both["none"] >= 8
+    assert list(acc.status_classes[0]) == ["none", "2xx", "4xx", "5xx", "999xx", "1234xx"]
