@@ -190,7 +190,7 @@ class Accumulator:
         if not cols.height:
             return
         h = cols["h"].to_numpy()
-        self.seen.add_new(h)
+        self.seen.add_new(h, presorted=True)  # (a page is sorted by fingerprint)
         self.seen_content.add_new(cols["k"].to_numpy())
         self.records += cols.height
         if folded:

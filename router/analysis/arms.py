@@ -284,7 +284,11 @@ class ArmSet:
         """The request-id fingerprints of the records of every view, sorted, each once (a
         champion-served request is in each view)."""
         ids = [acc.seen.values() for acc in self.arms.values()]
-        return ids[0] if len(ids) == 1 else np.unique(np.concatenate(ids))
+        if len(ids) == 1:
+            return ids[0]
+        both = np.concatenate(ids)
+        both.sort(kind="stable")  # (sorted parts: merged)
+        return both[np.concatenate(([True], both[1:] != both[:-1]))]
 
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """Which of the sorted fingerprints ``ids`` some view of this set holds."""

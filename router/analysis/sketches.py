@@ -287,46 +287,133 @@ class HashSample:
 
 
 class IdSet:
-    """A set of int64 fingerprints kept as sorted runs of doubling size (a small LSM tree):
-    membership by binary search in each run, insertion amortised O(log n) per id, 8 bytes an id
-    instead of the ~80 of a Python set of ints. :meth:`merge` only takes the other set's runs
-    (they may hold ids of this one): the repeats are dropped, and counted in :attr:`repeats`,
-    by one sort when the size or the values are next needed (:meth:`compact`)."""
+    """A set of int64 fingerprints (hashes: their bits are uniform) kept exactly as sorted
+    runs of doubling size (a small LSM tree, 8 bytes an id instead of the ~80 of a Python set
+    of ints), behind a blocked Bloom filter that answers most queries alone.
+
+    * The filter has a 64-bit word per four to eight ids (1 to 2 bytes an id), the word picked
+      by the fingerprint's top 32 bits (``top * words >> 32``: in the fingerprints' order), three
+      of its bits by the low 18. About 1-3% of absent ids pass it; only those, and the ids
+      held, are binary-searched in the runs. A query so costs a few vector passes instead of
+      a binary search of every run (at 10^7 ids ~0.2-0.35 us, mostly cache misses), and
+      queries sorted by fingerprint (a page is) read the filter in order. The filter is rebuilt
+      from the runs, twice as large, when the ids outgrow it, and not pickled (rebuilt when
+      next needed).
+    * Runs stop merging at about :attr:`RUN_CAP` ids: merging two runs copies both, so a set of
+      ``n`` ids would otherwise need ``2n`` at its last merges (the peak memory of a long
+      window), and every id would be copied once more per doubling of the window.
+
+    :meth:`merge` only takes the other set's runs (they may hold ids of this one): the
+    repeats are dropped, and counted in :attr:`repeats`, by one sort when the size or the
+    values are next needed (:meth:`compact`)."""
+
+    RUN_CAP = 1 << 22  # ids of a run past which runs are not merged (32 MB)
+    BITS_PER_ID = 8  # the filter's bits an id at least (twice that when it is rebuilt)
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
         self.repeats = 0  # ids merged in that were here already (see merge)
         self._overlap = False  # runs may share ids (after a merge)
+        self._init_filter()
+
+    def _init_filter(self) -> None:
+        self._words: np.ndarray | None = None  # the filter (None: to be built from the runs)
+        self._held = 0  # ids in the runs, with the repeats merges brought in
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"runs": self.runs, "repeats": self.repeats, "_overlap": self._overlap}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._init_filter()
+        self._held = sum(r.size for r in self.runs)
 
     def __len__(self) -> int:
         self.compact()
         return sum(r.size for r in self.runs)
 
+    # ------------------------------------------------------------ the filter
+    def _locate(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each id's filter word and the mask of its three bits."""
+        assert self._words is not None
+        u = h.view(np.uint64)
+        top = (u ^ _SIGN) >> _32  # (sign flipped: ascending ids, ascending words)
+        word = ((top * np.uint64(self._words.size)) >> _32).view(np.int64)
+        mask = _ONE << (u & _LOW6)
+        mask |= _ONE << ((u >> _6) & _LOW6)
+        mask |= _ONE << ((u >> _12) & _LOW6)
+        return word, mask
+
+    def _mark(self, h: np.ndarray) -> None:
+        """Set the bits of the sorted ids ``h`` (their words ascend: OR-reduced per word), a
+        block at a time (the temporaries of a whole run would be several times its size)."""
+        assert self._words is not None
+        for i in range(0, h.size, _BLOCK):
+            word, mask = self._locate(h[i : i + _BLOCK])
+            starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            if starts.size < word.size:
+                word, mask = word[starts], np.bitwise_or.reduceat(mask, starts)
+            self._words[word] |= mask
+
+    def _filter(self, need: int) -> np.ndarray:
+        """The filter, (re)built from the runs when missing or when ``need`` ids outgrow it."""
+        words = self._words
+        if words is None or need * self.BITS_PER_ID > 64 * words.size:
+            self._words = words = np.zeros(max(64, -(-need * self.BITS_PER_ID // 32)), np.uint64)
+            for run in self.runs:
+                self._mark(run)
+        return words
+
+    def _maybe(self, h: np.ndarray) -> np.ndarray:
+        """Which of ``h`` may be held (all that are, and 1-3% of the others); a block at a
+        time, as :meth:`_mark`."""
+        words = self._filter(self._held)
+        out = np.empty(h.size, dtype=bool)
+        for i in range(0, h.size, _BLOCK):
+            word, mask = self._locate(h[i : i + _BLOCK])
+            np.equal(words[word] & mask, mask, out=out[i : i + _BLOCK])
+        return out
+
+    # ------------------------------------------------------------ the set
     def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
         found = np.zeros(h.size, dtype=bool)
         if not self.runs or not h.size:
             return found
+        h = np.ascontiguousarray(h, dtype=np.int64)
+        cand = np.flatnonzero(self._maybe(h))
+        if not cand.size:
+            return found
         # sorted queries: the binary searches walk each run in order
-        order = np.arange(h.size) if presorted else np.argsort(h)
-        q = h if presorted else h[order]
-        hit = np.zeros(h.size, dtype=bool)
+        q = h[cand]
+        if not presorted:
+            order = np.argsort(q)
+            cand, q = cand[order], q[order]
+        hit = np.zeros(q.size, dtype=bool)
         for run in self.runs:
             pos = np.searchsorted(run, q)
             pos[pos == run.size] = 0
             hit |= run[pos] == q
-        found[order] = hit
+        found[cand] = hit
         return found
 
-    def add_new(self, h: np.ndarray) -> None:
-        """Add ids known to be absent and distinct."""
+    def add_new(self, h: np.ndarray, presorted: bool = False) -> None:
+        """Add ids known to be absent and distinct (``presorted``: ascending already)."""
         if not h.size:
             return
         self.compact()
-        self._push(np.sort(h.astype(np.int64)))
+        run = np.array(h, dtype=np.int64)  # (a copy: the caller's array may be a view)
+        if not presorted:
+            run.sort()
+        self._held += run.size
+        if self._words is not None:
+            self._filter(self._held)
+            self._mark(run)
+        self._push(run)
 
     def _push(self, run: np.ndarray) -> None:
-        """Add a sorted run, merging it with the runs no larger than it (a binary counter)."""
-        while self.runs and self.runs[-1].size <= run.size:
+        """Add a sorted run, merging it with the runs no larger than it (a binary counter),
+        up to :attr:`RUN_CAP` ids a run."""
+        while self.runs and self.runs[-1].size <= run.size < self.RUN_CAP:
             run = np.concatenate([self.runs.pop(), run])
             run.sort(kind="stable")  # two sorted halves: merged in linear time
         self.runs.append(run)
@@ -338,6 +425,10 @@ class IdSet:
         o.compact()
         for run in sorted(o.runs, key=len, reverse=True):
             self._overlap = self._overlap or bool(self.runs)
+            self._held += run.size
+            if self._words is not None:
+                self._filter(self._held)
+                self._mark(run)
             self._push(run)
         self.repeats += o.repeats
 
@@ -345,21 +436,33 @@ class IdSet:
         """Drop the ids that merges brought in twice, counting them in :attr:`repeats`
         (one sort of every id, after merges only); returns :attr:`repeats`."""
         if self._overlap:
-            both = np.sort(np.concatenate(self.runs))
+            both = np.concatenate(self.runs)
+            self.runs = []
+            both.sort(kind="stable")  # (sorted runs: merged)
             again = both[1:] == both[:-1]
             n = int(np.count_nonzero(again))
             if n:
                 both = both[np.concatenate(([True], ~again))]
-            self.runs = [both]
+            self.runs = [both[i : i + self.RUN_CAP] for i in range(0, both.size, self.RUN_CAP)]
             self.repeats += n
             self._overlap = False
+            self._held = both.size
+            if n:
+                self._words = None  # (rebuilt without the repeats when next needed)
         return self.repeats
 
     def values(self) -> np.ndarray:
         self.compact()
         if len(self.runs) == 1:
             return self.runs[0].copy()
-        return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, dtype=np.int64)
+        if not self.runs:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate(self.runs), kind="stable")  # (sorted runs: merged)
+
+
+_SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
+_ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
+_BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache, never mmap-ed)
 
 
 class LazyIdSet:
@@ -383,13 +486,17 @@ class LazyIdSet:
             self._pending.append(np.array(h, dtype=np.int64))
 
     def _flush(self) -> None:
-        if self._pending:
-            new = np.concatenate(self._pending)
+        """Sort the batches into the set one by one (one concatenation of them all would
+        hold every pending id twice, and the sort a third time)."""
+        pending, self._pending = self._pending, []
+        pending.reverse()
+        while pending:
+            new = pending.pop()
             if self._merged:  # (only then can an id repeat)
                 new = np.unique(new)
-                new = new[~self._set.contains(new, presorted=True)]
-            self._set.add_new(new)
-            self._pending = []
+                self._set.add_new(new[~self._set.contains(new, presorted=True)], presorted=True)
+            else:
+                self._set.add_new(new)
         self._merged = False
 
     def contains(self, h: np.ndarray) -> np.ndarray:

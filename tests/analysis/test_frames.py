@@ -12,7 +12,7 @@ import orjson
 import polars as pl
 import pytest
 
-from router.analysis import Policy, build_report
+from router.analysis import Policy, build_report, sketches
 from router.analysis import units as units_mod
 from router.analysis.accumulate import Accumulator
 from router.analysis.frames import prepare_records, record_schema
@@ -20,7 +20,7 @@ from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.policy import PrimaryMetric
 from router.analysis.report import report_from
 from router.analysis.run import Pages, Source, accumulate, fold, iter_chunks
-from router.analysis.sketches import IdSet
+from router.analysis.sketches import IdSet, LazyIdSet
 from router.demo.synth import SynthSpec, dataset
 
 from .test_report import assert_close, without_time
@@ -98,6 +98,67 @@ def test_idset_merges_count_the_ids_they_held_already() -> None:
     assert base.values().tolist() == sorted(ref)
     base.add_new(np.array([2**41], dtype=np.int64))
     assert len(base) == len(ref) + 1 and base.repeats == repeats
+
+
+@pytest.mark.parametrize("cap", [1 << 22, 700])
+def test_idset_filter_and_capped_runs_stay_exact(monkeypatch: pytest.MonkeyPatch,
+                                                 cap: int) -> None:  # fmt: skip
+    """Full-width fingerprints through the filter's growth, capped runs, merges and pickling:
+    the same answers as a Python set (the filter only ever lets too many through)."""
+    import pickle
+
+    monkeypatch.setattr(IdSet, "RUN_CAP", cap)
+    if cap < IdSet.RUN_CAP:
+        monkeypatch.setattr(sketches, "_BLOCK", 100)  # the filter's passes in blocks
+    rng = np.random.default_rng(41)
+    ids, ref = IdSet(), set()
+    pool = rng.integers(-(2**63), 2**63 - 1, 30_000, dtype=np.int64)
+    for i in range(60):
+        batch = np.unique(rng.choice(pool, rng.integers(1, 900)))
+        if i % 3:  # a sorted page, or the ids in any order
+            seen = ids.contains(batch, presorted=True)
+            ids.add_new(batch[~seen], presorted=True)
+        else:
+            shuffled = rng.permutation(batch)
+            seen = ids.contains(shuffled)[np.argsort(shuffled)]
+            ids.add_new(rng.permutation(batch[~seen]))
+        assert seen.tolist() == [int(x) in ref for x in batch]
+        ref.update(int(x) for x in batch)
+        if i == 30:
+            ids = pickle.loads(pickle.dumps(ids))  # (the filter is rebuilt, not pickled)
+    assert len(ids) == len(ref) and ids.values().tolist() == sorted(ref)
+    assert max(r.size for r in ids.runs) < 2 * cap
+    probe = np.sort(pool)
+    assert ids.contains(probe, presorted=True).tolist() == [int(x) in ref for x in probe]
+    other = IdSet()
+    extra = np.unique(rng.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64))
+    shared = np.array(sorted(ref)[::5], dtype=np.int64)
+    other.add_new(np.unique(np.concatenate([extra, shared])))
+    ids.merge(other)
+    both = np.unique(np.concatenate([np.array(sorted(ref), dtype=np.int64), extra]))
+    assert ids.contains(both, presorted=True).all()
+    assert ids.compact() == shared.size and len(ids) == len(ref | {int(x) for x in extra})
+    absent = rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)
+    absent = absent[~np.isin(absent, both)]
+    assert not ids.contains(absent).any()
+
+
+def test_lazy_idset_after_merges() -> None:
+    rng = np.random.default_rng(43)
+    a, b, ref = LazyIdSet(), LazyIdSet(), set()
+    for s in (a, b):
+        for _ in range(5):
+            batch = np.unique(rng.integers(-(2**63), 2**63 - 1, 300, dtype=np.int64))
+            fresh = batch[~np.isin(batch, list(ref))] if s is a else batch
+            s.add_new(fresh)
+            ref.update(int(x) for x in fresh)
+    b.add_new(np.array(sorted(ref)[:10], dtype=np.int64))  # (b knows some of a's ids)
+    b.contains(np.zeros(1, dtype=np.int64))  # (b's ids partly sorted into runs)
+    a.merge(b)
+    assert len(a) == len(ref)
+    probe = np.array(sorted(ref), dtype=np.int64)
+    assert a.contains(probe).all()
+    assert not a.contains(np.array([7, -7], dtype=np.int64)).any()
 
 
 def test_outcome_lookup_and_a_pickled_index() -> None:
