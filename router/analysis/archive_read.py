@@ -155,7 +155,8 @@ def _side(name: str, dtype: pl.DataType, text: bool = True) -> pl.Expr:
 
 def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
     """The segment map as the JSON text a record's segment has in a line (key order kept),
-    through its distinct values (by their hash); and those texts in first-seen order."""
+    through its distinct values (by their hash); and those texts in first-seen order. (The
+    general way, for maps too long for :func:`segment_codes`.)"""
     hashed = df.select(pl.col("segment").hash(1)).to_series()
     first = hashed.is_first_distinct()
     distinct = df["segment"].filter(first)
@@ -172,7 +173,139 @@ def _segment_text(df: pl.DataFrame) -> tuple[pl.Expr, list[str]]:
     return pl.when(pl.col("segment").is_not_null()).then(expr).alias("segment"), texts
 
 
+def segment_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]] | None:
+    """Each row's segment map (``map<string, string>``, its keys and values dictionaries or
+    plain) as a number into its distinct JSON texts (the text a record's segment has in a line,
+    key order kept), -1 for none; and those texts in first-seen order. Numbered in numpy from
+    the dictionary codes of each map's entries, the text made once per distinct map. None when
+    some map has too many entries to be numbered so (:func:`_segment_text` then)."""
+    texts: dict[str, int] = {}
+    parts: list[np.ndarray] = []
+    for chunk in col.chunks:
+        got = _chunk_codes(chunk)
+        if got is None:
+            return None
+        codes, local = got
+        lut = np.array([texts.setdefault(t, len(texts)) for t in local] + [-1], dtype=np.int32)
+        parts.append(lut[codes])  # (-1: the last, -1)
+    codes = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return codes, list(texts)
+
+
+def _encoded(arr: pa.Array) -> pa.DictionaryArray:
+    out = arr if isinstance(arr, pa.DictionaryArray) else pc.dictionary_encode(arr)
+    assert isinstance(out, pa.DictionaryArray)
+    return out
+
+
+def _chunk_codes(chunk: pa.MapArray) -> tuple[np.ndarray, list[str]] | None:
+    """:func:`segment_codes` of one chunk: each map's entries (key code, value code) are the
+    digits of one number; the distinct numbers are renumbered in first-seen order."""
+    n = len(chunk)
+    if not n:
+        return np.zeros(0, dtype=np.int32), []
+    keys, items = _encoded(chunk.keys), _encoded(chunk.items)
+    off = chunk.offsets.to_numpy()  # (int32, into the whole children: a slice's start)
+    lens = np.diff(off)
+    longest = int(lens.max()) if n else 0
+    nv = len(items.dictionary) + 1  # (a null value: one more)
+    base = len(keys.dictionary) * nv + 1  # (entry digits 1..base-1: no map is 0)
+    bits = longest * np.log2(base) if longest else 0.0
+    if bits >= 62:
+        return None
+    dt = np.int32 if bits < 30 else np.int64  # (the numbers of the usual segments are small)
+    a, b = int(off[0]), int(off[-1])
+    ki = keys.indices.to_numpy(zero_copy_only=False)[a:b]
+    vals = items.indices
+    vi = (vals.fill_null(-1) if vals.null_count else vals).to_numpy(zero_copy_only=False)[a:b]
+    digit = ki.astype(dt) * nv
+    digit += vi
+    digit += 2  # (a null value: 1)
+    if longest:
+        powers = [base**j for j in range(longest)]
+        if int(lens.min()) == longest:  # (every map the same length: the usual segments)
+            rows = digit.reshape(n, longest)
+            code = rows[:, 0].copy()
+            for j in range(1, longest):  # (a column at a time: numpy's row sums are slow)
+                code += rows[:, j] * dt(powers[j])
+        else:
+            place = np.arange(b - a, dtype=np.int64) - np.repeat(off[:-1] - a, lens)
+            sums = np.zeros(b - a + 1, dtype=np.int64)
+            np.cumsum(digit * np.array(powers, dtype=np.int64)[place], out=sums[1:])
+            code = (sums[off[1:] - a] - sums[off[:-1] - a]).astype(dt)  # (no overflow: 62 bits)
+        code += 1
+    else:
+        code = np.ones(n, dtype=dt)  # (every map empty)
+    if chunk.null_count:
+        code[~chunk.is_valid().to_numpy(zero_copy_only=False)] = 0
+    # the distinct numbers (0: no map), then their order of first appearance
+    top = int(code.max()) + 1
+    if top <= max(1 << 16, 4 * n):
+        present = np.zeros(top, dtype=bool)
+        present[code] = True
+        present[0] = False
+        values = np.flatnonzero(present)
+        lut = np.full(top, -1, dtype=np.int32)
+        lut[values] = np.arange(values.size, dtype=np.int32)
+        inv = lut[code]
+    else:
+        values, inv64 = np.unique(code, return_inverse=True)
+        inv = inv64.astype(np.int32).reshape(-1)
+        if values.size and values[0] == 0:
+            values, inv = values[1:], inv - 1
+    k = int(values.size)
+    m = 1024
+    while True:  # (the first rows show every map, nearly always)
+        seen, first = np.unique(inv[:m], return_index=True)
+        seen, first = seen[seen >= 0], first[seen >= 0]
+        if first.size == k or m >= n:
+            break
+        m *= 16
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(k + 1, dtype=np.int32)
+    rank[seen[order]] = np.arange(k, dtype=np.int32)
+    rank[k] = -1
+    kd, vd = keys.dictionary.to_pylist(), items.dictionary.to_pylist()
+    texts = []
+    for row in first[order].tolist():
+        lo, hi = int(off[row]) - a, int(off[row + 1]) - a
+        pairs = zip(ki[lo:hi].tolist(), vi[lo:hi].tolist(), strict=True)
+        value = {kd[kc]: (vd[vc] if vc >= 0 else None) for kc, vc in pairs}
+        texts.append(orjson.dumps(value).decode())
+    return rank[inv], texts  # (-1: rank[-1], -1)
+
+
+def _strings(col: pa.ChunkedArray) -> pl.Series:
+    """A string column read as dictionaries as a polars String column: each chunk's codes
+    gathered from its dictionary (a third of the cost of polars' cast of a categorical)."""
+    parts = []
+    for chunk in col.chunks:
+        if isinstance(chunk, pa.DictionaryArray):
+            values = pl.Series(chunk.dictionary.cast(pa.large_string()), dtype=pl.String)
+            parts.append(values.gather(pl.from_arrow(chunk.indices)))  # type: ignore[arg-type]
+        else:
+            parts.append(pl.Series(chunk.cast(pa.large_string()), dtype=pl.String))
+    if not parts:
+        return pl.Series([], dtype=pl.String)
+    return pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]
+
+
 _FROM_EXTRA = ("variant", "arm", "forced", "shadows", "mirror_skipped")
+# (read as dictionaries: few distinct values; the segment map's keys and values)
+DICTIONARY_COLUMNS = ("experiment", "served", "unit", "segment")
+
+
+@dataclass
+class Segments:
+    """A page's distinct segment texts (first seen first) and each row's number into them (-1:
+    no segment), as :func:`segment_codes` found them."""
+
+    texts: list[str]
+    codes: np.ndarray
+
+
+def _known(segs: Segments | None) -> tuple[list[str], np.ndarray] | None:
+    return (segs.texts, segs.codes) if segs is not None else None
 
 
 def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -180,14 +313,38 @@ def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFram
     those of ``schema`` (:func:`router.analysis.frames.record_schema`: numeric or text
     predictions, the text kind's timing, captured fields), as a page of lines would hold.
     Columns null in every row (v2 columns of older files, the repeat side, ``extra``) are not
-    converted: their record columns are nulls of the record type, as converting them gives."""
+    converted: their record columns are nulls of the record type, as converting them gives.
+    String columns may be dictionaries (:data:`DICTIONARY_COLUMNS`): the same columns."""
+    return _record_frame(table, schema)[0]
+
+
+def _record_frame(table: pa.Table, schema: dict[str, pl.DataType],
+                  ) -> tuple[pl.DataFrame, Segments | None]:  # fmt: skip
+    """:func:`record_frame`, and the segments numbered (when they could be)."""
     n = table.num_rows
     null = {name for name in table.column_names if table.column(name).null_count == n}
     null.discard("request_id")  # (one column converted, for the height of an empty page)
     keep = [c for c in table.column_names if c not in null and c not in ("stream_id", "raw")]
-    df = pl.from_arrow(table.select(keep))
+    segs = None
+    if "segment" in keep:
+        numbered = segment_codes(table.column("segment"))
+        segs = Segments(numbered[1], numbered[0]) if numbered is not None else None
+    strings = [c for c in keep if c != "segment"
+               and pa.types.is_dictionary(table.schema.field(c).type)]  # fmt: skip
+    plain = [c for c in keep if c not in strings and (c != "segment" or segs is None)]
+    df = pl.from_arrow(table.select(plain))
     assert isinstance(df, pl.DataFrame)
-    seg, _texts = _segment_text(df) if "segment" in keep else (None, [])
+    added = [_strings(table.column(c)).alias(c) for c in strings]
+    seg: pl.Expr | None = None
+    if segs is not None:
+        index = np.where(segs.codes >= 0, segs.codes, len(segs.texts)).astype(np.uint32)
+        texts = pl.Series([*segs.texts, None], dtype=pl.String)
+        added.append(texts.gather(index).alias("segment"))
+        seg = pl.col("segment")
+    elif "segment" in keep:
+        seg, _texts = _segment_text(df)
+    if added:
+        df = df.with_columns(added)
     cols: list[pl.Expr] = []
     # A/B/n additions (issue 16) live in the archive's ``extra`` object of unknown keys
     extra = pl.col("extra") if "extra" in keep else None
@@ -207,7 +364,7 @@ def record_frame(table: pa.Table, schema: dict[str, pl.DataType]) -> pl.DataFram
             cols.append(_contract(name))
         else:
             cols.append(pl.col(name).cast(dtype))
-    return df.select(cols)
+    return df.select(cols), segs
 
 
 def _any(col: pa.ChunkedArray, name: str) -> bool:
@@ -273,15 +430,19 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
         try:
             tables.append((_Ids(store, one, since, until, before_ms),
                            read_file(store, one, "pairs", columns_for(schema), since, until,
-                                     before_ms=before_ms, leaves=leaves_for(schema))))  # fmt: skip
+                                     before_ms=before_ms, leaves=leaves_for(schema),
+                                     dictionary=DICTIONARY_COLUMNS)))  # fmt: skip
         except UnreadableFile as exc:
             skipped.append((exc.path, exc.reason))
     if not tables:
         return Page(pl.DataFrame(), [], skipped=skipped)
-    if len(tables) > 1 and all(t.column("raw").null_count == t.num_rows for _f, t in tables):
+    if len(tables) > 1 and all(t.column("raw").null_count == t.num_rows for _f, t in tables) \
+            and all(t.schema.equals(tables[0][1].schema) for _f, t in tables):  # fmt: skip
         table = pa.concat_tables([t for _f, t in tables])
-        page = prepare_frame(record_frame(table, schema), _Names(tables), "", now)
-    else:  # (entries kept whole: each file's page in turn, its lines after its rows)
+        df, segs = _record_frame(table, schema)
+        page = prepare_frame(df, _Names(tables), "", now, _known(segs))
+    else:  # (entries kept whole, or files read plain and as dictionaries: each file's page
+        # in turn, its lines after its rows)
         page = _table_page(*tables[0], schema, now)
         for ids, t in tables[1:]:
             page = _concat(page, _table_page(ids, t, schema, now))
@@ -303,8 +464,8 @@ def _table_page(ids: _Ids, table: pa.Table, schema: dict[str, pl.DataType],
         chunk = Chunk(b"\n".join(lines), names=names, label=ids.f.path)
         bad_page = prepare_records(chunk, schema, now)
         ids = ids.only(raw.is_null())
-    df = record_frame(table, schema)
-    page = prepare_frame(df, _Names([(ids, table)]), "", now)
+    df, segs = _record_frame(table, schema)
+    page = prepare_frame(df, _Names([(ids, table)]), "", now, _known(segs))
     if bad_page is not None:
         if bad_page.cols.height:  # (a raw line that turned out valid: fold it too)
             page = _concat(page, bad_page)

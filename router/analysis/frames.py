@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 
@@ -158,10 +159,12 @@ class Invalid:
 
 
 # ------------------------------------------------------------------ the verdict of a line
-def _record_problems(df: pl.DataFrame, now: float) -> tuple[pl.Series | None, list[str]]:
+def _record_problems(df: pl.DataFrame, now: float, segments: list[str] | None = None,
+                     ) -> tuple[pl.Series | None, list[str]]:  # fmt: skip
     """The first problem of each parsed record (``"<field>: <kind>"``, null when valid), or
-    None when every record is valid; and the page's distinct segment texts (first seen first).
-    A boolean pass over the page first: the reasons are spelled out only for a page that fails."""
+    None when every record is valid; and the page's distinct segment texts (first seen first;
+    ``segments`` when known). A boolean pass over the page first: the reasons are spelled out
+    only for a page that fails."""
     v, rid, ts, served = pl.col("v"), pl.col("request_id"), pl.col("ts"), pl.col("served")
     champ, chall = pl.col("champion"), pl.col("challenger")
     contract = pl.col("contract")
@@ -176,12 +179,13 @@ def _record_problems(df: pl.DataFrame, now: float) -> tuple[pl.Series | None, li
         & ~(h_lat < 0).fill_null(False)
         & (contract.is_null() | contract.str.starts_with("{"))
     ).fill_null(False)  # fmt: skip
-    segs = df["segment"]
-    segments = (
-        segs.drop_nulls().unique(maintain_order=True).to_list()
-        if segs.null_count() < df.height
-        else []
-    )
+    if segments is None:
+        segs = df["segment"]
+        segments = (
+            segs.drop_nulls().unique(maintain_order=True).to_list()
+            if segs.null_count() < df.height
+            else []
+        )
     bad_segs = [t for t in segments if not _segment_ok(t)]
     if not bad_segs and df.select(ok.all()).item():
         return None, segments
@@ -358,21 +362,39 @@ class Page:
 
 
 def page_of(
-    df: pl.DataFrame, rejected: Invalid | None = None, segments: list[str] | None = None
-) -> Page:
+    df: pl.DataFrame, rejected: Invalid | None = None, segments: list[str] | None = None,
+    codes: np.ndarray | None = None,
+) -> Page:  # fmt: skip
     """The :class:`Page` of valid records ``df`` (``segments``: its distinct segment texts in
-    first-seen order, when known)."""
-    # (one thread: the pages are prepared two at a time already, and polars' own threads
-    # cost a fifth more CPU here for no gain)
-    cols = record_columns(df).sort("h", maintain_order=True, multithreaded=False)
+    first-seen order, when known; ``codes``: each row's index into them, -1 for none)."""
+    cols = record_columns(df)
     if segments is None:
         segments = df["segment"].drop_nulls().unique(maintain_order=True).to_list()
-    code = pl.col("seg").replace_strict(
-        segments, list(range(1, len(segments) + 1)), default=0, return_dtype=pl.Int64
-    )
+    if codes is not None and segments is not None:
+        cols = _sorted_by_h(cols.with_columns(pl.Series("segc", codes.astype(np.int64) + 1)))
+    else:
+        cols = _sorted_by_h(cols)
+        code = pl.col("seg").replace_strict(
+            segments, list(range(1, len(segments) + 1)), default=0, return_dtype=pl.Int64
+        )
+        cols = cols.with_columns(segc=code.fill_null(0))
     experiments = cols["exp"].drop_nulls().unique().to_list()
-    return Page(cols.with_columns(segc=code.fill_null(0)), segments, rejected or Invalid(),
-                experiments)  # fmt: skip
+    return Page(cols, segments, rejected or Invalid(), experiments)
+
+
+def _sorted_by_h(cols: pl.DataFrame) -> pl.DataFrame:
+    """The rows sorted by request-id fingerprint ``h``, stably (the first of duplicates stays
+    first). A stable radix sort of the top 16 bits, then a stable sort of the nearly sorted
+    fingerprints (timsort: runs), then one gather: about a third of polars' stable arg-sort."""
+    h = cols["h"]
+    if cols.height < 2 or h.null_count():
+        # (one thread: the pages are prepared two at a time already, and polars' own threads
+        # cost a fifth more CPU here for no gain)
+        return cols.sort("h", maintain_order=True, multithreaded=False)
+    v = h.to_numpy()
+    first = np.argsort(((v >> 48) + 32768).astype(np.uint16), kind="stable")
+    order = first[np.argsort(v[first], kind="stable")]
+    return cols[order]
 
 
 def prepare_records(
@@ -390,16 +412,20 @@ def prepare_records(
 
 
 def prepare_frame(
-    df: pl.DataFrame, names: Sequence[str], label: str, now: float | None = None
-) -> Page:
+    df: pl.DataFrame, names: Sequence[str], label: str, now: float | None = None,
+    segments: tuple[list[str], np.ndarray] | None = None,
+) -> Page:  # fmt: skip
     """A :class:`Page` of records already in columns (``df`` with :func:`record_schema`'s
     columns: an archive file), judged by the same checks as lines of a file; an invalid row
-    ``i`` is named ``"<label> <names[i]>"`` (``names[i]`` without a label)."""
+    ``i`` is named ``"<label> <names[i]>"`` (``names[i]`` without a label). ``segments``: the
+    distinct segment texts (first seen first) and each row's index into them (-1: none), when
+    known (:func:`router.analysis.archive_read.segment_codes`)."""
     now = time.time() if now is None else now
-    why, segments = _record_problems(df, now)
+    texts, codes = segments if segments is not None else (None, None)
+    why, found = _record_problems(df, now, texts)
     rejected = Invalid()
     if why is None:
-        return page_of(df, rejected, segments)
+        return page_of(df, rejected, found, codes)
     bad_rows = why.is_not_null()
     for i, reason in zip(bad_rows.arg_true().to_list(), why.filter(bad_rows).to_list(),
                          strict=True):  # fmt: skip

@@ -109,14 +109,17 @@ def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
 
 
 def _project(table: pa.Table, kind: str, columns: Sequence[str],
-             leaves: Mapping[str, Sequence[str]] | None = None) -> pa.Table:  # fmt: skip
+             leaves: Mapping[str, Sequence[str]] | None = None,
+             as_dict: Sequence[str] = ()) -> pa.Table:  # fmt: skip
     """``columns`` of the archive schema, in that order; absent ones (older files) as nulls,
     and struct columns completed with absent (null) fields (of ``leaves``: those fields only,
-    in the schema's order)."""
+    in the schema's order); those of ``as_dict`` as read, dictionaries."""
     want = schema_for(kind)
     arrays = []
     for name in columns:
         typ = want.field(name).type
+        if name in as_dict:
+            typ = dictionary_type(typ)
         if leaves and name in leaves and pa.types.is_struct(typ):
             typ = pa.struct([fl for fl in typ if fl.name in leaves[name]])
         if name not in table.column_names:
@@ -127,6 +130,46 @@ def _project(table: pa.Table, kind: str, columns: Sequence[str],
             col = _conform(col, typ)
         arrays.append(col)
     return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _dictionable(typ: pa.DataType) -> bool:
+    """A string column, or a map of strings to strings."""
+    if pa.types.is_map(typ):
+        return pa.types.is_string(typ.key_type) and pa.types.is_string(typ.item_type)
+    return pa.types.is_string(typ)
+
+
+def dictionary_type(typ: pa.DataType) -> pa.DataType:
+    """The type a string column (a map of strings) is read as through ``dictionary``."""
+    if pa.types.is_map(typ):
+        return pa.map_(_DICT, _DICT)
+    return _DICT if pa.types.is_string(typ) else typ
+
+
+def _read(store: ArchiveStore, f: ArchiveFile, pf: pq.ParquetFile, paths: list[str],
+          as_dict: list[str]) -> tuple[pa.Table, list[str]]:  # fmt: skip
+    """The column ``paths`` of ``pf``, the string leaves of the ``as_dict`` columns as
+    dictionaries; and the columns that came back so. A map read so is read a row group at a
+    time (Arrow makes no chunked nested dictionaries); should the file's pages not allow it
+    (a dictionary that changes within a column chunk), the file is read plain."""
+    if not as_dict:
+        return pf.read(columns=paths, use_threads=False), []
+    leaf = _leaf_map(pf)
+    md = pf.metadata
+    names = [md.schema.column(j).path for c in as_dict for j in leaf.get(c, ([], False))[0]]
+    dpf = store.parquet(f.path, metadata=md, read_dictionary=names)
+    nested = any(leaf.get(c, ([], False))[1] for c in as_dict)
+    try:
+        if nested and md.num_row_groups > 1:
+            parts = [dpf.read_row_group(i, columns=paths, use_threads=False)
+                     for i in range(md.num_row_groups)]  # fmt: skip
+            return pa.concat_tables(parts), as_dict
+        return dpf.read(columns=paths, use_threads=False), as_dict
+    except pa.ArrowNotImplementedError:
+        return pf.read(columns=paths, use_threads=False), []
 
 
 def _conform(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
@@ -145,13 +188,16 @@ def _conform(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
 def read_file(
     store: ArchiveStore, f: ArchiveFile, kind: str, columns: Sequence[str],
     since: float | None = None, until: float | None = None, *, before_ms: int | None = None,
-    leaves: Mapping[str, Sequence[str]] | None = None,
+    leaves: Mapping[str, Sequence[str]] | None = None, dictionary: Sequence[str] = (),
 ) -> pa.Table:  # fmt: skip
     """``columns`` of the rows of ``f`` stored (stream id time) within ``[since, until]``, the
     window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
     those stored before that millisecond (the rest is read from Redis). ``leaves``: of these
     struct columns, only the named fields are read (and returned: a side's other fields are
-    never decoded)."""
+    never decoded). ``dictionary``: of these columns, a string column (or a map of strings:
+    its keys and values) comes back as ``dictionary<int32, string>`` (:func:`dictionary_type`),
+    straight from the file's dictionary pages (decoding them costs a fraction of making the
+    strings); a file whose values cannot be read so comes back plain, as without it."""
     try:
         pf = store.parquet(f.path)
         have = pf.schema_arrow  # (converted from the Parquet schema at each call: once)
@@ -177,7 +223,8 @@ def read_file(
         if "stored_at" not in present and window:
             present.append("stored_at")
         paths, later = _read_plan(pf, have, present, leaves)
-        table = pf.read(columns=paths, use_threads=False)
+        as_dict = [c for c in dictionary if c in present and _dictionable(have.field(c).type)]
+        table, as_dict = _read(store, f, pf, paths, as_dict)
         if later:
             table = _read_later(pf, table, later)
     except UnreadableFile:
@@ -197,7 +244,7 @@ def read_file(
         if before_ms is not None:
             inside = pc.and_(inside, pc.less(stored, before_ms))
         table = table.filter(inside)
-    return _project(table, kind, columns, leaves)
+    return _project(table, kind, columns, leaves, as_dict)
 
 
 # ---------------------------------------------------------------------- statistics

@@ -78,10 +78,14 @@ class ArchiveStore:
                              int(info.size or 0), mtime))  # fmt: skip
         return out
 
-    def parquet(self, rel: str) -> pq.ParquetFile:
-        """An open Parquet file (raises on a file that is not Parquet or is truncated)."""
+    def parquet(self, rel: str, *, metadata: pq.FileMetaData | None = None,
+                read_dictionary: list[str] | None = None) -> pq.ParquetFile:  # fmt: skip
+        """An open Parquet file (raises on a file that is not Parquet or is truncated);
+        ``metadata``: its footer, already read; ``read_dictionary``: leaf column paths read as
+        Arrow dictionaries."""
         try:
-            return pq.ParquetFile(self.fs.open_input_file(self.path(rel)))
+            return pq.ParquetFile(self.fs.open_input_file(self.path(rel)), metadata=metadata,
+                                  read_dictionary=read_dictionary)  # fmt: skip
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
