@@ -145,11 +145,14 @@ def _side_field(c: pl.Expr, name: str, dtype: Any, text: bool = True) -> pl.Expr
     return c.struct.field(name).cast(dtype)
 
 
-def _side(name: str, dtype: pl.DataType, text: bool = True) -> pl.Expr:
-    """A side struct with the fields (and types) of the record schema's side ``dtype``."""
+def _side(name: str, dtype: pl.DataType, text: bool = True, nulls: bool = True) -> pl.Expr:
+    """A side struct with the fields (and types) of the record schema's side ``dtype``
+    (``nulls``: the side is null in some row; else the struct needs no mask, the same)."""
     assert isinstance(dtype, pl.Struct)
     c = pl.col(name)
     fields = [_side_field(c, f.name, f.dtype, text).alias(f.name) for f in dtype.fields]
+    if not nulls:
+        return pl.struct(fields).alias(name)
     return pl.when(c.is_not_null()).then(pl.struct(fields)).alias(name)
 
 
@@ -359,7 +362,8 @@ def _record_frame(table: pa.Table, schema: dict[str, pl.DataType],
             cols.append((got == "true" if dtype == pl.Boolean else got).alias(name))
         elif isinstance(dtype, pl.Struct):  # (a side; v2 fields of files written before
             # are nulls, filled by read_file)
-            cols.append(_side(name, dtype, _any(table.column(name), "prediction_text")))
+            col = table.column(name)
+            cols.append(_side(name, dtype, _any(col, "prediction_text"), col.null_count > 0))
         elif name in ("contract", "contract_repeat"):
             cols.append(_contract(name))
         else:
