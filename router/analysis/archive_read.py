@@ -278,6 +278,17 @@ def _chunk_codes(chunk: pa.MapArray) -> tuple[np.ndarray, list[str]] | None:
     return rank[inv], texts  # (-1: rank[-1], -1)
 
 
+def _constant(col: pa.ChunkedArray) -> str | None:
+    """The one value of a dictionary column that holds one value in every row, else None."""
+    if not len(col) or col.null_count:
+        return None
+    values = {v for chunk in col.chunks if len(chunk)
+              for v in (chunk.dictionary.to_pylist() if isinstance(chunk, pa.DictionaryArray)
+                        and len(chunk.dictionary) == 1 else [None, ""])}  # fmt: skip
+    one = values.pop() if len(values) == 1 else None
+    return one if isinstance(one, str) else None
+
+
 def _strings(col: pa.ChunkedArray) -> pl.Series:
     """A string column read as dictionaries as a polars String column: each chunk's codes
     gathered from its dictionary (a third of the cost of polars' cast of a categorical)."""
@@ -337,7 +348,11 @@ def _record_frame(table: pa.Table, schema: dict[str, pl.DataType],
     plain = [c for c in keep if c not in strings and (c != "segment" or segs is None)]
     df = pl.from_arrow(table.select(plain))
     assert isinstance(df, pl.DataFrame)
-    added = [_strings(table.column(c)).alias(c) for c in strings]
+    added: list[pl.Series | pl.Expr] = []
+    for c in strings:  # (a column of one value, the experiment's name: a scalar column)
+        one = _constant(table.column(c))
+        added.append(_strings(table.column(c)).alias(c) if one is None
+                     else pl.lit(one, pl.String).alias(c))  # fmt: skip
     seg: pl.Expr | None = None
     if segs is not None:
         index = np.where(segs.codes >= 0, segs.codes, len(segs.texts)).astype(np.uint32)
