@@ -195,6 +195,13 @@ def segment_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]] | None:
     return codes, list(texts)
 
 
+def _ints(arr: pa.Array) -> np.ndarray:
+    """An Arrow integer array as numpy, nulls as -1 (through polars: pyarrow's own conversion
+    imports pandas, a second of CPU once)."""
+    s = pl.Series(arr)
+    return (s.fill_null(-1) if s.null_count() else s).to_numpy()
+
+
 def _encoded(arr: pa.Array) -> pa.DictionaryArray:
     out = arr if isinstance(arr, pa.DictionaryArray) else pc.dictionary_encode(arr)
     assert isinstance(out, pa.DictionaryArray)
@@ -208,7 +215,7 @@ def _chunk_codes(chunk: pa.MapArray) -> tuple[np.ndarray, list[str]] | None:
     if not n:
         return np.zeros(0, dtype=np.int32), []
     keys, items = _encoded(chunk.keys), _encoded(chunk.items)
-    off = chunk.offsets.to_numpy()  # (int32, into the whole children: a slice's start)
+    off = _ints(chunk.offsets)  # (int32, into the whole children: a slice's start)
     lens = np.diff(off)
     longest = int(lens.max()) if n else 0
     nv = len(items.dictionary) + 1  # (a null value: one more)
@@ -216,12 +223,12 @@ def _chunk_codes(chunk: pa.MapArray) -> tuple[np.ndarray, list[str]] | None:
     bits = longest * np.log2(base) if longest else 0.0
     if bits >= 62:
         return None
-    dt = np.int32 if bits < 30 else np.int64  # (the numbers of the usual segments are small)
+    dt: type[np.signedinteger[Any]] = np.int32 if bits < 30 else np.int64  # (the usual: small)
     a, b = int(off[0]), int(off[-1])
-    ki = keys.indices.to_numpy(zero_copy_only=False)[a:b]
-    vals = items.indices
-    vi = (vals.fill_null(-1) if vals.null_count else vals).to_numpy(zero_copy_only=False)[a:b]
-    digit = ki.astype(dt) * nv
+    ki = _ints(keys.indices)[a:b]
+    vi = _ints(items.indices)[a:b]  # (-1: a null value)
+    digit: np.ndarray = ki.astype(dt)
+    digit *= nv
     digit += vi
     digit += 2  # (a null value: 1)
     if longest:
@@ -240,7 +247,7 @@ def _chunk_codes(chunk: pa.MapArray) -> tuple[np.ndarray, list[str]] | None:
     else:
         code = np.ones(n, dtype=dt)  # (every map empty)
     if chunk.null_count:
-        code[~chunk.is_valid().to_numpy(zero_copy_only=False)] = 0
+        code[~pl.Series(chunk.is_valid()).to_numpy()] = 0
     # the distinct numbers (0: no map), then their order of first appearance
     top = int(code.max()) + 1
     if top <= max(1 << 16, 4 * n):
