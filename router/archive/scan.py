@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -222,9 +223,14 @@ def read_file(
             window = False  # (every row is: no filter, stored_at read only when asked for)
         if "stored_at" not in present and window:
             present.append("stored_at")
-        paths, later = _read_plan(pf, have, present, leaves)
+        paths, later, const = _read_plan(pf, have, present, leaves)
         as_dict = [c for c in dictionary if c in present and _dictionable(have.field(c).type)]
+        if const and not paths:  # (a file of one row: its stream ids are read)
+            paths = ["stream_id"]
         table, as_dict = _read(store, f, pf, paths, as_dict)
+        for name, value in const.items():  # (in the order of the columns: _project)
+            table = table.append_column(name, _repeat(value, have.field(name).type,
+                                                      name in as_dict, table.num_rows))
         if later:
             table = _read_later(pf, table, later)
     except UnreadableFile:
@@ -304,23 +310,48 @@ class _Stats:
                     return False, repeated
         return True, repeated
 
+    def one(self, path: str) -> tuple[Any] | None:
+        """``(value,)`` when every row of a (non-repeated, one-leaf) column holds that value
+        by the statistics (minimum equal to maximum in every row group, no null)."""
+        idx, repeated = self.leaves.get(path, ([], False))
+        if len(idx) != 1 or repeated or not self.groups:
+            return None
+        values = set()
+        for rg in self.groups:
+            st = rg.column(idx[0]).statistics
+            if st is None or not st.has_min_max or not st.has_null_count or st.null_count:
+                return None
+            lo, hi = st.min, st.max
+            if lo != hi or not isinstance(lo, (bool, int, str)):
+                return None
+            values.add((type(lo), lo))
+        return (values.pop()[1],) if len(values) == 1 else None
+
 
 def _read_plan(pf: pq.ParquetFile, have: pa.Schema, present: list[str],
                leaves: Mapping[str, Sequence[str]] | None,
-               ) -> tuple[list[str], dict[str, list[str]]]:  # fmt: skip
+               ) -> tuple[list[str], dict[str, list[str]], dict[str, Any]]:  # fmt: skip
     """The column paths to read: ``struct.field`` for the wanted fields of a struct column of
     ``leaves`` that the file has (the whole column when it has none of them), except those
-    the statistics show are null throughout; and, of a struct column read through one field
+    the statistics show are null throughout; of a struct column read through one field
     only because all its fields may be null, the fields still to read when the struct itself
-    is not null in every row (:func:`_read_later`)."""
+    is not null in every row (:func:`_read_later`); and the columns (integers, booleans,
+    strings) the statistics show hold one value in every row, with that value: made, not
+    decoded (the version, the experiment, ``mirrored``)."""
     stats = _Stats(pf)
     out: list[str] = []
     later: dict[str, list[str]] = {}
+    const: dict[str, Any] = {}
     for name in present:
         typ = have.field(name).type
         if not pa.types.is_struct(typ):
             null, repeated = stats.null(name)
-            if not null or repeated or name in ("stream_id", "stored_at"):
+            if null and not repeated and name not in ("stream_id", "stored_at"):
+                continue
+            one = stats.one(name) if _repeatable(typ) and name != "stream_id" else None
+            if one is not None:
+                const[name] = one[0]
+            else:
                 out.append(name)
             continue
         got = [fl.name for fl in typ]
@@ -343,7 +374,19 @@ def _read_plan(pf: pq.ParquetFile, have: pa.Schema, present: list[str],
             out.append(f"{name}.{probe}")
             if maybe[1:]:
                 later[name] = [f"{name}.{fl}" for fl in maybe[1:]]
-    return out, later
+    return out, later, const
+
+
+def _repeatable(typ: pa.DataType) -> bool:
+    return pa.types.is_integer(typ) or pa.types.is_boolean(typ) or pa.types.is_string(typ)
+
+
+def _repeat(value: Any, typ: pa.DataType, as_dict: bool, n: int) -> pa.Array:
+    """``n`` times ``value`` (of a column of type ``typ``, a dictionary if ``as_dict``)."""
+    if as_dict:
+        zeros = pa.repeat(pa.scalar(0, pa.int32()), n)
+        return pa.DictionaryArray.from_arrays(zeros, pa.array([value], typ))
+    return pa.repeat(pa.scalar(value, typ), n)
 
 
 def _read_later(pf: pq.ParquetFile, table: pa.Table, later: dict[str, list[str]]) -> pa.Table:

@@ -241,3 +241,24 @@ def test_a_window_and_an_older_file_without_the_columns(tmp_path: Path) -> None:
     page = file_page(store, old, schema, None, None, 2e9)
     assert page.cols.height == 0 and page.rejected.total == table.num_rows  # (served: missing)
     assert page.rejected.rows()[0]["field"] == "served"
+
+
+def test_columns_of_one_value_are_made_as_reading_them_gives(tmp_path: Path) -> None:
+    """A column the statistics show holds one value in every row is not decoded: the same
+    column (type and values) is made; one value a row group is not one value."""
+    store = ArchiveStore.open(str(tmp_path))
+    table = _table(900, seed=3)
+    one_row = table.slice(0, 1)
+    by_group = table.set_column(table.schema.get_field_index("experiment"), "experiment",
+                                pa.array(["a"] * 450 + ["b"] * 450))  # fmt: skip
+    cols = ["v", "experiment", "request_id", "mirrored", "served", "unit", "ts"]
+    for k, (t, opts) in enumerate([(table, {}), (table, {"write_statistics": False}),
+                                   (one_row, {}), (by_group, {"row_group_size": 450})]):
+        f = _write(tmp_path, f"part-x-{k}-0_{k}-0.parquet", t, **opts)
+        want = pq.ParquetFile(tmp_path / f.path).read(columns=cols)
+        assert read_file(store, f, "pairs", cols).equals(want)
+        got = read_file(store, f, "pairs", cols, dictionary=DICTIONARY_COLUMNS)
+        assert got.schema.field("experiment").type == DICT
+        assert got.column("experiment").cast(pa.string()).equals(want.column("experiment"))
+        assert got.select(["v", "request_id", "mirrored", "ts"]).equals(
+            want.select(["v", "request_id", "mirrored", "ts"]))
