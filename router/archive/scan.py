@@ -111,16 +111,19 @@ def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
 
 def _project(table: pa.Table, kind: str, columns: Sequence[str],
              leaves: Mapping[str, Sequence[str]] | None = None,
-             as_dict: Sequence[str] = ()) -> pa.Table:  # fmt: skip
+             as_dict: Sequence[str] = (), views: Sequence[str] = ()) -> pa.Table:  # fmt: skip
     """``columns`` of the archive schema, in that order; absent ones (older files) as nulls,
     and struct columns completed with absent (null) fields (of ``leaves``: those fields only,
-    in the schema's order); those of ``as_dict`` as read, dictionaries."""
+    in the schema's order); those of ``as_dict`` as read, dictionaries, those of ``views``
+    string views."""
     want = schema_for(kind)
     arrays = []
     for name in columns:
         typ = want.field(name).type
         if name in as_dict:
             typ = dictionary_type(typ)
+        elif name in views:
+            typ = pa.string_view()
         if leaves and name in leaves and pa.types.is_struct(typ):
             typ = pa.struct([fl for fl in typ if fl.name in leaves[name]])
         if name not in table.column_names:
@@ -148,6 +151,34 @@ def dictionary_type(typ: pa.DataType) -> pa.DataType:
     if pa.types.is_map(typ):
         return pa.map_(_DICT, _DICT)
     return _DICT if pa.types.is_string(typ) else typ
+
+
+def plain_strings(table: pa.Table) -> pa.Table:
+    """``table`` with its string-view columns as plain strings (Arrow 22 has no take, so no
+    filter, for string views)."""
+    for i, fl in enumerate(table.schema):
+        if pa.types.is_string_view(fl.type):
+            table = table.set_column(i, fl.name, table.column(i).cast(pa.string()))
+    return table
+
+
+def _read_views(store: ArchiveStore, f: ArchiveFile, table: pa.Table,
+                names: list[str]) -> pa.Table | None:  # fmt: skip
+    """``table`` (the file's other columns, all its rows) with the string columns ``names``
+    read by polars, as string views (polars' own strings: no copy either way); None when
+    polars cannot read them (then Arrow does)."""
+    import polars as pl
+
+    try:
+        df = pl.read_parquet(store.path(f.path), columns=names, parallel="none",
+                             hive_partitioning=False, use_statistics=False)  # fmt: skip
+    except (pl.exceptions.PolarsError, OSError):
+        return None
+    if df.height != table.num_rows:
+        return None
+    for name in names:
+        table = table.append_column(name, df[name].to_arrow(compat_level=pl.CompatLevel.newest()))
+    return table
 
 
 def _read(store: ArchiveStore, f: ArchiveFile, pf: pq.ParquetFile, paths: list[str],
@@ -190,6 +221,7 @@ def read_file(
     store: ArchiveStore, f: ArchiveFile, kind: str, columns: Sequence[str],
     since: float | None = None, until: float | None = None, *, before_ms: int | None = None,
     leaves: Mapping[str, Sequence[str]] | None = None, dictionary: Sequence[str] = (),
+    views: Sequence[str] = (),
 ) -> pa.Table:  # fmt: skip
     """``columns`` of the rows of ``f`` stored (stream id time) within ``[since, until]``, the
     window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
@@ -198,7 +230,10 @@ def read_file(
     never decoded). ``dictionary``: of these columns, a string column (or a map of strings:
     its keys and values) comes back as ``dictionary<int32, string>`` (:func:`dictionary_type`),
     straight from the file's dictionary pages (decoding them costs a fraction of making the
-    strings); a file whose values cannot be read so comes back plain, as without it."""
+    strings); a file whose values cannot be read so comes back plain, as without it.
+    ``views``: of these string columns, those read come back as ``string_view``, decoded by
+    polars' Parquet reader (a local file: about half of Arrow's work for such columns, and
+    what polars takes without a copy)."""
     try:
         pf = store.parquet(f.path)
         have = pf.schema_arrow  # (converted from the Parquet schema at each call: once)
@@ -227,7 +262,20 @@ def read_file(
         as_dict = [c for c in dictionary if c in present and _dictionable(have.field(c).type)]
         if const and not paths:  # (a file of one row: its stream ids are read)
             paths = ["stream_id"]
-        table, as_dict = _read(store, f, pf, paths, as_dict)
+        polars = [c for c in views if c in paths and c not in as_dict
+                  and pa.types.is_string(have.field(c).type)] if store.local else []  # fmt: skip
+        if polars and len(polars) < len(paths):
+            rest = [p for p in paths if p not in polars]
+            table, as_dict = _read(store, f, pf, rest, as_dict)
+            both = _read_views(store, f, table, polars)
+            if both is None:  # (Arrow reads them after all)
+                table, as_dict = _read(store, f, pf, paths, as_dict)
+                polars = []
+            else:
+                table = both
+        else:
+            table, as_dict = _read(store, f, pf, paths, as_dict)
+            polars = []
         for name, value in const.items():  # (in the order of the columns: _project)
             table = table.append_column(name, _repeat(value, have.field(name).type,
                                                       name in as_dict, table.num_rows))
@@ -240,7 +288,9 @@ def read_file(
     except (StoreError, pa.ArrowException, OSError) as exc:
         reason = str(exc).split(": not a readable Parquet file: ", 1)[-1]
         raise UnreadableFile(f.path, f"unreadable ({reason})") from None
-    if window:
+    if window:  # (Arrow filters no string views: their columns as plain strings first)
+        table = plain_strings(table)
+        polars = []
         stored = pc.cast(table.column("stored_at"), pa.int64())  # ms
         inside = pc.is_valid(stored)
         if since is not None:
@@ -250,7 +300,7 @@ def read_file(
         if before_ms is not None:
             inside = pc.and_(inside, pc.less(stored, before_ms))
         table = table.filter(inside)
-    return _project(table, kind, columns, leaves, as_dict)
+    return _project(table, kind, columns, leaves, as_dict, polars)
 
 
 # ---------------------------------------------------------------------- statistics

@@ -262,3 +262,32 @@ def test_columns_of_one_value_are_made_as_reading_them_gives(tmp_path: Path) -> 
         assert got.column("experiment").cast(pa.string()).equals(want.column("experiment"))
         assert got.select(["v", "request_id", "mirrored", "ts"]).equals(
             want.select(["v", "request_id", "mirrored", "ts"]))
+
+
+def test_strings_read_by_polars_and_entries_kept_whole(tmp_path: Path) -> None:
+    """request_id, unit and served come back as string views (polars' reader), the same
+    values; filtered (a window, entries kept whole) as plain strings: the same page."""
+    from router.analysis.archive_read import VIEW_COLUMNS, _Ids, _table_page
+
+    schema = record_schema(numeric=True, fields=False)
+    store = ArchiveStore.open(str(tmp_path))
+    table = _table(1200, seed=4)
+    bad = entries_table("pairs", "e:pairs", [f"{T0 + 5000 + i}-0" for i in range(3)],
+                        [b"not json", orjson.dumps({"v": 1, "request_id": "x"}), b"[1]"])
+    f = _write(tmp_path, "part-x-1-0_1-0.parquet", pa.concat_tables([table, bad]),
+               row_group_size=500)  # fmt: skip
+    cols = columns_for(schema)
+    plain = read_file(store, f, "pairs", cols, leaves=leaves_for(schema))
+    got = read_file(store, f, "pairs", cols, leaves=leaves_for(schema),
+                    dictionary=DICTIONARY_COLUMNS, views=VIEW_COLUMNS)  # fmt: skip
+    for name in VIEW_COLUMNS:
+        assert got.schema.field(name).type == pa.string_view()
+        assert got.column(name).cast(pa.string()).equals(plain.column(name))
+    windowed = read_file(store, f, "pairs", cols, T0 / 1000, (T0 + 600) / 1000,
+                         leaves=leaves_for(schema), views=VIEW_COLUMNS)  # fmt: skip
+    assert windowed.schema.field("request_id").type == pa.string()
+    assert windowed.num_rows == 601
+    page = file_page(store, f, schema, None, None, 2e9)
+    want = _table_page(_Ids(store, f, None, None, None), plain, schema, 2e9)
+    _same(page, want)
+    assert page.rejected.total == 3 and page.cols.height == 1200
