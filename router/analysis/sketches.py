@@ -306,13 +306,15 @@ _BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache,
 # run's memory map for each id asked, and the mapped pages are dropped after each query
 # (MADV_DONTNEED), so they never add up in the resident set. The directory is removed when its
 # set is garbage-collected (weakref.finalize; also at exit).
-SPILL_AT = 1 << 22  # ids of a sorted run (or of unsorted pending ids) written to disk
+SPILL_AT = 1 << 22  # ids of a sorted run written to disk
+PENDING_SPILL_AT = 1 << 20  # unsorted pending ids of a LazyIdSet written to disk (8 MB)
 FENCE = 64  # ids a block of a spilled run: one fence key each in RAM
 SPILLED = {"runs": 0, "ids": 0, "bytes": 0}  # written in this process (all sets)
 
 
-def _remove_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_dir(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # (not from a forked child's copy of the set)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _SpillDir:
@@ -322,7 +324,7 @@ class _SpillDir:
     def __init__(self, owner: object, prefix: str) -> None:
         self.path = tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir())
         self._count = 0
-        self.finalizer = weakref.finalize(owner, _remove_dir, self.path)
+        self.finalizer = weakref.finalize(owner, _remove_dir, self.path, os.getpid())
 
     def new_file(self, suffix: str) -> str:
         self._count += 1
@@ -614,9 +616,10 @@ class LazyIdSet:
     """An :class:`IdSet` (without a filter) that sorts only when asked: batches are kept as
     they come and folded into the sorted runs at the first membership query after them. For a
     set that is queried rarely (the conflict fingerprints: only when a request id repeats),
-    insertion costs a copy. Past :data:`SPILL_AT` pending ids the batches are written to a
-    temporary file as they are (unsorted: sorted only if a query comes), so RAM holds under
-    ``SPILL_AT`` pending ids (32 MB) and, once queried, the set's runs below the cap."""
+    insertion costs a copy. Past :data:`PENDING_SPILL_AT` pending ids the batches are written
+    to a temporary file as they are (unsorted: sorted only if a query comes), so RAM holds
+    under ``PENDING_SPILL_AT`` pending ids (8 MB) and, once queried, the set's runs below the
+    cap (the sorted ones are spilled as :class:`IdSet`'s)."""
 
     def __init__(self) -> None:
         self._set = IdSet(bloom=False)
@@ -656,7 +659,7 @@ class LazyIdSet:
         """Keep a batch; the batches in RAM go to one file once they reach SPILL_AT ids."""
         self._pending.append(batch)
         self._in_ram += int(batch.size)
-        if self._in_ram >= SPILL_AT:
+        if self._in_ram >= PENDING_SPILL_AT:
             if self._dir is None:
                 self._dir = _SpillDir(self, "router-ids-")
             path = self._dir.new_file("ids")

@@ -48,6 +48,7 @@ def test_spilled_sets_answer_as_in_ram(monkeypatch: pytest.MonkeyPatch, batches:
     ram, ram_content, want = _fill(batches, presorted)
     with monkeypatch.context() as m:
         m.setattr(sketches, "SPILL_AT", spill)
+        m.setattr(sketches, "PENDING_SPILL_AT", spill)
         m.setattr(sketches, "FENCE", 4)
         ids, content, got = _fill(batches, presorted)
         assert got == want
@@ -62,6 +63,7 @@ def test_spilled_sets_answer_as_in_ram(monkeypatch: pytest.MonkeyPatch, batches:
 
 def test_spilled_sets_pickle_merge_and_remove_their_files(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sketches, "SPILL_AT", 300)
+    monkeypatch.setattr(sketches, "PENDING_SPILL_AT", 300)
     rng = np.random.default_rng(5)
     pool = np.unique(rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64))
     a, b = IdSet(), IdSet()
@@ -106,6 +108,7 @@ def test_dedupe_is_the_same_with_a_tiny_spill_threshold(monkeypatch: pytest.Monk
     data = recs[:1000] + replayed + reused + recs[1000:] + recs[300:305]
     ram = _fold(data, outs)
     monkeypatch.setattr(sketches, "SPILL_AT", 16)
+    monkeypatch.setattr(sketches, "PENDING_SPILL_AT", 40)
     monkeypatch.setattr(sketches, "FENCE", 8)
     spilled = _fold(data, outs)
     assert spilled.seen.disk and spilled.seen_content.spill_dir is not None
