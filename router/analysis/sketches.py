@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import mmap
 import os
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -312,6 +315,11 @@ FENCE = 64  # ids a block of a spilled run: one fence key each in RAM
 SPILLED = {"runs": 0, "ids": 0, "bytes": 0}  # written in this process (all sets)
 
 
+def _spill_failed(exc: OSError) -> bool:
+    log.warning("request ids kept in RAM: cannot write to %s (%s)", tempfile.gettempdir(), exc)
+    return True
+
+
 def _remove_dir(path: str, pid: int) -> None:
     if os.getpid() == pid:  # (not from a forked child's copy of the set)
         shutil.rmtree(path, ignore_errors=True)
@@ -419,6 +427,7 @@ class IdSet:
         self.repeats = 0  # ids merged in that were here already (see merge)
         self._overlap = False  # runs may share ids (after a merge)
         self._dir: _SpillDir | None = None
+        self._dir_failed = False  # a run could not be written (then all stay in RAM)
         self._init_filter()
 
     def _init_filter(self) -> None:
@@ -434,7 +443,7 @@ class IdSet:
         runs = state.pop("runs")
         state.setdefault("bloom", True)
         self.__dict__.update(state)
-        self.runs, self.disk, self._dir = [], [], None
+        self.runs, self.disk, self._dir, self._dir_failed = [], [], None, False
         self._init_filter()
         self._held = sum(r.size for r in runs)
         for run in runs:  # (the large ones to disk again)
@@ -548,13 +557,17 @@ class IdSet:
         self._keep(run)
 
     def _keep(self, run: np.ndarray) -> None:
-        """Hold a sorted run: on disk from :data:`SPILL_AT` ids."""
-        if run.size >= SPILL_AT and run.size:
-            if self._dir is None:
-                self._dir = _SpillDir(self, "router-ids-")
-            self.disk.append(_DiskRun(self._dir.new_file("run"), run))
-        else:
-            self.runs.append(run)
+        """Hold a sorted run: on disk from :data:`SPILL_AT` ids (in RAM if it cannot be
+        written: the temporary directory full or not writable)."""
+        if run.size >= SPILL_AT and run.size and not self._dir_failed:
+            try:
+                if self._dir is None:
+                    self._dir = _SpillDir(self, "router-ids-")
+                self.disk.append(_DiskRun(self._dir.new_file("run"), run))
+                return
+            except OSError as exc:
+                self._dir_failed = _spill_failed(exc)
+        self.runs.append(run)
 
     def _all_runs(self) -> list[np.ndarray]:
         """Every run in RAM (the spilled ones read back)."""
@@ -628,6 +641,7 @@ class LazyIdSet:
         self._in_ram = 0  # ids of the batches in RAM
         self._merged = False  # pending holds another set's ids (they may repeat ours)
         self._dir: _SpillDir | None = None
+        self._dir_failed = False  # a batch could not be written (then all stay in RAM)
 
     def __getstate__(self) -> dict[str, object]:
         pending = [_load(p) if isinstance(p, tuple) else p for p in self._pending]
@@ -636,7 +650,7 @@ class LazyIdSet:
     def __setstate__(self, state: dict[str, Any]) -> None:
         pending = state.pop("_pending")
         self.__dict__.update(state)
-        self._pending, self._in_ram, self._dir = [], 0, None
+        self._pending, self._in_ram, self._dir, self._dir_failed = [], 0, None, False
         for p in pending:
             self._hold(p)
 
@@ -659,17 +673,25 @@ class LazyIdSet:
         """Keep a batch; the batches in RAM go to one file once they reach SPILL_AT ids."""
         self._pending.append(batch)
         self._in_ram += int(batch.size)
-        if self._in_ram >= PENDING_SPILL_AT:
-            if self._dir is None:
-                self._dir = _SpillDir(self, "router-ids-")
-            path = self._dir.new_file("ids")
-            keep: list[np.ndarray | tuple[str, int]] = []
-            with open(path, "wb") as f:
-                for p in self._pending:
-                    if isinstance(p, tuple):
-                        keep.append(p)
-                    else:
-                        np.ascontiguousarray(p).tofile(f)
+        if self._in_ram >= PENDING_SPILL_AT and not self._dir_failed:
+            path = ""
+            try:
+                if self._dir is None:
+                    self._dir = _SpillDir(self, "router-ids-")
+                path = self._dir.new_file("ids")
+                keep: list[np.ndarray | tuple[str, int]] = []
+                with open(path, "wb") as f:
+                    for p in self._pending:
+                        if isinstance(p, tuple):
+                            keep.append(p)
+                        else:
+                            np.ascontiguousarray(p).tofile(f)
+            except OSError as exc:  # (kept in RAM)
+                self._dir_failed = _spill_failed(exc)
+                if path:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                return
             SPILLED["bytes"] += self._in_ram * 8
             keep.append((path, self._in_ram))
             self._pending, self._in_ram = keep, 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +120,20 @@ def test_dedupe_is_the_same_with_a_tiny_spill_threshold(monkeypatch: pytest.Monk
     assert without_time(report_from(ram, experiment="synth")) == without_time(
         report_from(spilled, experiment="synth")
     )
+
+
+def test_sets_stay_in_ram_when_the_temporary_directory_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sketches, "SPILL_AT", 50)
+    monkeypatch.setattr(sketches, "PENDING_SPILL_AT", 50)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    rng = np.random.default_rng(9)
+    pool = np.unique(rng.integers(-(2**63), 2**63 - 1, 1000, dtype=np.int64))
+    ids, content = IdSet(), LazyIdSet()
+    for i in range(0, pool.size, 100):
+        ids.add_new(pool[i : i + 100], presorted=True)
+        content.add_new(pool[i : i + 100])
+    assert ids.spill_dir is None and content.spill_dir is None and not ids.disk
+    assert ids.contains(pool).all() and content.contains(pool).all()
+    assert len(ids) == len(content) == pool.size
