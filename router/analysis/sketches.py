@@ -670,7 +670,7 @@ class LazyIdSet:
             self._hold(np.array(h, dtype=np.int64))
 
     def _hold(self, batch: np.ndarray) -> None:
-        """Keep a batch; the batches in RAM go to one file once they reach SPILL_AT ids."""
+        """Keep a batch; the batches in RAM go to one file once they reach PENDING_SPILL_AT ids."""
         self._pending.append(batch)
         self._in_ram += int(batch.size)
         if self._in_ram >= PENDING_SPILL_AT and not self._dir_failed:
