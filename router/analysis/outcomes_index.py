@@ -230,7 +230,10 @@ class OutcomeIndex:
                 self._req.append(part.select("ident", "h", c=c))
         units = df.filter(~by_req)
         if units.height:
-            self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
+            # (value and ts copied: as read, they can hold on to the whole batch's columns)
+            every = pl.int_range(pl.len())
+            self._unit.append(units.select(ident.alias("ident"), "unit", "metric",
+                                           pl.col("value", "ts").gather(every)))  # fmt: skip
 
     def _register(self, name: str) -> None:
         if len(self._names) >= self.max_metrics:
