@@ -230,10 +230,12 @@ class OutcomeIndex:
                 self._req.append(part.select("ident", "h", c=c))
         units = df.filter(~by_req)
         if units.height:
-            # (value and ts copied: as read, they can hold on to the whole batch's columns)
+            # (gathered: filtered, the columns would keep the whole batch's buffers, the
+            # strings' and the floats', about 30 bytes an outcome row of every batch)
             every = pl.int_range(pl.len())
-            self._unit.append(units.select(ident.alias("ident"), "unit", "metric",
-                                           pl.col("value", "ts").gather(every)))  # fmt: skip
+            self._unit.append(units.select(
+                ident.alias("ident"), pl.col("unit", "metric", "value", "ts").gather(every)
+            ))  # fmt: skip
 
     def _register(self, name: str) -> None:
         if len(self._names) >= self.max_metrics:
