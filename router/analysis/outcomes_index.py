@@ -315,18 +315,19 @@ class OutcomeIndex:
                 info = metrics.setdefault(name, {"n": 0, "binary": True})
                 info["n"] += int(n)
                 info["binary"] = info["binary"] and bool(b)
-            mtype = pl.UInt8() if len(self._names) <= 256 else pl.UInt16()
-            self._final = {
-                "req": req,
-                "units": units.select(  # (the metric by index: see by_unit)
-                    "unit",
-                    pl.col("metric").replace_strict(self._ids, return_dtype=mtype).alias("m"),
-                    "value",
-                    "ts",
-                ),
-                "metrics": metrics,
-            }
+            self._final = {"req": req, "units": self._compact_units(units), "metrics": metrics}
         return self._final
+
+    def _compact_units(self, units: pl.DataFrame) -> pl.DataFrame:
+        """The unit-joined rows as held (see :attr:`by_unit`): unit, the metric by index
+        (``m``), the value by its code (``c``, as the request-joined rows' values; the value
+        itself when some pair has none), ts."""
+        mtype = pl.UInt8() if len(self._names) <= 256 else pl.UInt16()
+        m = pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16)
+        df = units.select("unit", m.alias("m"), "value", "ts")
+        c = self._encode(df.select("m", v="value"))
+        value = "value" if (c == ESCAPE).any() else c
+        return df.select("unit", pl.col("m").cast(mtype), value, "ts")
 
     def lookup(
         self, rid_hashes: np.ndarray, presorted: bool = False
@@ -400,8 +401,12 @@ class OutcomeIndex:
         the metric by index)."""
         units: pl.DataFrame = self._finalise()["units"]
         names = pl.Series("metric", self._names, pl.String())
+        if "c" in units.columns:
+            value = pl.Series("value", self._table()[1]).gather(units["c"].cast(pl.UInt32))
+        else:
+            value = units["value"]
         return units.select(
-            "unit", names.gather(units["m"].cast(pl.UInt32)).alias("metric"), "value", "ts"
+            "unit", names.gather(units["m"].cast(pl.UInt32)).alias("metric"), value, "ts"
         )
 
     @property

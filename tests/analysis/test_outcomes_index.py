@@ -139,3 +139,33 @@ def test_unit_rows_keep_their_metric_names() -> None:
         {"unit": "u2", "metric": "rev", "value": 2.5, "ts": 2.0},
     ]
     assert oi.valid == 3 and oi.metrics["rev"] == {"n": 1, "binary": False}
+
+
+def test_unit_rows_values_coded_or_kept() -> None:
+    """Unit-joined values by code when their pairs have one (bit for bit), kept as they are
+    when one has none."""
+    for values in (ODD, [float(x) for x in range(40)] + ODD):
+        n = len(values)
+        df = pl.DataFrame(
+            {
+                "id": [None] * n,
+                "request_id": [None] * n,
+                "unit": [f"u{k}" for k in range(n)],
+                "metric": ["m"] * n,
+                "value": values,
+                "ts": [float(k) for k in range(n)],
+                "experiment": ["e"] * n,
+            },
+            schema=OUTCOME_SCHEMA,
+        )
+        oi = OutcomeIndex()
+        oi.add_frame(df, [], "e")
+        held = oi._finalise()["units"]
+        assert ("c" in held.columns) == (n <= oi_mod.CODES_PER_METRIC)
+        got = oi.by_unit
+        assert got["value"].to_numpy().view(np.int64).tolist() == (
+            np.array(values).view(np.int64).tolist()
+        )
+        assert got.select("unit", "metric", "ts").equals(df.select("unit", "metric", "ts"))
+        copy = pickle.loads(pickle.dumps(oi))
+        assert copy.by_unit.equals(got, null_equal=True)
