@@ -6,15 +6,18 @@ are deduplicated so a replayed or retried outcome counts once: on their ``id`` w
 one (``POST /outcomes`` gives every row one), else on ``(request_id, unit, metric, value,
 ts)``. Rows of other experiments are counted by name, not analysed.
 
-Rows are kept as polars frames while loading, with their identity (8 bytes a row); they are
-deduplicated once, when the index is first used (a count of the distinct identities; a filter
-only when there are duplicates), and sorted. Request-joined rows end up in flat sorted arrays
-(request-id fingerprint, metric index, value: 18 bytes a row) with a directory of their
-fingerprints' top bits (4 bytes a row at most), joined to a page of records sorted by the same
-fingerprint (:meth:`OutcomeIndex.join`) in a few vectorised steps, not a binary search through
-the whole index per record. The identities are kept until the first join (rows may be added
-until then), then freed: an index joined to records is read-only. Unit-joined rows stay a small
-frame. At most ``max_metrics`` distinct metric names are analysed; more is an error
+Rows are kept as polars frames while loading, with their identity (8 bytes a row); a
+request-joined row's (metric, value) pair is coded as it comes in (a byte: a table of at most
+:data:`CODES` pairs, values told apart by their bits; past the caps a row keeps its metric and
+value). They are deduplicated once, when the index is first used (a count of the distinct
+identities; a filter only when there are duplicates), and sorted. Request-joined rows end up
+in :class:`_Requests`: the sorted fingerprints, a code byte a row and a directory of the
+fingerprints' top bits (about a byte a row), about 10 bytes a row in all, joined to a page of
+records sorted by the same fingerprint (:meth:`OutcomeIndex.join`) in a few vectorised steps,
+not a binary search through the whole index per record. The identities are kept until the
+first join (rows may be added until then), then freed: an index joined to records is
+read-only. Unit-joined rows stay a small frame (the metric by index, the value by code). At
+most ``max_metrics`` distinct metric names are analysed; more is an error
 (:class:`TooManyMetrics`), not a silent cut.
 """
 
