@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, overload
@@ -43,7 +43,7 @@ from router.analysis.frames import (
 from router.analysis.outcomes_index import OutcomeIndex
 from router.archive.layout import Hour, PartName
 from router.archive.scan import ArchiveFile, UnreadableFile, hours_of, plan, read_file
-from router.archive.store import ArchiveStore
+from router.archive.store import ArchiveStore, StoreError
 
 # (extra: the keys the archive schema does not know, A/B/n's among them; see record_frame)
 # (stored_at: read_file reads it itself when a window filters the rows)
@@ -260,6 +260,34 @@ def file_groups(files: list[ArchiveFile]) -> list[list[ArchiveFile]]:
     return groups
 
 
+PART_ROWS = 1 << 17  # a file of more rows is read and converted a few row groups at a time
+
+
+def file_parts(store: ArchiveStore, f: ArchiveFile, rows: int = 0) -> list[ArchiveFile]:
+    """``f`` as parts of consecutive row groups of at most ``rows`` rows (default
+    :data:`PART_ROWS`; a row group of more is a part of its own): ``[f]`` when it is one."""
+    rows = rows or PART_ROWS
+    try:
+        md = store.parquet(f.path).metadata
+    except (StoreError, pa.ArrowException, OSError):
+        return [f]  # (read_file names it: deleted, not Parquet, truncated)
+    if md.num_rows <= rows or md.num_row_groups < 2:
+        return [f]
+    parts: list[list[int]] = []
+    n = 0
+    for i in range(md.num_row_groups):
+        k = md.row_group(i).num_rows
+        if parts and n + k <= rows:
+            parts[-1].append(i)
+            n += k
+        else:
+            parts.append([i])
+            n = k
+    if len(parts) < 2:
+        return [f]
+    return [replace(f, row_groups=tuple(p)) for p in parts]
+
+
 def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
               schema: dict[str, pl.DataType], since: float | None, until: float | None,
               now: float, before_ms: int | None = None) -> Page:  # fmt: skip
@@ -267,6 +295,10 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
     folded as the files one after the other would be) with the columns of the record
     ``schema``; unreadable files are named in ``skipped``."""
     group = f if isinstance(f, list) else [f]
+    if len(group) == 1:  # (a big file: made a few row groups at a time)
+        page = _parts_page(store, group[0], schema, since, until, now, before_ms)
+        if page is not None:
+            return page
     tables: list[tuple[_Ids, pa.Table]] = []
     skipped: list[tuple[str, str]] = []
     for one in group:
@@ -287,6 +319,35 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
             page = _concat(page, _table_page(ids, t, schema, now))
     page.skipped = skipped
     return page
+
+
+def _parts_page(store: ArchiveStore, f: ArchiveFile, schema: dict[str, pl.DataType],
+                since: float | None, until: float | None, now: float,
+                before_ms: int | None) -> Page | None:  # fmt: skip
+    """The page of a file of several :func:`file_parts`, each part read and converted to
+    record columns in turn (its Arrow table dropped before the next is read) and the page made
+    of them all: the same page as of the file read whole (:func:`record_frame` works row by
+    row), in a fraction of the memory. None (the file is read whole) when the file is one
+    part, or a part cannot be read or holds entries kept whole."""
+    parts = file_parts(store, f)
+    if len(parts) < 2:
+        return None
+    frames: list[pl.DataFrame] = []
+    rows: list[tuple[_Ids, int]] = []
+    for part in parts:
+        try:
+            table = read_file(store, part, "pairs", columns_for(schema), since, until,
+                              before_ms=before_ms, leaves=leaves_for(schema))  # fmt: skip
+        except UnreadableFile:
+            return None
+        if table.column("raw").null_count < table.num_rows:
+            return None
+        rows.append((_Ids(store, part, since, until, before_ms), table.num_rows))
+        frames.append(record_frame(table, schema))
+        del table
+    df = pl.concat(frames, how="vertical")
+    del frames
+    return prepare_frame(df, _Names(rows), "", now)
 
 
 def _table_page(ids: _Ids, table: pa.Table, schema: dict[str, pl.DataType],
@@ -354,8 +415,8 @@ class _Names(Sequence[str]):
     """``"<file> <stream id>"`` of the rows of tables read one after the other, read only
     when a row is named."""
 
-    def __init__(self, tables: list[tuple[_Ids, pa.Table]]) -> None:
-        self._parts = [(ids, t.num_rows) for ids, t in tables]
+    def __init__(self, tables: Sequence[tuple[_Ids, pa.Table | int]]) -> None:  # (or rows)
+        self._parts = [(ids, t if isinstance(t, int) else t.num_rows) for ids, t in tables]
         self._starts = np.cumsum([0] + [n for _ids, n in self._parts])
 
     def __len__(self) -> int:

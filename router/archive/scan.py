@@ -41,6 +41,7 @@ class ArchiveFile:
     path: str  # relative to the archive root
     hour: Hour
     size: int
+    row_groups: tuple[int, ...] | None = None  # a part of the file: these row groups only
 
 
 @dataclass
@@ -151,7 +152,7 @@ def read_file(
     window the Redis readers select (:mod:`router.capture.reader`); with ``before_ms``, only
     those stored before that millisecond (the rest is read from Redis). ``leaves``: of these
     struct columns, only the named fields are read (and returned: a side's other fields are
-    never decoded)."""
+    never decoded). A part of a file (``f.row_groups``): the rows of those row groups."""
     try:
         pf = store.parquet(f.path)
         have = pf.schema_arrow  # (converted from the Parquet schema at each call: once)
@@ -177,9 +178,9 @@ def read_file(
         if "stored_at" not in present and window:
             present.append("stored_at")
         paths, later = _read_plan(pf, have, present, leaves)
-        table = pf.read(columns=paths, use_threads=False)
+        table = _read(pf, paths, f.row_groups)
         if later:
-            table = _read_later(pf, table, later)
+            table = _read_later(pf, table, later, f.row_groups)
     except UnreadableFile:
         raise
     except FileNotFoundError:
@@ -299,7 +300,15 @@ def _read_plan(pf: pq.ParquetFile, have: pa.Schema, present: list[str],
     return out, later
 
 
-def _read_later(pf: pq.ParquetFile, table: pa.Table, later: dict[str, list[str]]) -> pa.Table:
+def _read(pf: pq.ParquetFile, paths: list[str], row_groups: tuple[int, ...] | None) -> pa.Table:
+    """``paths`` of the file (of ``row_groups`` only, when given)."""
+    if row_groups is None:
+        return pf.read(columns=paths, use_threads=False)
+    return pf.read_row_groups(list(row_groups), columns=paths, use_threads=False)
+
+
+def _read_later(pf: pq.ParquetFile, table: pa.Table, later: dict[str, list[str]],
+                row_groups: tuple[int, ...] | None = None) -> pa.Table:  # fmt: skip
     """Fields left out by :func:`_read_plan` of struct columns that are not null throughout
     after all: read now, the struct column read again whole (of those fields)."""
     for name, paths in later.items():
@@ -307,7 +316,7 @@ def _read_later(pf: pq.ParquetFile, table: pa.Table, later: dict[str, list[str]]
         if col.null_count == table.num_rows:
             continue
         first = [f"{name}.{fl.name}" for fl in col.type]
-        again = pf.read(columns=first + paths, use_threads=False).column(name)
+        again = _read(pf, first + paths, row_groups).column(name)
         table = table.set_column(table.column_names.index(name), name, again)
     return table
 

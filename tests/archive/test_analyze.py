@@ -287,3 +287,54 @@ def test_cuped_history_before_the_window_is_read_from_the_archive(
         assert cu["state"] == "ok" and sum(cu["units_with_covariate"].values()) == 1200
         assert cu == from_redis["metrics"]["rev"]["cuped"]
         assert rep["counts"]["outcomes"]["outside_window"] == 1  # the request-joined stray
+
+
+def test_a_file_of_several_row_groups_is_made_a_part_at_a_time_into_the_same_page(
+    archived: tuple[str, Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of several row groups is read and converted a few row groups at a time
+    (archive_read.file_parts, _parts_page): the page, and so the report, is exactly the one of
+    the file read whole, windows cutting through files and entries kept whole included."""
+    from router.analysis import archive_read
+    from router.analysis.frames import record_schema
+
+    _url, root, _n = archived
+    copy = tmp_path / "row-groups"
+    shutil.copytree(root, copy)
+    for path in (copy / "pairs").rglob("*.parquet"):  # row groups of 97 rows
+        pq.write_table(pq.ParquetFile(path).read(), path, row_group_size=97)
+    monkeypatch.setattr(archive_read, "PAGE_FILES", 1)  # a page a file
+    store = ArchiveStore.open(str(copy))
+    files = archive_read.plan(store, "pairs", "e", None, None).files
+    monkeypatch.setattr(archive_read, "PART_ROWS", 200)
+    parts = archive_read.file_parts(store, files[0])
+    rows = pq.ParquetFile(copy / files[0].path).metadata.num_rows
+    assert [p.row_groups for p in parts] == [
+        tuple(range(i, min(i + 2, -(-rows // 97)))) for i in range(0, -(-rows // 97), 2)
+    ]  # (two row groups of 97 rows a part: 194 <= 200)
+    assert archive_read.file_parts(store, files[0], rows=10**9) == [files[0]]
+
+    schema = record_schema(numeric=True, fields=False)
+    plain = [f for f in files
+             if pq.ParquetFile(copy / f.path).read(["raw"]).column("raw").null_count
+             == pq.ParquetFile(copy / f.path).metadata.num_rows]  # fmt: skip
+    assert plain and len(plain) < len(files)  # (some files hold entries kept whole)
+    made = archive_read._parts_page(store, plain[0], schema, None, None, 1e10, None)
+    assert made is not None
+    monkeypatch.setattr(archive_read, "PART_ROWS", 10**9)
+    whole = archive_read.file_page(store, plain[0], schema, None, None, 1e10)
+    assert made.cols.equals(whole.cols) and made.segments == whole.segments
+    assert made.experiments == whole.experiments
+
+    policy = load_policy(None)
+    windows = [(None, None), (T0_MS / 1000 + 1800, T0_MS / 1000 + 5400)]
+    reports = {}
+    for part_rows in (10**9, 200):
+        monkeypatch.setattr(archive_read, "PART_ROWS", part_rows)
+        for since, until in windows:
+            rep = analyze(Source("e", archive=str(copy), since=since, until=until), policy)
+            del rep["meta"]["generated_at"]
+            reports[part_rows, since] = rep
+    for since, _until in windows:
+        assert reports[200, since] == reports[10**9, since]  # identical, not only close
+    assert reports[200, None]["data_quality"]["records"]["invalid"]  # (entries kept whole)
