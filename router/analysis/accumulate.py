@@ -104,7 +104,9 @@ class Accumulator:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         # request ids seen, as 64-bit fingerprints (a collision among 10^7 ids has odds of
-        # about 10^-6), and fingerprints of (request id, ts, unit, variant) for conflicts
+        # about 10^-6), and fingerprints of (request id, ts, unit, variant) for conflicts; past
+        # a few million ids both go to temporary files (sketches.SPILL_AT): RAM keeps the
+        # filter and a fence index of the ids, about 1.2-2.2 bytes a record
         self.seen = IdSet()
         self.seen_content = LazyIdSet()  # (queried only when a request id repeats)
         self.now = time.time()  # what "in the future" means for a record's ts

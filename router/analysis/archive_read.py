@@ -570,6 +570,10 @@ def load_archive_outcomes(
                 _index(oi, batch, experiment, ids, unit_rows_only)
                 batch, rows = [], 0
     _index(oi, batch, experiment, ids, unit_rows_only)
+    del batch
+    # (the load's tables are freed: give their pages back rather than keep them for the fold,
+    # which allocates through polars and numpy, not arrow's pool)
+    pa.default_memory_pool().release_unused()
 
 
 class _OutcomeIds:

@@ -6,15 +6,18 @@ are deduplicated so a replayed or retried outcome counts once: on their ``id`` w
 one (``POST /outcomes`` gives every row one), else on ``(request_id, unit, metric, value,
 ts)``. Rows of other experiments are counted by name, not analysed.
 
-Rows are kept as polars frames while loading, with their identity (8 bytes a row); they are
-deduplicated once, when the index is first used (a count of the distinct identities; a filter
-only when there are duplicates), and sorted. Request-joined rows end up in flat sorted arrays
-(request-id fingerprint, metric index, value: 18 bytes a row) with a directory of their
-fingerprints' top bits (4 bytes a row at most), joined to a page of records sorted by the same
-fingerprint (:meth:`OutcomeIndex.join`) in a few vectorised steps, not a binary search through
-the whole index per record. The identities are kept until the first join (rows may be added
-until then), then freed: an index joined to records is read-only. Unit-joined rows stay a small
-frame. At most ``max_metrics`` distinct metric names are analysed; more is an error
+Rows are kept as polars frames while loading, with their identity (8 bytes a row); a
+request-joined row's (metric, value) pair is coded as it comes in (a byte: a table of at most
+:data:`CODES` pairs, values told apart by their bits; past the caps a row keeps its metric and
+value). They are deduplicated once, when the index is first used (a count of the distinct
+identities; a filter only when there are duplicates), and sorted. Request-joined rows end up
+in :class:`_Requests`: the sorted fingerprints, a code byte a row and a directory of the
+fingerprints' top bits (about a byte a row), about 10 bytes a row in all, joined to a page of
+records sorted by the same fingerprint (:meth:`OutcomeIndex.join`) in a few vectorised steps,
+not a binary search through the whole index per record. The identities are kept until the
+first join (rows may be added until then), then freed: an index joined to records is
+read-only. Unit-joined rows stay a small frame (the metric by index, the value by code). At
+most ``max_metrics`` distinct metric names are analysed; more is an error
 (:class:`TooManyMetrics`), not a silent cut.
 """
 
@@ -69,11 +72,14 @@ class OutcomeIndex:
         self.other_experiments: Counter[str] = Counter()
         self._duplicates = 0
         self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
-        # ident, h, m, v (26 bytes a row) as added, deduplicated and sorted by _finalise into
-        # _sorted (h, m, v: 18 bytes a row) and _kept (the identities of its rows, 8 bytes)
+        # ident, h, c (17 bytes a row; and m, v when c is ESCAPE) as added, deduplicated and
+        # sorted by _finalise into _requests (about 7 bytes a row: see _Requests) and _kept
+        # (the identities of its rows, 8 bytes a row, until the first join)
         self._req: list[pl.DataFrame] = []
-        self._sorted = pl.DataFrame(schema=_SORTED_SCHEMA)
+        self._requests = _Requests()
         self._kept: list[pl.Series] = []
+        self._codes: dict[tuple[int, int], int] = {}  # (metric index, value bits): code
+        self._per_metric: dict[int, int] = {}  # codes a metric has
         self._unit: list[pl.DataFrame] = []  # ident, unit, metric, value, ts
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
@@ -83,12 +89,11 @@ class OutcomeIndex:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to the processes and Dask workers of :mod:`router.analysis.distribute`)
-        as the finished index only: the sorted arrays and the unit-joined rows, 18 bytes a
-        request-joined row, not the frames it was built from (and not sorted again there)."""
-        final = self._finalise()
+        as the finished index only: the compact sorted rows (:class:`_Requests`) and the
+        unit-joined rows, not the frames it was built from (and not sorted again there)."""
+        self._finalise()
         state = self.__dict__.copy()
-        state["_final"] = dict(final, directory=None)  # (built at the first join there)
-        state.update(_rows=[], _req=[], _unit=[], _sorted=None, _kept=[], _sealed=True)
+        state.update(_rows=[], _req=[], _unit=[], _kept=[], _sealed=True)
         return state
 
     def _check_open(self) -> None:
@@ -214,15 +219,26 @@ class OutcomeIndex:
                 if name not in self._ids:
                     self._register(name)
             # deduplicated (the first occurrence of an identity kept) once, with the sort
-            self._req.append(req.select(
+            part = req.select(
                 ident=ident,
                 h=rid_hash(pl.col("request_id")),
                 m=pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16),
                 v=pl.col("value"),
-            ))  # fmt: skip
+            )
+            del req
+            c = self._encode(part.select("m", "v"))
+            if (c == ESCAPE).any():  # (a pair without a code: its metric and value kept)
+                self._req.append(part.with_columns(c=c))
+            else:
+                self._req.append(part.select("ident", "h", c=c))
         units = df.filter(~by_req)
         if units.height:
-            self._unit.append(units.select(ident.alias("ident"), "unit", "metric", "value", "ts"))
+            # (gathered: filtered, the columns would keep the whole batch's buffers, the
+            # strings' and the floats', about 30 bytes an outcome row of every batch)
+            every = pl.int_range(pl.len())
+            self._unit.append(units.select(
+                ident.alias("ident"), pl.col("unit", "metric", "value", "ts").gather(every)
+            ))  # fmt: skip
 
     def _register(self, name: str) -> None:
         if len(self._names) >= self.max_metrics:
@@ -234,6 +250,47 @@ class OutcomeIndex:
         self._ids[name] = len(self._names)
         self._names.append(name)
 
+    def _encode(self, mv: pl.DataFrame) -> pl.Series:
+        """The code of each row's (metric index ``m``, value ``v``) pair (UInt8): its entry in
+        the table of pairs (:data:`CODES` at most, :data:`CODES_PER_METRIC` a metric; values
+        told apart by their bits, so -0.0, NaN payloads and infinities come back exactly), or
+        :data:`ESCAPE` past those caps (the row's metric and value kept apart then)."""
+        key = mv.select("m", b=pl.Series(mv["v"].to_numpy().view(np.int64)))
+        c = self._code_of(key)
+        if c.null_count():
+            new = key.filter(c.is_null()).unique(maintain_order=True)
+            new = new.group_by("m", maintain_order=True).head(CODES_PER_METRIC)
+            added = False
+            for m, b in new.iter_rows():
+                if len(self._codes) >= CODES:
+                    break
+                if self._per_metric.get(m, 0) < CODES_PER_METRIC:
+                    self._per_metric[m] = self._per_metric.get(m, 0) + 1
+                    self._codes[(m, b)] = len(self._codes)
+                    added = True
+            if added:
+                c = self._code_of(key)
+            c = c.fill_null(ESCAPE)
+        return c.alias("c")
+
+    def _code_of(self, key: pl.DataFrame) -> pl.Series:
+        if not self._codes:
+            return pl.repeat(None, key.height, dtype=pl.UInt8, eager=True)
+        table = pl.DataFrame(
+            [(m, b, c) for (m, b), c in self._codes.items()],
+            schema={"m": pl.UInt16(), "b": pl.Int64(), "c": pl.UInt8()},
+            orient="row",
+        )
+        return key.join(table, on=["m", "b"], how="left", maintain_order="left")["c"]
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The metric index and value of each code (:data:`ESCAPE`'s entry unused)."""
+        met = np.zeros(CODES + 1, np.uint16)
+        bits = np.zeros(CODES + 1, np.int64)
+        for (m, b), c in self._codes.items():
+            met[c], bits[c] = m, b
+        return met, bits.view(np.float64)
+
     # ------------------------------------------------------------------ the index
     def _finalise(self) -> dict[str, Any]:
         """Deduplicate (first occurrence kept) and sort (once; cached until the next insert)."""
@@ -244,12 +301,14 @@ class OutcomeIndex:
                 self._rows = []
             units = _dedupe(self._unit, _UNIT_SCHEMA)
             self._duplicates += sum(f.height for f in self._unit) - units.height
-            srt = self._sort_requests()
             self._unit = [units]
+            srt = self._sort_requests()
+            if srt is not None:
+                self._requests = _Requests.of(srt, *self._table())
+            req = self._requests
             metrics: dict[str, dict[str, Any]] = {}
-            binary = pl.col("v").is_in([0.0, 1.0]).all()
-            for m, n, b in srt.group_by("m").agg(pl.len(), binary).sort("m").iter_rows():
-                metrics[self._names[m]] = {"n": int(n), "binary": bool(b)}
+            for m, (n, b) in sorted(req.kinds().items()):
+                metrics[self._names[m]] = {"n": n, "binary": b}
             kinds = units.group_by("metric", maintain_order=True).agg(
                 pl.len(), pl.col("value").is_in([0.0, 1.0]).all()
             )
@@ -259,17 +318,19 @@ class OutcomeIndex:
                 info = metrics.setdefault(name, {"n": 0, "binary": True})
                 info["n"] += int(n)
                 info["binary"] = info["binary"] and bool(b)
-            h = srt["h"].to_numpy()
-            runs = np.zeros(h.size, dtype=bool)  # the next row has the same fingerprint
-            np.equal(h[1:], h[:-1], out=runs[:-1])
-            self._final = {
-                "rows": (h, srt["m"].to_numpy(), srt["v"].to_numpy()),
-                "directory": None,  # (built at the first join: see join)
-                "runs": runs if runs.any() else None,  # (1 byte a row, only when needed)
-                "by_unit": units.drop("ident"),
-                "metrics": metrics,
-            }
+            self._final = {"req": req, "units": self._compact_units(units), "metrics": metrics}
         return self._final
+
+    def _compact_units(self, units: pl.DataFrame) -> pl.DataFrame:
+        """The unit-joined rows as held (see :attr:`by_unit`): unit, the metric by index
+        (``m``), the value by its code (``c``, as the request-joined rows' values; the value
+        itself when some pair has none), ts."""
+        mtype = pl.UInt8() if len(self._names) <= 256 else pl.UInt16()
+        m = pl.col("metric").replace_strict(self._ids, return_dtype=pl.UInt16)
+        df = units.select("unit", m.alias("m"), "value", "ts")
+        c = self._encode(df.select("m", v="value"))
+        value = "value" if (c == ESCAPE).any() else c
+        return df.select("unit", pl.col("m").cast(mtype), value, "ts")
 
     def lookup(
         self, rid_hashes: np.ndarray, presorted: bool = False
@@ -289,58 +350,24 @@ class OutcomeIndex:
         """The outcome rows of requests with these fingerprints (sorted: a page of records):
         ``(record, metric index, value)`` per joined row, by record, each record's rows in
         the order they were added (the same rows and order as slicing :meth:`lookup`'s
-        ``[left, right)`` of each record in turn).
-
-        Each fingerprint starts at the first row of its directory bucket (a bucket holds a
-        few rows) and steps on while the rows are not past it: a few vectorised passes, each
-        over fewer fingerprints, instead of a binary search of the whole index per record
-        (stepping out of a bucket is harmless: the next one's rows are all past it)."""
-        final = self._finalise()
+        ``[left, right)`` of each record in turn). See :class:`_Requests`."""
+        req: _Requests = self._finalise()["req"]
         if not self._joined:  # (read-only from now on: the identities are not needed)
-            self._joined, self._kept = True, []
-        h, met, val = final["rows"]
-        n = h.size
-        bits, starts = final.get("directory") or (0, None)
-        if starts is None or starts[-1] != n:  # (the first join; a snapshot has none)
-            bits, starts = final["directory"] = _directory(h)
-        q = rid_hashes
-        if not n or not q.size:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-        at = starts[_bucket(q, bits)].astype(np.int64)
-        np.minimum(at, n - 1, out=at)
-        idx = np.arange(q.size)
-        recs: list[np.ndarray] = []
-        pos: list[np.ndarray] = []
-        runs = final.get("runs")  # (None: no fingerprint has two rows; see _finalise)
-        while idx.size:
-            hv = h[at]
-            eq = hv == q
-            go = hv < q
-            if eq.any():
-                recs.append(idx[eq])
-                pos.append(at[eq])
-                if runs is not None:  # (on to the fingerprint's next row)
-                    go |= eq & runs[at]
-            at += 1
-            go &= at < n
-            if not go.all():
-                idx, at, q = idx[go], at[go], q[go]
-        if not recs:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-        row_of, where = (recs[0], pos[0]) if len(recs) == 1 else _by_record(recs, pos)
-        return row_of, met[where].astype(np.int64), val[where]
+            self._joined, self._kept, self._unit = True, [], []
+        return req.join(rid_hashes)
 
-    def _sort_requests(self) -> pl.DataFrame:
+    def _sort_requests(self) -> pl.DataFrame | None:
         """The request-joined rows deduplicated (each identity's first occurrence, in the
         order added) and sorted by fingerprint (stable: the rows of one request keep their
         order): the rows added since the last call after those sorted then, which are
-        distinct, so they all stay. Duplicates are rare: one count of the distinct identities
-        finds there are none, and only then are they filtered out. The frames added are
-        sorted as they are (their chunks), not concatenated first."""
+        distinct, so they all stay (None when none were added). Duplicates are rare: one count
+        of the distinct identities finds there are none, and only then are they filtered
+        out. The frames added are sorted as they are (their chunks), not concatenated
+        first."""
         parts, self._req = self._req, []
         if not parts:
-            return self._sorted
-        new = pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]
+            return None
+        new = pl.concat(parts, how="diagonal", rechunk=False) if len(parts) > 1 else parts[0]
         del parts
         before = sum(s.len() for s in self._kept)
         idents = pl.concat([*self._kept, new["ident"]], rechunk=False)
@@ -350,16 +377,16 @@ class OutcomeIndex:
             new = new.filter(first)
         del idents
         self._kept.append(new["ident"])
-        both = pl.concat([self._sorted, new.drop("ident")], rechunk=False)
-        del new
-        self._sorted = both.sort("h", maintain_order=True)
-        return self._sorted
+        new = new.drop("ident")
+        if self._requests.n:  # (rows added after a finalise: rare)
+            new = pl.concat([self._requests.frame(), new], how="diagonal_relaxed", rechunk=False)
+        return new.sort("h", maintain_order=True)
 
     @property
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sorted (request-id fingerprint, metric index, value) arrays."""
-        rows: tuple[np.ndarray, np.ndarray, np.ndarray] = self._finalise()["rows"]
-        return rows
+        """Sorted (request-id fingerprint, metric index, value) arrays (decoded: a copy)."""
+        req: _Requests = self._finalise()["req"]
+        return req.decode()
 
     @property
     def metric_names(self) -> list[str]:
@@ -373,13 +400,21 @@ class OutcomeIndex:
 
     @property
     def by_unit(self) -> pl.DataFrame:
-        """Unit-joined rows: unit, metric, value, ts."""
-        df: pl.DataFrame = self._finalise()["by_unit"]
-        return df
+        """Unit-joined rows: unit, metric, value, ts (built at each call: the index holds
+        the metric by index)."""
+        units: pl.DataFrame = self._finalise()["units"]
+        names = pl.Series("metric", self._names, pl.String())
+        if "c" in units.columns:
+            value = pl.Series("value", self._table()[1]).gather(units["c"].cast(pl.UInt32))
+        else:
+            value = units["value"]
+        return units.select(
+            "unit", names.gather(units["m"].cast(pl.UInt32)).alias("metric"), value, "ts"
+        )
 
     @property
     def by_request_total(self) -> int:
-        return int(self.rows[0].size)
+        return int(self._finalise()["req"].n)
 
     @property
     def metrics(self) -> dict[str, dict[str, Any]]:
@@ -389,7 +424,7 @@ class OutcomeIndex:
 
     @property
     def valid(self) -> int:
-        return self.by_request_total + self.by_unit.height
+        return self.by_request_total + self._finalise()["units"].height
 
     @property
     def duplicate_rows(self) -> int:
@@ -397,29 +432,158 @@ class OutcomeIndex:
         return self._duplicates
 
 
-_REQ_SCHEMA: dict[str, pl.DataType] = {
-    "ident": pl.UInt64(),
-    "h": pl.Int64(),
-    "m": pl.UInt16(),
-    "v": pl.Float64(),
-}
-_SORTED_SCHEMA = {k: v for k, v in _REQ_SCHEMA.items() if k != "ident"}
+CODES = 127  # (metric, value) pairs with a code (a row's low 7 bits)
+CODES_PER_METRIC = 16  # of them a metric's (a metric of many values does not take them all)
+ESCAPE = CODES  # the code of a row whose pair has none (its metric and value kept apart)
+RUN = 128  # a row's high bit: the next row has the same fingerprint
 _UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
+_SUPERBLOCK_BITS = 8  # buckets a directory base covers (at most 2**8; fewer when crowded)
 
 
-DIRECTORY_ROWS = 1  # index rows per directory bucket, at least (about 1 to 2)
+class _Requests:
+    """The request-joined rows, sorted by request-id fingerprint, in about 10 bytes a row
+    (was 18, plus a 4-byte directory, plus a byte a row when some request had several rows):
 
+    - ``h``: the fingerprints (int64);
+    - ``codes``: a byte a row, the code of its (metric, value) pair in a table of at most
+      :data:`CODES` pairs (``table_m``/``table_v``: labels and conversions have a few values
+      each), or :data:`ESCAPE` (the metric and value are then in ``esc_m``/``esc_v`` at the
+      row's rank in ``esc_pos``); its high bit (:data:`RUN`) set when the next row has the
+      same fingerprint;
+    - a directory of the fingerprints' top ``bits`` bits (:func:`_bucket`; ``2**bits`` buckets
+      for ``2**bits`` to ``2**(bits + 1)`` rows): bucket ``i``'s rows start at
+      ``base[i >> shift] + off[i]`` (a byte a bucket, and an int32 a superblock of
+      ``2**shift`` buckets: about a byte a row, was 4).
 
-def _directory(h: np.ndarray) -> tuple[int, np.ndarray]:
-    """The bucket directory of sorted fingerprints ``h``: ``(bits, starts)``, where the rows
-    whose top ``bits`` bits are bucket ``i`` (:func:`_bucket`) are ``h[starts[i]:starts[i+1]]``.
-    Fingerprints are uniform, so buckets hold :data:`DIRECTORY_ROWS` to twice that rows on
-    average; ``starts`` is 4 bytes a bucket (4 bytes an index row at most)."""
-    bits = max(1, min(32, int(h.size // DIRECTORY_ROWS).bit_length() - 1))
-    counts = np.bincount(_bucket(h, bits), minlength=(1 << bits) + 1)
-    starts = np.zeros((1 << bits) + 2, dtype=np.int32 if h.size < 2**31 else np.int64)
-    np.cumsum(counts, out=starts[1:])
-    return bits, starts
+    The join (:meth:`join`) starts each fingerprint at the first row of its bucket and steps
+    on while the rows are below it: a few vectorised passes, each over fewer fingerprints,
+    not a binary search of the whole index per record."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.bits = 1
+        self.shift = 0
+        self.h = np.zeros(0, np.int64)
+        self.base = np.zeros(2, np.int32)
+        self.off = np.zeros(3, np.uint8)
+        self.codes = np.zeros(0, np.uint8)
+        self.runs = False  # (some fingerprint has several rows)
+        self.table_m = np.zeros(CODES + 1, np.uint16)
+        self.table_v = np.zeros(CODES + 1, np.float64)
+        self.esc_pos = np.zeros(0, np.int64)
+        self.esc_m = np.zeros(0, np.uint16)
+        self.esc_v = np.zeros(0, np.float64)
+
+    @classmethod
+    def of(cls, srt: pl.DataFrame, table_m: np.ndarray, table_v: np.ndarray) -> _Requests:
+        """From the rows sorted by fingerprint: ``h``, ``c`` (codes) and, for the rows coded
+        :data:`ESCAPE`, ``m`` and ``v``."""
+        self = cls()
+        h = srt["h"].to_numpy()  # (the frame's buffer, not a copy)
+        n = self.n = h.size
+        self.table_m, self.table_v = table_m, table_v
+        self.codes = srt["c"].to_numpy().copy()
+        if n > 1:
+            same = h[1:] == h[:-1]
+            self.runs = bool(same.any())
+            if self.runs:
+                self.codes[:-1] |= same.view(np.uint8) << 7
+            del same
+        esc = np.flatnonzero(self.codes & ~np.uint8(RUN) == ESCAPE)
+        if esc.size:
+            self.esc_pos = esc
+            at = pl.Series(esc)
+            self.esc_m = srt["m"].gather(at).to_numpy().astype(np.uint16)
+            self.esc_v = srt["v"].gather(at).to_numpy().astype(np.float64)
+        bits = self.bits = max(1, min(32, int(n).bit_length() - 1))
+        counts = np.bincount(_bucket(h, bits), minlength=1 << bits)
+        starts = np.zeros((1 << bits) + 1, np.int64)
+        np.cumsum(counts, out=starts[1:])
+        del counts
+        shift = min(bits, _SUPERBLOCK_BITS)  # (the largest whose offsets fit a byte)
+        while shift and (starts[(1 << shift) - 1 :: 1 << shift]
+                         - starts[: -1 : 1 << shift]).max() > 255:  # fmt: skip
+            shift -= 1
+        base = starts[:: 1 << shift].copy()
+        starts[:-1].reshape(-1, 1 << shift)[:] -= base[:-1, None]
+        starts[-1] = 0
+        self.shift, self.base = shift, base.astype(np.int32 if n < 2**31 else np.int64)
+        self.off = starts.astype(np.uint8)
+        self.h = h
+        return self
+
+    def _starts(self, b: np.ndarray) -> np.ndarray:
+        return self.base[b >> self.shift] + self.off[b]
+
+    def join(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(record, metric index, value)`` of the rows of fingerprints ``q``: each starts
+        at the first row of its bucket and steps on while the rows are below it (stepping out
+        of a bucket is harmless: the next one's rows are all past it)."""
+        n, h = self.n, self.h
+        if not n or not q.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        at = self._starts(_bucket(q, self.bits))
+        np.minimum(at, n - 1, out=at)
+        idx = np.arange(q.size)
+        codes = self.codes
+        recs: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        while idx.size:
+            hv = h[at]
+            eq = hv == q
+            go = hv < q
+            if eq.any():
+                recs.append(idx[eq])
+                pos.append(at[eq])
+                if self.runs:  # (on to the fingerprint's next row)
+                    go |= eq & (codes[at] >= RUN)
+            at += 1
+            go &= at < n
+            if not go.all():
+                idx, at, q = idx[go], at[go], q[go]
+        return self._decoded(recs, pos)
+
+    def _decoded(self, recs: list[np.ndarray],
+                 pos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        if not recs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        row_of, where = (recs[0], pos[0]) if len(recs) == 1 else _by_record(recs, pos)
+        c = self.codes[where] & np.uint8(CODES)
+        met, val = self.table_m[c].astype(np.int64), self.table_v[c]
+        if self.esc_pos.size:
+            esc = np.flatnonzero(c == ESCAPE)
+            if esc.size:
+                k = np.searchsorted(self.esc_pos, where[esc])
+                met[esc], val[esc] = self.esc_m[k], self.esc_v[k]
+        return row_of, met, val
+
+    def decode(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(fingerprint, metric index, value)`` arrays of the rows (copies)."""
+        c = self.codes & np.uint8(CODES)
+        met, val = self.table_m[c], self.table_v[c]
+        met[self.esc_pos], val[self.esc_pos] = self.esc_m, self.esc_v
+        return self.h.copy(), met, val
+
+    def frame(self) -> pl.DataFrame:
+        """The rows as :meth:`of` takes them (to sort again with rows added)."""
+        h, met, val = self.decode()
+        return pl.DataFrame({"h": h, "c": self.codes & np.uint8(CODES), "m": met, "v": val})
+
+    def kinds(self) -> dict[int, tuple[int, bool]]:
+        """``{metric index: (rows, all values 0 or 1)}``."""
+        out: dict[int, tuple[int, bool]] = {}
+        counts = np.bincount(self.codes & np.uint8(CODES), minlength=CODES + 1)
+        for c in np.flatnonzero(counts[:CODES]):
+            m, v = int(self.table_m[c]), float(self.table_v[c])
+            n, b = out.get(m, (0, True))
+            out[m] = (n + int(counts[c]), b and v in (0.0, 1.0))
+        if self.esc_pos.size:
+            em = pl.DataFrame({"m": self.esc_m, "v": self.esc_v})
+            binary = pl.col("v").is_in([0.0, 1.0]).all()
+            for m, k, b in em.group_by("m").agg(pl.len(), binary).iter_rows():
+                n, was = out.get(m, (0, True))
+                out[m] = (n + int(k), was and bool(b))
+        return out
 
 
 def _bucket(h: np.ndarray, bits: int) -> np.ndarray:

@@ -89,7 +89,7 @@ import polars as pl
 
 from router.analysis.accumulate import Accumulator, infer_metric_specs
 from router.analysis.arms import ArmSet, agreed_arms
-from router.analysis.outcomes_index import OutcomeIndex
+from router.analysis.outcomes_index import OutcomeIndex, _Requests
 from router.analysis.policy import Policy
 from router.analysis.sketches import IdSet, LazyIdSet
 from router.archive.layout import ROLLUPS, Hour, PartName, experiment_dir, partition_dir
@@ -450,9 +450,9 @@ class OutcomeSnapshot(OutcomeIndex):
         final = oi._finalise()
         snap = cls.__new__(cls)
         snap.__dict__.update(oi.__dict__)
-        snap._rows, snap._req, snap._unit = [], [], []
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.float64))
-        snap._final = dict(final, rows=empty)
+        snap._rows, snap._req, snap._unit, snap._kept = [], [], [], []
+        snap._requests = _Requests()
+        snap._final = dict(final, req=snap._requests)
         snap.requests = oi.by_request_total
         snap.plan = plan_key
         snap.outcome_files = coverage.outcome_files

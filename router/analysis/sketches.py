@@ -9,16 +9,26 @@
 * :class:`HashSample`: bottom-k sample by a hash of the request id. The k smallest hashes
   of a union are the k smallest of the two samples' hashes, so it merges exactly, and the same
   requests are sampled on every shard and in every process (no RNG state to share).
-* :class:`IdSet`: the request-id fingerprints seen, as sorted int64 runs (8 bytes an id).
+* :class:`IdSet`: the request-id fingerprints seen, as sorted int64 runs (8 bytes an id),
+  written to temporary files past a few million ids (:data:`SPILL_AT`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import mmap
+import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -286,6 +296,101 @@ class HashSample:
         return self.seen <= self.k
 
 
+_SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
+_ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
+_BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache, never mmap-ed)
+
+
+# ------------------------------------------------------------------ spilled runs
+# Ids held on disk instead of in RAM (bounded memory for long windows): a sorted run of at
+# least SPILL_AT ids (4M: 32 MB) is written to a temporary directory (under
+# tempfile.gettempdir(): TMPDIR) and only a fence index stays in RAM, every FENCE-th id
+# (1/64 of the run: 0.125 bytes an id). A lookup reads one FENCE-id block (512 bytes) of the
+# run's memory map for each id asked, and the mapped pages are dropped after each query
+# (MADV_DONTNEED), so they never add up in the resident set. The directory is removed when its
+# set is garbage-collected (weakref.finalize; also at exit).
+SPILL_AT = 1 << 22  # ids of a sorted run written to disk
+PENDING_SPILL_AT = 1 << 20  # unsorted pending ids of a LazyIdSet written to disk (8 MB)
+FENCE = 64  # ids a block of a spilled run: one fence key each in RAM
+SPILLED = {"runs": 0, "ids": 0, "bytes": 0}  # written in this process (all sets)
+
+
+def _spill_failed(exc: OSError) -> bool:
+    log.warning("request ids kept in RAM: cannot write to %s (%s)", tempfile.gettempdir(), exc)
+    return True
+
+
+def _remove_dir(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # (not from a forked child's copy of the set)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _SpillDir:
+    """The temporary directory of one set's files, made when first needed and removed with
+    its owner (``weakref.finalize``: no cycle, so also when collection is disabled)."""
+
+    def __init__(self, owner: object, prefix: str) -> None:
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir())
+        self._count = 0
+        self.finalizer = weakref.finalize(owner, _remove_dir, self.path, os.getpid())
+
+    def new_file(self, suffix: str) -> str:
+        self._count += 1
+        return os.path.join(self.path, f"{self._count:06d}.{suffix}")
+
+
+class _DiskRun:
+    """A sorted run of ids in a file (padded with its last id to whole blocks), with its fence
+    keys in RAM; lookups read one block an id through a memory map."""
+
+    __slots__ = ("_blocks", "_map", "fence", "path", "size")
+
+    def __init__(self, path: str, run: np.ndarray) -> None:
+        self.path, self.size = path, int(run.size)
+        pad = -run.size % FENCE
+        with open(path, "wb") as f:
+            np.ascontiguousarray(run).tofile(f)
+            if pad:
+                np.full(pad, run[-1], dtype=np.int64).tofile(f)
+        self.fence = run[::FENCE].copy()
+        SPILLED["runs"] += 1
+        SPILLED["ids"] += self.size
+        SPILLED["bytes"] += (self.size + pad) * 8
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._blocks = np.frombuffer(self._map, dtype=np.int64).reshape(-1, FENCE)
+
+    def keys(self) -> np.ndarray:
+        """The run (a view of the map: call :meth:`release` when done with it)."""
+        return self._blocks.reshape(-1)[: self.size]
+
+    def read(self) -> np.ndarray:
+        out = self.keys().copy()
+        self.release()
+        return out
+
+    def contains(self, q: np.ndarray) -> np.ndarray:
+        """Which of the ids ``q`` the run holds (one block read an id)."""
+        out = np.zeros(q.size, dtype=bool)
+        for i in range(0, q.size, _BLOCK):
+            part = q[i : i + _BLOCK]
+            j = np.searchsorted(self.fence, part, side="right") - 1
+            inside = j >= 0
+            rows = self._blocks[np.maximum(j, 0)]
+            out[i : i + _BLOCK] = (rows == part[:, None]).any(axis=1) & inside
+        return out
+
+    def release(self) -> None:
+        """Drop the run's mapped pages from the resident set (read again from the file)."""
+        self._map.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self._blocks = np.zeros((0, FENCE), dtype=np.int64)
+        self._map.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
 class IdSet:
     """A set of int64 fingerprints (hashes: their bits are uniform) kept exactly as sorted
     runs of doubling size (a small LSM tree, 8 bytes an id instead of the ~80 of a Python set
@@ -298,10 +403,15 @@ class IdSet:
       a binary search of every run (at 10^7 ids ~0.2-0.35 us, mostly cache misses), and
       queries sorted by fingerprint (a page is) read the filter in order. The filter is rebuilt
       from the runs, twice as large, when the ids outgrow it, and not pickled (rebuilt when
-      next needed).
+      next needed). ``bloom=False``: no filter (a set queried rarely: every query is searched).
     * Runs stop merging at about :attr:`RUN_CAP` ids: merging two runs copies both, so a set of
       ``n`` ids would otherwise need ``2n`` at its last merges (the peak memory of a long
       window), and every id would be copied once more per doubling of the window.
+    * A run of :data:`SPILL_AT` ids or more (a capped run) is written to a temporary file
+      (:class:`_DiskRun`): RAM holds the runs below the cap (under ``2 * SPILL_AT`` ids, 64 MB),
+      the filter and 1/64 of the spilled ids (their fence), so about 1.1-2.1 bytes an id
+      past the first few million. Pickling reads the spilled runs back (another process or
+      machine gets the ids, not the files).
 
     :meth:`merge` only takes the other set's runs (they may hold ids of this one): the
     repeats are dropped, and counted in :attr:`repeats`, by one sort when the size or the
@@ -310,10 +420,14 @@ class IdSet:
     RUN_CAP = 1 << 22  # ids of a run past which runs are not merged (32 MB)
     BITS_PER_ID = 8  # the filter's bits an id at least (twice that when it is rebuilt)
 
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+    def __init__(self, bloom: bool = True) -> None:
+        self.runs: list[np.ndarray] = []  # in RAM
+        self.disk: list[_DiskRun] = []  # spilled (see SPILL_AT)
+        self.bloom = bloom
         self.repeats = 0  # ids merged in that were here already (see merge)
         self._overlap = False  # runs may share ids (after a merge)
+        self._dir: _SpillDir | None = None
+        self._dir_failed = False  # a run could not be written (then all stay in RAM)
         self._init_filter()
 
     def _init_filter(self) -> None:
@@ -321,16 +435,31 @@ class IdSet:
         self._held = 0  # ids in the runs, with the repeats merges brought in
 
     def __getstate__(self) -> dict[str, object]:
-        return {"runs": self.runs, "repeats": self.repeats, "_overlap": self._overlap}
+        runs = [d.read() for d in self.disk] + self.runs
+        return {"runs": runs, "repeats": self.repeats, "_overlap": self._overlap,
+                "bloom": self.bloom}  # fmt: skip
 
-    def __setstate__(self, state: dict[str, object]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        runs = state.pop("runs")
+        state.setdefault("bloom", True)
         self.__dict__.update(state)
+        self.runs, self.disk, self._dir, self._dir_failed = [], [], None, False
         self._init_filter()
-        self._held = sum(r.size for r in self.runs)
+        self._held = sum(r.size for r in runs)
+        for run in runs:  # (the large ones to disk again)
+            self._keep(run)
 
     def __len__(self) -> int:
         self.compact()
-        return sum(r.size for r in self.runs)
+        return self._size()
+
+    def _size(self) -> int:
+        return sum(r.size for r in self.runs) + sum(d.size for d in self.disk)
+
+    @property
+    def spill_dir(self) -> str | None:
+        """The directory of the spilled runs (None: none spilled)."""
+        return self._dir.path if self._dir is not None else None
 
     # ------------------------------------------------------------ the filter
     def _locate(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -362,6 +491,9 @@ class IdSet:
             self._words = words = np.zeros(max(64, -(-need * self.BITS_PER_ID // 32)), np.uint64)
             for run in self.runs:
                 self._mark(run)
+            for d in self.disk:  # (read through the map, dropped after)
+                self._mark(d.keys())
+                d.release()
         return words
 
     def _maybe(self, h: np.ndarray) -> np.ndarray:
@@ -377,12 +509,15 @@ class IdSet:
     # ------------------------------------------------------------ the set
     def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
         found = np.zeros(h.size, dtype=bool)
-        if not self.runs or not h.size:
+        if not (self.runs or self.disk) or not h.size:
             return found
         h = np.ascontiguousarray(h, dtype=np.int64)
-        cand = np.flatnonzero(self._maybe(h))
-        if not cand.size:
-            return found
+        if self.bloom:
+            cand = np.flatnonzero(self._maybe(h))
+            if not cand.size:
+                return found
+        else:
+            cand = np.arange(h.size)
         # sorted queries: the binary searches walk each run in order
         q = h[cand]
         if not presorted:
@@ -393,6 +528,9 @@ class IdSet:
             pos = np.searchsorted(run, q)
             pos[pos == run.size] = 0
             hit |= run[pos] == q
+        for d in self.disk:
+            hit |= d.contains(q)
+            d.release()
         found[cand] = hit
         return found
 
@@ -416,15 +554,39 @@ class IdSet:
         while self.runs and self.runs[-1].size <= run.size < self.RUN_CAP:
             run = np.concatenate([self.runs.pop(), run])
             run.sort(kind="stable")  # two sorted halves: merged in linear time
+        self._keep(run)
+
+    def _keep(self, run: np.ndarray) -> None:
+        """Hold a sorted run: on disk from :data:`SPILL_AT` ids (in RAM if it cannot be
+        written: the temporary directory full or not writable)."""
+        if run.size >= SPILL_AT and run.size and not self._dir_failed:
+            try:
+                if self._dir is None:
+                    self._dir = _SpillDir(self, "router-ids-")
+                self.disk.append(_DiskRun(self._dir.new_file("run"), run))
+                return
+            except OSError as exc:
+                self._dir_failed = _spill_failed(exc)
         self.runs.append(run)
+
+    def _all_runs(self) -> list[np.ndarray]:
+        """Every run in RAM (the spilled ones read back)."""
+        return [d.read() for d in self.disk] + self.runs
+
+    def _drop_disk(self) -> None:
+        for d in self.disk:
+            d.close()
+        self.disk = []
 
     def merge(self, o: IdSet) -> None:
         """Add the ids of ``o``: its sorted runs are merged in as they are, so an id of both
         is held twice until the next :meth:`compact` (which counts it in :attr:`repeats`);
         membership is right at once, and no search of this set is made."""
         o.compact()
-        for run in sorted(o.runs, key=len, reverse=True):
-            self._overlap = self._overlap or bool(self.runs)
+        runs = o.runs + [d for d in o.disk]
+        for item in sorted(runs, key=lambda r: r.size, reverse=True):
+            run = item.read() if isinstance(item, _DiskRun) else item
+            self._overlap = self._overlap or bool(self.runs or self.disk)
             self._held += run.size
             if self._words is not None:
                 self._filter(self._held)
@@ -436,14 +598,16 @@ class IdSet:
         """Drop the ids that merges brought in twice, counting them in :attr:`repeats`
         (one sort of every id, after merges only); returns :attr:`repeats`."""
         if self._overlap:
-            both = np.concatenate(self.runs)
+            both = np.concatenate(self._all_runs())
             self.runs = []
+            self._drop_disk()
             both.sort(kind="stable")  # (sorted runs: merged)
             again = both[1:] == both[:-1]
             n = int(np.count_nonzero(again))
             if n:
                 both = both[np.concatenate(([True], ~again))]
-            self.runs = [both[i : i + self.RUN_CAP] for i in range(0, both.size, self.RUN_CAP)]
+            for i in range(0, both.size, self.RUN_CAP):
+                self._keep(both[i : i + self.RUN_CAP])
             self.repeats += n
             self._overlap = False
             self._held = both.size
@@ -453,45 +617,95 @@ class IdSet:
 
     def values(self) -> np.ndarray:
         self.compact()
-        if len(self.runs) == 1:
-            return self.runs[0].copy()
-        if not self.runs:
+        runs = self._all_runs()
+        if len(runs) == 1:
+            return runs[0].copy()
+        if not runs:
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate(self.runs), kind="stable")  # (sorted runs: merged)
-
-
-_SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
-_ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
-_BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache, never mmap-ed)
+        return np.sort(np.concatenate(runs), kind="stable")  # (sorted runs: merged)
 
 
 class LazyIdSet:
-    """An :class:`IdSet` that sorts only when asked: batches are kept as they come and folded
-    into the sorted runs at the first membership query after them. For a set that is queried
-    rarely (the conflict fingerprints: only when a request id repeats), insertion costs a copy."""
+    """An :class:`IdSet` (without a filter) that sorts only when asked: batches are kept as
+    they come and folded into the sorted runs at the first membership query after them. For a
+    set that is queried rarely (the conflict fingerprints: only when a request id repeats),
+    insertion costs a copy. Past :data:`PENDING_SPILL_AT` pending ids the batches are written
+    to a temporary file as they are (unsorted: sorted only if a query comes), so RAM holds
+    under ``PENDING_SPILL_AT`` pending ids (8 MB) and, once queried, the set's runs below the
+    cap (the sorted ones are spilled as :class:`IdSet`'s)."""
 
     def __init__(self) -> None:
-        self._set = IdSet()
-        self._pending: list[np.ndarray] = []
+        self._set = IdSet(bloom=False)
+        # batches in RAM (arrays) or on disk (the path and the ids of an unsorted file)
+        self._pending: list[np.ndarray | tuple[str, int]] = []
+        self._in_ram = 0  # ids of the batches in RAM
         self._merged = False  # pending holds another set's ids (they may repeat ours)
+        self._dir: _SpillDir | None = None
+        self._dir_failed = False  # a batch could not be written (then all stay in RAM)
+
+    def __getstate__(self) -> dict[str, object]:
+        pending = [_load(p) if isinstance(p, tuple) else p for p in self._pending]
+        return {"_set": self._set, "_pending": pending, "_merged": self._merged}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        pending = state.pop("_pending")
+        self.__dict__.update(state)
+        self._pending, self._in_ram, self._dir, self._dir_failed = [], 0, None, False
+        for p in pending:
+            self._hold(p)
+
+    @property
+    def spill_dir(self) -> str | None:
+        """The directory of the pending batches written to disk (None: none)."""
+        return self._dir.path if self._dir is not None else None
 
     def __len__(self) -> int:
         if self._merged:
             self._flush()
-        return len(self._set) + sum(p.size for p in self._pending)
+        return len(self._set) + sum(_count(p) for p in self._pending)
 
     def add_new(self, h: np.ndarray) -> None:
         """Add ids known to be absent and distinct."""
         if h.size:
-            self._pending.append(np.array(h, dtype=np.int64))
+            self._hold(np.array(h, dtype=np.int64))
+
+    def _hold(self, batch: np.ndarray) -> None:
+        """Keep a batch; the batches in RAM go to one file once they reach PENDING_SPILL_AT ids."""
+        self._pending.append(batch)
+        self._in_ram += int(batch.size)
+        if self._in_ram >= PENDING_SPILL_AT and not self._dir_failed:
+            path = ""
+            try:
+                if self._dir is None:
+                    self._dir = _SpillDir(self, "router-ids-")
+                path = self._dir.new_file("ids")
+                keep: list[np.ndarray | tuple[str, int]] = []
+                with open(path, "wb") as f:
+                    for p in self._pending:
+                        if isinstance(p, tuple):
+                            keep.append(p)
+                        else:
+                            np.ascontiguousarray(p).tofile(f)
+            except OSError as exc:  # (kept in RAM)
+                self._dir_failed = _spill_failed(exc)
+                if path:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                return
+            SPILLED["bytes"] += self._in_ram * 8
+            keep.append((path, self._in_ram))
+            self._pending, self._in_ram = keep, 0
 
     def _flush(self) -> None:
         """Sort the batches into the set one by one (one concatenation of them all would
         hold every pending id twice, and the sort a third time)."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._in_ram = self._pending, [], 0
         pending.reverse()
         while pending:
-            new = pending.pop()
+            item = pending.pop()
+            new = _load(item) if isinstance(item, tuple) else item
+            if isinstance(item, tuple):
+                os.unlink(item[0])
             if self._merged:  # (only then can an id repeat)
                 new = np.unique(new)
                 self._set.add_new(new[~self._set.contains(new, presorted=True)], presorted=True)
@@ -506,6 +720,18 @@ class LazyIdSet:
     def merge(self, o: LazyIdSet) -> None:
         """Add the ids of ``o``, lazily too: sorted and deduplicated at the next query."""
         o._set.compact()
-        self._pending.extend(o._set.runs)
-        self._pending.extend(o._pending)
-        self._merged = self._merged or bool(o._set.runs or o._pending)
+        self._merged = self._merged or bool(o._set.runs or o._set.disk or o._pending)
+        for d in o._set.disk:
+            self._hold(d.read())
+        for run in o._set.runs:
+            self._hold(run)
+        for p in o._pending:
+            self._hold(_load(p) if isinstance(p, tuple) else p)
+
+
+def _load(item: tuple[str, int]) -> np.ndarray:
+    return np.fromfile(item[0], dtype=np.int64, count=item[1])
+
+
+def _count(item: np.ndarray | tuple[str, int]) -> int:
+    return item[1] if isinstance(item, tuple) else int(item.size)

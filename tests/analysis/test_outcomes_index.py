@@ -1,0 +1,171 @@
+"""The outcome index's compact request-joined rows: (metric, value) codes that come back
+exactly, the fallback past the code caps, rows added after a finalise, pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import polars as pl
+
+from router.analysis import outcomes_index as oi_mod
+from router.analysis.frames import OUTCOME_SCHEMA, rid_hash
+from router.analysis.outcomes_index import OutcomeIndex
+
+ODD = [0.0, -0.0, 1.0, float("nan"), float("inf"), -float("inf"), 5e-324, -1.5]
+
+
+def _frame(rng: np.random.Generator, n: int, values: list[float], start: int = 0) -> pl.DataFrame:
+    """``n`` outcome rows of a few requests (several rows a request), metrics a to c, values
+    drawn from ``values``, a third of them with an id."""
+    rid = [f"r{int(x)}" for x in rng.integers(0, max(1, n // 3), n)]
+    return pl.DataFrame(
+        {
+            "id": [f"i{start + k}" if k % 3 == 0 else None for k in range(n)],
+            "request_id": rid,
+            "unit": [None] * n,
+            "metric": [["a", "b", "c"][int(x)] for x in rng.integers(0, 3, n)],
+            "value": [values[int(x)] for x in rng.integers(0, len(values), n)],
+            "ts": [1.7e9 + start + k for k in range(n)],
+            "experiment": ["e"] * n,
+        },
+        schema=OUTCOME_SCHEMA,
+    )
+
+
+def _expected(df: pl.DataFrame) -> tuple[list[int], list[str], list[int]]:
+    """The rows as the index must hold them: sorted by fingerprint, stable (no duplicates
+    here); values by their bits."""
+    srt = df.with_columns(h=rid_hash(pl.col("request_id"))).sort("h", maintain_order=True)
+    bits = srt["value"].to_numpy().view(np.int64).tolist()
+    return srt["h"].to_list(), srt["metric"].to_list(), bits
+
+
+def _held(oi: OutcomeIndex) -> tuple[list[int], list[str], list[int]]:
+    h, m, v = oi.rows
+    return h.tolist(), [oi.metric_names[i] for i in m], v.view(np.int64).tolist()
+
+
+def _joined(oi: OutcomeIndex, q: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    rec, met, val = oi.join(q)
+    return rec.tolist(), met.tolist(), val.view(np.int64).tolist()
+
+
+def _by_lookup(oi: OutcomeIndex, q: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    left, right = oi.lookup(q)
+    _h, met, val = oi.rows
+    at = [j for i in range(q.size) for j in range(int(left[i]), int(right[i]))]
+    rec = [i for i in range(q.size) for _ in range(int(right[i] - left[i]))]
+    return rec, met[at].tolist(), val[at].view(np.int64).tolist()
+
+
+def test_codes_round_trip_exactly() -> None:
+    """-0.0, NaN, infinities and subnormals come back bit for bit, through the join too."""
+    rng = np.random.default_rng(1)
+    df = _frame(rng, 600, ODD)
+    oi = OutcomeIndex()
+    oi.add_frame(df, [], "e")
+    assert _held(oi) == _expected(df)
+    req = oi._finalise()["req"]
+    assert req.esc_pos.size == 0 and req.runs  # (all coded; requests with several rows)
+    q = np.unique(np.concatenate([oi.rows[0], rng.integers(-(2**63), 2**63 - 1, 50)]))
+    assert _joined(oi, q) == _by_lookup(oi, q)
+
+
+def test_past_the_code_caps_values_are_kept_apart() -> None:
+    """A metric of many values takes :data:`CODES_PER_METRIC` codes and the rest of its rows
+    escape (their metric and value kept exactly); with the table full, every new pair
+    escapes. Counts and kinds equal those over the rows."""
+    rng = np.random.default_rng(2)
+    many = [float(x) for x in rng.normal(size=400)] + ODD
+    parts = [_frame(rng, 700, many, 0), _frame(rng, 500, [0.0, 1.0], 10_000)]
+    oi = OutcomeIndex()
+    for p in parts:
+        oi.add_frame(p, [], "e")
+    df = pl.concat(parts)
+    assert _held(oi) == _expected(df)
+    req = oi._finalise()["req"]
+    assert req.esc_pos.size and len(oi._codes) <= oi_mod.CODES
+    want = df.group_by("metric").agg(pl.len(), pl.col("value").is_in([0.0, 1.0]).all())
+    for name, n, binary in want.iter_rows():
+        assert oi.metrics[name] == {"n": n, "binary": binary}
+    q = np.unique(np.concatenate([oi.rows[0], oi.rows[0] + 1]))
+    assert _joined(oi, q) == _by_lookup(oi, q)
+    # a full table: pairs seen after it filled escape
+    small = OutcomeIndex()
+    small._codes = {(9, k): k for k in range(oi_mod.CODES)}
+    small.add_frame(parts[1], [], "e")
+    assert _held(small) == _expected(parts[1])
+    assert small._finalise()["req"].esc_pos.size == parts[1].height
+
+
+def test_rows_added_after_a_finalise_and_a_pickled_index() -> None:
+    """Rows added after the index was finalised are sorted in with those held (escaped ones
+    too; replays counted once); a pickled copy joins as the original does."""
+    rng = np.random.default_rng(3)
+    many = [float(x) for x in rng.normal(size=300)]
+    a, b = _frame(rng, 400, many, 0), _frame(rng, 400, ODD, 5_000)
+    oi = OutcomeIndex()
+    oi.add_frame(a, [], "e")
+    assert oi.metrics  # (finalised)
+    oi.add_frame(b, [], "e")
+    oi.add_frame(a.head(40), [], "e")  # (replays)
+    assert oi.duplicate_rows == 40
+    both = pl.concat([a, b])
+    assert _held(oi) == _expected(both)
+    copy = pickle.loads(pickle.dumps(oi))
+    q = np.unique(np.concatenate([oi.rows[0], rng.integers(-(2**63), 2**63 - 1, 50)]))
+    assert _joined(copy, q) == _joined(oi, q) == _by_lookup(oi, q)
+    assert copy.metrics == oi.metrics and copy.by_unit.equals(oi.by_unit)
+
+
+def test_unit_rows_keep_their_metric_names() -> None:
+    oi = OutcomeIndex()
+    df = pl.DataFrame(
+        {
+            "id": [None, "x", None],
+            "request_id": [None, None, "r1"],
+            "unit": ["u1", "u2", None],
+            "metric": ["conv", "rev", "label"],
+            "value": [1.0, 2.5, 0.0],
+            "ts": [1.0, 2.0, 3.0],
+            "experiment": ["e"] * 3,
+        },
+        schema=OUTCOME_SCHEMA,
+    )
+    oi.add_frame(df, [], "e")
+    assert oi.by_unit.to_dicts() == [
+        {"unit": "u1", "metric": "conv", "value": 1.0, "ts": 1.0},
+        {"unit": "u2", "metric": "rev", "value": 2.5, "ts": 2.0},
+    ]
+    assert oi.valid == 3 and oi.metrics["rev"] == {"n": 1, "binary": False}
+
+
+def test_unit_rows_values_coded_or_kept() -> None:
+    """Unit-joined values by code when their pairs have one (bit for bit), kept as they are
+    when one has none."""
+    for values in (ODD, [float(x) for x in range(40)] + ODD):
+        n = len(values)
+        df = pl.DataFrame(
+            {
+                "id": [None] * n,
+                "request_id": [None] * n,
+                "unit": [f"u{k}" for k in range(n)],
+                "metric": ["m"] * n,
+                "value": values,
+                "ts": [float(k) for k in range(n)],
+                "experiment": ["e"] * n,
+            },
+            schema=OUTCOME_SCHEMA,
+        )
+        oi = OutcomeIndex()
+        oi.add_frame(df, [], "e")
+        held = oi._finalise()["units"]
+        assert ("c" in held.columns) == (n <= oi_mod.CODES_PER_METRIC)
+        got = oi.by_unit
+        assert got["value"].to_numpy().view(np.int64).tolist() == (
+            np.array(values).view(np.int64).tolist()
+        )
+        assert got.select("unit", "metric", "ts").equals(df.select("unit", "metric", "ts"))
+        copy = pickle.loads(pickle.dumps(oi))
+        assert copy.by_unit.equals(got, null_equal=True)
