@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -46,22 +45,7 @@ def _register_broken(sub: argparse._SubParsersAction[argparse.ArgumentParser], n
     p.set_defaults(func=fail)
 
 
-# polars' jemalloc (configured from this variable when polars is first imported, which it
-# appends to its own ``dirty_decay_ms:500,muzzy_decay_ms:1000``) hands pages it has not reused
-# for a while back with MADV_FREE first ("muzzy"): they stay in the RSS for another second, or
-# until the kernel needs them. Purged at once instead (MADV_DONTNEED): measured on the archive
-# re-fold, 20-40 MB lower peak at 5M records, the same CPU. Only when the user has not set it.
-ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "muzzy_decay_ms:0"}
-
-
-def tune_allocators() -> None:
-    """Set :data:`ALLOCATOR_ENV` where the user has not (before polars is imported)."""
-    for name, value in ALLOCATOR_ENV.items():
-        os.environ.setdefault(name, value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocators()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
