@@ -268,6 +268,35 @@ def test_a_failing_reader_raises_in_the_folding_thread() -> None:
     assert acc.records == 100
 
 
+def test_the_reader_holds_a_bounded_number_of_pages() -> None:
+    """Pages parses ahead of the fold, but no further than ``ahead`` pages in its queue plus
+    the one its reader holds until there is room: pages are tens of MB."""
+    import time
+
+    recs, _ = dataset(SynthSpec(n=400, seed=38))
+    pulled: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, 400, 40):
+            pulled.append(i)
+            yield _lines(recs[i : i + 40])
+
+    for ahead in (1, 3):
+        pulled.clear()
+        pages = Pages(chunks(), record_schema(numeric=True, fields=False), workers=2,
+                      ahead=ahead)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while len(pulled) < ahead + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # (time to read further, were it allowed to)
+            assert len(pulled) == ahead + 1
+            got = [p.cols.height for p in pages]
+        finally:
+            pages.close()
+        assert got == [40] * 10 and len(pulled) == 10
+
+
 def test_missing_file_is_an_oserror_from_accumulate(tmp_path: Path) -> None:
     src = Source("x", pairs_file=str(tmp_path / "missing.jsonl"))
     with pytest.raises(OSError):
