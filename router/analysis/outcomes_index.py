@@ -38,6 +38,7 @@ from router.analysis.frames import (
     parse_outcomes,
     rid_hash,
 )
+from router.analysis.sketches import LazyIdSet
 from router.capture.outcomes import validate_outcome
 
 _COLS = ["id", "request_id", "unit", "metric", "value", "ts"]
@@ -74,10 +75,11 @@ class OutcomeIndex:
         self._rows: list[dict[str, Any]] = []  # validated dicts, folded in at the next use
         # ident, h, c (17 bytes a row; and m, v when c is ESCAPE) as added, deduplicated and
         # sorted by _finalise into _requests (about 7 bytes a row: see _Requests) and _kept
-        # (the identities of its rows, 8 bytes a row, until the first join)
+        # (the identities of its rows, until the first join: queried only when rows are added
+        # after a finalise, so past a few million they wait on disk, see LazyIdSet)
         self._req: list[pl.DataFrame] = []
         self._requests = _Requests()
-        self._kept: list[pl.Series] = []
+        self._kept = LazyIdSet()
         self._codes: dict[tuple[int, int], int] = {}  # (metric index, value bits): code
         self._per_metric: dict[int, int] = {}  # codes a metric has
         self._unit: list[pl.DataFrame] = []  # ident, unit, metric, value, ts
@@ -93,7 +95,7 @@ class OutcomeIndex:
         unit-joined rows, not the frames it was built from (and not sorted again there)."""
         self._finalise()
         state = self.__dict__.copy()
-        state.update(_rows=[], _req=[], _unit=[], _kept=[], _sealed=True)
+        state.update(_rows=[], _req=[], _unit=[], _kept=LazyIdSet(), _sealed=True)
         return state
 
     def _check_open(self) -> None:
@@ -353,7 +355,7 @@ class OutcomeIndex:
         ``[left, right)`` of each record in turn). See :class:`_Requests`."""
         req: _Requests = self._finalise()["req"]
         if not self._joined:  # (read-only from now on: the identities are not needed)
-            self._joined, self._kept, self._unit = True, [], []
+            self._joined, self._kept, self._unit = True, LazyIdSet(), []
         return req.join(rid_hashes)
 
     def _sort_requests(self) -> pl.DataFrame | None:
@@ -369,14 +371,18 @@ class OutcomeIndex:
             return None
         new = pl.concat(parts, how="diagonal", rechunk=False) if len(parts) > 1 else parts[0]
         del parts
-        before = sum(s.len() for s in self._kept)
-        idents = pl.concat([*self._kept, new["ident"]], rechunk=False)
-        if idents.n_unique() < idents.len():
-            first = idents.is_first_distinct().slice(before)
-            self._duplicates += new.height - int(first.sum())
+        idents = new["ident"]
+        seen = (self._kept.contains(idents.to_numpy().view(np.int64)) if len(self._kept)
+                else None)  # fmt: skip
+        if idents.n_unique() < idents.len() or (seen is not None and seen.any()):
+            first = idents.is_first_distinct().to_numpy()
+            if seen is not None:
+                first &= ~seen
+            self._duplicates += new.height - int(np.count_nonzero(first))
             new = new.filter(first)
-        del idents
-        self._kept.append(new["ident"])
+        del idents, seen
+        for i in range(0, new.height, KEPT_BATCH):  # (slices: no copy of them all at once)
+            self._kept.add_new(new["ident"].slice(i, KEPT_BATCH).to_numpy().view(np.int64))
         new = new.drop("ident")
         if self._requests.n:  # (rows added after a finalise: rare)
             new = pl.concat([self._requests.frame(), new], how="diagonal_relaxed", rechunk=False)
@@ -437,6 +443,7 @@ CODES_PER_METRIC = 16  # of them a metric's (a metric of many values does not ta
 ESCAPE = CODES  # the code of a row whose pair has none (its metric and value kept apart)
 RUN = 128  # a row's high bit: the next row has the same fingerprint
 _UNIT_SCHEMA: dict[str, pl.DataType] = {"ident": pl.UInt64()} | UNIT_ROWS_SCHEMA
+KEPT_BATCH = 1 << 20  # identities handed to the kept set at once (8 MB: see _sort_requests)
 _SUPERBLOCK_BITS = 8  # buckets a directory base covers (at most 2**8; fewer when crowded)
 
 
@@ -496,10 +503,7 @@ class _Requests:
             self.esc_m = srt["m"].gather(at).to_numpy().astype(np.uint16)
             self.esc_v = srt["v"].gather(at).to_numpy().astype(np.float64)
         bits = self.bits = max(1, min(32, int(n).bit_length() - 1))
-        counts = np.bincount(_bucket(h, bits), minlength=1 << bits)
-        starts = np.zeros((1 << bits) + 1, np.int64)
-        np.cumsum(counts, out=starts[1:])
-        del counts
+        starts = _bucket_starts(h, bits)
         shift = min(bits, _SUPERBLOCK_BITS)  # (the largest whose offsets fit a byte)
         while shift and (starts[(1 << shift) - 1 :: 1 << shift]
                          - starts[: -1 : 1 << shift]).max() > 255:  # fmt: skip
@@ -590,6 +594,25 @@ def _bucket(h: np.ndarray, bits: int) -> np.ndarray:
     """The directory bucket of signed fingerprints: their top ``bits`` bits, ordered as the
     fingerprints are (the sign bit flipped)."""
     return (h >> (64 - bits)) + (1 << (bits - 1))
+
+
+_BUCKET_CHUNK = 1 << 22  # sorted fingerprints bucketed at once by _bucket_starts
+
+
+def _bucket_starts(h: np.ndarray, bits: int) -> np.ndarray:
+    """Where each of the ``2**bits`` buckets begins in the sorted fingerprints ``h`` (and
+    ``h.size`` at the end): counted :data:`_BUCKET_CHUNK` rows at a time, each chunk's buckets
+    a contiguous range (``h`` is sorted), so the only array of the directory's size is the
+    result (int32 while the rows allow: at 26M rows 64 MB, where a bincount of every row's
+    bucket briefly held 200 MB of buckets and two 128 MB arrays)."""
+    starts = np.zeros((1 << bits) + 1, np.int32 if h.size < 2**31 else np.int64)
+    for i in range(0, h.size, _BUCKET_CHUNK):
+        b = _bucket(h[i : i + _BUCKET_CHUNK], bits)
+        lo = int(b[0])
+        seg = starts[lo + 1 : int(b[-1]) + 2]
+        np.add(seg, np.bincount(b - lo), out=seg, casting="unsafe")
+    np.cumsum(starts, out=starts)
+    return starts
 
 
 def _by_record(recs: list[np.ndarray], pos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import polars as pl
+import pytest
 
 from router.analysis import outcomes_index as oi_mod
 from router.analysis.frames import OUTCOME_SCHEMA, rid_hash
@@ -169,3 +170,23 @@ def test_unit_rows_values_coded_or_kept() -> None:
         assert got.select("unit", "metric", "ts").equals(df.select("unit", "metric", "ts"))
         copy = pickle.loads(pickle.dumps(oi))
         assert copy.by_unit.equals(got, null_equal=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 22])
+def test_bucket_starts_counted_by_chunks_equal_one_bincount(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory's bucket starts, counted a chunk of sorted fingerprints at a time, are
+    those of one bincount over every row's bucket (edge fingerprints and runs included)."""
+    oix = oi_mod
+    monkeypatch.setattr(oix, "_BUCKET_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    edges = np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max], np.int64)
+    for n in (1, 2, 5, 1000):
+        h = np.sort(np.concatenate([rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64),
+                                    edges, edges[:2]]))  # fmt: skip
+        for bits in (1, 3, max(1, h.size.bit_length() - 1)):
+            want = np.zeros((1 << bits) + 1, np.int64)
+            np.cumsum(np.bincount(oix._bucket(h, bits), minlength=1 << bits), out=want[1:])
+            got = oix._bucket_starts(h, bits)
+            assert got.dtype == np.int32 and got.tolist() == want.tolist()
