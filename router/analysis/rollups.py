@@ -450,7 +450,7 @@ class OutcomeSnapshot(OutcomeIndex):
         final = oi._finalise()
         snap = cls.__new__(cls)
         snap.__dict__.update(oi.__dict__)
-        snap._rows, snap._req, snap._unit, snap._kept = [], [], [], []
+        snap._rows, snap._req, snap._unit, snap._kept = [], [], [], LazyIdSet()
         snap._requests = _Requests()
         snap._final = dict(final, req=snap._requests)
         snap.requests = oi.by_request_total
