@@ -376,6 +376,15 @@ class Controller:
         if live is not None:
             changes = live_changes(live, machine.desired(state))
             if changes:
+                # a commit (state and live state together: an operator's approve, reject or
+                # rollback) since ``state`` was read moves the target and the live state at
+                # once: that is not drift, and "restoring" the stale target would undo it for
+                # a moment (the committer reconciles the routers itself; the next tick too)
+                fresh = await self.store.load()
+                if fresh is not None and machine.desired(fresh) != machine.desired(state):
+                    log.info("%s: the target moved under this tick (now %s); not reconciling "
+                             "the stale one", self.exp, fresh.stage)  # fmt: skip
+                    return []
                 log.warning("%s: live state drifted from the target (%s); restoring", self.exp,
                             changes)  # fmt: skip
                 done = await plane.change_live(
