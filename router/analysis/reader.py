@@ -175,6 +175,7 @@ class Pages:
         ahead: int = 1,
         now: float | None = None,
         prepare: Callable[[Any, float], Page] | None = None,
+        start: bool = True,
     ) -> None:
         self._q: queue.Queue[Future[Page] | BaseException | None] = queue.Queue(
             maxsize=max(1, ahead)
@@ -184,7 +185,8 @@ class Pages:
         self._prepare = prepare  # item -> Page (default: JSON lines, prepare_records)
         self._now = time.time() if now is None else now  # one clock for every page
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
-        self._reader.start()
+        if start:
+            self._reader.start()
 
     def _put(self, item: Future[Page] | BaseException | None) -> bool:
         while not self._stop.is_set():
@@ -211,6 +213,8 @@ class Pages:
         self._put(None)
 
     def __iter__(self) -> Iterator[Page]:
+        if self._reader.ident is None:  # (start=False)
+            self._reader.start()
         while True:
             item = self._q.get()
             if item is None:
@@ -221,7 +225,8 @@ class Pages:
 
     def close(self) -> None:
         self._stop.set()
-        self._reader.join(timeout=5)
+        if self._reader.ident is not None:
+            self._reader.join(timeout=5)
 
 
 def stitched_items(
@@ -274,5 +279,7 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
         from router.analysis.archive_read import archive_files, file_groups
 
         files, prepare = archive_files(src, schema, id_until(src))
-        return Pages(file_groups(files), schema, workers, prepare=prepare)
+        # (read once the outcomes are in: an hour file's pages held during their load, with
+        # its sort, made the peak of a week's re-fold)
+        return Pages(file_groups(files), schema, workers, prepare=prepare, start=False)
     return Pages(record_chunks(src), schema, workers)

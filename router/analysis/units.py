@@ -33,7 +33,9 @@ METRIC_SCHEMA: dict[str, pl.DataType] = {
     "n": pl.Int64(),
     "mx": pl.Float64(),
 }
-_MIN_COMPACT = 200_000
+_MIN_COMPACT = 200_000  # rows pending before a first compaction (all shards)
+SHARDS = 8
+_SHARD_SEED = 0x5EED
 
 
 def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
@@ -53,33 +55,58 @@ def _reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-class _Pending:
+class _Part:
     """Frames waiting to be reduced, compacted when they outgrow the last reduction."""
 
-    def __init__(
-        self, schema: dict[str, pl.DataType], reduce: Callable[[pl.DataFrame], pl.DataFrame]
-    ) -> None:
-        self.schema = schema
+    def __init__(self, reduce: Callable[[pl.DataFrame], pl.DataFrame], least: int) -> None:
         self.reduce = reduce
+        self.least = least
         self.frames: list[pl.DataFrame] = []
         self.rows = 0
         self.compacted = 0
 
     def add(self, df: pl.DataFrame) -> None:
-        if df.height:
-            self.frames.append(df)
-            self.rows += df.height
-            if self.rows - self.compacted > max(_MIN_COMPACT, self.compacted):
-                self.table()
+        self.frames.append(df)
+        self.rows += df.height
+        if self.rows - self.compacted > max(self.least, self.compacted):
+            self.table()
 
-    def table(self) -> pl.DataFrame:
+    def table(self) -> pl.DataFrame | None:
         if not self.frames:
-            return pl.DataFrame(schema=self.schema)
+            return None
         if len(self.frames) > 1 or self.rows != self.compacted:
             out = self.reduce(pl.concat(self.frames))
             self.frames = [out]
             self.rows = self.compacted = out.height
         return self.frames[0]
+
+
+class _Pending:
+    """A table reduced by unit, in :data:`SHARDS` parts by a hash of the unit: each part is
+    compacted on its own, so a compaction (a concatenation and a group-by: about three times
+    the rows it reduces) works on an eighth of the units at a time (measured at 1M units and
+    50M records: the re-fold's peak was a compaction of the whole table, 200-300 MB above
+    the table itself)."""
+
+    def __init__(
+        self, schema: dict[str, pl.DataType], reduce: Callable[[pl.DataFrame], pl.DataFrame]
+    ) -> None:
+        self.schema = schema
+        self.parts = [_Part(reduce, _MIN_COMPACT // SHARDS) for _ in range(SHARDS)]
+
+    def add(self, df: pl.DataFrame) -> None:
+        if not df.height:
+            return
+        shard = (pl.col("unit").hash(_SHARD_SEED) % SHARDS).alias("_shard")
+        split = df.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False)
+        for (k,), frame in split.items():
+            self.parts[int(k)].add(frame)
+
+    def table(self) -> pl.DataFrame:
+        tables = [t for t in (p.table() for p in self.parts) if t is not None]
+        if not tables:
+            return pl.DataFrame(schema=self.schema)
+        return pl.concat(tables, rechunk=False) if len(tables) > 1 else tables[0]
 
 
 class UnitTable:
