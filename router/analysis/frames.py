@@ -355,6 +355,9 @@ class Page:
     rejected: Invalid = field(default_factory=Invalid)
     experiments: list[str] = field(default_factory=list)  # the distinct experiment names
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable (file, reason)
+    # work done on the parse thread that no accumulator state enters (accumulate.prefold);
+    # valid for ``cols`` only as they are (an accumulator that filters rows does it again)
+    pre: Any = None
 
     @property
     def invalid(self) -> int:

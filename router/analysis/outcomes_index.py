@@ -358,6 +358,11 @@ class OutcomeIndex:
             self._joined, self._kept, self._unit = True, LazyIdSet(), []
         return req.join(rid_hashes)
 
+    def freeze(self) -> None:
+        """Make the index read-only, as the first :meth:`join` does: from then on
+        :meth:`join` may be called from several threads at once."""
+        self.join(np.zeros(0, np.int64))
+
     def _sort_requests(self) -> pl.DataFrame | None:
         """The request-joined rows deduplicated (each identity's first occurrence, in the
         order added) and sorted by fingerprint (stable: the rows of one request keep their

@@ -183,6 +183,9 @@ class Pages:
         self._stop = threading.Event()
         self._chunks, self._schema, self._workers = chunks, schema, max(1, workers)
         self._prepare = prepare  # item -> Page (default: JSON lines, prepare_records)
+        # run on each page after it is prepared, on its parse thread, once set (pages parsed
+        # before are handed on as they are): see router.analysis.accumulate.prefold
+        self.after: Callable[[Page], Page] | None = None
         self._now = time.time() if now is None else now  # one clock for every page
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
         if start:
@@ -201,16 +204,21 @@ class Pages:
         try:
             with ThreadPoolExecutor(self._workers, thread_name_prefix="analyze-parse") as pool:
                 for chunk in self._chunks:
-                    if self._prepare is not None:
-                        job = pool.submit(self._prepare, chunk, self._now)
-                    else:
-                        job = pool.submit(prepare_records, chunk, self._schema, self._now)
+                    job = pool.submit(self._page, chunk)
                     if not self._put(job):
                         return
         except BaseException as exc:  # handed to the consuming thread, which raises it
             self._put(exc)
             return
         self._put(None)
+
+    def _page(self, chunk: Any) -> Page:
+        if self._prepare is not None:
+            page = self._prepare(chunk, self._now)
+        else:
+            page = prepare_records(chunk, self._schema, self._now)
+        after = self.after
+        return after(page) if after is not None else page
 
     def __iter__(self) -> Iterator[Page]:
         if self._reader.ident is None:  # (start=False)

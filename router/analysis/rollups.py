@@ -97,7 +97,8 @@ from router.archive.scan import ArchiveFile, UnreadableFile, plan, read_file
 from router.archive.store import ArchiveStore, StoreError
 
 log = logging.getLogger(__name__)
-AGGREGATE_VERSION = 2  # 2: request-id sets apart (id file, late records), outcome stamps
+AGGREGATE_VERSION = 3  # 2: request-id sets apart (id file, late records), outcome stamps;
+# 3: unit tables in shards by unit hash (units._Pending)
 FUTURE_REASON = "ts: in the future"
 DEFAULT_LATENESS_S = 6 * 3600.0
 UNCHECKED = ("a request id reused with other content in two hours, both records on time, is "
@@ -189,7 +190,7 @@ _ALLOWED = {
     ("polars.dataframe.frame", "DataFrame"), ("polars.series.series", "Series"),
     ("re", "_compile"),  # (the text kind's refusal pattern)
     # the reducers a pending unit table holds
-    ("router.analysis.units", "_reduce_exposures"), ("router.analysis.units", "_reduce_metrics"),
+    ("router.analysis.units", "reduce_exposures"), ("router.analysis.units", "reduce_metrics"),
     ("router.analysis.arms", "_reduce_unit_variants"),
 }  # fmt: skip
 
@@ -721,12 +722,7 @@ def _remap(r: Rollup, aset: ArmSet, oi: OutcomeIndex) -> None:
     ids = np.array([names.index(n) if n in names else -1 for n in r.metric_names] or [0],
                    dtype=np.int64)  # fmt: skip
     for acc in aset.arms.values():
-        for pending in (acc.units._metrics, acc.units._request_values):
-            t = pending.table()
-            if t.height:
-                pending.frames = [t.with_columns(
-                    pl.Series("metric", ids[t["metric"].to_numpy()], dtype=pl.Int64)
-                )]  # fmt: skip
+        acc.units.renumber_metrics(ids)
 
 
 class _IdsGone(Exception):

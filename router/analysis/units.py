@@ -38,7 +38,32 @@ SHARDS = 8
 _SHARD_SEED = 0x5EED
 
 
-def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
+def exposure_rows(
+    unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray
+) -> pl.DataFrame:
+    """A page's exposures as :class:`UnitTable` takes them (rows without a unit dropped)."""
+    df = pl.DataFrame(
+        {
+            "unit": unit,
+            "champion": variant == 0,
+            "challenger": variant == 1,
+            "first_ts": ts,
+            "combo": combo.astype(np.int64),
+            "requests": np.ones(len(unit), dtype=np.int64),
+        }
+    )
+    return df.filter(pl.col("unit").is_not_null()) if unit.null_count() else df
+
+
+def metric_rows(unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> pl.DataFrame:
+    """Outcome values joined through requests as :class:`UnitTable` takes them."""
+    return pl.DataFrame(
+        {"unit": unit, "metric": metric.astype(np.int64), "s": value, "n": 1, "mx": value},
+        schema_overrides={"n": pl.Int64},
+    ).filter(pl.col("unit").is_not_null())
+
+
+def reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
     return df.group_by("unit").agg(
         pl.col("champion").max(),
         pl.col("challenger").max(),
@@ -49,7 +74,7 @@ def _reduce_exposures(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
+def reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
     return df.group_by("unit", "metric").agg(
         pl.col("s").sum(), pl.col("n").sum(), pl.col("mx").max()
     )
@@ -95,16 +120,24 @@ class _Pending:
         self.reduce = reduce
         self.parts = [_Part(reduce, _MIN_COMPACT // SHARDS) for _ in range(SHARDS)]
 
-    def add(self, df: pl.DataFrame) -> None:
+    def add(self, df: pl.DataFrame, reduced: bool = False) -> None:
         if not df.height:
             return
-        # reduced first: a page of an hour's records has a tenth as many distinct units as
-        # rows (measured: 31,533 in 297,619), so the compactions see a tenth of the rows
-        df = self.reduce(df)
+        if not reduced:
+            # reduced first: a page of an hour's records has a tenth as many distinct units
+            # as rows (measured: 31,533 in 297,619), so the compactions see a tenth of them
+            df = self.reduce(df)
         shard = (pl.col("unit").hash(_SHARD_SEED) % SHARDS).alias("_shard")
         split = df.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False)
         for (k,), frame in split.items():
             self.parts[int(k)].add(frame)
+
+    def recode(self, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+        """Replace each shard's table by ``fn`` of it (a column recoded, the units kept)."""
+        for p in self.parts:
+            t = p.table()
+            if t is not None and t.height:
+                p.frames = [fn(t)]
 
     def table(self) -> pl.DataFrame:
         tables = [t for t in (p.table() for p in self.parts) if t is not None]
@@ -115,35 +148,28 @@ class _Pending:
 
 class UnitTable:
     def __init__(self) -> None:
-        self._exposures = _Pending(EXPOSURE_SCHEMA, _reduce_exposures)
-        self._metrics = _Pending(METRIC_SCHEMA, _reduce_metrics)
-        self._request_values = _Pending(METRIC_SCHEMA, _reduce_metrics)
+        self._exposures = _Pending(EXPOSURE_SCHEMA, reduce_exposures)
+        self._metrics = _Pending(METRIC_SCHEMA, reduce_metrics)
+        self._request_values = _Pending(METRIC_SCHEMA, reduce_metrics)
 
     def add_exposures(
         self, unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray
     ) -> None:
         """Rows of one page (units may repeat; order within the page does not matter)."""
-        df = pl.DataFrame(
-            {
-                "unit": unit,
-                "champion": variant == 0,
-                "challenger": variant == 1,
-                "first_ts": ts,
-                "combo": combo.astype(np.int64),
-                "requests": np.ones(len(unit), dtype=np.int64),
-            }
-        )
-        if unit.null_count():
-            df = df.filter(pl.col("unit").is_not_null())
-        self._exposures.add(df)  # reduced with the others when they outgrow the table
+        self._exposures.add(exposure_rows(unit, variant, ts, combo))
 
     def add_metrics(self, unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> None:
         """Outcome values joined through requests: one row per (unit, metric id, value)."""
-        df = pl.DataFrame(
-            {"unit": unit, "metric": metric.astype(np.int64), "s": value, "n": 1, "mx": value},
-            schema_overrides={"n": pl.Int64},
-        ).filter(pl.col("unit").is_not_null())
-        self._metrics.add(df)
+        self._metrics.add(metric_rows(unit, metric, value))
+
+    def add_reduced(self, exposures: pl.DataFrame | None, metrics: pl.DataFrame | None) -> None:
+        """A page's rows as :func:`exposure_rows` and :func:`metric_rows` give them, reduced
+        (:func:`reduce_exposures`, :func:`reduce_metrics`): on a parse thread, see
+        :func:`router.analysis.accumulate.prefold`."""
+        if exposures is not None:
+            self._exposures.add(exposures, reduced=True)
+        if metrics is not None:
+            self._metrics.add(metrics, reduced=True)
 
     def add_request_values(self, unit: pl.Series, metric: int, value: np.ndarray) -> None:
         """Reduced values of a ``per: request`` metric, one row per request that has one."""
@@ -153,6 +179,15 @@ class UnitTable:
             schema_overrides={"n": pl.Int64},
         ).filter(pl.col("unit").is_not_null())  # fmt: skip
         self._request_values.add(df)
+
+    def renumber_metrics(self, ids: np.ndarray) -> None:
+        """Metric ``i`` becomes metric ``ids[i]`` (another outcome index's numbering)."""
+
+        def recode(t: pl.DataFrame) -> pl.DataFrame:
+            return t.with_columns(pl.Series("metric", ids[t["metric"].to_numpy()], pl.Int64))
+
+        self._metrics.recode(recode)
+        self._request_values.recode(recode)
 
     def merge(self, o: UnitTable, combo_map: np.ndarray) -> None:
         """Fold in another table; ``combo_map[i]`` is this table's id of the other's combo i."""
