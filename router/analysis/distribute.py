@@ -2,9 +2,9 @@
 
 ``router analyze --archive URI --executor …``:
 
-- ``threads``: one process; files parsed on ``--workers`` threads and folded in order (the
-  pipeline of JSONL and Redis sources);
-- ``processes`` (the default for an archive): a local process pool of ``--workers`` processes;
+- ``threads`` (the default, see README "Executors"): one process; files parsed on
+  ``--workers`` threads and folded in order (the pipeline of JSONL and Redis sources);
+- ``processes``: a local process pool of ``--workers`` processes;
 - ``dask://HOST:PORT`` (or ``tcp://…``): the workers of a Dask distributed scheduler
   (``pip install 'shadow-router[dask]'``; the workers need this package and read access to the
   archive, e.g. the same S3 bucket).
