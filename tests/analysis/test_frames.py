@@ -368,3 +368,103 @@ def test_status_classes_beyond_http_fold_as_before() -> None:
     both = acc.status_classes[0] + acc.status_classes[1]
     assert both["999xx"] == 8 and both["1234xx"] == 8 and both["none"] >= 8
     assert list(acc.status_classes[0]) == ["none", "2xx", "4xx", "5xx", "999xx", "1234xx"]
+
+
+def test_unit_table_shards_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tables compact in shards by a hash of the unit (units.SHARDS): one shard or
+    eight, compacting after every page or rarely, the report is the same."""
+    policy = Policy(min_samples=100, primary_metric=PrimaryMetric(name="converted"))
+    recs, outs = dataset(SynthSpec(n=5000, units=400, seed=37, conversion_uplift=0.05))
+
+    def run() -> dict[str, Any]:
+        oi = OutcomeIndex()
+        oi.add_all(outs, "synth")
+        acc = Accumulator(policy, oi, experiment="synth")
+        for i in range(0, len(recs), 250):
+            acc.add(recs[i : i + 250])
+        return without_time(report_from(acc, experiment="synth", split=0.5))
+
+    eight = run()
+    monkeypatch.setattr(units_mod, "SHARDS", 1)
+    assert_close(run(), eight)
+    monkeypatch.setattr(units_mod, "_MIN_COMPACT", 8)
+    assert_close(run(), eight)
+
+
+def test_pages_made_unstarted_read_nothing_until_iterated() -> None:
+    """``Pages(start=False)`` (an archive's pages, read once the outcomes are in) pulls no
+    chunk before it is iterated, and can be closed unread."""
+    import time
+
+    recs, _ = dataset(SynthSpec(n=200, seed=39))
+    pulled: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, 200, 50):
+            pulled.append(i)
+            yield _lines(recs[i : i + 50])
+
+    schema = record_schema(numeric=True, fields=False)
+    unread = Pages(chunks(), schema, workers=2, start=False)
+    unread.close()
+    pages = Pages(chunks(), schema, workers=2, start=False)
+    try:
+        time.sleep(0.3)
+        assert pulled == []
+        assert [p.cols.height for p in pages] == [50] * 4
+    finally:
+        pages.close()
+
+
+def test_prefold_on_parse_threads_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outcome join and the reduced unit rows made on the parse threads
+    (accumulate.prefold) give the report the folding thread gives alone, with what makes it
+    fold a page itself: replayed and reused request ids (within a page and across pages),
+    records without a unit, another experiment's records and records outside the window."""
+    from router.analysis.accumulate import prefold
+
+    policy = Policy(min_samples=100, primary_metric=PrimaryMetric(name="converted"))
+    recs, outs = dataset(SynthSpec(n=6000, units=500, seed=41, conversion_uplift=0.05))
+    recs = [dict(r) for r in recs]
+    for i in range(0, len(recs), 97):
+        recs[i]["unit"] = None
+    extra = [dict(recs[10]), dict(recs[3000], ts=recs[3000]["ts"] + 1.0),  # replay, reuse
+             dict(recs[20], experiment="other"), dict(recs[4500])]  # fmt: skip
+    recs = [*recs[:2000], dict(recs[1500]), *recs[2000:], *extra]  # (a replay in its page)
+    since, until = recs[100]["ts"], recs[-200]["ts"]
+    used: list[bool] = []
+
+    def counted(page: Any, outcomes: OutcomeIndex) -> Any:
+        page = prefold(page, outcomes)
+        used.append(page.pre is not None)
+        return page
+
+    def run(pre: bool) -> dict[str, Any]:
+        oi = OutcomeIndex()
+        oi.add_all(outs, "synth")
+        oi.freeze()
+        acc = Accumulator(policy, oi, experiment="synth", since=since, until=until)
+        chunks = [_lines(recs[i : i + 700]) for i in range(0, len(recs), 700)]
+        pages = Pages(iter(chunks), record_schema(numeric=True, fields=False), workers=2,
+                      start=False)  # fmt: skip
+        if pre:
+            pages.after = lambda page: counted(page, oi)
+        try:
+            fold(acc, pages)
+        finally:
+            pages.close()
+        assert acc.duplicates >= 2 and acc.conflicts >= 1 and acc.outside_window > 0
+        return without_time(report_from(acc, experiment="synth", split=0.5))
+
+    alone = run(pre=False)
+    folded_with: list[bool] = []  # per page folded: whether the prefold was used
+    fold_page = Accumulator._fold
+
+    def spy(self: Accumulator, *args: Any) -> None:
+        folded_with.append(len(args) > 3 and args[3] is not None)
+        fold_page(self, *args)
+
+    monkeypatch.setattr(Accumulator, "_fold", spy)
+    assert_close(run(pre=True), alone)
+    assert used and all(used)
+    assert any(folded_with) and not all(folded_with)  # (both ways taken)
