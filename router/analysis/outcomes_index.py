@@ -77,7 +77,7 @@ class OutcomeIndex:
         # sorted by _finalise into _requests (about 7 bytes a row: see _Requests) and _kept
         # (the identities of its rows, until the first join: queried only when rows are added
         # after a finalise, so past a few million they wait on disk, see LazyIdSet)
-        self._req: list[pl.DataFrame] = []
+        self._req: list[_Batch] = []
         self._requests = _Requests()
         self._kept = LazyIdSet()
         self._codes: dict[tuple[int, int], int] = {}  # (metric index, value bits): code
@@ -229,10 +229,9 @@ class OutcomeIndex:
             )
             del req
             c = self._encode(part.select("m", "v"))
-            if (c == ESCAPE).any():  # (a pair without a code: its metric and value kept)
-                self._req.append(part.with_columns(c=c))
-            else:
-                self._req.append(part.select("ident", "h", c=c))
+            batch, repeats = _Batch.of(part, c)
+            self._duplicates += repeats
+            self._req.append(batch)
         units = df.filter(~by_req)
         if units.height:
             # (gathered: filtered, the columns would keep the whole batch's buffers, the
@@ -306,7 +305,7 @@ class OutcomeIndex:
             self._unit = [units]
             srt = self._sort_requests()
             if srt is not None:
-                self._requests = _Requests.of(srt, *self._table())
+                self._requests = _Requests.of(*srt, *self._table())
             req = self._requests
             metrics: dict[str, dict[str, Any]] = {}
             for m, (n, b) in sorted(req.kinds().items()):
@@ -363,35 +362,29 @@ class OutcomeIndex:
         :meth:`join` may be called from several threads at once."""
         self.join(np.zeros(0, np.int64))
 
-    def _sort_requests(self) -> pl.DataFrame | None:
-        """The request-joined rows deduplicated (each identity's first occurrence, in the
-        order added) and sorted by fingerprint (stable: the rows of one request keep their
-        order): the rows added since the last call after those sorted then, which are
-        distinct, so they all stay (None when none were added). Duplicates are rare: one count
-        of the distinct identities finds there are none, and only then are they filtered
-        out. The frames added are sorted as they are (their chunks), not concatenated
-        first."""
-        parts, self._req = self._req, []
-        if not parts:
+    def _sort_requests(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The request-joined rows added since the last call (after those sorted then),
+        deduplicated (each identity's first occurrence, in the order added) and sorted by
+        fingerprint (stable: the rows of one request keep their order), as ``(h, codes,
+        esc_m, esc_v)`` (see :func:`_merge`); None when none were added. Each batch was
+        deduplicated and sorted as it came (:meth:`_Batch.of`), so this drops the identities
+        repeated across batches (:func:`_drop_repeats`, a sixteenth of the identities at a
+        time) and merges the sorted batches (:func:`_merge`, a 256th of the rows at a time):
+        at 26M rows about 9 bytes a row held twice at most, where a sort of one frame of them
+        all held three to four times that (measured: the peak of a week's re-fold)."""
+        batches, self._req = self._req, []
+        if not batches:
             return None
-        new = pl.concat(parts, how="diagonal", rechunk=False) if len(parts) > 1 else parts[0]
-        del parts
-        idents = new["ident"]
-        seen = (self._kept.contains(idents.to_numpy().view(np.int64)) if len(self._kept)
-                else None)  # fmt: skip
-        if idents.n_unique() < idents.len() or (seen is not None and seen.any()):
-            first = idents.is_first_distinct().to_numpy()
-            if seen is not None:
-                first &= ~seen
-            self._duplicates += new.height - int(np.count_nonzero(first))
-            new = new.filter(first)
-        del idents, seen
-        for i in range(0, new.height, KEPT_BATCH):  # (slices: no copy of them all at once)
-            self._kept.add_new(new["ident"].slice(i, KEPT_BATCH).to_numpy().view(np.int64))
-        new = new.drop("ident")
-        if self._requests.n:  # (rows added after a finalise: rare)
-            new = pl.concat([self._requests.frame(), new], how="diagonal_relaxed", rechunk=False)
-        return new.sort("h", maintain_order=True)
+        self._duplicates += _drop_repeats(batches, self._kept if len(self._kept) else None)
+        for b in batches:  # the identities wait for rows added later (on disk past a few M)
+            for i in range(0, b.ident.size, KEPT_BATCH):
+                self._kept.add_new(b.ident[i : i + KEPT_BATCH].view(np.int64))
+            b.ident = np.zeros(0, np.uint64)
+        if self._requests.n:  # (rows added after a finalise: rare; theirs come first)
+            batches.insert(0, _Batch.of_requests(self._requests))
+        return _merge(batches)
 
     @property
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -487,26 +480,23 @@ class _Requests:
         self.esc_v = np.zeros(0, np.float64)
 
     @classmethod
-    def of(cls, srt: pl.DataFrame, table_m: np.ndarray, table_v: np.ndarray) -> _Requests:
-        """From the rows sorted by fingerprint: ``h``, ``c`` (codes) and, for the rows coded
-        :data:`ESCAPE`, ``m`` and ``v``."""
+    def of(cls, h: np.ndarray, codes: np.ndarray, esc_m: np.ndarray, esc_v: np.ndarray,
+           table_m: np.ndarray, table_v: np.ndarray) -> _Requests:  # fmt: skip
+        """From the rows sorted by fingerprint: ``h``, ``codes`` and the metric and value of
+        the rows coded :data:`ESCAPE`, in their order (``codes`` is taken, not copied)."""
         self = cls()
-        h = srt["h"].to_numpy()  # (the frame's buffer, not a copy)
         n = self.n = h.size
         self.table_m, self.table_v = table_m, table_v
-        self.codes = srt["c"].to_numpy().copy()
+        self.codes = codes
         if n > 1:
             same = h[1:] == h[:-1]
             self.runs = bool(same.any())
             if self.runs:
                 self.codes[:-1] |= same.view(np.uint8) << 7
             del same
-        esc = np.flatnonzero(self.codes & ~np.uint8(RUN) == ESCAPE)
-        if esc.size:
-            self.esc_pos = esc
-            at = pl.Series(esc)
-            self.esc_m = srt["m"].gather(at).to_numpy().astype(np.uint16)
-            self.esc_v = srt["v"].gather(at).to_numpy().astype(np.float64)
+        if esc_m.size:
+            self.esc_pos = np.flatnonzero(self.codes & ~np.uint8(RUN) == ESCAPE)
+            self.esc_m, self.esc_v = esc_m.astype(np.uint16), esc_v.astype(np.float64)
         bits = self.bits = max(1, min(32, int(n).bit_length() - 1))
         starts = _bucket_starts(h, bits)
         shift = min(bits, _SUPERBLOCK_BITS)  # (the largest whose offsets fit a byte)
@@ -572,11 +562,6 @@ class _Requests:
         met, val = self.table_m[c], self.table_v[c]
         met[self.esc_pos], val[self.esc_pos] = self.esc_m, self.esc_v
         return self.h.copy(), met, val
-
-    def frame(self) -> pl.DataFrame:
-        """The rows as :meth:`of` takes them (to sort again with rows added)."""
-        h, met, val = self.decode()
-        return pl.DataFrame({"h": h, "c": self.codes & np.uint8(CODES), "m": met, "v": val})
 
     def kinds(self) -> dict[int, tuple[int, bool]]:
         """``{metric index: (rows, all values 0 or 1)}``."""
@@ -650,3 +635,122 @@ def _dedupe(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.Dat
         return pl.DataFrame(schema=schema)
     df = pl.concat(parts) if len(parts) > 1 else parts[0]
     return df.filter(pl.col("ident").is_first_distinct())
+
+
+class _Batch:
+    """A batch of request-joined rows as added: its identities' repeats dropped (the first
+    kept), sorted by fingerprint (stable), in arrays: ``h``, ``c`` (codes), ``ident`` (until
+    the batches are merged) and, when some row is coded :data:`ESCAPE`, every row's ``m`` and
+    ``v`` (else None)."""
+
+    __slots__ = ("c", "h", "ident", "m", "v")
+
+    def __init__(self, h: np.ndarray, c: np.ndarray, ident: np.ndarray,
+                 m: np.ndarray | None, v: np.ndarray | None) -> None:  # fmt: skip
+        self.h, self.c, self.ident, self.m, self.v = h, c, ident, m, v
+
+    @classmethod
+    def of(cls, part: pl.DataFrame, c: pl.Series) -> tuple[_Batch, int]:
+        """From ``ident``, ``h``, ``m``, ``v`` and the codes ``c``; and the repeats dropped."""
+        first = part["ident"].is_first_distinct().to_numpy()
+        repeats = int(first.size - np.count_nonzero(first))
+        keep = np.flatnonzero(first) if repeats else None
+        h = part["h"].to_numpy()
+        order = np.argsort(h if keep is None else h[keep], kind="stable")
+        if keep is not None:
+            order = keep[order]
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a[order])
+
+        codes = take(c.to_numpy())
+        esc = bool((codes == ESCAPE).any())
+        m = take(part["m"].to_numpy()) if esc else None
+        v = take(part["v"].to_numpy()) if esc else None
+        return cls(take(h), codes, take(part["ident"].to_numpy()), m, v), repeats
+
+    @classmethod
+    def of_requests(cls, req: _Requests) -> _Batch:
+        """The rows of a finished index (sorted and deduplicated already)."""
+        h, met, val = req.decode()
+        return cls(h, req.codes & np.uint8(CODES), np.zeros(0, np.uint64), met, val)
+
+    def drop(self, rows: np.ndarray) -> None:
+        keep = np.ones(self.h.size, dtype=bool)
+        keep[rows] = False
+        for name in self.__slots__:
+            a = getattr(self, name)
+            if a is not None and a.size == keep.size:
+                setattr(self, name, a[keep])
+
+
+_GROUPS = 16  # identities checked for repeats across batches a sixteenth at a time
+
+
+def _drop_repeats(batches: list[_Batch], kept: LazyIdSet | None) -> int:
+    """Drop the rows whose identity an earlier batch holds (or ``kept``, rows finalised
+    before); returns how many. Batches hold no repeats of their own (:meth:`_Batch.of`).
+    One count of distinct identities per sixteenth (by their low bits) finds there are none,
+    as it mostly does; only a sixteenth with repeats is searched for them."""
+    drops: list[list[np.ndarray]] = [[] for _ in batches]
+    if kept is not None:
+        for k, b in enumerate(batches):
+            drops[k].append(np.flatnonzero(kept.contains(b.ident.view(np.int64))))
+    if len(batches) > 1:
+        low = np.uint64(_GROUPS - 1)
+        for g in range(_GROUPS):
+            where = [np.flatnonzero((b.ident & low) == g) for b in batches]
+            ids = np.concatenate([b.ident[w] for b, w in zip(batches, where, strict=True)])
+            col = pl.Series(ids)
+            if col.n_unique() == ids.size:
+                continue
+            again = np.flatnonzero(~col.is_first_distinct().to_numpy())
+            starts = np.cumsum([0] + [w.size for w in where])
+            which = np.searchsorted(starts, again, side="right") - 1
+            for k in np.unique(which):
+                drops[k].append(where[k][again[which == k] - starts[k]])
+    n = 0
+    for b, d in zip(batches, drops, strict=True):
+        rows = np.unique(np.concatenate(d)) if d else np.zeros(0, np.int64)
+        if rows.size:
+            b.drop(rows)
+            n += int(rows.size)
+    return n
+
+
+def _merge(batches: list[_Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of the sorted batches in one stable order by fingerprint (a batch's rows after
+    an earlier batch's of the same fingerprint), as ``(h, codes, esc_m, esc_v)``: written a
+    256th at a time (the fingerprints' top 8 bits), each from the same range of every
+    batch, into arrays made once (the batches and the result: about 18 bytes a row)."""
+    n = sum(b.h.size for b in batches)
+    h = np.empty(n, np.int64)
+    codes = np.empty(n, np.uint8)
+    esc_m: list[np.ndarray] = []
+    esc_v: list[np.ndarray] = []
+    edges = (np.arange(1, 256, dtype=np.int64) - 128) << 56  # (signed: top bits ascending)
+    cuts = [np.concatenate(([0], np.searchsorted(b.h, edges), [b.h.size])) for b in batches]
+    at = 0
+    for k in range(256):
+        spans = [(b, int(c[k]), int(c[k + 1])) for b, c in zip(batches, cuts, strict=True)]
+        spans = [(b, lo, hi) for b, lo, hi in spans if hi > lo]
+        if not spans:
+            continue
+        hh = np.concatenate([b.h[lo:hi] for b, lo, hi in spans])
+        cc = np.concatenate([b.c[lo:hi] for b, lo, hi in spans])
+        order = np.argsort(hh, kind="stable")
+        m = hh.size
+        h[at : at + m] = hh[order]
+        codes[at : at + m] = cc = cc[order]
+        esc = np.flatnonzero(cc == ESCAPE)
+        if esc.size:
+            mm = np.concatenate([b.m[lo:hi] if b.m is not None else np.zeros(hi - lo, np.uint16)
+                                 for b, lo, hi in spans])  # fmt: skip
+            vv = np.concatenate([b.v[lo:hi] if b.v is not None else np.zeros(hi - lo)
+                                 for b, lo, hi in spans])  # fmt: skip
+            esc_m.append(mm[order[esc]])
+            esc_v.append(vv[order[esc]])
+        at += m
+    batches.clear()
+    return (h, codes, np.concatenate(esc_m) if esc_m else np.zeros(0, np.uint16),
+            np.concatenate(esc_v) if esc_v else np.zeros(0))  # fmt: skip

@@ -190,3 +190,36 @@ def test_bucket_starts_counted_by_chunks_equal_one_bincount(
             np.cumsum(np.bincount(oix._bucket(h, bits), minlength=1 << bits), out=want[1:])
             got = oix._bucket_starts(h, bits)
             assert got.dtype == np.int32 and got.tolist() == want.tolist()
+
+
+def test_repeats_within_and_across_batches_keep_the_first() -> None:
+    """A row whose identity came before (the same ``id``, even with other content; without
+    an id, the same content), in its own batch or any earlier one, is dropped and the first
+    kept; the rest are merged from the sorted batches in one stable order. Checked against
+    a plain reading of the rules, with escaped values among them."""
+    rng = np.random.default_rng(4)
+    many = [float(x) for x in rng.normal(size=200)] + ODD
+    parts = [_frame(rng, 300, many, 1000 * k) for k in range(6)]
+    parts.append(parts[0].head(30))  # replays of a batch long gone (ids and contents)
+    other = (parts[2].filter(pl.col("id").is_not_null()).head(20)
+             .with_columns(value=pl.lit(9.0), request_id=pl.lit("r-other")))  # fmt: skip
+    parts.append(pl.concat([other, parts[3].head(10), parts[3].head(10)]))  # (and in-batch)
+    oi = OutcomeIndex()
+    for p in parts:
+        oi.add_frame(p, [], "e")
+    rows = pl.concat(parts)
+    seen: set[tuple[object, ...]] = set()
+    first = []
+    for r in rows.iter_rows(named=True):
+        bits = np.float64(r["value"]).view(np.int64).item()
+        key = (("id", r["id"]) if r["id"] is not None
+               else ("c", r["request_id"], r["unit"], r["metric"], bits, r["ts"]))  # fmt: skip
+        first.append(key not in seen)
+        seen.add(key)
+    kept = rows.filter(pl.Series(first))
+    assert kept.height < rows.height - 60
+    assert _held(oi) == _expected(kept)
+    assert oi.duplicate_rows == rows.height - kept.height
+    assert oi._finalise()["req"].esc_pos.size  # (escaped rows merged with their values)
+    q = np.unique(np.concatenate([oi.rows[0], oi.rows[0] - 1]))
+    assert _joined(oi, q) == _by_lookup(oi, q)
