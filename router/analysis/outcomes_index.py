@@ -23,6 +23,7 @@ most ``max_metrics`` distinct metric names are analysed; more is an error
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -468,7 +469,10 @@ class _Requests:
         self.n = 0
         self.bits = 1
         self.shift = 0
-        self.h = np.zeros(0, np.int64)
+        self.h = np.zeros(0, np.int64)  # (empty when split: see of)
+        self.split = False
+        self.lo = np.zeros(0, np.uint32)
+        self.mid = np.zeros(0, np.uint8)
         self.base = np.zeros(2, np.int32)
         self.off = np.zeros(3, np.uint8)
         self.codes = np.zeros(0, np.uint8)
@@ -481,9 +485,13 @@ class _Requests:
 
     @classmethod
     def of(cls, h: np.ndarray, codes: np.ndarray, esc_m: np.ndarray, esc_v: np.ndarray,
-           table_m: np.ndarray, table_v: np.ndarray) -> _Requests:  # fmt: skip
+           table_m: np.ndarray, table_v: np.ndarray,
+           bits: int | None = None) -> _Requests:  # fmt: skip
         """From the rows sorted by fingerprint: ``h``, ``codes`` and the metric and value of
-        the rows coded :data:`ESCAPE`, in their order (``codes`` is taken, not copied)."""
+        the rows coded :data:`ESCAPE`, in their order (``codes`` is taken, not copied).
+        ``bits``: the directory's (default: about log2 of the rows). From
+        :data:`SPLIT_BITS` on, a row's top bits are its bucket's, and only its low 40 are
+        held (5 bytes a row, not 8: from about 17M rows)."""
         self = cls()
         n = self.n = h.size
         self.table_m, self.table_v = table_m, table_v
@@ -497,7 +505,7 @@ class _Requests:
         if esc_m.size:
             self.esc_pos = np.flatnonzero(self.codes & ~np.uint8(RUN) == ESCAPE)
             self.esc_m, self.esc_v = esc_m.astype(np.uint16), esc_v.astype(np.float64)
-        bits = self.bits = max(1, min(32, int(n).bit_length() - 1))
+        bits = self.bits = bits or max(1, min(32, int(n).bit_length() - 1))
         starts = _bucket_starts(h, bits)
         shift = min(bits, _SUPERBLOCK_BITS)  # (the largest whose offsets fit a byte)
         while shift and (starts[(1 << shift) - 1 :: 1 << shift]
@@ -508,7 +516,12 @@ class _Requests:
         starts[-1] = 0
         self.shift, self.base = shift, base.astype(np.int32 if n < 2**31 else np.int64)
         self.off = starts.astype(np.uint8)
-        self.h = h
+        del starts
+        if bits >= SPLIT_BITS:  # the top bits are the bucket's: 5 bytes a row, not 8
+            self.split = True
+            self.lo, self.mid = _low40(h)
+        else:
+            self.h = h
         return self
 
     def _starts(self, b: np.ndarray) -> np.ndarray:
@@ -516,30 +529,44 @@ class _Requests:
 
     def join(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(record, metric index, value)`` of the rows of fingerprints ``q``: each starts
-        at the first row of its bucket and steps on while the rows are below it (stepping out
-        of a bucket is harmless: the next one's rows are all past it)."""
-        n, h = self.n, self.h
+        at the first row of its bucket and steps on while the rows are below it, within its
+        bucket (whose rows share its top bits: compared by their low 40 bits when the index
+        holds only those, see :meth:`of`)."""
+        n = self.n
         if not n or not q.size:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-        at = self._starts(_bucket(q, self.bits))
-        np.minimum(at, n - 1, out=at)
+        q = np.ascontiguousarray(q, dtype=np.int64)
+        b = _bucket(q, self.bits)
+        at, end = self._starts(b), self._starts(b + 1)
+        if self.split:  # (rows and fingerprints by their low 40 bits: one order in a bucket)
+            lo, mid = _low40(q)
+            key = (mid.astype(np.int64) << 32) | lo
+            del lo, mid
+        else:
+            key = q
         idx = np.arange(q.size)
         codes = self.codes
         recs: list[np.ndarray] = []
         pos: list[np.ndarray] = []
+        go = at < end
+        if not go.all():
+            idx, at, end, key = idx[go], at[go], end[go], key[go]
         while idx.size:
-            hv = h[at]
-            eq = hv == q
-            go = hv < q
+            if self.split:
+                hv = (self.mid[at].astype(np.int64) << 32) | self.lo[at]
+            else:
+                hv = self.h[at]
+            eq = hv == key
+            go = hv < key
             if eq.any():
                 recs.append(idx[eq])
                 pos.append(at[eq])
                 if self.runs:  # (on to the fingerprint's next row)
                     go |= eq & (codes[at] >= RUN)
             at += 1
-            go &= at < n
+            go &= at < end
             if not go.all():
-                idx, at, q = idx[go], at[go], q[go]
+                idx, at, end, key = idx[go], at[go], end[go], key[go]
         return self._decoded(recs, pos)
 
     def _decoded(self, recs: list[np.ndarray],
@@ -561,7 +588,16 @@ class _Requests:
         c = self.codes & np.uint8(CODES)
         met, val = self.table_m[c], self.table_v[c]
         met[self.esc_pos], val[self.esc_pos] = self.esc_m, self.esc_v
-        return self.h.copy(), met, val
+        return self.fingerprints(), met, val
+
+    def fingerprints(self) -> np.ndarray:
+        """The rows' fingerprints (a copy; put together again when split)."""
+        if not self.split:
+            return self.h.copy()
+        starts = self._starts(np.arange((1 << self.bits) + 1))
+        top = np.repeat(np.arange(1 << self.bits, dtype=np.int64) - (1 << (self.bits - 1)),
+                        np.diff(starts)) << (64 - self.bits)  # fmt: skip
+        return top | (self.mid.astype(np.int64) << 32) | self.lo
 
     def kinds(self) -> dict[int, tuple[int, bool]]:
         """``{metric index: (rows, all values 0 or 1)}``."""
@@ -587,6 +623,17 @@ def _bucket(h: np.ndarray, bits: int) -> np.ndarray:
 
 
 _BUCKET_CHUNK = 1 << 22  # sorted fingerprints bucketed at once by _bucket_starts
+SPLIT_BITS = 24  # from this many directory bits on, rows hold their fingerprints' low 40
+# (64 - 24 = 40: the bits a bucket does not fix)
+
+
+def _low40(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The low 32 bits (uint32) and the next 8 (uint8) of int64 fingerprints, copied from
+    their bytes (no int64 temporary of them all)."""
+    if sys.byteorder == "little":
+        h = np.ascontiguousarray(h)
+        return h.view(np.uint32)[0::2].copy(), h.view(np.uint8)[4::8].copy()
+    return (h & 0xFFFFFFFF).astype(np.uint32), ((h >> 32) & 0xFF).astype(np.uint8)
 
 
 def _bucket_starts(h: np.ndarray, bits: int) -> np.ndarray:

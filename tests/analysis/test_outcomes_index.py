@@ -223,3 +223,26 @@ def test_repeats_within_and_across_batches_keep_the_first() -> None:
     assert oi._finalise()["req"].esc_pos.size  # (escaped rows merged with their values)
     q = np.unique(np.concatenate([oi.rows[0], oi.rows[0] - 1]))
     assert _joined(oi, q) == _by_lookup(oi, q)
+
+
+@pytest.mark.parametrize("bits", [None, 24, 26])
+def test_rows_holding_their_low_40_bits_join_as_whole_fingerprints(bits: int | None) -> None:
+    """From :data:`SPLIT_BITS` directory bits on (about 17M rows; forced here), a row holds
+    only its fingerprint's low 40 bits, the rest being its bucket's: the join and the
+    fingerprints put together again equal those of whole fingerprints, extremes included."""
+    rng = np.random.default_rng(5)
+    h = rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)
+    h[1::7] = h[0::7][: h[1::7].size]  # (requests of several rows)
+    h = np.sort(np.concatenate([h, [-(2**63), -(2**63), 2**63 - 1, 0, -1]]))
+    codes = rng.integers(0, 10, h.size).astype(np.uint8)
+    table = np.arange(oi_mod.CODES + 1)
+    req = oi_mod._Requests.of(h.copy(), codes.copy(), np.zeros(0, np.uint16), np.zeros(0),
+                              table.astype(np.uint16), table.astype(float), bits=bits)  # fmt: skip
+    assert req.split == (bits is not None) and req.h.size == (0 if bits else h.size)
+    assert np.array_equal(req.fingerprints(), h)
+    far = rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64)
+    q = np.unique(np.concatenate([h, h[1:] - 1, h[:-1] + 1, far]))
+    rec, met, _val = req.join(q)
+    left, right = np.searchsorted(h, q, "left"), np.searchsorted(h, q, "right")
+    assert rec.tolist() == [i for i in range(q.size) for _ in range(right[i] - left[i])]
+    assert met.tolist() == [int(codes[j]) for i in range(q.size) for j in range(left[i], right[i])]
