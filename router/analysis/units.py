@@ -194,9 +194,9 @@ class UnitTable:
         ex = o.exposures()
         if ex.height:
             mapped = pl.Series("combo", combo_map[ex["combo"].to_numpy()], dtype=pl.Int64)
-            self._exposures.add(ex.with_columns(mapped))
-        self._metrics.add(o.metrics())
-        self._request_values.add(o.request_values())
+            self._exposures.add(ex.with_columns(mapped), reduced=True)
+        self._metrics.add(o.metrics(), reduced=True)  # (tables: a row per unit, or per metric)
+        self._request_values.add(o.request_values(), reduced=True)
 
     def exposures(self) -> pl.DataFrame:
         """One row per unit: unit, champion, challenger (served it), first_ts, combo, requests."""

@@ -235,6 +235,8 @@ def test_chunks_keep_lines_whole(tmp_path: Path) -> None:
 
 
 def test_unit_table_compaction_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compacting the unit tables after every page or two, or rarely, in one shard or in
+    :data:`units.SHARDS` by a hash of the unit: the report is the same."""
     policy = Policy(min_samples=100, primary_metric=PrimaryMetric(name="converted"))
     recs, outs = dataset(SynthSpec(n=5000, units=400, seed=35, conversion_uplift=0.05))
 
@@ -248,6 +250,8 @@ def test_unit_table_compaction_changes_nothing(monkeypatch: pytest.MonkeyPatch) 
 
     plain = run()
     monkeypatch.setattr(units_mod, "_MIN_COMPACT", 50)  # compact after every page or two
+    assert_close(run(), plain)
+    monkeypatch.setattr(units_mod, "SHARDS", 1)
     assert_close(run(), plain)
 
 
@@ -368,27 +372,6 @@ def test_status_classes_beyond_http_fold_as_before() -> None:
     both = acc.status_classes[0] + acc.status_classes[1]
     assert both["999xx"] == 8 and both["1234xx"] == 8 and both["none"] >= 8
     assert list(acc.status_classes[0]) == ["none", "2xx", "4xx", "5xx", "999xx", "1234xx"]
-
-
-def test_unit_table_shards_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The unit tables compact in shards by a hash of the unit (units.SHARDS): one shard or
-    eight, compacting after every page or rarely, the report is the same."""
-    policy = Policy(min_samples=100, primary_metric=PrimaryMetric(name="converted"))
-    recs, outs = dataset(SynthSpec(n=5000, units=400, seed=37, conversion_uplift=0.05))
-
-    def run() -> dict[str, Any]:
-        oi = OutcomeIndex()
-        oi.add_all(outs, "synth")
-        acc = Accumulator(policy, oi, experiment="synth")
-        for i in range(0, len(recs), 250):
-            acc.add(recs[i : i + 250])
-        return without_time(report_from(acc, experiment="synth", split=0.5))
-
-    eight = run()
-    monkeypatch.setattr(units_mod, "SHARDS", 1)
-    assert_close(run(), eight)
-    monkeypatch.setattr(units_mod, "_MIN_COMPACT", 8)
-    assert_close(run(), eight)
 
 
 def test_pages_made_unstarted_read_nothing_until_iterated() -> None:
