@@ -208,10 +208,12 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     if args.archive and "polars" not in sys.modules:
         # polars' allocator (jemalloc, configured once, when polars loads) keeps freed pages
-        # for 10 s by default; a re-fold frees tens of MB a page, so it held 100-250 MB more
-        # than it used. Returned within 200 ms here (measured at 50M archived records: peak
-        # 1,568 -> 1,471 MiB, the same CPU; with no delay, 1,410 MiB but 39% more CPU). Not
-        # for JSON lines: 2% of their CPU for 30 MB. A value the user set is kept.
+        # for 0.5-1 s as polars sets it up (its settings come first in this variable, so
+        # these win); a re-fold frees tens of MB a page, so it held 100-250 MB more than it
+        # used. Returned within 200 ms by jemalloc's background thread here (measured at 50M
+        # archived records: peak 1,568 -> 1,471 MiB, the same CPU; with no delay, 1,410 MiB
+        # but 39% more CPU). Not for JSON lines: 2% of their CPU for 30 MB. A value the user
+        # set is kept.
         os.environ.setdefault(
             "_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:200,muzzy_decay_ms:0"
         )
