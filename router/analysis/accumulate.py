@@ -68,19 +68,22 @@ def prefold(page: Page, outcomes: OutcomeIndex) -> Page:
     thread's time). :meth:`Accumulator.add_page` uses it when it folds the page's rows as they
     are (none of another experiment, outside the window or repeated), and otherwise does the
     same itself. ``outcomes`` must be frozen (:meth:`OutcomeIndex.freeze`)."""
-    cols = page.cols
-    if cols.height:
-        unit = cols["unit"]
-        join = outcomes.join(cols["h"].to_numpy())
-        ex = met = None
-        if unit.null_count() < cols.height:
-            va = cols["v"].to_numpy().astype(np.int64)
-            ex = reduce_exposures(exposure_rows(unit, va, cols["ts"].to_numpy(),
-                                                cols["segc"].to_numpy()))  # fmt: skip
-            if join[0].size:
-                met = reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2]))
-        page.pre = Prefold(cols, join, ex, met)
+    if page.cols.height:
+        page.pre = _prefolded(page.cols, outcomes)
     return page
+
+
+def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex) -> Prefold:
+    unit = cols["unit"]
+    join = outcomes.join(cols["h"].to_numpy())
+    ex = met = None
+    if unit.null_count() < cols.height:
+        va = cols["v"].to_numpy().astype(np.int64)
+        ex = reduce_exposures(exposure_rows(unit, va, cols["ts"].to_numpy(),
+                                            cols["segc"].to_numpy()))  # fmt: skip
+        if join[0].size:
+            met = reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2]))
+    return Prefold(cols, join, ex, met)
 
 
 def _ints(s: pl.Series, null: int) -> np.ndarray:
@@ -310,25 +313,22 @@ class Accumulator:
 
         # units: exposures now, outcome values through the request join below
         unit_col = cols["unit"]
-        if pre is not None:  # (done on the parse thread: see prefold)
-            ex = pre.exposures
-            if ex is not None:
-                ex = ex.with_columns(pl.Series("combo", gids[ex["combo"].to_numpy()]))
-            self.units.add_reduced(ex, pre.metrics)
-        elif unit_col.null_count() < n:
-            self.units.add_exposures(unit_col, va, ts, gids[combo])
+        if pre is None:  # (not made on the parse thread: see prefold)
+            pre = _prefolded(cols, self.outcomes)
+        ex = pre.exposures
+        if ex is not None:
+            ex = ex.with_columns(pl.Series("combo", gids[ex["combo"].to_numpy()]))
+        self.units.add_reduced(ex, pre.metrics)
 
         # the request join: every outcome row of these requests (records sorted by fingerprint)
         labels = np.full(n, np.nan)
-        row_of, mets, vals = pre.join if pre is not None else self.outcomes.join(h)
+        row_of, mets, vals = pre.join
         if row_of.size:
             self.joined_by_request += int(row_of.size)
             lab_id = self.outcomes.metric_id(self.label_metric)
             if lab_id is not None:
                 sel = mets == lab_id
                 labels[row_of[sel]] = vals[sel]  # the last outcome row wins
-            if pre is None and unit_col.null_count() < n:
-                self.units.add_metrics(unit_col.gather(row_of), mets, vals)
             self._request_metrics(row_of, mets, vals, va, n, unit_col)
         elif self.request_metrics:
             self._request_metrics(

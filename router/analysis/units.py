@@ -152,20 +152,10 @@ class UnitTable:
         self._metrics = _Pending(METRIC_SCHEMA, reduce_metrics)
         self._request_values = _Pending(METRIC_SCHEMA, reduce_metrics)
 
-    def add_exposures(
-        self, unit: pl.Series, variant: np.ndarray, ts: np.ndarray, combo: np.ndarray
-    ) -> None:
-        """Rows of one page (units may repeat; order within the page does not matter)."""
-        self._exposures.add(exposure_rows(unit, variant, ts, combo))
-
-    def add_metrics(self, unit: pl.Series, metric: np.ndarray, value: np.ndarray) -> None:
-        """Outcome values joined through requests: one row per (unit, metric id, value)."""
-        self._metrics.add(metric_rows(unit, metric, value))
-
     def add_reduced(self, exposures: pl.DataFrame | None, metrics: pl.DataFrame | None) -> None:
-        """A page's rows as :func:`exposure_rows` and :func:`metric_rows` give them, reduced
-        (:func:`reduce_exposures`, :func:`reduce_metrics`): on a parse thread, see
-        :func:`router.analysis.accumulate.prefold`."""
+        """A page's rows as :func:`exposure_rows` and :func:`metric_rows` give them (units may
+        repeat), reduced by :func:`reduce_exposures` and :func:`reduce_metrics` (see
+        :func:`router.analysis.accumulate.prefold`)."""
         if exposures is not None:
             self._exposures.add(exposures, reduced=True)
         if metrics is not None:
