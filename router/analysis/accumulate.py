@@ -59,9 +59,11 @@ class Prefold:
     join: tuple[np.ndarray, np.ndarray, np.ndarray]  # OutcomeIndex.join of the rows
     exposures: pl.DataFrame | None  # reduced; ``combo``: the page's segment code (segc)
     metrics: pl.DataFrame | None  # reduced
+    kind: str  # the prediction kind the predictions below are read as
+    preds: _Predictions  # the answers' predictions (see _predictions)
 
 
-def prefold(page: Page, outcomes: OutcomeIndex) -> Page:
+def prefold(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Page:
     """Do the part of folding ``page`` that no accumulator state enters where the page is
     parsed (a parse thread: ``Pages.after``), not on the one thread that folds: the outcome
     join and the page's unit rows, reduced (measured at 50M records: a third of the folding
@@ -69,11 +71,32 @@ def prefold(page: Page, outcomes: OutcomeIndex) -> Page:
     are (none of another experiment, outside the window or repeated), and otherwise does the
     same itself. ``outcomes`` must be frozen (:meth:`OutcomeIndex.freeze`)."""
     if page.cols.height:
-        page.pre = _prefolded(page.cols, outcomes)
+        page.pre = _prefolded(page.cols, outcomes, kind)
     return page
 
 
-def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex) -> Prefold:
+@dataclass(slots=True)
+class _Predictions:
+    """Each side's predictions of working answers (null on errors), and as numbers (NaN where
+    not one) for the numeric kinds (None for the others)."""
+
+    cp: pl.Series
+    hp: pl.Series
+    cpf: np.ndarray | None
+    hpf: np.ndarray | None
+
+
+def _predictions(cols: pl.DataFrame, kind: str) -> _Predictions:
+    cp = cols["cp"].set(cols["ce"], None)
+    hp = cols["hp"].set(cols["he"], None)
+    if kind not in ("score", "value"):
+        return _Predictions(cp, hp, None, None)
+    cpf = cp.cast(pl.Float64, strict=False).to_numpy()
+    hpf = hp.cast(pl.Float64, strict=False).to_numpy()
+    return _Predictions(cp, hp, cpf, hpf)
+
+
+def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex, kind: str) -> Prefold:
     unit = cols["unit"]
     join = outcomes.join(cols["h"].to_numpy())
     ex = met = None
@@ -83,7 +106,7 @@ def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex) -> Prefold:
                                             cols["segc"].to_numpy()))  # fmt: skip
         if join[0].size:
             met = reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2]))
-    return Prefold(cols, join, ex, met)
+    return Prefold(cols, join, ex, met, kind, _predictions(cols, kind))
 
 
 def _ints(s: pl.Series, null: int) -> np.ndarray:
@@ -228,13 +251,14 @@ class Accumulator:
                 cols = cols.filter(mask)
         if not cols.height:
             return
-        keep = self._dedupe(cols)
+        h = cols["h"].to_numpy()
+        keep = self._dedupe(cols, h)
         if keep is not None:
-            cols = cols.filter(keep)
+            cols, h = cols.filter(keep), h[keep]
         if not cols.height:
             return
-        h = cols["h"].to_numpy()
-        self.seen.add_new(h, presorted=True)  # (a page is sorted by fingerprint)
+        # (a page is sorted by fingerprint; all of it kept: the same array as queried)
+        self.seen.add_new(h, presorted=True)
         self.seen_content.add_new(cols["k"].to_numpy())
         self.records += cols.height
         if folded:
@@ -242,7 +266,9 @@ class Accumulator:
             for code, fields in folded.items():
                 for name in fields:
                     self.segments.overflow[name] += int(per_key[code])
-        pre = page.pre if page.pre is not None and page.pre.cols is cols else None
+        pre = page.pre
+        if pre is not None and (pre.cols is not cols or pre.kind != self.kind):
+            pre = None  # (rows filtered here: made again below)
         self._fold(cols, h, seg_keys, pre)
 
     def _skip_files(self, examples: list[tuple[str, str]], n: int) -> None:
@@ -250,12 +276,11 @@ class Accumulator:
         room = MAX_CONFLICT_EXAMPLES - len(self.unreadable_examples)
         self.unreadable_examples.extend(examples[: max(0, room)])
 
-    def _dedupe(self, cols: pl.DataFrame) -> np.ndarray | None:
+    def _dedupe(self, cols: pl.DataFrame, h: np.ndarray) -> np.ndarray | None:
         """The rows to keep (None: all): the first of each request id, within the page
         (sorted by fingerprint, so repeats are adjacent and the first stays first) and against
         every page before. A repeat with the same content (ts, unit, variant) is a duplicate (a
-        replay); with other content, a conflict (a reused request id)."""
-        h = cols["h"].to_numpy()
+        replay); with other content, a conflict (a reused request id). ``h``: the column h."""
         first = np.ones(h.size, dtype=bool)
         if h.size > 1:
             first[1:] = h[1:] != h[:-1]
@@ -314,7 +339,7 @@ class Accumulator:
         # units: exposures now, outcome values through the request join below
         unit_col = cols["unit"]
         if pre is None:  # (not made on the parse thread: see prefold)
-            pre = _prefolded(cols, self.outcomes)
+            pre = _prefolded(cols, self.outcomes, self.kind)
         ex = pre.exposures
         if ex is not None:
             ex = ex.with_columns(pl.Series("combo", gids[ex["combo"].to_numpy()]))
@@ -360,11 +385,7 @@ class Accumulator:
                     agg.latency[v].merge(Moments(float(ln[j]), float(lmean[j]), float(lm2[j])))
 
         # predictions of working responses (None on errors)
-        cp = cols["cp"].set(pl.Series(ce), None)
-        hp = cols["hp"].set(pl.Series(he), None)
-        numeric = self.kind in ("score", "value")
-        cpf = cp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
-        hpf = hp.cast(pl.Float64, strict=False).to_numpy() if numeric else None
+        cp, hp, cpf, hpf = pre.preds.cp, pre.preds.hp, pre.preds.cpf, pre.preds.hpf
 
         if self.kind == "score" and cpf is not None and hpf is not None:
             t = self.thresholds[0] if self.thresholds else 0.5

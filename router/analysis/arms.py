@@ -39,14 +39,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
 import polars as pl
 
-from router.analysis.accumulate import Accumulator
+from router.analysis.accumulate import Accumulator, prefold
 from router.analysis.frames import Page
+from router.analysis.outcomes_index import OutcomeIndex
 from router.analysis.units import _Pending
 
 DEFAULT_ARM = "challenger"
@@ -141,6 +142,31 @@ def arm_view(cols: pl.DataFrame, arm: str) -> pl.DataFrame:
     return df.with_columns(mirrored=pl.col("c_in") & pl.col("h_in"))
 
 
+@dataclass(slots=True)
+class PageArms:
+    """What :meth:`ArmSet.add_page` needs of a page without forced requests, made where the
+    page is parsed (:func:`prefold_arms`): the challengers it names, its distinct (unit,
+    served variant) pairs."""
+
+    cols: pl.DataFrame  # the page's columns these are of (valid for these only)
+    names: list[str]
+    unit_variants: pl.DataFrame
+
+
+def prefold_arms(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Page:
+    """:func:`router.analysis.accumulate.prefold` and :class:`PageArms`: the per-page work of
+    the arm set and of its accumulators that no state enters, on the page's parse thread
+    (measured at 10M archived records: a tenth of the folding thread's time)."""
+    cols = page.cols
+    if cols.height and not cols["forced"].any():
+        page.arms = PageArms(cols, page_arms(cols), _unit_variant_rows(cols))
+    return prefold(page, outcomes, kind)
+
+
+def _unit_variant_rows(cols: pl.DataFrame) -> pl.DataFrame:
+    return cols.select("unit", "vn").drop_nulls().unique()
+
+
 def _reduce_unit_variants(df: pl.DataFrame) -> pl.DataFrame:
     return df.unique(["unit", "vn"])
 
@@ -152,8 +178,9 @@ class UnitVariants:
     def __init__(self) -> None:
         self._pairs = _Pending({"unit": pl.String(), "vn": pl.String()}, _reduce_unit_variants)
 
-    def add(self, cols: pl.DataFrame) -> None:
-        self._pairs.add(cols.select("unit", "vn").drop_nulls().unique())
+    def add(self, cols: pl.DataFrame, rows: pl.DataFrame | None = None) -> None:
+        """The pairs of ``cols`` (``rows``: those already, :class:`PageArms`)."""
+        self._pairs.add(_unit_variant_rows(cols) if rows is None else rows)
 
     def merge(self, o: UnitVariants) -> None:
         self._pairs.add(o._pairs.table())
@@ -217,7 +244,8 @@ class ArmSet:
             for name, n in forced.group_by("vn").len().iter_rows():
                 self.forced[str(name)] += int(n)
             cols = cols.filter(~pl.col("forced"))
-        names = page_arms(cols) if cols.height else []
+        pre = page.arms if page.arms is not None and page.arms.cols is cols else None
+        names = pre.names if pre is not None else page_arms(cols) if cols.height else []
         if not self.fixed and not self.folded and names:
             # nothing folded yet: the first page that names challengers sets them
             assert self.make is not None, "an ArmSet sent back is not folded into"
@@ -247,7 +275,7 @@ class ArmSet:
         self.folded = True
         if cols["skipped"].null_count() < cols.height:
             self._count_skipped(cols["skipped"].drop_nulls())
-        self.unit_variants.add(cols)
+        self.unit_variants.add(cols, pre.unit_variants if pre is not None else None)
         for name, acc in self.arms.items():
             view = cols if len(self.arms) == 1 and name == DEFAULT_ARM and not any(
                 n != DEFAULT_ARM for n in names

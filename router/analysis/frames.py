@@ -358,6 +358,7 @@ class Page:
     # work done on the parse thread that no accumulator state enters (accumulate.prefold);
     # valid for ``cols`` only as they are (an accumulator that filters rows does it again)
     pre: Any = None
+    arms: Any = None  # the same for the arm set (router.analysis.arms.prefold_arms)
 
     @property
     def invalid(self) -> int:

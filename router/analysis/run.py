@@ -18,7 +18,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from router.analysis.accumulate import Accumulator, prefold
-from router.analysis.arms import ArmSet
+from router.analysis.arms import ArmSet, prefold_arms
 from router.analysis.frames import Page
 from router.analysis.outcomes_index import MAX_METRICS, OutcomeIndex
 from router.analysis.policy import Policy
@@ -170,11 +170,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def prefold_on_parse_threads(pages: Pages, outcomes: OutcomeIndex) -> None:
-    """Join the outcomes and reduce the unit rows of each page on its parse thread
-    (:func:`router.analysis.accumulate.prefold`), not on the thread that folds."""
+def prefold_on_parse_threads(
+    pages: Pages, outcomes: OutcomeIndex, kind: str, arms: bool = True
+) -> None:
+    """Join the outcomes, reduce the unit rows and read the predictions of each page on its
+    parse thread (:func:`router.analysis.accumulate.prefold`; ``arms``: for an
+    :class:`~router.analysis.arms.ArmSet`, its part too: :func:`.arms.prefold_arms`), not on
+    the thread that folds."""
     outcomes.freeze()
-    pages.after = partial(prefold, outcomes=outcomes)
+    pages.after = partial(prefold_arms if arms else prefold, outcomes=outcomes, kind=kind)
 
 
 def quiet_blas() -> threadpool_limits:
@@ -259,7 +263,7 @@ def _accumulate_arms(src: Source, policy: Policy, kind: str, workers: int, track
 
         aset = ArmSet(make, arms)
         if src.archive:  # (JSON lines: the parse threads are the busy ones, measured)
-            prefold_on_parse_threads(pages, oi)
+            prefold_on_parse_threads(pages, oi, kind)
         try:
             with quiet_blas():
                 fold(aset, pages, progress, trim_heap=bool(src.archive))
@@ -329,7 +333,7 @@ def _accumulate(
             track_fields=track_fields,
         )
         if src.archive:  # (JSON lines: the parse threads are the busy ones, measured)
-            prefold_on_parse_threads(pages, oi)
+            prefold_on_parse_threads(pages, oi, kind, arms=False)
         fold(acc, pages, progress, trim_heap=bool(src.archive))
         return acc
     finally:

@@ -299,6 +299,7 @@ class HashSample:
 _SIGN = np.uint64(1 << 63)  # flipped: signed order is then unsigned order (the filter's words)
 _ONE, _6, _12, _32, _LOW6 = (np.uint64(x) for x in (1, 6, 12, 32, 63))
 _BLOCK = 1 << 13  # ids the filter takes at a time (64 KB temporaries: in cache, never mmap-ed)
+_PROBE_MAX = 1 << 20  # ids of a query whose filter words are kept for the add after it (16 MB)
 
 
 # ------------------------------------------------------------------ spilled runs
@@ -433,6 +434,9 @@ class IdSet:
     def _init_filter(self) -> None:
         self._words: np.ndarray | None = None  # the filter (None: to be built from the runs)
         self._held = 0  # ids in the runs, with the repeats merges brought in
+        # the last query's ids with their words and masks, for the filter of that size: a
+        # page is queried, then added as it is (see _mark)
+        self._probe: tuple[np.ndarray, int, np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, object]:
         runs = [d.read() for d in self.disk] + self.runs
@@ -473,12 +477,16 @@ class IdSet:
         mask |= _ONE << ((u >> _12) & _LOW6)
         return word, mask
 
-    def _mark(self, h: np.ndarray) -> None:
+    def _mark(self, h: np.ndarray, located: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Set the bits of the sorted ids ``h`` (their words ascend: OR-reduced per word), a
-        block at a time (the temporaries of a whole run would be several times its size)."""
+        block at a time (the temporaries of a whole run would be several times its size);
+        ``located``: their words and masks already (:meth:`_located`)."""
         assert self._words is not None
         for i in range(0, h.size, _BLOCK):
-            word, mask = self._locate(h[i : i + _BLOCK])
+            if located is None:
+                word, mask = self._locate(h[i : i + _BLOCK])
+            else:
+                word, mask = located[0][i : i + _BLOCK], located[1][i : i + _BLOCK]
             starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
             if starts.size < word.size:
                 word, mask = word[starts], np.bitwise_or.reduceat(mask, starts)
@@ -501,10 +509,24 @@ class IdSet:
         time, as :meth:`_mark`."""
         words = self._filter(self._held)
         out = np.empty(h.size, dtype=bool)
+        keep = h.size <= _PROBE_MAX  # (a page: remembered; not a whole set's ids)
+        word_all = np.empty(h.size if keep else 0, np.int64)
+        mask_all = np.empty(h.size if keep else 0, np.uint64)
         for i in range(0, h.size, _BLOCK):
             word, mask = self._locate(h[i : i + _BLOCK])
+            if keep:
+                word_all[i : i + _BLOCK], mask_all[i : i + _BLOCK] = word, mask
             np.equal(words[word] & mask, mask, out=out[i : i + _BLOCK])
+        self._probe = (h, words.size, word_all, mask_all) if keep else None
         return out
+
+    def _located(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The words and masks of ``h`` when the last query was of this very array, under the
+        filter as it is now (None: to be computed)."""
+        probe, self._probe = self._probe, None
+        if probe is None or probe[0] is not h or self._words is None:
+            return None
+        return (probe[2], probe[3]) if probe[1] == self._words.size else None
 
     # ------------------------------------------------------------ the set
     def contains(self, h: np.ndarray, presorted: bool = False) -> np.ndarray:
@@ -545,7 +567,8 @@ class IdSet:
         self._held += run.size
         if self._words is not None:
             self._filter(self._held)
-            self._mark(run)
+            # (the ids of the last query, as a page's are: their words are known)
+            self._mark(run, self._located(h) if presorted else None)
         self._push(run)
 
     def _push(self, run: np.ndarray) -> None:

@@ -61,6 +61,31 @@ def test_segment_keys_first_seen_late_in_a_page_are_kept() -> None:
     assert sum(sum(row["requests"]) for row in plans.values()) == 500
 
 
+def test_idset_filter_reuses_a_querys_words_only_for_that_array() -> None:
+    """A page queried then added as it is (the same array) marks the filter with the words
+    its query located; the filter ends as one marked from scratch, also across its
+    rebuilds, and another array (or a query past the remembered size) is located again."""
+    rng = np.random.default_rng(35)
+    reused, fresh = IdSet(), IdSet()
+    hits = 0
+    for i in range(60):
+        batch = np.unique(rng.integers(-(2**62), 2**62, int(rng.integers(1, 3000))))
+        for ids, same in ((reused, True), (fresh, False)):
+            seen = ids.contains(batch, presorted=True)
+            assert not seen.any()
+            if same and ids._probe is not None:
+                hits += ids._probe[0] is batch
+            ids.add_new(batch if same else batch.copy(), presorted=True)
+            assert ids._probe is None  # (used or dropped by the add)
+        if i:  # (the filter is built at the first query of a set holding ids)
+            assert reused._words is not None and fresh._words is not None
+            assert np.array_equal(reused._words, fresh._words), i
+    assert hits > 40
+    big = np.arange(sketches._PROBE_MAX + 1, dtype=np.int64)
+    reused.contains(big, presorted=True)
+    assert reused._probe is None
+
+
 def test_idset_matches_a_python_set() -> None:
     rng = np.random.default_rng(34)
     ids, ref = IdSet(), set()
