@@ -38,6 +38,7 @@ from router.analysis.frames import (
     Invalid,
     parse_outcomes,
     rid_hash,
+    stable_argsort64,
 )
 from router.analysis.sketches import LazyIdSet
 from router.capture.outcomes import validate_outcome
@@ -699,11 +700,15 @@ class _Batch:
     @classmethod
     def of(cls, part: pl.DataFrame, c: pl.Series) -> tuple[_Batch, int]:
         """From ``ident``, ``h``, ``m``, ``v`` and the codes ``c``; and the repeats dropped."""
-        first = part["ident"].is_first_distinct().to_numpy()
-        repeats = int(first.size - np.count_nonzero(first))
-        keep = np.flatnonzero(first) if repeats else None
+        ident = part["ident"]
+        keep = None
+        repeats = 0
+        if ident.n_unique() < ident.len():  # (rare: a hash count is half a first-distinct)
+            first = ident.is_first_distinct().to_numpy()
+            repeats = int(first.size - np.count_nonzero(first))
+            keep = np.flatnonzero(first)
         h = part["h"].to_numpy()
-        order = np.argsort(h if keep is None else h[keep], kind="stable")
+        order = stable_argsort64(h if keep is None else h[keep])
         if keep is not None:
             order = keep[order]
 
@@ -744,9 +749,16 @@ def _drop_repeats(batches: list[_Batch], kept: LazyIdSet | None) -> int:
         for k, b in enumerate(batches):
             drops[k].append(np.flatnonzero(kept.contains(b.ident.view(np.int64))))
     if len(batches) > 1:
+        # each batch's rows by group (the identity's low bits): one radix sort a batch
         low = np.uint64(_GROUPS - 1)
+        by_group, bounds = [], []
+        for b in batches:
+            grp = (b.ident & low).astype(np.uint8)
+            o = np.argsort(grp, kind="stable")
+            by_group.append(o)
+            bounds.append(np.searchsorted(grp[o], np.arange(_GROUPS + 1)))
         for g in range(_GROUPS):
-            where = [np.flatnonzero((b.ident & low) == g) for b in batches]
+            where = [o[e[g] : e[g + 1]] for o, e in zip(by_group, bounds, strict=True)]
             ids = np.concatenate([b.ident[w] for b, w in zip(batches, where, strict=True)])
             col = pl.Series(ids)
             if col.n_unique() == ids.size:
