@@ -214,6 +214,11 @@ class Accumulator:
         page.rejected.merge(rejected)
         self.add_page(page)
 
+    def expect_records(self, n: int) -> None:
+        """About ``n`` records are to come (an estimate): the request-id set is sized for them
+        (:meth:`~router.analysis.sketches.IdSet.reserve`)."""
+        self.seen.reserve(n)
+
     def add_page(self, page: Page) -> None:
         """Fold in a page of valid records (:func:`router.analysis.frames.prepare_records`).
         Everything is columnar: filters and dedupe as masks, the outcome join by binary

@@ -484,6 +484,7 @@ def file_page(store: ArchiveStore, f: ArchiveFile | list[ArchiveFile],
         for ids, t in tables[1:]:
             page = _concat(page, _table_page(ids, t, schema, now))
     page.skipped = skipped
+    page.source_bytes = sum(one.size for one in group)
     return page
 
 

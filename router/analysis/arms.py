@@ -233,6 +233,7 @@ class ArmSet:
         # body_too_large, not_queued
         self.mirror_skipped: Counter[tuple[str, str]] = Counter()
         self.unit_variants = UnitVariants()
+        self.expected = 0  # records expected (Accumulator.expect_records), for views made later
         if make is not None:
             for name in self.order:
                 self.arms[name] = make()
@@ -253,6 +254,7 @@ class ArmSet:
             self.order = list(names)
             self.discovered = list(names)
             self.arms = {n: make() for n in names}
+            self.expect_records(self.expected)
             for acc in self.arms.values():  # pages without rows seen before (unreadable files)
                 for empty in self._empty_pages:
                     acc.add_page(empty)
@@ -281,6 +283,13 @@ class ArmSet:
                 n != DEFAULT_ARM for n in names
             ) else arm_view(cols, name)  # fmt: skip
             acc.add_page(replace(page, cols=view))
+
+    def expect_records(self, n: int) -> None:
+        """About ``n`` records are to come: each view is told
+        (:meth:`Accumulator.expect_records`)."""
+        self.expected = n
+        for acc in self.arms.values():
+            acc.expect_records(n)
 
     def views(self) -> list[str]:
         """The challengers this set holds a view of, in order."""

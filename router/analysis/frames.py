@@ -359,6 +359,7 @@ class Page:
     # valid for ``cols`` only as they are (an accumulator that filters rows does it again)
     pre: Any = None
     arms: Any = None  # the same for the arm set (router.analysis.arms.prefold_arms)
+    source_bytes: int = 0  # the size of the archive files read into it (0: not files)
 
     @property
     def invalid(self) -> int:

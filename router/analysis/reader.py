@@ -186,6 +186,7 @@ class Pages:
         # run on each page after it is prepared, on its parse thread, once set (pages parsed
         # before are handed on as they are): see router.analysis.accumulate.prefold
         self.after: Callable[[Page], Page] | None = None
+        self.total_bytes = 0  # the size of all the files read (archive files; 0: unknown)
         self._now = time.time() if now is None else now  # one clock for every page
         self._reader = threading.Thread(target=self._produce, name="analyze-read", daemon=True)
         if start:
@@ -289,5 +290,7 @@ def read_pages(src: Source, kind: str, track_fields: bool, workers: int = 2) -> 
         files, prepare = archive_files(src, schema, id_until(src))
         # (read once the outcomes are in: an hour file's pages held during their load, with
         # its sort, made the peak of a week's re-fold)
-        return Pages(file_groups(files), schema, workers, prepare=prepare, start=False)
+        pages = Pages(file_groups(files), schema, workers, prepare=prepare, start=False)
+        pages.total_bytes = sum(f.size for f in files)
+        return pages
     return Pages(record_chunks(src), schema, workers)

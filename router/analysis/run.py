@@ -139,10 +139,15 @@ def fold(
 ) -> None:
     """Fold parsed pages into ``acc`` in order; ``trim_heap`` (an archive's pages): handing
     the C heap's free memory back to the system every :data:`TRIM_ROWS` records (see
-    :func:`_malloc_trim`)."""
+    :func:`_malloc_trim`). Pages of archive files: the records to come are estimated from the
+    first page's rows per byte and the size of all the files (``acc.expect_records``)."""
     trim = _malloc_trim() if trim_heap else None
     rows = 0  # folded since the last trim
+    total_bytes = pages.total_bytes if isinstance(pages, Pages) else 0
     for page in pages:
+        if total_bytes and page.source_bytes and page.cols.height:
+            acc.expect_records(page.cols.height * total_bytes // page.source_bytes)
+            total_bytes = 0
         acc.add_page(page)
         rows += page.cols.height
         if trim is not None and rows >= TRIM_ROWS:

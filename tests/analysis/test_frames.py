@@ -86,6 +86,30 @@ def test_idset_filter_reuses_a_querys_words_only_for_that_array() -> None:
     assert reused._probe is None
 
 
+def test_idset_reserved_filter_is_not_rebuilt_and_answers_the_same() -> None:
+    """A set sized for the ids to come keeps its filter (no rebuild from the runs) and
+    answers as one that grows; past the estimate it grows as before."""
+    rng = np.random.default_rng(36)
+    grown, sized = IdSet(), IdSet()
+    sized.reserve(40_000)
+    words = sized._words
+    assert words is not None and words.size * 64 >= 40_000 * IdSet.BITS_PER_ID
+    for _ in range(30):
+        batch = np.unique(rng.integers(-(2**62), 2**62, 1000))
+        probe = np.sort(np.concatenate([batch, grown.values()[:50]]))
+        for ids in (grown, sized):
+            assert ids.contains(probe, presorted=True).tolist() == \
+                np.isin(probe, grown.values()).tolist()  # fmt: skip
+        for ids in (grown, sized):
+            ids.add_new(batch, presorted=True)
+    assert sized._words is words  # (never rebuilt)
+    assert sized.values().tolist() == grown.values().tolist()
+    for _ in range(40):  # (past the estimate: rebuilt, twice as large)
+        sized.add_new(np.unique(rng.integers(-(2**62), 2**62, 2000)))
+        sized.contains(np.zeros(1, np.int64))
+    assert sized._words is not None and sized._words.size > words.size
+
+
 def test_idset_matches_a_python_set() -> None:
     rng = np.random.default_rng(34)
     ids, ref = IdSet(), set()
