@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # (not POSIX: spill directories of killed processes are not found)
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 
@@ -309,11 +314,16 @@ _PROBE_MAX = 1 << 20  # ids of a query whose filter words are kept for the add a
 # (1/64 of the run: 0.125 bytes an id). A lookup reads one FENCE-id block (512 bytes) of the
 # run's memory map for each id asked, and the mapped pages are dropped after each query
 # (MADV_DONTNEED), so they never add up in the resident set. The directory is removed when its
-# set is garbage-collected (weakref.finalize; also at exit).
+# set is garbage-collected (weakref.finalize; also at exit). A process killed outright
+# (SIGKILL, the OOM killer) runs no finaliser: its owner holds a lock on the directory's
+# LOCK_NAME file while it lives (flock: freed by the kernel when the process dies, whatever
+# kills it), and the next directory made removes those whose lock is free (_sweep).
 SPILL_AT = 1 << 22  # ids of a sorted run written to disk
 PENDING_SPILL_AT = 1 << 20  # unsorted pending ids of a LazyIdSet written to disk (8 MB)
 FENCE = 64  # ids a block of a spilled run: one fence key each in RAM
-SPILLED = {"runs": 0, "ids": 0, "bytes": 0}  # written in this process (all sets)
+# written in this process (all sets); swept: directories of dead processes removed
+SPILLED = {"runs": 0, "ids": 0, "bytes": 0, "swept": 0}
+LOCK_NAME = ".owner.lock"
 
 
 def _spill_failed(exc: OSError) -> bool:
@@ -321,19 +331,72 @@ def _spill_failed(exc: OSError) -> bool:
     return True
 
 
-def _remove_dir(path: str, pid: int) -> None:
+def _remove_dir(path: str, pid: int, lock: int) -> None:
     if os.getpid() == pid:  # (not from a forked child's copy of the set)
         shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(lock)
+
+
+def _lock(path: str) -> int:
+    """Hold the lock of spill directory ``path`` (an open descriptor; -1 where there is no
+    ``flock``)."""
+    if fcntl is None:
+        return -1
+    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _sweep(parent: str, prefix: str) -> int:
+    """Remove the spill directories under ``parent`` whose owner has died without removing
+    them (this user's, with a lock file that no process holds); returns how many. A
+    directory without a lock file (being made, or made by a version without one) is left."""
+    if fcntl is None:
+        return 0
+    swept = 0
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for e in entries:
+            if not e.name.startswith(prefix) or not e.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if e.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                fd = os.open(os.path.join(e.path, LOCK_NAME), os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # (held: its owner lives)
+                os.close(fd)
+                continue
+            shutil.rmtree(e.path, ignore_errors=True)
+            os.close(fd)
+            swept += 1
+    if swept:
+        SPILLED["swept"] += swept
+        log.info("removed %d spill directories of processes that died (%s%s*)", swept,
+                 os.path.join(parent, ""), prefix)  # fmt: skip
+    return swept
 
 
 class _SpillDir:
     """The temporary directory of one set's files, made when first needed and removed with
-    its owner (``weakref.finalize``: no cycle, so also when collection is disabled)."""
+    its owner (``weakref.finalize``: no cycle, so also when collection is disabled); locked
+    while its process lives, so that the directories of killed processes are found and
+    removed (:func:`_sweep`, when a directory is made)."""
 
     def __init__(self, owner: object, prefix: str) -> None:
-        self.path = tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir())
+        parent = tempfile.gettempdir()
+        _sweep(parent, prefix)
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        try:
+            lock = _lock(self.path)
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
         self._count = 0
-        self.finalizer = weakref.finalize(owner, _remove_dir, self.path, os.getpid())
+        self.finalizer = weakref.finalize(owner, _remove_dir, self.path, os.getpid(), lock)
 
     def new_file(self, suffix: str) -> str:
         self._count += 1

@@ -137,3 +137,47 @@ def test_sets_stay_in_ram_when_the_temporary_directory_fails(
     assert ids.spill_dir is None and content.spill_dir is None and not ids.disk
     assert ids.contains(pool).all() and content.contains(pool).all()
     assert len(ids) == len(content) == pool.size
+
+
+_KILLED = """
+import os, signal, sys
+import numpy as np
+from router.analysis import sketches
+sketches.SPILL_AT = 300
+ids = sketches.IdSet()
+ids.add_new(np.arange(0, 400, dtype=np.int64), presorted=True)
+print(ids.spill_dir, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_processs_spill_directory_is_removed_by_the_next_spill(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A process killed while its sets had runs on disk (SIGKILL, the OOM killer: no
+    finaliser runs) leaves its spill directory; the next set that spills removes it (its
+    owner's lock is free), and never the directory of a set still alive."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # (gettempdir reads TMPDIR again)
+    monkeypatch.setattr(sketches, "SPILL_AT", 300)
+    live = IdSet()
+    live.add_new(np.arange(10_000, 10_400, dtype=np.int64), presorted=True)
+    assert live.spill_dir is not None and live.spill_dir.startswith(str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", _KILLED], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=60)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    dead = proc.stdout.strip()
+    assert dead.startswith(str(tmp_path)) and os.listdir(dead)
+    before = sketches.SPILLED.get("swept", 0)
+    fresh = IdSet()
+    fresh.add_new(np.arange(20_000, 20_400, dtype=np.int64), presorted=True)
+    assert fresh.spill_dir is not None
+    assert not os.path.exists(dead)
+    assert sketches.SPILLED["swept"] == before + 1
+    assert os.path.exists(live.spill_dir) and live.contains(np.array([10_005])).all()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(d) for d in (live.spill_dir, fresh.spill_dir)
+    )
