@@ -38,7 +38,14 @@ from router.analysis.outcomes_index import OutcomeIndex, count_experiment
 from router.analysis.pairs import PairAggregates
 from router.analysis.policy import MetricSpec, Policy
 from router.analysis.segments import SegmentTable
-from router.analysis.sketches import LAT_BINS, IdSet, LazyIdSet, LogHistogram, Moments, lat_bin
+from router.analysis.sketches import (
+    LAT_BINS,
+    IdSet,
+    LazyIdSet,
+    LogHistogram,
+    Moments,
+    lat_bins,
+)
 from router.analysis.units import (
     UnitTable,
     exposure_rows,
@@ -61,6 +68,7 @@ class Prefold:
     metrics: pl.DataFrame | None  # reduced
     kind: str  # the prediction kind the predictions below are read as
     preds: _Predictions  # the answers' predictions (see _predictions)
+    rows: _RowArrays  # per-row arrays of the columns (see _row_arrays)
 
 
 def prefold(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Page:
@@ -96,6 +104,39 @@ def _predictions(cols: pl.DataFrame, kind: str) -> _Predictions:
     return _Predictions(cp, hp, cpf, hpf)
 
 
+@dataclass(slots=True)
+class _RowArrays:
+    """Per-row arrays the fold reads: variant (int64), ts, each side's error flag and
+    latency, the served side's error, latency and status class (-1: none), whether it has a
+    latency, and the latency bins of each side (:func:`lat_bins`)."""
+
+    va: np.ndarray
+    ts: np.ndarray
+    ce: np.ndarray
+    he: np.ndarray
+    cl: np.ndarray
+    hl: np.ndarray
+    is0: np.ndarray
+    erra: np.ndarray
+    lat: np.ndarray
+    has_lat: np.ndarray
+    cls: np.ndarray
+    cbin: np.ndarray
+    hbin: np.ndarray
+
+
+def _row_arrays(cols: pl.DataFrame) -> _RowArrays:
+    va = cols["v"].to_numpy().astype(np.int64)
+    ce, he = cols["ce"].to_numpy(), cols["he"].to_numpy()
+    cl, hl = cols["cl"].to_numpy(), cols["hl"].to_numpy()
+    is0 = va == 0
+    lat = np.where(is0, cl, hl)
+    status = np.where(is0, _ints(cols["cs"], -1), _ints(cols["hs"], -1))
+    return _RowArrays(va, cols["ts"].to_numpy(), ce, he, cl, hl, is0, np.where(is0, ce, he),
+                      lat, np.isfinite(lat), np.where(status >= 0, status // 100, -1),
+                      lat_bins(cl), lat_bins(hl))  # fmt: skip
+
+
 def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex, kind: str) -> Prefold:
     unit = cols["unit"]
     join = outcomes.join(cols["h"].to_numpy())
@@ -106,7 +147,7 @@ def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex, kind: str) -> Prefold
                                             cols["segc"].to_numpy()))  # fmt: skip
         if join[0].size:
             met = reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2]))
-    return Prefold(cols, join, ex, met, kind, _predictions(cols, kind))
+    return Prefold(cols, join, ex, met, kind, _predictions(cols, kind), _row_arrays(cols))
 
 
 def _ints(s: pl.Series, null: int) -> np.ndarray:
@@ -311,13 +352,11 @@ class Accumulator:
     def _fold(self, cols: pl.DataFrame, h: np.ndarray, local: list[tuple[Any, ...]],
               pre: Prefold | None = None) -> None:  # fmt: skip
         n = cols.height
-        va = cols["v"].to_numpy().astype(np.int64)
-        ts = cols["ts"].to_numpy()
-        ce, he = cols["ce"].to_numpy(), cols["he"].to_numpy()
-        cl, hl = cols["cl"].to_numpy(), cols["hl"].to_numpy()
-        is0 = va == 0
-        erra = np.where(is0, ce, he)
-        lat = np.where(is0, cl, hl)
+        if pre is None:  # (not made on the parse thread: see prefold)
+            pre = _prefolded(cols, self.outcomes, self.kind)
+        rw = pre.rows
+        va, ts, ce, he, cl, hl = rw.va, rw.ts, rw.ce, rw.he, rw.cl, rw.hl
+        is0, erra, lat, has_lat = rw.is0, rw.erra, rw.lat, rw.has_lat
         lo, hi = float(ts.min()), float(ts.max())
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
         self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
@@ -331,20 +370,16 @@ class Accumulator:
         # per variant: requests, errors, status classes, latency
         rows_v = [int(is0.sum()), 0]
         rows_v[1] = n - rows_v[0]
-        has_lat = np.isfinite(lat)
         for v in (0, 1):
             m = va == v
             self.requests[v] += rows_v[v]
             self.errors[v] += int(np.count_nonzero(erra & m))
             # (a take: a random boolean mask indexes ~3x slower; the histogram: below)
             self.latency_moments[v].add_array(lat[np.flatnonzero(m & has_lat)])
-        status = np.where(is0, _ints(cols["cs"], -1), _ints(cols["hs"], -1))
-        self._count_status_classes(va, np.where(status >= 0, status // 100, -1))
+        self._count_status_classes(va, rw.cls)
 
         # units: exposures now, outcome values through the request join below
         unit_col = cols["unit"]
-        if pre is None:  # (not made on the parse thread: see prefold)
-            pre = _prefolded(cols, self.outcomes, self.kind)
         ex = pre.exposures
         if ex is not None:
             ex = ex.with_columns(pl.Series("combo", gids[ex["combo"].to_numpy()]))
@@ -375,7 +410,8 @@ class Accumulator:
         dev = np.where(has_lat, lat0 - lmean[cv], 0.0)
         lm2 = np.bincount(cv, weights=dev * dev, minlength=2 * nc)
         hist = np.bincount(
-            cv[has_lat] * LAT_BINS + lat_bin(lat[has_lat]), minlength=2 * nc * LAT_BINS
+            cv[has_lat] * LAT_BINS + np.where(is0, rw.cbin, rw.hbin)[has_lat],
+            minlength=2 * nc * LAT_BINS,
         ).reshape(nc, 2, LAT_BINS)
         per_variant = hist.sum(axis=0)  # (the same bins summed over the segment combinations)
         for v in (0, 1):
@@ -414,7 +450,8 @@ class Accumulator:
         pair = (cols["mirrored"] & cols["c_in"] & cols["h_in"]).to_numpy()
         if pair.any():
             pr = np.nonzero(pair)[0]
-            self.paired.add(cols, pr, h, cl, hl, ce, he, labels, cp, hp, cpf, hpf, combo, seg_of)
+            self.paired.add(cols, pr, h, cl, hl, ce, he, labels, cp, hp, cpf, hpf, combo, seg_of,
+                            bins=(rw.cbin, rw.hbin))  # fmt: skip
         rin = (cols["r_in"] & cols["c_in"]).to_numpy()
         if rin.any():
             self._fold_noise(cols, np.nonzero(rin)[0], h, cl, ce, cp, cpf, combo, len(seg_of))

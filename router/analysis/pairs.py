@@ -146,15 +146,21 @@ class PairAggregates:
         hpf: np.ndarray | None,
         combo: np.ndarray,
         seg_of: list[list[SegmentAgg]],
+        bins: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Mirrored pairs (rows ``pr`` of the page): paired latency and errors, the response
-        contract, divergence, label-joined quality, per segment."""
+        contract, divergence, label-joined quality, per segment. ``bins``: the latency bins
+        of ``cl`` and ``hl`` (:func:`~router.analysis.sketches.lat_bins`), when known."""
         self.pairs += int(pr.size)
         rows = _Rows(pr, cl.size)
         a, b = rows(cl), rows(hl)
         both = np.isfinite(a) & np.isfinite(b)
-        self.latency[0].add_array(a[both])
-        self.latency[1].add_array(b[both])
+        if bins is None:
+            self.latency[0].add_array(a[both])
+            self.latency[1].add_array(b[both])
+        else:
+            self.latency[0].add_bins(rows(bins[0])[both])
+            self.latency[1].add_bins(rows(bins[1])[both])
         self.latency_diff.add_array(b[both] - a[both])
         cea, hea = rows(ce), rows(he)
         for i in (0, 1):

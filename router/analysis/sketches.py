@@ -142,6 +142,13 @@ def lat_bin(ms: np.ndarray) -> np.ndarray:
     return np.minimum((np.log(x / LAT_MIN_MS) / _LOG_G).astype(np.int64), LAT_BINS - 1)
 
 
+def lat_bins(ms: np.ndarray) -> np.ndarray:
+    """:func:`lat_bin` of every value (int16), a bin of 0 for those that are not finite
+    (whose bin a caller must not use)."""
+    x = np.where(np.isfinite(ms), ms, LAT_MIN_MS)
+    return lat_bin(x).astype(np.int16)
+
+
 def lat_value(idx: int) -> float:
     """Representative value of a bin: its geometric midpoint."""
     return LAT_MIN_MS * LAT_GROWTH ** (idx + 0.5)
@@ -162,6 +169,11 @@ class LogHistogram:
     def add_array(self, ms: np.ndarray) -> None:
         if ms.size:
             self.counts += np.bincount(lat_bin(ms), minlength=LAT_BINS)
+
+    def add_bins(self, bins: np.ndarray) -> None:
+        """Values given by their bins (:func:`lat_bins`)."""
+        if bins.size:
+            self.counts += np.bincount(bins, minlength=LAT_BINS)
 
     def merge(self, o: LogHistogram) -> None:
         self.counts += o.counts
