@@ -52,6 +52,7 @@ from router.analysis.units import (
     metric_rows,
     reduce_exposures,
     reduce_metrics,
+    shards,
 )
 
 VARIANTS = ("champion", "challenger")
@@ -64,8 +65,9 @@ class Prefold:
 
     cols: pl.DataFrame  # the columns they are of (valid for these only)
     join: tuple[np.ndarray, np.ndarray, np.ndarray]  # OutcomeIndex.join of the rows
-    exposures: pl.DataFrame | None  # reduced; ``combo``: the page's segment code (segc)
-    metrics: pl.DataFrame | None  # reduced
+    # reduced, by unit shard (units.shards); exposures' ``combo``: the page's segment code
+    exposures: dict[int, pl.DataFrame] | None
+    metrics: dict[int, pl.DataFrame] | None
     kind: str  # the prediction kind the predictions below are read as
     preds: _Predictions  # the answers' predictions (see _predictions)
     rows: _RowArrays  # per-row arrays of the columns (see _row_arrays)
@@ -140,14 +142,14 @@ def _row_arrays(cols: pl.DataFrame) -> _RowArrays:
 def _prefolded(cols: pl.DataFrame, outcomes: OutcomeIndex, kind: str) -> Prefold:
     unit = cols["unit"]
     join = outcomes.join(cols["h"].to_numpy())
+    rows = _row_arrays(cols)
     ex = met = None
     if unit.null_count() < cols.height:
-        va = cols["v"].to_numpy().astype(np.int64)
-        ex = reduce_exposures(exposure_rows(unit, va, cols["ts"].to_numpy(),
-                                            cols["segc"].to_numpy()))  # fmt: skip
+        ex = shards(reduce_exposures(exposure_rows(unit, rows.va, rows.ts,
+                                                   cols["segc"].to_numpy())))  # fmt: skip
         if join[0].size:
-            met = reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2]))
-    return Prefold(cols, join, ex, met, kind, _predictions(cols, kind), _row_arrays(cols))
+            met = shards(reduce_metrics(metric_rows(unit.gather(join[0]), join[1], join[2])))
+    return Prefold(cols, join, ex, met, kind, _predictions(cols, kind), rows)
 
 
 def _ints(s: pl.Series, null: int) -> np.ndarray:
@@ -381,8 +383,9 @@ class Accumulator:
         # units: exposures now, outcome values through the request join below
         unit_col = cols["unit"]
         ex = pre.exposures
-        if ex is not None:
-            ex = ex.with_columns(pl.Series("combo", gids[ex["combo"].to_numpy()]))
+        if ex is not None:  # (the page's segment codes to this accumulator's)
+            ex = {k: t.with_columns(pl.Series("combo", gids[t["combo"].to_numpy()]))
+                  for k, t in ex.items()}  # fmt: skip
         self.units.add_reduced(ex, pre.metrics)
 
         # the request join: every outcome row of these requests (records sorted by fingerprint)

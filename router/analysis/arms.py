@@ -48,7 +48,7 @@ import polars as pl
 from router.analysis.accumulate import Accumulator, prefold
 from router.analysis.frames import Page
 from router.analysis.outcomes_index import OutcomeIndex
-from router.analysis.units import _Pending
+from router.analysis.units import _Pending, shards
 
 DEFAULT_ARM = "challenger"
 MAX_CROSSOVER_EXAMPLES = 10
@@ -150,7 +150,7 @@ class PageArms:
 
     cols: pl.DataFrame  # the page's columns these are of (valid for these only)
     names: list[str]
-    unit_variants: pl.DataFrame
+    unit_variants: dict[int, pl.DataFrame]  # by unit shard (router.analysis.units.shards)
 
 
 def prefold_arms(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Page:
@@ -159,7 +159,7 @@ def prefold_arms(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Pag
     (measured at 10M archived records: a tenth of the folding thread's time)."""
     cols = page.cols
     if cols.height and not cols["forced"].any():
-        page.arms = PageArms(cols, page_arms(cols), _unit_variant_rows(cols))
+        page.arms = PageArms(cols, page_arms(cols), shards(_unit_variant_rows(cols)))
     return prefold(page, outcomes, kind)
 
 
@@ -178,9 +178,12 @@ class UnitVariants:
     def __init__(self) -> None:
         self._pairs = _Pending({"unit": pl.String(), "vn": pl.String()}, _reduce_unit_variants)
 
-    def add(self, cols: pl.DataFrame, rows: pl.DataFrame | None = None) -> None:
-        """The pairs of ``cols`` (``rows``: those already, :class:`PageArms`)."""
-        self._pairs.add(_unit_variant_rows(cols) if rows is None else rows)
+    def add(self, cols: pl.DataFrame, rows: dict[int, pl.DataFrame] | None = None) -> None:
+        """The pairs of ``cols`` (``rows``: those already, by shard: :class:`PageArms`)."""
+        if rows is None:
+            self._pairs.add(_unit_variant_rows(cols))
+        else:
+            self._pairs.add_shards(rows)
 
     def merge(self, o: UnitVariants) -> None:
         self._pairs.add(o._pairs.table())

@@ -80,6 +80,15 @@ def reduce_metrics(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def shards(df: pl.DataFrame) -> dict[int, pl.DataFrame]:
+    """The rows of ``df`` by the shard of their unit (see :class:`_Pending`)."""
+    if not df.height:
+        return {}
+    shard = (pl.col("unit").hash(_SHARD_SEED) % SHARDS).alias("_shard")
+    split = df.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False)
+    return {int(k): frame for (k,), frame in split.items()}
+
+
 class _Part:
     """Frames waiting to be reduced, compacted when they outgrow the last reduction."""
 
@@ -127,10 +136,12 @@ class _Pending:
             # reduced first: a page of an hour's records has a tenth as many distinct units
             # as rows (measured: 31,533 in 297,619), so the compactions see a tenth of them
             df = self.reduce(df)
-        shard = (pl.col("unit").hash(_SHARD_SEED) % SHARDS).alias("_shard")
-        split = df.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False)
-        for (k,), frame in split.items():
-            self.parts[int(k)].add(frame)
+        self.add_shards(shards(df))
+
+    def add_shards(self, split: dict[int, pl.DataFrame]) -> None:
+        """Reduced rows already split by :func:`shards`."""
+        for k, frame in split.items():
+            self.parts[k].add(frame)
 
     def recode(self, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         """Replace each shard's table by ``fn`` of it (a column recoded, the units kept)."""
@@ -152,14 +163,15 @@ class UnitTable:
         self._metrics = _Pending(METRIC_SCHEMA, reduce_metrics)
         self._request_values = _Pending(METRIC_SCHEMA, reduce_metrics)
 
-    def add_reduced(self, exposures: pl.DataFrame | None, metrics: pl.DataFrame | None) -> None:
+    def add_reduced(self, exposures: dict[int, pl.DataFrame] | None,
+                    metrics: dict[int, pl.DataFrame] | None) -> None:  # fmt: skip
         """A page's rows as :func:`exposure_rows` and :func:`metric_rows` give them (units may
-        repeat), reduced by :func:`reduce_exposures` and :func:`reduce_metrics` (see
-        :func:`router.analysis.accumulate.prefold`)."""
+        repeat), reduced by :func:`reduce_exposures` and :func:`reduce_metrics` and split by
+        :func:`shards` (see :func:`router.analysis.accumulate.prefold`)."""
         if exposures is not None:
-            self._exposures.add(exposures, reduced=True)
+            self._exposures.add_shards(exposures)
         if metrics is not None:
-            self._metrics.add(metrics, reduced=True)
+            self._metrics.add_shards(metrics)
 
     def add_request_values(self, unit: pl.Series, metric: int, value: np.ndarray) -> None:
         """Reduced values of a ``per: request`` metric, one row per request that has one."""
