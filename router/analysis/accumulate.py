@@ -76,8 +76,9 @@ class Prefold:
 def prefold(page: Page, outcomes: OutcomeIndex, kind: str = "score") -> Page:
     """Do the part of folding ``page`` that no accumulator state enters where the page is
     parsed (a parse thread: ``Pages.after``), not on the one thread that folds: the outcome
-    join and the page's unit rows, reduced (measured at 50M records: a third of the folding
-    thread's time). :meth:`Accumulator.add_page` uses it when it folds the page's rows as they
+    join, the page's unit rows reduced and split by shard (measured at 50M records: a third
+    of the folding thread's time), the predictions as numbers, the per-row arrays and the
+    latency bins. :meth:`Accumulator.add_page` uses it when it folds the page's rows as they
     are (none of another experiment, outside the window or repeated), and otherwise does the
     same itself. ``outcomes`` must be frozen (:meth:`OutcomeIndex.freeze`)."""
     if page.cols.height:
