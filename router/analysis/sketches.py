@@ -355,8 +355,15 @@ def _lock(path: str) -> int:
     ``flock``)."""
     if fcntl is None:
         return -1
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # (locked under another name, then renamed: a sweep never sees the lock file unlocked)
+    fresh = os.path.join(path, LOCK_NAME + ".new")
+    fd = os.open(fresh, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(fresh, os.path.join(path, LOCK_NAME))
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
