@@ -167,6 +167,16 @@ def render(results: dict[str, Any]) -> str:
     else:
         lines += [f"**Analyzer**: {an.get('status', 'not run')} {an.get('detail', '')}", ""]
     lines += _render_archive(results.get("archive", {}))
+    fl = results.get("floor", {})
+    if fl.get("status") == "ok":
+        lines += [f"**Re-fold against a native floor** (`refold_floor.py`, {fl['records']:,} "
+                  f"archived records; DuckDB, 2 threads, computing only the core aggregates): "
+                  f"`router analyze` {fl['analyze_records_per_s']:,.0f} records/s, the floor "
+                  f"{fl['floor_records_per_s']:,.0f}; analyze/floor wall "
+                  f"{fl['wall_ratio_analyze_to_floor']:.2f}, CPU "
+                  f"{fl['cpu_ratio_analyze_to_floor']:.2f}", ""]
+    else:
+        lines += [f"**Re-fold floor**: {fl.get('status', 'not run')} {fl.get('detail', '')}", ""]
     return "\n".join(lines)
 
 
@@ -211,7 +221,7 @@ def _render_archive(ar: dict[str, Any]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--only", default="proxy,stream,capture,analyzer,archive")
+    ap.add_argument("--only", default="proxy,stream,capture,analyzer,archive,floor")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +239,8 @@ def main() -> int:
         "archive": ["archive_throughput.py", "--records", "50000" if a.quick else "200000",
                     "--window-records", "500000" if a.quick else "5000000",
                     *(["--no-scale"] if a.quick else [])],
+        "floor": ["refold_floor.py", "--records", "500000" if a.quick else "5000000",
+                  "--rounds", "1" if a.quick else "2"],
     }
     for name, argv in plan.items():
         if name in wanted:
