@@ -75,13 +75,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import logging
 import pickle
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -89,12 +91,16 @@ import polars as pl
 
 from router.analysis.accumulate import Accumulator, infer_metric_specs
 from router.analysis.arms import ArmSet, agreed_arms
+from router.analysis.frames import Page
 from router.analysis.outcomes_index import OutcomeIndex, _Requests
 from router.analysis.policy import Policy
 from router.analysis.sketches import IdSet, LazyIdSet
 from router.archive.layout import ROLLUPS, Hour, PartName, experiment_dir, partition_dir
 from router.archive.scan import ArchiveFile, UnreadableFile, plan, read_file
 from router.archive.store import ArchiveStore, StoreError
+
+if TYPE_CHECKING:
+    from router.analysis.reader import Pages
 
 log = logging.getLogger(__name__)
 AGGREGATE_VERSION = 3  # 2: request-id sets apart (id file, late records), outcome stamps;
@@ -240,10 +246,13 @@ class _Folded:
     foreign_hours: np.ndarray  # the hour of each one's ts
 
 
-def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None) -> _Folded:
+def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None,
+          pages: Iterator[Page] | None = None) -> _Folded:  # fmt: skip
     """Fold ``files`` in order into the views of ``arms`` (None: those the files name), as
     :func:`router.analysis.distribute.fold_files` does, noting the records whose ``ts`` is
-    not in their partition's hour."""
+    not in their partition's hour. ``pages``: the files' pages, read already (one a file, in
+    order: :func:`_hour_pages`); consumed whole, and the files read here again should the
+    views change (a challenger named after the first page that names one)."""
     from threadpoolctl import threadpool_limits
 
     from router.analysis.archive_read import file_page
@@ -251,14 +260,18 @@ def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None) -> 
 
     store = ArchiveStore.open(job.uri)
 
+    def read() -> Iterator[Page]:
+        for f in files:
+            yield file_page(store, f, job.schema, job.since, job.upto, job.now)
+
     make = job.accumulator
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
             aset = ArmSet(make, arms)
             hs: list[np.ndarray] = []
             ts_hours: list[np.ndarray] = []
-            for f in files:
-                page = file_page(store, f, job.schema, job.since, job.upto, job.now)
+            given, pages = pages, None
+            for f, page in zip(files, given if given is not None else read(), strict=True):
                 if page.cols.height:
                     ts = page.cols["ts"].to_numpy()
                     th = np.floor_divide(ts, 3600).astype(np.int64) * 3600
@@ -274,6 +287,30 @@ def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None) -> 
                    np.concatenate(ts_hours) if ts_hours else np.zeros(0, np.int64))  # fmt: skip
     keep = aset.holds(h)  # (not those dropped: another experiment, outside the window)
     return _Folded(detach(aset), h[keep], th[keep])
+
+
+def _hour_pages(job: Any, todo: list[tuple[int, list[ArchiveFile]]],
+                workers: int = 2) -> tuple[Pages, Iterator[Iterator[Page]]]:  # fmt: skip
+    """The pages of the hours ``todo`` (in that order), read, prepared and prefolded
+    (:func:`router.analysis.arms.prefold_arms`) ``workers`` files at once on parse threads
+    while the hour before is folded; and for each hour in turn, its pages (to be consumed
+    whole before the next hour's). A rollup build so keeps both cores busy, where one
+    thread reading and folding each hour in turn kept about one (measured at 10 M records:
+    1.1 cores). ``job.outcomes`` must be frozen (:meth:`OutcomeIndex.freeze`)."""
+    from router.analysis.archive_read import file_page
+    from router.analysis.arms import prefold_arms
+    from router.analysis.reader import Pages
+
+    store = ArchiveStore.open(job.uri)
+
+    def prepare(f: ArchiveFile, now: float) -> Page:
+        return file_page(store, f, job.schema, job.since, job.upto, now)
+
+    pages = Pages([f for _start, files in todo for f in files], job.schema, workers=workers,
+                  now=job.now, prepare=prepare)  # fmt: skip
+    pages.after = functools.partial(prefold_arms, outcomes=job.outcomes, kind=job.kind)
+    stream = iter(pages)
+    return pages, (itertools.islice(stream, len(files)) for _start, files in todo)
 
 
 def _pairs(h: np.ndarray, th: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -566,39 +603,53 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
                   now)  # fmt: skip
     written = []
     index = _OutcomeFiles(outcomes) if todo else None
-    for start, files in sorted(todo.items()):
-        folded = _fold(job, files)  # (the challengers the hour names)
-        aset = folded.aset
-        ids = aset.request_ids()
-        joined = index.joined(ids) if index is not None else ()
-        views = list(aset.arms.values())
-        firsts = [a.first_ts for a in views if a.first_ts is not None]
-        lasts = [a.last_ts for a in views if a.last_ts is not None]
-        future = any(
-            reason.startswith(FUTURE_REASON) for a in views for reason in a.rejected.counts
-        )
-        r = Rollup(AGGREGATE_VERSION, fp, start, _file_key(files), now, list(oi.metric_names),
-                   int(ids.size), folded.foreign, folded.foreign_hours,
-                   min(firsts) if firsts else None, max(lasts) if lasts else None, future,
-                   views[0].specs, aset.views(), aset.part_names())  # fmt: skip
-        aset.unit_variants._pairs.table()  # (compacted)
-        for acc in views:
-            acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
-            acc.seen, acc.seen_content = IdSet(), LazyIdSet()  # (the id file holds them)
-            _compact(acc)
-        d = rollup_dir(experiment, Hour(start))
-        body = pickle.dumps((fp, start, now, aset), protocol=pickle.HIGHEST_PROTOCOL)
-        store.write_bytes(d, f"acc-{fp}.pkl", body)
-        store.write_bytes(d, f"ids-{fp}.npy", _npy(ids))
-        _write_stamp(store, experiment, start, fp, sha, joined)
-        # (written last: a rollup is complete once it is there)
-        store.write_bytes(d, f"rollup-{fp}.pkl", pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
-        written.append(start)
+    hours_todo = sorted(todo.items())
+    oi.freeze()  # (joined on the parse threads from now on)
+    reading, hour_pages = _hour_pages(job, hours_todo)
+    try:
+        for (start, files), pages in zip(hours_todo, hour_pages, strict=True):
+            folded = _fold(job, files, pages=pages)  # (the challengers the hour names)
+            written.append(_write_rollup(store, experiment, fp, sha, now, start, files, folded,
+                                         oi, index))  # fmt: skip
+    finally:
+        reading.close()
     for e in store.list_dir(mdir):  # older manifests: no stamp of this fingerprint names them
         if not e.is_dir and e.name not in (f"outcomes-{sha}.json", f"snapshot-{sha}.pkl"):
             store.delete_file(f"{mdir}/{e.name}")
     log.info("rollups: %d hours written", len(written))
     return written
+
+
+def _write_rollup(store: ArchiveStore, experiment: str, fp: str, sha: str, now: float,
+                  start: int, files: list[ArchiveFile], folded: _Folded, oi: OutcomeIndex,
+                  index: _OutcomeFiles | None) -> int:  # fmt: skip
+    """Write the rollup of the hour ``start`` folded from ``files``; returns ``start``."""
+    aset = folded.aset
+    ids = aset.request_ids()
+    joined = index.joined(ids) if index is not None else ()
+    views = list(aset.arms.values())
+    firsts = [a.first_ts for a in views if a.first_ts is not None]
+    lasts = [a.last_ts for a in views if a.last_ts is not None]
+    future = any(
+        reason.startswith(FUTURE_REASON) for a in views for reason in a.rejected.counts
+    )
+    r = Rollup(AGGREGATE_VERSION, fp, start, _file_key(files), now, list(oi.metric_names),
+               int(ids.size), folded.foreign, folded.foreign_hours,
+               min(firsts) if firsts else None, max(lasts) if lasts else None, future,
+               views[0].specs, aset.views(), aset.part_names())  # fmt: skip
+    aset.unit_variants._pairs.table()  # (compacted)
+    for acc in views:
+        acc.policy = None  # type: ignore[assignment]  # (given back when loaded)
+        acc.seen, acc.seen_content = IdSet(), LazyIdSet()  # (the id file holds them)
+        _compact(acc)
+    d = rollup_dir(experiment, Hour(start))
+    body = pickle.dumps((fp, start, now, aset), protocol=pickle.HIGHEST_PROTOCOL)
+    store.write_bytes(d, f"acc-{fp}.pkl", body)
+    store.write_bytes(d, f"ids-{fp}.npy", _npy(ids))
+    _write_stamp(store, experiment, start, fp, sha, joined)
+    # (written last: a rollup is complete once it is there)
+    store.write_bytes(d, f"rollup-{fp}.pkl", pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
+    return start
 
 
 def _compact(acc: Accumulator) -> None:

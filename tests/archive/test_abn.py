@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -213,3 +214,48 @@ def test_redis_stitched_to_the_archive_for_the_controller_and_get_report(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     assert_abn(json.loads(proc.stdout), before)
+
+
+def test_rollup_pages_read_ahead_fold_again_when_a_challenger_appears(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """`router rollup` reads the next hours' pages on parse threads while it folds (rollups.
+    _hour_pages); when a page names a challenger after the first page that named one, the
+    run is folded again from the files with every challenger, as reading them in turn does,
+    and the pages read ahead for it are used up (the next run's pages stay in step)."""
+    from router.analysis.archive_read import Coverage, load_archive_outcomes
+    from router.analysis.distribute import FoldJob
+    from router.analysis.frames import record_schema
+    from router.analysis.outcomes_index import OutcomeIndex
+    from router.analysis.rollups import _fold, _hour_pages
+    from router.archive.scan import plan
+
+    root, _jsonl = write_abn_archive(redis_url, tmp_path)
+    store = ArchiveStore.open(str(root))
+    files = plan(store, "pairs", "e", None, None).files
+    first_hour = [f for f in files if f.hour == files[0].hour]
+    later = [f for f in files if f.hour != files[0].hour]
+    oi = OutcomeIndex()
+    load_archive_outcomes(oi, store, "e", None, Coverage())
+    oi.freeze()
+    job = FoldJob(str(root), "e", POLICY, oi, "score", False, None, None, None,
+                  record_schema(numeric=True, fields=False), 2e9)  # fmt: skip
+    # a run whose first files name a only, then b: and a run after it
+    runs = [(0, first_hour[:2] + later[:2]), (1, later[2:])]
+    reading, pages = _hour_pages(job, runs)
+    try:
+        got = [_fold(job, fs, pages=p) for (_k, fs), p in zip(runs, pages, strict=True)]
+    finally:
+        reading.close()
+    want = [_fold(job, fs) for _k, fs in runs]
+    for g, w in zip(got, want, strict=True):
+        assert list(g.aset.arms) == list(w.aset.arms) == ["a", "b"]
+        assert np.array_equal(g.foreign, w.foreign)
+        for name in ("a", "b"):
+            ga, wa = g.aset.arms[name], w.aset.arms[name]
+            assert (ga.records, ga.requests, ga.errors, ga.paired.pairs) == \
+                (wa.records, wa.requests, wa.errors, wa.paired.pairs)  # fmt: skip
+            assert ga.latency[0].counts.tolist() == wa.latency[0].counts.tolist()
+            for part in ("exposures", "metrics"):
+                assert getattr(ga.units, part)().sort("unit").equals(
+                    getattr(wa.units, part)().sort("unit"))
