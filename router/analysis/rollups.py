@@ -604,15 +604,16 @@ def build_rollups(uri: str, experiment: str, policy: Policy, *, kind: str = "sco
     written = []
     index = _OutcomeFiles(outcomes) if todo else None
     hours_todo = sorted(todo.items())
-    oi.freeze()  # (joined on the parse threads from now on)
-    reading, hour_pages = _hour_pages(job, hours_todo)
-    try:
-        for (start, files), pages in zip(hours_todo, hour_pages, strict=True):
-            folded = _fold(job, files, pages=pages)  # (the challengers the hour names)
-            written.append(_write_rollup(store, experiment, fp, sha, now, start, files, folded,
-                                         oi, index))  # fmt: skip
-    finally:
-        reading.close()
+    if hours_todo:
+        oi.freeze()  # (joined on the parse threads from now on)
+        reading, hour_pages = _hour_pages(job, hours_todo)
+        try:
+            for (start, files), pages in zip(hours_todo, hour_pages, strict=True):
+                folded = _fold(job, files, pages=pages)  # (the challengers the hour names)
+                written.append(_write_rollup(store, experiment, fp, sha, now, start, files,
+                                             folded, oi, index))  # fmt: skip
+        finally:
+            reading.close()
     for e in store.list_dir(mdir):  # older manifests: no stamp of this fingerprint names them
         if not e.is_dir and e.name not in (f"outcomes-{sha}.json", f"snapshot-{sha}.pkl"):
             store.delete_file(f"{mdir}/{e.name}")
