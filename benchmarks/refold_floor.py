@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -125,11 +126,6 @@ def _child(argv: list[str]) -> dict[str, Any]:
             "out": data.decode()}  # fmt: skip
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--archive", type=Path)
@@ -191,8 +187,8 @@ def _compare(d: str, a: argparse.Namespace) -> int:
     result = {"records": records, "runs": runs,
               "analyze_records_per_s": max(records / x["wall_s"] for x in runs["analyze"]),
               "floor_records_per_s": max(records / x["wall_s"] for x in runs["floor"]),
-              "wall_ratio_analyze_to_floor": _median([x["wall_s"] / y["wall_s"] for x, y in pairs]),
-              "cpu_ratio_analyze_to_floor": _median([x["cpu_s"] / y["cpu_s"] for x, y in pairs])}
+              "wall_ratio_analyze_to_floor": median([x["wall_s"] / y["wall_s"] for x, y in pairs]),
+              "cpu_ratio_analyze_to_floor": median([x["cpu_s"] / y["cpu_s"] for x, y in pairs])}
     print(f"{records:,} records: analyze {result['analyze_records_per_s']:,.0f} records/s, "
           f"native floor {result['floor_records_per_s']:,.0f} records/s; analyze/floor: wall "
           f"{result['wall_ratio_analyze_to_floor']:.2f}, CPU "
