@@ -112,7 +112,8 @@ def duck(d: str, memory_limit: str) -> dict[str, Any]:
 
 
 def _child(argv: list[str]) -> dict[str, Any]:
-    """Run ``argv`` as a process: its wall time, CPU and peak RSS (wait4), and its stdout."""
+    """Run ``argv`` as a process: its wall time, CPU and peak RSS (wait4: the one process;
+    DuckDB's threads are its own), and its stdout."""
     t = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=HERE.parent)
     assert p.stdout is not None
@@ -160,21 +161,30 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _analyze(d: str) -> dict[str, Any]:
+    """`router analyze` over the archive, measured as the other archive benchmarks measure it
+    (``analyzer_throughput.run_analyze``)."""
+    sys.path.insert(0, str(HERE))
+    from analyzer_throughput import run_analyze
+
+    got = run_analyze(["--archive", d, "--executor", "threads", "--workers", "2"])
+    return {"wall_s": round(got["wall_s"], 2), "cpu_s": round(got["cpu_s"], 2),
+            "peak_mib": round(got["peak_rss_mb"])}  # fmt: skip
+
+
+def _floor(d: str, memory_limit: str) -> dict[str, Any]:
+    got = _child([sys.executable, str(Path(__file__).resolve()), "--archive", d, "--duck",
+                  "--memory-limit", memory_limit])  # fmt: skip
+    return got | json.loads(got.pop("out"))
+
+
 def _compare(d: str, a: argparse.Namespace) -> int:
-    analyze = [sys.executable, "-m", "router", "analyze", "--experiment", "bench", "--split",
-               "0.5", "--format", "json", "-o", os.devnull, "--archive", d, "--executor",
-               "threads", "--workers", "2"]  # fmt: skip
-    floor = [sys.executable, str(Path(__file__).resolve()), "--archive", d, "--duck",
-             "--memory-limit", a.memory_limit]  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {"analyze": [], "floor": []}
     for r in range(a.rounds):
-        for name, argv in (("analyze", analyze), ("floor", floor)):
+        for name in ("analyze", "floor"):
             if name == "analyze" and a.skip_analyze:
                 continue
-            got = _child(argv)
-            out = got.pop("out")
-            if name == "floor":
-                got |= json.loads(out)
+            got = _analyze(d) if name == "analyze" else _floor(d, a.memory_limit)
             runs[name].append(got)
             print(f"round {r + 1} {name:>7}: {got['wall_s']:7.2f} s wall, {got['cpu_s']:7.2f} "
                   f"CPU-s, peak {got['peak_mib']:,} MiB", flush=True)  # fmt: skip

@@ -255,14 +255,13 @@ def _fold(job: Any, files: list[ArchiveFile], arms: list[str] | None = None,
     views change (a challenger named after the first page that names one)."""
     from threadpoolctl import threadpool_limits
 
-    from router.analysis.archive_read import file_page
     from router.analysis.distribute import detach
 
     store = ArchiveStore.open(job.uri)
 
     def read() -> Iterator[Page]:
         for f in files:
-            yield file_page(store, f, job.schema, job.since, job.upto, job.now)
+            yield _job_page(job, store, f, job.now)
 
     make = job.accumulator
     with threadpool_limits(limits=1, user_api="blas"):
@@ -297,20 +296,22 @@ def _hour_pages(job: Any, todo: list[tuple[int, list[ArchiveFile]]],
     whole before the next hour's). A rollup build so keeps both cores busy, where one
     thread reading and folding each hour in turn kept about one (measured at 10 M records:
     1.1 cores). ``job.outcomes`` must be frozen (:meth:`OutcomeIndex.freeze`)."""
-    from router.analysis.archive_read import file_page
     from router.analysis.arms import prefold_arms
     from router.analysis.reader import Pages
 
     store = ArchiveStore.open(job.uri)
-
-    def prepare(f: ArchiveFile, now: float) -> Page:
-        return file_page(store, f, job.schema, job.since, job.upto, now)
-
     pages = Pages([f for _start, files in todo for f in files], job.schema, workers=workers,
-                  now=job.now, prepare=prepare)  # fmt: skip
+                  now=job.now, prepare=functools.partial(_job_page, job, store))  # fmt: skip
     pages.after = functools.partial(prefold_arms, outcomes=job.outcomes, kind=job.kind)
     stream = iter(pages)
     return pages, (itertools.islice(stream, len(files)) for _start, files in todo)
+
+
+def _job_page(job: Any, store: ArchiveStore, f: ArchiveFile, now: float) -> Page:
+    """The page of one file as a job reads it (its columns and window)."""
+    from router.analysis.archive_read import file_page
+
+    return file_page(store, f, job.schema, job.since, job.upto, now)
 
 
 def _pairs(h: np.ndarray, th: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
